@@ -1,0 +1,83 @@
+"""The FastAPI application: `create_app(settings)` with its collaborators built in its lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+
+from orchestrator import __version__
+from orchestrator.api import commands, devices, downloads, files, health, projects
+from orchestrator.api.context import AppContext
+from orchestrator.api.errors import install_error_handlers, rewrite_openapi_422
+from orchestrator.blobs import BlobStore
+from orchestrator.settings import Settings
+from orchestrator.store import Stores
+from orchestrator.store.redis import connect
+from orchestrator.transport.mqtt import CommandTransport
+
+log = structlog.get_logger(__name__)
+
+DESCRIPTION = """
+Ship firmware to device fleets safely. Users authenticate with `Authorization: Bearer QB_…`
+(the bare key is accepted too); devices download with `Authorization: Basic {device_token}`.
+Every error has the body `{success, status, action, message, errors}`; invalid input is 400.
+"""
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The API on the Redis and MQTT broker named by `settings` (both URLs must be set)."""
+    if not settings.redis_url or not settings.mqtt_url:
+        raise ValueError(
+            "create_app needs OTA_REDIS_URL and OTA_MQTT_URL; `ota serve` starts embedded "
+            "servers and fills them in when they are empty"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = connect(settings.redis_url)
+        transport = CommandTransport(
+            settings.mqtt_url, version=settings.mqtt_version, client_id=settings.instance_id
+        )
+        app.state.context = AppContext(
+            settings=settings,
+            stores=Stores.build(redis, settings.redis_prefix),
+            blobs=BlobStore(settings.files_dir),
+            transport=transport,
+        )
+        await transport.start()
+        await transport.wait_connected(timeout_s=5.0)
+        try:
+            yield
+        finally:
+            await transport.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="OTA rollout orchestrator",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for module in (projects, devices, files, commands, downloads, health):
+        app.include_router(module.router)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            app.openapi_schema = rewrite_openapi_422(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

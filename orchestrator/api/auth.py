@@ -1,0 +1,78 @@
+"""Who is calling: API keys for people and CI, device tokens for devices."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+
+from fastapi import Depends, Request
+
+from orchestrator.api.context import AppContext, get_context
+from orchestrator.domain.auth import Principal, Scope
+from orchestrator.errors import Forbidden, NotFound, Unauthorized
+from orchestrator.store.devices import Device
+
+
+async def current_principal(
+    request: Request, context: AppContext = Depends(get_context)
+) -> Principal:
+    """The API key's holder: `Authorization: Bearer QB_…` or the bare key."""
+    header = request.headers.get("authorization", "").strip()
+    if not header:
+        raise Unauthorized(
+            "missing API key; send 'Authorization: Bearer QB_…' "
+            "(create one with: ota keys create --name NAME --scope admin)"
+        )
+    scheme, _, rest = header.partition(" ")
+    plain = rest.strip() if scheme.lower() == "bearer" else header
+    principal = await context.stores.api_keys.authenticate(plain)
+    if principal is None:
+        raise Unauthorized("unknown API key; check the key, or create one with ota keys create")
+    return principal
+
+
+def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that lets through only keys holding `scope` (or admin)."""
+
+    async def dependency(principal: Principal = Depends(current_principal)) -> Principal:
+        if not principal.allows(scope):
+            raise Forbidden(
+                f"this API key lacks the '{scope}' scope; create a key with --scope {scope}"
+            )
+        return principal
+
+    return dependency
+
+
+async def check_project(context: AppContext, principal: Principal, project_id: str) -> None:
+    """NotFound for an unknown project, Forbidden for one outside the key's projects."""
+    if await context.stores.projects.get(project_id) is None:
+        raise NotFound(f"project {project_id} not found; create it with POST /v2/projects")
+    if not principal.can_access(project_id):
+        raise Forbidden(f"this API key is not allowed to use project {project_id}")
+
+
+async def current_device(request: Request, context: AppContext) -> Device:
+    """The device behind `Authorization: Basic {device_token}` or Basic `id:token` (base64)."""
+    header = request.headers.get("authorization", "").strip()
+    scheme, _, credential = header.partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "basic" or not credential:
+        raise Unauthorized(
+            "missing device token; send 'Authorization: Basic {device_token}' "
+            "with the token returned when the device was created"
+        )
+    device = await context.stores.devices.by_token(credential)
+    if device is not None:
+        return device
+    try:
+        decoded = base64.b64decode(credential, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        decoded = ""
+    device_id, sep, token = decoded.partition(":")
+    if sep:
+        device = await context.stores.devices.by_token(token)
+        if device is not None and device.id == device_id:
+            return device
+    raise Unauthorized("unknown device token; use the device_token returned at device creation")

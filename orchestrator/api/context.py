@@ -1,0 +1,28 @@
+"""What every request handler needs, built once per app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from orchestrator.blobs import BlobStore
+from orchestrator.settings import Settings
+from orchestrator.store import Stores
+from orchestrator.transport.mqtt import CommandTransport
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """The collaborators of one app instance (no import-time singletons)."""
+
+    settings: Settings
+    stores: Stores
+    blobs: BlobStore
+    transport: CommandTransport
+
+
+def get_context(request: Request) -> AppContext:
+    """The app's context (FastAPI dependency)."""
+    context: AppContext = request.app.state.context
+    return context

@@ -1,0 +1,155 @@
+"""`/v2/projects/{pid}/devices`: seed 003's create, and read, update, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query
+
+from orchestrator.api.auth import check_project, require
+from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.errors import error_responses
+from orchestrator.api.schemas import (
+    DeviceCreate,
+    DeviceEnvelope,
+    DeviceListEnvelope,
+    DeviceMetadata,
+    DeviceOut,
+    DevicePatch,
+    Done,
+)
+from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.commands import parse_allowed_commands
+from orchestrator.domain.devices import DeviceSource, validate_tags
+from orchestrator.errors import NotFound
+from orchestrator.store.devices import Device
+
+router = APIRouter(tags=["devices"], responses=error_responses(400, 401, 403, 404, 503))
+
+
+def device_out(device: Device, token: str | None = None) -> DeviceOut:
+    """The seed's device object."""
+    return DeviceOut(
+        id=device.id,
+        name=device.name,
+        description=device.description,
+        brand=device.brand,
+        model=device.model,
+        avatar=device.avatar,
+        last_seen=device.last_seen,
+        tags=device.tags,
+        source=device.source.value,
+        created_at=device.created_at,
+        metadata=DeviceMetadata(
+            device_id=device.id,
+            device_token=token,
+            allowed_commands=";".join(device.allowed_commands),
+        ),
+    )
+
+
+def _not_found(project_id: str, device_id: str) -> NotFound:
+    return NotFound(f"device {device_id} not found in project {project_id}")
+
+
+@router.post("/v2/projects/{project_id}/devices", name="create_device", status_code=201)
+async def create_device(
+    project_id: str,
+    body: DeviceCreate,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
+) -> DeviceEnvelope:
+    """Create a device; the response carries its device_token, shown this once."""
+    await check_project(context, principal, project_id)
+    device, token = await context.stores.devices.create(
+        project_id,
+        name=body.name,
+        description=body.description,
+        source=DeviceSource(body.source),
+        brand=body.brand or "Custom",
+        model=body.model or "Custom",
+        tags=validate_tags(body.tags),
+    )
+    return DeviceEnvelope(
+        status=201,
+        action="create device",
+        message="Device created successfully.",
+        data=device_out(device, token),
+    )
+
+
+@router.get("/v2/projects/{project_id}/devices", name="list_devices")
+async def list_devices(
+    project_id: str,
+    tag: str | None = Query(default=None, description="Only devices carrying this tag"),
+    cursor: str | None = Query(default=None, description="next_cursor of the previous page"),
+    limit: int = Query(default=100, ge=1, le=1000),
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.DEVICES_READ)),
+) -> DeviceListEnvelope:
+    """Devices of the project in id order, a page at a time."""
+    await check_project(context, principal, project_id)
+    page = await context.stores.devices.page(project_id, tag=tag, cursor=cursor, limit=limit)
+    return DeviceListEnvelope(
+        status=200,
+        action="list devices",
+        message="Devices listed.",
+        data=[device_out(device) for device in page.devices],
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/v2/projects/{project_id}/devices/{device_id}", name="get_device")
+async def get_device(
+    project_id: str,
+    device_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.DEVICES_READ)),
+) -> DeviceEnvelope:
+    """One device (without its token, which is stored only as a hash)."""
+    await check_project(context, principal, project_id)
+    device = await context.stores.devices.get(project_id, device_id)
+    if device is None:
+        raise _not_found(project_id, device_id)
+    return DeviceEnvelope(
+        status=200, action="get device", message="Device found.", data=device_out(device)
+    )
+
+
+@router.patch("/v2/projects/{project_id}/devices/{device_id}", name="update_device")
+async def update_device(
+    project_id: str,
+    device_id: str,
+    body: DevicePatch,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
+) -> DeviceEnvelope:
+    """Change name, description, tags or metadata.allowed_commands ("a;b;c")."""
+    await check_project(context, principal, project_id)
+    device = await context.stores.devices.update(
+        project_id,
+        device_id,
+        name=body.name,
+        description=body.description,
+        tags=validate_tags(body.tags) if body.tags is not None else None,
+        allowed_commands=(
+            parse_allowed_commands(body.metadata.allowed_commands) if body.metadata else None
+        ),
+    )
+    if device is None:
+        raise _not_found(project_id, device_id)
+    return DeviceEnvelope(
+        status=200, action="update device", message="Device updated.", data=device_out(device)
+    )
+
+
+@router.delete("/v2/projects/{project_id}/devices/{device_id}", name="delete_device")
+async def delete_device(
+    project_id: str,
+    device_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
+) -> Done:
+    """Delete the device; its token and every download key issued to it stop working."""
+    await check_project(context, principal, project_id)
+    if not await context.stores.devices.delete(project_id, device_id):
+        raise _not_found(project_id, device_id)
+    return Done(action="delete device")

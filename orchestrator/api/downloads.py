@@ -1,0 +1,185 @@
+"""`GET /v2/device/download?key=`: a device fetches its file with a one-delivery key."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import structlog
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from orchestrator.api.auth import current_device
+from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.errors import error_responses
+from orchestrator.api.ranges import parse_range
+from orchestrator.blobs import BlobStore
+from orchestrator.errors import Conflict, Forbidden, NotFound, Unauthorized
+from orchestrator.store.download_keys import Claim, ClaimVerdict, DownloadKeyStore
+from orchestrator.store.files import StoredFile
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["device"])
+
+RENEW_EVERY_S = 10.0  # well inside the claim lease, so a live transfer never loses it
+TRANSFER_LIMIT_S = 15 * 60  # a slow cellular device gets 15 minutes per request, then resumes
+
+_DEAD_KEY = (
+    "the download key is unknown, expired or already used; "
+    "ask for a new one by sending the download command again"
+)
+
+
+class KeyedFileResponse(Response):
+    """Streams bytes [first, end) of a file while holding the key's claim.
+
+    The claim is renewed as chunks go out and released in every outcome with the bytes sent,
+    so a broken transfer can be resumed with Range and a complete one spends the key.
+    """
+
+    def __init__(
+        self,
+        *,
+        keys: DownloadKeyStore,
+        blobs: BlobStore,
+        key: str,
+        claim: Claim,
+        stored: StoredFile,
+        first: int,
+        end: int,
+        partial: bool,
+    ) -> None:
+        super().__init__(status_code=206 if partial else 200, media_type="application/octet-stream")
+        self._keys = keys
+        self._blobs = blobs
+        self._key = key
+        self._claim = claim
+        self._stored = stored
+        self._first = first
+        self._end = end
+        self._partial = partial
+
+    def _response_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", b"application/octet-stream"),
+            (b"content-disposition", f'attachment; filename="{self._stored.name}"'.encode()),
+            (b"content-length", str(self._end - self._first).encode()),
+            (b"accept-ranges", b"bytes"),
+            (b"cache-control", b"no-store"),
+            (b"x-content-sha256", self._stored.sha256.encode()),
+        ]
+        if self._partial:
+            span = f"bytes {self._first}-{self._end - 1}/{self._stored.size}"
+            headers.append((b"content-range", span.encode()))
+        return headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent = self._first
+        disconnected = False
+        outcome = "aborted"
+        started = time.monotonic()
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch_disconnect() -> None:
+                    nonlocal disconnected
+                    while True:
+                        message: Message = await receive()
+                        if message["type"] == "http.disconnect":
+                            disconnected = True
+                            group.cancel_scope.cancel()
+                            return
+
+                group.start_soon(watch_disconnect)
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 206 if self._partial else 200,
+                        "headers": self._response_headers(),
+                    }
+                )
+                renewed = time.monotonic()
+                async for chunk in self._blobs.read(self._stored.path, self._first, self._end):
+                    now = time.monotonic()
+                    if now - started > TRANSFER_LIMIT_S:
+                        outcome = "time limit"
+                        break
+                    if now - renewed > RENEW_EVERY_S:
+                        if not await self._keys.renew(self._key, self._claim):
+                            outcome = "claim lost"
+                            break
+                        renewed = now
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    if disconnected:
+                        break
+                    sent += len(chunk)
+                else:
+                    if not disconnected:
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
+                        outcome = "complete"
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                state = await self._keys.release(
+                    self._key, self._claim, first=self._first, end=sent
+                )
+            log.info(
+                "download ended",
+                key_state=state,
+                outcome="disconnected" if disconnected else outcome,
+                file_name=self._stored.name,
+                bytes_sent=sent - self._first,
+            )
+        # An unfinished response (claim lost, time limit) makes uvicorn close the connection,
+        # which is how the device learns to come back with Range.
+
+
+@router.get(
+    "/v2/device/download",
+    name="download_file",
+    status_code=200,
+    response_class=KeyedFileResponse,
+    responses={
+        200: {"description": "The file", "content": {"application/octet-stream": {}}},
+        206: {"description": "The requested range of the file (resume)"},
+        **error_responses(401, 403, 404, 409, 416, 503),
+    },
+)
+async def download_file(
+    request: Request,
+    key: str = Query(description="The download key from the command payload (dk_…)"),
+    context: AppContext = Depends(get_context),
+) -> KeyedFileResponse:
+    """Stream the file bound to `key` to the device the key was issued to."""
+    device = await current_device(request, context)
+    keys = context.stores.download_keys
+    record = await keys.get(key)
+    if record is None:
+        raise Unauthorized(_DEAD_KEY)
+    if record.device_id != device.id:
+        raise Forbidden("this download key was issued to another device")
+    stored = await context.stores.files.get(record.project_id, record.file_name)
+    if stored is None or not await context.blobs.exists(stored.path):
+        raise NotFound(f"file {record.file_name!r} is gone; it was deleted after the command")
+    byte_range = parse_range(request.headers.get("range"), stored.size)
+    first, end = byte_range or (0, stored.size)
+    verdict, claim = await keys.claim(key, device.id)
+    if verdict is ClaimVerdict.BUSY:
+        raise Conflict(
+            "another transfer is using this download key; when it ends, resume with a Range header"
+        )
+    if verdict is ClaimVerdict.WRONG_DEVICE:
+        raise Forbidden("this download key was issued to another device")
+    if claim is None:
+        raise Unauthorized(_DEAD_KEY)
+    return KeyedFileResponse(
+        keys=keys,
+        blobs=context.blobs,
+        key=key,
+        claim=claim,
+        stored=stored,
+        first=first,
+        end=end,
+        partial=byte_range is not None,
+    )

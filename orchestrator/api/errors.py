@@ -1,0 +1,155 @@
+"""One error body for every failure: `{success, status, action, message, errors}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator.errors import OrchestratorError, RangeNotSatisfiable, Unauthorized
+
+log = structlog.get_logger(__name__)
+
+
+class ErrorItem(BaseModel):
+    """One thing wrong with a request: where, and what."""
+
+    loc: str
+    msg: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    success: bool = False
+    status: int
+    action: str
+    message: str
+    errors: list[ErrorItem] = []
+
+
+def action_of(request: Request) -> str:
+    """The route's action in words ('send command'), from its name ('send_command')."""
+    route = request.scope.get("route")
+    name = getattr(route, "name", None)
+    return name.replace("_", " ") if name else "request"
+
+
+def error_response(
+    request: Request,
+    status: int,
+    message: str,
+    errors: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON error response in the house shape."""
+    body = ErrorBody(
+        status=status,
+        action=action_of(request),
+        message=message,
+        errors=[ErrorItem(**item) for item in errors or []],
+    )
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in parts)
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    sentences = []
+    for error in errors[:5]:
+        where = _loc(error.get("loc", ()))
+        sentences.append(f"{where}: {error.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "the request is invalid: " + "; ".join(sentences) + more + "; fix these and retry"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every exception to the house error body; no traceback ever reaches a caller."""
+
+    async def orchestrator_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, OrchestratorError)
+        headers: dict[str, str] = {}
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, RangeNotSatisfiable):
+            headers["Content-Range"] = f"bytes */{exc.size}"
+        if exc.status >= 500:
+            log.warning("request failed", action=action_of(request), error=exc.message)
+        return error_response(request, exc.status, exc.message, exc.errors, headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = list(exc.errors())
+        items = [{"loc": _loc(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors]
+        return error_response(request, 400, _validation_message(errors), items)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = str(exc.detail)
+        if exc.status_code == 404 and request.scope.get("route") is None:
+            message = f"no route {request.method} {request.url.path}; see /docs for the API"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}; see /docs"
+        return error_response(
+            request, exc.status_code, message, headers=dict(exc.headers) if exc.headers else None
+        )
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", action=action_of(request))
+        return error_response(
+            request, 500, "an internal error occurred; the server log has the details"
+        )
+
+    app.add_exception_handler(OrchestratorError, orchestrator_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+def _error_content() -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the given error codes."""
+    descriptions = {
+        400: "Invalid body or parameter",
+        401: "Missing or unknown credentials",
+        403: "Not allowed",
+        404: "Not found",
+        409: "Conflict",
+        413: "Too large",
+        416: "Range not satisfiable",
+        503: "Redis or the MQTT broker is unreachable",
+    }
+    return {
+        code: {"description": descriptions.get(code, "Error"), "content": _error_content()}
+        for code in codes
+    }
+
+
+def rewrite_openapi_422(schema: dict[str, Any]) -> dict[str, Any]:
+    """Document invalid input as 400 with ErrorBody, as the API answers it, not FastAPI's 422."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorBody"] = ErrorBody.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    components.update(components["ErrorBody"].pop("$defs", {}))
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if "422" in responses:
+                del responses["422"]
+                responses.setdefault(
+                    "400", {"description": "Invalid body or parameter", "content": _error_content()}
+                )
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    return schema

@@ -1,0 +1,183 @@
+"""Firmware and logo files: upload (streamed), list (seed 000), delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from orchestrator.api.auth import check_project, require
+from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.errors import error_responses
+from orchestrator.api.schemas import Done, FileList, FileListItem, FileOut
+from orchestrator.api.uploads import read_upload
+from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.files import FileType, parse_file_type, validate_file_name
+from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from orchestrator.store.files import StoredFile
+from orchestrator.timeutil import isoformat_z, utc_now
+
+router = APIRouter(tags=["files"], responses=error_responses(400, 401, 403, 503))
+
+MULTIPART_OVERHEAD = 1024 * 1024  # room for boundaries and text fields beside the file
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "type"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "type": {"type": "string", "enum": ["firmware", "logo"]},
+                        "description": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _conflict(name: str) -> Conflict:
+    return Conflict(
+        f"a file named {name!r} exists in this project; firmware is immutable, "
+        "so upload the new image under a new name (e.g. with its version in it)"
+    )
+
+
+@router.post(
+    "/v2/projects/{project_id}/files",
+    name="upload_file",
+    status_code=201,
+    openapi_extra=UPLOAD_BODY,
+    responses=error_responses(404, 409, 413),
+)
+async def upload_file(
+    project_id: str,
+    request: Request,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.FILES_WRITE)),
+) -> FileOut:
+    """Upload a firmware or logo file (multipart: file, type, description)."""
+    await check_project(context, principal, project_id)
+    limit = context.settings.max_file_size
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+        raise PayloadTooLarge(
+            f"the upload is {declared} bytes, over the limit of {limit} bytes "
+            "(OTA_MAX_FILE_SIZE); raise the limit or upload a smaller image"
+        )
+
+    async def check_name(name: str) -> None:
+        if "/" in name or "\\" in name:
+            validate_file_name(name, FileType.FIRMWARE)  # raises the path error
+        if await context.stores.files.exists(project_id, name):
+            raise _conflict(name)
+
+    writer = context.blobs.writer(project_id)
+    committed = False
+    try:
+        form = await read_upload(
+            request.headers.get("content-type", ""),
+            request.stream(),
+            writer,
+            max_file_size=limit,
+            on_file_name=check_name,
+        )
+        if form.file_name is None:
+            raise InvalidInput(
+                "the form has no 'file' part; send the image as -F file=@firmware.bin",
+                errors=[{"loc": "file", "msg": "field required"}],
+            )
+        file_type = parse_file_type(form.fields.get("type"))
+        name = validate_file_name(form.file_name, file_type)
+        relative = await writer.commit()
+        committed = True
+        stored = StoredFile(
+            project_id=project_id,
+            name=name,
+            type=file_type,
+            description=form.fields.get("description", ""),
+            size=writer.size,
+            sha256=writer.sha256,
+            time=isoformat_z(utc_now()),
+            path=relative,
+        )
+        if not await context.stores.files.create(stored):
+            await context.blobs.remove(relative)
+            raise _conflict(name)
+    finally:
+        if not committed:
+            await writer.discard()
+    return FileOut(
+        name=stored.name,
+        description=stored.description,
+        size=stored.size,
+        time=stored.time,
+        sha256=stored.sha256,
+        type=stored.type.value,
+    )
+
+
+def _items(files: list[StoredFile]) -> FileList:
+    return FileList(
+        files=[
+            FileListItem(
+                description=f.description,
+                name=f.name,
+                size=f.size,
+                time=f.time,
+                sha256=f.sha256,
+                type=f.type.value,
+                project_id=f.project_id,
+            )
+            for f in files
+        ]
+    )
+
+
+TYPE_QUERY = Query(description="'firmware' or 'logo'")
+
+
+@router.get("/v2/projects/{project_id}/files", name="list_files", responses=error_responses(404))
+async def list_files(
+    project_id: str,
+    type: str | None = TYPE_QUERY,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.FILES_READ)),
+) -> FileList:
+    """Files of one type in this project, by name."""
+    file_type = parse_file_type(type)
+    await check_project(context, principal, project_id)
+    return _items(await context.stores.files.of_type([project_id], file_type))
+
+
+@router.get("/v2/files", name="list_files")
+async def list_all_files(
+    type: str | None = TYPE_QUERY,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.FILES_READ)),
+) -> FileList:
+    """Files of one type in every project this API key may use."""
+    file_type = parse_file_type(type)
+    scope = sorted(principal.projects) if principal.projects else None
+    return _items(await context.stores.files.of_type(scope, file_type))
+
+
+@router.delete(
+    "/v2/projects/{project_id}/files/{name}", name="delete_file", responses=error_responses(404)
+)
+async def delete_file(
+    project_id: str,
+    name: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.FILES_WRITE)),
+) -> Done:
+    """Delete a file; download keys for it then answer 404."""
+    await check_project(context, principal, project_id)
+    relative = await context.stores.files.delete(project_id, name)
+    if relative is None:
+        raise NotFound(f"file {name!r} not found in project {project_id}")
+    await context.blobs.remove(relative)
+    return Done(action="delete file")

@@ -1,0 +1,35 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.schemas import Health
+from orchestrator.errors import StoreUnavailable
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", name="check_health")
+async def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get(
+    "/readyz",
+    name="check_readiness",
+    responses={503: {"model": Health, "description": "Redis or MQTT unreachable"}},
+)
+async def readyz(context: AppContext = Depends(get_context)) -> JSONResponse:
+    """Redis answers and the MQTT broker is connected."""
+    try:
+        redis_ok = await context.stores.ping()
+    except StoreUnavailable:
+        redis_ok = False
+    mqtt_ok = await context.transport.ping()
+    ready = redis_ok and mqtt_ok
+    body = Health(status="ok" if ready else "unavailable", redis=redis_ok, mqtt=mqtt_ok)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

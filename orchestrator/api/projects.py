@@ -1,0 +1,63 @@
+"""`/v2/projects`: create and read projects."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from orchestrator.api.auth import check_project, current_principal, require
+from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.errors import error_responses
+from orchestrator.api.schemas import ProjectCreate, ProjectEnvelope, ProjectListEnvelope, ProjectOut
+from orchestrator.domain.auth import Principal, Scope
+from orchestrator.errors import NotFound
+
+router = APIRouter(tags=["projects"], responses=error_responses(400, 401, 403, 503))
+
+
+@router.post("/v2/projects", name="create_project", status_code=201)
+async def create_project(
+    body: ProjectCreate,
+    context: AppContext = Depends(get_context),
+    _: Principal = Depends(require(Scope.ADMIN)),
+) -> ProjectEnvelope:
+    """Create a project (admin keys only)."""
+    project = await context.stores.projects.create(body.name)
+    return ProjectEnvelope(
+        status=201,
+        action="create project",
+        message="Project created successfully.",
+        data=ProjectOut(id=project.id, name=project.name, created_at=project.created_at),
+    )
+
+
+@router.get("/v2/projects", name="list_projects")
+async def list_projects(
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(current_principal),
+) -> ProjectListEnvelope:
+    """The projects this API key may use."""
+    projects = []
+    for project_id in await context.stores.projects.ids():
+        if principal.can_access(project_id):
+            project = await context.stores.projects.get(project_id)
+            if project is not None:
+                projects.append(ProjectOut(**vars(project)))
+    return ProjectListEnvelope(
+        status=200, action="list projects", message="Projects listed.", data=projects
+    )
+
+
+@router.get("/v2/projects/{project_id}", name="get_project", responses=error_responses(404))
+async def get_project(
+    project_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(current_principal),
+) -> ProjectEnvelope:
+    """One project."""
+    await check_project(context, principal, project_id)
+    project = await context.stores.projects.get(project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} not found")
+    return ProjectEnvelope(
+        status=200, action="get project", message="Project found.", data=ProjectOut(**vars(project))
+    )

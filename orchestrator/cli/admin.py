@@ -1,0 +1,96 @@
+"""Verbs that run the service or work on Redis directly: serve, keys, projects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from orchestrator.domain.auth import Scope, parse_scopes
+from orchestrator.errors import InvalidInput, NotFound
+from orchestrator.logs import configure_logging
+from orchestrator.settings import Settings
+from orchestrator.store import Stores
+
+T = TypeVar("T")
+
+keys_app = typer.Typer(help="API keys (offline, against OTA_REDIS_URL).", no_args_is_help=True)
+projects_app = typer.Typer(help="Projects (offline, against OTA_REDIS_URL).", no_args_is_help=True)
+
+
+def offline(action: Callable[[Stores], Awaitable[T]]) -> T:
+    """Run `action` on the stores of OTA_REDIS_URL, or of the embedded Redis when it is empty."""
+    from orchestrator.service import embedded_redis
+    from orchestrator.store.redis import connect
+
+    settings = Settings()
+
+    async def go(url: str) -> T:
+        redis = connect(url)
+        try:
+            return await action(Stores.build(redis, settings.redis_prefix))
+        finally:
+            await redis.aclose()
+
+    with embedded_redis(settings) as resolved:
+        return asyncio.run(go(resolved.redis_url))
+
+
+def serve() -> None:
+    """Run the API (embedded Redis and MQTT broker when OTA_REDIS_URL / OTA_MQTT_URL are empty)."""
+    from orchestrator.service import run
+
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    run(settings)
+
+
+@keys_app.command("create")
+def create_key(
+    name: Annotated[str, typer.Option(help="Who or what the key is for")],
+    scope: Annotated[
+        list[str],
+        typer.Option(help=f"Repeat for several: {', '.join(s.value for s in Scope)}"),
+    ],
+    project: Annotated[
+        list[str] | None, typer.Option(help="Limit the key to this project (repeatable)")
+    ] = None,
+) -> None:
+    """Create an API key and print it, alone, on stdout (it is stored only as a hash)."""
+    try:
+        scopes = parse_scopes(scope)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--scope") from None
+    limits = frozenset(project or [])
+
+    async def create(stores: Stores) -> str:
+        for project_id in limits:
+            if await stores.projects.get(project_id) is None:
+                raise NotFound(
+                    f"project {project_id} not found; create it with ota projects create"
+                )
+        plain, _ = await stores.api_keys.create(name, scopes, limits)
+        return plain
+
+    typer.echo(offline(create))
+
+
+@projects_app.command("create")
+def create_project(name: Annotated[str, typer.Option(help="The project's name")]) -> None:
+    """Create a project and print its id, alone, on stdout."""
+    if not name.strip():
+        raise InvalidInput("--name must not be empty")
+
+    async def create(stores: Stores) -> str:
+        return (await stores.projects.create(name.strip())).id
+
+    typer.echo(offline(create))
+
+
+def register(app: typer.Typer) -> None:
+    """Add these verbs to the `ota` app."""
+    app.command("serve")(serve)
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(projects_app, name="projects")

@@ -1,0 +1,83 @@
+"""The exceptions the orchestrator raises.
+
+OrchestratorError
+├── StoreUnavailable          Redis cannot be reached (adapter edge, translated from redis-py)
+├── TransportUnavailable      the MQTT broker cannot be reached or refused a publish
+├── NotFound (LookupError)    a project, device, file or download key does not exist
+├── Conflict                  the thing exists already or is busy (HTTP 409)
+├── Forbidden (PermissionError) authenticated but not allowed (HTTP 403)
+├── Unauthorized              missing or bad credentials (HTTP 401)
+├── InvalidInput (ValueError) a value the caller sent is wrong (HTTP 400)
+└── PayloadTooLarge           an upload over OTA_MAX_FILE_SIZE (HTTP 413)
+"""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Root of every error the orchestrator raises on purpose; `message` is for people."""
+
+    status = 500
+
+    def __init__(self, message: str, *, errors: list[dict[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or []
+
+
+class StoreUnavailable(OrchestratorError):
+    """Redis cannot be reached or answered with an error."""
+
+    status = 503
+
+
+class TransportUnavailable(OrchestratorError):
+    """The MQTT broker cannot be reached or did not accept a publish."""
+
+    status = 503
+
+
+class NotFound(OrchestratorError, LookupError):
+    """The named thing does not exist (or the caller may not know it exists)."""
+
+    status = 404
+
+
+class Conflict(OrchestratorError):
+    """The thing exists already, or is in a state that refuses this request."""
+
+    status = 409
+
+
+class Forbidden(OrchestratorError, PermissionError):
+    """The caller is known but not allowed to do this."""
+
+    status = 403
+
+
+class Unauthorized(OrchestratorError):
+    """Credentials are missing, unknown or expired."""
+
+    status = 401
+
+
+class InvalidInput(OrchestratorError, ValueError):
+    """A value the caller sent is wrong; the message names it and the fix."""
+
+    status = 400
+
+
+class PayloadTooLarge(OrchestratorError):
+    """An upload is larger than OTA_MAX_FILE_SIZE."""
+
+    status = 413
+
+
+class RangeNotSatisfiable(OrchestratorError):
+    """A download's Range header asks for bytes the file does not have."""
+
+    status = 416
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size

@@ -1,0 +1,153 @@
+"""Running the service: embedded servers when their URLs are empty, then uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from orchestrator.api import create_app
+from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from orchestrator.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@contextlib.contextmanager
+def embedded_redis(settings: Settings) -> Iterator[Settings]:
+    """`settings` with OTA_REDIS_URL filled in by an embedded Redis when it was empty."""
+    if settings.redis_url:
+        yield settings
+        return
+    with EmbeddedRedis(settings.redis_data_dir).start() as redis:
+        yield settings.model_copy(update={"redis_url": redis.url})
+
+
+@contextlib.contextmanager
+def embedded_servers(settings: Settings) -> Iterator[Settings]:
+    """`settings` with every empty URL filled in by an embedded server, stopped on exit."""
+    with embedded_redis(settings) as resolved:
+        if resolved.mqtt_url:
+            yield resolved
+            return
+        with EmbeddedBroker(resolved.broker_data_dir).start() as broker:
+            log.info("embedded mqtt broker started", kind=broker.kind, url=broker.url)
+            yield resolved.model_copy(
+                update={"mqtt_url": broker.url, "mqtt_version": broker.mqtt_version}
+            )
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def choose_http_port(settings: Settings) -> Settings:
+    """Keep the configured port; move an unconfigured, taken default to a free port."""
+    explicit = "OTA_HTTP_PORT" in os.environ
+    if settings.http_port and (explicit or not _port_taken(settings.http_host, settings.http_port)):
+        return settings
+    port = free_port(settings.http_host)
+    log.warning("http port taken, using a free one", wanted=settings.http_port, port=port)
+    update: dict[str, object] = {"http_port": port}
+    if settings.public_url == f"http://{settings.http_host}:{settings.http_port}":
+        update["public_url"] = f"http://{settings.http_host}:{port}"
+    return settings.model_copy(update=update)
+
+
+def write_credentials(path: Path, *, api_url: str, api_key: str, project_id: str) -> None:
+    """Save the first admin key and project for the local user only (mode 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(
+            f"export OTA_API_URL={api_url}\nexport OTA_API_KEY={api_key}\n"
+            f"export OTA_PROJECT={project_id}\n"
+        )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(settings: Settings) -> None:
+    """Serve the API until SIGINT/SIGTERM, with embedded servers when URLs are empty."""
+    # uvicorn re-raises the signal it caught once it has shut down; turning SIGTERM into
+    # SystemExit lets the embedded servers stop in order instead of dying with the process.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    settings = choose_http_port(settings)
+    with embedded_servers(settings) as resolved:
+        if not settings.redis_url:
+            asyncio.run(bootstrap(resolved))
+        app = create_app(resolved)
+        print_banner(resolved, embedded_redis=not settings.redis_url)
+        config = uvicorn.Config(
+            app,
+            host=resolved.http_host,
+            port=resolved.http_port,
+            log_config=None,
+            lifespan="on",
+            # Downloads to slow devices may run 15 minutes; give them a bounded grace period.
+            timeout_graceful_shutdown=30,
+        )
+        uvicorn.Server(config).run()
+    log.info("service stopped")
+
+
+def print_banner(settings: Settings, *, embedded_redis: bool) -> None:
+    """Tell the person at the terminal where things are and how to start."""
+    lines = [
+        f"OTA orchestrator on {settings.public_url}  (API docs: {settings.public_url}/docs)",
+        f"  Redis: {settings.redis_url}{'  (embedded)' if embedded_redis else ''}",
+        f"  MQTT:  {settings.mqtt_url}",
+    ]
+    credentials = settings.data_dir / "credentials.env"
+    if embedded_redis and credentials.exists():
+        lines += [
+            f"  An admin key and a project are in {credentials}; in another terminal:",
+            f"    source {credentials}",
+            '    curl -s -H "Authorization: Bearer $OTA_API_KEY" '
+            "$OTA_API_URL/v2/projects/$OTA_PROJECT/devices",
+            "  The README's quick start walks through devices, firmware and commands.",
+        ]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+async def bootstrap(settings: Settings) -> None:
+    """On a Redis with no API keys at all, make an admin key and a project for the local user.
+
+    Only for embedded Redis (a laptop or the demo); they are written to
+    `{data_dir}/credentials.env` (mode 0600), never logged.
+    """
+    from orchestrator.domain.auth import Scope
+    from orchestrator.store import Stores
+    from orchestrator.store.redis import connect
+
+    redis = connect(settings.redis_url)
+    try:
+        stores = Stores.build(redis, settings.redis_prefix)
+        if await stores.api_keys.count():
+            return
+        plain, _ = await stores.api_keys.create("local-admin", frozenset({Scope.ADMIN}))
+        project = await stores.projects.create("default")
+        write_credentials(
+            settings.data_dir / "credentials.env",
+            api_url=settings.public_url,
+            api_key=plain,
+            project_id=project.id,
+        )
+    finally:
+        await redis.aclose()

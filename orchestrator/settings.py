@@ -1,0 +1,88 @@
+"""Service settings, read from `OTA_` environment variables (ARCHITECTURE §3)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogFormat = Literal["console", "json"]
+
+
+def _default_log_format() -> LogFormat:
+    return "console" if sys.stderr.isatty() else "json"
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment; empty URLs mean embedded servers."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    redis_url: str = ""
+    redis_prefix: str = Field(
+        default="ota:", min_length=1
+    )  # key namespace: several installs, one Redis
+    mqtt_url: str = ""
+    mqtt_version: Literal["5.0", "3.1.1"] = "5.0"
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str = ""
+    data_dir: Path = Path(".ota")
+    download_key_ttl: int = Field(default=1800, gt=0)  # seconds
+    log_format: LogFormat = Field(default_factory=_default_log_format)
+    log_level: str = "info"
+    max_file_size: int = Field(default=268_435_456, gt=0)  # bytes
+    instance_id: str = Field(default_factory=_default_instance_id)
+    mqtt_provision: Literal["", "dynsec"] = ""
+    download_offload: Literal["", "x-accel"] = ""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"OTA_REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}; "
+                "leave it empty to start an embedded Redis"
+            )
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError(
+                f"OTA_MQTT_URL must look like mqtt://[user:pass@]host:port, got {value!r}; "
+                "leave it empty to start an embedded broker"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _public_url_default(self) -> Settings:
+        if not self.public_url:
+            self.public_url = f"http://{self.http_host}:{self.http_port}"
+        self.public_url = self.public_url.rstrip("/")
+        return self
+
+    @property
+    def files_dir(self) -> Path:
+        """Where uploaded firmware and logo files live."""
+        return self.data_dir / "files"
+
+    @property
+    def redis_data_dir(self) -> Path:
+        """Where the embedded Redis keeps its append-only file."""
+        return self.data_dir / "redis"
+
+    @property
+    def broker_data_dir(self) -> Path:
+        """Where the embedded MQTT broker keeps its config, log and persistence."""
+        return self.data_dir / "mqtt"

@@ -1,0 +1,48 @@
+"""Redis adapters: every read and write of durable state goes through here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from orchestrator.store.api_keys import ApiKeyStore
+from orchestrator.store.commands import CommandStore
+from orchestrator.store.devices import DeviceStore
+from orchestrator.store.download_keys import DownloadKeyStore
+from orchestrator.store.files import FileStore
+from orchestrator.store.keys import RedisKeys
+from orchestrator.store.projects import ProjectStore
+from orchestrator.store.redis import Redis, translated
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Every store, sharing one client and one key prefix."""
+
+    redis: Redis
+    keys: RedisKeys
+    projects: ProjectStore
+    api_keys: ApiKeyStore
+    devices: DeviceStore
+    files: FileStore
+    download_keys: DownloadKeyStore
+    commands: CommandStore
+
+    @classmethod
+    def build(cls, redis: Redis, prefix: str) -> Stores:
+        """Stores on `redis` under the key prefix `prefix`."""
+        keys = RedisKeys(prefix)
+        return cls(
+            redis=redis,
+            keys=keys,
+            projects=ProjectStore(redis, keys),
+            api_keys=ApiKeyStore(redis, keys),
+            devices=DeviceStore(redis, keys),
+            files=FileStore(redis, keys),
+            download_keys=DownloadKeyStore(redis, keys),
+            commands=CommandStore(redis, keys),
+        )
+
+    @translated
+    async def ping(self) -> bool:
+        """True when Redis answers."""
+        return bool(await self.redis.ping())

@@ -1,0 +1,40 @@
+"""Records of sent commands, kept a day so results can be matched to them."""
+
+from __future__ import annotations
+
+from orchestrator.store.keys import RedisKeys
+from orchestrator.store.redis import Redis, fields, translated
+
+COMMAND_RECORD_TTL_S = 24 * 3600
+
+
+class CommandStore:
+    """Remember which device a command id went to."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    @translated
+    async def record(
+        self, command_id: str, *, device_id: str, project_id: str, command: str, sent_at: str
+    ) -> None:
+        """Store the command's destination for COMMAND_RECORD_TTL_S seconds."""
+        key = self._keys.command(command_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "device_id": device_id,
+                    "project_id": project_id,
+                    "command": command,
+                    "sent_at": sent_at,
+                },
+            )
+            pipe.expire(key, COMMAND_RECORD_TTL_S)
+            await pipe.execute()
+
+    @translated
+    async def get(self, command_id: str) -> dict[str, str] | None:
+        """The command's record, or None once unknown or expired."""
+        return fields(await self._redis.hgetall(self._keys.command(command_id))) or None

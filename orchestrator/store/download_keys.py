@@ -1,0 +1,181 @@
+"""Download keys: one delivery of one file to one device, within a TTL.
+
+A key is `issued`, `claimed` by exactly one transfer at a time (with a lease the transfer
+renews), or `spent` once every byte has been delivered. A transfer that breaks off releases
+its claim so the same device can resume with Range. The key hash expires at its TTL.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orchestrator.store.keys import RedisKeys
+from orchestrator.store.redis import Redis, fields, load_script, translated
+
+DOWNLOAD_KEY_PREFIX = "dk_"
+CLAIM_LEASE_MS = 60_000  # a transfer that stops renewing loses its claim after this
+EVENTS_MAXLEN = 100_000  # approximate cap on the download events stream
+
+
+class ClaimVerdict(StrEnum):
+    """What a claim attempt found."""
+
+    OK = "ok"
+    UNKNOWN = "unknown"  # never issued, expired or revoked
+    WRONG_DEVICE = "wrong_device"
+    SPENT = "spent"
+    BUSY = "busy"  # another transfer holds the claim
+
+
+@dataclass(frozen=True)
+class DownloadKey:
+    """What a key grants: one file of one project to one device."""
+
+    key: str
+    device_id: str
+    project_id: str
+    file_name: str
+    size: int
+    command_id: str
+    rollout_id: str
+    expires_at_ms: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A transfer's hold on a key; `covered` bytes of the file were delivered before."""
+
+    claim_id: str
+    covered: int
+
+
+def new_download_key() -> str:
+    """`dk_` and 32 url-safe random characters."""
+    return DOWNLOAD_KEY_PREFIX + secrets.token_urlsafe(24)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class DownloadKeyStore:
+    """Issue, look up, claim, renew, release and revoke download keys."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._claim = load_script(redis, "dk_claim")
+        self._renew = load_script(redis, "dk_renew")
+        self._release = load_script(redis, "dk_release")
+
+    @translated
+    async def issue(
+        self,
+        *,
+        device_id: str,
+        project_id: str,
+        file_name: str,
+        size: int,
+        ttl_s: int,
+        command_id: str,
+        rollout_id: str = "",
+    ) -> DownloadKey:
+        """A new key for one device and one file, dying after `ttl_s` seconds."""
+        key = new_download_key()
+        expires_at_ms = _now_ms() + ttl_s * 1000
+        record = DownloadKey(
+            key=key,
+            device_id=device_id,
+            project_id=project_id,
+            file_name=file_name,
+            size=size,
+            command_id=command_id,
+            rollout_id=rollout_id,
+            expires_at_ms=expires_at_ms,
+        )
+        hash_key = self._keys.download_key(key)
+        device_keys = self._keys.device_download_keys(device_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                hash_key,
+                mapping={
+                    "device_id": device_id,
+                    "project_id": project_id,
+                    "file_name": file_name,
+                    "size": str(size),
+                    "command_id": command_id,
+                    "rollout_id": rollout_id,
+                    "expires_at_ms": str(expires_at_ms),
+                    "state": "issued",
+                    "covered": "0",
+                    "claims": "0",
+                },
+            )
+            pipe.pexpireat(hash_key, expires_at_ms)
+            pipe.sadd(device_keys, key)
+            # Every key lives ttl_s, so the newest decides how long the set is needed.
+            pipe.expire(device_keys, ttl_s)
+            await pipe.execute()
+        return record
+
+    @translated
+    async def get(self, key: str) -> DownloadKey | None:
+        """The key's binding, or None when unknown, expired or revoked."""
+        record = fields(await self._redis.hgetall(self._keys.download_key(key)))
+        if not record:
+            return None
+        return DownloadKey(
+            key=key,
+            device_id=record["device_id"],
+            project_id=record["project_id"],
+            file_name=record["file_name"],
+            size=int(record["size"]),
+            command_id=record.get("command_id", ""),
+            rollout_id=record.get("rollout_id", ""),
+            expires_at_ms=int(record["expires_at_ms"]),
+        )
+
+    @translated
+    async def state(self, key: str) -> str | None:
+        """`issued`, `claimed` or `spent`; None when the key is gone."""
+        value = await self._redis.hget(self._keys.download_key(key), "state")
+        return str(value) if value is not None else None
+
+    @translated
+    async def claim(self, key: str, device_id: str) -> tuple[ClaimVerdict, Claim | None]:
+        """Try to take the key for one transfer by `device_id`."""
+        claim_id = secrets.token_hex(8)
+        verdict, covered = await self._claim(
+            keys=[self._keys.download_key(key), self._keys.download_events()],
+            args=[device_id, claim_id, _now_ms(), CLAIM_LEASE_MS, EVENTS_MAXLEN],
+        )
+        result = ClaimVerdict(verdict)
+        if result is not ClaimVerdict.OK:
+            return result, None
+        return result, Claim(claim_id=claim_id, covered=int(covered))
+
+    @translated
+    async def renew(self, key: str, claim: Claim) -> bool:
+        """Extend the claim; False when it was lost (revoked, expired or taken over)."""
+        held = await self._renew(
+            keys=[self._keys.download_key(key)],
+            args=[claim.claim_id, _now_ms(), CLAIM_LEASE_MS],
+        )
+        return bool(held)
+
+    @translated
+    async def release(self, key: str, claim: Claim, *, first: int, end: int) -> str:
+        """End the transfer that sent bytes [first, end); returns issued, spent or lost."""
+        state = await self._release(
+            keys=[self._keys.download_key(key), self._keys.download_events()],
+            args=[claim.claim_id, first, end, EVENTS_MAXLEN],
+        )
+        return str(state)
+
+    @translated
+    async def revoke(self, key: str) -> bool:
+        """Kill the key at once; True when it existed."""
+        return bool(await self._redis.delete(self._keys.download_key(key)))

@@ -1,0 +1,77 @@
+"""Every Redis key the orchestrator writes, in one place.
+
+All keys start with the configured prefix (`OTA_REDIS_PREFIX`, default `ota:`), so several
+installations, or many tests, can share one Redis. Sorted sets named `…:index` hold members
+with score 0 and are read lexically (ZRANGEBYLEX) for stable cursor pagination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Key templates bound to one prefix."""
+
+    prefix: str = "ota:"
+
+    def project(self, project_id: str) -> str:
+        """Hash: id, name, created_at."""
+        return f"{self.prefix}project:{project_id}"
+
+    def projects(self) -> str:
+        """Sorted set (lex) of every project id."""
+        return f"{self.prefix}projects:index"
+
+    def api_key(self, digest: str) -> str:
+        """Hash by sha256 of the key: id, name, scopes (space-separated), projects, created_at."""
+        return f"{self.prefix}apikey:{digest}"
+
+    def api_keys(self) -> str:
+        """Sorted set (lex) of every API key digest."""
+        return f"{self.prefix}apikeys:index"
+
+    def device(self, device_id: str) -> str:
+        """Hash: the device record (tags as JSON, token as sha256)."""
+        return f"{self.prefix}device:{device_id}"
+
+    def device_token(self, digest: str) -> str:
+        """String: the device id owning the device token with this sha256."""
+        return f"{self.prefix}devtoken:{digest}"
+
+    def project_devices(self, project_id: str) -> str:
+        """Sorted set (lex) of the project's device ids."""
+        return f"{self.prefix}project:{project_id}:devices:index"
+
+    def project_tag(self, project_id: str, tag: str) -> str:
+        """Sorted set (lex) of the project's device ids carrying this tag."""
+        return f"{self.prefix}project:{project_id}:tag:{tag}:index"
+
+    def device_download_keys(self, device_id: str) -> str:
+        """Set of the download keys issued to a device (revoked when it is deleted)."""
+        return f"{self.prefix}device:{device_id}:dkeys"
+
+    def file(self, project_id: str, name: str) -> str:
+        """Hash: name, type, description, size (bytes), sha256, time, path."""
+        return f"{self.prefix}file:{project_id}:{name}"
+
+    def project_files(self, project_id: str) -> str:
+        """Sorted set (lex) of the project's file names."""
+        return f"{self.prefix}project:{project_id}:files:index"
+
+    def all_files(self) -> str:
+        """Sorted set (lex) of `project_id/name` for every file of every project."""
+        return f"{self.prefix}files:index"
+
+    def download_key(self, key: str) -> str:
+        """Hash with a TTL (OTA_DOWNLOAD_KEY_TTL seconds): the key's binding and claim state."""
+        return f"{self.prefix}dk:{key}"
+
+    def command(self, command_id: str) -> str:
+        """Hash with a TTL (24 h): which device a command went to, for matching its results."""
+        return f"{self.prefix}command:{command_id}"
+
+    def download_events(self) -> str:
+        """Stream of download-key claims and deliveries, read by the rollout engine."""
+        return f"{self.prefix}events:downloads"

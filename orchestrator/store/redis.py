@@ -1,0 +1,65 @@
+"""The Redis connection and the translation of redis-py errors at this edge."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any, ParamSpec, TypeVar, cast
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from orchestrator.errors import StoreUnavailable
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+Redis = aioredis.Redis
+
+
+def connect(url: str) -> Redis:
+    """A client for `url` that returns str and fails fast when Redis is down."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=30,
+    )
+
+
+def translated(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn redis-py connection errors into StoreUnavailable so callers never import redis."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await func(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise StoreUnavailable(
+                f"Redis is unreachable ({exc}); check OTA_REDIS_URL and that Redis is running"
+            ) from exc
+        except RedisError as exc:
+            raise StoreUnavailable(f"Redis refused a command: {exc}") from exc
+
+    return wrapper
+
+
+def load_script(redis: Redis, name: str) -> AsyncScript:
+    """Register the Lua script `store/lua/{name}.lua` on this client."""
+    source = resources.files("orchestrator.store").joinpath(f"lua/{name}.lua").read_text()
+    return redis.register_script(source)
+
+
+def fields(reply: Any) -> dict[str, str]:
+    """A hash reply as str to str (the client decodes responses; redis-py types it loosely)."""
+    return cast(dict[str, str], reply)
+
+
+def members(reply: Any) -> list[str]:
+    """A list reply (ZRANGE, SMEMBERS) as str values."""
+    return [str(item) for item in reply]

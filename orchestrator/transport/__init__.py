@@ -1,0 +1,1 @@
+"""MQTT adapter: commands out, results in."""

@@ -1,0 +1,152 @@
+"""Session servers (real redis-server and mosquitto on free ports) and a per-test service.
+
+Each test gets its own Redis key prefix and data directory; device ids are random UUIDs,
+so MQTT topics never collide between tests either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from orchestrator.api import create_app
+from orchestrator.domain.auth import Scope
+from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from orchestrator.settings import Settings
+from orchestrator.store import Stores
+from orchestrator.store.redis import connect
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server from the machine (the system package), on a free port."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed; `make test` installs it from the system packages"
+    with EmbeddedRedis(
+        tmp_path_factory.mktemp("redis"), binary=binary, appendonly=False
+    ).start() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """A real mosquitto from the machine, on a free port."""
+    with EmbeddedBroker(tmp_path_factory.mktemp("mqtt"), kind="mosquitto").start() as broker:
+        yield broker
+
+
+@pytest.fixture
+def settings(redis_url: str, mqtt_broker: EmbeddedBroker, tmp_path: Path) -> Settings:
+    """Settings for one test: its own key prefix, data directory and HTTP port."""
+    port = free_port()
+    return Settings(
+        redis_url=redis_url,
+        redis_prefix=f"test:{uuid.uuid4().hex[:12]}:",
+        mqtt_url=mqtt_broker.url,
+        mqtt_version=mqtt_broker.mqtt_version,
+        http_port=port,
+        data_dir=tmp_path / "data",
+        log_format="json",
+        instance_id=f"test-{uuid.uuid4().hex[:8]}",
+    )
+
+
+@pytest.fixture
+async def stores(settings: Settings) -> AsyncIterator[Stores]:
+    """Stores on the test's key prefix."""
+    redis = connect(settings.redis_url)
+    yield Stores.build(redis, settings.redis_prefix)
+    await redis.aclose()
+
+
+@dataclass
+class Service:
+    """A running API (real uvicorn on a free port) with an admin key and one project."""
+
+    settings: Settings
+    stores: Stores
+    base_url: str
+    admin_key: str
+    project_id: str
+    client: httpx.AsyncClient  # authenticated as admin, base_url set
+
+    async def create_key(self, *scopes: Scope, projects: frozenset[str] = frozenset()) -> str:
+        """A new API key with these scopes."""
+        plain, _ = await self.stores.api_keys.create("test", frozenset(scopes), projects)
+        return plain
+
+    async def create_device(self, **fields: Any) -> dict[str, Any]:
+        """A device in the test project (mqtt unless said otherwise); returns `data`."""
+        body = {"name": "dev", "source": "mqtt", **fields}
+        response = await self.client.post(f"/v2/projects/{self.project_id}/devices", json=body)
+        assert response.status_code == 201, response.text
+        data: dict[str, Any] = response.json()["data"]
+        return data
+
+    async def upload(
+        self, name: str, content: bytes, file_type: str = "firmware", description: str = ""
+    ) -> httpx.Response:
+        """Upload a file to the test project."""
+        return await self.client.post(
+            f"/v2/projects/{self.project_id}/files",
+            files={"file": (name, content, "application/octet-stream")},
+            data={"type": file_type, "description": description},
+        )
+
+
+async def _serve(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(15):
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+    return server, task
+
+
+@pytest.fixture
+async def service(settings: Settings, stores: Stores) -> AsyncIterator[Service]:
+    """The API on real Redis and mosquitto, with an admin key and a project."""
+    admin_key, _ = await stores.api_keys.create("admin", frozenset({Scope.ADMIN}))
+    project = await stores.projects.create("test")
+    server, task = await _serve(settings)
+    base_url = f"http://{settings.http_host}:{settings.http_port}"
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30
+    ) as client:
+        yield Service(
+            settings=settings,
+            stores=stores,
+            base_url=base_url,
+            admin_key=admin_key,
+            project_id=project.id,
+            client=client,
+        )
+    server.should_exit = True
+    await asyncio.wait_for(task, 30)
+
+
+async def wait_for(
+    condition: Callable[[], Awaitable[bool]], timeout_s: float = 10.0, interval_s: float = 0.02
+) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while not await condition():  # noqa: ASYNC110 - polls state in Redis, not in this loop
+            await asyncio.sleep(interval_s)
