@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,7 +60,8 @@ async def test_keys_create_prints_only_a_working_key(
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("QB_")
+    assert len(lines) == 1
+    assert lines[0].startswith("QB_")
     principal = await stores.api_keys.authenticate(lines[0])
     assert principal is not None
     assert {s.value for s in principal.scopes} == {"devices:read", "send-commands"}
@@ -73,7 +74,8 @@ async def test_keys_create_limited_to_a_project(redis_env: dict[str, str], store
     )
     assert result.returncode == 0, result.stderr
     principal = await stores.api_keys.authenticate(result.stdout.strip())
-    assert principal is not None and principal.projects == frozenset({project.id})
+    assert principal is not None
+    assert principal.projects == frozenset({project.id})
 
 
 def test_keys_create_with_an_unknown_project_fails_in_one_line(redis_env: dict[str, str]) -> None:
@@ -103,9 +105,11 @@ async def test_projects_create_prints_only_the_id(
     result = run_ota("projects", "create", "--name", "fleet", env=redis_env)
     assert result.returncode == 0, result.stderr
     project_id = result.stdout.strip()
-    assert str(uuid.UUID(project_id)) == project_id and result.stdout.count("\n") == 1
+    assert str(uuid.UUID(project_id)) == project_id
+    assert result.stdout.count("\n") == 1
     project = await stores.projects.get(project_id)
-    assert project is not None and project.name == "fleet"
+    assert project is not None
+    assert project.name == "fleet"
 
 
 def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
@@ -121,7 +125,8 @@ def test_an_unreachable_redis_is_one_line(tmp_path: Path) -> None:
         "projects", "create", "--name", "x", env={"OTA_REDIS_URL": f"redis://127.0.0.1:{port}/0"}
     )
     assert result.returncode == 1
-    assert "Redis is unreachable" in result.stderr and "OTA_REDIS_URL" in result.stderr
+    assert "Redis is unreachable" in result.stderr
+    assert "OTA_REDIS_URL" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -207,7 +212,8 @@ async def test_serve_on_embedded_defaults_starts_works_and_stops_cleanly(
     children = _children(process.pid)
     assert len(children) == 2  # redis-server and the broker
     state = json.loads((data_dir / "redis" / "embedded.json").read_text())
-    assert state["pid"] in children and state["port"] != 6379
+    assert state["pid"] in children
+    assert state["port"] != 6379
 
     credentials = dict(
         line.removeprefix("export ").split("=", 1)
@@ -223,9 +229,10 @@ async def test_serve_on_embedded_defaults_starts_works_and_stops_cleanly(
     assert response.status_code == 201, response.text
 
     process.send_signal(stop_signal)
-    process.wait(timeout=30)
-    deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(pid) for pid in children)
+    await asyncio.to_thread(process.wait, 30)
+
+    async def children_gone() -> bool:
+        return not any(_alive(pid) for pid in children)
+
+    await wait_for(children_gone, timeout_s=10)
     assert not (data_dir / "redis" / "embedded.json").exists()
