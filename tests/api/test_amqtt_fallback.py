@@ -56,4 +56,4 @@ async def test_a_command_reaches_a_device_through_amqtt_with_qos_2(
         message = await anext(aiter(device_client.messages))
     assert str(message.topic) == f"{device_id}/control/reboot"
     assert message.qos == 2
-    assert json.loads(message.payload) == {"command_id": response.json()["data"]["command_id"]}  # type: ignore[arg-type]
+    assert json.loads(message.payload) == {"command_id": response.json()["data"]["command_id"]}
