@@ -56,9 +56,13 @@ class Forbidden(OrchestratorError, PermissionError):
 
 
 class Unauthorized(OrchestratorError):
-    """Credentials are missing, unknown or expired."""
+    """Credentials are missing, unknown or expired; `challenge` is the WWW-Authenticate value."""
 
     status = 401
+
+    def __init__(self, message: str, *, challenge: str = "Bearer") -> None:
+        super().__init__(message)
+        self.challenge = challenge
 
 
 class InvalidInput(OrchestratorError, ValueError):

@@ -13,6 +13,8 @@ from orchestrator.domain.auth import Principal, Scope
 from orchestrator.errors import Forbidden, NotFound, Unauthorized
 from orchestrator.store.devices import Device
 
+DEVICE_CHALLENGE = 'Basic realm="devices"'
+
 
 async def current_principal(
     request: Request, context: AppContext = Depends(get_context)
@@ -61,7 +63,8 @@ async def current_device(request: Request, context: AppContext) -> Device:
     if scheme.lower() != "basic" or not credential:
         raise Unauthorized(
             "missing device token; send 'Authorization: Basic {device_token}' "
-            "with the token returned when the device was created"
+            "with the token returned when the device was created",
+            challenge=DEVICE_CHALLENGE,
         )
     device = await context.stores.devices.by_token(credential)
     if device is not None:
@@ -75,4 +78,7 @@ async def current_device(request: Request, context: AppContext) -> Device:
         device = await context.stores.devices.by_token(token)
         if device is not None and device.id == device_id:
             return device
-    raise Unauthorized("unknown device token; use the device_token returned at device creation")
+    raise Unauthorized(
+        "unknown device token; use the device_token returned at device creation",
+        challenge=DEVICE_CHALLENGE,
+    )

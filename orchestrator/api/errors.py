@@ -77,7 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, OrchestratorError)
         headers: dict[str, str] = {}
         if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = "Bearer"
+            headers["WWW-Authenticate"] = exc.challenge
         if isinstance(exc, RangeNotSatisfiable):
             headers["Content-Range"] = f"bytes */{exc.size}"
         if exc.status >= 500:

@@ -9,7 +9,7 @@ from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.schemas import ProjectCreate, ProjectEnvelope, ProjectListEnvelope, ProjectOut
 from orchestrator.domain.auth import Principal, Scope
-from orchestrator.errors import NotFound
+from orchestrator.errors import Forbidden, NotFound
 
 router = APIRouter(tags=["projects"], responses=error_responses(400, 401, 403, 503))
 
@@ -18,9 +18,14 @@ router = APIRouter(tags=["projects"], responses=error_responses(400, 401, 403, 5
 async def create_project(
     body: ProjectCreate,
     context: AppContext = Depends(get_context),
-    _: Principal = Depends(require(Scope.ADMIN)),
+    principal: Principal = Depends(require(Scope.ADMIN)),
 ) -> ProjectEnvelope:
-    """Create a project (admin keys only)."""
+    """Create a project (admin keys not limited to projects only)."""
+    if principal.projects:
+        raise Forbidden(
+            "this API key is limited to some projects and cannot create new ones; "
+            "use an admin key without --project"
+        )
     project = await context.stores.projects.create(body.name)
     return ProjectEnvelope(
         status=201,

@@ -61,6 +61,7 @@ async def read_upload(
     header_name = bytearray()
     header_value = bytearray()
     headers: dict[bytes, bytes] = {}
+    finished = False
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         header_name.extend(data[start:end])
@@ -83,6 +84,10 @@ async def read_upload(
     def on_part_end() -> None:
         events.append(("end", b""))
 
+    def on_end() -> None:
+        nonlocal finished
+        finished = True
+
     parser = MultipartParser(
         boundary,
         callbacks={
@@ -92,6 +97,7 @@ async def read_upload(
             "on_headers_finished": on_headers_finished,
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
+            "on_end": on_end,
         },
     )
     part = _Part()
@@ -136,5 +142,13 @@ async def read_upload(
                 form.fields[part.name] = part.data.decode("utf-8", "replace")
         events.clear()
     parser.finalize()
+    if not finished:
+        # python-multipart's finalize() does not check this, and a body cut off inside the
+        # file part would otherwise be stored as a complete (truncated) image.
+        raise InvalidInput(
+            "the multipart body ends before its closing boundary, so the upload was cut off; "
+            "send it again",
+            errors=[{"loc": "body", "msg": "missing closing boundary"}],
+        )
     form.file_size = writer.size
     return form

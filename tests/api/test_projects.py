@@ -79,3 +79,12 @@ async def test_an_unknown_project_is_404(service: Service) -> None:
     body = response.json()
     assert body["action"] == "get project"
     assert missing in body["message"]
+
+
+async def test_a_project_limited_admin_key_cannot_create_projects(service: Service) -> None:
+    key = await service.create_key(Scope.ADMIN, projects=frozenset({service.project_id}))
+    response = await service.client.post(
+        "/v2/projects", json={"name": "x"}, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert response.status_code == 403
+    assert "limited to some projects" in response.json()["message"]

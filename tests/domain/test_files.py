@@ -70,7 +70,9 @@ def test_dot_names_and_the_empty_name_are_refused(name: str) -> None:
         validate_file_name(name, FileType.FIRMWARE)
 
 
-@pytest.mark.parametrize("name", ["fw v2.bin", "fw\n.bin", "fw:1.bin", "fírmware.bin", "fw\x00.bin"])
+@pytest.mark.parametrize(
+    "name", ["fw v2.bin", "fw\n.bin", "fw:1.bin", "fírmware.bin", "fw\x00.bin"]
+)
 def test_characters_outside_the_name_alphabet_are_refused(name: str) -> None:
     with pytest.raises(InvalidInput, match="letters, digits") as caught:
         validate_file_name(name, FileType.FIRMWARE)
@@ -115,7 +117,8 @@ def test_validate_file_name_either_returns_the_name_or_raises_invalid_input(name
         return
     assert accepted == name
     assert accepted not in {".", ".."}
-    assert "/" not in accepted and "\\" not in accepted
+    assert "/" not in accepted
+    assert "\\" not in accepted
     assert 1 <= len(accepted) <= 128
 
 

@@ -1,0 +1,131 @@
+"""The OpenAPI document is part of the contract: every route, 400 (never 422), ErrorBody."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.routing import APIRoute
+
+from orchestrator.api import commands, devices, downloads, files, health, projects
+from tests.conftest import Service
+
+ERROR_BODY_REF = {"$ref": "#/components/schemas/ErrorBody"}
+
+CONTRACT_ROUTES = {
+    ("POST", "/v2/projects"),
+    ("GET", "/v2/projects"),
+    ("GET", "/v2/projects/{project_id}"),
+    ("POST", "/v2/projects/{project_id}/devices"),
+    ("GET", "/v2/projects/{project_id}/devices"),
+    ("GET", "/v2/projects/{project_id}/devices/{device_id}"),
+    ("PATCH", "/v2/projects/{project_id}/devices/{device_id}"),
+    ("DELETE", "/v2/projects/{project_id}/devices/{device_id}"),
+    ("POST", "/v2/projects/{project_id}/files"),
+    ("GET", "/v2/projects/{project_id}/files"),
+    ("GET", "/v2/files"),
+    ("DELETE", "/v2/projects/{project_id}/files/{name}"),
+    ("POST", "/v2/projects/{project_id}/devices/{device_id}/communication/command"),
+    ("GET", "/v2/device/download"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+}
+
+
+@pytest.fixture
+async def openapi(service: Service) -> dict[str, Any]:
+    """The document the running service serves."""
+    response = await service.client.get("/openapi.json")
+    assert response.status_code == 200, response.text
+    document: dict[str, Any] = response.json()
+    return document
+
+
+def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method.upper(), path): operation
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def app_routes() -> set[tuple[str, str]]:
+    """Every (method, path) the API's routers define."""
+    modules = (projects, devices, files, commands, downloads, health)
+    return {
+        (method, route.path)
+        for module in modules
+        for route in module.router.routes
+        if isinstance(route, APIRoute) and route.include_in_schema
+        for method in route.methods or ()
+    }
+
+
+async def test_every_route_is_documented(openapi: dict[str, Any]) -> None:
+    documented = set(operations(openapi))
+    assert app_routes() == documented
+    assert documented >= CONTRACT_ROUTES
+
+
+async def test_no_operation_documents_422(openapi: dict[str, Any]) -> None:
+    for key, operation in operations(openapi).items():
+        assert "422" not in operation["responses"], key
+    schemas = openapi["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    assert "ValidationError" not in schemas
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        ("POST", "/v2/projects/{project_id}/devices"),
+        ("POST", "/v2/projects/{project_id}/devices/{device_id}/communication/command"),
+    ],
+)
+async def test_device_create_and_command_document_400_with_error_body(
+    openapi: dict[str, Any], route: tuple[str, str]
+) -> None:
+    responses = operations(openapi)[route]["responses"]
+    assert responses["400"]["content"]["application/json"]["schema"] == ERROR_BODY_REF
+    for code in ("401", "403", "404"):
+        assert responses[code]["content"]["application/json"]["schema"] == ERROR_BODY_REF
+
+
+async def test_the_error_body_schema_has_the_house_fields(openapi: dict[str, Any]) -> None:
+    schemas = openapi["components"]["schemas"]
+    error_body = schemas["ErrorBody"]
+    assert set(error_body["properties"]) == {"success", "status", "action", "message", "errors"}
+    assert error_body["properties"]["errors"]["items"] == {"$ref": "#/components/schemas/ErrorItem"}
+    assert set(schemas["ErrorItem"]["properties"]) == {"loc", "msg"}
+    assert "$defs" not in error_body
+
+
+async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -> None:
+    """Seed 003's device body, seed 000's command body and the required file `type`."""
+    ops = operations(openapi)
+    schemas = openapi["components"]["schemas"]
+    create = ops[("POST", "/v2/projects/{project_id}/devices")]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DeviceCreate"
+    }
+    device_create = schemas["DeviceCreate"]
+    assert set(device_create["properties"]) == {
+        "name",
+        "description",
+        "source",
+        "tags",
+        "brand",
+        "model",
+    }
+    assert device_create["properties"]["source"]["enum"] == ["http", "mqtt"]
+    assert set(device_create["required"]) == {"name", "source"}
+    assert "201" in create["responses"]
+    assert set(schemas["CommandRequest"]["properties"]) == {"command", "data"}
+    for path in ("/v2/projects/{project_id}/files", "/v2/files"):
+        [type_parameter] = [p for p in ops[("GET", path)]["parameters"] if p["name"] == "type"]
+        assert type_parameter["in"] == "query"
+        assert type_parameter["required"] is True
+    upload = ops[("POST", "/v2/projects/{project_id}/files")]
+    form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert set(form["required"]) == {"file", "type"}
+    assert {"409", "413"} <= set(upload["responses"])
