@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import anyio.lowlevel
 import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
@@ -36,6 +37,9 @@ class KeyedFileResponse(Response):
 
     The claim is renewed as chunks go out and released in every outcome with the bytes sent,
     so a broken transfer can be resumed with Range and a complete one spends the key.
+    "Sent" means handed to the server with the connection still up afterwards; bytes still in
+    socket buffers when the device drops are counted too, which is why a resume may start
+    anywhere inside the covered prefix (see dk_release.lua).
     """
 
     def __init__(
@@ -63,7 +67,8 @@ class KeyedFileResponse(Response):
     def _response_headers(self) -> list[tuple[bytes, bytes]]:
         headers = [
             (b"content-type", b"application/octet-stream"),
-            (b"content-disposition", f'attachment; filename="{self._stored.name}"'.encode()),
+            # Seed 000's form, unquoted: file names are RFC 9110 tokens ([A-Za-z0-9._-]).
+            (b"content-disposition", f"attachment; filename={self._stored.name}".encode()),
             (b"content-length", str(self._end - self._first).encode()),
             (b"accept-ranges", b"bytes"),
             (b"cache-control", b"no-store"),
@@ -100,7 +105,13 @@ class KeyedFileResponse(Response):
                     }
                 )
                 renewed = time.monotonic()
+                # Uvicorn's send returns silently once the connection is gone, and the watcher
+                # hears of it only at a later await; so a chunk counts as sent only when the
+                # next await (reading the next chunk, a thread hop) finds the connection up.
+                unconfirmed = 0
                 async for chunk in self._blobs.read(self._stored.path, self._first, self._end):
+                    sent += unconfirmed
+                    unconfirmed = 0
                     now = time.monotonic()
                     if now - started > TRANSFER_LIMIT_S:
                         outcome = "time limit"
@@ -113,9 +124,11 @@ class KeyedFileResponse(Response):
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     if disconnected:
                         break
-                    sent += len(chunk)
+                    unconfirmed = len(chunk)
                 else:
+                    await anyio.lowlevel.checkpoint()  # a disconnect cancels us here
                     if not disconnected:
+                        sent += unconfirmed
                         await send({"type": "http.response.body", "body": b"", "more_body": False})
                         outcome = "complete"
                 group.cancel_scope.cancel()
@@ -127,7 +140,8 @@ class KeyedFileResponse(Response):
             log.info(
                 "download ended",
                 key_state=state,
-                outcome="disconnected" if disconnected else outcome,
+                # After a complete response uvicorn also answers receive() with a disconnect.
+                outcome="disconnected" if disconnected and outcome != "complete" else outcome,
                 file_name=self._stored.name,
                 bytes_sent=sent - self._first,
             )

@@ -25,15 +25,17 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     if not first_text:  # suffix: the last N bytes
         length = int(last_text)
-        if length == 0:
+        if length == 0 or size == 0:
             raise _unsatisfiable(header, size)
         return max(size - length, 0), size
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:  # not a valid range (RFC 9110 §14.1.1): ignored
         return None
+    # Checked before defaulting `last`: `bytes={size}-` would otherwise look like last < first
+    # and send the whole file again to a device that already has all of it.
     if first >= size:
         raise _unsatisfiable(header, size)
+    last = int(last_text) if last_text else size - 1
     return first, min(last, size - 1) + 1
 
 

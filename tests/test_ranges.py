@@ -1,0 +1,71 @@
+"""`parse_range`: the single `bytes=` range a resuming device sends, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.api.ranges import parse_range
+from orchestrator.errors import RangeNotSatisfiable
+
+SIZE = 100
+
+
+@pytest.mark.parametrize("header", [None, ""])
+def test_no_range_header_means_the_whole_file(header: str | None) -> None:
+    assert parse_range(header, SIZE) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-", (0, 100)),
+        ("bytes=5-9", (5, 10)),
+        ("bytes=40-", (40, 100)),
+        ("bytes=99-99", (99, 100)),
+        ("bytes=-3", (97, 100)),
+        ("bytes = 5 - 9", (5, 10)),
+    ],
+)
+def test_single_range_is_bytes_first_to_end_exclusive(
+    header: str, expected: tuple[int, int]
+) -> None:
+    assert parse_range(header, SIZE) == expected
+
+
+def test_last_byte_beyond_the_file_is_clipped_to_its_end() -> None:
+    assert parse_range("bytes=90-500", SIZE) == (90, 100)
+
+
+def test_suffix_longer_than_the_file_is_the_whole_file() -> None:
+    assert parse_range("bytes=-500", SIZE) == (0, 100)
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=150-", "bytes=250-300", "bytes=-0"])
+def test_range_past_the_end_is_not_satisfiable(header: str) -> None:
+    """`bytes={size}-` (a device that has every byte) must not restart the whole file."""
+    with pytest.raises(RangeNotSatisfiable) as caught:
+        parse_range(header, SIZE)
+    assert caught.value.size == SIZE
+    assert caught.value.status == 416
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=0-9,20-29",  # several ranges: ignored, the whole file is sent
+        "bytes=9-5",  # last before first
+        "bytes=150-120",  # last before first, even past the end
+        "bytes=-",
+        "items=0-9",
+        "bytes=a-b",
+        "garbage",
+    ],
+)
+def test_ranges_this_server_does_not_serve_are_ignored(header: str) -> None:
+    assert parse_range(header, SIZE) is None
+
+
+def test_any_range_of_an_empty_file_is_not_satisfiable() -> None:
+    for header in ("bytes=0-", "bytes=-5"):
+        with pytest.raises(RangeNotSatisfiable):
+            parse_range(header, 0)
