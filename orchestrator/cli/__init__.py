@@ -7,7 +7,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from orchestrator.cli import admin
+from orchestrator.cli import admin, plans
 from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 admin.register(app)
+plans.register(app)
 
 
 def main() -> None:

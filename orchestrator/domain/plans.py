@@ -1,0 +1,466 @@
+"""Rollout plans (ARCHITECTURE §6): the YAML contract, its models, and located errors.
+
+The YAML keys (`bake`, `ack_timeout`, `rate`) are the contract; the Python names carry units
+(`bake_s`, `ack_timeout_s`, `rate_per_s`). `parse_plan` turns any text into a Plan or a
+PlanError whose every problem names file:line:column, the value and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.domain.devices import TAG
+from orchestrator.domain.files import EXTENSIONS, FILE_NAME, FileType
+from orchestrator.domain.yaml_locations import (
+    Path,
+    Position,
+    Rule,
+    YamlSyntaxError,
+    load_yaml,
+    render_path,
+    rule_error,
+    show_value,
+)
+from orchestrator.errors import InvalidInput
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DURATION_FORMS = "30s, 10m, 2h, 1h30m or 500ms (or a number of seconds)"
+_N = r"\d+(?:\.\d+)?"
+_NUMBER = re.compile(rf"[+-]?{_N}")
+_PERCENT = re.compile(rf"({_N})\s*%")
+_RATE = re.compile(rf"({_N})\s*/\s*(s|m)")
+_DURATION = re.compile(rf"(?:({_N})h)?(?:({_N})m(?!s))?(?:({_N})s)?(?:({_N})ms)?")
+_UNITS_S = (3600.0, 60.0, 1.0, 0.001)
+_FIRMWARE_EXTENSIONS = EXTENSIONS[FileType.FIRMWARE]  # .bin, .hex, .elf
+
+
+class FailureType(StrEnum):
+    """The ways a device can fail a rollout; each may have its own threshold."""
+
+    FAILED = "failed"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    WRONG_VERSION = "wrong_version"
+
+
+# -- values ------------------------------------------------------------------------------------
+
+
+def _number(value: object) -> float | None:
+    """A number, or a string holding one; None for anything else (booleans included)."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value.strip())
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    """`5400` as `1h30m`, `0.5` as `500ms`: the shortest form parse_duration reads back."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms" if seconds else "0s"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(hours, "h"), (minutes, "m"), (secs, "s")]
+    return "".join(f"{show_value(amount)}{unit}" for amount, unit in parts if amount) or "0s"
+
+
+def parse_duration(value: object) -> float:
+    """Seconds in `value`: 30s, 10m, 2h, 1h30m, 500ms or a number of seconds; ValueError else."""
+    seconds, got = _number(value), show_value(value)
+    if seconds is None and isinstance(value, str):
+        match = _DURATION.fullmatch(value.strip())
+        if match and any(match.groups()):
+            parts = zip(match.groups(), _UNITS_S, strict=True)
+            seconds = sum(float(amount) * unit for amount, unit in parts if amount)
+    if seconds is None:
+        raise ValueError(f"must be a duration like {DURATION_FORMS}, got {got}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"must be a duration of 0s or more, got {got}")
+    return seconds
+
+
+def _timeout(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0s, got {show_value(value)}")
+    return seconds
+
+
+def parse_percent(value: object) -> float:
+    """A wave's share of the target, 0 < p <= 100, from 10, 10.5 or "10%"; ValueError else."""
+    match = _PERCENT.fullmatch(value.strip()) if isinstance(value, str) else None
+    percent, got = float(match.group(1)) if match else _number(value), show_value(value)
+    if percent is None:
+        raise ValueError(f"must be a percentage of the target like 10 or 10%, got {got}")
+    if percent <= 0:
+        raise ValueError(f"must be more than 0 (a wave must reach some devices), got {got}")
+    if not percent <= 100:
+        raise ValueError(f"must be between 0 and 100, got {got}")
+    return percent
+
+
+def parse_failure_rate(value: object) -> float:
+    """A fraction 0..1 from "5%" or 0.05; ValueError naming both forms otherwise."""
+    forms = "a percentage like 5% or a fraction like 0.05"
+    match = _PERCENT.fullmatch(value.strip()) if isinstance(value, str) else None
+    rate, got = float(match.group(1)) / 100 if match else _number(value), show_value(value)
+    if rate is None:
+        raise ValueError(f"must be {forms}, got {got}")
+    if not match and rate > 1:
+        raise ValueError(f"must be {forms}, got {got} (for {rate:g} percent, write {rate:g}%)")
+    if not 0 <= rate <= 1:
+        raise ValueError(f"must be between 0% and 100%, got {got}")
+    return rate
+
+
+def parse_rate(value: object) -> float:
+    """Commands per second from "20/s", "600/m" or a number per second; ValueError else."""
+    match = _RATE.fullmatch(value.strip()) if isinstance(value, str) else None
+    per_s = _number(value)
+    if match:
+        per_s = float(match.group(1)) / (60 if match.group(2) == "m" else 1)
+    if per_s is None:
+        forms = "20/s or 600/m (or a number per second)"
+        raise ValueError(f"must be a rate like {forms}, got {show_value(value)}")
+    if not (per_s > 0 and math.isfinite(per_s)):
+        raise ValueError(f"must be more than 0, got {show_value(value)}")
+    return per_s
+
+
+def _text(limit: int, pattern: re.Pattern[str] | None = None, rule: str = "") -> Callable[..., str]:
+    def check(value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be text, got {show_value(value)}")
+        if not value or len(value) > limit or (pattern and not pattern.fullmatch(value)):
+            raise ValueError(f"must be 1 to {limit} characters{rule}, got {show_value(value)}")
+        return value
+
+    return check
+
+
+def _firmware_file(value: object) -> str:
+    name = _text(128, FILE_NAME, " of letters, digits, '.', '_' or '-'")(value)
+    if name in {".", ".."} or not name.lower().endswith(_FIRMWARE_EXTENSIONS):
+        got = show_value(value)
+        raise ValueError(
+            f"must be an uploaded firmware file ending in .bin, .hex or .elf, got {got}"
+        )
+    return name
+
+
+_NAME_RULE = ": a letter or digit, then letters, digits, '.', '_' or '-'"
+_DURATION_TEXT = rf"^(?=\d)(?:{_N}h)?(?:{_N}m)?(?:{_N}s)?(?:{_N}ms)?$"
+_PERCENT_TEXT = {"type": "string", "pattern": rf"^{_N}\s*%$"}
+
+
+def _json(*forms: dict[str, Any], pattern: str = "") -> WithJsonSchema:
+    """The schema editors see: the forms a value may take (a number, a string matching...)."""
+    text = [{"type": "string", "pattern": pattern}] if pattern else []
+    return WithJsonSchema({"anyOf": [*forms, *text]} if len(forms) + len(text) > 1 else forms[0])
+
+
+def _name(limit: int) -> WithJsonSchema:
+    return _json({"type": "string", "minLength": 1, "maxLength": limit, "pattern": NAME.pattern})
+
+
+_TAG_RULE = " without spaces, ':', ';' or ','"
+_FILE_JSON = {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,128}\.(bin|hex|elf)$"}
+_ABOVE_0 = {"type": "number", "exclusiveMinimum": 0}
+
+PlanName = Annotated[str, BeforeValidator(_text(100, NAME, _NAME_RULE)), _name(100)]
+WaveName = Annotated[str, BeforeValidator(_text(64, NAME, _NAME_RULE)), _name(64)]
+FirmwareFile = Annotated[str, BeforeValidator(_firmware_file), _json(_FILE_JSON)]
+Text = Annotated[str, BeforeValidator(_text(128)), _json({"type": "string", "minLength": 1})]
+Tag = Annotated[
+    str,
+    BeforeValidator(_text(64, TAG, _TAG_RULE)),
+    _json({"type": "string", "pattern": TAG.pattern}),
+]
+Count = Annotated[int, Strict(), Field(ge=1)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    _json({"type": "number", "minimum": 0}, pattern=_DURATION_TEXT),
+]
+Timeout = Annotated[float, BeforeValidator(_timeout), _json(_ABOVE_0, pattern=_DURATION_TEXT)]
+Percent = Annotated[
+    float, BeforeValidator(parse_percent), _json({**_ABOVE_0, "maximum": 100}, _PERCENT_TEXT)
+]
+FailureRate = Annotated[
+    float,
+    BeforeValidator(parse_failure_rate),
+    _json({"type": "number", "minimum": 0, "maximum": 1}, _PERCENT_TEXT),
+]
+RatePerS = Annotated[float, BeforeValidator(parse_rate), _json(_ABOVE_0, pattern=rf"^{_N}/[sm]$")]
+
+# -- models ------------------------------------------------------------------------------------
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class FirmwareSpec(_Spec):
+    """The firmware to ship, and the version a device must report on success."""
+
+    file: FirmwareFile = Field(description="An uploaded firmware file of the project")
+    version: Text | None = Field(None, description="A success reporting another version fails")
+
+
+class TargetSpec(_Spec):
+    """Which devices the rollout may reach; every criterion must hold. Empty: all mqtt devices."""
+
+    tags: list[Tag] = Field(default_factory=list, description="The device has all these tags")
+    brand: Text | None = None
+    model: Text | None = None
+    devices: list[Text] = Field(default_factory=list, description="Only these device ids")
+    exclude: list[Text] = Field(default_factory=list, description="Never these device ids")
+
+
+class WaveSpec(_Spec):
+    """One step of cumulative coverage: `devices` in total or `percent` of the target."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["devices"]}, {"required": ["percent"]}]}
+    )
+
+    name: WaveName = Field("", description="Unique in the plan; wave-N when left out")
+    devices: Count | None = Field(None, description="Devices reached in total by this wave")
+    percent: Percent | None = Field(None, description="Share of the target reached in total")
+    bake_s: Duration = Field(0.0, alias="bake", description="Wait after the wave, then judge")
+    approval: Literal["auto", "manual"] = Field("auto", description="manual: wait for promote")
+
+    @model_validator(mode="after")
+    def _one_reach(self) -> Self:
+        if self.devices is not None and self.percent is not None:
+            raise rule_error([((), "sets both devices and percent; keep one of them")])
+        if self.devices is None and self.percent is None:
+            detail = "needs devices: N (a number of devices) or percent: P (a share of the target)"
+            raise rule_error([((), detail)])
+        return self
+
+
+class PolicySpec(_Spec):
+    """When to stop: failure thresholds, timeouts, retries and dispatch limits."""
+
+    max_failure_rate: FailureRate = 0.05
+    max_failure_rate_by_type: dict[FailureType, FailureRate] = Field(default_factory=dict)
+    min_devices: Count = Field(1, description="Finished devices needed before judging mid-wave")
+    ack_timeout_s: Timeout = Field(600.0, alias="ack_timeout")
+    device_timeout_s: Timeout = Field(1800.0, alias="device_timeout")
+    retries: Annotated[int, Strict(), Field(ge=0, le=10)] = 0
+    rate_per_s: RatePerS | None = Field(None, alias="rate", description="Commands per second")
+    max_in_flight: Count | None = Field(None, description="Devices sent but not final, at most")
+    on_failure: Literal["halt", "rollback"] = "halt"
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> Self:
+        if self.device_timeout_s < self.ack_timeout_s:
+            device, ack = map(format_duration, (self.device_timeout_s, self.ack_timeout_s))
+            detail = f"({device}) must be at least ack_timeout ({ack}), the longer of the two waits"
+            raise rule_error([(("device_timeout",), detail)])
+        return self
+
+
+class RollbackSpec(_Spec):
+    """The firmware sent back to devices that took the new one, when the rollout fails."""
+
+    file: FirmwareFile
+    version: Text | None = None
+
+
+_WHOLE = ", so that the rollout reaches the whole target"
+
+
+class Plan(_Spec):
+    """A rollout plan (ARCHITECTURE §6)."""
+
+    name: PlanName
+    firmware: FirmwareSpec
+    target: TargetSpec = Field(default_factory=TargetSpec)
+    waves: list[WaveSpec] = Field(min_length=1, max_length=50)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    rollback: RollbackSpec | None = None
+
+    @field_validator("waves", mode="after")
+    @classmethod
+    def _name_waves(cls, waves: list[WaveSpec]) -> list[WaveSpec]:
+        return [
+            wave if wave.name else wave.model_copy(update={"name": f"wave-{number}"})
+            for number, wave in enumerate(waves, 1)
+        ]
+
+    @model_validator(mode="after")
+    def _rules(self) -> Self:
+        rules: list[Rule] = []
+        named: dict[str, int] = {}
+        for i, wave in enumerate(self.waves):
+            if wave.name in named:
+                detail = f"{wave.name!r} is already the name of waves[{named[wave.name]}]"
+                rules.append((("waves", i, "name"), detail + "; wave names must be unique"))
+            named.setdefault(wave.name, i)
+        for reach, unit in (("percent", "%"), ("devices", " devices")):
+            top: tuple[int, float] | None = None
+            for i, wave in enumerate(self.waves):
+                value = getattr(wave, reach)
+                if value is not None and top and value < top[1]:
+                    detail = f"is {show_value(value)} but waves[{top[0]}] already reached "
+                    detail += f"{show_value(top[1])}{unit}; waves are cumulative, so {reach} must "
+                    rules.append((("waves", i, reach), detail + "not decrease"))
+                elif value is not None:
+                    top = (i, value)
+        last = len(self.waves) - 1
+        if self.waves[last].percent is None:
+            detail = "cannot end the plan: the last wave must be percent: 100" + _WHOLE
+            rules.append((("waves", last, "devices"), detail))
+        elif self.waves[last].percent != 100:
+            got = show_value(self.waves[last].percent)
+            rules.append(
+                (("waves", last, "percent"), f"must be 100 in the last wave{_WHOLE}; got {got}")
+            )
+        if self.policy.on_failure == "rollback" and self.rollback is None:
+            detail = "is rollback but the plan has no rollback section; add rollback: with the "
+            rules.append((("policy", "on_failure"), detail + "file to go back to, or use halt"))
+        if self.rollback and self.rollback.file == self.firmware.file:
+            detail = f"must differ from firmware.file; both are {self.rollback.file!r}"
+            rules.append((("rollback", "file"), detail))
+        if rules:
+            raise rule_error(rules)
+        return self
+
+
+# -- parsing and located errors ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """One thing wrong with a plan, where it is written, and how to fix it."""
+
+    source: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}:{self.column}: {self.message}"
+
+
+class PlanError(InvalidInput):
+    """A plan that cannot be used; `problems` are located, `message` has one per line."""
+
+    def __init__(self, problems: list[PlanProblem]) -> None:
+        self.problems = problems
+        errors = [
+            {"loc": f"{p.line}:{p.column} {p.path}".rstrip(), "msg": p.message} for p in problems
+        ]
+        super().__init__("\n".join(str(p) for p in problems), errors=errors)
+
+    def __reduce__(self) -> tuple[type[PlanError], tuple[list[PlanProblem]]]:
+        return (type(self), (self.problems,))
+
+
+_SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
+    (): Plan,
+    ("firmware",): FirmwareSpec,
+    ("target",): TargetSpec,
+    ("waves", "*"): WaveSpec,
+    ("policy",): PolicySpec,
+    ("rollback",): RollbackSpec,
+}
+# YAML reads `version: 2.10` as the float 2.1; in these places the text as written is meant
+_TEXT_FIELDS = [
+    tuple(path.split("."))
+    for path in [
+        "name",
+        "firmware.file",
+        "firmware.version",
+        "rollback.file",
+        "rollback.version",
+        "target.brand",
+        "target.model",
+        "target.tags.*",
+        "target.devices.*",
+        "target.exclude.*",
+        "waves.*.name",
+    ]
+]
+
+
+def _keys_of(path: Path) -> list[str]:
+    """The YAML keys the mapping at `path` accepts (none when it is not a section)."""
+    model = _SECTIONS.get(tuple("*" if isinstance(part, int) else str(part) for part in path))
+    if model is None:
+        return []
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _located(source: str, at: Position, path: Path, message: str) -> PlanProblem:
+    return PlanProblem(source, at.line, at.column, render_path(path), message)
+
+
+def parse_plan(text: str, source: str = "<plan>") -> Plan:
+    """The Plan in YAML or JSON `text`; PlanError with every problem located in `source`."""
+    try:
+        return _parse(text, source)
+    except RecursionError:  # PyYAML composes recursively: thousands of nested `[`
+        message = "the plan is nested too deeply to read; a plan is a few levels deep"
+        raise PlanError([PlanProblem(source, 1, 1, "", message)]) from None
+
+
+def _parse(text: str, source: str) -> Plan:
+    try:
+        located = load_yaml(text, root="the plan")
+    except YamlSyntaxError as exc:
+        raise PlanError([_located(source, exc.position, (), exc.message)]) from None
+    problems = [_located(source, i.position, i.path, i.message) for i in located.issues]
+    data, root = located.data, located.locate(())
+    keys = ", ".join(_keys_of(()))
+    if data is None:
+        problems.append(_located(source, root, (), f"the plan is empty; write a mapping of {keys}"))
+    elif not isinstance(data, dict):
+        message = f"the plan must be a mapping of {keys}; got {show_value(data)}"
+        problems.append(_located(source, root, (), message))
+    else:
+        located.keep_as_written(_TEXT_FIELDS)
+        try:
+            plan = Plan.model_validate(data, by_alias=True, by_name=False)
+        except ValidationError as exc:
+            for issue in located.explain(exc, _keys_of):
+                problems.append(_located(source, issue.position, issue.path, issue.message))
+        else:
+            if not problems:
+                return plan
+    ordered = sorted(dict.fromkeys(problems), key=lambda p: (p.line, p.column))
+    raise PlanError(ordered)
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """The JSON Schema of the YAML form (its keys are the aliases), for editors."""
+    schema = Plan.model_json_schema(by_alias=True, mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "OTA rollout plan",
+    }

@@ -1,0 +1,61 @@
+"""`ota validate` and `ota schema`, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+OTA = [sys.executable, "-m", "orchestrator"]
+
+
+def run_ota(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*OTA, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_validate_a_good_plan_prints_ok_and_exits_0() -> None:
+    result = run_ota("validate", "rollouts/canary.yaml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ok  rollouts/canary.yaml  (thermostat-2.1.0, 4 waves)\n"
+    assert result.stderr == ""
+
+
+def test_validate_a_bad_plan_prints_located_problems_and_exits_1(tmp_path: Path) -> None:
+    bad = tmp_path / "rollout.yaml"
+    bad.write_text(
+        "name: demo\nfirmware:\n  file: fw.bin\nwaves:\n  - percent: 50\n  - percent: 120\n"
+    )
+    result = run_ota("validate", str(bad))
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == f"{bad}:6:14: waves[1].percent must be between 0 and 100, got 120\n"
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_checks_every_file_and_fails_if_any_is_bad(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    result = run_ota("validate", "rollouts/canary.yaml", str(missing), "rollouts/rollback.yaml")
+    assert result.returncode == 1
+    assert result.stdout.count("ok  ") == 2
+    assert result.stderr == f"{missing}: cannot read the plan: no such file or directory\n"
+
+
+def test_validate_a_file_that_is_not_utf8_names_the_place(tmp_path: Path) -> None:
+    binary = tmp_path / "plan.yaml"
+    binary.write_bytes(b"name: demo\nfirmware: \xff\n")
+    result = run_ota("validate", str(binary))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{binary}:2:11: the plan is not UTF-8 text")
+    assert "Traceback" not in result.stderr
+
+
+def test_schema_prints_the_plan_json_schema() -> None:
+    result = run_ota("schema")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert "waves" in schema["properties"]
+    assert result.stdout.startswith('{\n  "$schema"')
