@@ -1,0 +1,141 @@
+"""Which devices a rollout targets, in which order, and how many each wave reaches.
+
+Cohorts are deterministic: eligible devices are ordered by sha256(rollout name, device id), so
+re-running a plan picks the same canaries, and the canaries are spread across the fleet rather
+than being the oldest or newest devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orchestrator.domain.commands import is_allowed
+from orchestrator.domain.plans import TargetSpec, WaveSpec
+
+ROLLOUT_COMMAND = "download_firmware"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What cohort selection needs to know about a device."""
+
+    id: str
+    source: str
+    tags: frozenset[str]
+    brand: str
+    model: str
+    allowed_commands: tuple[str, ...] = ()
+    active_rollout: str | None = None  # the id of another active rollout holding the device
+
+
+class ExclusionReason(StrEnum):
+    """Why a device the target names will not take part."""
+
+    HTTP_ONLY = "http_only"
+    COMMAND_NOT_ALLOWED = "command_not_allowed"
+    IN_ACTIVE_ROLLOUT = "in_active_rollout"
+    EXCLUDED_BY_PLAN = "excluded_by_plan"
+    NOT_FOUND = "not_found"
+
+
+EXCLUSION_TEXT = {
+    ExclusionReason.HTTP_ONLY: "an http device cannot receive commands",
+    ExclusionReason.COMMAND_NOT_ALLOWED: "its allowed_commands do not include download_firmware",
+    ExclusionReason.IN_ACTIVE_ROLLOUT: "it is in another active rollout",
+    ExclusionReason.EXCLUDED_BY_PLAN: "the plan's target.exclude lists it",
+    ExclusionReason.NOT_FOUND: "target.devices names it but the project has no such device",
+}
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A device left out, and why."""
+
+    device_id: str
+    reason: ExclusionReason
+    detail: str = ""  # e.g. the other rollout's id
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """The devices a rollout will update, in wave order, and those it leaves out."""
+
+    device_ids: list[str]
+    exclusions: list[Exclusion]
+
+
+def matches(target: TargetSpec, device: DeviceInfo) -> bool:
+    """True when the device meets every criterion of the target (AND)."""
+    if target.tags and not set(target.tags) <= device.tags:
+        return False
+    if target.brand is not None and device.brand != target.brand:
+        return False
+    if target.model is not None and device.model != target.model:
+        return False
+    return not target.devices or device.id in target.devices
+
+
+def order_key(rollout_name: str, device_id: str) -> str:
+    """The sort key spreading devices over waves: sha256 of the name and the id."""
+    return hashlib.sha256(f"{rollout_name}\x00{device_id}".encode()).hexdigest()
+
+
+def select(rollout_name: str, target: TargetSpec, devices: Iterable[DeviceInfo]) -> Cohort:
+    """The eligible devices in deterministic order, and the matching ones excluded, with why."""
+    eligible: list[str] = []
+    exclusions: list[Exclusion] = []
+    seen: set[str] = set()
+    excluded = set(target.exclude)
+    for device in devices:
+        seen.add(device.id)
+        if not matches(target, device):
+            continue
+        if device.id in excluded:
+            exclusions.append(Exclusion(device.id, ExclusionReason.EXCLUDED_BY_PLAN))
+        elif device.source != "mqtt":
+            exclusions.append(Exclusion(device.id, ExclusionReason.HTTP_ONLY))
+        elif not is_allowed(ROLLOUT_COMMAND, list(device.allowed_commands)):
+            exclusions.append(Exclusion(device.id, ExclusionReason.COMMAND_NOT_ALLOWED))
+        elif device.active_rollout:
+            exclusions.append(
+                Exclusion(device.id, ExclusionReason.IN_ACTIVE_ROLLOUT, device.active_rollout)
+            )
+        else:
+            eligible.append(device.id)
+    for device_id in target.devices:
+        if device_id not in seen:
+            exclusions.append(Exclusion(device_id, ExclusionReason.NOT_FOUND))
+    eligible.sort(key=lambda device_id: order_key(rollout_name, device_id))
+    exclusions.sort(key=lambda exclusion: (exclusion.reason, exclusion.device_id))
+    return Cohort(device_ids=eligible, exclusions=exclusions)
+
+
+def wave_reach(waves: Sequence[WaveSpec], total: int) -> list[int]:
+    """How many devices of `total` each wave reaches in all (cumulative, monotone, last = total).
+
+    `devices: N` reaches N (at most the total); `percent: P` reaches ceil(P% of total), so a
+    small fleet's 1% canary is still one device.
+    """
+    reach: list[int] = []
+    previous = 0
+    for index, wave in enumerate(waves):
+        if index == len(waves) - 1:
+            wanted = total
+        elif wave.devices is not None:
+            wanted = wave.devices
+        else:
+            assert wave.percent is not None
+            wanted = math.ceil(round(wave.percent * total / 100, 9))
+        previous = max(previous, min(wanted, total))
+        reach.append(previous)
+    return reach
+
+
+def wave_sizes(waves: Sequence[WaveSpec], total: int) -> list[int]:
+    """How many new devices each wave adds (the differences of wave_reach)."""
+    reach = wave_reach(waves, total)
+    return [count - (reach[i - 1] if i else 0) for i, count in enumerate(reach)]

@@ -1,0 +1,93 @@
+"""The failure policy: is a rollout's failure rate over the plan's limits?
+
+Failure rate = failures / finished devices (succeeded + failed + rejected + timed out, where a
+success with the wrong version counts as failed). Mid-wave it is judged once `min_devices` have
+finished; at the end of a wave (after its bake) it is always judged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from orchestrator.domain.plans import FailureType, PolicySpec
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Finished devices of a rollout so far: successes, and failures by type."""
+
+    succeeded: int = 0
+    failures: Mapping[FailureType, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """All failures, whatever their type."""
+        return sum(self.failures.values())
+
+    @property
+    def finished(self) -> int:
+        """Devices that reached a final result counted by the policy."""
+        return self.succeeded + self.failed
+
+    @property
+    def failure_rate(self) -> float:
+        """failures / finished, 0 when nothing has finished."""
+        return self.failed / self.finished if self.finished else 0.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The policy's answer: whether a limit was crossed, which, and the numbers."""
+
+    breached: bool
+    judged: bool  # False mid-wave while fewer than min_devices have finished
+    failure_rate: float
+    reason: str
+
+
+def _pct(rate: float) -> str:
+    return f"{rate * 100:.1f}%"
+
+
+def judge(tally: Tally, policy: PolicySpec, *, end_of_wave: bool) -> Verdict:
+    """Judge `tally` against `policy`; a limit is crossed when a rate is over it (not equal)."""
+    rate = tally.failure_rate
+    if not end_of_wave and tally.finished < policy.min_devices:
+        return Verdict(
+            breached=False,
+            judged=False,
+            failure_rate=rate,
+            reason=f"{tally.finished} of min_devices {policy.min_devices} finished; not judged yet",
+        )
+    counts = f"{tally.failed} of {tally.finished} finished devices"
+    if rate > policy.max_failure_rate:
+        return Verdict(
+            breached=True,
+            judged=True,
+            failure_rate=rate,
+            reason=(
+                f"failure rate {_pct(rate)} ({counts}) is over max_failure_rate "
+                f"{_pct(policy.max_failure_rate)}"
+            ),
+        )
+    for failure_type, limit in sorted(policy.max_failure_rate_by_type.items()):
+        count = tally.failures.get(failure_type, 0)
+        type_rate = count / tally.finished if tally.finished else 0.0
+        if type_rate > limit:
+            return Verdict(
+                breached=True,
+                judged=True,
+                failure_rate=rate,
+                reason=(
+                    f"{failure_type} rate {_pct(type_rate)} ({count} of {tally.finished} "
+                    f"finished devices) is over max_failure_rate_by_type.{failure_type} "
+                    f"{_pct(limit)}"
+                ),
+            )
+    return Verdict(
+        breached=False,
+        judged=True,
+        failure_rate=rate,
+        reason=f"failure rate {_pct(rate)} ({counts}) is within {_pct(policy.max_failure_rate)}",
+    )

@@ -1,0 +1,226 @@
+"""Rollout and device states, and the one transition table the engine and the API consult.
+
+Rollout (ARCHITECTURE §6):
+
+    pending ─start─▶ running ⇄ paused            (pause / resume)
+    running ─wait_approval─▶ waiting_approval ─promote─▶ running
+    running ─halt─▶ halted ─resume─▶ running
+    running | halted ─rollback─▶ rolling_back ─▶ rolled_back | rollback_failed
+    running ─complete─▶ completed
+    any active state ─abort─▶ aborted
+
+Device in a rollout:
+
+    pending ─sent─▶ sent ─claimed─▶ downloading ─delivered─▶ installing ─▶ succeeded
+    sent | downloading | installing ─▶ failed | rejected | timed_out
+    pending | sent ─cancel─▶ cancelled
+    (downloaded the new firmware) ─rollback_sent─▶ rollback_sent ─▶ rolled_back | rollback_failed
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from orchestrator.domain.plans import FailureType
+from orchestrator.errors import Conflict
+
+
+class RolloutState(StrEnum):
+    """Where a rollout is in its life."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"
+    WAITING_APPROVAL = "waiting_approval"
+    HALTED = "halted"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+TERMINAL_ROLLOUT_STATES = frozenset(
+    {
+        RolloutState.COMPLETED,
+        RolloutState.ROLLED_BACK,
+        RolloutState.ROLLBACK_FAILED,
+        RolloutState.ABORTED,
+    }
+)
+ACTIVE_ROLLOUT_STATES = frozenset(RolloutState) - TERMINAL_ROLLOUT_STATES
+
+
+class RolloutAction(StrEnum):
+    """What moves a rollout: an operator's action or the engine's finding."""
+
+    START = "start"
+    PAUSE = "pause"
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ABORT = "abort"
+    ROLLBACK = "rollback"
+    WAIT_APPROVAL = "wait_approval"
+    HALT = "halt"
+    COMPLETE = "complete"
+    ROLLBACK_DONE = "rollback_done"
+    ROLLBACK_INCOMPLETE = "rollback_incomplete"
+
+
+OPERATOR_ACTIONS = frozenset(
+    {
+        RolloutAction.PAUSE,
+        RolloutAction.RESUME,
+        RolloutAction.PROMOTE,
+        RolloutAction.ABORT,
+        RolloutAction.ROLLBACK,
+    }
+)
+
+_R = RolloutState
+_A = RolloutAction
+ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutAction], RolloutState] = {
+    (_R.PENDING, _A.START): _R.RUNNING,
+    (_R.RUNNING, _A.PAUSE): _R.PAUSED,
+    (_R.PAUSED, _A.RESUME): _R.RUNNING,
+    (_R.RUNNING, _A.WAIT_APPROVAL): _R.WAITING_APPROVAL,
+    (_R.WAITING_APPROVAL, _A.PROMOTE): _R.RUNNING,
+    (_R.RUNNING, _A.HALT): _R.HALTED,
+    (_R.HALTED, _A.RESUME): _R.RUNNING,
+    (_R.RUNNING, _A.ROLLBACK): _R.ROLLING_BACK,
+    (_R.HALTED, _A.ROLLBACK): _R.ROLLING_BACK,
+    (_R.ROLLING_BACK, _A.ROLLBACK_DONE): _R.ROLLED_BACK,
+    (_R.ROLLING_BACK, _A.ROLLBACK_INCOMPLETE): _R.ROLLBACK_FAILED,
+    (_R.RUNNING, _A.COMPLETE): _R.COMPLETED,
+    **{(state, _A.ABORT): _R.ABORTED for state in ACTIVE_ROLLOUT_STATES},
+}
+
+
+class InvalidTransition(Conflict):
+    """An action the rollout's state does not allow (HTTP 409, naming the state)."""
+
+
+def allowed_actions(state: RolloutState) -> list[RolloutAction]:
+    """The operator actions valid in `state`, in a stable order."""
+    return [a for a in RolloutAction if a in OPERATOR_ACTIONS and (state, a) in ROLLOUT_TRANSITIONS]
+
+
+def next_rollout_state(state: RolloutState, action: RolloutAction) -> RolloutState:
+    """The state after `action`; InvalidTransition names the state and what it allows."""
+    try:
+        return ROLLOUT_TRANSITIONS[(state, action)]
+    except KeyError:
+        valid = ", ".join(allowed_actions(state)) or "none (it is finished)"
+        raise InvalidTransition(
+            f"cannot {action} a rollout that is {state}; actions allowed now: {valid}"
+        ) from None
+
+
+class DeviceState(StrEnum):
+    """Where one device is in one rollout."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    ROLLBACK_SENT = "rollback_sent"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+
+
+FAILED_DEVICE_STATES = frozenset({DeviceState.FAILED, DeviceState.REJECTED, DeviceState.TIMED_OUT})
+FINISHED_DEVICE_STATES = FAILED_DEVICE_STATES | {DeviceState.SUCCEEDED}  # count in the failure rate
+FINAL_DEVICE_STATES = FINISHED_DEVICE_STATES | {
+    DeviceState.CANCELLED,
+    DeviceState.ROLLED_BACK,
+    DeviceState.ROLLBACK_FAILED,
+}
+IN_FLIGHT_DEVICE_STATES = frozenset(
+    {DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING}
+)
+
+
+class DeviceEvent(StrEnum):
+    """What happens to a device: the engine's acts, its results, its key use, its deadlines."""
+
+    SEND = "send"
+    KEY_CLAIMED = "key_claimed"
+    KEY_DELIVERED = "key_delivered"
+    RECEIVED = "received"
+    DOWNLOADING = "downloading"
+    INSTALLING = "installing"
+    SUCCESS = "success"
+    WRONG_VERSION = "wrong_version"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    TIMED_OUT = "timed_out"
+    CANCEL = "cancel"
+    RETRY = "retry"
+    ROLLBACK_SEND = "rollback_send"
+    ROLLBACK_SUCCESS = "rollback_success"
+    ROLLBACK_FAILURE = "rollback_failure"
+
+
+_D = DeviceState
+_E = DeviceEvent
+_WORKING = (_D.SENT, _D.DOWNLOADING, _D.INSTALLING)
+
+DEVICE_TRANSITIONS: dict[DeviceEvent, dict[DeviceState, DeviceState]] = {
+    _E.SEND: {_D.PENDING: _D.SENT},
+    # Progress only moves forward; a late "downloading" after "installing" changes nothing.
+    _E.RECEIVED: {},
+    _E.KEY_CLAIMED: {_D.SENT: _D.DOWNLOADING},
+    _E.DOWNLOADING: {_D.SENT: _D.DOWNLOADING},
+    _E.KEY_DELIVERED: {_D.SENT: _D.INSTALLING, _D.DOWNLOADING: _D.INSTALLING},
+    _E.INSTALLING: {_D.SENT: _D.INSTALLING, _D.DOWNLOADING: _D.INSTALLING},
+    _E.SUCCESS: {state: _D.SUCCEEDED for state in _WORKING},
+    _E.WRONG_VERSION: {state: _D.FAILED for state in _WORKING},
+    _E.FAILED: {state: _D.FAILED for state in _WORKING},
+    _E.REJECTED: {state: _D.REJECTED for state in _WORKING},
+    _E.TIMED_OUT: {state: _D.TIMED_OUT for state in _WORKING},
+    _E.CANCEL: {_D.PENDING: _D.CANCELLED, _D.SENT: _D.CANCELLED},
+    _E.RETRY: {_D.FAILED: _D.PENDING, _D.TIMED_OUT: _D.PENDING},
+    _E.ROLLBACK_SEND: {
+        _D.DOWNLOADING: _D.ROLLBACK_SENT,
+        _D.INSTALLING: _D.ROLLBACK_SENT,
+        _D.SUCCEEDED: _D.ROLLBACK_SENT,
+        _D.FAILED: _D.ROLLBACK_SENT,
+        _D.TIMED_OUT: _D.ROLLBACK_SENT,
+    },
+    _E.ROLLBACK_SUCCESS: {_D.ROLLBACK_SENT: _D.ROLLED_BACK},
+    _E.ROLLBACK_FAILURE: {_D.ROLLBACK_SENT: _D.ROLLBACK_FAILED},
+}
+
+RESULT_EVENTS: dict[str, DeviceEvent] = {
+    "received": DeviceEvent.RECEIVED,
+    "downloading": DeviceEvent.DOWNLOADING,
+    "installing": DeviceEvent.INSTALLING,
+    "success": DeviceEvent.SUCCESS,
+    "failed": DeviceEvent.FAILED,
+    "rejected": DeviceEvent.REJECTED,
+}
+
+FAILURE_TYPES: dict[DeviceEvent, FailureType] = {
+    DeviceEvent.FAILED: FailureType.FAILED,
+    DeviceEvent.REJECTED: FailureType.REJECTED,
+    DeviceEvent.TIMED_OUT: FailureType.TIMED_OUT,
+    DeviceEvent.WRONG_VERSION: FailureType.WRONG_VERSION,
+}
+
+
+def next_device_state(state: DeviceState, event: DeviceEvent) -> DeviceState | None:
+    """The state after `event`, or None when the event changes nothing (late, duplicate)."""
+    return DEVICE_TRANSITIONS[event].get(state)
+
+
+def result_event(status: str, *, version: str | None, expected_version: str | None) -> DeviceEvent:
+    """The event a device's result means; a success with another version is a failure."""
+    event = RESULT_EVENTS[status]
+    if event is DeviceEvent.SUCCESS and expected_version and version != expected_version:
+        return DeviceEvent.WRONG_VERSION
+    return event
