@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
-from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends
@@ -16,60 +14,13 @@ from orchestrator.api.schemas import CommandRequest, CommandResponse, CommandSen
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.commands import FILE_COMMANDS, is_allowed, validate_command_name
 from orchestrator.domain.devices import DeviceSource
-from orchestrator.errors import Forbidden, InvalidInput, NotFound
+from orchestrator.engine.commands import file_command_payload
+from orchestrator.errors import Forbidden, NotFound
 from orchestrator.timeutil import isoformat_z, utc_now
 from orchestrator.transport.topics import command_topic
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["commands"], responses=error_responses(400, 401, 403, 404, 503))
-
-
-async def file_command_payload(
-    context: AppContext,
-    project_id: str,
-    device_id: str,
-    command: str,
-    data: dict[str, Any],
-    command_id: str,
-    rollout_id: str = "",
-) -> dict[str, Any]:
-    """The payload of download_firmware / download_logo, with a fresh download key."""
-    file_type = FILE_COMMANDS[command]
-    file_name = data.get("file_name")
-    if not isinstance(file_name, str) or not file_name:
-        raise InvalidInput(
-            f"{command} needs data.file_name, the name of an uploaded {file_type} file "
-            "(list them with GET /v2/projects/{project_id}/files?type=" + file_type + ")",
-            errors=[{"loc": "body.data.file_name", "msg": "field required"}],
-        )
-    stored = await context.stores.files.get(project_id, file_name)
-    if stored is None or stored.type is not file_type:
-        raise NotFound(
-            f"no {file_type} file named {file_name!r} in project {project_id}; "
-            "upload it first with POST /v2/projects/{project_id}/files"
-        )
-    key = await context.stores.download_keys.issue(
-        device_id=device_id,
-        project_id=project_id,
-        file_name=stored.name,
-        size=stored.size,
-        ttl_s=context.settings.download_key_ttl,
-        command_id=command_id,
-        rollout_id=rollout_id,
-    )
-    expires_at = utc_now() + timedelta(seconds=context.settings.download_key_ttl)
-    payload: dict[str, Any] = {
-        **{k: v for k, v in data.items() if k not in {"url", "expires_at", "command_id"}},
-        "url": f"{context.settings.public_url}/v2/device/download?key={key.key}",
-        "expires_at": isoformat_z(expires_at),
-        "file_name": stored.name,
-        "size": stored.size,
-        "sha256": stored.sha256,
-        "command_id": command_id,
-    }
-    if rollout_id:
-        payload["rollout_id"] = rollout_id
-    return payload
 
 
 @router.post(
@@ -102,7 +53,14 @@ async def send_command(
     command_id = uuid.uuid4().hex
     if command in FILE_COMMANDS:
         payload = await file_command_payload(
-            context, project_id, device_id, command, body.data, command_id
+            context.stores,
+            public_url=context.settings.public_url,
+            key_ttl_s=context.settings.download_key_ttl,
+            project_id=project_id,
+            device_id=device_id,
+            command=command,
+            data=body.data,
+            command_id=command_id,
         )
     else:
         payload = {**body.data, "command_id": command_id}

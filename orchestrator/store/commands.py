@@ -17,7 +17,15 @@ class CommandStore:
 
     @translated
     async def record(
-        self, command_id: str, *, device_id: str, project_id: str, command: str, sent_at: str
+        self,
+        command_id: str,
+        *,
+        device_id: str,
+        project_id: str,
+        command: str,
+        sent_at: str,
+        rollout_id: str = "",
+        kind: str = "",
     ) -> None:
         """Store the command's destination for COMMAND_RECORD_TTL_S seconds."""
         key = self._keys.command(command_id)
@@ -29,6 +37,8 @@ class CommandStore:
                     "project_id": project_id,
                     "command": command,
                     "sent_at": sent_at,
+                    "rollout_id": rollout_id,
+                    "kind": kind,
                 },
             )
             pipe.expire(key, COMMAND_RECORD_TTL_S)

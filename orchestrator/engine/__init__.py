@@ -1,0 +1,1 @@
+"""The rollout engine: wave scheduler, dispatcher, result tracker (ARCHITECTURE §7)."""
