@@ -12,6 +12,7 @@ from orchestrator.store.files import FileStore
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.projects import ProjectStore
 from orchestrator.store.redis import Redis, translated
+from orchestrator.store.rollouts import RolloutStore
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Stores:
     files: FileStore
     download_keys: DownloadKeyStore
     commands: CommandStore
+    rollouts: RolloutStore
 
     @classmethod
     def build(cls, redis: Redis, prefix: str) -> Stores:
@@ -40,6 +42,7 @@ class Stores:
             files=FileStore(redis, keys),
             download_keys=DownloadKeyStore(redis, keys),
             commands=CommandStore(redis, keys),
+            rollouts=RolloutStore(redis, keys),
         )
 
     @translated

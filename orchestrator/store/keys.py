@@ -75,3 +75,63 @@ class RedisKeys:
     def download_events(self) -> str:
         """Stream of download-key claims and deliveries, read by the rollout engine."""
         return f"{self.prefix}events:downloads"
+
+    def rollout(self, rollout_id: str) -> str:
+        """Hash: the rollout (state, reason, plan JSON, wave, cursor, reach, timestamps)."""
+        return f"{self.prefix}rollout:{rollout_id}"
+
+    def rollout_device(self, rollout_id: str, device_id: str) -> str:
+        """Hash: one device in one rollout (state, wave, command_id, attempts, key, flags)."""
+        return f"{self.prefix}rollout:{rollout_id}:dev:{device_id}"
+
+    def rollout_device_prefix(self, rollout_id: str) -> str:
+        """What rollout_device keys start with (Lua builds them from it)."""
+        return f"{self.prefix}rollout:{rollout_id}:dev:"
+
+    def rollout_order(self, rollout_id: str) -> str:
+        """List: the cohort's device ids in wave order."""
+        return f"{self.prefix}rollout:{rollout_id}:order"
+
+    def rollout_retry(self, rollout_id: str) -> str:
+        """List: devices put back to pending for a retry, dispatched before new ones."""
+        return f"{self.prefix}rollout:{rollout_id}:retry"
+
+    def rollout_unpublished(self, rollout_id: str) -> str:
+        """Set: devices moved to sent whose command may not have been published yet."""
+        return f"{self.prefix}rollout:{rollout_id}:unpublished"
+
+    def rollout_counts(self, rollout_id: str) -> str:
+        """Hash: `{wave}:{state}` and `all:{state}` device counts, `fail:{type}` failures."""
+        return f"{self.prefix}rollout:{rollout_id}:counts"
+
+    def rollout_deadlines(self, rollout_id: str) -> str:
+        """Sorted set: device id scored by the epoch ms at which it times out."""
+        return f"{self.prefix}rollout:{rollout_id}:deadlines"
+
+    def rollout_events(self, rollout_id: str) -> str:
+        """List of JSON: the audit trail (who or what changed the state, when, why)."""
+        return f"{self.prefix}rollout:{rollout_id}:events"
+
+    def rollout_lease(self, rollout_id: str) -> str:
+        """String with a PX expiry: the engine replica driving the rollout."""
+        return f"{self.prefix}rollout:{rollout_id}:lease"
+
+    def project_rollouts(self, project_id: str) -> str:
+        """Sorted set: the project's rollout ids scored by creation time (ms)."""
+        return f"{self.prefix}project:{project_id}:rollouts"
+
+    def active_rollouts(self) -> str:
+        """Set: ids of every rollout not yet in a terminal state (the engine's work list)."""
+        return f"{self.prefix}rollouts:active"
+
+    def rollout_name(self, project_id: str, name: str) -> str:
+        """String: the active rollout holding this name in the project."""
+        return f"{self.prefix}project:{project_id}:rollout-name:{name}"
+
+    def device_rollout(self, device_id: str) -> str:
+        """String: the active rollout a device belongs to (one at a time)."""
+        return f"{self.prefix}device:{device_id}:rollout"
+
+    def device_rollout_prefix(self) -> str:
+        """What device_rollout keys start with (Lua builds them from it)."""
+        return f"{self.prefix}device:"

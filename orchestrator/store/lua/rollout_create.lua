@@ -1,0 +1,43 @@
+-- Create a rollout with its cohort, atomically: the name and every device must be free.
+-- KEYS[1] rollout hash, KEYS[2] order list, KEYS[3] counts hash, KEYS[4] project rollouts zset,
+-- KEYS[5] active rollouts set, KEYS[6] name key, KEYS[7] events list
+-- ARGV[1] rollout id, ARGV[2] device hash prefix, ARGV[3] device lock prefix, ARGV[4] created ms,
+-- ARGV[5] rollout fields (JSON object), ARGV[6] wave reach (JSON list), ARGV[7] event (JSON),
+-- ARGV[8..] device ids in wave order
+-- Returns {'ok'} | {'name_taken', other rollout id} | {'devices_taken', id, ...}
+local rid = ARGV[1]
+local holder = redis.call('GET', KEYS[6])
+if holder then
+  return {'name_taken', holder}
+end
+local taken = {'devices_taken'}
+for i = 8, #ARGV do
+  if redis.call('EXISTS', ARGV[3] .. ARGV[i] .. ':rollout') == 1 then
+    table.insert(taken, ARGV[i])
+  end
+end
+if #taken > 1 then
+  return taken
+end
+local fields = cjson.decode(ARGV[5])
+for name, value in pairs(fields) do
+  redis.call('HSET', KEYS[1], name, tostring(value))
+end
+local reach = cjson.decode(ARGV[6])
+local wave = 0
+for i = 8, #ARGV do
+  local position = i - 8
+  while wave < #reach - 1 and position >= reach[wave + 1] do
+    wave = wave + 1
+  end
+  redis.call('HSET', ARGV[2] .. ARGV[i], 'state', 'pending', 'wave', wave, 'attempts', 0)
+  redis.call('SET', ARGV[3] .. ARGV[i] .. ':rollout', rid)
+  redis.call('HINCRBY', KEYS[3], wave .. ':pending', 1)
+  redis.call('RPUSH', KEYS[2], ARGV[i])
+end
+redis.call('HSET', KEYS[3], 'all:pending', #ARGV - 7)
+redis.call('SET', KEYS[6], rid)
+redis.call('ZADD', KEYS[4], ARGV[4], rid)
+redis.call('SADD', KEYS[5], rid)
+redis.call('RPUSH', KEYS[7], ARGV[7])
+return {'ok'}

@@ -1,0 +1,33 @@
+-- Change a rollout's state if it is in one of the given states, and record why.
+-- KEYS[1] rollout hash, KEYS[2] events list, KEYS[3] active set, KEYS[4] name key
+-- ARGV[1] states it may leave (JSON list), ARGV[2] new state, ARGV[3] reason,
+-- ARGV[4] event (JSON object; "from" is filled in here), ARGV[5] updated_at,
+-- ARGV[6] '1' when the new state is terminal, ARGV[7] rollout id, ARGV[8] more fields (JSON)
+-- Returns {old state, new state} or {old state, ''} when the state did not allow it.
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then
+  return {'', ''}
+end
+local allowed = false
+for _, name in ipairs(cjson.decode(ARGV[1])) do
+  if name == state then
+    allowed = true
+  end
+end
+if not allowed then
+  return {state, ''}
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'updated_at', ARGV[5])
+for name, value in pairs(cjson.decode(ARGV[8])) do
+  redis.call('HSET', KEYS[1], name, tostring(value))
+end
+local event = cjson.decode(ARGV[4])
+event['from'] = state
+redis.call('RPUSH', KEYS[2], cjson.encode(event))
+if ARGV[6] == '1' then
+  redis.call('SREM', KEYS[3], ARGV[7])
+  if redis.call('GET', KEYS[4]) == ARGV[7] then
+    redis.call('DEL', KEYS[4])
+  end
+end
+return {state, ARGV[2]}

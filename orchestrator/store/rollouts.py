@@ -1,0 +1,449 @@
+"""Rollouts in Redis: the rollout, its cohort, every device's state and the counters.
+
+Every change that must not race is one Lua script: creation (name and devices must be free),
+dispatch (pending → sent only while running), a device's transition with its counters, and a
+rollout's state change with its audit event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.domain.states import (
+    DEVICE_TRANSITIONS,
+    DeviceEvent,
+    DeviceState,
+    RolloutState,
+)
+from orchestrator.store.keys import RedisKeys
+from orchestrator.store.redis import Redis, fields, load_script, members, translated
+
+RELEASE_CHUNK = 1000  # device locks freed per script call
+
+
+def now_ms() -> int:
+    """Epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A rollout as stored."""
+
+    id: str
+    project_id: str
+    name: str
+    state: RolloutState
+    reason: str
+    plan: dict[str, Any]  # the plan, by its YAML names
+    wave: int
+    cursor: int
+    reach: list[int]
+    total: int
+    created_at: str
+    updated_at: str
+    created_by: str
+    wave_done_at_ms: int  # when the current wave's last device became final (0: not yet)
+
+    @property
+    def wave_count(self) -> int:
+        """How many waves the plan has."""
+        return len(self.reach)
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    """What creation found: ok, or the name or the devices already taken."""
+
+    created: bool
+    name_taken_by: str | None = None
+    devices_taken: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The result of a transition attempt: applied, or why not."""
+
+    old: str
+    new: str  # the new state, or '' when not applied
+    refused: str = ""  # missing | rollout_state | command_mismatch | no_transition
+
+    @property
+    def applied(self) -> bool:
+        """True when the state changed (or stayed, by a retry, but was recorded)."""
+        return not self.refused
+
+
+def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
+    return RolloutRecord(
+        id=rollout_id,
+        project_id=raw["project_id"],
+        name=raw["name"],
+        state=RolloutState(raw["state"]),
+        reason=raw.get("reason", ""),
+        plan=json.loads(raw["plan"]),
+        wave=int(raw.get("wave", "0")),
+        cursor=int(raw.get("cursor", "0")),
+        reach=json.loads(raw["reach"]),
+        total=int(raw["total"]),
+        created_at=raw["created_at"],
+        updated_at=raw["updated_at"],
+        created_by=raw.get("created_by", ""),
+        wave_done_at_ms=int(raw.get("wave_done_at_ms", "0")),
+    )
+
+
+class RolloutStore:
+    """Read and change rollouts atomically."""
+
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._create = load_script(redis, "rollout_create")
+        self._dispatch = load_script(redis, "rollout_dispatch")
+        self._device = load_script(redis, "rollout_device")
+        self._state = load_script(redis, "rollout_state")
+        self._release = load_script(redis, "rollout_release")
+
+    @translated
+    async def create(
+        self,
+        *,
+        project_id: str,
+        name: str,
+        plan: Mapping[str, Any],
+        device_ids: Sequence[str],
+        reach: Sequence[int],
+        created_at: str,
+        created_by: str,
+    ) -> tuple[str, CreateOutcome]:
+        """A new `pending` rollout over `device_ids` (in wave order); its id and the outcome."""
+        rollout_id = str(uuid.uuid4())
+        record = {
+            "id": rollout_id,
+            "project_id": project_id,
+            "name": name,
+            "state": RolloutState.PENDING.value,
+            "reason": "created; waiting for the engine to start it",
+            "plan": json.dumps(plan),
+            "wave": 0,
+            "cursor": 0,
+            "reach": json.dumps(list(reach)),
+            "total": len(device_ids),
+            "created_at": created_at,
+            "updated_at": created_at,
+            "created_by": created_by,
+            "wave_done_at_ms": 0,
+        }
+        event = {
+            "at": created_at,
+            "actor": created_by,
+            "action": "create",
+            "to": RolloutState.PENDING.value,
+            "reason": f"{len(device_ids)} devices in {len(reach)} waves",
+        }
+        reply = await self._create(
+            keys=[
+                self._keys.rollout(rollout_id),
+                self._keys.rollout_order(rollout_id),
+                self._keys.rollout_counts(rollout_id),
+                self._keys.project_rollouts(project_id),
+                self._keys.active_rollouts(),
+                self._keys.rollout_name(project_id, name),
+                self._keys.rollout_events(rollout_id),
+            ],
+            args=[
+                rollout_id,
+                self._keys.rollout_device_prefix(rollout_id),
+                self._keys.device_rollout_prefix(),
+                now_ms(),
+                json.dumps(record),
+                json.dumps(list(reach)),
+                json.dumps(event),
+                *device_ids,
+            ],
+        )
+        verdict = [str(part) for part in reply]
+        if verdict[0] == "name_taken":
+            return rollout_id, CreateOutcome(created=False, name_taken_by=verdict[1])
+        if verdict[0] == "devices_taken":
+            return rollout_id, CreateOutcome(created=False, devices_taken=tuple(verdict[1:]))
+        return rollout_id, CreateOutcome(created=True)
+
+    @translated
+    async def get(self, rollout_id: str) -> RolloutRecord | None:
+        """The rollout, or None."""
+        raw = fields(await self._redis.hgetall(self._keys.rollout(rollout_id)))
+        return _record(rollout_id, raw) if raw else None
+
+    @translated
+    async def ids(self, project_id: str) -> list[str]:
+        """The project's rollout ids, newest first."""
+        return members(await self._redis.zrevrange(self._keys.project_rollouts(project_id), 0, -1))
+
+    @translated
+    async def active_ids(self) -> list[str]:
+        """Ids of every rollout not in a terminal state."""
+        return sorted(members(await self._redis.smembers(self._keys.active_rollouts())))
+
+    @translated
+    async def counts(self, rollout_id: str) -> dict[str, int]:
+        """Raw counters: `{wave}:{state}`, `all:{state}` and `fail:{type}`."""
+        raw = fields(await self._redis.hgetall(self._keys.rollout_counts(rollout_id)))
+        return {name: int(value) for name, value in raw.items()}
+
+    @translated
+    async def set_fields(self, rollout_id: str, **values: str | int) -> None:
+        """Set bookkeeping fields of the rollout (wave, wave_done_at_ms); not its state."""
+        await self._redis.hset(
+            self._keys.rollout(rollout_id), mapping={k: str(v) for k, v in values.items()}
+        )
+
+    @translated
+    async def change_state(
+        self,
+        rollout_id: str,
+        *,
+        allowed_from: Iterable[RolloutState],
+        to: RolloutState,
+        reason: str,
+        actor: str,
+        action: str,
+        at: str,
+        terminal: bool,
+        details: Mapping[str, Any] | None = None,
+        extra: Mapping[str, str | int] | None = None,
+    ) -> tuple[str, bool]:
+        """Move the rollout to `to` if it is in `allowed_from`; (the old state, changed?)."""
+        event = {
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "to": to.value,
+            "reason": reason,
+            **({"details": dict(details)} if details else {}),
+        }
+        record = await self._redis.hget(self._keys.rollout(rollout_id), "project_id")
+        project_id = str(record or "")
+        name = await self._redis.hget(self._keys.rollout(rollout_id), "name")
+        old, new = await self._state(
+            keys=[
+                self._keys.rollout(rollout_id),
+                self._keys.rollout_events(rollout_id),
+                self._keys.active_rollouts(),
+                self._keys.rollout_name(project_id, str(name or "")),
+            ],
+            args=[
+                json.dumps([state.value for state in allowed_from]),
+                to.value,
+                reason,
+                json.dumps(event),
+                at,
+                "1" if terminal else "0",
+                rollout_id,
+                json.dumps({k: str(v) for k, v in (extra or {}).items()}),
+            ],
+        )
+        return str(old), bool(new)
+
+    @translated
+    async def dispatch(
+        self, rollout_id: str, *, count: int, reach: int, ack_deadline_ms: int
+    ) -> list[tuple[str, str]]:
+        """Move up to `count` devices pending → sent (retries first); [(device, command id)]."""
+        if count <= 0:
+            return []
+        command_ids = [uuid.uuid4().hex for _ in range(count)]
+        reply = await self._dispatch(
+            keys=[
+                self._keys.rollout(rollout_id),
+                self._keys.rollout_order(rollout_id),
+                self._keys.rollout_retry(rollout_id),
+                self._keys.rollout_counts(rollout_id),
+                self._keys.rollout_deadlines(rollout_id),
+                self._keys.rollout_unpublished(rollout_id),
+            ],
+            args=[
+                self._keys.rollout_device_prefix(rollout_id),
+                now_ms(),
+                ack_deadline_ms,
+                reach,
+                *command_ids,
+            ],
+        )
+        flat = [str(part) for part in reply]
+        return list(zip(flat[0::2], flat[1::2], strict=True))
+
+    @translated
+    async def transition(
+        self,
+        rollout_id: str,
+        device_id: str,
+        event: DeviceEvent,
+        *,
+        rollout_states: Iterable[RolloutState] = (),
+        deadline_ms: int | None = None,
+        drop_deadline: bool = False,
+        failure_type: str = "",
+        command_id: str = "",
+        command_field: str = "command_id",
+        extra: Mapping[str, str | int] | None = None,
+        retries: int = -1,
+    ) -> Transition:
+        """Apply `event` to the device by the domain's transition table, counters included."""
+        table = {old.value: new.value for old, new in DEVICE_TRANSITIONS[event].items()}
+        deadline = "-" if drop_deadline else ("" if deadline_ms is None else str(deadline_ms))
+        old, outcome = await self._device(
+            keys=[
+                self._keys.rollout(rollout_id),
+                self._keys.rollout_device(rollout_id, device_id),
+                self._keys.rollout_counts(rollout_id),
+                self._keys.rollout_deadlines(rollout_id),
+                self._keys.rollout_retry(rollout_id),
+            ],
+            args=[
+                device_id,
+                json.dumps(table),
+                json.dumps([state.value for state in rollout_states]),
+                now_ms(),
+                deadline,
+                failure_type,
+                command_id,
+                command_field,
+                json.dumps({k: str(v) for k, v in (extra or {}).items()}),
+                retries,
+            ],
+        )
+        old_state, result = str(old), str(outcome)
+        if result in {"missing", "rollout_state", "command_mismatch", "no_transition"}:
+            return Transition(old=old_state, new="", refused=result)
+        return Transition(old=old_state, new=result)
+
+    @translated
+    async def device(self, rollout_id: str, device_id: str) -> dict[str, str]:
+        """The device's record in the rollout ({} when it is not in it)."""
+        return fields(await self._redis.hgetall(self._keys.rollout_device(rollout_id, device_id)))
+
+    @translated
+    async def set_device_fields(self, rollout_id: str, device_id: str, **values: str | int) -> None:
+        """Bookkeeping on a device record (key, published flag); never its state."""
+        await self._redis.hset(
+            self._keys.rollout_device(rollout_id, device_id),
+            mapping={k: str(v) for k, v in values.items()},
+        )
+
+    @translated
+    async def mark_published(self, rollout_id: str, device_id: str) -> None:
+        """The device's command reached the broker."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._keys.rollout_device(rollout_id, device_id), "published", "1")
+            pipe.srem(self._keys.rollout_unpublished(rollout_id), device_id)
+            await pipe.execute()
+
+    @translated
+    async def unpublished(self, rollout_id: str) -> list[str]:
+        """Devices marked sent whose publish may not have happened (a crash in between)."""
+        return sorted(
+            members(await self._redis.smembers(self._keys.rollout_unpublished(rollout_id)))
+        )
+
+    @translated
+    async def due(self, rollout_id: str, *, at_ms: int, limit: int = 500) -> list[str]:
+        """Devices whose deadline has passed."""
+        return members(
+            await self._redis.zrangebyscore(
+                self._keys.rollout_deadlines(rollout_id), "-inf", at_ms, start=0, num=limit
+            )
+        )
+
+    @translated
+    async def order_slice(self, rollout_id: str, start: int, stop: int) -> list[str]:
+        """Device ids at positions [start, stop) of the cohort order."""
+        if stop <= start:
+            return []
+        return members(
+            await self._redis.lrange(self._keys.rollout_order(rollout_id), start, stop - 1)
+        )
+
+    @translated
+    async def device_states(
+        self, rollout_id: str, device_ids: Sequence[str]
+    ) -> list[dict[str, str]]:
+        """The records of these devices, in order."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for device_id in device_ids:
+                pipe.hgetall(self._keys.rollout_device(rollout_id, device_id))
+            rows = await pipe.execute()
+        return [fields(row) for row in rows]
+
+    @translated
+    async def events(self, rollout_id: str) -> list[dict[str, Any]]:
+        """The audit trail, oldest first."""
+        raw = members(await self._redis.lrange(self._keys.rollout_events(rollout_id), 0, -1))
+        return [json.loads(entry) for entry in raw]
+
+    @translated
+    async def add_event(self, rollout_id: str, event: Mapping[str, Any]) -> None:
+        """Append to the audit trail without a state change (e.g. a wave starting)."""
+        await self._redis.rpush(self._keys.rollout_events(rollout_id), json.dumps(dict(event)))
+
+    @translated
+    async def release_devices(self, rollout_id: str) -> int:
+        """Free every device of a finished rollout for other rollouts; how many were freed."""
+        freed = 0
+        total = int(await self._redis.llen(self._keys.rollout_order(rollout_id)))
+        for start in range(0, total, RELEASE_CHUNK):
+            ids = await self.order_slice(rollout_id, start, start + RELEASE_CHUNK)
+            freed += int(
+                await self._release(
+                    keys=[], args=[self._keys.device_rollout_prefix(), rollout_id, *ids]
+                )
+            )
+        return freed
+
+    @translated
+    async def device_rollout(self, device_id: str) -> str | None:
+        """The active rollout holding the device, if any."""
+        value = await self._redis.get(self._keys.device_rollout(device_id))
+        return str(value) if value is not None else None
+
+    @translated
+    async def device_rollouts(self, device_ids: Sequence[str]) -> list[str | None]:
+        """The active rollout of each device (None when free)."""
+        if not device_ids:
+            return []
+        values = await self._redis.mget([self._keys.device_rollout(d) for d in device_ids])
+        return [str(v) if v is not None else None for v in values]
+
+    @translated
+    async def acquire_lease(self, rollout_id: str, owner: str, ttl_ms: int) -> bool:
+        """Take or renew the right to drive the rollout."""
+        key = self._keys.rollout_lease(rollout_id)
+        if await self._redis.set(key, owner, nx=True, px=ttl_ms):
+            return True
+        # Renew only our own lease: compare and extend in one step.
+        script = (
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+            "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end"
+        )
+        return bool(await self._redis.eval(script, 1, key, owner, ttl_ms))
+
+    @translated
+    async def release_lease(self, rollout_id: str, owner: str) -> None:
+        """Give the rollout back (on shutdown) so another replica takes it at once."""
+        script = (
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+            "return redis.call('DEL', KEYS[1]) else return 0 end"
+        )
+        await self._redis.eval(script, 1, self._keys.rollout_lease(rollout_id), owner)
+
+
+def device_state(record: Mapping[str, str]) -> DeviceState | None:
+    """The state in a device record, or None for an empty record."""
+    value = record.get("state")
+    return DeviceState(value) if value else None
