@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     log_level: str = "info"
     max_file_size: int = Field(default=268_435_456, gt=0)  # bytes
     instance_id: str = Field(default_factory=_default_instance_id)
+    role: Literal["all", "api", "engine"] = "all"  # engine = the rollout engine runs here
     mqtt_provision: Literal["", "dynsec"] = ""
     download_offload: Literal["", "x-accel"] = ""
 

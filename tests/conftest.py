@@ -57,6 +57,7 @@ def settings(redis_url: str, mqtt_broker: EmbeddedBroker, tmp_path: Path) -> Set
         data_dir=tmp_path / "data",
         log_format="json",
         instance_id=f"test-{uuid.uuid4().hex[:8]}",
+        role="api",  # tests that need the rollout engine ask for it (tests/e2e)
     )
 
 

@@ -8,12 +8,25 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from orchestrator import __version__
-from orchestrator.api import commands, devices, downloads, files, health, projects
+from orchestrator.api import (
+    commands,
+    devices,
+    downloads,
+    files,
+    health,
+    metrics_route,
+    projects,
+    rollouts,
+)
 from orchestrator.api.context import AppContext
 from orchestrator.api.errors import install_error_handlers, rewrite_openapi_422
 from orchestrator.blobs import BlobStore
+from orchestrator.engine.context import EngineContext
+from orchestrator.engine.engine import Engine
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
@@ -40,19 +53,31 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings.redis_url)
         transport = CommandTransport(
-            settings.mqtt_url, version=settings.mqtt_version, client_id=settings.instance_id
+            settings.mqtt_url,
+            version=settings.mqtt_version,
+            client_id=f"{settings.instance_id}-commands",
         )
+        metrics = Metrics(CollectorRegistry())
+        stores = Stores.build(redis, settings.redis_prefix)
         app.state.context = AppContext(
             settings=settings,
-            stores=Stores.build(redis, settings.redis_prefix),
+            stores=stores,
             blobs=BlobStore(settings.files_dir),
             transport=transport,
+            metrics=metrics,
         )
         await transport.start()
         await transport.wait_connected(timeout_s=5.0)
+        engine: Engine | None = None
+        if settings.role in ("all", "engine"):
+            engine = Engine(EngineContext(settings, stores, transport, metrics))
+            await engine.start()
+        app.state.engine = engine
         try:
             yield
         finally:
+            if engine is not None:
+                await engine.stop()
             await transport.stop()
             await redis.aclose()
 
@@ -63,7 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    for module in (projects, devices, files, commands, downloads, health):
+    for module in (projects, devices, files, commands, rollouts, downloads, health, metrics_route):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
@@ -76,7 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
                 description=app.description,
                 routes=app.routes,
             )
-            app.openapi_schema = rewrite_openapi_422(schema)
+            app.openapi_schema = rollouts.document_plan_schema(rewrite_openapi_422(schema))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from orchestrator.blobs import BlobStore
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.transport.mqtt import CommandTransport
@@ -20,6 +21,7 @@ class AppContext:
     stores: Stores
     blobs: BlobStore
     transport: CommandTransport
+    metrics: Metrics
 
 
 def get_context(request: Request) -> AppContext:

@@ -159,3 +159,114 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     redis: bool | None = None
     mqtt: bool | None = None
+
+
+# -- rollouts ----------------------------------------------------------------------------------
+
+COUNTS_TEXT = "Devices by state: every device state is a key (zeros included); they add up"
+
+
+class FirmwareOut(BaseModel):
+    file: str
+    version: str | None = None
+
+
+class WaveOut(BaseModel):
+    """One wave of a rollout: how many devices it reaches in all, and where they are."""
+
+    name: str
+    target: int = Field(description="Devices reached in total once this wave is done (cumulative)")
+    counts: dict[str, int] = Field(description=COUNTS_TEXT + " to this wave's new devices")
+
+
+class RolloutOut(BaseModel):
+    """A rollout: its state and why, the current wave, counts, and the failure rate."""
+
+    id: str
+    name: str
+    state: str = Field(description="pending, running, paused, waiting_approval, halted, ...")
+    reason: str = Field(description="Why the rollout is in this state")
+    wave: str = Field(description="The current wave's name")
+    wave_index: int = Field(description="The current wave's position, from 0")
+    waves: list[WaveOut]
+    counts: dict[str, int] = Field(description=COUNTS_TEXT + " to total")
+    failure_rate: float = Field(description="Failures / finished devices so far (0..1)")
+    max_failure_rate: float = Field(description="The plan's policy.max_failure_rate (0..1)")
+    created_at: str
+    updated_at: str
+    created_by: str = Field(description="The name of the API key that created it")
+    firmware: FirmwareOut
+    rollback: FirmwareOut | None = Field(description="The plan's rollback firmware, if any")
+    total: int = Field(description="Devices in the rollout")
+    actions: list[str] = Field(description="The operator actions the state allows now")
+
+
+class RolloutList(BaseModel):
+    rollouts: list[RolloutOut]
+
+
+class WavePreview(BaseModel):
+    name: str
+    devices: int = Field(description="Devices this wave adds")
+    reach: int = Field(description="Devices reached in total once this wave is done")
+    approval: str = Field(description="manual: the wave waits for promote")
+    bake: str = Field(description="How long to wait after the wave before judging it")
+
+
+class ExclusionOut(BaseModel):
+    device_id: str
+    reason: str
+    detail: str = Field(description="More about the reason, e.g. the other rollout's id")
+    why: str = Field(description="The reason in words")
+
+
+class RolloutPreview(BaseModel):
+    """A dry run: the waves and exclusions the plan resolves to now; nothing is started."""
+
+    dry_run: Literal[True] = True
+    name: str
+    total: int
+    waves: list[WavePreview]
+    exclusions: list[ExclusionOut]
+
+
+class RolloutDeviceOut(BaseModel):
+    device_id: str
+    state: str
+    wave: str
+    command_id: str | None = Field(description="The command last sent to the device")
+    attempts: int = Field(description="How many times the firmware was sent to the device")
+    failure: str | None = Field(description="failed, rejected, timed_out or wrong_version")
+    updated_at: str | None = Field(description="When the device's state last changed")
+
+
+class RolloutDeviceList(BaseModel):
+    devices: list[RolloutDeviceOut]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end"
+    )
+
+
+class RolloutEvent(BaseModel):
+    """One entry of a rollout's audit trail (more fields may appear)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    at: str = ""
+    actor: str = ""
+    action: str = ""
+    from_state: str | None = Field(default=None, alias="from")
+    to: str | None = None
+    reason: str = ""
+
+
+class RolloutEvents(BaseModel):
+    events: list[RolloutEvent]
+
+
+class RolloutActionRequest(Strict):
+    """An operator action's optional body."""
+
+    reason: str | None = Field(
+        default=None, min_length=1, max_length=500, description="Recorded in the audit trail"
+    )

@@ -38,11 +38,18 @@ def offline(action: Callable[[Stores], Awaitable[T]]) -> T:
         return asyncio.run(go(resolved.redis_url))
 
 
-def serve() -> None:
-    """Run the API (embedded Redis and MQTT broker when OTA_REDIS_URL / OTA_MQTT_URL are empty)."""
+def serve(
+    role: Annotated[
+        str | None,
+        typer.Option(
+            help="all: API and rollout engine; api: only the API; engine: only the engine"
+        ),
+    ] = None,
+) -> None:
+    """Run the API and the rollout engine (embedded Redis and MQTT when their URLs are empty)."""
     from orchestrator.service import run
 
-    settings = Settings()
+    settings = Settings() if role is None else Settings(role=role)
     configure_logging(settings.log_format, settings.log_level)
     run(settings)
 

@@ -172,8 +172,9 @@ _WORKING = (_D.SENT, _D.DOWNLOADING, _D.INSTALLING)
 
 DEVICE_TRANSITIONS: dict[DeviceEvent, dict[DeviceState, DeviceState]] = {
     _E.SEND: {_D.PENDING: _D.SENT},
-    # Progress only moves forward; a late "downloading" after "installing" changes nothing.
-    _E.RECEIVED: {},
+    # An acknowledgement keeps the state but moves the device from its ack deadline to its
+    # device deadline. Progress only moves forward: "downloading" after "installing" is ignored.
+    _E.RECEIVED: {_D.SENT: _D.SENT},
     _E.KEY_CLAIMED: {_D.SENT: _D.DOWNLOADING},
     _E.DOWNLOADING: {_D.SENT: _D.DOWNLOADING},
     _E.KEY_DELIVERED: {_D.SENT: _D.INSTALLING, _D.DOWNLOADING: _D.INSTALLING},

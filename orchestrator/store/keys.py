@@ -121,7 +121,7 @@ class RedisKeys:
         return f"{self.prefix}project:{project_id}:rollouts"
 
     def active_rollouts(self) -> str:
-        """Set: ids of every rollout not yet in a terminal state (the engine's work list)."""
+        """Set: rollouts the engine still has work on; left once a finished one is cleaned up."""
         return f"{self.prefix}rollouts:active"
 
     def rollout_name(self, project_id: str, name: str) -> str:

@@ -188,7 +188,7 @@ class RolloutStore:
 
     @translated
     async def active_ids(self) -> list[str]:
-        """Ids of every rollout not in a terminal state."""
+        """Ids of every rollout the engine still has work on (until it deactivates them)."""
         return sorted(members(await self._redis.smembers(self._keys.active_rollouts())))
 
     @translated
@@ -441,6 +441,26 @@ class RolloutStore:
             "return redis.call('DEL', KEYS[1]) else return 0 end"
         )
         await self._redis.eval(script, 1, self._keys.rollout_lease(rollout_id), owner)
+
+    @translated
+    async def deactivate(self, rollout_id: str) -> None:
+        """The engine is done with a finished rollout: no replica needs to look at it again."""
+        await self._redis.srem(self._keys.active_rollouts(), rollout_id)
+
+    @translated
+    async def mark_unpublished(self, rollout_id: str, device_id: str) -> None:
+        """A command is about to be published to the device (repaired by takeover if not)."""
+        await self._redis.sadd(self._keys.rollout_unpublished(rollout_id), device_id)
+
+    @translated
+    async def drop_deadline(self, rollout_id: str, device_id: str) -> None:
+        """Forget a deadline that no longer applies (the device moved on meanwhile)."""
+        await self._redis.zrem(self._keys.rollout_deadlines(rollout_id), device_id)
+
+    @translated
+    async def with_deadlines(self, rollout_id: str) -> list[str]:
+        """Every device that has a deadline (all those sent and not yet final)."""
+        return members(await self._redis.zrange(self._keys.rollout_deadlines(rollout_id), 0, -1))
 
 
 def device_state(record: Mapping[str, str]) -> DeviceState | None:

@@ -7,7 +7,16 @@ from typing import Any
 import pytest
 from fastapi.routing import APIRoute
 
-from orchestrator.api import commands, devices, downloads, files, health, projects
+from orchestrator.api import (
+    commands,
+    devices,
+    downloads,
+    files,
+    health,
+    metrics_route,
+    projects,
+    rollouts,
+)
 from tests.conftest import Service
 
 ERROR_BODY_REF = {"$ref": "#/components/schemas/ErrorBody"}
@@ -51,7 +60,7 @@ def operations(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]
 
 def app_routes() -> set[tuple[str, str]]:
     """Every (method, path) the API's routers define."""
-    modules = (projects, devices, files, commands, downloads, health)
+    modules = (projects, devices, files, commands, rollouts, downloads, health, metrics_route)
     return {
         (method, route.path)
         for module in modules

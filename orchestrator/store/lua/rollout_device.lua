@@ -39,8 +39,11 @@ if (new == 'failed' or new == 'timed_out') and retries >= 0 then
   if attempts <= retries then
     redis.call('HSET', KEYS[2], 'last_failure', ARGV[6] ~= '' and ARGV[6] or new)
     new = 'pending'
-    redis.call('RPUSH', KEYS[5], ARGV[1])
   end
+end
+if new == 'pending' then
+  -- Back to pending (a retry, or the retry event): the cursor has passed it, so queue it.
+  redis.call('RPUSH', KEYS[5], ARGV[1])
 end
 local wave = redis.call('HGET', KEYS[2], 'wave')
 redis.call('HINCRBY', KEYS[3], wave .. ':' .. state, -1)

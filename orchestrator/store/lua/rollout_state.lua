@@ -1,5 +1,5 @@
 -- Change a rollout's state if it is in one of the given states, and record why.
--- KEYS[1] rollout hash, KEYS[2] events list, KEYS[3] active set, KEYS[4] name key
+-- KEYS[1] rollout hash, KEYS[2] events list, KEYS[3] active set (unused), KEYS[4] name key
 -- ARGV[1] states it may leave (JSON list), ARGV[2] new state, ARGV[3] reason,
 -- ARGV[4] event (JSON object; "from" is filled in here), ARGV[5] updated_at,
 -- ARGV[6] '1' when the new state is terminal, ARGV[7] rollout id, ARGV[8] more fields (JSON)
@@ -21,11 +21,13 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'updated_at', A
 for name, value in pairs(cjson.decode(ARGV[8])) do
   redis.call('HSET', KEYS[1], name, tostring(value))
 end
-local event = cjson.decode(ARGV[4])
-event['from'] = state
-redis.call('RPUSH', KEYS[2], cjson.encode(event))
+-- Splice "from" into the caller's JSON rather than decode and re-encode it: cjson would turn
+-- an empty list in the details into {} and cut numbers to 14 significant digits.
+local event = '{"from":' .. cjson.encode(state) .. ',' .. string.sub(ARGV[4], 2)
+redis.call('RPUSH', KEYS[2], event)
+-- A terminal rollout frees its name at once; it leaves the active set only when the engine
+-- has cancelled what never started and freed its devices (RolloutStore.deactivate).
 if ARGV[6] == '1' then
-  redis.call('SREM', KEYS[3], ARGV[7])
   if redis.call('GET', KEYS[4]) == ARGV[7] then
     redis.call('DEL', KEYS[4])
   end

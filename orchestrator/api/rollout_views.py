@@ -1,0 +1,166 @@
+"""What the rollout routes show: a rollout with its counts, a dry run, a page of its devices."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+
+from orchestrator.api.schemas import (
+    ExclusionOut,
+    FirmwareOut,
+    RolloutDeviceList,
+    RolloutDeviceOut,
+    RolloutOut,
+    RolloutPreview,
+    WaveOut,
+    WavePreview,
+)
+from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
+from orchestrator.domain.plans import FailureType, Plan, format_duration
+from orchestrator.domain.policy import Tally
+from orchestrator.domain.states import DeviceState, allowed_actions
+from orchestrator.store import Stores
+from orchestrator.store.rollouts import RolloutRecord
+from orchestrator.timeutil import isoformat_z
+
+SCAN_CHUNK = 500  # cohort positions read per step while listing a rollout's devices
+SCAN_BUDGET = 20_000  # positions one listing request scans at most before it returns a cursor
+
+
+def stored_plan(record: RolloutRecord) -> Plan:
+    """The rollout's plan, validated again from its stored YAML-named form."""
+    return Plan.model_validate(record.plan, by_alias=True, by_name=False)
+
+
+def state_counts(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
+    """`{state: n}` for every device state from the `{prefix}:{state}` counters."""
+    return {state.value: counters.get(f"{prefix}:{state.value}", 0) for state in DeviceState}
+
+
+def tally(counters: Mapping[str, int]) -> Tally:
+    """The finished devices the policy counts, from `all:succeeded` and `fail:{type}`."""
+    failures = {kind: counters.get(f"fail:{kind.value}", 0) for kind in FailureType}
+    return Tally(
+        succeeded=counters.get("all:succeeded", 0),
+        failures={kind: n for kind, n in failures.items() if n},
+    )
+
+
+def _firmware(file: str, version: str | None) -> FirmwareOut:
+    return FirmwareOut(file=file, version=version)
+
+
+def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOut:
+    """The rollout view from its record and its raw counters."""
+    plan = stored_plan(record)
+    index = min(max(record.wave, 0), len(plan.waves) - 1)
+    waves = [
+        WaveOut(name=wave.name, target=reach, counts=state_counts(counters, str(i)))
+        for i, (wave, reach) in enumerate(zip(plan.waves, record.reach, strict=False))
+    ]
+    return RolloutOut(
+        id=record.id,
+        name=record.name,
+        state=record.state.value,
+        reason=record.reason,
+        wave=plan.waves[index].name,
+        wave_index=index,
+        waves=waves,
+        counts=state_counts(counters, "all"),
+        failure_rate=tally(counters).failure_rate,
+        max_failure_rate=plan.policy.max_failure_rate,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        created_by=record.created_by,
+        firmware=_firmware(plan.firmware.file, plan.firmware.version),
+        rollback=_firmware(plan.rollback.file, plan.rollback.version) if plan.rollback else None,
+        total=record.total,
+        actions=[action.value for action in allowed_actions(record.state)],
+    )
+
+
+async def load_rollout_out(stores: Stores, record: RolloutRecord) -> RolloutOut:
+    """The rollout view, reading its counters."""
+    return rollout_out(record, await stores.rollouts.counts(record.id))
+
+
+def preview(plan: Plan, cohort: Cohort) -> RolloutPreview:
+    """The dry run's answer: devices per wave and every exclusion with its reason in words."""
+    total = len(cohort.device_ids)
+    reach, sizes = wave_reach(plan.waves, total), wave_sizes(plan.waves, total)
+    return RolloutPreview(
+        name=plan.name,
+        total=total,
+        waves=[
+            WavePreview(
+                name=wave.name,
+                devices=size,
+                reach=reached,
+                approval=wave.approval,
+                bake=format_duration(wave.bake_s),
+            )
+            for wave, size, reached in zip(plan.waves, sizes, reach, strict=True)
+        ],
+        exclusions=[
+            ExclusionOut(
+                device_id=exclusion.device_id,
+                reason=exclusion.reason.value,
+                detail=exclusion.detail,
+                why=EXCLUSION_TEXT[exclusion.reason],
+            )
+            for exclusion in cohort.exclusions
+        ],
+    )
+
+
+def _iso_from_ms(value: str | None) -> str | None:
+    if not value or not value.isdigit():
+        return None
+    return isoformat_z(datetime.fromtimestamp(int(value) / 1000, tz=UTC))
+
+
+def device_out(
+    device_id: str, record: Mapping[str, str], wave_names: Sequence[str]
+) -> RolloutDeviceOut:
+    """One device of a rollout from its stored record."""
+    wave = record.get("wave", "0")
+    index = int(wave) if wave.isdigit() else 0
+    return RolloutDeviceOut(
+        device_id=device_id,
+        state=record.get("state", ""),
+        wave=wave_names[index] if index < len(wave_names) else wave,
+        command_id=record.get("command_id") or None,
+        attempts=int(record.get("attempts", "0") or 0),
+        failure=record.get("failure") or None,
+        updated_at=_iso_from_ms(record.get("updated_at")),
+    )
+
+
+async def device_page(
+    stores: Stores,
+    record: RolloutRecord,
+    wanted: DeviceState | None,
+    position: int,
+    limit: int,
+) -> RolloutDeviceList:
+    """Up to `limit` devices (in `wanted` state) from cohort position `position` on.
+
+    The cursor is a position in the cohort order. A filtered page scans at most SCAN_BUDGET
+    positions, so it may hold fewer than `limit` devices while next_cursor is not null.
+    """
+    wave_names = [wave.name for wave in stored_plan(record).waves]
+    found: list[RolloutDeviceOut] = []
+    end = min(record.total, position + SCAN_BUDGET)
+    while position < end:
+        stop = min(position + SCAN_CHUNK, end)
+        ids = await stores.rollouts.order_slice(record.id, position, stop)
+        rows = await stores.rollouts.device_states(record.id, ids)
+        for offset, (device_id, row) in enumerate(zip(ids, rows, strict=True)):
+            if not row or (wanted is not None and row.get("state") != wanted.value):
+                continue
+            if len(found) == limit:  # one more match: the next page starts here
+                return RolloutDeviceList(devices=found, next_cursor=str(position + offset))
+            found.append(device_out(device_id, row, wave_names))
+        position = stop if ids else end
+    more = position < record.total
+    return RolloutDeviceList(devices=found, next_cursor=str(position) if more else None)

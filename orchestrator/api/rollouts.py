@@ -1,0 +1,385 @@
+"""`/v2/projects/{pid}/rollouts`: start a rollout from a plan (or dry-run it), read, act on it.
+
+The routes only record intent: a new rollout is `pending` and an operator action changes the
+state in Redis; the engine notices and does the work (dispatch, revoking keys, freeing devices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from orchestrator.api.auth import check_project, require
+from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.errors import error_responses
+from orchestrator.api.rollout_views import device_page, load_rollout_out, preview, stored_plan
+from orchestrator.api.schemas import (
+    RolloutActionRequest,
+    RolloutDeviceList,
+    RolloutEvent,
+    RolloutEvents,
+    RolloutList,
+    RolloutOut,
+    RolloutPreview,
+)
+from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.cohorts import Cohort, DeviceInfo, select, wave_reach
+from orchestrator.domain.files import FileType
+from orchestrator.domain.plans import Plan, parse_plan
+from orchestrator.domain.states import (
+    TERMINAL_ROLLOUT_STATES,
+    DeviceState,
+    RolloutAction,
+    RolloutState,
+    allowed_actions,
+    next_rollout_state,
+)
+from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from orchestrator.store.rollouts import RolloutRecord
+from orchestrator.timeutil import isoformat_z, utc_now
+
+S = TypeVar("S", bound=StrEnum)
+router = APIRouter(tags=["rollouts"], responses=error_responses(400, 401, 403, 404, 503))
+
+MAX_PLAN_BYTES = 1024 * 1024
+DEVICE_PAGE = 1000  # devices read per step while selecting a cohort
+SHOWN_DEVICES = 5  # device ids named in a conflict message
+PLAN_MEDIA_TYPES = frozenset(
+    {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
+)
+PLAN_SCHEMA_NAME = "RolloutPlan"
+
+_PLAN_REF = {"schema": {"$ref": f"#/components/schemas/{PLAN_SCHEMA_NAME}"}}
+CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A rollout plan as YAML or JSON (`ota schema` prints its JSON Schema)",
+        "content": {"application/yaml": _PLAN_REF, "application/json": _PLAN_REF},
+    }
+}
+
+
+def document_plan_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Put the plan's JSON Schema (and its parts) in the OpenAPI components the body refers to."""
+    plan = Plan.model_json_schema(
+        by_alias=True, mode="validation", ref_template="#/components/schemas/{model}"
+    )
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(plan.pop("$defs", {}))
+    components[PLAN_SCHEMA_NAME] = {**plan, "title": "OTA rollout plan"}
+    return schema
+
+
+def _state(kind: type[S], value: str | None, noun: str) -> S | None:
+    """The state named in ?state=, or None; InvalidInput listing the valid ones."""
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        valid = ", ".join(state.value for state in kind)
+        raise InvalidInput(
+            f"state {value!r} is not a {noun} state; use one of: {valid}",
+            errors=[{"loc": "query.state", "msg": f"must be one of: {valid}"}],
+        ) from None
+
+
+async def _read_plan(request: Request) -> Plan:
+    """The plan in the body (YAML or JSON, 1 MiB at most), or a located PlanError."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type and media_type not in PLAN_MEDIA_TYPES | {"application/json"}:
+        raise InvalidInput(
+            f"the body is {media_type} but must be a plan as YAML or JSON; send it with "
+            "Content-Type: application/yaml (curl -H 'Content-Type: application/yaml' "
+            "--data-binary @plan.yaml) or application/json",
+            errors=[{"loc": "body", "msg": "expected application/yaml or application/json"}],
+        )
+    declared = request.headers.get("content-length", "")
+    too_large = PayloadTooLarge(
+        f"the plan is over {MAX_PLAN_BYTES} bytes; a plan is a few hundred bytes of YAML "
+        "(list devices by tag rather than by id)"
+    )
+    if declared.isdigit() and int(declared) > MAX_PLAN_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_PLAN_BYTES:
+            raise too_large
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            "the plan is not UTF-8 text; save it as UTF-8 and send it again",
+            errors=[{"loc": "body", "msg": "not UTF-8"}],
+        ) from None
+    return parse_plan(text, source="plan")
+
+
+async def _check_files(context: AppContext, project_id: str, plan: Plan) -> None:
+    """Firmware (and rollback) files must be uploaded firmware of the project."""
+    wanted = [("firmware.file", plan.firmware.file)]
+    if plan.rollback is not None:
+        wanted.append(("rollback.file", plan.rollback.file))
+    for loc, name in wanted:
+        stored = await context.stores.files.get(project_id, name)
+        if stored is None or stored.type is not FileType.FIRMWARE:
+            raise InvalidInput(
+                f"{loc} names {name!r} but the project has no firmware file of that name; "
+                f"upload it first (ota files upload {name} --type firmware, or POST "
+                f"/v2/projects/{project_id}/files with type=firmware)",
+                errors=[{"loc": loc, "msg": f"no firmware file {name!r} in the project"}],
+            )
+
+
+async def _devices(context: AppContext, project_id: str) -> AsyncIterator[DeviceInfo]:
+    """Every device of the project as cohort selection sees it, a page at a time."""
+    cursor: str | None = None
+    while True:
+        page = await context.stores.devices.page(project_id, cursor=cursor, limit=DEVICE_PAGE)
+        holders = await context.stores.rollouts.device_rollouts([d.id for d in page.devices])
+        for device, holder in zip(page.devices, holders, strict=True):
+            yield DeviceInfo(
+                id=device.id,
+                source=device.source.value,
+                tags=frozenset(device.tags),
+                brand=device.brand,
+                model=device.model,
+                allowed_commands=tuple(device.allowed_commands),
+                active_rollout=holder,
+            )
+        if page.next_cursor is None:
+            return
+        cursor = page.next_cursor
+
+
+async def _cohort(context: AppContext, project_id: str, plan: Plan) -> Cohort:
+    infos = [info async for info in _devices(context, project_id)]
+    return select(plan.name, plan.target, infos)
+
+
+def _some(device_ids: tuple[str, ...]) -> str:
+    shown = ", ".join(device_ids[:SHOWN_DEVICES])
+    more = len(device_ids) - SHOWN_DEVICES
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+@router.post(
+    "/v2/projects/{project_id}/rollouts",
+    name="create_rollout",
+    status_code=201,
+    openapi_extra=CREATE_BODY,
+    response_model=RolloutOut,
+    responses={
+        200: {"model": RolloutPreview, "description": "The dry run (?dry_run=true)"},
+        **error_responses(409, 413),
+    },
+)
+async def create_rollout(
+    project_id: str,
+    request: Request,
+    dry_run: bool = Query(False, description="Resolve waves and exclusions; start nothing"),
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.ROLLOUTS_WRITE)),
+) -> RolloutOut | JSONResponse:
+    """Start a rollout from a plan (YAML or JSON); it waits `pending` for the engine."""
+    await check_project(context, principal, project_id)
+    plan = await _read_plan(request)
+    await _check_files(context, project_id, plan)
+    cohort = await _cohort(context, project_id, plan)
+    if dry_run:
+        return JSONResponse(preview(plan, cohort).model_dump(), status_code=200)
+    if not cohort.device_ids:
+        reasons = sorted({exclusion.reason.value for exclusion in cohort.exclusions})
+        why = f" (excluded: {', '.join(reasons)})" if reasons else ""
+        raise InvalidInput(
+            f"the target matches no eligible device{why}; check target against the project's "
+            "devices, or run the plan with ?dry_run=true to see the exclusions",
+            errors=[{"loc": "target", "msg": "matches no eligible device"}],
+        )
+    reach = wave_reach(plan.waves, len(cohort.device_ids))
+    rollout_id, outcome = await context.stores.rollouts.create(
+        project_id=project_id,
+        name=plan.name,
+        plan=plan.model_dump(mode="json", by_alias=True),
+        device_ids=cohort.device_ids,
+        reach=reach,
+        created_at=isoformat_z(utc_now()),
+        created_by=principal.name,
+    )
+    if outcome.name_taken_by is not None:
+        raise Conflict(
+            f"rollout {outcome.name_taken_by} named {plan.name!r} is still active in this "
+            "project; wait for it to finish or abort it, or give the plan another name"
+        )
+    if outcome.devices_taken:
+        taken = outcome.devices_taken
+        raise Conflict(
+            f"{len(taken)} devices of the target joined another active rollout meanwhile "
+            f"({_some(taken)}); run the plan again to leave them out, or wait for that rollout"
+        )
+    record = await context.stores.rollouts.get(rollout_id)
+    assert record is not None  # just created
+    return await load_rollout_out(context.stores, record)
+
+
+async def _rollout(context: AppContext, project_id: str, rollout_id: str) -> RolloutRecord:
+    record = await context.stores.rollouts.get(rollout_id)
+    if record is None or record.project_id != project_id:
+        raise NotFound(f"rollout {rollout_id} not found in project {project_id}")
+    return record
+
+
+@router.get("/v2/projects/{project_id}/rollouts", name="list_rollouts")
+async def list_rollouts(
+    project_id: str,
+    state: str | None = Query(None, description="Only rollouts in this state"),
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
+) -> RolloutList:
+    """The project's rollouts, newest first."""
+    wanted = _state(RolloutState, state, "rollout")
+    await check_project(context, principal, project_id)
+    ids = await context.stores.rollouts.ids(project_id)
+    records = await asyncio.gather(*(context.stores.rollouts.get(rid) for rid in ids))
+    chosen = [r for r in records if r is not None and (wanted is None or r.state is wanted)]
+    views = await asyncio.gather(*(load_rollout_out(context.stores, r) for r in chosen))
+    return RolloutList(rollouts=list(views))
+
+
+@router.get("/v2/projects/{project_id}/rollouts/{rollout_id}", name="get_rollout")
+async def get_rollout(
+    project_id: str,
+    rollout_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
+) -> RolloutOut:
+    """One rollout: state and reason, current wave, counts per wave and in all, failure rate."""
+    await check_project(context, principal, project_id)
+    return await load_rollout_out(context.stores, await _rollout(context, project_id, rollout_id))
+
+
+def _position(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    if not cursor.isdigit():
+        raise InvalidInput(
+            f"cursor {cursor!r} is not one this API gave; pass next_cursor from the last page",
+            errors=[{"loc": "query.cursor", "msg": "must be a next_cursor value"}],
+        )
+    return int(cursor)
+
+
+@router.get("/v2/projects/{project_id}/rollouts/{rollout_id}/devices", name="list_rollout_devices")
+async def list_rollout_devices(
+    project_id: str,
+    rollout_id: str,
+    state: str | None = Query(None, description="Only devices in this state"),
+    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    limit: int = Query(100, ge=1, le=1000),
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
+) -> RolloutDeviceList:
+    """The rollout's devices in cohort (wave) order, a page at a time.
+
+    A page may hold fewer than `limit` devices while next_cursor is not null: a filtered
+    listing scans a bounded stretch of the cohort per request.
+    """
+    wanted = _state(DeviceState, state, "device")
+    position = _position(cursor)
+    await check_project(context, principal, project_id)
+    record = await _rollout(context, project_id, rollout_id)
+    return await device_page(context.stores, record, wanted, position, limit)
+
+
+@router.get("/v2/projects/{project_id}/rollouts/{rollout_id}/events", name="list_rollout_events")
+async def list_rollout_events(
+    project_id: str,
+    rollout_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
+) -> RolloutEvents:
+    """The audit trail of the rollout's state changes, oldest first."""
+    await check_project(context, principal, project_id)
+    await _rollout(context, project_id, rollout_id)
+    events = await context.stores.rollouts.events(rollout_id)
+    return RolloutEvents(events=[RolloutEvent.model_validate(event) for event in events])
+
+
+async def act(
+    context: AppContext,
+    principal: Principal,
+    project_id: str,
+    rollout_id: str,
+    action: RolloutAction,
+    body: RolloutActionRequest | None,
+) -> RolloutOut:
+    """Apply an operator action: the transition table decides, the store applies atomically."""
+    await check_project(context, principal, project_id)
+    record = await _rollout(context, project_id, rollout_id)
+    target = next_rollout_state(record.state, action)
+    if action is RolloutAction.ROLLBACK and stored_plan(record).rollback is None:
+        raise Conflict(
+            f"rollout {rollout_id} has no rollback section, so there is no firmware to send "
+            "back; abort it to stop it (devices keep the firmware they have), or start a "
+            "new rollout of the previous firmware"
+        )
+    old, changed = await context.stores.rollouts.change_state(
+        rollout_id,
+        allowed_from=[record.state],
+        to=target,
+        reason=body.reason if body and body.reason else f"{action} by {principal.name}",
+        actor=principal.name,
+        action=action.value,
+        at=isoformat_z(utc_now()),
+        terminal=target in TERMINAL_ROLLOUT_STATES,
+    )
+    if not changed:
+        if not old:
+            raise NotFound(f"rollout {rollout_id} not found in project {project_id}")
+        valid = ", ".join(allowed_actions(RolloutState(old))) or "none (it is finished)"
+        raise Conflict(
+            f"the rollout changed from {record.state} to {old} meanwhile, so {action} was "
+            f"not applied; actions allowed now: {valid}"
+        )
+    fresh = await _rollout(context, project_id, rollout_id)
+    return await load_rollout_out(context.stores, fresh)
+
+
+ACTION_DOCS = {
+    RolloutAction.PAUSE: "Stop sending to more devices (running → paused).",
+    RolloutAction.RESUME: "Carry on (paused or halted → running).",
+    RolloutAction.PROMOTE: "Start the wave waiting for approval (waiting_approval → running).",
+    RolloutAction.ABORT: "Stop for good; devices keep the firmware they have (→ aborted).",
+    RolloutAction.ROLLBACK: "Send the plan's rollback firmware (running or halted → rolling_back).",
+}
+
+
+def _add_action_route(action: RolloutAction) -> None:
+    async def endpoint(
+        project_id: str,
+        rollout_id: str,
+        body: RolloutActionRequest | None = None,
+        context: AppContext = Depends(get_context),
+        principal: Principal = Depends(require(Scope.ROLLOUTS_WRITE)),
+    ) -> RolloutOut:
+        return await act(context, principal, project_id, rollout_id, action, body)
+
+    endpoint.__doc__ = ACTION_DOCS[action] + " 409 names the state when it does not allow it."
+    router.add_api_route(
+        f"/v2/projects/{{project_id}}/rollouts/{{rollout_id}}/{action.value}",
+        endpoint,
+        methods=["POST"],
+        name=f"{action.value}_rollout",
+        response_model=RolloutOut,
+        responses=error_responses(409),
+    )
+
+
+for _action in ACTION_DOCS:
+    _add_action_route(_action)

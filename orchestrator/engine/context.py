@@ -1,0 +1,28 @@
+"""What the engine's parts share."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from orchestrator.metrics import Metrics
+from orchestrator.settings import Settings
+from orchestrator.store import Stores
+from orchestrator.transport.mqtt import CommandTransport
+
+
+def wall_ms() -> int:
+    """Epoch milliseconds."""
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class EngineContext:
+    """The engine's collaborators, injected so tests build as many engines as they like."""
+
+    settings: Settings
+    stores: Stores
+    transport: CommandTransport
+    metrics: Metrics
+    clock_ms: Callable[[], int] = field(default=wall_ms)

@@ -1,0 +1,435 @@
+"""Drives one rollout while this replica holds its lease: waves, dispatch, deadlines, policy.
+
+Every step re-reads the rollout from Redis, so a driver that crashes or loses its lease leaves
+nothing behind: the next holder continues from the same state. A device whose `sent` was
+written but whose publish may not have happened is re-published with the same command id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from orchestrator.domain.plans import FailureType, Plan
+from orchestrator.domain.policy import Tally, Verdict, judge
+from orchestrator.domain.states import (
+    TERMINAL_ROLLOUT_STATES,
+    DeviceEvent,
+    DeviceState,
+    RolloutAction,
+    RolloutState,
+    next_rollout_state,
+)
+from orchestrator.engine.commands import file_command_payload
+from orchestrator.engine.context import EngineContext
+from orchestrator.errors import OrchestratorError, TransportUnavailable
+from orchestrator.store.rollouts import RolloutRecord
+from orchestrator.timeutil import isoformat_z, utc_now
+
+log = structlog.get_logger(__name__)
+
+TICK_S = 0.1  # how often a driver looks at its rollout
+LEASE_MS = 15_000  # a replica that stops renewing loses the rollout after this
+DISPATCH_BATCH = 500  # commands published per step at most
+SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
+ENGINE = "engine"
+COMMAND = "download_firmware"
+WORKING = (DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING)
+
+
+def tally_of(counts: Mapping[str, int]) -> Tally:
+    """Finished devices so far, from the rollout's counters."""
+    failures = {t: counts.get(f"fail:{t.value}", 0) for t in FailureType}
+    return Tally(
+        succeeded=counts.get("all:succeeded", 0),
+        failures={t: n for t, n in failures.items() if n},
+    )
+
+
+def key_of(payload: Mapping[str, Any]) -> str:
+    """The download key inside a download command's URL."""
+    return str(payload["url"]).rsplit("key=", 1)[1]
+
+
+class RolloutDriver:
+    """One rollout's loop."""
+
+    def __init__(self, rollout_id: str, context: EngineContext) -> None:
+        self.rollout_id = rollout_id
+        self._context = context
+        self._store = context.stores.rollouts
+        self._owner = context.settings.instance_id
+        self._tokens = 0.0
+        self._last_ms = context.clock_ms()
+        self._stopping = asyncio.Event()
+        self.log = log.bind(rollout_id=rollout_id)
+
+    def stop(self) -> None:
+        """Finish the current step, then give the rollout back."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Step until the rollout is finished, the lease is lost or stop() is called."""
+        try:
+            while not self._stopping.is_set():
+                if not await self._store.acquire_lease(self.rollout_id, self._owner, LEASE_MS):
+                    self.log.info("lease lost; another replica drives the rollout")
+                    return
+                try:
+                    if not await self.step():
+                        return
+                except OrchestratorError as exc:
+                    self.log.warning("rollout step failed; retrying", error=exc.message)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), TICK_S)
+        finally:
+            with contextlib.suppress(OrchestratorError):
+                await self._store.release_lease(self.rollout_id, self._owner)
+
+    async def step(self) -> bool:
+        """One look at the rollout; False once there is nothing left to do."""
+        record = await self._store.get(self.rollout_id)
+        if record is None:
+            return False
+        plan = Plan.model_validate(record.plan)
+        if record.state in TERMINAL_ROLLOUT_STATES:
+            await self._finish(record)
+            return False
+        await self._republish(record, plan)
+        await self._sweep(record, plan)
+        if record.state is RolloutState.PENDING:
+            await self._change(record, RolloutAction.START, "started by the engine")
+        elif record.state is RolloutState.RUNNING:
+            await self._run_waves(record, plan)
+        elif record.state is RolloutState.ROLLING_BACK:
+            await self._roll_back(record, plan)
+        return True
+
+    # --- state changes -------------------------------------------------------------------
+
+    async def _change(
+        self,
+        record: RolloutRecord,
+        action: RolloutAction,
+        reason: str,
+        details: Mapping[str, Any] | None = None,
+    ) -> bool:
+        to = next_rollout_state(record.state, action)
+        _, changed = await self._store.change_state(
+            self.rollout_id,
+            allowed_from=[record.state],
+            to=to,
+            reason=reason,
+            actor=ENGINE,
+            action=action.value,
+            at=isoformat_z(utc_now()),
+            terminal=to in TERMINAL_ROLLOUT_STATES,
+            details=details,
+        )
+        if changed:
+            self.log.info(
+                "rollout state changed",
+                from_state=record.state.value,
+                to_state=to.value,
+                reason=reason,
+                **(dict(details) if details else {}),
+            )
+        return changed
+
+    # --- waves ---------------------------------------------------------------------------
+
+    async def _run_waves(self, record: RolloutRecord, plan: Plan) -> None:
+        counts = await self._store.counts(self.rollout_id)
+        tally = tally_of(counts)
+        verdict = judge(tally, plan.policy, end_of_wave=False)
+        if verdict.breached:
+            await self._breach(record, plan, verdict, tally)
+            return
+        wave = record.wave
+        open_devices = sum(
+            counts.get(f"{wave}:{state.value}", 0) for state in (DeviceState.PENDING, *WORKING)
+        )
+        if record.cursor < record.reach[wave] or open_devices:
+            await self._dispatch(record, plan, counts)
+            return
+        now = self._context.clock_ms()
+        wave_spec = plan.waves[wave]
+        if not record.wave_done_at_ms:
+            await self._store.set_fields(self.rollout_id, wave_done_at_ms=now)
+            await self._store.add_event(
+                self.rollout_id,
+                {
+                    "at": isoformat_z(utc_now()),
+                    "actor": ENGINE,
+                    "action": "wave_done",
+                    "reason": f"wave {wave_spec.name}: every device is final; baking "
+                    f"{wave_spec.bake_s:g}s before judging",
+                },
+            )
+            if wave_spec.bake_s:
+                return
+        elif now < record.wave_done_at_ms + wave_spec.bake_s * 1000:
+            return
+        verdict = judge(tally, plan.policy, end_of_wave=True)
+        if verdict.breached:
+            await self._breach(record, plan, verdict, tally)
+            return
+        if wave == record.wave_count - 1:
+            await self._change(record, RolloutAction.COMPLETE, f"every wave done; {verdict.reason}")
+            return
+        following = plan.waves[wave + 1]
+        await self._store.set_fields(self.rollout_id, wave=wave + 1, wave_done_at_ms=0)
+        await self._store.add_event(
+            self.rollout_id,
+            {
+                "at": isoformat_z(utc_now()),
+                "actor": ENGINE,
+                "action": "wave_start",
+                "reason": f"wave {wave_spec.name} passed ({verdict.reason}); "
+                f"wave {following.name} reaches {record.reach[wave + 1]} devices",
+            },
+        )
+        if following.approval == "manual":
+            await self._change(
+                record,
+                RolloutAction.WAIT_APPROVAL,
+                f"wave {following.name} needs approval; run: ota promote {self.rollout_id}",
+            )
+
+    async def _dispatch(self, record: RolloutRecord, plan: Plan, counts: Mapping[str, int]) -> None:
+        if not self._context.transport.connected:
+            return
+        budget = DISPATCH_BATCH
+        policy = plan.policy
+        if policy.max_in_flight is not None:
+            in_flight = sum(counts.get(f"all:{state.value}", 0) for state in WORKING)
+            budget = min(budget, policy.max_in_flight - in_flight)
+        now = self._context.clock_ms()
+        if policy.rate_per_s is not None:
+            elapsed_s = max(0.0, (now - self._last_ms) / 1000)
+            self._tokens = min(
+                max(1.0, policy.rate_per_s), self._tokens + elapsed_s * policy.rate_per_s
+            )
+            budget = min(budget, int(self._tokens))
+        self._last_ms = now
+        if budget <= 0:
+            return
+        sent = await self._store.dispatch(
+            self.rollout_id,
+            count=budget,
+            reach=record.reach[record.wave],
+            ack_deadline_ms=now + int(policy.ack_timeout_s * 1000),
+        )
+        self._tokens -= len(sent)
+        await asyncio.gather(
+            *(self._publish(record, plan, device_id, command_id) for device_id, command_id in sent)
+        )
+
+    async def _publish(
+        self,
+        record: RolloutRecord,
+        plan: Plan,
+        device_id: str,
+        command_id: str,
+        *,
+        rollback: bool = False,
+    ) -> None:
+        """Send the (rollback) firmware to one device; a failure leaves it for _republish."""
+        context = self._context
+        firmware = plan.rollback if rollback and plan.rollback else plan.firmware
+        try:
+            payload = await file_command_payload(
+                context.stores,
+                public_url=context.settings.public_url,
+                key_ttl_s=context.settings.download_key_ttl,
+                project_id=record.project_id,
+                device_id=device_id,
+                command=COMMAND,
+                data={"file_name": firmware.file},
+                command_id=command_id,
+                rollout_id=self.rollout_id,
+                version=firmware.version,
+            )
+            await self._store.set_device_fields(
+                self.rollout_id,
+                device_id,
+                **{"rollback_key" if rollback else "key": key_of(payload)},
+            )
+            await context.stores.commands.record(
+                command_id,
+                device_id=device_id,
+                project_id=record.project_id,
+                command=COMMAND,
+                sent_at=isoformat_z(utc_now()),
+                rollout_id=self.rollout_id,
+                kind="rollback" if rollback else "update",
+            )
+            await context.transport.publish_command(device_id, COMMAND, payload)
+        except TransportUnavailable as exc:
+            self.log.warning("publish failed; will retry", device_id=device_id, error=exc.message)
+            return
+        except OrchestratorError as exc:  # e.g. the firmware file was deleted
+            self.log.error("cannot build the command", device_id=device_id, error=exc.message)
+            return
+        await self._store.mark_published(self.rollout_id, device_id)
+        context.metrics.commands_sent.labels(COMMAND).inc()
+
+    async def _republish(self, record: RolloutRecord, plan: Plan) -> None:
+        """Publish again, with the same command id, what a crash may have left unsent."""
+        if not self._context.transport.connected:
+            return
+        for device_id in await self._store.unpublished(self.rollout_id):
+            device = await self._store.device(self.rollout_id, device_id)
+            state = device.get("state")
+            if state == DeviceState.SENT.value:
+                await self._revoke(device.get("key", ""))
+                await self._publish(record, plan, device_id, device["command_id"])
+            elif state == DeviceState.ROLLBACK_SENT.value:
+                await self._revoke(device.get("rollback_key", ""))
+                await self._publish(
+                    record, plan, device_id, device["rollback_command_id"], rollback=True
+                )
+            else:
+                await self._store.mark_published(self.rollout_id, device_id)
+
+    async def _revoke(self, key: str) -> None:
+        if key:
+            await self._context.stores.download_keys.revoke(key)
+
+    # --- deadlines -----------------------------------------------------------------------
+
+    async def _sweep(self, record: RolloutRecord, plan: Plan) -> None:
+        """Devices past their deadline time out (or fail their rollback)."""
+        due = await self._store.due(self.rollout_id, at_ms=self._context.clock_ms())
+        for device_id in due:
+            device = await self._store.device(self.rollout_id, device_id)
+            if device.get("state") == DeviceState.ROLLBACK_SENT.value:
+                event, retries = DeviceEvent.ROLLBACK_FAILURE, -1
+            else:
+                event, retries = DeviceEvent.TIMED_OUT, plan.policy.retries
+            result = await self._store.transition(
+                self.rollout_id,
+                device_id,
+                event,
+                drop_deadline=True,
+                failure_type=FailureType.TIMED_OUT.value if event is DeviceEvent.TIMED_OUT else "",
+                retries=retries,
+            )
+            if not result.applied:
+                await self._store.drop_deadline(self.rollout_id, device_id)
+                continue
+            self.log.info("device timed out", device_id=device_id, state=result.new)
+            await self._revoke(device.get("key", ""))
+
+    # --- halts and rollbacks -------------------------------------------------------------
+
+    async def _breach(
+        self, record: RolloutRecord, plan: Plan, verdict: Verdict, tally: Tally
+    ) -> None:
+        rollback = plan.policy.on_failure == "rollback" and plan.rollback is not None
+        action = RolloutAction.ROLLBACK if rollback else RolloutAction.HALT
+        details = {
+            "failure_rate": round(verdict.failure_rate, 6),
+            "max_failure_rate": plan.policy.max_failure_rate,
+            "finished": tally.finished,
+            "failed": tally.failed,
+            "failures": {t.value: n for t, n in tally.failures.items()},
+            "wave": plan.waves[record.wave].name,
+        }
+        if not await self._change(record, action, verdict.reason, details):
+            return
+        self._context.metrics.rollout_halts.inc()
+        if rollback:
+            self._context.metrics.rollbacks.inc()
+        await self._cancel_unstarted()
+
+    async def _cancel_unstarted(self) -> None:
+        """Revoke the keys no device has started to use; those devices become cancelled."""
+        # Devices in `sent` all have a deadline, so the deadline set finds them.
+        for device_id in await self._store.with_deadlines(self.rollout_id):
+            device = await self._store.device(self.rollout_id, device_id)
+            if device.get("state") != DeviceState.SENT.value:
+                continue
+            result = await self._store.transition(
+                self.rollout_id, device_id, DeviceEvent.CANCEL, drop_deadline=True
+            )
+            if result.applied:
+                await self._revoke(device.get("key", ""))
+
+    async def _roll_back(self, record: RolloutRecord, plan: Plan) -> None:
+        """Send the rollback firmware to every device that took the new one, then judge."""
+        raw = await self._context.stores.redis.hget(
+            self._context.stores.keys.rollout(self.rollout_id), "rollback_cursor"
+        )
+        position = int(raw or 0)
+        if position == 0:
+            await self._cancel_unstarted()
+        if position < record.cursor:
+            stop = min(position + SCAN_CHUNK, record.cursor)
+            ids = await self._store.order_slice(self.rollout_id, position, stop)
+            devices = await self._store.device_states(self.rollout_id, ids)
+            deadline = self._context.clock_ms() + int(plan.policy.device_timeout_s * 1000)
+            for device_id, device in zip(ids, devices, strict=True):
+                if device.get("downloaded") != "1":
+                    continue
+                command_id = uuid.uuid4().hex
+                result = await self._store.transition(
+                    self.rollout_id,
+                    device_id,
+                    DeviceEvent.ROLLBACK_SEND,
+                    deadline_ms=deadline,
+                    extra={"rollback_command_id": command_id},
+                )
+                if result.applied:
+                    await self._store.mark_unpublished(self.rollout_id, device_id)
+                    await self._publish(record, plan, device_id, command_id, rollback=True)
+            await self._store.set_fields(self.rollout_id, rollback_cursor=stop)
+            return
+        counts = await self._store.counts(self.rollout_id)
+        if counts.get("all:rollback_sent", 0):
+            return
+        await self._cancel_pending(record)  # the rollout ends here: what never started is cancelled
+        failed = counts.get("all:rollback_failed", 0)
+        rolled = counts.get("all:rolled_back", 0)
+        if failed:
+            await self._change(
+                record,
+                RolloutAction.ROLLBACK_INCOMPLETE,
+                f"{failed} of {failed + rolled} devices did not take the rollback firmware",
+                {"rolled_back": rolled, "rollback_failed": failed},
+            )
+        else:
+            await self._change(
+                record,
+                RolloutAction.ROLLBACK_DONE,
+                f"{rolled} devices are back on the rollback firmware",
+                {"rolled_back": rolled},
+            )
+
+    # --- the end -------------------------------------------------------------------------
+
+    async def _cancel_pending(self, record: RolloutRecord) -> None:
+        """Devices never sent a command become cancelled (the rollout will not reach them)."""
+        for start in range(0, record.total, SCAN_CHUNK):
+            ids = await self._store.order_slice(self.rollout_id, start, start + SCAN_CHUNK)
+            devices = await self._store.device_states(self.rollout_id, ids)
+            await asyncio.gather(
+                *(
+                    self._store.transition(self.rollout_id, device_id, DeviceEvent.CANCEL)
+                    for device_id, device in zip(ids, devices, strict=True)
+                    if device.get("state") == DeviceState.PENDING.value
+                )
+            )
+
+    async def _finish(self, record: RolloutRecord) -> None:
+        """Cancel what never started, then free the devices for other rollouts."""
+        await self._cancel_unstarted()
+        await self._cancel_pending(record)
+        freed = await self._store.release_devices(self.rollout_id)
+        await self._store.deactivate(self.rollout_id)
+        self.log.info("rollout finished", state=record.state.value, devices_freed=freed)

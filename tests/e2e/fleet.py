@@ -1,0 +1,141 @@
+"""A fleet of devices made of one real MQTT client and real HTTP downloads.
+
+Each device obeys `download_firmware`: it acknowledges, downloads with its token, checks size
+and sha256, then reports success (with the version it was told) or the failure it is set to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import aiomqtt
+import httpx
+
+from tests.conftest import Service
+
+Behaviour = Literal["succeed", "fail", "reject", "silent", "wrong_version", "ack_only"]
+
+
+@dataclass
+class Device:
+    """One simulated device: its id, token, what it does, and what it was told."""
+
+    id: str
+    token: str
+    behaviour: Behaviour = "succeed"
+    commands: list[dict[str, Any]] = field(default_factory=list)
+    installed: list[str] = field(default_factory=list)  # file names it downloaded and checked
+
+
+class Fleet:
+    """Creates devices through the API and answers their commands."""
+
+    def __init__(self, service: Service, mqtt_port: int) -> None:
+        self.service = service
+        self.port = mqtt_port
+        self.devices: dict[str, Device] = {}
+        self.results: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.broken_files: set[str] = set()  # images that download fine but fail to install
+        self._client: aiomqtt.Client | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._work: set[asyncio.Task[None]] = set()
+        self._http = httpx.AsyncClient(timeout=30)
+
+    async def __aenter__(self) -> Fleet:
+        self._client = aiomqtt.Client("127.0.0.1", self.port, identifier=None)
+        await self._client.__aenter__()
+        await self._client.subscribe("+/control/+", qos=2)
+        self._task = asyncio.create_task(self._listen())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for task in list(self._work):
+            task.cancel()
+        await asyncio.gather(*self._work, return_exceptions=True)
+        if self._client is not None:
+            await self._client.__aexit__(None, None, None)
+        await self._http.aclose()
+
+    async def add(
+        self, count: int, behaviour: Behaviour = "succeed", **fields: Any
+    ) -> list[Device]:
+        """Create `count` mqtt devices in the test project."""
+        made = []
+        for _ in range(count):
+            data = await self.service.create_device(name="sim", **fields)
+            device = Device(
+                data["metadata"]["device_id"], data["metadata"]["device_token"], behaviour
+            )
+            self.devices[device.id] = device
+            made.append(device)
+        return made
+
+    async def _listen(self) -> None:
+        assert self._client is not None
+        async for message in self._client.messages:
+            device_id, _, command = str(message.topic).split("/", 2)
+            device = self.devices.get(device_id)
+            if device is None:
+                continue
+            payload = json.loads(message.payload)
+            device.commands.append({"command": command, **payload})
+            task = asyncio.create_task(self._obey(device, command.split("/")[-1], payload))
+            self._work.add(task)
+            task.add_done_callback(self._work.discard)
+
+    async def report(self, device: Device, command: str, payload: dict[str, Any]) -> None:
+        """Publish a result as the device."""
+        assert self._client is not None
+        self.results[device.id].append(payload)
+        await self._client.publish(
+            f"{device.id}/control/{command}/result", json.dumps(payload), qos=1
+        )
+
+    async def _obey(self, device: Device, command: str, payload: dict[str, Any]) -> None:
+        command_id = payload["command_id"]
+        if device.behaviour == "silent":
+            return
+        await self.report(device, command, {"command_id": command_id, "status": "received"})
+        if device.behaviour == "ack_only":
+            return
+        if device.behaviour == "reject":
+            await self.report(device, command, {"command_id": command_id, "status": "rejected"})
+            return
+        response = await self._http.get(
+            payload["url"], headers={"Authorization": f"Basic {device.token}"}
+        )
+        ok = (
+            response.status_code == 200
+            and len(response.content) == payload["size"]
+            and hashlib.sha256(response.content).hexdigest() == payload["sha256"]
+        )
+        if not ok or device.behaviour == "fail" or payload["file_name"] in self.broken_files:
+            error = "install failed" if ok else f"download failed: {response.status_code}"
+            await self.report(
+                device, command, {"command_id": command_id, "status": "failed", "error": error}
+            )
+            return
+        device.installed.append(payload["file_name"])
+        await self.report(device, command, {"command_id": command_id, "status": "installing"})
+        version = payload.get("version")
+        if device.behaviour == "wrong_version":
+            version = "0.0.0-wrong"
+        await self.report(
+            device, command, {"command_id": command_id, "status": "success", "version": version}
+        )

@@ -1,0 +1,949 @@
+"""The rollout store on real Redis: creation, state changes, dispatch, device transitions with
+their counters, races between callers, leases and device locks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from orchestrator.domain.states import (
+    DEVICE_TRANSITIONS,
+    FAILED_DEVICE_STATES,
+    DeviceEvent,
+    DeviceState,
+    RolloutState,
+)
+from orchestrator.store import Stores
+from orchestrator.store.rollouts import CreateOutcome, Transition
+from tests.conftest import wait_for
+
+PROJECT = "proj-1"
+AT = "2030-01-02T03:04:05Z"
+PLAN: dict[str, Any] = {"name": "fw-2.1.0", "firmware": {"file": "fw.bin", "version": "2.1.0"}}
+ACK_DEADLINE_MS = 4_000_000_000_000
+D = DeviceState
+
+
+@dataclass(frozen=True)
+class Made:
+    """A rollout the factory created: its id and its devices in wave order."""
+
+    id: str
+    devices: list[str]
+
+
+class CreateRollout(Protocol):
+    async def __call__(
+        self,
+        n: int = 10,
+        reach: Sequence[int] = (10,),
+        *,
+        name: str | None = None,
+        project_id: str = PROJECT,
+        devices: Sequence[str] | None = None,
+        running: bool = False,
+    ) -> Made: ...
+
+
+def device_ids(n: int) -> list[str]:
+    """Fresh device ids that sort in the order given (every rollout locks its devices)."""
+    run = uuid.uuid4().hex[:8]
+    return [f"dev-{run}-{i:03d}" for i in range(n)]
+
+
+async def start(stores: Stores, rollout_id: str) -> None:
+    old, changed = await stores.rollouts.change_state(
+        rollout_id,
+        allowed_from=[RolloutState.PENDING],
+        to=RolloutState.RUNNING,
+        reason="started",
+        actor="engine",
+        action="start",
+        at=AT,
+        terminal=False,
+    )
+    assert (old, changed) == ("pending", True)
+
+
+async def move(
+    stores: Stores, rollout_id: str, frm: RolloutState, to: RolloutState, *, terminal: bool = False
+) -> tuple[str, bool]:
+    return await stores.rollouts.change_state(
+        rollout_id,
+        allowed_from=[frm],
+        to=to,
+        reason=f"to {to}",
+        actor="alice",
+        action=str(to),
+        at=AT,
+        terminal=terminal,
+    )
+
+
+@pytest.fixture
+async def create_rollout(stores: Stores) -> AsyncIterator[CreateRollout]:
+    """A `create(...)` for rollouts that must be created; deletes the test's keys afterwards."""
+
+    async def create(
+        n: int = 10,
+        reach: Sequence[int] = (10,),
+        *,
+        name: str | None = None,
+        project_id: str = PROJECT,
+        devices: Sequence[str] | None = None,
+        running: bool = False,
+    ) -> Made:
+        ids = list(devices) if devices is not None else device_ids(n)
+        rollout_id, outcome = await stores.rollouts.create(
+            project_id=project_id,
+            name=name or f"ro-{uuid.uuid4().hex[:8]}",
+            plan=PLAN,
+            device_ids=ids,
+            reach=reach,
+            created_at=AT,
+            created_by="alice",
+        )
+        assert outcome == CreateOutcome(created=True)
+        if running:
+            await start(stores, rollout_id)
+        return Made(rollout_id, ids)
+
+    yield create
+    stale = [key async for key in stores.redis.scan_iter(match=f"{stores.keys.prefix}*")]
+    if stale:
+        await stores.redis.delete(*stale)
+
+
+async def nonzero_counts(stores: Stores, rollout_id: str) -> dict[str, int]:
+    return {name: n for name, n in (await stores.rollouts.counts(rollout_id)).items() if n}
+
+
+async def retry_list(stores: Stores, rollout_id: str) -> list[str]:
+    return [str(d) for d in await stores.redis.lrange(stores.keys.rollout_retry(rollout_id), 0, -1)]
+
+
+async def deadlines(stores: Stores, rollout_id: str) -> dict[str, int]:
+    rows = await stores.redis.zrange(
+        stores.keys.rollout_deadlines(rollout_id), 0, -1, withscores=True
+    )
+    return {member: int(score) for member, score in cast(list[tuple[str, float]], rows)}
+
+
+async def keys_naming(stores: Stores, rollout_id: str) -> list[str]:
+    return [str(key) async for key in stores.redis.scan_iter(match=f"*{rollout_id}*")]
+
+
+async def dispatch(stores: Stores, made: Made, count: int, reach: int) -> list[tuple[str, str]]:
+    return await stores.rollouts.dispatch(
+        made.id, count=count, reach=reach, ack_deadline_ms=ACK_DEADLINE_MS
+    )
+
+
+async def state_of(stores: Stores, rollout_id: str, device_id: str) -> str:
+    return (await stores.rollouts.device(rollout_id, device_id)).get("state", "")
+
+
+# --- create ------------------------------------------------------------------------------
+
+
+async def test_create_writes_a_pending_rollout_with_pending_devices_split_by_reach(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(10, [2, 5, 10], name="thermostat")
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert (record.state, record.name, record.project_id) == ("pending", "thermostat", PROJECT)
+    assert (record.wave, record.cursor, record.reach, record.total) == (0, 0, [2, 5, 10], 10)
+    assert (record.plan, record.created_at, record.created_by) == (PLAN, AT, "alice")
+    assert await nonzero_counts(stores, made.id) == {
+        "all:pending": 10,
+        "0:pending": 2,
+        "1:pending": 3,
+        "2:pending": 5,
+    }
+    rows = await stores.rollouts.device_states(made.id, made.devices)
+    assert [row["wave"] for row in rows] == ["0"] * 2 + ["1"] * 3 + ["2"] * 5
+    assert {(row["state"], row["attempts"]) for row in rows} == {("pending", "0")}
+    assert await stores.rollouts.order_slice(made.id, 0, 10) == made.devices
+    assert await stores.rollouts.ids(PROJECT) == [made.id]
+    assert made.id in await stores.rollouts.active_ids()
+    assert await stores.rollouts.device_rollouts(made.devices) == [made.id] * 10
+    assert await stores.rollouts.events(made.id) == [
+        {
+            "at": AT,
+            "actor": "alice",
+            "action": "create",
+            "to": "pending",
+            "reason": "10 devices in 3 waves",
+        }
+    ]
+
+
+async def test_create_with_a_name_active_in_the_project_names_the_holder_and_writes_nothing(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    first = await create_rollout(3, name="same")
+    others = device_ids(3)
+    second, outcome = await stores.rollouts.create(
+        project_id=PROJECT,
+        name="same",
+        plan=PLAN,
+        device_ids=others,
+        reach=[3],
+        created_at=AT,
+        created_by="bob",
+    )
+    assert outcome == CreateOutcome(created=False, name_taken_by=first.id)
+    assert await keys_naming(stores, second) == []
+    assert await stores.rollouts.get(second) is None
+    assert await stores.rollouts.device_rollouts(others) == [None] * 3
+    assert await stores.rollouts.active_ids() == [first.id]
+    assert await stores.rollouts.ids(PROJECT) == [first.id]
+
+
+async def test_the_same_name_in_another_project_is_free(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    await create_rollout(2, [2], name="same", project_id="proj-a")
+    await create_rollout(2, [2], name="same", project_id="proj-b")
+
+
+async def test_create_over_devices_of_an_active_rollout_lists_exactly_those_and_writes_nothing(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    first = await create_rollout(6)
+    fresh = device_ids(4)
+    wanted = [fresh[0], first.devices[4], fresh[1], first.devices[1], fresh[2], fresh[3]]
+    second, outcome = await stores.rollouts.create(
+        project_id=PROJECT,
+        name="other",
+        plan=PLAN,
+        device_ids=wanted,
+        reach=[6],
+        created_at=AT,
+        created_by="bob",
+    )
+    assert outcome == CreateOutcome(
+        created=False, devices_taken=(first.devices[4], first.devices[1])
+    )
+    assert await keys_naming(stores, second) == []
+    assert await stores.rollouts.device_rollouts(fresh) == [None] * 4
+    assert await stores.rollouts.device_rollouts(first.devices) == [first.id] * 6
+    assert await stores.redis.get(stores.keys.rollout_name(PROJECT, "other")) is None
+    assert await stores.rollouts.active_ids() == [first.id]
+
+
+async def test_after_a_terminal_state_and_release_the_name_and_devices_are_free_again(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    first = await create_rollout(5, name="again", running=True)
+    assert await move(
+        stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True
+    ) == ("running", True)
+    assert await stores.redis.get(stores.keys.rollout_name(PROJECT, "again")) is None
+    # The name is free at once; the devices stay locked until they are released.
+    _, outcome = await stores.rollouts.create(
+        project_id=PROJECT,
+        name="again",
+        plan=PLAN,
+        device_ids=first.devices,
+        reach=[5],
+        created_at=AT,
+        created_by="bob",
+    )
+    assert outcome == CreateOutcome(created=False, devices_taken=tuple(first.devices))
+    assert await stores.rollouts.release_devices(first.id) == 5
+    assert await stores.rollouts.release_devices(first.id) == 0
+    for device_id in first.devices:
+        assert await stores.rollouts.device_rollout(device_id) is None
+    await stores.rollouts.deactivate(first.id)
+    second = await create_rollout(name="again", devices=first.devices, reach=[5])
+    assert await stores.rollouts.device_rollouts(first.devices) == [second.id] * 5
+    assert await stores.rollouts.active_ids() == [second.id]
+    assert set(await stores.rollouts.ids(PROJECT)) == {first.id, second.id}
+
+
+async def test_release_frees_only_the_locks_the_rollout_still_holds(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    first = await create_rollout(3, running=True)
+    await move(stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True)
+    assert await stores.rollouts.release_devices(first.id) == 3
+    second = await create_rollout(devices=first.devices[:2], reach=[2])
+    assert await stores.rollouts.release_devices(first.id) == 0
+    assert await stores.rollouts.device_rollouts(first.devices) == [second.id, second.id, None]
+
+
+async def test_concurrent_creates_over_the_same_devices_let_exactly_one_through(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    shared = device_ids(8)
+    results = await asyncio.gather(
+        *(
+            stores.rollouts.create(
+                project_id=PROJECT,
+                name=f"racer-{i}",
+                plan=PLAN,
+                device_ids=shared,
+                reach=[8],
+                created_at=AT,
+                created_by="bob",
+            )
+            for i in range(5)
+        )
+    )
+    winners = [rollout_id for rollout_id, outcome in results if outcome.created]
+    assert len(winners) == 1
+    losers = [outcome for _, outcome in results if not outcome.created]
+    assert all(outcome.devices_taken == tuple(shared) for outcome in losers)
+    assert await stores.rollouts.device_rollouts(shared) == winners * 8
+    assert await stores.rollouts.active_ids() == winners
+
+
+# --- change_state ------------------------------------------------------------------------
+
+
+async def test_change_state_applies_from_an_allowed_state_and_records_who_and_why(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(2, [2])
+    details: dict[str, Any] = {
+        "failure_rate": 1 / 3,
+        "failed_devices": [],
+        "failures": {"timed_out": 2},
+        "at_ms": 12_345_678_901_234_567,
+    }
+    result = await stores.rollouts.change_state(
+        made.id,
+        allowed_from=[RolloutState.PENDING, RolloutState.PAUSED],
+        to=RolloutState.RUNNING,
+        reason="operator said so",
+        actor="alice",
+        action="start",
+        at="2030-02-02T00:00:00Z",
+        terminal=False,
+        details=details,
+        extra={"wave": 1},
+    )
+    assert result == ("pending", True)
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert (record.state, record.reason) == ("running", "operator said so")
+    assert (record.updated_at, record.wave) == ("2030-02-02T00:00:00Z", 1)
+    assert (await stores.rollouts.events(made.id))[-1] == {
+        "from": "pending",
+        "to": "running",
+        "actor": "alice",
+        "action": "start",
+        "reason": "operator said so",
+        "at": "2030-02-02T00:00:00Z",
+        "details": details,  # exactly: [] stays a list, numbers keep every digit
+    }
+    # Not terminal: still active, still holding its name.
+    assert made.id in await stores.rollouts.active_ids()
+    name = record.name
+    assert await stores.redis.get(stores.keys.rollout_name(PROJECT, name)) == made.id
+
+
+async def test_change_state_from_a_state_not_allowed_changes_nothing(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(2, [2])
+    before = await stores.rollouts.events(made.id)
+    assert await move(stores, made.id, RolloutState.RUNNING, RolloutState.PAUSED) == (
+        "pending",
+        False,
+    )
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert (record.state, record.updated_at) == ("pending", AT)
+    assert await stores.rollouts.events(made.id) == before
+
+
+async def test_change_state_of_an_unknown_rollout_changes_nothing(stores: Stores) -> None:
+    unknown = str(uuid.uuid4())
+    assert await move(stores, unknown, RolloutState.PENDING, RolloutState.RUNNING) == ("", False)
+    assert await keys_naming(stores, unknown) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "terminal"),
+    [
+        ([RolloutState.RUNNING, RolloutState.COMPLETED], True),
+        ([RolloutState.RUNNING, RolloutState.ROLLING_BACK, RolloutState.ROLLBACK_FAILED], True),
+        ([RolloutState.RUNNING, RolloutState.HALTED], False),
+    ],
+)
+async def test_only_a_terminal_change_frees_the_name_and_the_rollout_stays_active_for_cleanup(
+    stores: Stores,
+    create_rollout: CreateRollout,
+    path: list[RolloutState],
+    terminal: bool,
+) -> None:
+    made = await create_rollout(2, [2], name="named", running=True)
+    for frm, to in itertools.pairwise(path):
+        is_last = to == path[-1]
+        assert await move(stores, made.id, frm, to, terminal=terminal and is_last) == (frm, True)
+    holder = await stores.redis.get(stores.keys.rollout_name(PROJECT, "named"))
+    assert holder == (None if terminal else made.id)
+    # The engine still has to cancel and release a finished rollout; it deactivates it after.
+    assert made.id in await stores.rollouts.active_ids()
+    assert [e["to"] for e in await stores.rollouts.events(made.id)] == ["pending", *path]
+
+
+async def test_deactivate_takes_the_rollout_off_the_active_list_only(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    done = await create_rollout(2, [2], running=True)
+    other = await create_rollout(2, [2])
+    await move(stores, done.id, RolloutState.RUNNING, RolloutState.COMPLETED, terminal=True)
+    await stores.rollouts.deactivate(done.id)
+    await stores.rollouts.deactivate(done.id)  # again: nothing more to do
+    assert await stores.rollouts.active_ids() == [other.id]
+    record = await stores.rollouts.get(done.id)
+    assert record is not None
+    assert record.state == "completed"
+    assert set(await stores.rollouts.ids(PROJECT)) == {done.id, other.id}
+
+
+# --- dispatch ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("state", [RolloutState.PENDING, RolloutState.PAUSED])
+async def test_dispatch_sends_nothing_unless_the_rollout_is_running(
+    stores: Stores, create_rollout: CreateRollout, state: RolloutState
+) -> None:
+    made = await create_rollout(4, [4])
+    if state is RolloutState.PAUSED:
+        await start(stores, made.id)
+        await move(stores, made.id, RolloutState.RUNNING, RolloutState.PAUSED)
+    assert await dispatch(stores, made, 4, 4) == []
+    assert await nonzero_counts(stores, made.id) == {"all:pending": 4, "0:pending": 4}
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert record.cursor == 0
+    assert await stores.rollouts.unpublished(made.id) == []
+
+
+async def test_dispatch_moves_at_most_count_devices_in_order_and_never_past_the_reach(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(10, [2, 5, 10], running=True)
+    dev = made.devices
+
+    async def sent(count: int, reach: int) -> list[str]:
+        return [device_id for device_id, _ in await dispatch(stores, made, count, reach)]
+
+    async def cursor() -> int:
+        record = await stores.rollouts.get(made.id)
+        assert record is not None
+        return record.cursor
+
+    assert await sent(0, 2) == []
+    assert await sent(1, 2) == [dev[0]]
+    assert await sent(5, 2) == [dev[1]]
+    assert await cursor() == 2
+    assert await sent(5, 2) == []
+    assert await cursor() == 2
+    assert await sent(2, 5) == dev[2:4]
+    assert await sent(10, 5) == [dev[4]]
+    assert await cursor() == 5
+    assert await nonzero_counts(stores, made.id) == {
+        "all:sent": 5,
+        "all:pending": 5,
+        "0:sent": 2,
+        "1:sent": 3,
+        "2:pending": 5,
+    }
+
+
+async def test_dispatch_marks_each_device_sent_with_its_own_command_and_ack_deadline(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(5, [5], running=True)
+    sent = await dispatch(stores, made, 3, 5)
+    ids = [device_id for device_id, _ in sent]
+    assert ids == made.devices[:3]
+    assert len({command_id for _, command_id in sent}) == 3
+    for device_id, command_id in sent:
+        record = await stores.rollouts.device(made.id, device_id)
+        assert record["state"] == "sent"
+        assert record["command_id"] == command_id
+        assert (record["attempts"], record["published"]) == ("1", "0")
+        assert int(record["sent_at"]) > 0
+    assert await stores.rollouts.unpublished(made.id) == sorted(ids)
+    assert await deadlines(stores, made.id) == dict.fromkeys(ids, ACK_DEADLINE_MS)
+    await stores.rollouts.mark_published(made.id, ids[1])
+    assert await stores.rollouts.unpublished(made.id) == sorted([ids[0], ids[2]])
+    assert (await stores.rollouts.device(made.id, ids[1]))["published"] == "1"
+    # A re-send (the rollback firmware) is unpublished again until its publish is confirmed.
+    await stores.rollouts.mark_unpublished(made.id, ids[1])
+    assert await stores.rollouts.unpublished(made.id) == sorted(ids)
+
+
+# --- transition --------------------------------------------------------------------------
+
+
+async def test_a_pending_device_moves_only_by_dispatch_then_by_the_domain_table_to_success(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(2, [2], running=True)
+    device_id = made.devices[0]
+    for event in (DeviceEvent.KEY_CLAIMED, DeviceEvent.SUCCESS, DeviceEvent.FAILED):
+        assert await stores.rollouts.transition(made.id, device_id, event) == Transition(
+            old="pending", new="", refused="no_transition"
+        )
+    await dispatch(stores, made, 1, 2)
+    # Sending happened by dispatch; SEND again is not a transition of a sent device.
+    assert (await stores.rollouts.transition(made.id, device_id, DeviceEvent.SEND)).refused == (
+        "no_transition"
+    )
+    steps = [
+        (DeviceEvent.KEY_CLAIMED, "sent", "downloading"),
+        (DeviceEvent.KEY_DELIVERED, "downloading", "installing"),
+        (DeviceEvent.SUCCESS, "installing", "succeeded"),
+    ]
+    for event, old, new in steps:
+        result = await stores.rollouts.transition(made.id, device_id, event)
+        assert result == Transition(old=old, new=new)
+        assert result.applied
+    assert await nonzero_counts(stores, made.id) == {
+        "all:succeeded": 1,
+        "all:pending": 1,
+        "0:succeeded": 1,
+        "0:pending": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    "event", [DeviceEvent.FAILED, DeviceEvent.SUCCESS, DeviceEvent.TIMED_OUT, DeviceEvent.CANCEL]
+)
+async def test_a_late_result_for_a_final_device_is_refused_and_changes_nothing(
+    stores: Stores, create_rollout: CreateRollout, event: DeviceEvent
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    device_id = made.devices[0]
+    await dispatch(stores, made, 1, 1)
+    await stores.rollouts.transition(made.id, device_id, DeviceEvent.SUCCESS)
+    before = await stores.rollouts.counts(made.id)
+    result = await stores.rollouts.transition(made.id, device_id, event, retries=3)
+    assert result == Transition(old="succeeded", new="", refused="no_transition")
+    assert not result.applied
+    assert await stores.rollouts.counts(made.id) == before
+    assert await state_of(stores, made.id, device_id) == "succeeded"
+
+
+async def test_an_event_for_another_command_is_refused_as_command_mismatch(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
+    stale = await stores.rollouts.transition(
+        made.id, device_id, DeviceEvent.KEY_CLAIMED, command_id="an-old-command"
+    )
+    assert stale == Transition(old="sent", new="", refused="command_mismatch")
+    other_field = await stores.rollouts.transition(
+        made.id,
+        device_id,
+        DeviceEvent.KEY_CLAIMED,
+        command_id=command_id,
+        command_field="rollback_command_id",
+    )
+    assert other_field.refused == "command_mismatch"
+    assert await state_of(stores, made.id, device_id) == "sent"
+    assert await stores.rollouts.transition(
+        made.id, device_id, DeviceEvent.KEY_CLAIMED, command_id=command_id
+    ) == Transition(old="sent", new="downloading")
+
+
+async def test_an_event_for_a_device_not_in_the_rollout_is_refused_as_missing(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    before = await stores.rollouts.counts(made.id)
+    result = await stores.rollouts.transition(made.id, "dev-stranger", DeviceEvent.SUCCESS)
+    assert result == Transition(old="", new="", refused="missing")
+    assert await stores.rollouts.device(made.id, "dev-stranger") == {}
+    assert await stores.rollouts.counts(made.id) == before
+
+
+async def test_an_event_requiring_other_rollout_states_is_refused_as_rollout_state(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    [(device_id, _)] = await dispatch(stores, made, 1, 1)
+    await move(stores, made.id, RolloutState.RUNNING, RolloutState.PAUSED)
+    refused = await stores.rollouts.transition(
+        made.id, device_id, DeviceEvent.KEY_CLAIMED, rollout_states=[RolloutState.RUNNING]
+    )
+    assert refused == Transition(old="sent", new="", refused="rollout_state")
+    assert await state_of(stores, made.id, device_id) == "sent"
+    applied = await stores.rollouts.transition(
+        made.id,
+        device_id,
+        DeviceEvent.KEY_CLAIMED,
+        rollout_states=[RolloutState.RUNNING, RolloutState.PAUSED],
+    )
+    assert applied == Transition(old="sent", new="downloading")
+
+
+async def test_fail_counts_hold_the_devices_now_failed_by_failure_type(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(4, [4], running=True)
+    await dispatch(stores, made, 4, 4)
+    wrong, failed, rejected, late = made.devices
+    rollouts = stores.rollouts
+    result = await rollouts.transition(
+        made.id, wrong, DeviceEvent.WRONG_VERSION, failure_type="wrong_version"
+    )
+    assert result == Transition(old="sent", new="failed")
+    await rollouts.transition(made.id, failed, DeviceEvent.FAILED)
+    await rollouts.transition(made.id, rejected, DeviceEvent.REJECTED)
+    await rollouts.transition(made.id, late, DeviceEvent.TIMED_OUT, failure_type="timed_out")
+    assert await nonzero_counts(stores, made.id) == {
+        "all:failed": 2,
+        "all:rejected": 1,
+        "all:timed_out": 1,
+        "0:failed": 2,
+        "0:rejected": 1,
+        "0:timed_out": 1,
+        "fail:wrong_version": 1,
+        "fail:failed": 1,
+        "fail:rejected": 1,
+        "fail:timed_out": 1,
+    }
+    assert (await rollouts.device(made.id, wrong))["failure"] == "wrong_version"
+    # Leaving a failed state (the rollback firmware goes out) takes it out of its fail count.
+    await rollouts.transition(made.id, wrong, DeviceEvent.ROLLBACK_SEND)
+    counts = await rollouts.counts(made.id)
+    assert (counts["fail:wrong_version"], counts["all:rollback_sent"]) == (0, 1)
+    assert "failure" not in await rollouts.device(made.id, wrong)
+
+
+@pytest.mark.parametrize("event", [DeviceEvent.FAILED, DeviceEvent.TIMED_OUT])
+async def test_with_one_retry_the_first_failure_goes_back_to_pending_and_the_second_is_final(
+    stores: Stores, create_rollout: CreateRollout, event: DeviceEvent
+) -> None:
+    made = await create_rollout(4, [4], running=True)
+    [(device_id, first_command), _] = await dispatch(stores, made, 2, 4)
+    retried = await stores.rollouts.transition(
+        made.id, device_id, event, retries=1, drop_deadline=True
+    )
+    assert retried == Transition(old="sent", new="pending")
+    assert await nonzero_counts(stores, made.id) == {
+        "all:pending": 3,
+        "all:sent": 1,
+        "0:pending": 3,
+        "0:sent": 1,
+    }
+    assert await retry_list(stores, made.id) == [device_id]
+    record = await stores.rollouts.device(made.id, device_id)
+    assert (record["state"], record["last_failure"]) == ("pending", event.value)
+    # The retried device goes before the next new one, as a new command.
+    [(again, second_command)] = await dispatch(stores, made, 1, 4)
+    assert again == device_id
+    assert second_command != first_command
+    record = await stores.rollouts.device(made.id, device_id)
+    assert (record["state"], record["attempts"], record["command_id"]) == (
+        "sent",
+        "2",
+        second_command,
+    )
+    assert await retry_list(stores, made.id) == []
+    final = await stores.rollouts.transition(made.id, device_id, event, retries=1)
+    assert final == Transition(old="sent", new=event.value)
+    counts = await nonzero_counts(stores, made.id)
+    assert (counts[f"all:{event.value}"], counts[f"fail:{event.value}"]) == (1, 1)
+    assert await retry_list(stores, made.id) == []
+    assert [d for d, _ in await dispatch(stores, made, 5, 4)] == made.devices[2:]
+
+
+async def test_without_retries_the_first_failure_is_final(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    [(device_id, _)] = await dispatch(stores, made, 1, 1)
+    result = await stores.rollouts.transition(made.id, device_id, DeviceEvent.FAILED, retries=0)
+    assert result == Transition(old="sent", new="failed")
+    assert await retry_list(stores, made.id) == []
+
+
+async def test_a_rejection_is_never_retried(stores: Stores, create_rollout: CreateRollout) -> None:
+    made = await create_rollout(1, [1], running=True)
+    [(device_id, _)] = await dispatch(stores, made, 1, 1)
+    result = await stores.rollouts.transition(made.id, device_id, DeviceEvent.REJECTED, retries=5)
+    assert result == Transition(old="sent", new="rejected")
+    assert await retry_list(stores, made.id) == []
+    assert (await nonzero_counts(stores, made.id))["fail:rejected"] == 1
+
+
+async def test_the_retry_event_puts_a_failed_device_back_in_line_for_dispatch(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(2, [2], running=True)
+    [(device_id, _), _] = await dispatch(stores, made, 2, 2)
+    await stores.rollouts.transition(made.id, device_id, DeviceEvent.FAILED)
+    result = await stores.rollouts.transition(made.id, device_id, DeviceEvent.RETRY)
+    assert result == Transition(old="failed", new="pending")
+    assert (await stores.rollouts.counts(made.id))["fail:failed"] == 0
+    assert await retry_list(stores, made.id) == [device_id]
+    # The cursor is past it: only the retry list brings it back.
+    assert [d for d, _ in await dispatch(stores, made, 5, 2)] == [device_id]
+
+
+async def test_deadlines_are_set_kept_or_dropped_by_the_transition_and_due_finds_late_ones(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(4, [4], running=True)
+    a, b, c, d = made.devices
+    await stores.rollouts.dispatch(made.id, count=4, reach=4, ack_deadline_ms=1_000)
+    assert await deadlines(stores, made.id) == dict.fromkeys(made.devices, 1_000)
+    await stores.rollouts.transition(made.id, a, DeviceEvent.KEY_CLAIMED, deadline_ms=5_000)
+    await stores.rollouts.transition(made.id, b, DeviceEvent.KEY_CLAIMED)
+    await stores.rollouts.transition(made.id, c, DeviceEvent.SUCCESS, drop_deadline=True)
+    await stores.rollouts.transition(made.id, d, DeviceEvent.INSTALLING, deadline_ms=3_000)
+    assert await deadlines(stores, made.id) == {a: 5_000, b: 1_000, d: 3_000}
+    assert await stores.rollouts.due(made.id, at_ms=999) == []
+    assert await stores.rollouts.due(made.id, at_ms=1_000) == [b]
+    assert await stores.rollouts.due(made.id, at_ms=4_000) == [b, d]
+    assert await stores.rollouts.due(made.id, at_ms=9_000, limit=2) == [b, d]
+    assert await stores.rollouts.due(made.id, at_ms=9_000) == [b, d, a]
+    # A refused transition leaves the deadline as it was.
+    refused = await stores.rollouts.transition(made.id, a, DeviceEvent.SEND, drop_deadline=True)
+    assert refused.refused == "no_transition"
+    assert (await deadlines(stores, made.id))[a] == 5_000
+    assert await stores.rollouts.with_deadlines(made.id) == [b, d, a]
+    await stores.rollouts.drop_deadline(made.id, b)
+    assert await stores.rollouts.due(made.id, at_ms=9_000) == [d, a]
+    assert await stores.rollouts.with_deadlines(made.id) == [d, a]
+
+
+# --- counters under any sequence of events ----------------------------------------------
+
+REACH = [1, 2, 4]  # few devices, so random events often hit the same one again
+WAVE_SIZES = [1, 1, 2]
+# Drawn as often as all the other events together: fail, time out and retry need each other.
+RETRY_CYCLE = [DeviceEvent.FAILED, DeviceEvent.TIMED_OUT, DeviceEvent.RETRY]
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    count: int
+    wave: int
+
+
+@dataclass(frozen=True)
+class Apply:
+    device: int
+    event: DeviceEvent
+    retries: int
+
+
+@dataclass
+class Model:
+    """What the store should hold: a plain-Python reading of the domain table and the scripts."""
+
+    states: list[DeviceState]
+    waves: list[int]
+    failure: list[str]
+    attempts: list[int]
+    retry: list[int] = field(default_factory=list)
+    cursor: int = 0
+
+    def dispatch(self, count: int, reach: int) -> list[int]:
+        sent: list[int] = []
+
+        def send(i: int) -> None:
+            if self.states[i] is D.PENDING:
+                self.states[i] = D.SENT
+                self.attempts[i] += 1
+                sent.append(i)
+
+        while len(sent) < count and self.retry:
+            send(self.retry.pop(0))
+        while len(sent) < count and self.cursor < reach:
+            self.cursor += 1
+            send(self.cursor - 1)
+        return sent
+
+    def apply(self, i: int, event: DeviceEvent, retries: int, failure_type: str) -> Transition:
+        old = self.states[i]
+        new = DEVICE_TRANSITIONS[event].get(old)
+        if new is None:
+            return Transition(old=old.value, new="", refused="no_transition")
+        if new in {D.FAILED, D.TIMED_OUT} and retries >= 0 and self.attempts[i] <= retries:
+            new = D.PENDING
+        if new is D.PENDING:
+            self.retry.append(i)
+        if old in FAILED_DEVICE_STATES:
+            self.failure[i] = ""
+        if new in FAILED_DEVICE_STATES:
+            self.failure[i] = failure_type or new.value
+        self.states[i] = new
+        return Transition(old=old.value, new=new.value)
+
+    def counts(self) -> dict[str, int]:
+        tally: Counter[str] = Counter()
+        for state, wave, failure in zip(self.states, self.waves, self.failure, strict=True):
+            tally[f"all:{state.value}"] += 1
+            tally[f"{wave}:{state.value}"] += 1
+            if failure:
+                tally[f"fail:{failure}"] += 1
+        return dict(tally)
+
+
+steps = st.lists(
+    st.one_of(
+        st.builds(Dispatch, count=st.integers(1, 4), wave=st.integers(0, len(REACH) - 1)),
+        st.builds(
+            Apply,
+            device=st.integers(0, sum(WAVE_SIZES) - 1),
+            event=st.sampled_from(list(DeviceEvent)) | st.sampled_from(RETRY_CYCLE),
+            retries=st.integers(-1, 2),
+        ),
+    ),
+    min_size=10,
+    max_size=50,
+)
+
+
+@hypothesis_settings(
+    database=None,
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(steps=steps)
+async def test_counters_always_add_up_to_the_devices_whatever_the_events(
+    stores: Stores, create_rollout: CreateRollout, steps: list[Dispatch | Apply]
+) -> None:
+    made = await create_rollout(sum(WAVE_SIZES), REACH, running=True)
+    n = len(made.devices)
+    model = Model(
+        states=[D.PENDING] * n,
+        waves=[w for w, size in enumerate(WAVE_SIZES) for _ in range(size)],
+        failure=[""] * n,
+        attempts=[0] * n,
+    )
+    for step in steps:
+        if isinstance(step, Dispatch):
+            sent = await dispatch(stores, made, step.count, REACH[step.wave])
+            expected = model.dispatch(step.count, REACH[step.wave])
+            assert [device_id for device_id, _ in sent] == [made.devices[i] for i in expected]
+        else:
+            failure_type = "wrong_version" if step.event is DeviceEvent.WRONG_VERSION else ""
+            result = await stores.rollouts.transition(
+                made.id,
+                made.devices[step.device],
+                step.event,
+                retries=step.retries,
+                failure_type=failure_type,
+            )
+            assert result == model.apply(step.device, step.event, step.retries, failure_type)
+        counts = await stores.rollouts.counts(made.id)
+        assert sum(v for k, v in counts.items() if k.startswith("all:")) == n
+        for wave, size in enumerate(WAVE_SIZES):
+            assert sum(v for k, v in counts.items() if k.startswith(f"{wave}:")) == size
+        assert {k: v for k, v in counts.items() if v} == model.counts()
+        assert await retry_list(stores, made.id) == [made.devices[i] for i in model.retry]
+    rows = await stores.rollouts.device_states(made.id, made.devices)
+    assert [row["state"] for row in rows] == [state.value for state in model.states]
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert record.cursor == model.cursor
+
+
+# --- concurrency -------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_copies_of_one_event_apply_exactly_once(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
+    results = await asyncio.gather(
+        *(
+            stores.rollouts.transition(
+                made.id, device_id, DeviceEvent.KEY_CLAIMED, command_id=command_id
+            )
+            for _ in range(50)
+        )
+    )
+    assert results.count(Transition(old="sent", new="downloading")) == 1
+    assert results.count(Transition(old="downloading", new="", refused="no_transition")) == 49
+    assert await nonzero_counts(stores, made.id) == {"all:downloading": 1, "0:downloading": 1}
+
+
+@pytest.mark.parametrize(("devices", "reach"), [(40, 40), (100, 100), (100, 50)])
+async def test_concurrent_dispatches_send_every_device_at_most_once_up_to_the_reach(
+    stores: Stores, create_rollout: CreateRollout, devices: int, reach: int
+) -> None:
+    made = await create_rollout(devices, [reach, devices], running=True)
+    batches = await asyncio.gather(*(dispatch(stores, made, 7, reach) for _ in range(10)))
+    sent = [device_id for batch in batches for device_id, _ in batch]
+    expected = min(70, reach)
+    assert len(sent) == len(set(sent)) == expected
+    assert sorted(sent) == made.devices[:expected]
+    commands = [command_id for batch in batches for _, command_id in batch]
+    assert len(set(commands)) == expected
+    assert (await stores.rollouts.counts(made.id))["all:sent"] == expected
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert record.cursor == expected
+
+
+# --- leases and device locks -------------------------------------------------------------
+
+
+async def test_a_lease_is_held_by_one_owner_who_can_renew_it_until_released(
+    stores: Stores,
+) -> None:
+    rollout_id = str(uuid.uuid4())
+    lease = stores.keys.rollout_lease(rollout_id)
+    rollouts = stores.rollouts
+    assert await rollouts.acquire_lease(rollout_id, "A", 1_000)
+    assert not await rollouts.acquire_lease(rollout_id, "B", 60_000)
+    assert await rollouts.acquire_lease(rollout_id, "A", 60_000)
+    assert await stores.redis.pttl(lease) > 1_000  # renewed to the new ttl
+    await rollouts.release_lease(rollout_id, "B")  # not B's to give back
+    assert await stores.redis.get(lease) == "A"
+    await rollouts.release_lease(rollout_id, "A")
+    assert await rollouts.acquire_lease(rollout_id, "B", 60_000)
+    assert not await rollouts.acquire_lease(rollout_id, "A", 60_000)
+
+
+async def test_a_lapsed_lease_can_be_taken_by_another_owner(stores: Stores) -> None:
+    rollout_id = str(uuid.uuid4())
+    rollouts = stores.rollouts
+    assert await rollouts.acquire_lease(rollout_id, "A", 150)
+    assert not await rollouts.acquire_lease(rollout_id, "B", 60_000)
+    await wait_for(lambda: rollouts.acquire_lease(rollout_id, "B", 60_000), timeout_s=5)
+    assert await stores.redis.get(stores.keys.rollout_lease(rollout_id)) == "B"
+    assert not await rollouts.acquire_lease(rollout_id, "A", 60_000)
+
+
+async def test_device_rollouts_name_the_rollout_holding_each_device(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    first = await create_rollout(2, [2], running=True)
+    second = await create_rollout(2, [2])
+    free = device_ids(1)[0]
+    query = [first.devices[0], second.devices[1], free, first.devices[1]]
+    assert await stores.rollouts.device_rollouts(query) == [first.id, second.id, None, first.id]
+    assert await stores.rollouts.device_rollouts([]) == []
+    assert await stores.rollouts.device_rollout(second.devices[0]) == second.id
+    assert await stores.rollouts.device_rollout(free) is None
+    await move(stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True)
+    await stores.rollouts.release_devices(first.id)
+    assert await stores.rollouts.device_rollouts(query) == [None, second.id, None, None]
