@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 from pathlib import Path
@@ -19,7 +18,9 @@ def _default_log_format() -> LogFormat:
 
 
 def _default_instance_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    # Stable across restarts: the engine's persistent MQTT session (and the results queued in
+    # it while the process was down) belongs to this id. Replicas on one host must set their own.
+    return socket.gethostname()
 
 
 class Settings(BaseSettings):
