@@ -16,11 +16,10 @@ from orchestrator.api.schemas import (
     WavePreview,
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
-from orchestrator.domain.plans import FailureType, Plan, format_duration
-from orchestrator.domain.policy import Tally
+from orchestrator.domain.plans import Plan, format_duration
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import RolloutRecord
+from orchestrator.store.rollouts import RolloutRecord, tally_of
 from orchestrator.timeutil import isoformat_z
 
 SCAN_CHUNK = 500  # cohort positions read per step while listing a rollout's devices
@@ -35,15 +34,6 @@ def stored_plan(record: RolloutRecord) -> Plan:
 def state_counts(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
     """`{state: n}` for every device state from the `{prefix}:{state}` counters."""
     return {state.value: counters.get(f"{prefix}:{state.value}", 0) for state in DeviceState}
-
-
-def tally(counters: Mapping[str, int]) -> Tally:
-    """The finished devices the policy counts, from `all:succeeded` and `fail:{type}`."""
-    failures = {kind: counters.get(f"fail:{kind.value}", 0) for kind in FailureType}
-    return Tally(
-        succeeded=counters.get("all:succeeded", 0),
-        failures={kind: n for kind, n in failures.items() if n},
-    )
 
 
 def _firmware(file: str, version: str | None) -> FirmwareOut:
@@ -67,7 +57,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         wave_index=index,
         waves=waves,
         counts=state_counts(counters, "all"),
-        failure_rate=tally(counters).failure_rate,
+        failure_rate=tally_of(counters).failure_rate,
         max_failure_rate=plan.policy.max_failure_rate,
         created_at=record.created_at,
         updated_at=record.updated_at,

@@ -338,6 +338,8 @@ async def act(
         action=action.value,
         at=isoformat_z(utc_now()),
         terminal=target in TERMINAL_ROLLOUT_STATES,
+        # Resuming a halt accepts the failures so far: judge only what finishes from now on.
+        rebase_policy=record.state is RolloutState.HALTED and target is RolloutState.RUNNING,
     )
     if not changed:
         if not old:

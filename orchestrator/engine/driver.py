@@ -28,7 +28,7 @@ from orchestrator.domain.states import (
 from orchestrator.engine.commands import file_command_payload
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import OrchestratorError, TransportUnavailable
-from orchestrator.store.rollouts import RolloutRecord
+from orchestrator.store.rollouts import RolloutRecord, tally_of
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -40,15 +40,6 @@ SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
 ENGINE = "engine"
 COMMAND = "download_firmware"
 WORKING = (DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING)
-
-
-def tally_of(counts: Mapping[str, int]) -> Tally:
-    """Finished devices so far, from the rollout's counters."""
-    failures = {t: counts.get(f"fail:{t.value}", 0) for t in FailureType}
-    return Tally(
-        succeeded=counts.get("all:succeeded", 0),
-        failures={t: n for t, n in failures.items() if n},
-    )
 
 
 def key_of(payload: Mapping[str, Any]) -> str:

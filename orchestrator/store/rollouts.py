@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.domain.plans import FailureType
+from orchestrator.domain.policy import Tally
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
     DeviceEvent,
@@ -218,8 +220,12 @@ class RolloutStore:
         terminal: bool,
         details: Mapping[str, Any] | None = None,
         extra: Mapping[str, str | int] | None = None,
+        rebase_policy: bool = False,
     ) -> tuple[str, bool]:
-        """Move the rollout to `to` if it is in `allowed_from`; (the old state, changed?)."""
+        """Move the rollout to `to` if it is in `allowed_from`; (the old state, changed?).
+
+        With `rebase_policy`, devices finished so far stop counting in the failure rate.
+        """
         event = {
             "at": at,
             "actor": actor,
@@ -237,6 +243,7 @@ class RolloutStore:
                 self._keys.rollout_events(rollout_id),
                 self._keys.active_rollouts(),
                 self._keys.rollout_name(project_id, str(name or "")),
+                self._keys.rollout_counts(rollout_id),
             ],
             args=[
                 json.dumps([state.value for state in allowed_from]),
@@ -247,6 +254,7 @@ class RolloutStore:
                 "1" if terminal else "0",
                 rollout_id,
                 json.dumps({k: str(v) for k, v in (extra or {}).items()}),
+                "1" if rebase_policy else "0",
             ],
         )
         return str(old), bool(new)
@@ -461,6 +469,19 @@ class RolloutStore:
     async def with_deadlines(self, rollout_id: str) -> list[str]:
         """Every device that has a deadline (all those sent and not yet final)."""
         return members(await self._redis.zrange(self._keys.rollout_deadlines(rollout_id), 0, -1))
+
+
+def tally_of(counts: Mapping[str, int]) -> Tally:
+    """What the failure policy judges: finished devices since the last rebase (see change_state)."""
+
+    def since_base(name: str) -> int:
+        return max(0, counts.get(name, 0) - counts.get(f"base:{name}", 0))
+
+    failures = {kind: since_base(f"fail:{kind.value}") for kind in FailureType}
+    return Tally(
+        succeeded=since_base("all:succeeded"),
+        failures={kind: n for kind, n in failures.items() if n},
+    )
 
 
 def device_state(record: Mapping[str, str]) -> DeviceState | None:

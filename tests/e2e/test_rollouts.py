@@ -307,3 +307,29 @@ waves: [{devices: 2}, {percent: 100}]
         if e["action"] == "abort"
     ]
     assert abort[0]["reason"] == "wrong build"
+
+
+async def test_resume_after_a_halt_judges_only_what_finishes_afterwards(
+    service: Service, fleet: Fleet
+) -> None:
+    await upload_both(service)
+    fleet.broken_files.add("fw_2.1.0.bin")
+    await fleet.add(8)
+    rollout = await start(
+        service,
+        """
+name: resumed
+firmware: {file: fw_2.1.0.bin}
+waves: [{name: canary, devices: 2}, {percent: 100}]
+policy: {max_failure_rate: 10%, min_devices: 2, max_in_flight: 2}
+""",
+    )
+    halted = await wait_state(service, rollout["id"], "halted")
+    assert halted["counts"]["failed"] == 2
+    fleet.broken_files.clear()  # the person found the cause (say, a bad batch of devices)
+    base = f"/v2/projects/{service.project_id}/rollouts/{rollout['id']}"
+    response = await service.client.post(f"{base}/resume", json={"reason": "canary batch was bad"})
+    assert response.status_code == 200, response.text
+    assert response.json()["failure_rate"] == 0.0  # the two accepted failures are left out
+    done = await wait_state(service, rollout["id"], "completed")
+    assert done["counts"] == {**done["counts"], "failed": 2, "succeeded": 6}
