@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from orchestrator.domain.commands import FILE_COMMANDS
 from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.store import Stores
+from orchestrator.store.files import StoredFile
 from orchestrator.timeutil import isoformat_z, utc_now
 
 
@@ -48,11 +50,34 @@ async def file_command_payload(
         command_id=command_id,
         rollout_id=rollout_id,
     )
-    expires_at = utc_now() + timedelta(seconds=key_ttl_s)
+    return download_payload(
+        stored,
+        key=key.key,
+        public_url=public_url,
+        expires_at=isoformat_z(utc_now() + timedelta(seconds=key_ttl_s)),
+        command_id=command_id,
+        rollout_id=rollout_id,
+        version=version,
+        data=data,
+    )
+
+
+def download_payload(
+    stored: StoredFile,
+    *,
+    key: str,
+    public_url: str,
+    expires_at: str,
+    command_id: str,
+    rollout_id: str = "",
+    version: str | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`{url, expires_at, file_name, size, sha256, version?, command_id, rollout_id?}` (§5)."""
     payload: dict[str, Any] = {
-        **{k: v for k, v in data.items() if k not in {"url", "expires_at", "command_id"}},
-        "url": f"{public_url}/v2/device/download?key={key.key}",
-        "expires_at": isoformat_z(expires_at),
+        **{k: v for k, v in (data or {}).items() if k not in {"url", "expires_at", "command_id"}},
+        "url": f"{public_url}/v2/device/download?key={key}",
+        "expires_at": expires_at,
         "file_name": stored.name,
         "size": stored.size,
         "sha256": stored.sha256,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -25,9 +26,10 @@ from orchestrator.domain.states import (
     RolloutState,
     next_rollout_state,
 )
-from orchestrator.engine.commands import file_command_payload
+from orchestrator.engine.commands import download_payload
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import OrchestratorError, TransportUnavailable
+from orchestrator.store.download_keys import DownloadKey
 from orchestrator.store.rollouts import RolloutRecord, tally_of
 from orchestrator.timeutil import isoformat_z, utc_now
 
@@ -42,11 +44,6 @@ COMMAND = "download_firmware"
 WORKING = (DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING)
 
 
-def key_of(payload: Mapping[str, Any]) -> str:
-    """The download key inside a download command's URL."""
-    return str(payload["url"]).rsplit("key=", 1)[1]
-
-
 class RolloutDriver:
     """One rollout's loop."""
 
@@ -58,6 +55,7 @@ class RolloutDriver:
         self._tokens = 0.0
         self._last_ms = context.clock_ms()
         self._stopping = asyncio.Event()
+        self._missing_file_logged = False
         self.log = log.bind(rollout_id=rollout_id)
 
     def stop(self) -> None:
@@ -217,76 +215,109 @@ class RolloutDriver:
             ack_deadline_ms=now + int(policy.ack_timeout_s * 1000),
         )
         self._tokens -= len(sent)
-        await asyncio.gather(
-            *(self._publish(record, plan, device_id, command_id) for device_id, command_id in sent)
-        )
+        await self._publish(record, plan, sent)
 
     async def _publish(
         self,
         record: RolloutRecord,
         plan: Plan,
-        device_id: str,
-        command_id: str,
+        sends: list[tuple[str, str]],
         *,
         rollback: bool = False,
     ) -> None:
-        """Send the (rollback) firmware to one device; a failure leaves it for _republish."""
+        """Send the (rollback) firmware to (device, command id) pairs, a few round trips for all.
+
+        Keys, device bookkeeping and command records are written in one round trip each before
+        anything is published; a device whose publish fails stays unpublished for _republish.
+        """
+        if not sends:
+            return
         context = self._context
+        stores = context.stores
         firmware = plan.rollback if rollback and plan.rollback else plan.firmware
-        try:
-            payload = await file_command_payload(
-                context.stores,
-                public_url=context.settings.public_url,
-                key_ttl_s=context.settings.download_key_ttl,
+        stored = await stores.files.get(record.project_id, firmware.file)
+        if stored is None:
+            if not self._missing_file_logged:
+                self.log.error(
+                    "the rollout's firmware file is gone; devices will time out",
+                    file_name=firmware.file,
+                )
+                self._missing_file_logged = True
+            return
+        ttl_s = context.settings.download_key_ttl
+        keys = await stores.download_keys.issue_many(
+            sends,
+            project_id=record.project_id,
+            file_name=stored.name,
+            size=stored.size,
+            ttl_s=ttl_s,
+            rollout_id=self.rollout_id,
+        )
+        sent_at = isoformat_z(utc_now())
+        await asyncio.gather(
+            self._store.set_keys(
+                self.rollout_id,
+                "rollback_key" if rollback else "key",
+                {k.device_id: k.key for k in keys},
+            ),
+            stores.commands.record_many(
+                sends,
                 project_id=record.project_id,
-                device_id=device_id,
                 command=COMMAND,
-                data={"file_name": firmware.file},
-                command_id=command_id,
+                sent_at=sent_at,
+                rollout_id=self.rollout_id,
+                kind="rollback" if rollback else "update",
+            ),
+        )
+        expires_at = isoformat_z(utc_now() + timedelta(seconds=ttl_s))
+
+        async def publish_one(key: DownloadKey) -> str | None:
+            payload = download_payload(
+                stored,
+                key=key.key,
+                public_url=context.settings.public_url,
+                expires_at=expires_at,
+                command_id=key.command_id,
                 rollout_id=self.rollout_id,
                 version=firmware.version,
             )
-            await self._store.set_device_fields(
-                self.rollout_id,
-                device_id,
-                **{"rollback_key" if rollback else "key": key_of(payload)},
-            )
-            await context.stores.commands.record(
-                command_id,
-                device_id=device_id,
-                project_id=record.project_id,
-                command=COMMAND,
-                sent_at=isoformat_z(utc_now()),
-                rollout_id=self.rollout_id,
-                kind="rollback" if rollback else "update",
-            )
-            await context.transport.publish_command(device_id, COMMAND, payload)
-        except TransportUnavailable as exc:
-            self.log.warning("publish failed; will retry", device_id=device_id, error=exc.message)
-            return
-        except OrchestratorError as exc:  # e.g. the firmware file was deleted
-            self.log.error("cannot build the command", device_id=device_id, error=exc.message)
-            return
-        await self._store.mark_published(self.rollout_id, device_id)
-        context.metrics.commands_sent.labels(COMMAND).inc()
+            try:
+                await context.transport.publish_command(key.device_id, COMMAND, payload)
+            except TransportUnavailable as exc:
+                self.log.warning(
+                    "publish failed; will retry", device_id=key.device_id, error=exc.message
+                )
+                return None
+            return key.device_id
+
+        published = [d for d in await asyncio.gather(*map(publish_one, keys)) if d]
+        await self._store.mark_published(self.rollout_id, *published)
+        context.metrics.commands_sent.labels(COMMAND).inc(len(published))
 
     async def _republish(self, record: RolloutRecord, plan: Plan) -> None:
         """Publish again, with the same command id, what a crash may have left unsent."""
         if not self._context.transport.connected:
             return
-        for device_id in await self._store.unpublished(self.rollout_id):
-            device = await self._store.device(self.rollout_id, device_id)
+        device_ids = await self._store.unpublished(self.rollout_id)
+        if not device_ids:
+            return
+        updates: list[tuple[str, str]] = []
+        rollbacks: list[tuple[str, str]] = []
+        settled: list[str] = []
+        devices = await self._store.device_states(self.rollout_id, device_ids)
+        for device_id, device in zip(device_ids, devices, strict=True):
             state = device.get("state")
             if state == DeviceState.SENT.value:
                 await self._revoke(device.get("key", ""))
-                await self._publish(record, plan, device_id, device["command_id"])
+                updates.append((device_id, device["command_id"]))
             elif state == DeviceState.ROLLBACK_SENT.value:
                 await self._revoke(device.get("rollback_key", ""))
-                await self._publish(
-                    record, plan, device_id, device["rollback_command_id"], rollback=True
-                )
+                rollbacks.append((device_id, device["rollback_command_id"]))
             else:
-                await self._store.mark_published(self.rollout_id, device_id)
+                settled.append(device_id)
+        await self._store.mark_published(self.rollout_id, *settled)
+        await self._publish(record, plan, updates)
+        await self._publish(record, plan, rollbacks, rollback=True)
 
     async def _revoke(self, key: str) -> None:
         if key:
@@ -365,6 +396,7 @@ class RolloutDriver:
             ids = await self._store.order_slice(self.rollout_id, position, stop)
             devices = await self._store.device_states(self.rollout_id, ids)
             deadline = self._context.clock_ms() + int(plan.policy.device_timeout_s * 1000)
+            sends: list[tuple[str, str]] = []
             for device_id, device in zip(ids, devices, strict=True):
                 if device.get("downloaded") != "1":
                     continue
@@ -378,7 +410,8 @@ class RolloutDriver:
                 )
                 if result.applied:
                     await self._store.mark_unpublished(self.rollout_id, device_id)
-                    await self._publish(record, plan, device_id, command_id, rollback=True)
+                    sends.append((device_id, command_id))
+            await self._publish(record, plan, sends, rollback=True)
             await self._store.set_fields(self.rollout_id, rollback_cursor=stop)
             return
         counts = await self._store.counts(self.rollout_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Redis, fields, translated
 
@@ -28,20 +30,42 @@ class CommandStore:
         kind: str = "",
     ) -> None:
         """Store the command's destination for COMMAND_RECORD_TTL_S seconds."""
-        key = self._keys.command(command_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "device_id": device_id,
-                    "project_id": project_id,
-                    "command": command,
-                    "sent_at": sent_at,
-                    "rollout_id": rollout_id,
-                    "kind": kind,
-                },
-            )
-            pipe.expire(key, COMMAND_RECORD_TTL_S)
+        await self.record_many(
+            [(device_id, command_id)],
+            project_id=project_id,
+            command=command,
+            sent_at=sent_at,
+            rollout_id=rollout_id,
+            kind=kind,
+        )
+
+    @translated
+    async def record_many(
+        self,
+        sent: Sequence[tuple[str, str]],
+        *,
+        project_id: str,
+        command: str,
+        sent_at: str,
+        rollout_id: str = "",
+        kind: str = "",
+    ) -> None:
+        """Record several (device id, command id) sends of one command in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for device_id, command_id in sent:
+                key = self._keys.command(command_id)
+                pipe.hset(
+                    key,
+                    mapping={
+                        "device_id": device_id,
+                        "project_id": project_id,
+                        "command": command,
+                        "sent_at": sent_at,
+                        "rollout_id": rollout_id,
+                        "kind": kind,
+                    },
+                )
+                pipe.expire(key, COMMAND_RECORD_TTL_S)
             await pipe.execute()
 
     @translated

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Redis, fields, load_script, translated
+from orchestrator.store.redis import Pipeline, Redis, fields, load_script, translated
 
 DOWNLOAD_KEY_PREFIX = "dk_"
 CLAIM_LEASE_MS = 60_000  # a transfer that stops renewing loses its claim after this
@@ -96,30 +97,65 @@ class DownloadKeyStore:
             rollout_id=rollout_id,
             expires_at_ms=expires_at_ms,
         )
-        hash_key = self._keys.download_key(key)
-        device_keys = self._keys.device_download_keys(device_id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                hash_key,
-                mapping={
-                    "device_id": device_id,
-                    "project_id": project_id,
-                    "file_name": file_name,
-                    "size": str(size),
-                    "command_id": command_id,
-                    "rollout_id": rollout_id,
-                    "expires_at_ms": str(expires_at_ms),
-                    "state": "issued",
-                    "covered": "0",
-                    "claims": "0",
-                },
-            )
-            pipe.pexpireat(hash_key, expires_at_ms)
-            pipe.sadd(device_keys, key)
-            # Every key lives ttl_s, so the newest decides how long the set is needed.
-            pipe.expire(device_keys, ttl_s)
+            self._write(pipe, record, ttl_s)
             await pipe.execute()
         return record
+
+    @translated
+    async def issue_many(
+        self,
+        device_commands: Sequence[tuple[str, str]],
+        *,
+        project_id: str,
+        file_name: str,
+        size: int,
+        ttl_s: int,
+        rollout_id: str = "",
+    ) -> list[DownloadKey]:
+        """One key per (device id, command id), written in one round trip."""
+        expires_at_ms = _now_ms() + ttl_s * 1000
+        records = [
+            DownloadKey(
+                key=new_download_key(),
+                device_id=device_id,
+                project_id=project_id,
+                file_name=file_name,
+                size=size,
+                command_id=command_id,
+                rollout_id=rollout_id,
+                expires_at_ms=expires_at_ms,
+            )
+            for device_id, command_id in device_commands
+        ]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for record in records:
+                self._write(pipe, record, ttl_s)
+            await pipe.execute()
+        return records
+
+    def _write(self, pipe: Pipeline, record: DownloadKey, ttl_s: int) -> None:
+        hash_key = self._keys.download_key(record.key)
+        device_keys = self._keys.device_download_keys(record.device_id)
+        pipe.hset(
+            hash_key,
+            mapping={
+                "device_id": record.device_id,
+                "project_id": record.project_id,
+                "file_name": record.file_name,
+                "size": str(record.size),
+                "command_id": record.command_id,
+                "rollout_id": record.rollout_id,
+                "expires_at_ms": str(record.expires_at_ms),
+                "state": "issued",
+                "covered": "0",
+                "claims": "0",
+            },
+        )
+        pipe.pexpireat(hash_key, record.expires_at_ms)
+        pipe.sadd(device_keys, record.key)
+        # Every key lives ttl_s, so the newest decides how long the set is needed.
+        pipe.expire(device_keys, ttl_s)
 
     @translated
     async def get(self, key: str) -> DownloadKey | None:

@@ -19,6 +19,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 Redis = aioredis.Redis
+Pipeline = aioredis.client.Pipeline
 
 
 def connect(url: str) -> Redis:

@@ -346,11 +346,22 @@ class RolloutStore:
         )
 
     @translated
-    async def mark_published(self, rollout_id: str, device_id: str) -> None:
-        """The device's command reached the broker."""
+    async def mark_published(self, rollout_id: str, *device_ids: str) -> None:
+        """These devices' commands reached the broker."""
+        if not device_ids:
+            return
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._keys.rollout_device(rollout_id, device_id), "published", "1")
-            pipe.srem(self._keys.rollout_unpublished(rollout_id), device_id)
+            for device_id in device_ids:
+                pipe.hset(self._keys.rollout_device(rollout_id, device_id), "published", "1")
+            pipe.srem(self._keys.rollout_unpublished(rollout_id), *device_ids)
+            await pipe.execute()
+
+    @translated
+    async def set_keys(self, rollout_id: str, field: str, keys: Mapping[str, str]) -> None:
+        """Record each device's download key (`key` or `rollback_key`) in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for device_id, key in keys.items():
+                pipe.hset(self._keys.rollout_device(rollout_id, device_id), field, key)
             await pipe.execute()
 
     @translated
