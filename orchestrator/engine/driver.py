@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -56,6 +56,7 @@ class RolloutDriver:
         self._last_ms = context.clock_ms()
         self._stopping = asyncio.Event()
         self._missing_file_logged = False
+        self._full_batch = False
         self.log = log.bind(rollout_id=rollout_id)
 
     def stop(self) -> None:
@@ -74,6 +75,9 @@ class RolloutDriver:
                         return
                 except OrchestratorError as exc:
                     self.log.warning("rollout step failed; retrying", error=exc.message)
+                if self._full_batch:
+                    self._full_batch = False  # more devices are waiting: go on at once
+                    continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), TICK_S)
         finally:
@@ -143,9 +147,11 @@ class RolloutDriver:
         open_devices = sum(
             counts.get(f"{wave}:{state.value}", 0) for state in (DeviceState.PENDING, *WORKING)
         )
-        if record.cursor < record.reach[wave] or open_devices:
+        if record.cursor < record.reach[wave] or counts.get(f"{wave}:pending", 0):
             await self._dispatch(record, plan, counts)
             return
+        if open_devices:
+            return  # every device of the wave is sent: wait for results and deadlines
         now = self._context.clock_ms()
         wave_spec = plan.waves[wave]
         if not record.wave_done_at_ms:
@@ -215,6 +221,7 @@ class RolloutDriver:
             ack_deadline_ms=now + int(policy.ack_timeout_s * 1000),
         )
         self._tokens -= len(sent)
+        self._full_batch = len(sent) == DISPATCH_BATCH
         await self._publish(record, plan, sent)
 
     async def _publish(
@@ -224,13 +231,14 @@ class RolloutDriver:
         sends: list[tuple[str, str]],
         *,
         rollback: bool = False,
+        reuse: list[DownloadKey] | None = None,
     ) -> None:
         """Send the (rollback) firmware to (device, command id) pairs, a few round trips for all.
 
         Keys, device bookkeeping and command records are written in one round trip each before
         anything is published; a device whose publish fails stays unpublished for _republish.
         """
-        if not sends:
+        if not sends and not reuse:
             return
         context = self._context
         stores = context.stores
@@ -245,7 +253,7 @@ class RolloutDriver:
                 self._missing_file_logged = True
             return
         ttl_s = context.settings.download_key_ttl
-        keys = await stores.download_keys.issue_many(
+        fresh = await stores.download_keys.issue_many(
             sends,
             project_id=record.project_id,
             file_name=stored.name,
@@ -253,15 +261,16 @@ class RolloutDriver:
             ttl_s=ttl_s,
             rollout_id=self.rollout_id,
         )
+        keys = [*fresh, *(reuse or [])]
         sent_at = isoformat_z(utc_now())
         await asyncio.gather(
             self._store.set_keys(
                 self.rollout_id,
                 "rollback_key" if rollback else "key",
-                {k.device_id: k.key for k in keys},
+                {k.device_id: k.key for k in fresh},
             ),
             stores.commands.record_many(
-                sends,
+                [(k.device_id, k.command_id) for k in keys],
                 project_id=record.project_id,
                 command=COMMAND,
                 sent_at=sent_at,
@@ -269,14 +278,13 @@ class RolloutDriver:
                 kind="rollback" if rollback else "update",
             ),
         )
-        expires_at = isoformat_z(utc_now() + timedelta(seconds=ttl_s))
 
         async def publish_one(key: DownloadKey) -> str | None:
             payload = download_payload(
                 stored,
                 key=key.key,
                 public_url=context.settings.public_url,
-                expires_at=expires_at,
+                expires_at=isoformat_z(datetime.fromtimestamp(key.expires_at_ms / 1000, UTC)),
                 command_id=key.command_id,
                 rollout_id=self.rollout_id,
                 version=firmware.version,
@@ -301,23 +309,32 @@ class RolloutDriver:
         device_ids = await self._store.unpublished(self.rollout_id)
         if not device_ids:
             return
-        updates: list[tuple[str, str]] = []
-        rollbacks: list[tuple[str, str]] = []
+        work: dict[bool, tuple[list[tuple[str, str]], list[DownloadKey]]] = {
+            False: ([], []),
+            True: ([], []),
+        }
         settled: list[str] = []
         devices = await self._store.device_states(self.rollout_id, device_ids)
         for device_id, device in zip(device_ids, devices, strict=True):
             state = device.get("state")
-            if state == DeviceState.SENT.value:
-                await self._revoke(device.get("key", ""))
-                updates.append((device_id, device["command_id"]))
-            elif state == DeviceState.ROLLBACK_SENT.value:
-                await self._revoke(device.get("rollback_key", ""))
-                rollbacks.append((device_id, device["rollback_command_id"]))
-            else:
+            if state not in (DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.value):
                 settled.append(device_id)
+                continue
+            rollback = state == DeviceState.ROLLBACK_SENT.value
+            command_id = device["rollback_command_id" if rollback else "command_id"]
+            new, reused = work[rollback]
+            # The device may have the command already and drop this copy as a duplicate, so
+            # it must find the same key working: re-send a live key, issue one only if it died.
+            old = await self._context.stores.download_keys.get(
+                device.get("rollback_key" if rollback else "key", "") or "-"
+            )
+            if old is not None and old.command_id == command_id:
+                reused.append(old)
+            else:
+                new.append((device_id, command_id))
         await self._store.mark_published(self.rollout_id, *settled)
-        await self._publish(record, plan, updates)
-        await self._publish(record, plan, rollbacks, rollback=True)
+        for rollback, (new, reused) in work.items():
+            await self._publish(record, plan, new, rollback=rollback, reuse=reused)
 
     async def _revoke(self, key: str) -> None:
         if key:

@@ -23,6 +23,8 @@ SCHEDULE_EVERY_S = 0.5  # how often the engine looks for rollouts it could drive
 EVENTS_GROUP = "ota-engine"
 EVENTS_BLOCK_MS = 1000
 STOP_GRACE_S = 10.0
+RECLAIM_EVERY_S = 15.0
+RECLAIM_IDLE_MS = 30_000
 
 
 class Engine:
@@ -106,6 +108,7 @@ class Engine:
         # First our own entries left unacknowledged by a crash mid-handling (read from an id,
         # moving past each one so a failing entry cannot loop), then new ones (">").
         position: str | None = "0"
+        last_claim = 0.0
         while not self._stopping.is_set():
             try:
                 reply: Any = await redis.xreadgroup(
@@ -120,6 +123,15 @@ class Engine:
                 if position and not entries:
                     position = None
                     continue
+                now = asyncio.get_running_loop().time()
+                if not position and now - last_claim >= RECLAIM_EVERY_S:
+                    # Entries read but never acknowledged, by us (a failed handling) or by a
+                    # replica that died: take them over once they have been idle long enough.
+                    last_claim = now
+                    claimed: Any = await redis.xautoclaim(
+                        stream, EVENTS_GROUP, consumer, min_idle_time=RECLAIM_IDLE_MS, count=500
+                    )
+                    entries = [*entries, *claimed[1]]
                 for entry_id, raw in entries:
                     if position:
                         position = str(entry_id)

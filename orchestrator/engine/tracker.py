@@ -7,6 +7,7 @@ in `ota_results_ignored_total{reason}` and logged.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -21,9 +22,12 @@ from orchestrator.domain.states import (
     result_event,
 )
 from orchestrator.engine.context import EngineContext
+from orchestrator.errors import StoreUnavailable
 from orchestrator.transport.results import DeviceResult, IgnoredReason
 
 log = structlog.get_logger(__name__)
+
+STORE_RETRIES = 20  # about 30 s of backoff before a result is given up
 
 PROGRESS_EVENTS = frozenset(
     {
@@ -73,7 +77,19 @@ class Tracker:
             self._ignore(parsed.value, topic=topic)
             return
         with bound_contextvars(device_id=parsed.device_id, command_id=parsed.command_id):
-            await self._on_result(parsed)
+            # The subscriber acknowledges the message once this returns, so a Redis outage
+            # must not end it early: retry until Redis answers (bounded; then it is logged).
+            delay_s = 0.05
+            for attempt in range(STORE_RETRIES):
+                try:
+                    await self._on_result(parsed)
+                    return
+                except StoreUnavailable as exc:
+                    if attempt == STORE_RETRIES - 1:
+                        log.error("result lost: Redis unavailable", error=exc.message)
+                        raise
+                    await asyncio.sleep(delay_s)
+                    delay_s = min(delay_s * 2, 2.0)
 
     async def _on_result(self, result: DeviceResult) -> None:
         record = await self._context.stores.commands.get(result.command_id)
@@ -160,7 +176,7 @@ class Tracker:
             # The device says it has the firmware: its key has done its work.
             await self._context.stores.download_keys.revoke(device["key"])
         if final:
-            log.info("device final", rollout_id=rollout_id, state=result.new, trigger=event.value)
+            log.debug("device final", rollout_id=rollout_id, state=result.new, trigger=event.value)
 
     @staticmethod
     def _why(old_state: str, refused: str) -> str:

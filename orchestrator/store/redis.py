@@ -22,15 +22,25 @@ Redis = aioredis.Redis
 Pipeline = aioredis.client.Pipeline
 
 
+MAX_CONNECTIONS = 64  # per process; callers beyond it wait for a free connection
+
+
 def connect(url: str) -> Redis:
-    """A client for `url` that returns str and fails fast when Redis is down."""
-    return aioredis.Redis.from_url(
+    """A client for `url` that returns str and fails fast when Redis is down.
+
+    The pool blocks when all connections are busy: redis-py's default pool raises "Too many
+    connections" instead, which turned a burst of parallel work into lost results.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         socket_connect_timeout=5,
         socket_timeout=30,
         health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
+        timeout=30,
     )
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
 
 def translated(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
