@@ -32,6 +32,8 @@ class Device:
     behaviour: Behaviour = "succeed"
     commands: list[dict[str, Any]] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)  # file names it downloaded and checked
+    latency_s: float = 0.0  # a slow device: its pause before each step of obeying a command
+    dedupe: bool = False  # drop a command whose command_id it has seen (§5), as real devices do
 
 
 class Fleet:
@@ -47,6 +49,8 @@ class Fleet:
         self._task: asyncio.Task[None] | None = None
         self._work: set[asyncio.Task[None]] = set()
         self._http = httpx.AsyncClient(timeout=30)
+        self._open = asyncio.Event()  # cleared while reports are held back (hold/release)
+        self._open.set()
 
     async def __aenter__(self) -> Fleet:
         self._client = aiomqtt.Client("127.0.0.1", self.port, identifier=None)
@@ -94,14 +98,39 @@ class Fleet:
             if device is None:
                 continue
             payload = json.loads(message.payload)
+            seen = device.dedupe and any(
+                c.get("command_id") == payload.get("command_id") for c in device.commands
+            )
             device.commands.append({"command": command, **payload})
+            if seen:
+                continue  # a device that drops duplicates does not obey a command twice
             task = asyncio.create_task(self._obey(device, command.split("/")[-1], payload))
             self._work.add(task)
             task.add_done_callback(self._work.discard)
 
-    async def report(self, device: Device, command: str, payload: dict[str, Any]) -> None:
-        """Publish a result as the device."""
+    def hold(self) -> None:
+        """Devices keep receiving commands but publish no result until release()."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Let the held results (and every later one) go out."""
+        self._open.set()
+
+    @property
+    def busy(self) -> int:
+        """How many commands the devices are still working on (0: every result is out)."""
+        return len(self._work)
+
+    async def publish_raw(self, device_id: str, command: str, payload: bytes) -> None:
+        """Publish any bytes on a device's result topic (a broken or forged result)."""
         assert self._client is not None
+        await self._client.publish(f"{device_id}/control/{command}/result", payload, qos=1)
+
+    async def report(self, device: Device, command: str, payload: dict[str, Any]) -> None:
+        """Publish a result as the device (waiting while the fleet is held)."""
+        assert self._client is not None
+        if not self._open.is_set():
+            await self._open.wait()
         self.results[device.id].append(payload)
         await self._client.publish(
             f"{device.id}/control/{command}/result", json.dumps(payload), qos=1
@@ -111,12 +140,14 @@ class Fleet:
         command_id = payload["command_id"]
         if device.behaviour == "silent":
             return
+        await self._pause(device)
         await self.report(device, command, {"command_id": command_id, "status": "received"})
         if device.behaviour == "ack_only":
             return
         if device.behaviour == "reject":
             await self.report(device, command, {"command_id": command_id, "status": "rejected"})
             return
+        await self._pause(device)
         response = await self._http.get(
             payload["url"], headers={"Authorization": f"Basic {device.token}"}
         )
@@ -132,10 +163,17 @@ class Fleet:
             )
             return
         device.installed.append(payload["file_name"])
+        await self._pause(device)
         await self.report(device, command, {"command_id": command_id, "status": "installing"})
+        await self._pause(device)
         version = payload.get("version")
         if device.behaviour == "wrong_version":
             version = "0.0.0-wrong"
         await self.report(
             device, command, {"command_id": command_id, "status": "success", "version": version}
         )
+
+    @staticmethod
+    async def _pause(device: Device) -> None:
+        if device.latency_s:
+            await asyncio.sleep(device.latency_s)  # the device's own slowness, not a test wait
