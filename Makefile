@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo serve test lint format typecheck pytest system-deps clean
+.PHONY: demo serve test bench lint format typecheck pytest system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ pytest: $(DEV_STAMP) system-deps
 
 ## test: lint, type check and the whole suite against real redis-server and mosquitto
 test: system-deps lint typecheck pytest
+
+## bench: a 10,000-device rollout on its own redis-server and mosquitto, next to the raw MQTT
+## rates (bench/README.md); BENCH_ARGS=--quick for 1,000 devices
+bench: $(DEV_STAMP) system-deps
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .ota .mypy_cache .ruff_cache .pytest_cache
