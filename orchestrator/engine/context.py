@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
+from orchestrator.store.rollouts import now_ms
 from orchestrator.transport.mqtt import CommandTransport
-
-
-def wall_ms() -> int:
-    """Epoch milliseconds."""
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -25,4 +20,4 @@ class EngineContext:
     stores: Stores
     transport: CommandTransport
     metrics: Metrics
-    clock_ms: Callable[[], int] = field(default=wall_ms)
+    clock_ms: Callable[[], int] = field(default=now_ms)

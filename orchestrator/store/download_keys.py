@@ -85,21 +85,14 @@ class DownloadKeyStore:
         rollout_id: str = "",
     ) -> DownloadKey:
         """A new key for one device and one file, dying after `ttl_s` seconds."""
-        key = new_download_key()
-        expires_at_ms = _now_ms() + ttl_s * 1000
-        record = DownloadKey(
-            key=key,
-            device_id=device_id,
+        [record] = await self.issue_many(
+            [(device_id, command_id)],
             project_id=project_id,
             file_name=file_name,
             size=size,
-            command_id=command_id,
+            ttl_s=ttl_s,
             rollout_id=rollout_id,
-            expires_at_ms=expires_at_ms,
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            self._write(pipe, record, ttl_s)
-            await pipe.execute()
         return record
 
     @translated
