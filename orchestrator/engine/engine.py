@@ -38,7 +38,7 @@ class Engine:
             settings.mqtt_url,
             version=settings.mqtt_version,
             client_id=f"{settings.instance_id}-results",
-            handler=self.tracker.on_result,
+            handler=self.tracker.on_results,
             shared=settings.mqtt_version == "5.0",
         )
         self._drivers: dict[str, tuple[RolloutDriver, asyncio.Task[None]]] = {}

@@ -8,10 +8,11 @@ in `ota_results_ignored_total{reason}` and logged.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from structlog.contextvars import bound_contextvars
 
 from orchestrator.domain.plans import Plan
 from orchestrator.domain.states import (
@@ -23,7 +24,8 @@ from orchestrator.domain.states import (
 )
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import StoreUnavailable
-from orchestrator.transport.results import DeviceResult, IgnoredReason
+from orchestrator.store.rollouts import TransitionRequest
+from orchestrator.transport.results import DeviceResult, IgnoredReason, ParsedResult
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +50,16 @@ TOOK_FIRMWARE = frozenset(
         DeviceEvent.WRONG_VERSION,
     }
 )
+TOOK_FIRMWARE_FIELDS = {"downloaded": 1}  # set on a device that fetched or installed the firmware
 FINAL_STATE_VALUES = frozenset(state.value for state in FINAL_DEVICE_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A device event to apply, and whether a refusal goes unreported."""
+
+    request: TransitionRequest
+    quiet: bool
 
 
 class Tracker:
@@ -71,62 +82,75 @@ class Tracker:
             plan = self._plans[rollout_id] = Plan.model_validate(record.plan)
         return plan
 
-    async def on_result(self, parsed: DeviceResult | IgnoredReason, topic: str) -> None:
-        """Handle one message from `{device_id}/control/{command}/result`."""
-        if isinstance(parsed, IgnoredReason):
-            self._ignore(parsed.value, topic=topic)
-            return
-        with bound_contextvars(device_id=parsed.device_id, command_id=parsed.command_id):
-            # The subscriber acknowledges the message once this returns, so a Redis outage
-            # must not end it early: retry until Redis answers (bounded; then it is logged).
-            delay_s = 0.05
-            for attempt in range(STORE_RETRIES):
-                try:
-                    await self._on_result(parsed)
-                    return
-                except StoreUnavailable as exc:
-                    if attempt == STORE_RETRIES - 1:
-                        log.error("result lost: Redis unavailable", error=exc.message)
-                        raise
-                    await asyncio.sleep(delay_s)
-                    delay_s = min(delay_s * 2, 2.0)
+    async def on_results(self, batch: Sequence[ParsedResult]) -> None:
+        """Handle messages from `{device_id}/control/{command}/result`, in arrival order.
 
-    async def _on_result(self, result: DeviceResult) -> None:
-        record = await self._context.stores.commands.get(result.command_id)
-        if record is None:
-            self._ignore("unknown_command")
+        The subscriber acknowledges them once this returns, so a Redis outage must not end it
+        early: retry until Redis answers (bounded; then it is logged). Applying a batch again
+        is harmless: a repeated event finds the device moved on and is counted as ignored.
+        """
+        results: list[DeviceResult] = []
+        for parsed, topic in batch:
+            if isinstance(parsed, IgnoredReason):
+                self._ignore(parsed.value, topic=topic)
+            else:
+                results.append(parsed)
+        if not results:
             return
-        if record["device_id"] != result.device_id:
-            self._ignore("wrong_device", sent_to=record["device_id"])
-            return
-        self._context.metrics.command_results.labels(record["command"], result.status).inc()
-        rollout_id = record.get("rollout_id", "")
-        if not rollout_id:
-            log.info("command result", command=record["command"], status=result.status)
-            return
-        plan = await self._plan(rollout_id)
-        if plan is None:
-            self._ignore("unknown_rollout", rollout_id=rollout_id)
-            return
-        with bound_contextvars(rollout_id=rollout_id):
+        delay_s = 0.05
+        for attempt in range(STORE_RETRIES):
+            try:
+                await self._on_results(results)
+                return
+            except StoreUnavailable as exc:
+                if attempt == STORE_RETRIES - 1:
+                    log.error(
+                        "results lost: Redis unavailable", error=exc.message, results=len(results)
+                    )
+                    raise
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+
+    async def _on_results(self, results: Sequence[DeviceResult]) -> None:
+        records = await self._context.stores.commands.get_many([r.command_id for r in results])
+        work: list[Work] = []
+        for result, record in zip(results, records, strict=True):
+            ids = {"device_id": result.device_id, "command_id": result.command_id}
+            if record is None:
+                self._ignore("unknown_command", **ids)
+                continue
+            if record["device_id"] != result.device_id:
+                self._ignore("wrong_device", sent_to=record["device_id"], **ids)
+                continue
+            self._context.metrics.command_results.labels(record["command"], result.status).inc()
+            rollout_id = record.get("rollout_id", "")
+            if not rollout_id:
+                log.info("command result", command=record["command"], status=result.status, **ids)
+                continue
+            plan = await self._plan(rollout_id)
+            if plan is None:
+                self._ignore("unknown_rollout", rollout_id=rollout_id, **ids)
+                continue
             if record.get("kind") == "rollback":
-                await self._on_rollback_result(rollout_id, plan, result)
+                item = self._rollback_work(rollout_id, plan, result)
             else:
                 event = result_event(
                     result.status, version=result.version, expected_version=plan.firmware.version
                 )
-                await self.apply(rollout_id, plan, result.device_id, event, result.command_id)
+                item = self._work(rollout_id, plan, result.device_id, event, result.command_id)
+            if item is not None:
+                work.append(item)
+        await self._apply(work)
 
-    async def _on_rollback_result(self, rollout_id: str, plan: Plan, result: DeviceResult) -> None:
+    def _rollback_work(self, rollout_id: str, plan: Plan, result: DeviceResult) -> Work | None:
         expected = plan.rollback.version if plan.rollback else None
         if result.status == "success" and (not expected or result.version == expected):
             event = DeviceEvent.ROLLBACK_SUCCESS
         elif result.status in {"success", "failed", "rejected"}:
             event = DeviceEvent.ROLLBACK_FAILURE
         else:
-            return  # progress of a rollback install: the deadline still applies
-        stores = self._context.stores
-        applied = await stores.rollouts.transition(
+            return None  # progress of a rollback install: the deadline still applies
+        request = TransitionRequest(
             rollout_id,
             result.device_id,
             event,
@@ -134,49 +158,60 @@ class Tracker:
             command_field="rollback_command_id",
             drop_deadline=True,
         )
-        if not applied.applied:
-            self._ignore(self._why(applied.old, applied.refused))
-        else:
-            log.info("rollback result", state=applied.new)
+        return Work(request, quiet=False)
 
-    async def apply(
-        self, rollout_id: str, plan: Plan, device_id: str, event: DeviceEvent, command_id: str
-    ) -> None:
-        """Apply a device's event, with its deadline, retries and download bookkeeping."""
-        rollouts = self._context.stores.rollouts
-        device = await rollouts.device(rollout_id, device_id)
-        if not device:
-            self._ignore("unknown_device", rollout_id=rollout_id)
-            return
-        extra: dict[str, str | int] = {}
-        if event in TOOK_FIRMWARE:
-            extra["downloaded"] = 1
-        deadline_ms: int | None = None
+    @staticmethod
+    def _work(
+        rollout_id: str, plan: Plan, device_id: str, event: DeviceEvent, command_id: str
+    ) -> Work:
         final = event not in PROGRESS_EVENTS
-        if not final:
-            sent_at = int(device.get("sent_at") or self._context.clock_ms())
-            deadline_ms = sent_at + int(plan.policy.device_timeout_s * 1000)
         failure = FAILURE_TYPES.get(event)
-        result = await rollouts.transition(
+        request = TransitionRequest(
             rollout_id,
             device_id,
             event,
             command_id=command_id,
-            deadline_ms=deadline_ms,
+            # A progress event keeps the device's deadline at device_timeout after its send.
+            deadline_after_sent_ms=None if final else int(plan.policy.device_timeout_s * 1000),
             drop_deadline=final,
             failure_type=failure.value if failure else "",
-            extra=extra,
+            extra=TOOK_FIRMWARE_FIELDS if event in TOOK_FIRMWARE else None,
             retries=plan.policy.retries if failure else -1,
         )
-        if not result.applied:
-            if event not in (DeviceEvent.KEY_CLAIMED, DeviceEvent.KEY_DELIVERED):
-                self._ignore(self._why(result.old, result.refused), trigger=event.value)
+        # Key claims and deliveries repeat what results already said: no noise when refused.
+        return Work(request, quiet=event in (DeviceEvent.KEY_CLAIMED, DeviceEvent.KEY_DELIVERED))
+
+    async def _apply(self, work: Sequence[Work]) -> None:
+        """Apply the events in one round trip; revoke the keys of devices that succeeded."""
+        if not work:
             return
-        if result.new == DeviceState.SUCCEEDED.value and device.get("key"):
-            # The device says it has the firmware: its key has done its work.
-            await self._context.stores.download_keys.revoke(device["key"])
-        if final:
-            log.debug("device final", rollout_id=rollout_id, state=result.new, trigger=event.value)
+        stores = self._context.stores
+        outcomes = await stores.rollouts.transitions([item.request for item in work])
+        spent: list[str] = []
+        for item, outcome in zip(work, outcomes, strict=True):
+            request = item.request
+            if not outcome.applied:
+                if not item.quiet:
+                    self._ignore(
+                        self._why(outcome.old, outcome.refused),
+                        trigger=request.event.value,
+                        rollout_id=request.rollout_id,
+                        device_id=request.device_id,
+                        command_id=request.command_id,
+                    )
+                continue
+            if outcome.new == DeviceState.SUCCEEDED.value and outcome.key:
+                # The device says it has the firmware: its key has done its work.
+                spent.append(outcome.key)
+            if request.drop_deadline:
+                log.debug(
+                    "device final",
+                    rollout_id=request.rollout_id,
+                    device_id=request.device_id,
+                    state=outcome.new,
+                    trigger=request.event.value,
+                )
+        await stores.download_keys.revoke_many(spent)
 
     @staticmethod
     def _why(old_state: str, refused: str) -> str:
@@ -201,7 +236,7 @@ class Tracker:
             if event.get("event") == "claimed"
             else DeviceEvent.KEY_DELIVERED
         )
-        with bound_contextvars(rollout_id=rollout_id, device_id=event.get("device_id", "")):
-            await self.apply(
-                rollout_id, plan, event.get("device_id", ""), kind, event.get("command_id", "")
-            )
+        work = self._work(
+            rollout_id, plan, event.get("device_id", ""), kind, event.get("command_id", "")
+        )
+        await self._apply([work])

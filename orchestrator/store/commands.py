@@ -72,3 +72,12 @@ class CommandStore:
     async def get(self, command_id: str) -> dict[str, str] | None:
         """The command's record, or None once unknown or expired."""
         return fields(await self._redis.hgetall(self._keys.command(command_id))) or None
+
+    @translated
+    async def get_many(self, command_ids: Sequence[str]) -> list[dict[str, str] | None]:
+        """The records of these commands, in order, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command_id in command_ids:
+                pipe.hgetall(self._keys.command(command_id))
+            rows = await pipe.execute()
+        return [fields(row) or None for row in rows]

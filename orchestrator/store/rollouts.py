@@ -74,11 +74,46 @@ class Transition:
     old: str
     new: str  # the new state, or '' when not applied
     refused: str = ""  # missing | rollout_state | command_mismatch | no_transition
+    key: str = ""  # the device's download key, when applied
 
     @property
     def applied(self) -> bool:
         """True when the state changed (or stayed, by a retry, but was recorded)."""
         return not self.refused
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRequest:
+    """One device event to apply (see RolloutStore.transitions)."""
+
+    rollout_id: str
+    device_id: str
+    event: DeviceEvent
+    rollout_states: Sequence[RolloutState] = ()
+    deadline_ms: int | None = None  # a new deadline (epoch ms)
+    deadline_after_sent_ms: int | None = None  # or a deadline this long after the device's send
+    drop_deadline: bool = False
+    failure_type: str = ""
+    command_id: str = ""  # the command the event answers ('' = no check)
+    command_field: str = "command_id"
+    extra: Mapping[str, str | int] | None = None
+    retries: int = -1  # retries the plan allows (-1: no retry for this event)
+
+    def deadline_arg(self) -> str:
+        """ARGV[5] of rollout_device.lua."""
+        if self.drop_deadline:
+            return "-"
+        if self.deadline_after_sent_ms is not None:
+            return f"+{self.deadline_after_sent_ms}"
+        return "" if self.deadline_ms is None else str(self.deadline_ms)
+
+
+# The transition table of each event, as rollout_device.lua reads it.
+_TABLES = {
+    event: json.dumps({old.value: new.value for old, new in table.items()})
+    for event, table in DEVICE_TRANSITIONS.items()
+}
+_REFUSALS = frozenset({"missing", "rollout_state", "command_mismatch", "no_transition"})
 
 
 def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
@@ -287,7 +322,6 @@ class RolloutStore:
         flat = [str(part) for part in reply]
         return list(zip(flat[0::2], flat[1::2], strict=True))
 
-    @translated
     async def transition(
         self,
         rollout_id: str,
@@ -304,33 +338,70 @@ class RolloutStore:
         retries: int = -1,
     ) -> Transition:
         """Apply `event` to the device by the domain's transition table, counters included."""
-        table = {old.value: new.value for old, new in DEVICE_TRANSITIONS[event].items()}
-        deadline = "-" if drop_deadline else ("" if deadline_ms is None else str(deadline_ms))
-        old, outcome = await self._device(
-            keys=[
-                self._keys.rollout(rollout_id),
-                self._keys.rollout_device(rollout_id, device_id),
-                self._keys.rollout_counts(rollout_id),
-                self._keys.rollout_deadlines(rollout_id),
-                self._keys.rollout_retry(rollout_id),
-            ],
-            args=[
-                device_id,
-                json.dumps(table),
-                json.dumps([state.value for state in rollout_states]),
-                now_ms(),
-                deadline,
-                failure_type,
-                command_id,
-                command_field,
-                json.dumps({k: str(v) for k, v in (extra or {}).items()}),
-                retries,
-            ],
+        request = TransitionRequest(
+            rollout_id,
+            device_id,
+            event,
+            rollout_states=tuple(rollout_states),
+            deadline_ms=deadline_ms,
+            drop_deadline=drop_deadline,
+            failure_type=failure_type,
+            command_id=command_id,
+            command_field=command_field,
+            extra=extra,
+            retries=retries,
         )
-        old_state, result = str(old), str(outcome)
-        if result in {"missing", "rollout_state", "command_mismatch", "no_transition"}:
-            return Transition(old=old_state, new="", refused=result)
-        return Transition(old=old_state, new=result)
+        return (await self.transitions([request]))[0]
+
+    @translated
+    async def transitions(self, requests: Sequence[TransitionRequest]) -> list[Transition]:
+        """Apply several device events in one round trip, in order; each is its own script.
+
+        Events of the same device are applied in the order given, each seeing the state the
+        one before it left.
+        """
+        if not requests:
+            return []
+        now = now_ms()
+        keys = self._keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for request in requests:
+                rid = request.rollout_id
+                await self._device(
+                    keys=[
+                        keys.rollout(rid),
+                        keys.rollout_device(rid, request.device_id),
+                        keys.rollout_counts(rid),
+                        keys.rollout_deadlines(rid),
+                        keys.rollout_retry(rid),
+                    ],
+                    args=[
+                        request.device_id,
+                        _TABLES[request.event],
+                        json.dumps([state.value for state in request.rollout_states])
+                        if request.rollout_states
+                        else "[]",
+                        now,
+                        request.deadline_arg(),
+                        request.failure_type,
+                        request.command_id,
+                        request.command_field,
+                        json.dumps({k: str(v) for k, v in request.extra.items()})
+                        if request.extra
+                        else "{}",
+                        request.retries,
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        outcomes = []
+        for reply in replies:
+            old_state, result = str(reply[0]), str(reply[1])
+            if result in _REFUSALS:
+                outcomes.append(Transition(old=old_state, new="", refused=result))
+            else:
+                outcomes.append(Transition(old=old_state, new=result, key=str(reply[2])))
+        return outcomes
 
     @translated
     async def device(self, rollout_id: str, device_id: str) -> dict[str, str]:

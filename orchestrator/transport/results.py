@@ -1,54 +1,44 @@
 """Device results in: the payload model, a pure parser, and the engine's persistent subscriber.
 
 Devices answer on `{device_id}/control/{command}/result` (ARCHITECTURE §5). The engine reads
-them through FastStream's MQTTBroker (zmqtt underneath) with a persistent session, so results
-published while it is down are queued by the broker and delivered when it comes back.
+them with zmqtt (the client under FastStream's MQTTBroker) over a persistent session, so
+results published while it is down are queued by the broker and delivered when it comes back.
 
-What FastStream 0.7.8 / zmqtt 0.2.5 do, and what this module does about it:
+Why zmqtt directly rather than a FastStream subscriber: FastStream calls a handler per message
+and acknowledges each as its handler returns. The engine applies results in batches (one Redis
+round trip for a few hundred results, not four per result), and acknowledges each message
+only after its batch is applied. zmqtt gives exactly that: `subscribe(auto_ack=False)` and
+`Message.ack()`.
 
-- Persistent session: `MQTTBroker(clean_session=False, session_expiry_interval=N)` sends
-  CONNECT with clean start off and a session expiry (MQTT 5) or clean session off (3.1.1).
-- Orderly stop: `MQTTBroker.stop()` stops each subscriber first, and FastStream's
-  `MQTTBaseSubscriber.stop()` calls zmqtt's `Subscription.stop()`, which sends UNSUBSCRIBE
-  (faststream/mqtt/subscriber/usecase.py:134-146, zmqtt/client.py:400-412); the broker then
-  drops the subscription and loses every result published during a restart. FastStream has
-  no option to skip that. zmqtt sends nothing when the client is already disconnected
-  (client.py:404-406), so `ResultSubscriber.stop()` first lets the message in hand finish,
-  then disconnects the zmqtt client itself (DISCONNECT only: the session and its
-  subscription stay on the broker), and only then lets `broker.stop()` clean up FastStream.
-  Results that arrive meanwhile get `NackMessage`, a no-op for MQTT (faststream/mqtt/
-  message.py:14-15): unacknowledged, they come back with the session. (zmqtt's own
-  `Subscription.detach()`, client.py:480, does the same job, but FastStream keeps the
-  Subscription in a private attribute.)
-- Acknowledgement: FastStream subscribes with `auto_ack=False` unless the ack policy is
-  ACK_FIRST (usecase.py:149); its default policy ACK acknowledges after the handler returns
-  (faststream/middlewares/acknowledgement/middleware.py:94-95). zmqtt sends PUBACK (QoS 1)
-  or PUBREC (QoS 2) only on that ack (zmqtt/_internal/inbound.py:433-446, 484-498). A
-  result whose handling never finished (crash, kill -9, cancelled at stop) is therefore
-  unacknowledged, and the broker sends it again when the session resumes (MQTT has no
-  redelivery inside one connection, nor a nack).
-- A handler exception is logged here and the result is acknowledged anyway: holding it
-  unacknowledged would only bring it back at the next reconnect, and would take one of the
-  broker's in-flight slots until then (a burst of failures would stall the stream).
+- Persistent session: CONNECT with clean start off and a session expiry (MQTT 5) or clean
+  session off (3.1.1).
+- Acknowledgement: PUBACK (QoS 1) or PUBREC (QoS 2) goes out on `Message.ack()`, after the
+  batch holding the message was handled. A result whose handling never finished (crash,
+  kill -9, cut off at stop) is unacknowledged, and the broker sends it again when the session
+  resumes (MQTT has no redelivery inside one connection, nor a nack).
+- Orderly stop: the batch in hand is finished; then `Subscription.detach()` and DISCONNECT,
+  without UNSUBSCRIBE, so the broker keeps the subscription and queues results for the next
+  start. Messages read but not yet handled stay unacknowledged and come back.
+- A handler exception is logged and the batch is acknowledged anyway: holding it would only
+  bring it back at the next reconnect, and would take broker in-flight slots until then.
 - On a resumed session the broker sends queued results right after CONNACK, before our
   SUBSCRIBE; zmqtt holds them until the subscription exists, but by default aborts the
-  connection past 1000 held messages (inbound.py:139-142). We lift that limit; the broker's
-  in-flight limit bounds it.
+  connection past 1000 held messages. We lift that limit; the broker's in-flight limit
+  bounds it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 import zmqtt
-from faststream.exceptions import IncorrectState, NackMessage
-from faststream.mqtt import MQTTBroker
+from faststream.mqtt.utils import parse_mqtt_url
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import TransportUnavailable
@@ -116,13 +106,10 @@ def parse_result(topic: str, payload: bytes) -> DeviceResult | IgnoredReason:
     )
 
 
-Handler = Callable[[DeviceResult | IgnoredReason, str], Awaitable[None]]  # (parsed, raw topic)
+ParsedResult = tuple[DeviceResult | IgnoredReason, str]  # (parsed, raw topic)
+Handler = Callable[[Sequence[ParsedResult]], Awaitable[None]]  # a batch, in arrival order
 
-
-async def _undecoded(message: Any) -> zmqtt.Message:
-    """FastStream decoder that hands the raw zmqtt message on: parse_result does the decoding."""
-    raw: zmqtt.Message = message.raw_message
-    return raw
+MAX_BATCH = 500  # results handed to the handler at once, at most
 
 
 class ResultSubscriber:
@@ -138,6 +125,7 @@ class ResultSubscriber:
         shared: bool = True,
         session_expiry_s: int = 3600,
         stop_timeout_s: float = STOP_TIMEOUT_S,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         if not client_id:
             raise ValueError(
@@ -155,94 +143,130 @@ class ResultSubscriber:
         self.topic_filter = SHARED_RESULTS_FILTER if shared and version == "5.0" else RESULTS_FILTER
         self._handler = handler
         self._stop_timeout_s = stop_timeout_s
-        self._broker = MQTTBroker(
-            url,
+        self._max_batch = max_batch
+        address = parse_mqtt_url(url)
+        self._client = zmqtt.MQTTClient(
+            address.host,
+            address.port,
             client_id=client_id,
             version=version,
+            username=address.username,
+            password=address.password,
+            tls=address.tls,
             clean_session=False,
             session_expiry_interval=session_expiry_s if version == "5.0" else 0,
             # Keep trying for as long as the engine runs; zmqtt re-subscribes on reconnect.
             reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
             mqtt_connect_timeout=10.0,
             session_replay_buffer_size=0,  # unbounded: see the module docstring
-            graceful_timeout=None,  # stop() waits for the result in hand itself
-            apply_types=False,
-            logger=None,
         )
-        subscriber = self._broker.subscriber(
-            self.topic_filter, qos=zmqtt.QoS.EXACTLY_ONCE, decoder=_undecoded
-        )
-        subscriber(self._on_message)
-        self._stopping = False
-        self._idle = asyncio.Event()  # clear while a result is being handled
+        self._subscription: zmqtt.Subscription | None = None
+        self._inbox: asyncio.Queue[zmqtt.Message] = asyncio.Queue(2 * max_batch)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()  # clear while a batch is being handled
         self._idle.set()
+        self._stopping = False
 
     async def start(self) -> None:
         """Connect (retrying while the broker is unreachable), subscribe, then return."""
-        self._stopping = False
         try:
-            await self._broker.start()
+            await self._client.connect()
         except zmqtt.MQTTConnectError as exc:  # refused for good, e.g. bad credentials
-            await self._broker.stop()
             raise TransportUnavailable(
                 f"the MQTT broker refused the result subscriber {self.client_id!r} ({exc}); "
                 "check OTA_MQTT_URL and the broker's credentials"
             ) from exc
+        self._subscription = self._client.subscribe(
+            self.topic_filter,
+            qos=zmqtt.QoS.EXACTLY_ONCE,
+            auto_ack=False,
+            receive_buffer_size=self._max_batch,
+        )
+        await self._subscription.start()
+        self._inbox = asyncio.Queue(2 * self._max_batch)
+        self._stopping = False
+        self._tasks = [
+            asyncio.create_task(self._read(self._subscription), name="results-read"),
+            asyncio.create_task(self._handle_batches(), name="results-handle"),
+        ]
         log.info("results subscribed", topic_filter=self.topic_filter, client_id=self.client_id)
 
     async def stop(self) -> None:
-        """Finish the result in hand; disconnect without UNSUBSCRIBE so the broker keeps queuing."""
+        """Finish the batch in hand; disconnect without UNSUBSCRIBE so the broker keeps queuing."""
         self._stopping = True
+        if self._tasks:
+            self._tasks[0].cancel()  # the reader: take nothing more from the broker
         try:
             async with asyncio.timeout(self._stop_timeout_s):
                 await self._idle.wait()
         except TimeoutError:
             log.warning(
-                "result handler still busy at stop; that result stays unacknowledged and "
+                "result handler still busy at stop; its batch stays unacknowledged and "
                 "the broker sends it again on the next start",
                 timeout_s=self._stop_timeout_s,
             )
-        with contextlib.suppress(IncorrectState):  # never connected: nothing to disconnect
-            # DISCONNECT without UNSUBSCRIBE; broker.stop() below then finds no connection
-            # to unsubscribe on (see the module docstring).
-            await self._broker.config.client.disconnect()
-        await self._broker.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._subscription is not None:
+            await self._subscription.detach()  # no UNSUBSCRIBE: the session keeps it
+            self._subscription = None
+        await self._client.disconnect()
         log.info("results subscriber stopped", client_id=self.client_id)
 
     @property
     def connected(self) -> bool:
         """True while the broker connection is up."""
         try:
-            self._broker.connection_info  # noqa: B018 - raises when disconnected
-        except (zmqtt.MQTTError, RuntimeError):
+            self._client.connection_info  # noqa: B018 - raises when disconnected
+        except zmqtt.MQTTError:
             return False
         return True
 
-    async def _on_message(self, message: zmqtt.Message) -> None:
-        if self._stopping:
-            # Leave it unacknowledged: the broker sends it again when the session resumes.
-            raise NackMessage
-        self._idle.clear()
+    async def _read(self, subscription: zmqtt.Subscription) -> None:
         try:
-            parsed = parse_result(message.topic, message.payload)
-            if isinstance(parsed, IgnoredReason):
-                context = {"topic": message.topic}
+            async for message in subscription:
+                await self._inbox.put(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("result subscription failed; results wait on the broker")
+
+    async def _handle_batches(self) -> None:
+        inbox = self._inbox
+        while True:
+            batch = [await inbox.get()]
+            while len(batch) < self._max_batch and not inbox.empty():
+                batch.append(inbox.get_nowait())
+            if self._stopping:
+                return  # left unacknowledged: the broker sends them again on the next start
+            self._idle.clear()
+            try:
+                await self._handle(batch)
+            finally:
+                self._idle.set()
+
+    async def _handle(self, batch: list[zmqtt.Message]) -> None:
+        parsed = [(parse_result(m.topic, m.payload), m.topic) for m in batch]
+        for (result, topic), message in zip(parsed, batch, strict=True):
+            if isinstance(result, IgnoredReason):
                 # The handler counts and logs it; the bytes are here for whoever debugs a device.
                 log.debug(
                     "result not parsed",
-                    reason=str(parsed),
-                    topic=message.topic,
+                    reason=str(result),
+                    topic=topic,
                     payload=message.payload[:_PAYLOAD_EXCERPT_BYTES].decode("utf-8", "replace"),
                 )
-            else:
-                context = {"device_id": parsed.device_id, "command_id": parsed.command_id}
-            with structlog.contextvars.bound_contextvars(**context):
-                try:
-                    await self._handler(parsed, message.topic)
-                except Exception:
-                    log.exception(
-                        "result handler failed; the result is acknowledged and not retried",
-                        topic=message.topic,
-                    )
-        finally:
-            self._idle.set()
+        try:
+            await self._handler(parsed)
+        except Exception:
+            log.exception(
+                "result handler failed; the batch is acknowledged and not retried",
+                results=len(batch),
+                topic=batch[0].topic,
+            )
+        for message in batch:
+            await message.ack()

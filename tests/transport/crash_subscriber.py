@@ -1,23 +1,26 @@
 """A result subscriber in a process of its own, for the kill -9 test.
 
 Run as `python -m tests.transport.crash_subscriber URL CLIENT_ID`. Prints `subscribed` once
-subscribed, then `handling <command_id>` for each result; the handling never finishes, so the
-result is never acknowledged. Logs go to stderr, so stdout carries only those lines.
+subscribed, then `handling <command_id>` for each result of the first batch; the handling
+never finishes, so those results are never acknowledged. Logs go to stderr, so stdout carries
+only those lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 
 import structlog
 
-from orchestrator.transport.results import DeviceResult, IgnoredReason, ResultSubscriber
+from orchestrator.transport.results import DeviceResult, ParsedResult, ResultSubscriber
 
 
-async def _hang(parsed: DeviceResult | IgnoredReason, topic: str) -> None:
-    label = parsed.command_id if isinstance(parsed, DeviceResult) else f"{parsed} {topic}"
-    print(f"handling {label}", flush=True)
+async def _hang(batch: Sequence[ParsedResult]) -> None:
+    for parsed, topic in batch:
+        label = parsed.command_id if isinstance(parsed, DeviceResult) else f"{parsed} {topic}"
+        print(f"handling {label}", flush=True)
     await asyncio.Event().wait()
 
 

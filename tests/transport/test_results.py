@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -31,6 +31,7 @@ from orchestrator.transport.results import (
     DeviceResult,
     Handler,
     IgnoredReason,
+    ParsedResult,
     ResultStatus,
     ResultSubscriber,
     parse_result,
@@ -168,18 +169,18 @@ class Inbox:
     by_member: dict[str, list[str]] = field(default_factory=dict)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    async def handler(self, parsed: DeviceResult | IgnoredReason, topic: str) -> None:
+    async def handler(self, batch: Sequence[ParsedResult]) -> None:
         async with self._changed:
-            self.items.append((parsed, topic))
+            self.items.extend(batch)
             self._changed.notify_all()
 
     def member(self, name: str) -> Handler:
         """A handler for one of several subscribers, which also notes who handled what."""
         handled = self.by_member.setdefault(name, [])
 
-        async def handle(parsed: DeviceResult | IgnoredReason, topic: str) -> None:
-            handled.append(parsed.command_id if isinstance(parsed, DeviceResult) else topic)
-            await self.handler(parsed, topic)
+        async def handle(batch: Sequence[ParsedResult]) -> None:
+            handled.extend(p.command_id if isinstance(p, DeviceResult) else t for p, t in batch)
+            await self.handler(batch)
 
         return handle
 
@@ -320,11 +321,11 @@ async def test_a_handler_that_raises_is_logged_and_later_results_still_arrive(
     inbox = Inbox()
     raised: list[str] = []
 
-    async def flaky(parsed: DeviceResult | IgnoredReason, topic: str) -> None:
+    async def flaky(batch: Sequence[ParsedResult]) -> None:
         if not raised:
-            raised.append(topic)
+            raised.append(batch[0][1])
             raise RuntimeError("redis went away")
-        await inbox.handler(parsed, topic)
+        await inbox.handler(batch)
 
     await subscribers(flaky).start()
     dev = device()
@@ -365,32 +366,31 @@ async def test_results_sent_during_an_orderly_restart_arrive_after_it(
     assert sorted(inbox.command_ids()) == sorted(f"c-{i}" for i in range(50))
 
 
-async def test_stop_finishes_the_result_in_hand_and_leaves_later_ones_queued(
+async def test_stop_finishes_the_batch_in_hand_and_leaves_later_ones_queued(
     mqtt_broker: EmbeddedBroker, subscribers: SubscriberFactory
 ) -> None:
     client_id = f"test-results-{uuid.uuid4().hex[:10]}"
     entered, release = asyncio.Event(), asyncio.Event()
     finished: list[str] = []
 
-    async def slow(parsed: DeviceResult | IgnoredReason, topic: str) -> None:
-        assert isinstance(parsed, DeviceResult)
+    async def slow(batch: Sequence[ParsedResult]) -> None:
         entered.set()
         await release.wait()
-        finished.append(parsed.command_id)
+        finished.extend(p.command_id for p, _ in batch if isinstance(p, DeviceResult))
 
-    first = subscribers(slow, client_id=client_id)
+    first = subscribers(slow, client_id=client_id, max_batch=1)  # one result per batch
     await first.start()
     dev = device()
     await publish(mqtt_broker, [(result_topic(dev, "reboot"), body(f"c-{i}"), 2) for i in range(5)])
     async with asyncio.timeout(WAIT_S):
         await entered.wait()
     stopping = asyncio.create_task(first.stop())
-    await asyncio.sleep(0)  # let stop() begin while the first result is in hand
+    await asyncio.sleep(0)  # let stop() begin while the first batch is in hand
     assert not stopping.done()
     release.set()
     async with asyncio.timeout(WAIT_S):
         await stopping
-    assert finished == ["c-0"]  # handled to the end, and nothing after it
+    assert finished == ["c-0"]  # the batch in hand was handled to the end, and none after it
 
     inbox = Inbox()
     await subscribers(inbox.handler, client_id=client_id).start()
@@ -404,7 +404,7 @@ async def test_a_handler_stuck_at_stop_is_cut_off_and_its_result_comes_back(
     client_id = f"test-results-{uuid.uuid4().hex[:10]}"
     entered = asyncio.Event()
 
-    async def stuck(parsed: DeviceResult | IgnoredReason, topic: str) -> None:
+    async def stuck(batch: Sequence[ParsedResult]) -> None:
         entered.set()
         await asyncio.Event().wait()
 
@@ -498,7 +498,7 @@ async def test_a_subscriber_on_mqtt_3_1_1_receives_results(
 
 
 def test_a_subscriber_needs_a_client_id_and_a_session_expiry() -> None:
-    async def ignore(parsed: DeviceResult | IgnoredReason, topic: str) -> None:
+    async def ignore(batch: Sequence[ParsedResult]) -> None:
         return None
 
     with pytest.raises(ValueError, match="client_id"):

@@ -2,12 +2,13 @@
 -- KEYS[1] rollout hash, KEYS[2] device hash, KEYS[3] counts hash, KEYS[4] deadlines zset,
 -- KEYS[5] retry list
 -- ARGV[1] device id, ARGV[2] transitions {from: to} (JSON), ARGV[3] rollout states required
--- (JSON list, [] for any), ARGV[4] now ms, ARGV[5] deadline: '' keep, '-' drop, else epoch ms,
+-- (JSON list, [] for any), ARGV[4] now ms, ARGV[5] deadline: '' keep, '-' drop, '+N' N ms
+-- after the device's sent_at (now when it has none), else epoch ms,
 -- ARGV[6] failure type for a failed state ('' = the state's name), ARGV[7] command id the
 -- event answers ('' = no check), ARGV[8] the device field holding it, ARGV[9] more fields to
 -- set (JSON object), ARGV[10] retries the plan allows (-1: no retry for this event)
--- Returns {old state, new state} when applied, or {old state, why not}: missing |
--- rollout_state | command_mismatch | no_transition
+-- Returns {old state, new state, the device's download key} when applied, or
+-- {old state, why not}: missing | rollout_state | command_mismatch | no_transition
 local state = redis.call('HGET', KEYS[2], 'state')
 if not state then
   return {'', 'missing'}
@@ -68,7 +69,10 @@ for name, value in pairs(cjson.decode(ARGV[9])) do
 end
 if ARGV[5] == '-' then
   redis.call('ZREM', KEYS[4], ARGV[1])
+elseif string.sub(ARGV[5], 1, 1) == '+' then
+  local sent_at = tonumber(redis.call('HGET', KEYS[2], 'sent_at') or ARGV[4]) or tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[4], sent_at + tonumber(string.sub(ARGV[5], 2)), ARGV[1])
 elseif ARGV[5] ~= '' then
   redis.call('ZADD', KEYS[4], ARGV[5], ARGV[1])
 end
-return {state, new}
+return {state, new, redis.call('HGET', KEYS[2], 'key') or ''}
