@@ -165,41 +165,38 @@ async def _receive_rate(fleet: FleetClient, counter: _Counter) -> tuple[Rate, Ra
     return Rate(counter.count, counter.last_at - started, note), publisher
 
 
-async def _undecoded(message: Any) -> zmqtt.Message:
-    """The raw zmqtt message, as the engine's ResultSubscriber decodes."""
-    raw: zmqtt.Message = message.raw_message
-    return raw
-
-
-async def zmqtt_receive(url: str, fleet: FleetClient, n: int) -> tuple[Rate, Rate]:
-    """FastStream's MQTTBroker (zmqtt), configured as ResultSubscriber is, on a shared filter."""
+async def zmqtt_receive(host: str, port: int, fleet: FleetClient, n: int) -> tuple[Rate, Rate]:
+    """zmqtt alone (as the engine's ResultSubscriber uses it) on a shared filter, counting."""
     counter = _Counter(n)
-    broker = MQTTBroker(
-        url,
+    client = zmqtt.MQTTClient(
+        host,
+        port,
         client_id=f"bench-zmqtt-sub-{uuid.uuid4().hex[:8]}",
         version="5.0",
         clean_session=False,
         session_expiry_interval=60,
-        reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
-        mqtt_connect_timeout=10.0,
         session_replay_buffer_size=0,
-        graceful_timeout=None,
-        apply_types=False,
-        logger=None,
     )
-
-    async def handle(message: zmqtt.Message) -> None:
-        counter.hit()
-
-    subscriber = broker.subscriber(
-        "$share/bench/+/control/+/result", qos=zmqtt.QoS.AT_LEAST_ONCE, decoder=_undecoded
-    )
-    subscriber(handle)
-    await broker.start()
+    await client.connect()
     try:
-        return await _receive_rate(fleet, counter)
+        subscription = client.subscribe(
+            "$share/bench/+/control/+/result", qos=zmqtt.QoS.AT_LEAST_ONCE
+        )
+        await subscription.start()
+
+        async def count() -> None:
+            async for _ in subscription:
+                counter.hit()
+
+        reader = asyncio.create_task(count())
+        try:
+            return await _receive_rate(fleet, counter)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await subscription.stop()  # UNSUBSCRIBE: the session keeps nothing for later runs
     finally:
-        await broker.stop()  # sends UNSUBSCRIBE: the session keeps nothing for later runs
+        await client.disconnect()
 
 
 async def aiomqtt_receive(host: str, port: int, fleet: FleetClient, n: int) -> tuple[Rate, Rate]:

@@ -365,7 +365,7 @@ async def bench(
             "127.0.0.1", broker.port, fleet, messages
         )
         results.zmqtt_receive, results.result_publisher = await raw.zmqtt_receive(
-            broker.url, fleet, n
+            "127.0.0.1", broker.port, fleet, n
         )
         results.aiomqtt_receive, _ = await raw.aiomqtt_receive("127.0.0.1", broker.port, fleet, n)
         await engine_runs(redis_server, broker, work, fleet, results)

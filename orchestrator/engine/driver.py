@@ -30,7 +30,8 @@ from orchestrator.engine.commands import download_payload
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.store.download_keys import DownloadKey
-from orchestrator.store.rollouts import RolloutRecord, tally_of
+from orchestrator.store.files import StoredFile
+from orchestrator.store.rollouts import Grant, RolloutRecord, tally_of
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,7 @@ log = structlog.get_logger(__name__)
 TICK_S = 0.1  # how often a driver looks at its rollout
 LEASE_MS = 15_000  # a replica that stops renewing loses the rollout after this
 DISPATCH_BATCH = 500  # commands published per step at most
+PUBLISHING_BATCHES = 2  # batches being published while the next one is prepared
 SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
 ENGINE = "engine"
 COMMAND = "download_firmware"
@@ -56,7 +58,10 @@ class RolloutDriver:
         self._last_ms = context.clock_ms()
         self._stopping = asyncio.Event()
         self._missing_file_logged = False
-        self._full_batch = False
+        self._again = False  # more work is waiting: step again at once, without a tick
+        self._plan: Plan | None = None
+        self._publishing: set[asyncio.Task[None]] = set()
+        self._in_flight: set[str] = set()  # devices whose publish is under way
         self.log = log.bind(rollout_id=rollout_id)
 
     def stop(self) -> None:
@@ -75,12 +80,15 @@ class RolloutDriver:
                         return
                 except OrchestratorError as exc:
                     self.log.warning("rollout step failed; retrying", error=exc.message)
-                if self._full_batch:
-                    self._full_batch = False  # more devices are waiting: go on at once
+                if self._again:
+                    self._again = False
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), TICK_S)
         finally:
+            # Publishes under way finish (each is bounded by the transport's timeout) before
+            # the lease goes: the next holder must not re-send what is still on its way.
+            await asyncio.gather(*self._publishing, return_exceptions=True)
             with contextlib.suppress(OrchestratorError):
                 await self._store.release_lease(self.rollout_id, self._owner)
 
@@ -89,14 +97,16 @@ class RolloutDriver:
         record = await self._store.get(self.rollout_id)
         if record is None:
             return False
-        plan = Plan.model_validate(record.plan)
+        if self._plan is None:  # a rollout's plan never changes
+            self._plan = Plan.model_validate(record.plan)
+        plan = self._plan
         if record.state in TERMINAL_ROLLOUT_STATES:
             await self._finish(record)
             return False
         await self._republish(record, plan)
         await self._sweep(record, plan)
         if record.state is RolloutState.PENDING:
-            await self._change(record, RolloutAction.START, "started by the engine")
+            self._again = await self._change(record, RolloutAction.START, "started by the engine")
         elif record.state is RolloutState.RUNNING:
             await self._run_waves(record, plan)
         elif record.state is RolloutState.ROLLING_BACK:
@@ -214,15 +224,46 @@ class RolloutDriver:
         self._last_ms = now
         if budget <= 0:
             return
+        stored = await self._context.stores.files.get(record.project_id, plan.firmware.file)
+        if stored is None:
+            await self._change(
+                record,
+                RolloutAction.HALT,
+                f"the firmware file {plan.firmware.file} is no longer in the project; upload it "
+                "again and start a new rollout",
+            )
+            return
+        if len(self._publishing) >= PUBLISHING_BATCHES:
+            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
         sent = await self._store.dispatch(
             self.rollout_id,
             count=budget,
             reach=record.reach[record.wave],
             ack_deadline_ms=now + int(policy.ack_timeout_s * 1000),
+            grant=Grant(
+                project_id=record.project_id,
+                file_name=stored.name,
+                size=stored.size,
+                key_ttl_s=self._context.settings.download_key_ttl,
+                command=COMMAND,
+            ),
         )
         self._tokens -= len(sent)
-        self._full_batch = len(sent) == DISPATCH_BATCH
-        await self._publish(record, plan, sent)
+        self._again = len(sent) == DISPATCH_BATCH
+        keys = [
+            DownloadKey(
+                key=item.key,
+                device_id=item.device_id,
+                project_id=record.project_id,
+                file_name=stored.name,
+                size=stored.size,
+                command_id=item.command_id,
+                rollout_id=self.rollout_id,
+                expires_at_ms=item.key_expires_at_ms,
+            )
+            for item in sent
+        ]
+        self._start_sending(stored, plan.firmware.version, keys)
 
     async def _publish(
         self,
@@ -237,6 +278,7 @@ class RolloutDriver:
 
         Keys, device bookkeeping and command records are written in one round trip each before
         anything is published; a device whose publish fails stays unpublished for _republish.
+        (A dispatch writes all of that in its own script.)
         """
         if not sends and not reuse:
             return
@@ -279,15 +321,37 @@ class RolloutDriver:
             ),
         )
 
+        self._start_sending(stored, firmware.version, keys)
+
+    def _start_sending(
+        self, stored: StoredFile, version: str | None, keys: list[DownloadKey]
+    ) -> None:
+        """Publish in the background: the next batch is prepared meanwhile."""
+        if not keys:
+            return
+        self._in_flight.update(k.device_id for k in keys)
+        task = asyncio.create_task(self._send(stored, version, keys))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _send(self, stored: StoredFile, version: str | None, keys: list[DownloadKey]) -> None:
+        """Publish each device's command; what fails stays unpublished for _republish."""
+        context = self._context
+        public_url = context.settings.public_url
+        expiry = {  # most batches share one expiry
+            ms: isoformat_z(datetime.fromtimestamp(ms / 1000, UTC))
+            for ms in {k.expires_at_ms for k in keys}
+        }
+
         async def publish_one(key: DownloadKey) -> str | None:
             payload = download_payload(
                 stored,
                 key=key.key,
-                public_url=context.settings.public_url,
-                expires_at=isoformat_z(datetime.fromtimestamp(key.expires_at_ms / 1000, UTC)),
+                public_url=public_url,
+                expires_at=expiry[key.expires_at_ms],
                 command_id=key.command_id,
                 rollout_id=self.rollout_id,
-                version=firmware.version,
+                version=version,
             )
             try:
                 await context.transport.publish_command(key.device_id, COMMAND, payload)
@@ -298,15 +362,23 @@ class RolloutDriver:
                 return None
             return key.device_id
 
-        published = [d for d in await asyncio.gather(*map(publish_one, keys)) if d]
-        await self._store.mark_published(self.rollout_id, *published)
-        context.metrics.commands_sent.labels(COMMAND).inc(len(published))
+        try:
+            published = [d for d in await asyncio.gather(*map(publish_one, keys)) if d]
+            await self._store.mark_published(self.rollout_id, *published)
+            context.metrics.commands_sent.labels(COMMAND).inc(len(published))
+        except OrchestratorError as exc:
+            self.log.warning("publish bookkeeping failed; will re-send", error=exc.message)
+        finally:
+            self._in_flight.difference_update(k.device_id for k in keys)
 
     async def _republish(self, record: RolloutRecord, plan: Plan) -> None:
         """Publish again, with the same command id, what a crash may have left unsent."""
         if not self._context.transport.connected:
             return
-        device_ids = await self._store.unpublished(self.rollout_id)
+        in_flight = self._in_flight
+        device_ids = [
+            d for d in await self._store.unpublished(self.rollout_id) if d not in in_flight
+        ]
         if not device_ids:
             return
         work: dict[bool, tuple[list[tuple[str, str]], list[DownloadKey]]] = {

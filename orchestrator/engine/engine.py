@@ -80,19 +80,29 @@ class Engine:
 
     async def _schedule(self) -> None:
         rollouts = self.context.stores.rollouts
-        while not self._stopping.is_set():
-            try:
-                for rollout_id in await rollouts.active_ids():
-                    if rollout_id in self._drivers or self._stopping.is_set():
-                        continue
-                    driver = RolloutDriver(rollout_id, self.context)
-                    task = asyncio.create_task(driver.run(), name=f"rollout-{rollout_id}")
-                    self._drivers[rollout_id] = (driver, task)
-                    task.add_done_callback(functools.partial(self._forget, rollout_id))
-            except OrchestratorError as exc:
-                log.warning("cannot list active rollouts", error=exc.message)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), SCHEDULE_EVERY_S)
+        # A new rollout is announced on a channel, so it starts at once; the poll finds the
+        # rest (a takeover, an announcement missed while Redis was away).
+        created = self.context.stores.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if not created.subscribed:
+                        await created.subscribe(self.context.stores.keys.rollouts_channel())
+                    for rollout_id in await rollouts.active_ids():
+                        if rollout_id in self._drivers or self._stopping.is_set():
+                            continue
+                        driver = RolloutDriver(rollout_id, self.context)
+                        task = asyncio.create_task(driver.run(), name=f"rollout-{rollout_id}")
+                        self._drivers[rollout_id] = (driver, task)
+                        task.add_done_callback(functools.partial(self._forget, rollout_id))
+                    await created.get_message(timeout=SCHEDULE_EVERY_S)
+                except (OrchestratorError, RedisError) as exc:
+                    log.warning("cannot list active rollouts", error=str(exc))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), SCHEDULE_EVERY_S)
+        finally:
+            with contextlib.suppress(RedisError):
+                await created.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
 
     def _forget(self, rollout_id: str, _: asyncio.Task[None]) -> None:
         self._drivers.pop(rollout_id, None)

@@ -120,6 +120,10 @@ class RedisKeys:
         """Sorted set: the project's rollout ids scored by creation time (ms)."""
         return f"{self.prefix}project:{project_id}:rollouts"
 
+    def rollouts_channel(self) -> str:
+        """Pub/sub channel: a rollout was created (engines look at once, not at their next poll)."""
+        return f"{self.prefix}rollouts:created"
+
     def active_rollouts(self) -> str:
         """Set: rollouts the engine still has work on; left once a finished one is cleaned up."""
         return f"{self.prefix}rollouts:active"

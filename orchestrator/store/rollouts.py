@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.domain.plans import FailureType
@@ -22,8 +22,11 @@ from orchestrator.domain.states import (
     DeviceState,
     RolloutState,
 )
+from orchestrator.store.commands import COMMAND_RECORD_TTL_S
+from orchestrator.store.download_keys import new_download_key
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Redis, fields, load_script, members, translated
+from orchestrator.timeutil import isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
 
@@ -74,12 +77,33 @@ class Transition:
     old: str
     new: str  # the new state, or '' when not applied
     refused: str = ""  # missing | rollout_state | command_mismatch | no_transition
-    key: str = ""  # the device's download key, when applied
+    key: str = field(default="", compare=False)  # the device's download key, when applied
 
     @property
     def applied(self) -> bool:
         """True when the state changed (or stayed, by a retry, but was recorded)."""
         return not self.refused
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What every device of a dispatch is sent: a download key for this file, for this long."""
+
+    project_id: str
+    file_name: str
+    size: int
+    key_ttl_s: int
+    command: str = "download_firmware"
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatched:
+    """A device moved to `sent`: its command id and its download key."""
+
+    device_id: str
+    command_id: str
+    key: str
+    key_expires_at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +234,7 @@ class RolloutStore:
             return rollout_id, CreateOutcome(created=False, name_taken_by=verdict[1])
         if verdict[0] == "devices_taken":
             return rollout_id, CreateOutcome(created=False, devices_taken=tuple(verdict[1:]))
+        await self._redis.publish(self._keys.rollouts_channel(), rollout_id)
         return rollout_id, CreateOutcome(created=True)
 
     @translated
@@ -296,12 +321,24 @@ class RolloutStore:
 
     @translated
     async def dispatch(
-        self, rollout_id: str, *, count: int, reach: int, ack_deadline_ms: int
-    ) -> list[tuple[str, str]]:
-        """Move up to `count` devices pending → sent (retries first); [(device, command id)]."""
+        self,
+        rollout_id: str,
+        *,
+        count: int,
+        reach: int,
+        ack_deadline_ms: int,
+        grant: Grant,
+    ) -> list[Dispatched]:
+        """Move up to `count` devices pending → sent (retries first), each with a new command
+        id, a download key for `grant` and the command's record, in one step."""
         if count <= 0:
             return []
-        command_ids = [uuid.uuid4().hex for _ in range(count)]
+        now = now_ms()
+        expires_at_ms = now + grant.key_ttl_s * 1000
+        pairs: list[str] = []
+        for _ in range(count):
+            pairs += (uuid.uuid4().hex, new_download_key())
+        key_prefix, key_suffix = self._keys.device_download_keys("\n").split("\n")
         reply = await self._dispatch(
             keys=[
                 self._keys.rollout(rollout_id),
@@ -313,14 +350,41 @@ class RolloutStore:
             ],
             args=[
                 self._keys.rollout_device_prefix(rollout_id),
-                now_ms(),
+                now,
                 ack_deadline_ms,
                 reach,
-                *command_ids,
+                self._keys.download_key(""),
+                key_prefix,
+                key_suffix,
+                self._keys.command(""),
+                json.dumps(
+                    {
+                        "project_id": grant.project_id,
+                        "file_name": grant.file_name,
+                        "size": grant.size,
+                        "rollout_id": rollout_id,
+                    }
+                ),
+                expires_at_ms,
+                grant.key_ttl_s,
+                json.dumps(
+                    {
+                        "project_id": grant.project_id,
+                        "command": grant.command,
+                        "sent_at": isoformat_z(utc_now()),
+                        "rollout_id": rollout_id,
+                        "kind": "update",
+                    }
+                ),
+                COMMAND_RECORD_TTL_S,
+                *pairs,
             ],
         )
         flat = [str(part) for part in reply]
-        return list(zip(flat[0::2], flat[1::2], strict=True))
+        return [
+            Dispatched(device_id, command_id, key, expires_at_ms)
+            for device_id, command_id, key in zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
+        ]
 
     async def transition(
         self,
@@ -410,7 +474,7 @@ class RolloutStore:
 
     @translated
     async def set_device_fields(self, rollout_id: str, device_id: str, **values: str | int) -> None:
-        """Bookkeeping on a device record (key, published flag); never its state."""
+        """Bookkeeping on a device record; never its state."""
         await self._redis.hset(
             self._keys.rollout_device(rollout_id, device_id),
             mapping={k: str(v) for k, v in values.items()},
@@ -419,13 +483,8 @@ class RolloutStore:
     @translated
     async def mark_published(self, rollout_id: str, *device_ids: str) -> None:
         """These devices' commands reached the broker."""
-        if not device_ids:
-            return
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for device_id in device_ids:
-                pipe.hset(self._keys.rollout_device(rollout_id, device_id), "published", "1")
-            pipe.srem(self._keys.rollout_unpublished(rollout_id), *device_ids)
-            await pipe.execute()
+        if device_ids:
+            await self._redis.srem(self._keys.rollout_unpublished(rollout_id), *device_ids)
 
     @translated
     async def set_keys(self, rollout_id: str, field: str, keys: Mapping[str, str]) -> None:

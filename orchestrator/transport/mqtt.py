@@ -85,16 +85,14 @@ class CommandTransport:
             )
         body = json.dumps(payload, separators=(",", ":")).encode()
         try:
-            await asyncio.wait_for(
-                self._broker.publish(
+            async with asyncio.timeout(PUBLISH_TIMEOUT_S):
+                await self._broker.publish(
                     body,
                     command_topic(device_id, command),
                     qos=zmqtt.QoS.EXACTLY_ONCE,
                     retain=False,
                     correlation_id=str(payload.get("command_id", "")) or None,
-                ),
-                PUBLISH_TIMEOUT_S,
-            )
+                )
         except (zmqtt.MQTTError, OSError, TimeoutError, RuntimeError) as exc:
             raise TransportUnavailable(
                 f"the MQTT broker did not accept the command ({exc or type(exc).__name__}); "

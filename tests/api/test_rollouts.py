@@ -17,6 +17,7 @@ import pytest
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, ExclusionReason
 from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutState
+from orchestrator.store.rollouts import Dispatched, Grant
 from tests.conftest import Service
 
 YAML = {"Content-Type": "application/yaml"}
@@ -115,6 +116,16 @@ async def set_running(service: Service, rollout_id: str) -> None:
         terminal=False,
     )
     assert changed
+
+
+async def dispatch(
+    service: Service, rollout_id: str, *, count: int, reach: int
+) -> list[Dispatched]:
+    """What the engine's dispatch step does, without publishing."""
+    grant = Grant(project_id=service.project_id, file_name=FIRMWARE, size=64, key_ttl_s=600)
+    return await service.stores.rollouts.dispatch(
+        rollout_id, count=count, reach=reach, ack_deadline_ms=0, grant=grant
+    )
 
 
 def assert_view_adds_up(view: dict[str, Any]) -> None:
@@ -410,17 +421,17 @@ async def test_devices_listing_pages_in_cohort_order_and_filters_by_state(
     }
 
     await set_running(service, view["id"])
-    sent = await service.stores.rollouts.dispatch(view["id"], count=2, reach=3, ack_deadline_ms=0)
+    sent = await dispatch(service, view["id"], count=2, reach=3)
     by_state = await service.client.get(url, params={"state": "sent", "limit": 1})
     first = by_state.json()
-    assert [d["device_id"] for d in first["devices"]] == [sent[0][0]]
-    assert first["devices"][0]["command_id"] == sent[0][1]
+    assert [d["device_id"] for d in first["devices"]] == [sent[0].device_id]
+    assert first["devices"][0]["command_id"] == sent[0].command_id
     assert first["devices"][0]["attempts"] == 1
     assert first["devices"][0]["updated_at"].endswith("Z")
     rest = await service.client.get(
         url, params={"state": "sent", "limit": 1, "cursor": first["next_cursor"]}
     )
-    assert [d["device_id"] for d in rest.json()["devices"]] == [sent[1][0]]
+    assert [d["device_id"] for d in rest.json()["devices"]] == [sent[1].device_id]
     assert rest.json()["next_cursor"] is None
     pending = await service.client.get(url, params={"state": "pending"})
     assert len(pending.json()["devices"]) == 3
@@ -435,8 +446,8 @@ async def test_counts_and_failure_rate_follow_the_devices(service: Service) -> N
     view = await created(service, plan_yaml())
     rid = view["id"]
     await set_running(service, rid)
-    sent = await service.stores.rollouts.dispatch(rid, count=3, reach=3, ack_deadline_ms=0)
-    (ok, _), (bad, _), _ = sent
+    sent = await dispatch(service, rid, count=3, reach=3)
+    ok, bad = sent[0].device_id, sent[1].device_id
     await service.stores.rollouts.transition(rid, ok, DeviceEvent.SUCCESS)
     await service.stores.rollouts.transition(rid, bad, DeviceEvent.REJECTED)
 

@@ -28,6 +28,7 @@ from orchestrator.domain.states import RolloutState
 from orchestrator.embedded import EmbeddedBroker, free_port
 from orchestrator.engine.commands import file_command_payload
 from orchestrator.settings import Settings
+from orchestrator.store.rollouts import Grant
 from orchestrator.timeutil import isoformat_z, utc_now
 from orchestrator.transport.topics import command_topic
 from tests.conftest import Service, wait_for
@@ -413,8 +414,9 @@ async def _running_with_unpublished(
 ) -> tuple[str, list[tuple[str, str]]]:
     """A running rollout with `count` devices moved to `sent` and never published.
 
-    That is the state a crash between the dispatch script and the publish leaves: it is
-    made here through the store, with no engine running.
+    That is the state a crash between the dispatch script (which wrote each device's key and
+    command record) and the publish leaves: it is made here through the store, with no engine
+    running.
     """
     rollout = await start(service, plan)
     assert rollout["state"] == "pending"
@@ -432,15 +434,23 @@ async def _running_with_unpublished(
     assert changed
     record = await rollouts.get(rollout["id"])
     assert record is not None
+    stored = await service.stores.files.get(service.project_id, record.plan["firmware"]["file"])
+    assert stored is not None
     sent = await rollouts.dispatch(
         rollout["id"],
         count=count,
         reach=record.reach[0],
         ack_deadline_ms=int(time.time() * 1000) + 60_000,
+        grant=Grant(
+            project_id=service.project_id,
+            file_name=stored.name,
+            size=stored.size,
+            key_ttl_s=600,
+        ),
     )
     assert len(sent) == count
-    assert set(await rollouts.unpublished(rollout["id"])) == {d for d, _ in sent}
-    return rollout["id"], sent
+    assert set(await rollouts.unpublished(rollout["id"])) == {d.device_id for d in sent}
+    return rollout["id"], [(d.device_id, d.command_id) for d in sent]
 
 
 async def test_a_crash_between_sent_and_publish_is_repaired_with_the_same_command_id(

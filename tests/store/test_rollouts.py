@@ -24,7 +24,7 @@ from orchestrator.domain.states import (
     RolloutState,
 )
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import CreateOutcome, Transition
+from orchestrator.store.rollouts import CreateOutcome, Grant, Transition
 from tests.conftest import wait_for
 
 PROJECT = "proj-1"
@@ -143,10 +143,15 @@ async def keys_naming(stores: Stores, rollout_id: str) -> list[str]:
     return [str(key) async for key in stores.redis.scan_iter(match=f"*{rollout_id}*")]
 
 
+GRANT = Grant(project_id="p-test", file_name="fw_2.0.0.bin", size=4096, key_ttl_s=600)
+
+
 async def dispatch(stores: Stores, made: Made, count: int, reach: int) -> list[tuple[str, str]]:
-    return await stores.rollouts.dispatch(
-        made.id, count=count, reach=reach, ack_deadline_ms=ACK_DEADLINE_MS
+    """(device id, command id) of each device sent."""
+    sent = await stores.rollouts.dispatch(
+        made.id, count=count, reach=reach, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
     )
+    return [(item.device_id, item.command_id) for item in sent]
 
 
 async def state_of(stores: Stores, rollout_id: str, device_id: str) -> str:
@@ -479,13 +484,12 @@ async def test_dispatch_marks_each_device_sent_with_its_own_command_and_ack_dead
         record = await stores.rollouts.device(made.id, device_id)
         assert record["state"] == "sent"
         assert record["command_id"] == command_id
-        assert (record["attempts"], record["published"]) == ("1", "0")
+        assert record["attempts"] == "1"
         assert int(record["sent_at"]) > 0
     assert await stores.rollouts.unpublished(made.id) == sorted(ids)
     assert await deadlines(stores, made.id) == dict.fromkeys(ids, ACK_DEADLINE_MS)
     await stores.rollouts.mark_published(made.id, ids[1])
     assert await stores.rollouts.unpublished(made.id) == sorted([ids[0], ids[2]])
-    assert (await stores.rollouts.device(made.id, ids[1]))["published"] == "1"
     # A re-send (the rollback firmware) is unpublished again until its publish is confirmed.
     await stores.rollouts.mark_unpublished(made.id, ids[1])
     assert await stores.rollouts.unpublished(made.id) == sorted(ids)
@@ -702,12 +706,46 @@ async def test_the_retry_event_puts_a_failed_device_back_in_line_for_dispatch(
     assert [d for d, _ in await dispatch(stores, made, 5, 2)] == [device_id]
 
 
+async def test_dispatch_writes_each_device_its_download_key_and_command_record(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(3, [3], running=True)
+    sent = await stores.rollouts.dispatch(
+        made.id, count=2, reach=3, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
+    )
+    assert len({item.key for item in sent}) == 2
+    for item in sent:
+        assert (await stores.rollouts.device(made.id, item.device_id))["key"] == item.key
+        key = await stores.download_keys.get(item.key)
+        assert key is not None
+        assert (key.device_id, key.command_id, key.rollout_id) == (
+            item.device_id,
+            item.command_id,
+            made.id,
+        )
+        assert (key.project_id, key.file_name, key.size) == ("p-test", "fw_2.0.0.bin", 4096)
+        assert key.expires_at_ms == item.key_expires_at_ms
+        ttl_ms = await stores.redis.pttl(stores.keys.download_key(item.key))
+        assert 0 < ttl_ms <= GRANT.key_ttl_s * 1000
+        assert await stores.redis.sismember(
+            stores.keys.device_download_keys(item.device_id), item.key
+        )
+        command = await stores.commands.get(item.command_id)
+        assert command is not None
+        assert (command["device_id"], command["rollout_id"], command["kind"]) == (
+            item.device_id,
+            made.id,
+            "update",
+        )
+        assert command["command"] == "download_firmware"
+
+
 async def test_deadlines_are_set_kept_or_dropped_by_the_transition_and_due_finds_late_ones(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     made = await create_rollout(4, [4], running=True)
     a, b, c, d = made.devices
-    await stores.rollouts.dispatch(made.id, count=4, reach=4, ack_deadline_ms=1_000)
+    await stores.rollouts.dispatch(made.id, count=4, reach=4, ack_deadline_ms=1_000, grant=GRANT)
     assert await deadlines(stores, made.id) == dict.fromkeys(made.devices, 1_000)
     await stores.rollouts.transition(made.id, a, DeviceEvent.KEY_CLAIMED, deadline_ms=5_000)
     await stores.rollouts.transition(made.id, b, DeviceEvent.KEY_CLAIMED)
