@@ -8,6 +8,7 @@ in `ota_results_ignored_total{reason}` and logged.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,6 @@ from orchestrator.domain.states import (
     FAILURE_TYPES,
     FINAL_DEVICE_STATES,
     DeviceEvent,
-    DeviceState,
     result_event,
 )
 from orchestrator.engine.context import EngineContext
@@ -114,6 +114,7 @@ class Tracker:
     async def _on_results(self, results: Sequence[DeviceResult]) -> None:
         records = await self._context.stores.commands.get_many([r.command_id for r in results])
         work: list[Work] = []
+        answered: Counter[tuple[str, str]] = Counter()  # (command, status)
         for result, record in zip(results, records, strict=True):
             ids = {"device_id": result.device_id, "command_id": result.command_id}
             if record is None:
@@ -122,7 +123,7 @@ class Tracker:
             if record["device_id"] != result.device_id:
                 self._ignore("wrong_device", sent_to=record["device_id"], **ids)
                 continue
-            self._context.metrics.command_results.labels(record["command"], result.status).inc()
+            answered[record["command"], result.status] += 1
             rollout_id = record.get("rollout_id", "")
             if not rollout_id:
                 log.info("command result", command=record["command"], status=result.status, **ids)
@@ -140,6 +141,8 @@ class Tracker:
                 item = self._work(rollout_id, plan, result.device_id, event, result.command_id)
             if item is not None:
                 work.append(item)
+        for (command, status), count in answered.items():
+            self._context.metrics.command_results.labels(command, status).inc(count)
         await self._apply(work)
 
     def _rollback_work(self, rollout_id: str, plan: Plan, result: DeviceResult) -> Work | None:
@@ -182,12 +185,11 @@ class Tracker:
         return Work(request, quiet=event in (DeviceEvent.KEY_CLAIMED, DeviceEvent.KEY_DELIVERED))
 
     async def _apply(self, work: Sequence[Work]) -> None:
-        """Apply the events in one round trip; revoke the keys of devices that succeeded."""
+        """Apply the events in one call (which revokes the keys of devices that succeeded)."""
         if not work:
             return
         stores = self._context.stores
         outcomes = await stores.rollouts.transitions([item.request for item in work])
-        spent: list[str] = []
         for item, outcome in zip(work, outcomes, strict=True):
             request = item.request
             if not outcome.applied:
@@ -200,18 +202,6 @@ class Tracker:
                         command_id=request.command_id,
                     )
                 continue
-            if outcome.new == DeviceState.SUCCEEDED.value and outcome.key:
-                # The device says it has the firmware: its key has done its work.
-                spent.append(outcome.key)
-            if request.drop_deadline:
-                log.debug(
-                    "device final",
-                    rollout_id=request.rollout_id,
-                    device_id=request.device_id,
-                    state=outcome.new,
-                    trigger=request.event.value,
-                )
-        await stores.download_keys.revoke_many(spent)
 
     @staticmethod
     def _why(old_state: str, refused: str) -> str:

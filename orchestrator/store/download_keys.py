@@ -208,10 +208,3 @@ class DownloadKeyStore:
     async def revoke(self, key: str) -> bool:
         """Kill the key at once; True when it existed."""
         return bool(await self._redis.delete(self._keys.download_key(key)))
-
-    @translated
-    async def revoke_many(self, keys: Sequence[str]) -> int:
-        """Kill these keys at once; how many existed."""
-        if not keys:
-            return 0
-        return int(await self._redis.delete(*(self._keys.download_key(key) for key in keys)))

@@ -66,6 +66,14 @@ def load_script(redis: Redis, name: str) -> AsyncScript:
     return redis.register_script(source)
 
 
+async def hgetall_many(script: AsyncScript, keys: list[str]) -> list[dict[str, str]]:
+    """Every hash of `keys` by the `hgetall_many` script: one command, however many keys."""
+    if not keys:
+        return []
+    rows = await script(keys=keys)
+    return [dict(zip(row[0::2], row[1::2], strict=True)) for row in rows]
+
+
 def fields(reply: Any) -> dict[str, str]:
     """A hash reply as str to str (the client decodes responses; redis-py types it loosely)."""
     return cast(dict[str, str], reply)

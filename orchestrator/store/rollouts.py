@@ -25,7 +25,14 @@ from orchestrator.domain.states import (
 from orchestrator.store.commands import COMMAND_RECORD_TTL_S
 from orchestrator.store.download_keys import new_download_key
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Redis, fields, load_script, members, translated
+from orchestrator.store.redis import (
+    Redis,
+    fields,
+    hgetall_many,
+    load_script,
+    members,
+    translated,
+)
 from orchestrator.timeutil import isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
@@ -168,6 +175,7 @@ class RolloutStore:
         self._create = load_script(redis, "rollout_create")
         self._dispatch = load_script(redis, "rollout_dispatch")
         self._device = load_script(redis, "rollout_device")
+        self._hgetall_many = load_script(redis, "hgetall_many")
         self._state = load_script(redis, "rollout_state")
         self._release = load_script(redis, "rollout_release")
 
@@ -419,45 +427,39 @@ class RolloutStore:
 
     @translated
     async def transitions(self, requests: Sequence[TransitionRequest]) -> list[Transition]:
-        """Apply several device events in one round trip, in order; each is its own script.
+        """Apply several device events in one script call, in order.
 
         Events of the same device are applied in the order given, each seeing the state the
-        one before it left.
+        one before it left. A device that reaches `succeeded` loses its download key: the
+        device says it has the firmware, so the key has done its work.
         """
         if not requests:
             return []
-        now = now_ms()
         keys = self._keys
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for request in requests:
-                rid = request.rollout_id
-                await self._device(
-                    keys=[
-                        keys.rollout(rid),
-                        keys.rollout_device(rid, request.device_id),
-                        keys.rollout_counts(rid),
-                        keys.rollout_deadlines(rid),
-                        keys.rollout_retry(rid),
-                    ],
-                    args=[
-                        request.device_id,
-                        _TABLES[request.event],
-                        json.dumps([state.value for state in request.rollout_states])
-                        if request.rollout_states
-                        else "[]",
-                        now,
-                        request.deadline_arg(),
-                        request.failure_type,
-                        request.command_id,
-                        request.command_field,
-                        json.dumps({k: str(v) for k, v in request.extra.items()})
-                        if request.extra
-                        else "{}",
-                        request.retries,
-                    ],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+        args: list[str | int] = [now_ms(), keys.download_key("")]
+        for request in requests:
+            rid = request.rollout_id
+            args += (
+                keys.rollout(rid),
+                keys.rollout_device(rid, request.device_id),
+                keys.rollout_counts(rid),
+                keys.rollout_deadlines(rid),
+                keys.rollout_retry(rid),
+                request.device_id,
+                _TABLES[request.event],
+                json.dumps([state.value for state in request.rollout_states])
+                if request.rollout_states
+                else "[]",
+                request.deadline_arg(),
+                request.failure_type,
+                request.command_id,
+                request.command_field,
+                json.dumps({k: str(v) for k, v in request.extra.items()})
+                if request.extra
+                else "{}",
+                request.retries,
+            )
+        replies = await self._device(keys=[], args=args)
         outcomes = []
         for reply in replies:
             old_state, result = str(reply[0]), str(reply[1])
@@ -523,12 +525,9 @@ class RolloutStore:
     async def device_states(
         self, rollout_id: str, device_ids: Sequence[str]
     ) -> list[dict[str, str]]:
-        """The records of these devices, in order."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for device_id in device_ids:
-                pipe.hgetall(self._keys.rollout_device(rollout_id, device_id))
-            rows = await pipe.execute()
-        return [fields(row) for row in rows]
+        """The records of these devices, in order, in one call."""
+        keys = [self._keys.rollout_device(rollout_id, device_id) for device_id in device_ids]
+        return await hgetall_many(self._hgetall_many, keys)
 
     @translated
     async def events(self, rollout_id: str) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from orchestrator.domain.states import (
     RolloutState,
 )
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import CreateOutcome, Grant, Transition
+from orchestrator.store.rollouts import CreateOutcome, Grant, Transition, TransitionRequest
 from tests.conftest import wait_for
 
 PROJECT = "proj-1"
@@ -738,6 +738,27 @@ async def test_dispatch_writes_each_device_its_download_key_and_command_record(
             "update",
         )
         assert command["command"] == "download_firmware"
+
+
+async def test_success_revokes_the_device_key_and_other_outcomes_keep_it(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(2, [2], running=True)
+    done, failed = await stores.rollouts.dispatch(
+        made.id, count=2, reach=2, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
+    )
+    outcomes = await stores.rollouts.transitions(
+        [
+            TransitionRequest(made.id, done.device_id, DeviceEvent.SUCCESS),
+            TransitionRequest(made.id, failed.device_id, DeviceEvent.FAILED),
+        ]
+    )
+    assert [(o.new, o.key) for o in outcomes] == [
+        ("succeeded", done.key),
+        ("failed", failed.key),
+    ]
+    assert await stores.download_keys.get(done.key) is None
+    assert await stores.download_keys.get(failed.key) is not None
 
 
 async def test_deadlines_are_set_kept_or_dropped_by_the_transition_and_due_finds_late_ones(
