@@ -7,7 +7,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from orchestrator.cli import admin, plans
+from orchestrator.cli import admin, plans, rollouts, seedapi
 from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(
@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 admin.register(app)
 plans.register(app)
+rollouts.register(app)
+seedapi.register(app)
 
 
 def main() -> None:

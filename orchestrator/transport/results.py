@@ -109,7 +109,7 @@ def parse_result(topic: str, payload: bytes) -> DeviceResult | IgnoredReason:
 ParsedResult = tuple[DeviceResult | IgnoredReason, str]  # (parsed, raw topic)
 Handler = Callable[[Sequence[ParsedResult]], Awaitable[None]]  # a batch, in arrival order
 
-MAX_BATCH = 500  # results handed to the handler at once, at most
+MAX_BATCH = 200  # results handed to the handler at once, at most
 
 
 class ResultSubscriber:

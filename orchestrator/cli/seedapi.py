@@ -1,0 +1,175 @@
+"""The seed API from the shell: `ota devices create|list`, `ota files upload|list`, `ota send`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, print_json, run, server
+from orchestrator.client import ApiClient
+
+devices_app = typer.Typer(help="Devices of the project (seed 003).", no_args_is_help=True)
+files_app = typer.Typer(help="Firmware and logo files of the project.", no_args_is_help=True)
+
+
+@devices_app.command("create")
+def create_device(
+    name: Annotated[str, typer.Option(help="The device's name")],
+    source: Annotated[str, typer.Option(help="mqtt (takes commands) or http")] = "mqtt",
+    tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable)")] = None,
+    brand: Annotated[str, typer.Option(help="Brand (for rollout targets)")] = "Custom",
+    model: Annotated[str, typer.Option(help="Model (for rollout targets)")] = "Custom",
+    description: Annotated[str, typer.Option(help="Free text")] = "",
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """Create a device; prints its id and its token (shown only this once)."""
+    fields = {
+        "name": name,
+        "description": description,
+        "source": source,
+        "tags": tag or [],
+        "brand": brand,
+        "model": model,
+    }
+    device = run(lambda api: api.create_device(**fields), server(api_url, api_key, project))
+    if as_json:
+        print_json(device)
+        return
+    metadata = device.get("metadata", {})
+    typer.echo(f"device_id    {metadata.get('device_id', device.get('id'))}")
+    typer.echo(f"device_token {metadata.get('device_token', '')}  (shown only now)")
+
+
+@devices_app.command("list")
+def list_devices(
+    tag: Annotated[str, typer.Option(help="Only devices with this tag")] = "",
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """The project's devices."""
+
+    async def collect(api: ApiClient) -> list[dict[str, Any]]:
+        return [device async for device in api.devices(tag=tag)]
+
+    devices = run(collect, server(api_url, api_key, project))
+    if as_json:
+        print_json(devices)
+        return
+    table = Table(box=None, header_style="dim")
+    for column in ("id", "name", "source", "brand", "model", "tags", "last seen"):
+        table.add_column(column)
+    for device in devices:
+        table.add_row(
+            device["id"],
+            device["name"],
+            device["source"],
+            device["brand"],
+            device["model"],
+            ",".join(device.get("tags", [])),
+            device.get("last_seen", ""),
+        )
+    Console(highlight=False).print(table)
+    typer.echo(f"{len(devices)} devices")
+
+
+@files_app.command("upload")
+def upload_file(
+    path: Annotated[Path, typer.Argument(help="The file; its name is its name in the project")],
+    type_: Annotated[str, typer.Option("--type", help="firmware or logo")] = "firmware",
+    description: Annotated[str, typer.Option(help="Free text")] = "",
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """Upload a firmware or logo file (names are immutable: a new version needs a new name)."""
+    if not path.is_file():
+        raise typer.BadParameter(f"{path} is not a readable file", param_hint="PATH")
+    stored = run(
+        lambda api: api.upload_file(path, type_=type_, description=description),
+        server(api_url, api_key, project),
+    )
+    if as_json:
+        print_json(stored)
+        return
+    typer.echo(f"uploaded {stored['name']}  {stored['size']} bytes  sha256 {stored['sha256']}")
+
+
+@files_app.command("list")
+def list_files(
+    type_: Annotated[str, typer.Option("--type", help="firmware or logo (default both)")] = "",
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """The project's files."""
+
+    async def collect(api: ApiClient) -> list[dict[str, Any]]:
+        kinds = [type_] if type_ else ["firmware", "logo"]  # the API lists one type at a time
+        return [{**f, "type": kind} for kind in kinds for f in await api.files(type_=kind)]
+
+    files = run(collect, server(api_url, api_key, project))
+    if as_json:
+        print_json(files)
+        return
+    table = Table(box=None, header_style="dim")
+    for column in ("name", "type", "size", "uploaded", "description"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for stored in files:
+        table.add_row(
+            stored["name"],
+            stored.get("type", ""),
+            str(stored["size"]),
+            stored["time"],
+            stored.get("description", ""),
+        )
+    Console(highlight=False).print(table)
+
+
+def send(
+    device_id: Annotated[str, typer.Argument(help="The device's id", metavar="DEVICE")],
+    command: Annotated[
+        str, typer.Argument(help="download_firmware, reboot, … or a custom command")
+    ],
+    data: Annotated[
+        str, typer.Argument(help='The command\'s data as JSON, e.g. \'{"file_name": "fw.bin"}\'')
+    ] = "{}",
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """Send one command to one device over MQTT (QoS 2)."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"not JSON ({exc.msg} at column {exc.colno}); quote it, e.g. "
+            '\'{"file_name": "fw.bin"}\'',
+            param_hint="DATA",
+        ) from None
+    if not isinstance(payload, dict):
+        raise typer.BadParameter("must be a JSON object, e.g. '{}'", param_hint="DATA")
+    sent = run(lambda api: api.send(device_id, command, payload), server(api_url, api_key, project))
+    if as_json:
+        print_json(sent)
+        return
+    typer.echo(f"sent {command} to {device_id}: command_id {sent.get('command_id', '?')}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add these verbs to the `ota` app."""
+    app.add_typer(devices_app, name="devices")
+    app.add_typer(files_app, name="files")
+    app.command("send")(send)
