@@ -19,11 +19,13 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@ $(STAMP)
 
-## demo: run the service on embedded Redis and MQTT and show how to use it
+## demo: a staged rollout on a simulated fleet, on embedded Redis and MQTT (DEMO_ARGS=--fail-rate 0.5)
 demo: $(STAMP)
-	$(BIN)/ota serve
+	$(BIN)/ota demo $(DEMO_ARGS)
 
-serve: demo
+## serve: the service on embedded Redis and MQTT, for the README's quick start
+serve: $(STAMP)
+	$(BIN)/ota serve
 
 ## system-deps: redis-server, mosquitto and prometheus from the system packages, when missing
 system-deps:

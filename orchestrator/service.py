@@ -9,7 +9,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import structlog
@@ -105,6 +105,34 @@ def run(settings: Settings) -> None:
         )
         uvicorn.Server(config).run()
     log.info("service stopped")
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, *, start_timeout_s: float = 30.0) -> AsyncIterator[None]:
+    """Uvicorn serving `create_app(settings)` in this event loop, stopped on exit.
+
+    For whoever needs the service beside other work in one process (`ota demo`, tests).
+    """
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(), name="uvicorn")
+    try:
+        async with asyncio.timeout(start_timeout_s):
+            while not server.started:
+                if task.done():
+                    task.result()  # it failed to start: raise why
+                    raise RuntimeError("uvicorn stopped before it started serving")
+                await asyncio.sleep(0.02)
+        yield
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 60)
 
 
 def print_banner(settings: Settings, *, embedded_redis: bool) -> None:

@@ -248,6 +248,7 @@ class RolloutDriver:
                 command=COMMAND,
             ),
         )
+        self._context.metrics.download_keys_issued.inc(len(sent))
         self._tokens -= len(sent)
         self._again = len(sent) == DISPATCH_BATCH
         keys = [
@@ -303,6 +304,7 @@ class RolloutDriver:
             ttl_s=ttl_s,
             rollout_id=self.rollout_id,
         )
+        context.metrics.download_keys_issued.inc(len(fresh))
         keys = [*fresh, *(reuse or [])]
         sent_at = isoformat_z(utc_now())
         await asyncio.gather(
@@ -509,18 +511,21 @@ class RolloutDriver:
         await self._cancel_pending(record)  # the rollout ends here: what never started is cancelled
         failed = counts.get("all:rollback_failed", 0)
         rolled = counts.get("all:rolled_back", 0)
+        # The rollback's own reason (the figures that crossed the threshold, or who asked)
+        # stays in the final one: the failure rate itself resets as devices roll back.
+        cause = f"; rolled back because {record.reason}" if record.reason else ""
         if failed:
             await self._change(
                 record,
                 RolloutAction.ROLLBACK_INCOMPLETE,
-                f"{failed} of {failed + rolled} devices did not take the rollback firmware",
+                f"{failed} of {failed + rolled} devices did not take the rollback firmware{cause}",
                 {"rolled_back": rolled, "rollback_failed": failed},
             )
         else:
             await self._change(
                 record,
                 RolloutAction.ROLLBACK_DONE,
-                f"{rolled} devices are back on the rollback firmware",
+                f"{rolled} devices are back on the rollback firmware{cause}",
                 {"rolled_back": rolled},
             )
 

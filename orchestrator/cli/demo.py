@@ -1,0 +1,62 @@
+"""`ota demo`: one command, nothing else running, a staged rollout on a simulated fleet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from orchestrator.logs import configure_logging
+from orchestrator.simulator import parse_rate
+
+DEFAULT_DEVICES = 200
+
+
+def _rate(value: str) -> float:
+    try:
+        return parse_rate(value, "--fail-rate")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def demo(
+    devices: Annotated[
+        int, typer.Option(min=1, max=5000, help="Simulated devices in the fleet")
+    ] = DEFAULT_DEVICES,
+    fail_rate: Annotated[
+        str,
+        typer.Option(
+            help="Share of devices whose install of the new firmware fails (0.5 or 50%); "
+            "past the plan's 10% the rollout rolls back"
+        ),
+    ] = "0",
+    plan: Annotated[
+        Path | None,
+        typer.Option(help="The plan to run (default: rollouts/demo.yaml of this checkout)"),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=10, help="Give up if the rollout has not ended after this many s")
+    ] = 600,
+) -> None:
+    """A staged rollout on a simulated fleet, on embedded Redis and MQTT; ends with a summary."""
+    from orchestrator.demo import REPO_PLAN, print_summary, run_demo
+
+    rate = _rate(fail_rate)
+    plan_path = plan or REPO_PLAN
+    if not plan_path.is_file():
+        raise typer.BadParameter(
+            f"{plan_path} does not exist; pass --plan with a plan file", param_hint="--plan"
+        )
+    configure_logging("console", "warning")  # the progress view is the output; problems only
+    console = Console(highlight=False)
+    result = run_demo(
+        devices=devices, fail_rate=rate, plan_path=plan_path, timeout_s=timeout, console=console
+    )
+    print_summary(result, console)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this verb to the `ota` app."""
+    app.command("demo")(demo)
