@@ -46,6 +46,17 @@ COMMAND = "download_firmware"
 WORKING = (DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING)
 
 
+def _figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
+    """The numbers behind a policy verdict, for the audit event and the log line."""
+    return {
+        "failure_rate": round(verdict.failure_rate, 6),
+        "finished": tally.finished,
+        "failed": tally.failed,
+        "failures": {t.value: n for t, n in tally.failures.items()},
+        "wave": wave,
+    }
+
+
 class RolloutDriver:
     """One rollout's loop."""
 
@@ -107,6 +118,15 @@ class RolloutDriver:
         await self._sweep(record, plan)
         if record.state is RolloutState.PENDING:
             self._again = await self._change(record, RolloutAction.START, "started by the engine")
+            first = plan.waves[0]
+            if self._again and first.approval == "manual":
+                running = await self._store.get(self.rollout_id)
+                if running is not None:
+                    await self._change(
+                        running,
+                        RolloutAction.WAIT_APPROVAL,
+                        f"wave {first.name} needs approval; run: ota promote {self.rollout_id}",
+                    )
         elif record.state is RolloutState.RUNNING:
             await self._run_waves(record, plan)
         elif record.state is RolloutState.ROLLING_BACK:
@@ -184,8 +204,11 @@ class RolloutDriver:
         if verdict.breached:
             await self._breach(record, plan, verdict, tally)
             return
+        figures = _figures(verdict, tally, wave_spec.name)
         if wave == record.wave_count - 1:
-            await self._change(record, RolloutAction.COMPLETE, f"every wave done; {verdict.reason}")
+            await self._change(
+                record, RolloutAction.COMPLETE, f"every wave done; {verdict.reason}", figures
+            )
             return
         following = plan.waves[wave + 1]
         await self._store.set_fields(self.rollout_id, wave=wave + 1, wave_done_at_ms=0)
@@ -204,6 +227,7 @@ class RolloutDriver:
                 record,
                 RolloutAction.WAIT_APPROVAL,
                 f"wave {following.name} needs approval; run: ota promote {self.rollout_id}",
+                figures,
             )
 
     async def _dispatch(self, record: RolloutRecord, plan: Plan, counts: Mapping[str, int]) -> None:
@@ -447,12 +471,8 @@ class RolloutDriver:
         rollback = plan.policy.on_failure == "rollback" and plan.rollback is not None
         action = RolloutAction.ROLLBACK if rollback else RolloutAction.HALT
         details = {
-            "failure_rate": round(verdict.failure_rate, 6),
+            **_figures(verdict, tally, plan.waves[record.wave].name),
             "max_failure_rate": plan.policy.max_failure_rate,
-            "finished": tally.finished,
-            "failed": tally.failed,
-            "failures": {t.value: n for t, n in tally.failures.items()},
-            "wave": plan.waves[record.wave].name,
         }
         if not await self._change(record, action, verdict.reason, details):
             return

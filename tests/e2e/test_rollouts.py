@@ -198,6 +198,34 @@ waves:
     assert done["counts"]["succeeded"] == 6
 
 
+async def test_a_manual_first_wave_waits_for_promote_before_sending_anything(
+    service: Service, fleet: Fleet
+) -> None:
+    await upload_both(service)
+    devices = await fleet.add(3)
+    rollout = await start(
+        service,
+        """
+name: manual-first
+firmware: {file: fw_2.1.0.bin}
+waves:
+  - {name: canary, devices: 1, approval: manual}
+  - percent: 100
+""",
+    )
+    waiting = await wait_state(service, rollout["id"], "waiting_approval")
+    assert waiting["counts"]["pending"] == 3
+    assert "wave canary needs approval" in waiting["reason"]
+    await asyncio.sleep(0.5)  # a few engine ticks: still nothing sent
+    assert not any(download_commands(fleet, d.id) for d in devices)
+    response = await service.client.post(
+        f"/v2/projects/{service.project_id}/rollouts/{rollout['id']}/promote"
+    )
+    assert response.status_code == 200, response.text
+    done = await wait_state(service, rollout["id"], "completed")
+    assert done["counts"]["succeeded"] == 3
+
+
 async def test_silent_devices_time_out_and_count_as_failures(
     service: Service, fleet: Fleet
 ) -> None:
