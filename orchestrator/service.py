@@ -147,9 +147,11 @@ def print_banner(settings: Settings, *, embedded_redis: bool) -> None:
         lines += [
             f"  An admin key and a project are in {credentials}; in another terminal:",
             f"    source {credentials}",
-            '    curl -s -H "Authorization: Bearer $OTA_API_KEY" '
-            "$OTA_API_URL/v2/projects/$OTA_PROJECT/devices",
-            "  The README's quick start walks through devices, firmware and commands.",
+            f"    ota simulate --devices 100 --mqtt-url {settings.mqtt_url}"
+            f"{' --mqtt-version 3.1.1' if settings.mqtt_version == '3.1.1' else ''}"
+            "   # a simulated fleet",
+            "    ota plan rollouts/canary.yaml   # then ota apply PLAN --watch",
+            "  The README's quick start walks through it.",
         ]
     print("\n".join(lines), file=sys.stderr, flush=True)
 

@@ -1,0 +1,137 @@
+"""A device's download: streamed, hashed as it arrives, resumed with Range when it breaks off.
+
+The bytes are never stored: the device only needs their count and sha256 to decide whether
+the image is the one the command announced.
+
+A resume needs a key the service has not spent yet. The service counts bytes still in socket
+buffers as delivered, so an image small enough to sit whole in those buffers is spent at the
+first transfer; a device that drops it answers `failed` with the service's 401 message (the
+known limit pinned by tests/api/test_downloads.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+MAX_BREAKS = 3  # transfers that may break off (network errors) before the download fails
+BUSY_RETRY_S = 10.0  # how long a resume may be told 409 while the broken transfer lets go
+_BACKOFF_S = (0.05, 1.0)  # first and largest pause between attempts
+_ERROR_BODY_BYTES = 8192  # of an error answer, read for its message
+_ERROR_EXCERPT_CHARS = 200  # of an error answer that has no JSON message
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """What came: byte count and sha256 (checked by the caller), or why nothing usable came."""
+
+    size: int
+    sha256: str
+    resumes: int  # requests sent with Range after a broken transfer
+    error: str = ""  # empty when the transfer completed
+
+
+class _BrokenOff(Exception):
+    """The transfer stopped before the end (on purpose or not); resume from `received`."""
+
+
+async def download(
+    http: httpx.AsyncClient,
+    url: str,
+    token: str,
+    *,
+    size: int,
+    break_at: int | None = None,
+    on_bytes: Callable[[int], None] = lambda n: None,
+) -> Downloaded:
+    """GET `url` with the device's `token`; `break_at` drops the first transfer at that byte.
+
+    A transfer that breaks off is resumed with `Range: bytes={received}-`; the service may
+    answer 409 for a moment while it notices the broken transfer, so that is retried too.
+    Reading stops one byte past `size`: more is a size mismatch however much more there is.
+    """
+    hasher = hashlib.sha256()
+    received = 0
+    resumes = 0
+    breaks = 0
+    pause_s = _BACKOFF_S[0]
+    loop = asyncio.get_running_loop()
+    busy_until = loop.time() + BUSY_RETRY_S
+    while True:
+        headers = {"Authorization": f"Basic {token}"}
+        if received:
+            headers["Range"] = f"bytes={received}-"
+        try:
+            async with http.stream("GET", url, headers=headers) as response:
+                if response.status_code == 409 and received and loop.time() < busy_until:
+                    await response.aclose()
+                elif response.status_code not in (200, 206):
+                    return Downloaded(
+                        received, hasher.hexdigest(), resumes, await _refusal(response)
+                    )
+                else:
+                    if received:
+                        resumes += 1
+                    if response.status_code == 200 and received:
+                        hasher, received = hashlib.sha256(), 0  # the Range was ignored: start over
+                    elif response.status_code == 206 and not _starts_at(response, received):
+                        return Downloaded(
+                            received,
+                            hasher.hexdigest(),
+                            resumes,
+                            f"download resumed at the wrong offset: asked for byte {received}, "
+                            f"got Content-Range {response.headers.get('content-range')!r}",
+                        )
+                    async for chunk in response.aiter_bytes():
+                        if break_at is not None and received + len(chunk) >= break_at:
+                            chunk = chunk[: break_at - received]
+                        hasher.update(chunk)
+                        received += len(chunk)
+                        on_bytes(len(chunk))
+                        if received > size:
+                            break  # no point reading the rest of an image that is too long
+                        if break_at is not None and received >= break_at:
+                            break_at = None
+                            raise _BrokenOff
+                    return Downloaded(received, hasher.hexdigest(), resumes)
+        except (httpx.TransportError, _BrokenOff) as exc:
+            if isinstance(exc, httpx.TransportError):
+                breaks += 1
+                if breaks > MAX_BREAKS:
+                    return Downloaded(
+                        received,
+                        hasher.hexdigest(),
+                        resumes,
+                        f"download broke off {breaks} times, last: {exc.__class__.__name__} "
+                        f"{exc}".strip(),
+                    )
+            busy_until = loop.time() + BUSY_RETRY_S
+        await asyncio.sleep(pause_s)
+        pause_s = min(pause_s * 2, _BACKOFF_S[1])
+
+
+def _starts_at(response: httpx.Response, offset: int) -> bool:
+    content_range = str(response.headers.get("content-range", ""))
+    return content_range.startswith(f"bytes {offset}-")
+
+
+async def _refusal(response: httpx.Response) -> str:
+    """The service's error message (its JSON `message`, else the start of the body)."""
+    body = b""
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > _ERROR_BODY_BYTES:
+            break
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    message = parsed.get("message") if isinstance(parsed, dict) else None
+    if not isinstance(message, str) or not message:
+        message = body[:_ERROR_EXCERPT_CHARS].decode("utf-8", "replace").strip()
+    return f"download refused: HTTP {response.status_code} {message}".strip()

@@ -1,0 +1,261 @@
+"""The simulated fleet: devices registered (or reused) through the API, connected in batches.
+
+`Fleet.start(n)` takes `n` devices from the device book (those the service still knows and
+that carry the wanted tags), creates the missing ones through the API, writes the book, then
+connects the online devices `connect_batch` at a time. `Fleet.stop()` disconnects them and
+writes the book again, with the firmware versions the devices installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import resource
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import httpx
+import structlog
+
+from orchestrator.client import ApiClient
+from orchestrator.errors import TransportUnavailable
+from orchestrator.simulator.behaviour import Behaviour
+from orchestrator.simulator.book import DeviceBook, DeviceIdentity
+from orchestrator.simulator.device import BrokerAddress, SimulatedDevice
+from orchestrator.simulator.stats import FleetStats
+
+log = structlog.get_logger(__name__)
+
+CONNECT_BATCH = 100  # devices connecting at once; each batch waits for its first attempts
+CONNECT_WAIT_S = 15.0  # longest wait for one batch's first attempts
+CREATE_CONCURRENCY = 16  # device-creation requests in flight
+SAVE_EVERY = 200  # created devices between two writes of the book, so Ctrl-C loses none
+MAX_DOWNLOADS = 64  # HTTP connections the fleet downloads over at once; more devices wait
+DOWNLOAD_TIMEOUT_S = 60.0  # connect, read and write timeouts of one download request
+STOP_TIMEOUT_S = 15.0  # longest wait for the devices to disconnect
+_SPARE_FILES = 64  # file descriptors besides the device sockets (logs, HTTP, the process)
+
+
+class Fleet:
+    """Simulated devices of the API client's project; `start`, read `stats`, `stop`."""
+
+    def __init__(
+        self,
+        api: ApiClient,
+        mqtt_host: str,
+        mqtt_port: int,
+        behaviour: Behaviour | None = None,
+        *,
+        state_path: Path | None = None,
+        mqtt_version: Literal["5.0", "3.1.1"] = "5.0",
+        mqtt_tls: bool = False,
+        connect_batch: int = CONNECT_BATCH,
+        max_downloads: int = MAX_DOWNLOADS,
+        name_prefix: str = "sim",
+    ) -> None:
+        if connect_batch < 1 or max_downloads < 1:
+            raise ValueError(
+                f"connect_batch and max_downloads must be at least 1, got {connect_batch} "
+                f"and {max_downloads}"
+            )
+        self.api = api
+        self.broker = BrokerAddress(mqtt_host, mqtt_port, mqtt_version, mqtt_tls)
+        self.behaviour = behaviour or Behaviour()
+        self.book = DeviceBook(state_path) if state_path is not None else None
+        self._connect_batch = connect_batch
+        self._max_downloads = max_downloads
+        self._name_prefix = name_prefix
+        self._stats = FleetStats()
+        self._devices: list[SimulatedDevice] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: httpx.AsyncClient | None = None
+        self._booked: list[DeviceIdentity] = []  # every device of the project in the book
+        self._started = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def stats(self) -> FleetStats:
+        """A snapshot of the fleet's counters."""
+        return self._stats.copy()
+
+    @property
+    def devices(self) -> tuple[SimulatedDevice, ...]:
+        """The devices of this run, offline ones included."""
+        return tuple(self._devices)
+
+    async def start(self, n_devices: int, *, tags: Sequence[str] = ()) -> None:
+        """Register or reuse `n_devices` devices carrying `tags`, and connect the online ones.
+
+        Returns once every online device has made its first connection attempt (those that
+        failed keep trying in the background). TransportUnavailable when none could connect.
+        """
+        if self._started:
+            raise RuntimeError("this fleet was started already; make a new Fleet for a new run")
+        if n_devices < 0:
+            raise ValueError(f"n_devices must be 0 or more, got {n_devices}")
+        self._started = True
+        identities = await self._provision(n_devices, tuple(tags))
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(DOWNLOAD_TIMEOUT_S, pool=None),  # no limit on queueing
+            limits=httpx.Limits(
+                max_connections=self._max_downloads, max_keepalive_connections=self._max_downloads
+            ),
+        )
+        self._devices = [
+            SimulatedDevice(
+                identity,
+                broker=self.broker,
+                behaviour=self.behaviour,
+                http=self._http,
+                stats=self._stats,
+            )
+            for identity in identities
+        ]
+        online = [device for device in self._devices if not device.offline]
+        self._stats.devices = len(self._devices)
+        self._stats.offline = len(self._devices) - len(online)
+        _raise_open_file_limit(len(online) + self._max_downloads + _SPARE_FILES)
+        for first in range(0, len(online), self._connect_batch):
+            batch = online[first : first + self._connect_batch]
+            for device in batch:
+                self._tasks.append(asyncio.create_task(device.run(), name=f"device {device.id}"))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONNECT_WAIT_S):
+                    for device in batch:
+                        await device.first_attempt.wait()
+        if online and not any(device.connected for device in online):
+            reason = next((d.last_error for d in online if d.last_error), "no answer")
+            await self.stop()
+            raise TransportUnavailable(
+                f"none of the {len(online)} simulated devices could connect to the MQTT broker "
+                f"at {self.broker.host}:{self.broker.port} ({reason}); is it running there? "
+                "Set --mqtt-url or OTA_MQTT_URL"
+            )
+        waiting = sum(1 for device in online if not device.connected)
+        log.info(
+            "simulated fleet started",
+            devices=len(self._devices),
+            offline=self._stats.offline,
+            still_connecting=waiting,
+        )
+
+    async def stop(self) -> None:
+        """Disconnect every device, close the downloads, and write the book; safe to repeat."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await asyncio.gather(*tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        if self.book is not None and self._devices:
+            versions = {device.id: device.version for device in self._devices}
+            self._booked = [
+                dataclasses.replace(d, version=versions.get(d.id, d.version)) for d in self._booked
+            ]
+            self.book.save(self.api.project_id, self._booked)
+
+    # --- devices from the book and from the API -------------------------------------------
+
+    async def _provision(self, count: int, tags: tuple[str, ...]) -> list[DeviceIdentity]:
+        project_id = self.api.project_id
+        booked = self.book.load(project_id) if self.book is not None and project_id else []
+        if booked:
+            booked = await self._still_registered(booked)
+        self._booked = booked
+        reused = [device for device in booked if device.has_tags(tags)][:count]
+        created: list[DeviceIdentity] = []
+        try:
+            await self._create(count - len(reused), tags, created)
+        finally:
+            self._booked = booked + created
+            if self.book is not None and self.api.project_id:
+                self.book.save(self.api.project_id, self._booked)
+        if reused or created:
+            log.info("simulated devices ready", reused=len(reused), created=len(created))
+        return reused + created
+
+    async def _still_registered(self, booked: list[DeviceIdentity]) -> list[DeviceIdentity]:
+        """The booked devices the service still has, with the tags and names it has for them."""
+        registered: dict[str, dict[str, Any]] = {}
+        async for device in self.api.devices():
+            registered[device.get("metadata", {}).get("device_id") or device["id"]] = device
+        kept = []
+        for identity in booked:
+            current = registered.get(identity.id)
+            if current is not None:
+                tags = tuple(current.get("tags", identity.tags))
+                kept.append(dataclasses.replace(identity, name=current.get("name", ""), tags=tags))
+        if len(kept) < len(booked):
+            log.info(
+                "devices deleted from the service left the book", count=len(booked) - len(kept)
+            )
+        return kept
+
+    async def _create(
+        self, count: int, tags: tuple[str, ...], created: list[DeviceIdentity]
+    ) -> None:
+        """Create `count` mqtt devices, appending each to `created` as soon as it exists."""
+        numbers = iter(range(len(self._booked) + 1, len(self._booked) + count + 1))
+        failures: list[Exception] = []
+
+        async def worker() -> None:
+            for number in numbers:  # one iterator shared by the workers: each number once
+                if failures:
+                    return
+                try:
+                    data = await self.api.create_device(
+                        name=f"{self._name_prefix}-{number:05d}",
+                        description="simulated device (ota simulate)",
+                        source="mqtt",
+                        tags=list(tags),
+                    )
+                except Exception as exc:  # the first error ends the creation; it is raised below
+                    failures.append(exc)
+                    return
+                metadata = data["metadata"]
+                created.append(
+                    DeviceIdentity(
+                        id=metadata["device_id"],
+                        token=metadata["device_token"],
+                        name=data.get("name", ""),
+                        tags=tuple(data.get("tags", tags)),
+                    )
+                )
+                if self.book is not None and len(created) % SAVE_EVERY == 0:
+                    self.book.save(self.api.project_id, self._booked + created)
+
+        await asyncio.gather(*(worker() for _ in range(min(count, CREATE_CONCURRENCY))))
+        if failures:
+            raise failures[0]
+
+
+def _raise_open_file_limit(needed: int) -> None:
+    """Lift the soft limit on open files towards `needed` (one socket per device)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning(
+            "too few file descriptors for every device; raise the hard limit (ulimit -Hn)",
+            needed=needed,
+            limit=target,
+        )
