@@ -11,13 +11,14 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
-from urllib.parse import urlsplit
 
 import typer
+from faststream.mqtt.utils import MQTTUrl, parse_mqtt_url
 from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
 
+from orchestrator.cli.server import ApiKey, ApiUrl, Project, server
 from orchestrator.client import ApiClient
 from orchestrator.logs import configure_logging
 from orchestrator.simulator import (
@@ -30,32 +31,8 @@ from orchestrator.simulator import (
     parse_rate,
 )
 
-DEFAULT_API_URL = "http://127.0.0.1:8080"
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 STATUSES = ("received", "downloading", "installing", "success", "failed", "rejected")
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
-    """Host, port and TLS of an `mqtt://` or `mqtts://` URL."""
-
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_mqtt_url(url: str) -> BrokerUrl:
-    """`mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883); ValueError otherwise."""
-    usage = f"--mqtt-url must look like mqtt://host:port or mqtts://host:port, got {url!r}"
-    parts = urlsplit(url.strip())
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{usage}; the port must be a number from 1 to 65535") from None
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname or parts.path not in ("", "/"):
-        raise ValueError(usage)
-    tls = parts.scheme == "mqtts"
-    return BrokerUrl(parts.hostname, port or (8883 if tls else 1883), tls)
 
 
 def behaviour_from_options(
@@ -168,13 +145,9 @@ def simulate(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the final stats as JSON on stdout")
     ] = False,
-    api_url: Annotated[str, typer.Option(envvar="OTA_API_URL", help="The service")] = (
-        DEFAULT_API_URL
-    ),
-    api_key: Annotated[
-        str, typer.Option(envvar="OTA_API_KEY", help="API key with devices:write")
-    ] = "",
-    project: Annotated[str, typer.Option(envvar="OTA_PROJECT", help="Project id")] = "",
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
 ) -> None:
     """Simulate devices that register (or reuse) themselves and obey commands, until Ctrl-C."""
     try:
@@ -188,9 +161,12 @@ def simulate(
             wrong_version=wrong_version,
             seed=seed,
         )
-        broker = parse_mqtt_url(mqtt_url or DEFAULT_MQTT_URL)
     except ValueError as exc:
         _usage_error(str(exc))
+    try:
+        broker = parse_mqtt_url(mqtt_url or DEFAULT_MQTT_URL)
+    except ValueError as exc:
+        _usage_error(f"--mqtt-url {mqtt_url!r}: {exc} Write it like mqtt://host:1883.")
     if devices < 0:
         _usage_error(f"--devices must be 0 or more, got {devices}")
     if mqtt_version not in ("5.0", "3.1.1"):
@@ -203,7 +179,7 @@ def simulate(
     configure_logging("console" if sys.stderr.isatty() else "json", "warning")
     console = Console(stderr=json_output, highlight=False)
     run = _Run(
-        api=ApiClient(api_url, api_key, project),
+        api=server(api_url, api_key, project).client(),
         broker=broker,
         mqtt_version=version,
         state=state,
@@ -226,7 +202,7 @@ class _Run:
     """One `ota simulate` run: start the fleet, report every few seconds, stop at the end."""
 
     api: ApiClient
-    broker: BrokerUrl
+    broker: MQTTUrl
     mqtt_version: Literal["5.0", "3.1.1"]
     state: Path
     behaviour: Behaviour
