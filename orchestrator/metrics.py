@@ -1,8 +1,132 @@
-"""Prometheus metrics (ARCHITECTURE §9), defined once, on a registry the caller gives."""
+"""Prometheus metrics (ARCHITECTURE §9), defined once, on a registry the caller gives.
+
+Two kinds live here. Process counters and histograms (commands, results, HTTP requests,
+download keys) count what this replica did; sum them over replicas. Rollout gauges are read
+from Redis at scrape time (`RolloutSample`, prepared by `GET /metrics`), so every replica
+reports the same numbers: aggregate them with `max by (...)`, never `sum`, across replicas.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from orchestrator.domain.states import RESULT_EVENTS, DeviceState, RolloutState
+
+# Seconds from a command's send to a result about it: an acknowledgement within a second, a
+# firmware install within minutes, a slow cellular device within the 30-minute key lifetime.
+RESULT_LATENCY_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+ROLLOUT_COMMAND = "download_firmware"  # what rollouts send; its series are made at start
+UNMATCHED_ROUTE = "unmatched"  # the route label of a request no route matched (404)
+
+# Why `GET /v2/device/download` refused a request (the `reason` of ota_download_keys_rejected).
+DOWNLOAD_REJECTIONS = (
+    "device_auth",  # no or unknown device token
+    "unknown",  # never issued, expired or revoked
+    "spent",  # every byte was delivered already
+    "wrong_device",  # the key belongs to another device
+    "busy",  # another transfer holds the key
+    "file_missing",  # the file was deleted after the command
+    "bad_range",  # a Range header outside the file
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WaveSample:
+    """One wave of a rollout: its name and its devices by state (every device state)."""
+
+    name: str
+    counts: Mapping[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSample:
+    """What the rollout gauges show of one rollout, read from Redis in one step."""
+
+    project: str
+    project_name: str
+    rollout: str
+    name: str
+    state: str
+    failure_rate: float
+    failure_threshold: float
+    last_result_at_s: float  # the latest result, or the latest state change when later
+    waves: Sequence[WaveSample]
+
+
+def rollout_families(samples: Iterable[RolloutSample]) -> list[Metric]:
+    """The rollout gauges of one scrape.
+
+    `ota_rollout_state` has one series per state, 1 for the current one and 0 for the others
+    (as kube-state-metrics does), so `== 1` selects and `sum by (state)` counts rollouts.
+    `ota_rollout_devices` has a series for every wave and device state, zeros included: a
+    wave's series add up to the devices of that wave, all of them to the rollout's target.
+    """
+    devices = GaugeMetricFamily(
+        "ota_rollout_devices",
+        "Devices of a rollout by wave and device state (read from Redis at scrape time)",
+        labels=["project", "rollout", "wave", "state"],
+    )
+    failure_rate = GaugeMetricFamily(
+        "ota_rollout_failure_rate",
+        "Failures / finished devices of a rollout, as its failure policy judges it",
+        labels=["project", "rollout"],
+    )
+    threshold = GaugeMetricFamily(
+        "ota_rollout_failure_threshold",
+        "The plan's max_failure_rate: over it the rollout halts or rolls back",
+        labels=["project", "rollout"],
+    )
+    state = GaugeMetricFamily(
+        "ota_rollout_state",
+        "1 for the rollout's current state, 0 for every other state",
+        labels=["project", "rollout", "state"],
+    )
+    last_result = GaugeMetricFamily(
+        "ota_rollout_last_result_timestamp_seconds",
+        "Unix time of the latest device result about the rollout, or of its latest state "
+        "change when that is later (a rollout that just started or resumed is not silent)",
+        labels=["project", "rollout"],
+    )
+    info = GaugeMetricFamily(
+        "ota_rollout_info",
+        "Always 1: the names behind a rollout's project and rollout ids",
+        labels=["project", "rollout", "name", "project_name"],
+    )
+    for sample in samples:
+        ids = [sample.project, sample.rollout]
+        for wave in sample.waves:
+            for device_state in DeviceState:
+                devices.add_metric(
+                    [*ids, wave.name, device_state.value], wave.counts.get(device_state.value, 0)
+                )
+        failure_rate.add_metric(ids, sample.failure_rate)
+        threshold.add_metric(ids, sample.failure_threshold)
+        for rollout_state in RolloutState:
+            state.add_metric(
+                [*ids, rollout_state.value], 1 if rollout_state.value == sample.state else 0
+            )
+        last_result.add_metric(ids, sample.last_result_at_s)
+        info.add_metric([*ids, sample.name, sample.project_name], 1)
+    return [devices, failure_rate, threshold, state, last_result, info]
+
+
+class _Scrape(Collector):
+    """The registry's metrics followed by the rollout gauges read for this one scrape."""
+
+    def __init__(self, registry: CollectorRegistry, extra: Sequence[Metric]) -> None:
+        self._registry = registry
+        self._extra = extra
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._registry.collect()
+        yield from self._extra
 
 
 class Metrics:
@@ -22,6 +146,16 @@ class Metrics:
             ["command", "status"],
             registry=registry,
         )
+        # The rollout command's series exist from the start, so rate() sees its first batch.
+        self.commands_sent.labels(ROLLOUT_COMMAND)
+        for status in RESULT_EVENTS:
+            self.command_results.labels(ROLLOUT_COMMAND, status)
+        self.result_latency = Histogram(
+            "ota_result_latency_seconds",
+            "Time from a command's send to each result about it (send times have 1 s resolution)",
+            buckets=RESULT_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.results_ignored = Counter(
             "ota_results_ignored_total",
             "Results that changed nothing: malformed, unknown, forged, late or duplicate",
@@ -34,6 +168,68 @@ class Metrics:
         self.rollbacks = Counter(
             "ota_rollbacks_total", "Rollouts that started rolling back", registry=registry
         )
-        self.mqtt_connected = Gauge(
-            "ota_mqtt_connected", "1 while the MQTT broker connection is up", registry=registry
+        self.download_keys_issued = Counter(
+            "ota_download_keys_issued_total",
+            "Download keys created for commands and rollouts",
+            registry=registry,
         )
+        self.download_keys_used = Counter(
+            "ota_download_keys_used_total",
+            "Download keys spent: every byte delivered (a resumed transfer counts once)",
+            registry=registry,
+        )
+        self.download_keys_rejected = Counter(
+            "ota_download_keys_rejected_total",
+            "Download requests refused, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in DOWNLOAD_REJECTIONS:  # every reason is a series from the start
+            self.download_keys_rejected.labels(reason)
+        self.download_bytes = Counter(
+            "ota_download_bytes_total",
+            "File bytes sent to devices by the download route",
+            registry=registry,
+        )
+        # Webhook-triggered deploys (ARCHITECTURE §8) are not built yet: nothing counts here
+        # until they are; the name is reserved so dashboards and alerts can rely on it.
+        self.webhook_deliveries = Counter(
+            "ota_webhook_deliveries_total",
+            "Signed webhook deliveries, by result",
+            ["result"],
+            registry=registry,
+        )
+        self.http_requests = Counter(
+            "ota_http_requests_total",
+            "HTTP requests by method, route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.http_request_duration = Histogram(
+            "ota_http_request_duration_seconds",
+            "HTTP request time by method and route template, until the last body byte",
+            ["method", "route"],
+            registry=registry,
+        )
+        self.mqtt_connected = Gauge(
+            "ota_mqtt_connected",
+            "1 while every MQTT connection of this process is up (set at scrape time)",
+            registry=registry,
+        )
+        self.redis_up = Gauge(
+            "ota_redis_up",
+            "1 when Redis answered a PING at scrape time",
+            registry=registry,
+        )
+
+    def observe_result_latency(self, sent_at: str, now: datetime) -> None:
+        """Time from `sent_at` (ISO 8601, as command records hold it) to `now`."""
+        try:
+            sent = datetime.fromisoformat(sent_at)
+        except ValueError:
+            return  # a record without a send time says nothing about latency
+        self.result_latency.observe(max(0.0, (now - sent).total_seconds()))
+
+    def render(self, rollouts: Iterable[RolloutSample]) -> bytes:
+        """The exposition text: this registry and the rollout gauges of `rollouts`."""
+        return generate_latest(_Scrape(self.registry, rollout_families(rollouts)))

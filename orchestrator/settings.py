@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     role: Literal["all", "api", "engine"] = "all"  # engine = the rollout engine runs here
     mqtt_provision: Literal["", "dynsec"] = ""
     download_offload: Literal["", "x-accel"] = ""
+    # seconds a finished rollout stays in the rollout gauges after its last change
+    metrics_retention: int = Field(default=3600, ge=0)
 
     @field_validator("redis_url")
     @classmethod

@@ -23,6 +23,7 @@ from orchestrator.api import (
 )
 from orchestrator.api.context import AppContext
 from orchestrator.api.errors import install_error_handlers, rewrite_openapi_422
+from orchestrator.api.http_metrics import HttpMetricsMiddleware
 from orchestrator.blobs import BlobStore
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.engine import Engine
@@ -49,6 +50,9 @@ def create_app(settings: Settings) -> FastAPI:
             "servers and fills them in when they are empty"
         )
 
+    # Built with the app rather than in its lifespan: the HTTP middleware counts into it.
+    metrics = Metrics(CollectorRegistry())
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = connect(settings.redis_url)
@@ -57,7 +61,6 @@ def create_app(settings: Settings) -> FastAPI:
             version=settings.mqtt_version,
             client_id=f"{settings.instance_id}-commands",
         )
-        metrics = Metrics(CollectorRegistry())
         stores = Stores.build(redis, settings.redis_prefix)
         app.state.context = AppContext(
             settings=settings,
@@ -88,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     for module in (projects, devices, files, commands, rollouts, downloads, health, metrics_route):
         app.include_router(module.router)
 

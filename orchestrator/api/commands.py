@@ -61,6 +61,7 @@ async def send_command(
             command=command,
             data=body.data,
             command_id=command_id,
+            metrics=context.metrics,
         )
     else:
         payload = {**body.data, "command_id": command_id}

@@ -16,7 +16,15 @@ from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.ranges import parse_range
 from orchestrator.blobs import BlobStore
-from orchestrator.errors import Conflict, Forbidden, NotFound, Unauthorized
+from orchestrator.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    OrchestratorError,
+    RangeNotSatisfiable,
+    Unauthorized,
+)
+from orchestrator.metrics import Metrics
 from orchestrator.store.download_keys import Claim, ClaimVerdict, DownloadKeyStore
 from orchestrator.store.files import StoredFile
 
@@ -30,6 +38,7 @@ _DEAD_KEY = (
     "the download key is unknown, expired or already used; "
     "ask for a new one by sending the download command again"
 )
+_OTHER_DEVICE = "this download key was issued to another device"
 
 
 class KeyedFileResponse(Response):
@@ -53,6 +62,7 @@ class KeyedFileResponse(Response):
         first: int,
         end: int,
         partial: bool,
+        metrics: Metrics,
     ) -> None:
         super().__init__(status_code=206 if partial else 200, media_type="application/octet-stream")
         self._keys = keys
@@ -63,6 +73,7 @@ class KeyedFileResponse(Response):
         self._first = first
         self._end = end
         self._partial = partial
+        self._metrics = metrics
 
     def _response_headers(self) -> list[tuple[bytes, bytes]]:
         headers = [
@@ -133,10 +144,13 @@ class KeyedFileResponse(Response):
                         outcome = "complete"
                 group.cancel_scope.cancel()
         finally:
+            self._metrics.download_bytes.inc(sent - self._first)
             with anyio.CancelScope(shield=True):
                 state = await self._keys.release(
                     self._key, self._claim, first=self._first, end=sent
                 )
+            if state == "spent":  # exactly one release spends a key
+                self._metrics.download_keys_used.inc()
             log.info(
                 "download ended",
                 key_state=state,
@@ -166,27 +180,50 @@ async def download_file(
     context: AppContext = Depends(get_context),
 ) -> KeyedFileResponse:
     """Stream the file bound to `key` to the device the key was issued to."""
-    device = await current_device(request, context)
+    rejected = context.metrics.download_keys_rejected
+
+    def refuse(reason: str, error: OrchestratorError) -> OrchestratorError:
+        rejected.labels(reason).inc()
+        return error
+
+    try:
+        device = await current_device(request, context)
+    except Unauthorized:
+        rejected.labels("device_auth").inc()
+        raise
     keys = context.stores.download_keys
     record = await keys.get(key)
     if record is None:
-        raise Unauthorized(_DEAD_KEY)
+        raise refuse("unknown", Unauthorized(_DEAD_KEY))
     if record.device_id != device.id:
-        raise Forbidden("this download key was issued to another device")
+        raise refuse("wrong_device", Forbidden(_OTHER_DEVICE))
     stored = await context.stores.files.get(record.project_id, record.file_name)
     if stored is None or not await context.blobs.exists(stored.path):
-        raise NotFound(f"file {record.file_name!r} is gone; it was deleted after the command")
-    byte_range = parse_range(request.headers.get("range"), stored.size)
+        raise refuse(
+            "file_missing",
+            NotFound(f"file {record.file_name!r} is gone; it was deleted after the command"),
+        )
+    try:
+        byte_range = parse_range(request.headers.get("range"), stored.size)
+    except RangeNotSatisfiable:
+        rejected.labels("bad_range").inc()
+        raise
     first, end = byte_range or (0, stored.size)
     verdict, claim = await keys.claim(key, device.id)
     if verdict is ClaimVerdict.BUSY:
-        raise Conflict(
-            "another transfer is using this download key; when it ends, resume with a Range header"
+        raise refuse(
+            "busy",
+            Conflict(
+                "another transfer is using this download key; when it ends, resume with a "
+                "Range header"
+            ),
         )
     if verdict is ClaimVerdict.WRONG_DEVICE:
-        raise Forbidden("this download key was issued to another device")
+        raise refuse("wrong_device", Forbidden(_OTHER_DEVICE))
     if claim is None:
-        raise Unauthorized(_DEAD_KEY)
+        raise refuse(
+            "spent" if verdict is ClaimVerdict.SPENT else "unknown", Unauthorized(_DEAD_KEY)
+        )
     return KeyedFileResponse(
         keys=keys,
         blobs=context.blobs,
@@ -196,4 +233,5 @@ async def download_file(
         first=first,
         end=end,
         partial=byte_range is not None,
+        metrics=context.metrics,
     )

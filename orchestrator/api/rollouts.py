@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from enum import StrEnum
 from typing import Any, TypeVar
 
+import structlog
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
@@ -44,6 +45,7 @@ from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.timeutil import isoformat_z, utc_now
 
 S = TypeVar("S", bound=StrEnum)
+log = structlog.get_logger(__name__)
 router = APIRouter(tags=["rollouts"], responses=error_responses(400, 401, 403, 404, 503))
 
 MAX_PLAN_BYTES = 1024 * 1024
@@ -225,6 +227,17 @@ async def create_rollout(
         )
     record = await context.stores.rollouts.get(rollout_id)
     assert record is not None  # just created
+    with structlog.contextvars.bound_contextvars(rollout_id=rollout_id):
+        log.info(
+            "rollout created",
+            project_id=project_id,
+            name=plan.name,
+            to_state=record.state.value,
+            devices=len(cohort.device_ids),
+            excluded=len(cohort.exclusions),
+            wave_reach=reach,
+            actor=principal.name,
+        )
     return await load_rollout_out(context.stores, record)
 
 
@@ -350,7 +363,21 @@ async def act(
             f"not applied; actions allowed now: {valid}"
         )
     fresh = await _rollout(context, project_id, rollout_id)
-    return await load_rollout_out(context.stores, fresh)
+    view = await load_rollout_out(context.stores, fresh)
+    with structlog.contextvars.bound_contextvars(rollout_id=rollout_id):
+        log.info(
+            "rollout state changed",
+            from_state=old,
+            to_state=target.value,
+            action=action.value,
+            actor=principal.name,
+            reason=fresh.reason,
+            wave=view.wave,
+            failure_rate=round(view.failure_rate, 6),
+            max_failure_rate=view.max_failure_rate,
+            counts={state: n for state, n in view.counts.items() if n},
+        )
+    return view
 
 
 ACTION_DOCS = {

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.domain.commands import FILE_COMMANDS
 from orchestrator.errors import InvalidInput, NotFound
+from orchestrator.metrics import Metrics
 from orchestrator.store import Stores
 from orchestrator.store.files import StoredFile
 from orchestrator.timeutil import isoformat_z, utc_now
@@ -25,8 +26,12 @@ async def file_command_payload(
     command_id: str,
     rollout_id: str = "",
     version: str | None = None,
+    metrics: Metrics | None = None,
 ) -> dict[str, Any]:
-    """The payload of download_firmware / download_logo, with a fresh download key (§5)."""
+    """The payload of download_firmware / download_logo, with a fresh download key (§5).
+
+    The key is counted in `metrics` (ota_download_keys_issued_total) when it is given.
+    """
     file_type = FILE_COMMANDS[command]
     file_name = data.get("file_name")
     if not isinstance(file_name, str) or not file_name:
@@ -50,6 +55,8 @@ async def file_command_payload(
         command_id=command_id,
         rollout_id=rollout_id,
     )
+    if metrics is not None:
+        metrics.download_keys_issued.inc()
     return download_payload(
         stored,
         key=key.key,

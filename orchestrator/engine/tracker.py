@@ -25,6 +25,7 @@ from orchestrator.domain.states import (
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import StoreUnavailable
 from orchestrator.store.rollouts import TransitionRequest
+from orchestrator.timeutil import utc_now
 from orchestrator.transport.results import DeviceResult, IgnoredReason, ParsedResult
 
 log = structlog.get_logger(__name__)
@@ -115,6 +116,8 @@ class Tracker:
         records = await self._context.stores.commands.get_many([r.command_id for r in results])
         work: list[Work] = []
         answered: Counter[tuple[str, str]] = Counter()  # (command, status)
+        heard_from: set[str] = set()  # rollouts a device reported about
+        now = utc_now()
         for result, record in zip(results, records, strict=True):
             ids = {"device_id": result.device_id, "command_id": result.command_id}
             if record is None:
@@ -124,6 +127,7 @@ class Tracker:
                 self._ignore("wrong_device", sent_to=record["device_id"], **ids)
                 continue
             answered[record["command"], result.status] += 1
+            self._context.metrics.observe_result_latency(record.get("sent_at", ""), now)
             rollout_id = record.get("rollout_id", "")
             if not rollout_id:
                 log.info("command result", command=record["command"], status=result.status, **ids)
@@ -132,6 +136,7 @@ class Tracker:
             if plan is None:
                 self._ignore("unknown_rollout", rollout_id=rollout_id, **ids)
                 continue
+            heard_from.add(rollout_id)
             if record.get("kind") == "rollback":
                 item = self._rollback_work(rollout_id, plan, result)
             else:
@@ -143,7 +148,9 @@ class Tracker:
                 work.append(item)
         for (command, status), count in answered.items():
             self._context.metrics.command_results.labels(command, status).inc(count)
-        await self._apply(work)
+        # The time of the last result feeds the "no results" alert; written beside the batch.
+        marked = self._context.stores.rollouts.mark_results(heard_from, int(now.timestamp() * 1000))
+        await asyncio.gather(self._apply(work), marked)
 
     def _rollback_work(self, rollout_id: str, plan: Plan, result: DeviceResult) -> Work | None:
         expected = plan.rollback.version if plan.rollback else None

@@ -61,6 +61,7 @@ class RolloutRecord:
     updated_at: str
     created_by: str
     wave_done_at_ms: int  # when the current wave's last device became final (0: not yet)
+    last_result_ms: int = 0  # when a device last reported a result about it (0: never)
 
     @property
     def wave_count(self) -> int:
@@ -163,6 +164,7 @@ def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
         updated_at=raw["updated_at"],
         created_by=raw.get("created_by", ""),
         wave_done_at_ms=int(raw.get("wave_done_at_ms", "0")),
+        last_result_ms=int(raw.get("last_result_ms", "0")),
     )
 
 
@@ -266,6 +268,42 @@ class RolloutStore:
         """Raw counters: `{wave}:{state}`, `all:{state}` and `fail:{type}`."""
         raw = fields(await self._redis.hgetall(self._keys.rollout_counts(rollout_id)))
         return {name: int(value) for name, value in raw.items()}
+
+    @translated
+    async def state_times(self, rollout_ids: Sequence[str]) -> list[tuple[str, str] | None]:
+        """(state, updated_at) of each rollout, None for an unknown one, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for rollout_id in rollout_ids:
+                pipe.hmget(self._keys.rollout(rollout_id), ["state", "updated_at"])
+            replies = await pipe.execute()
+        return [
+            (str(state), str(updated_at or "")) if state else None for state, updated_at in replies
+        ]
+
+    @translated
+    async def snapshots(
+        self, rollout_ids: Sequence[str]
+    ) -> list[tuple[RolloutRecord, dict[str, int]]]:
+        """Each existing rollout with its raw counters, all read in one MULTI so they agree."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for rollout_id in rollout_ids:
+                pipe.hgetall(self._keys.rollout(rollout_id))
+                pipe.hgetall(self._keys.rollout_counts(rollout_id))
+            replies = await pipe.execute()
+        found = []
+        for rollout_id, raw, counts in zip(rollout_ids, replies[0::2], replies[1::2], strict=True):
+            if raw:
+                counters = {name: int(value) for name, value in fields(counts).items()}
+                found.append((_record(rollout_id, fields(raw)), counters))
+        return found
+
+    @translated
+    async def mark_results(self, rollout_ids: Iterable[str], at_ms: int) -> None:
+        """Devices reported results about these (existing) rollouts at `at_ms`."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for rollout_id in rollout_ids:
+                pipe.hset(self._keys.rollout(rollout_id), "last_result_ms", str(at_ms))
+            await pipe.execute()
 
     @translated
     async def set_fields(self, rollout_id: str, **values: str | int) -> None:
