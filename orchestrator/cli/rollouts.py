@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -235,11 +234,6 @@ def _action(name: str) -> Any:
 
     act.__doc__ = ACTIONS[name]
     return act
-
-
-def summary(counts: Mapping[str, int]) -> str:
-    """`succeeded 40, failed 2` from a counts mapping (non-zero only)."""
-    return ", ".join(f"{state} {n}" for state, n in Counter(counts).most_common() if n) or "none"
 
 
 def register(app: typer.Typer) -> None:
