@@ -26,6 +26,16 @@ ROLLOUT_COMMAND = "download_firmware"  # what rollouts send; its series are made
 UNMATCHED_ROUTE = "unmatched"  # the route label of a request no route matched (404)
 
 # Why `GET /v2/device/download` refused a request (the `reason` of ota_download_keys_rejected).
+WEBHOOK_RESULTS = (
+    "accepted",  # a new deploy request, handed to the engine
+    "duplicate",  # a delivery id seen in the last 24 h: answered with the same rollout
+    "ignored",  # signed, but nothing to deploy (a ping, a release not published)
+    "unauthorized",  # a missing, wrong or stale signature
+    "invalid",  # signed, but not a deploy this hook can start
+    "started",  # the engine created the rollout
+    "failed",  # the engine could not create it (the reason is on the delivery)
+)
+NOTICE_RESULTS = ("delivered", "retrying", "failed")
 DOWNLOAD_REJECTIONS = (
     "device_auth",  # no or unknown device token
     "unknown",  # never issued, expired or revoked
@@ -191,14 +201,22 @@ class Metrics:
             "File bytes sent to devices by the download route",
             registry=registry,
         )
-        # Webhook-triggered deploys (ARCHITECTURE §8) are not built yet: nothing counts here
-        # until they are; the name is reserved so dashboards and alerts can rely on it.
         self.webhook_deliveries = Counter(
             "ota_webhook_deliveries_total",
-            "Signed webhook deliveries, by result",
+            "Deploy hook deliveries, by result",
             ["result"],
             registry=registry,
         )
+        for result in WEBHOOK_RESULTS:
+            self.webhook_deliveries.labels(result)
+        self.notices = Counter(
+            "ota_notifications_total",
+            "Attempts to deliver rollout notifications to subscribers, by result",
+            ["result"],
+            registry=registry,
+        )
+        for result in NOTICE_RESULTS:
+            self.notices.labels(result)
         self.http_requests = Counter(
             "ota_http_requests_total",
             "HTTP requests by method, route template and status",

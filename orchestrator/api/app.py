@@ -17,7 +17,9 @@ from orchestrator.api import (
     downloads,
     files,
     health,
+    hooks,
     metrics_route,
+    notifications,
     projects,
     rollouts,
 )
@@ -34,6 +36,19 @@ from orchestrator.store.redis import connect
 from orchestrator.transport.mqtt import CommandTransport
 
 log = structlog.get_logger(__name__)
+
+ROUTE_MODULES = (
+    projects,
+    devices,
+    files,
+    commands,
+    rollouts,
+    hooks,
+    notifications,
+    downloads,
+    health,
+    metrics_route,
+)
 
 DESCRIPTION = """
 Ship firmware to device fleets safely. Users authenticate with `Authorization: Bearer QB_…`
@@ -92,7 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    for module in (projects, devices, files, commands, rollouts, downloads, health, metrics_route):
+    for module in ROUTE_MODULES:
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -7,7 +7,6 @@ state in Redis; the engine notices and does the work (dispatch, revoking keys, f
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import read_bounded
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.rollout_views import device_page, load_rollout_out, preview, stored_plan
@@ -29,8 +29,6 @@ from orchestrator.api.schemas import (
     RolloutPreview,
 )
 from orchestrator.domain.auth import Principal, Scope
-from orchestrator.domain.cohorts import Cohort, DeviceInfo, select, wave_reach
-from orchestrator.domain.files import FileType
 from orchestrator.domain.plans import Plan, parse_plan
 from orchestrator.domain.states import (
     TERMINAL_ROLLOUT_STATES,
@@ -40,6 +38,7 @@ from orchestrator.domain.states import (
     allowed_actions,
     next_rollout_state,
 )
+from orchestrator.engine.launch import check_files, cohort_of, launch
 from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.timeutil import isoformat_z, utc_now
@@ -49,8 +48,6 @@ log = structlog.get_logger(__name__)
 router = APIRouter(tags=["rollouts"], responses=error_responses(400, 401, 403, 404, 503))
 
 MAX_PLAN_BYTES = 1024 * 1024
-DEVICE_PAGE = 1000  # devices read per step while selecting a cohort
-SHOWN_DEVICES = 5  # device ids named in a conflict message
 PLAN_MEDIA_TYPES = frozenset(
     {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
 )
@@ -101,18 +98,11 @@ async def _read_plan(request: Request) -> Plan:
             "--data-binary @plan.yaml) or application/json",
             errors=[{"loc": "body", "msg": "expected application/yaml or application/json"}],
         )
-    declared = request.headers.get("content-length", "")
     too_large = PayloadTooLarge(
         f"the plan is over {MAX_PLAN_BYTES} bytes; a plan is a few hundred bytes of YAML "
         "(list devices by tag rather than by id)"
     )
-    if declared.isdigit() and int(declared) > MAX_PLAN_BYTES:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_PLAN_BYTES:
-            raise too_large
+    body = await read_bounded(request, MAX_PLAN_BYTES, too_large)
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -121,54 +111,6 @@ async def _read_plan(request: Request) -> Plan:
             errors=[{"loc": "body", "msg": "not UTF-8"}],
         ) from None
     return parse_plan(text, source="plan")
-
-
-async def _check_files(context: AppContext, project_id: str, plan: Plan) -> None:
-    """Firmware (and rollback) files must be uploaded firmware of the project."""
-    wanted = [("firmware.file", plan.firmware.file)]
-    if plan.rollback is not None:
-        wanted.append(("rollback.file", plan.rollback.file))
-    for loc, name in wanted:
-        stored = await context.stores.files.get(project_id, name)
-        if stored is None or stored.type is not FileType.FIRMWARE:
-            raise InvalidInput(
-                f"{loc} names {name!r} but the project has no firmware file of that name; "
-                f"upload it first (ota files upload {name} --type firmware, or POST "
-                f"/v2/projects/{project_id}/files with type=firmware)",
-                errors=[{"loc": loc, "msg": f"no firmware file {name!r} in the project"}],
-            )
-
-
-async def _devices(context: AppContext, project_id: str) -> AsyncIterator[DeviceInfo]:
-    """Every device of the project as cohort selection sees it, a page at a time."""
-    cursor: str | None = None
-    while True:
-        page = await context.stores.devices.page(project_id, cursor=cursor, limit=DEVICE_PAGE)
-        holders = await context.stores.rollouts.device_rollouts([d.id for d in page.devices])
-        for device, holder in zip(page.devices, holders, strict=True):
-            yield DeviceInfo(
-                id=device.id,
-                source=device.source.value,
-                tags=frozenset(device.tags),
-                brand=device.brand,
-                model=device.model,
-                allowed_commands=tuple(device.allowed_commands),
-                active_rollout=holder,
-            )
-        if page.next_cursor is None:
-            return
-        cursor = page.next_cursor
-
-
-async def _cohort(context: AppContext, project_id: str, plan: Plan) -> Cohort:
-    infos = [info async for info in _devices(context, project_id)]
-    return select(plan.name, plan.target, infos)
-
-
-def _some(device_ids: tuple[str, ...]) -> str:
-    shown = ", ".join(device_ids[:SHOWN_DEVICES])
-    more = len(device_ids) - SHOWN_DEVICES
-    return shown + (f" and {more} more" if more > 0 else "")
 
 
 @router.post(
@@ -192,39 +134,13 @@ async def create_rollout(
     """Start a rollout from a plan (YAML or JSON); it waits `pending` for the engine."""
     await check_project(context, principal, project_id)
     plan = await _read_plan(request)
-    await _check_files(context, project_id, plan)
-    cohort = await _cohort(context, project_id, plan)
+    await check_files(context.stores, project_id, plan)
+    cohort = await cohort_of(context.stores, project_id, plan)
     if dry_run:
         return JSONResponse(preview(plan, cohort).model_dump(), status_code=200)
-    if not cohort.device_ids:
-        reasons = sorted({exclusion.reason.value for exclusion in cohort.exclusions})
-        why = f" (excluded: {', '.join(reasons)})" if reasons else ""
-        raise InvalidInput(
-            f"the target matches no eligible device{why}; check target against the project's "
-            "devices, or run the plan with ?dry_run=true to see the exclusions",
-            errors=[{"loc": "target", "msg": "matches no eligible device"}],
-        )
-    reach = wave_reach(plan.waves, len(cohort.device_ids))
-    rollout_id, outcome = await context.stores.rollouts.create(
-        project_id=project_id,
-        name=plan.name,
-        plan=plan.model_dump(mode="json", by_alias=True),
-        device_ids=cohort.device_ids,
-        reach=reach,
-        created_at=isoformat_z(utc_now()),
-        created_by=principal.name,
+    rollout_id, _ = await launch(
+        context.stores, project_id, plan, cohort, created_by=principal.name
     )
-    if outcome.name_taken_by is not None:
-        raise Conflict(
-            f"rollout {outcome.name_taken_by} named {plan.name!r} is still active in this "
-            "project; wait for it to finish or abort it, or give the plan another name"
-        )
-    if outcome.devices_taken:
-        taken = outcome.devices_taken
-        raise Conflict(
-            f"{len(taken)} devices of the target joined another active rollout meanwhile "
-            f"({_some(taken)}); run the plan again to leave them out, or wait for that rollout"
-        )
     record = await context.stores.rollouts.get(rollout_id)
     assert record is not None  # just created
     with structlog.contextvars.bound_contextvars(rollout_id=rollout_id):
@@ -235,7 +151,7 @@ async def create_rollout(
             to_state=record.state.value,
             devices=len(cohort.device_ids),
             excluded=len(cohort.exclusions),
-            wave_reach=reach,
+            wave_reach=record.reach,
             actor=principal.name,
         )
     return await load_rollout_out(context.stores, record)

@@ -270,3 +270,104 @@ class RolloutActionRequest(Strict):
     reason: str | None = Field(
         default=None, min_length=1, max_length=500, description="Recorded in the audit trail"
     )
+
+
+class HookCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    plan: str = Field(
+        min_length=1,
+        max_length=1024 * 1024,
+        description="A rollout plan as YAML with ${version} and ${file} placeholders",
+    )
+    secret: str | None = Field(
+        None, description="HMAC secret; when absent a whsec_ secret is generated"
+    )
+
+
+class HookOut(BaseModel):
+    id: str
+    name: str
+    url: str = Field(description="Where deliveries are posted (POST, signed)")
+    plan: str
+    created_at: str
+    created_by: str
+    secret: str | None = Field(None, description="Shown once, when the hook is created")
+
+
+class HookEnvelope(Envelope):
+    data: HookOut
+
+
+class HookListEnvelope(Envelope):
+    data: list[HookOut]
+
+
+class HookDeliveryOut(BaseModel):
+    id: str
+    received_at: str
+    scheme: str = Field(description="github or standard (Standard Webhooks)")
+    version: str
+    file: str
+    rollout_id: str
+    status: str = Field(description="accepted, started or failed")
+    reason: str
+
+
+class HookDeliveryListEnvelope(Envelope):
+    data: list[HookDeliveryOut]
+
+
+class DeployAccepted(BaseModel):
+    rollout_id: str | None = Field(description="The rollout the delivery starts (or started)")
+    delivery_id: str
+    duplicate: bool = Field(description="True when this delivery id was accepted before")
+
+
+class DeployEnvelope(Envelope):
+    data: DeployAccepted
+
+
+class NotificationCreate(Strict):
+    url: str = Field(min_length=1, max_length=2000, description="http(s) URL to POST events to")
+    events: list[str] | None = Field(None, description="Events to send; null for every event")
+    secret: str | None = Field(
+        None, description="Standard Webhooks secret; when absent a whsec_ secret is generated"
+    )
+
+
+class NotificationOut(BaseModel):
+    id: str
+    url: str
+    events: list[str] = Field(description="Events sent; empty for every event")
+    created_at: str
+    created_by: str
+    secret: str | None = Field(None, description="Shown once, when the subscription is made")
+
+
+class NotificationEnvelope(Envelope):
+    data: NotificationOut
+
+
+class NotificationListEnvelope(Envelope):
+    data: list[NotificationOut]
+
+
+class NoticeAttemptOut(BaseModel):
+    at: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
+class NoticeOut(BaseModel):
+    id: str = Field(description="The webhook-id the receiver sees, the same on every attempt")
+    type: str
+    rollout_id: str
+    created_at: str
+    state: str = Field(description="pending, delivered or failed")
+    attempts: list[NoticeAttemptOut]
+    next_attempt_at: str | None
+
+
+class NoticeListEnvelope(Envelope):
+    data: list[NoticeOut]

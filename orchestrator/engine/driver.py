@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.domain.notices import WAVE_PASSED
 from orchestrator.domain.plans import FailureType, Plan
 from orchestrator.domain.policy import Tally, Verdict, judge
 from orchestrator.domain.states import (
@@ -185,7 +186,6 @@ class RolloutDriver:
         now = self._context.clock_ms()
         wave_spec = plan.waves[wave]
         if not record.wave_done_at_ms:
-            await self._store.set_fields(self.rollout_id, wave_done_at_ms=now)
             await self._store.add_event(
                 self.rollout_id,
                 {
@@ -195,6 +195,7 @@ class RolloutDriver:
                     "reason": f"wave {wave_spec.name}: every device is final; baking "
                     f"{wave_spec.bake_s:g}s before judging",
                 },
+                fields={"wave_done_at_ms": now},
             )
             if wave_spec.bake_s:
                 return
@@ -211,16 +212,17 @@ class RolloutDriver:
             )
             return
         following = plan.waves[wave + 1]
-        await self._store.set_fields(self.rollout_id, wave=wave + 1, wave_done_at_ms=0)
         await self._store.add_event(
             self.rollout_id,
             {
                 "at": isoformat_z(utc_now()),
                 "actor": ENGINE,
-                "action": "wave_start",
+                "action": WAVE_PASSED,
                 "reason": f"wave {wave_spec.name} passed ({verdict.reason}); "
                 f"wave {following.name} reaches {record.reach[wave + 1]} devices",
+                "details": figures,
             },
+            fields={"wave": wave + 1, "wave_done_at_ms": 0},
         )
         if following.approval == "manual":
             await self._change(

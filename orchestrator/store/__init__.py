@@ -9,7 +9,9 @@ from orchestrator.store.commands import CommandStore
 from orchestrator.store.devices import DeviceStore
 from orchestrator.store.download_keys import DownloadKeyStore
 from orchestrator.store.files import FileStore
+from orchestrator.store.hooks import HookStore
 from orchestrator.store.keys import RedisKeys
+from orchestrator.store.notifications import NotificationStore
 from orchestrator.store.projects import ProjectStore
 from orchestrator.store.redis import Redis, translated
 from orchestrator.store.rollouts import RolloutStore
@@ -28,6 +30,8 @@ class Stores:
     download_keys: DownloadKeyStore
     commands: CommandStore
     rollouts: RolloutStore
+    hooks: HookStore
+    notifications: NotificationStore
 
     @classmethod
     def build(cls, redis: Redis, prefix: str) -> Stores:
@@ -43,6 +47,8 @@ class Stores:
             download_keys=DownloadKeyStore(redis, keys),
             commands=CommandStore(redis, keys),
             rollouts=RolloutStore(redis, keys),
+            hooks=HookStore(redis, keys),
+            notifications=NotificationStore(redis, keys),
         )
 
     @translated

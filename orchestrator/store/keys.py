@@ -139,3 +139,47 @@ class RedisKeys:
     def device_rollout_prefix(self) -> str:
         """What device_rollout keys start with (Lua builds them from it)."""
         return f"{self.prefix}device:"
+
+    def hook(self, hook_id: str) -> str:
+        """Hash: a deploy hook (id, project_id, name, plan template, secret, created_at/by)."""
+        return f"{self.prefix}hook:{hook_id}"
+
+    def project_hooks(self, project_id: str) -> str:
+        """Sorted set (lex) of the project's hook ids."""
+        return f"{self.prefix}project:{project_id}:hooks:index"
+
+    def hook_delivery(self, hook_id: str, delivery_id: str) -> str:
+        """Hash with a 24 h TTL: one delivery (rollout_id, status, reason, scheme, version)."""
+        return f"{self.prefix}hook:{hook_id}:delivery:{delivery_id}"
+
+    def hook_deliveries(self, hook_id: str) -> str:
+        """Sorted set: the hook's delivery ids scored by receipt time (epoch ms)."""
+        return f"{self.prefix}hook:{hook_id}:deliveries"
+
+    def deploy_requests(self) -> str:
+        """Stream of accepted hook deliveries, each started as a rollout by one engine."""
+        return f"{self.prefix}events:deploys"
+
+    def rollout_notices(self) -> str:
+        """Stream of rollout audit entries worth a notification (state changes, waves)."""
+        return f"{self.prefix}events:rollouts"
+
+    def notification(self, subscription_id: str) -> str:
+        """Hash: a notification subscription (id, project_id, url, events, secret, created)."""
+        return f"{self.prefix}notification:{subscription_id}"
+
+    def project_notifications(self, project_id: str) -> str:
+        """Sorted set (lex) of the project's notification subscription ids."""
+        return f"{self.prefix}project:{project_id}:notifications:index"
+
+    def notice_delivery(self, message_id: str) -> str:
+        """Hash with a 7-day TTL: one notice to one subscriber (body, state, attempts JSON)."""
+        return f"{self.prefix}notice:{message_id}"
+
+    def notification_deliveries(self, subscription_id: str) -> str:
+        """Sorted set: the subscription's notice ids scored by creation time (epoch ms)."""
+        return f"{self.prefix}notification:{subscription_id}:deliveries"
+
+    def notices_due(self) -> str:
+        """Sorted set: notice ids scored by when their next attempt is due (epoch ms)."""
+        return f"{self.prefix}notices:due"

@@ -36,6 +36,7 @@ from orchestrator.store.redis import (
 from orchestrator.timeutil import isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
+NOTICES_KEPT = 100_000  # audit entries kept in the notices stream (approximately)
 
 
 def now_ms() -> int:
@@ -76,6 +77,7 @@ class CreateOutcome:
     created: bool
     name_taken_by: str | None = None
     devices_taken: tuple[str, ...] = ()
+    exists: bool = False  # a rollout with the given id was made already (a request redone)
 
 
 @dataclass(frozen=True)
@@ -192,9 +194,14 @@ class RolloutStore:
         reach: Sequence[int],
         created_at: str,
         created_by: str,
+        rollout_id: str | None = None,
     ) -> tuple[str, CreateOutcome]:
-        """A new `pending` rollout over `device_ids` (in wave order); its id and the outcome."""
-        rollout_id = str(uuid.uuid4())
+        """A new `pending` rollout over `device_ids` (in wave order); its id and the outcome.
+
+        With `rollout_id` (a hook delivery promised it), a rollout already made under that id
+        is left as it is and reported as `exists`.
+        """
+        rollout_id = rollout_id or str(uuid.uuid4())
         record = {
             "id": rollout_id,
             "project_id": project_id,
@@ -240,6 +247,8 @@ class RolloutStore:
             ],
         )
         verdict = [str(part) for part in reply]
+        if verdict[0] == "exists":
+            return rollout_id, CreateOutcome(created=False, exists=True)
         if verdict[0] == "name_taken":
             return rollout_id, CreateOutcome(created=False, name_taken_by=verdict[1])
         if verdict[0] == "devices_taken":
@@ -350,6 +359,7 @@ class RolloutStore:
                 self._keys.active_rollouts(),
                 self._keys.rollout_name(project_id, str(name or "")),
                 self._keys.rollout_counts(rollout_id),
+                self._keys.rollout_notices(),
             ],
             args=[
                 json.dumps([state.value for state in allowed_from]),
@@ -361,6 +371,7 @@ class RolloutStore:
                 rollout_id,
                 json.dumps({k: str(v) for k, v in (extra or {}).items()}),
                 "1" if rebase_policy else "0",
+                NOTICES_KEPT,
             ],
         )
         return str(old), bool(new)
@@ -574,9 +585,32 @@ class RolloutStore:
         return [json.loads(entry) for entry in raw]
 
     @translated
-    async def add_event(self, rollout_id: str, event: Mapping[str, Any]) -> None:
-        """Append to the audit trail without a state change (e.g. a wave starting)."""
-        await self._redis.rpush(self._keys.rollout_events(rollout_id), json.dumps(dict(event)))
+    async def add_event(
+        self,
+        rollout_id: str,
+        event: Mapping[str, Any],
+        *,
+        fields: Mapping[str, str | int] | None = None,
+    ) -> None:
+        """Append to the audit trail without a state change (e.g. a wave passing).
+
+        `fields` of the rollout are set in the same transaction, and the entry goes to the
+        notices stream, so the trail, the rollout and its subscribers never disagree.
+        """
+        entry = json.dumps(dict(event))
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if fields:
+                pipe.hset(
+                    self._keys.rollout(rollout_id), mapping={k: str(v) for k, v in fields.items()}
+                )
+            pipe.rpush(self._keys.rollout_events(rollout_id), entry)
+            pipe.xadd(
+                self._keys.rollout_notices(),
+                {"rollout_id": rollout_id, "event": entry},
+                maxlen=NOTICES_KEPT,
+                approximate=True,
+            )
+            await pipe.execute()
 
     @translated
     async def release_devices(self, rollout_id: str) -> int:

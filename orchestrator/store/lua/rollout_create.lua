@@ -4,8 +4,11 @@
 -- ARGV[1] rollout id, ARGV[2] device hash prefix, ARGV[3] device lock prefix, ARGV[4] created ms,
 -- ARGV[5] rollout fields (JSON object), ARGV[6] wave reach (JSON list), ARGV[7] event (JSON),
 -- ARGV[8..] device ids in wave order
--- Returns {'ok'} | {'name_taken', other rollout id} | {'devices_taken', id, ...}
+-- Returns {'ok'} | {'exists'} | {'name_taken', other rollout id} | {'devices_taken', id, ...}
 local rid = ARGV[1]
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'exists'}
+end
 local holder = redis.call('GET', KEYS[6])
 if holder then
   return {'name_taken', holder}

@@ -1,0 +1,309 @@
+"""Deploy hooks: register a plan template, then CI posts signed deliveries that start rollouts.
+
+A delivery is checked here (signature, what it asks for, the rendered plan, its files) and,
+once accepted, recorded with a new rollout id and queued on a Redis stream in one script; an
+engine replica reads it through a consumer group and creates the rollout under that id. So
+the answer (202 with the rollout id) never waits on the engine, exactly one replica starts the
+rollout, and a crash between the two loses nothing: the entry waits to be handled again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+
+import structlog
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import read_bounded
+from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.errors import error_responses
+from orchestrator.api.schemas import (
+    DeployAccepted,
+    DeployEnvelope,
+    Done,
+    HookCreate,
+    HookDeliveryListEnvelope,
+    HookDeliveryOut,
+    HookEnvelope,
+    HookListEnvelope,
+    HookOut,
+)
+from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.hooks import (
+    SAMPLE,
+    Deploy,
+    SignatureError,
+    check_secret,
+    check_template,
+    deploy_of,
+    new_secret,
+    render,
+    uses,
+    verify,
+)
+from orchestrator.domain.plans import parse_plan
+from orchestrator.engine.launch import check_files
+from orchestrator.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized
+from orchestrator.store.hooks import Delivery, Hook
+from orchestrator.timeutil import isoformat_z, utc_now
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["hooks"], responses=error_responses(400, 401, 403, 404, 503))
+
+MAX_DELIVERY_BYTES = 1024 * 1024  # GitHub caps its payloads at 25 MB; a release is far less
+MAX_DELIVERY_ID = 200
+CHALLENGE = 'HMAC realm="hooks"'
+
+
+def _out(context: AppContext, hook: Hook, *, with_secret: bool = False) -> HookOut:
+    return HookOut(
+        id=hook.id,
+        name=hook.name,
+        url=f"{context.settings.public_url}/v2/hooks/{hook.id}",
+        plan=hook.plan,
+        created_at=hook.created_at,
+        created_by=hook.created_by,
+        secret=hook.secret if with_secret else None,
+    )
+
+
+def check_hook_template(template: str) -> None:
+    """A template must use ${version}, know only ${version}/${file}, and make a valid plan."""
+    check_template(template)
+    if not uses(template, "version"):
+        raise InvalidInput(
+            "the hook's plan never uses ${version}, so every delivery would start the same "
+            "rollout; put it in the name and firmware.version (name: fw-${version})",
+            errors=[{"loc": "body.plan", "msg": "no ${version} placeholder"}],
+        )
+    # Rendered with sample values: a placeholder is one line long, so lines stay where they are.
+    parse_plan(render(template, SAMPLE), source="plan")
+
+
+async def _hook(context: AppContext, project_id: str, hook_id: str) -> Hook:
+    hook = await context.stores.hooks.get(hook_id)
+    if hook is None or hook.project_id != project_id:
+        raise NotFound(f"hook {hook_id} not found in project {project_id}; ota hooks list")
+    return hook
+
+
+@router.post(
+    "/v2/projects/{project_id}/hooks",
+    name="create_hook",
+    status_code=201,
+)
+async def create_hook(
+    project_id: str,
+    body: HookCreate,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+) -> HookEnvelope:
+    """Register a plan template started by signed deliveries; the secret is shown only here."""
+    await check_project(context, principal, project_id)
+    secret = check_secret(body.secret) if body.secret is not None else new_secret()
+    check_hook_template(body.plan)
+    hook = await context.stores.hooks.create(
+        project_id=project_id,
+        name=body.name,
+        plan=body.plan,
+        secret=secret,
+        created_at=isoformat_z(utc_now()),
+        by=principal.name,
+    )
+    log.info("hook created", hook_id=hook.id, project_id=project_id, actor=principal.name)
+    return HookEnvelope(
+        status=201,
+        action="create hook",
+        message="Hook created; post signed deliveries to data.url with data.secret.",
+        data=_out(context, hook, with_secret=True),
+    )
+
+
+@router.get("/v2/projects/{project_id}/hooks", name="list_hooks")
+async def list_hooks(
+    project_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+) -> HookListEnvelope:
+    """The project's hooks (without their secrets)."""
+    await check_project(context, principal, project_id)
+    hooks = await context.stores.hooks.of_project(project_id)
+    return HookListEnvelope(
+        status=200,
+        action="list hooks",
+        message="Hooks listed.",
+        data=[_out(context, hook) for hook in hooks],
+    )
+
+
+@router.get("/v2/projects/{project_id}/hooks/{hook_id}", name="get_hook")
+async def get_hook(
+    project_id: str,
+    hook_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+) -> HookEnvelope:
+    """One hook (without its secret)."""
+    await check_project(context, principal, project_id)
+    hook = await _hook(context, project_id, hook_id)
+    return HookEnvelope(
+        status=200, action="get hook", message="Hook found.", data=_out(context, hook)
+    )
+
+
+@router.delete("/v2/projects/{project_id}/hooks/{hook_id}", name="delete_hook")
+async def delete_hook(
+    project_id: str,
+    hook_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+) -> Done:
+    """Delete a hook: its URL answers 404 from now on."""
+    await check_project(context, principal, project_id)
+    hook = await _hook(context, project_id, hook_id)
+    await context.stores.hooks.delete(hook)
+    log.info("hook deleted", hook_id=hook_id, actor=principal.name)
+    return Done(action="delete hook")
+
+
+@router.get("/v2/projects/{project_id}/hooks/{hook_id}/deliveries", name="list_hook_deliveries")
+async def list_hook_deliveries(
+    project_id: str,
+    hook_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+) -> HookDeliveryListEnvelope:
+    """The hook's accepted deliveries of the last 24 hours, newest first, with their fate."""
+    await check_project(context, principal, project_id)
+    await _hook(context, project_id, hook_id)
+    deliveries = await context.stores.hooks.deliveries(hook_id)
+    return HookDeliveryListEnvelope(
+        status=200,
+        action="list hook deliveries",
+        message="Deliveries listed.",
+        data=[HookDeliveryOut(**vars(delivery)) for delivery in deliveries],
+    )
+
+
+def _delivery_id(raw: str) -> str:
+    if len(raw) > MAX_DELIVERY_ID or not raw.isprintable() or " " in raw:
+        raise InvalidInput(
+            f"the delivery id must be up to {MAX_DELIVERY_ID} printable characters without "
+            "spaces (a UUID or msg_… id)",
+            errors=[{"loc": "header.webhook-id", "msg": "not a delivery id"}],
+        )
+    return raw
+
+
+def _answer(status: int, message: str, data: DeployAccepted) -> JSONResponse:
+    envelope = DeployEnvelope(status=status, action="deliver hook", message=message, data=data)
+    return JSONResponse(envelope.model_dump(), status_code=status)
+
+
+@router.post(
+    "/v2/hooks/{hook_id}",
+    name="deliver_hook",
+    status_code=202,
+    response_model=DeployEnvelope,
+    responses={
+        200: {"model": DeployEnvelope, "description": "Signed, but nothing to deploy (a ping)"},
+        **error_responses(413),
+    },
+)
+async def deliver_hook(
+    hook_id: str, request: Request, context: AppContext = Depends(get_context)
+) -> JSONResponse:
+    """A signed delivery (GitHub or Standard Webhooks) that starts the hook's rollout.
+
+    The body is `{"version": ..., "file": ...}` or a GitHub `release` event. A repeat of a
+    delivery id within 24 h answers with the first one's rollout and starts nothing.
+    """
+    counted = context.metrics.webhook_deliveries
+    hook = await context.stores.hooks.get(hook_id)
+    if hook is None:
+        raise NotFound(f"hook {hook_id} not found; it was deleted or never registered")
+    body = await read_bounded(
+        request,
+        MAX_DELIVERY_BYTES,
+        PayloadTooLarge(f"the delivery is over {MAX_DELIVERY_BYTES} bytes; send the release only"),
+    )
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    try:
+        signed = verify(
+            hook.secret,
+            headers,
+            body,
+            now_s=time.time(),
+            body_digest=hashlib.sha256(body).hexdigest(),
+        )
+    except SignatureError as exc:
+        counted.labels("unauthorized").inc()
+        log.warning("hook delivery refused", hook_id=hook_id, reason=str(exc))
+        raise Unauthorized(str(exc), challenge=CHALLENGE) from None
+    delivery_id = _delivery_id(signed.delivery_id)
+    known = await context.stores.hooks.known(hook_id, delivery_id)
+    if known is not None:
+        counted.labels("duplicate").inc()
+        return _answer(
+            202,
+            "Delivery seen before; its rollout was started then, nothing new is started.",
+            DeployAccepted(rollout_id=known, delivery_id=delivery_id, duplicate=True),
+        )
+    try:
+        wanted = deploy_of(body, headers.get("x-github-event"))
+        if not isinstance(wanted, Deploy):
+            counted.labels("ignored").inc()
+            return _answer(
+                200,
+                f"Nothing to deploy: {wanted.why}.",
+                DeployAccepted(rollout_id=None, delivery_id=delivery_id, duplicate=False),
+            )
+        plan_text = _rendered(hook, wanted)
+        plan = parse_plan(plan_text, source=f"hook {hook.name}")
+        await check_files(context.stores, hook.project_id, plan)
+    except InvalidInput:
+        counted.labels("invalid").inc()
+        raise
+    rollout_id, new = await context.stores.hooks.accept(
+        hook,
+        Delivery(
+            id=delivery_id,
+            received_at=isoformat_z(utc_now()),
+            scheme=signed.scheme.value,
+            version=wanted.version,
+            file=wanted.file or "",
+            rollout_id=str(uuid.uuid4()),
+            status="accepted",
+            reason="waiting for the engine to start the rollout",
+        ),
+        plan=plan_text,
+        actor=f"hook {hook.name}",
+    )
+    counted.labels("accepted" if new else "duplicate").inc()
+    log.info(
+        "hook delivery accepted" if new else "hook delivery repeated",
+        hook_id=hook_id,
+        delivery_id=delivery_id,
+        rollout_id=rollout_id,
+        version=wanted.version,
+    )
+    return _answer(
+        202,
+        "Delivery accepted; the engine starts the rollout." if new else "Delivery seen before.",
+        DeployAccepted(rollout_id=rollout_id, delivery_id=delivery_id, duplicate=not new),
+    )
+
+
+def _rendered(hook: Hook, wanted: Deploy) -> str:
+    if wanted.file is None and uses(hook.plan, "file"):
+        raise InvalidInput(
+            f"hook {hook.name!r} fills in ${{file}} but the delivery names no firmware file; "
+            'send "file" in the body, or attach exactly one .bin/.hex/.elf asset to the '
+            "release",
+            errors=[{"loc": "body.file", "msg": "missing"}],
+        )
+    return render(hook.plan, {"version": wanted.version, "file": wanted.file or ""})

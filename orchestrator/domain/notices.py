@@ -1,0 +1,59 @@
+"""Rollout notices: which changes of a rollout a project's subscribers hear about."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from orchestrator.domain.states import RolloutState
+
+CLOUDEVENT_TYPE_PREFIX = "io.ota.rollout."
+
+
+class Notice(StrEnum):
+    """An event a notification subscription may ask for."""
+
+    STARTED = "started"
+    WAVE_COMPLETED = "wave_completed"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    WAITING_APPROVAL = "waiting_approval"
+    HALTED = "halted"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+
+
+WAVE_PASSED = "wave_start"  # the audit action recorded when a wave passes and the next begins
+
+_ENTERED: dict[RolloutState, Notice] = {
+    RolloutState.PAUSED: Notice.PAUSED,
+    RolloutState.WAITING_APPROVAL: Notice.WAITING_APPROVAL,
+    RolloutState.HALTED: Notice.HALTED,
+    RolloutState.ROLLING_BACK: Notice.ROLLING_BACK,
+    RolloutState.ROLLED_BACK: Notice.ROLLED_BACK,
+    RolloutState.ROLLBACK_FAILED: Notice.ROLLBACK_FAILED,
+    RolloutState.COMPLETED: Notice.COMPLETED,
+    RolloutState.ABORTED: Notice.ABORTED,
+}
+
+
+def notice_of(action: str, from_state: str, to_state: str) -> Notice | None:
+    """The notice an audit entry gives, or None (a note that changes nothing to report)."""
+    if action == WAVE_PASSED:
+        return Notice.WAVE_COMPLETED
+    if not to_state or to_state == from_state:
+        return None
+    try:
+        entered = RolloutState(to_state)
+    except ValueError:
+        return None
+    if entered is RolloutState.RUNNING:
+        return Notice.STARTED if from_state == RolloutState.PENDING else Notice.RESUMED
+    return _ENTERED.get(entered)
+
+
+def cloudevent_type(notice: Notice) -> str:
+    """The CloudEvents `type` of a notice, reverse-DNS as that spec asks."""
+    return CLOUDEVENT_TYPE_PREFIX + notice.value

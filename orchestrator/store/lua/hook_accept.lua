@@ -1,0 +1,26 @@
+-- Accept a hook delivery once: the first time, record it and queue the deploy request; a
+-- repeat within the delivery's TTL returns what the first one was given.
+-- KEYS[1] delivery hash, KEYS[2] the hook's delivery index, KEYS[3] deploy request stream
+-- ARGV[1] rollout id for a new delivery, ARGV[2] TTL s, ARGV[3] now ms, ARGV[4] delivery id,
+-- ARGV[5] delivery fields (JSON object), ARGV[6] request fields (JSON object, rollout_id is
+-- added), ARGV[7] deliveries kept in the index, ARGV[8] stream entries kept (approximate)
+-- Returns {rollout id, '1' when new or '0' for a repeat}
+local known = redis.call('HGET', KEYS[1], 'rollout_id')
+if known then
+  return {known, '0'}
+end
+redis.call('HSET', KEYS[1], 'rollout_id', ARGV[1])
+for name, value in pairs(cjson.decode(ARGV[5])) do
+  redis.call('HSET', KEYS[1], name, tostring(value))
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[4])
+local keep = tonumber(ARGV[7])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -keep - 1)
+local entry = {'rollout_id', ARGV[1]}
+for name, value in pairs(cjson.decode(ARGV[6])) do
+  entry[#entry + 1] = name
+  entry[#entry + 1] = tostring(value)
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[8], '*', unpack(entry))
+return {ARGV[1], '1'}
