@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     download_offload: Literal["", "x-accel"] = ""
     # seconds a finished rollout stays in the rollout gauges after its last change
     metrics_retention: int = Field(default=3600, ge=0)
+    # seconds before a failed notification is tried again, doubling each time (to 1 h at most)
+    notify_retry: float = Field(default=5.0, gt=0)
+    notify_attempts: int = Field(default=12, ge=1)  # then the notification is given up
 
     @field_validator("redis_url")
     @classmethod

@@ -1,30 +1,28 @@
-"""The engine: takes rollouts by lease, follows results and download events, stops cleanly."""
+"""The engine: takes rollouts by lease, follows results, key use, hook deploys and notices."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
-from typing import Any
+from collections.abc import Mapping
 
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from orchestrator.engine.context import EngineContext
+from orchestrator.engine.deploys import DeployStarter
 from orchestrator.engine.driver import RolloutDriver
+from orchestrator.engine.notifier import Notifier
+from orchestrator.engine.streams import Handler, consume
 from orchestrator.engine.tracker import Tracker
 from orchestrator.errors import OrchestratorError
-from orchestrator.store.redis import fields
 from orchestrator.transport.results import ResultSubscriber
 
 log = structlog.get_logger(__name__)
 
 SCHEDULE_EVERY_S = 0.5  # how often the engine looks for rollouts it could drive
-EVENTS_GROUP = "ota-engine"
-EVENTS_BLOCK_MS = 1000
 STOP_GRACE_S = 10.0
-RECLAIM_EVERY_S = 15.0
-RECLAIM_IDLE_MS = 30_000
 
 
 class Engine:
@@ -33,6 +31,8 @@ class Engine:
     def __init__(self, context: EngineContext) -> None:
         self.context = context
         self.tracker = Tracker(context)
+        self.deploys = DeployStarter(context)
+        self.notifier = Notifier(context)
         settings = context.settings
         self.results = ResultSubscriber(
             settings.mqtt_url,
@@ -46,11 +46,15 @@ class Engine:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        """Subscribe to results, then start scheduling rollouts and reading key events."""
+        """Subscribe to results, then schedule rollouts and read the engine's streams."""
         await self.results.start()
+        keys = self.context.stores.keys
         self._tasks = [
             asyncio.create_task(self._schedule(), name="engine-schedule"),
-            asyncio.create_task(self._consume_download_events(), name="engine-download-events"),
+            self._consume(keys.download_events(), self._on_download_event, "download event"),
+            self._consume(keys.deploy_requests(), self.deploys.on_request, "deploy request"),
+            self._consume(keys.rollout_notices(), self.notifier.on_entry, "rollout notice"),
+            asyncio.create_task(self.notifier.send_forever(self._stopping), name="notify-send"),
         ]
         log.info("engine started", instance_id=self.context.settings.instance_id)
 
@@ -107,50 +111,14 @@ class Engine:
     def _forget(self, rollout_id: str, _: asyncio.Task[None]) -> None:
         self._drivers.pop(rollout_id, None)
 
-    async def _consume_download_events(self) -> None:
-        """Read key claims and deliveries with a consumer group: each is handled once."""
-        stores = self.context.stores
-        stream = stores.keys.download_events()
+    def _consume(self, stream: str, handler: Handler, what: str) -> asyncio.Task[None]:
         consumer = self.context.settings.instance_id
-        redis = stores.redis
-        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-            await redis.xgroup_create(stream, EVENTS_GROUP, id="$", mkstream=True)
-        # First our own entries left unacknowledged by a crash mid-handling (read from an id,
-        # moving past each one so a failing entry cannot loop), then new ones (">").
-        position: str | None = "0"
-        last_claim = 0.0
-        while not self._stopping.is_set():
-            try:
-                reply: Any = await redis.xreadgroup(
-                    EVENTS_GROUP,
-                    consumer,
-                    {stream: position or ">"},
-                    count=500,
-                    block=None if position else EVENTS_BLOCK_MS,
-                )
-                # RESP2 reply: [[stream, [(entry id, {field: value}), ...]]]
-                entries: list[tuple[str, dict[str, str]]] = reply[0][1] if reply else []
-                if position and not entries:
-                    position = None
-                    continue
-                now = asyncio.get_running_loop().time()
-                if not position and now - last_claim >= RECLAIM_EVERY_S:
-                    # Entries read but never acknowledged, by us (a failed handling) or by a
-                    # replica that died: take them over once they have been idle long enough.
-                    last_claim = now
-                    claimed: Any = await redis.xautoclaim(
-                        stream, EVENTS_GROUP, consumer, min_idle_time=RECLAIM_IDLE_MS, count=500
-                    )
-                    entries = [*entries, *claimed[1]]
-                for entry_id, raw in entries:
-                    if position:
-                        position = str(entry_id)
-                    try:
-                        await self.tracker.on_download_event(fields(raw))
-                    except OrchestratorError as exc:
-                        log.warning("download event not handled", error=exc.message)
-                        continue
-                    await redis.xack(stream, EVENTS_GROUP, entry_id)
-            except (RedisError, OrchestratorError) as exc:
-                log.warning("download events unavailable; retrying", error=str(exc))
-                await asyncio.sleep(1)
+        return asyncio.create_task(
+            consume(
+                self.context.stores.redis, stream, consumer, handler, self._stopping, what=what
+            ),
+            name=f"engine-{stream}",
+        )
+
+    async def _on_download_event(self, entry_id: str, raw: Mapping[str, str]) -> None:
+        await self.tracker.on_download_event(dict(raw))

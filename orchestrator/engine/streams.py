@@ -1,0 +1,88 @@
+"""Reading a Redis stream through a consumer group: each entry handled once, none lost.
+
+At start, a replica first re-reads its own entries left unacknowledged by a crash mid-handling
+(from an id, moving past each one so a failing entry cannot loop), then reads new ones (">").
+Every so often it takes over entries that another replica read but never acknowledged (it
+died) once they have been idle long enough. An entry is acknowledged only after its handler
+returns; a handler that raises leaves it pending, to be taken over and tried again later.
+
+Why redis-py rather than FastStream's stream subscriber: FastStream reads either new entries
+(XREADGROUP) or, given `min_idle_time`, only reclaimed ones (XAUTOCLAIM), never both, and does
+not re-read a replica's own pending entries at start; this one loop does all three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.store.redis import Redis, fields
+
+log = structlog.get_logger(__name__)
+
+GROUP = "ota-engine"
+BLOCK_MS = 1000
+READ_COUNT = 500
+RECLAIM_EVERY_S = 15.0
+RECLAIM_IDLE_MS = 30_000
+
+Handler = Callable[[str, Mapping[str, str]], Awaitable[None]]
+
+
+async def consume(
+    redis: Redis,
+    stream: str,
+    consumer: str,
+    handler: Handler,
+    stopping: asyncio.Event,
+    *,
+    what: str,
+) -> None:
+    """Hand every entry of `stream` to `handler(entry id, fields)` until `stopping` is set."""
+    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+        await redis.xgroup_create(stream, GROUP, id="$", mkstream=True)
+    position: str | None = "0"
+    last_claim = 0.0
+    while not stopping.is_set():
+        try:
+            reply: Any = await redis.xreadgroup(
+                GROUP,
+                consumer,
+                {stream: position or ">"},
+                count=READ_COUNT,
+                block=None if position else BLOCK_MS,
+            )
+            # RESP2 reply: [[stream, [(entry id, {field: value}), ...]]]
+            entries: list[tuple[str, dict[str, str]]] = reply[0][1] if reply else []
+            if position and not entries:
+                position = None
+                continue
+            now = asyncio.get_running_loop().time()
+            if not position and now - last_claim >= RECLAIM_EVERY_S:
+                last_claim = now
+                claimed: Any = await redis.xautoclaim(
+                    stream, GROUP, consumer, min_idle_time=RECLAIM_IDLE_MS, count=READ_COUNT
+                )
+                entries = [*entries, *claimed[1]]
+            for entry_id, raw in entries:
+                if position:
+                    position = str(entry_id)
+                if raw is None:  # trimmed from the stream while it was pending
+                    await redis.xack(stream, GROUP, entry_id)
+                    continue
+                try:
+                    await handler(str(entry_id), fields(raw))
+                except OrchestratorError as exc:
+                    log.warning(f"{what} not handled; it will be tried again", error=exc.message)
+                    continue
+                await redis.xack(stream, GROUP, entry_id)
+        except (RedisError, OrchestratorError) as exc:
+            log.warning(f"{what} unavailable; retrying", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), 1.0)
