@@ -75,7 +75,7 @@ async def deliver(
 
 
 async def queued(service: Service) -> list[dict[str, str]]:
-    entries = await service.stores.redis.xrange(service.stores.keys.deploy_requests())
+    entries: Any = await service.stores.redis.xrange(service.stores.keys.deploy_requests())
     return [dict(fields) for _, fields in entries]
 
 
