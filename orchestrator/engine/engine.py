@@ -51,7 +51,10 @@ class Engine:
         keys = self.context.stores.keys
         self._tasks = [
             asyncio.create_task(self._schedule(), name="engine-schedule"),
-            self._consume(keys.download_events(), self._on_download_event, "download event"),
+            # Key use from before any engine ran concerns no rollout it could still change.
+            self._consume(
+                keys.download_events(), self._on_download_event, "download event", from_start=False
+            ),
             self._consume(keys.deploy_requests(), self.deploys.on_request, "deploy request"),
             self._consume(keys.rollout_notices(), self.notifier.on_entry, "rollout notice"),
             asyncio.create_task(self.notifier.send_forever(self._stopping), name="notify-send"),
@@ -111,11 +114,19 @@ class Engine:
     def _forget(self, rollout_id: str, _: asyncio.Task[None]) -> None:
         self._drivers.pop(rollout_id, None)
 
-    def _consume(self, stream: str, handler: Handler, what: str) -> asyncio.Task[None]:
+    def _consume(
+        self, stream: str, handler: Handler, what: str, *, from_start: bool = True
+    ) -> asyncio.Task[None]:
         consumer = self.context.settings.instance_id
         return asyncio.create_task(
             consume(
-                self.context.stores.redis, stream, consumer, handler, self._stopping, what=what
+                self.context.stores.redis,
+                stream,
+                consumer,
+                handler,
+                self._stopping,
+                what=what,
+                from_start=from_start,
             ),
             name=f"engine-{stream}",
         )

@@ -120,7 +120,7 @@ class Notifier:
                 )
             )
         made = await stores.notifications.enqueue(queued)
-        log.info("notices queued", rollout_id=rollout_id, event=notice.value, notices=made)
+        log.info("notices queued", rollout_id=rollout_id, notice=notice.value, notices=made)
 
     @staticmethod
     def _body(

@@ -43,10 +43,15 @@ async def consume(
     stopping: asyncio.Event,
     *,
     what: str,
+    from_start: bool = True,
 ) -> None:
-    """Hand every entry of `stream` to `handler(entry id, fields)` until `stopping` is set."""
+    """Hand every entry of `stream` to `handler(entry id, fields)` until `stopping` is set.
+
+    The group is made on first use; `from_start` makes it take the entries written before
+    that too (a deploy accepted before any engine ever ran), else only later ones.
+    """
     with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-        await redis.xgroup_create(stream, GROUP, id="$", mkstream=True)
+        await redis.xgroup_create(stream, GROUP, id="0" if from_start else "$", mkstream=True)
     position: str | None = "0"
     last_claim = 0.0
     while not stopping.is_set():
