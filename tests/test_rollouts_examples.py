@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from string import Template
 
 import pytest
 
+from orchestrator.domain.hooks import parse_template
+from orchestrator.domain.hooks import render as render_template
 from orchestrator.domain.plans import PlanError, parse_plan
 
 ROLLOUTS = Path(__file__).resolve().parent.parent / "rollouts"
@@ -45,8 +46,10 @@ WEBHOOK_TEMPLATE = ROLLOUTS / "webhook-template.yaml"
 
 
 def render(path: Path, release: dict[str, str]) -> str:
-    """The template with ${version} and ${file} filled in; KeyError for any other placeholder."""
-    return Template(path.read_text(encoding="utf-8")).substitute(release)
+    """The template with ${version} and ${file} filled in, as the hook route fills it in."""
+    text = path.read_text(encoding="utf-8")
+    parse_template(text, str(path))  # what registering the hook checks
+    return render_template(text, release)
 
 
 def test_every_file_in_rollouts_is_checked_as_a_plan_or_a_template() -> None:

@@ -34,13 +34,12 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.hooks import (
-    SAMPLE,
     Deploy,
     SignatureError,
     check_secret,
-    check_template,
     deploy_of,
     new_secret,
+    parse_template,
     render,
     uses,
     verify,
@@ -71,19 +70,6 @@ def _out(context: AppContext, hook: Hook, *, with_secret: bool = False) -> HookO
     )
 
 
-def check_hook_template(template: str) -> None:
-    """A template must use ${version}, know only ${version}/${file}, and make a valid plan."""
-    check_template(template)
-    if not uses(template, "version"):
-        raise InvalidInput(
-            "the hook's plan never uses ${version}, so every delivery would start the same "
-            "rollout; put it in the name and firmware.version (name: fw-${version})",
-            errors=[{"loc": "body.plan", "msg": "no ${version} placeholder"}],
-        )
-    # Rendered with sample values: a placeholder is one line long, so lines stay where they are.
-    parse_plan(render(template, SAMPLE), source="plan")
-
-
 async def _hook(context: AppContext, project_id: str, hook_id: str) -> Hook:
     hook = await context.stores.hooks.get(hook_id)
     if hook is None or hook.project_id != project_id:
@@ -105,7 +91,7 @@ async def create_hook(
     """Register a plan template started by signed deliveries; the secret is shown only here."""
     await check_project(context, principal, project_id)
     secret = check_secret(body.secret) if body.secret is not None else new_secret()
-    check_hook_template(body.plan)
+    parse_template(body.plan, source="plan")
     hook = await context.stores.hooks.create(
         project_id=project_id,
         name=body.name,

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.domain.hooks import is_template, parse_template
 from orchestrator.domain.plans import PlanError, parse_plan, plan_json_schema
+from orchestrator.errors import InvalidInput
 
 
 class Unreadable(Exception):
@@ -36,11 +38,21 @@ def validate(
         list[Path], typer.Argument(help="Plan files, YAML or JSON", metavar="PLAN.yaml...")
     ],
 ) -> None:
-    """Check plan files offline: one line per problem, file:line:column (exit 1 if any)."""
+    """Check plan files offline: one line per problem, file:line:column (exit 1 if any).
+
+    A file with ${version} placeholders is checked as a hook's plan template, filled in with
+    sample values.
+    """
     failed = False
     for path in plans:
+        kind = ""
         try:
-            plan = parse_plan(read_plan_text(path), source=str(path))
+            text = read_plan_text(path)
+            if is_template(text):
+                kind = "hook template, "
+                plan = parse_template(text, source=str(path))
+            else:
+                plan = parse_plan(text, source=str(path))
         except Unreadable as exc:
             typer.echo(str(exc), err=True)
             failed = True
@@ -48,9 +60,12 @@ def validate(
             for problem in exc.problems:
                 typer.echo(str(problem), err=True)
             failed = True
+        except InvalidInput as exc:  # a template's placeholders
+            typer.echo(exc.message, err=True)
+            failed = True
         else:
             count = len(plan.waves)
-            typer.echo(f"ok  {path}  ({plan.name}, {count} wave{'' if count == 1 else 's'})")
+            typer.echo(f"ok  {path}  ({kind}{plan.name}, {count} wave{'' if count == 1 else 's'})")
     if failed:
         raise typer.Exit(1)
 

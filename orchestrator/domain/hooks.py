@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from orchestrator.domain.files import EXTENSIONS, FILE_NAME, FileType
+from orchestrator.domain.plans import Plan, parse_plan
 from orchestrator.errors import InvalidInput
 
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
@@ -267,6 +268,28 @@ def check_template(template: str, source: str = "plan") -> None:
                 "in; use ${version} or ${file}",
                 errors=[{"loc": f"{line}:{column}", "msg": f"unknown placeholder ${{{name}}}"}],
             )
+
+
+def is_template(text: str) -> bool:
+    """True when the text has placeholders: a hook's plan template rather than a plan."""
+    return bool(PLACEHOLDER.search(text))
+
+
+def parse_template(template: str, source: str = "plan") -> Plan:
+    """The plan a template makes with sample values; located InvalidInput/PlanError if none.
+
+    A template must use `${version}` (else every delivery starts the same rollout) and no
+    placeholder but `${version}` and `${file}`. A placeholder sits on one line, so the
+    rendered plan's line numbers are the template's.
+    """
+    check_template(template, source)
+    if not uses(template, "version"):
+        raise InvalidInput(
+            f"{source}: the hook's plan never uses ${{version}}, so every delivery would start "
+            "the same rollout; put it in the name and firmware.version (name: fw-${version})",
+            errors=[{"loc": "plan", "msg": "no ${version} placeholder"}],
+        )
+    return parse_plan(render(template, SAMPLE), source=source)
 
 
 def uses(template: str, name: str) -> bool:

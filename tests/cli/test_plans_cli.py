@@ -59,3 +59,15 @@ def test_schema_prints_the_plan_json_schema() -> None:
     schema = json.loads(result.stdout)
     assert "waves" in schema["properties"]
     assert result.stdout.startswith('{\n  "$schema"')
+
+
+def test_validate_checks_a_hook_template_with_sample_values(tmp_path: Path) -> None:
+    result = run_ota("validate", "rollouts/webhook-template.yaml")
+    assert result.returncode == 0, result.stderr
+    assert "(hook template, thermostat-0.0.0-sample, 3 waves)" in result.stdout
+    bad = tmp_path / "hook.yaml"
+    bad.write_text("name: fw-${version}\nfirmware: {file: ${release}}\nwaves: [{percent: 100}]\n")
+    refused = run_ota("validate", str(bad))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(f"{bad}:2:18: ${{release}} is not a placeholder")
+    assert "Traceback" not in refused.stderr
