@@ -49,6 +49,8 @@ ROUTE_MODULES = (
     health,
     metrics_route,
 )
+# An engine-only replica answers its probes and scrapes; the API is served by `api` replicas.
+ENGINE_ROUTE_MODULES = (health, metrics_route)
 
 DESCRIPTION = """
 Ship firmware to device fleets safely. Users authenticate with `Authorization: Bearer QB_…`
@@ -107,7 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    for module in ROUTE_MODULES:
+    for module in ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES:
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pytest
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.settings import Settings
 from tests.conftest import Service
+from tests.e2e.engines import Engines
 from tests.e2e.fleet import Fleet
 
 
@@ -36,3 +37,14 @@ async def fleet(service: Service, mqtt_broker: EmbeddedBroker) -> AsyncIterator[
     """Devices of the test project, answering commands through one wildcard MQTT client."""
     async with Fleet(service, mqtt_broker.port) as devices:
         yield devices
+
+
+@pytest.fixture
+async def engines(service: Service, tmp_path: Path) -> AsyncIterator[Engines]:
+    """Engine processes of this test, all killed at teardown."""
+    made = Engines(service, tmp_path / "engines")
+    made.data_dir.mkdir()
+    try:
+        yield made
+    finally:
+        await made.close()
