@@ -55,10 +55,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        if value.startswith("redis+cluster://"):
             raise ValueError(
-                f"OTA_REDIS_URL must start with redis://, rediss:// or unix://, got {value!r}; "
-                "leave it empty to start an embedded Redis"
+                "Redis Cluster is not supported: each state change is one Lua script over "
+                "keys that Cluster would spread across slots; use one primary with replicas, "
+                "and Sentinel for failover (redis+sentinel://host:26379/service_name)"
+            )
+        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+        if value and not value.startswith(schemes):
+            raise ValueError(
+                f"OTA_REDIS_URL must start with redis://, rediss://, unix:// or "
+                f"redis+sentinel://, got {value!r}; leave it empty to start an embedded Redis"
             )
         return value
 

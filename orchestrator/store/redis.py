@@ -6,6 +6,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any, ParamSpec, TypeVar, cast
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -25,12 +26,18 @@ Pipeline = aioredis.client.Pipeline
 MAX_CONNECTIONS = 64  # per process; callers beyond it wait for a free connection
 
 
+SENTINEL_SCHEME = "redis+sentinel://"
+
+
 def connect(url: str) -> Redis:
     """A client for `url` that returns str and fails fast when Redis is down.
 
     The pool blocks when all connections are busy: redis-py's default pool raises "Too many
     connections" instead, which turned a burst of parallel work into lost results.
+    A `redis+sentinel://` URL asks the Sentinels for the current primary (see `sentinel`).
     """
+    if url.startswith(SENTINEL_SCHEME):
+        return sentinel(url)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
@@ -41,6 +48,61 @@ def connect(url: str) -> Redis:
         timeout=30,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+
+
+class _SentinelRedis(aioredis.Redis):
+    """A client of Sentinel's primary that also closes its connections to the Sentinels."""
+
+    sentinels: list[aioredis.Redis]
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the primary's pool, then the Sentinel clients."""
+        await super().aclose(close_connection_pool)
+        for client in getattr(self, "sentinels", []):
+            await client.aclose()
+
+
+def sentinel(url: str) -> Redis:
+    """A client of the primary that Redis Sentinel names, following it through failovers.
+
+    `redis+sentinel://[[user]:password@]host:port[,host:port…]/service_name[/db]`; the
+    password is the primary's; `?sentinel_password=…` is the Sentinels' own, when they have
+    one. The pool grows as needed (redis-py has no blocking pool for Sentinel).
+    """
+    parts = urlsplit(url)
+    service, _, db = parts.path.strip("/").partition("/")
+    hosts = parts.netloc.rpartition("@")[2]
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit() or not service or (db and not db.isdigit()):
+            raise ValueError(
+                f"OTA_REDIS_URL {url!r} is not a Sentinel URL; write it as "
+                "redis+sentinel://[:password@]host:26379[,host:26379]/service_name[/db]"
+            )
+        sentinels.append((name, int(port)))
+    query = parse_qs(parts.query)
+    sentinel_password = query.get("sentinel_password", [None])[0]
+    sentinel_set = aioredis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py
+        sentinels,
+        sentinel_kwargs={"password": sentinel_password, "socket_connect_timeout": 5},
+        socket_connect_timeout=5,
+    )
+    client = cast(
+        _SentinelRedis,
+        sentinel_set.master_for(
+            service,
+            redis_class=_SentinelRedis,
+            decode_responses=True,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            db=int(db or 0),
+            socket_timeout=30,
+            health_check_interval=30,
+        ),
+    )
+    client.sentinels = list(sentinel_set.sentinels)
+    return client
 
 
 def translated(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
