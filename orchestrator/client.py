@@ -188,6 +188,78 @@ class ApiClient:
         )
         return body
 
+    # --- deploy hooks ---------------------------------------------------------------------
+
+    async def create_hook(
+        self, name: str, plan_text: str, secret: str | None = None
+    ) -> dict[str, Any]:
+        """`POST …/hooks`: the hook with its delivery `url` and its `secret` (shown only here)."""
+        body = await self.request(
+            "POST",
+            f"{self._project()}/hooks",
+            json={"name": name, "plan": plan_text, "secret": secret},
+        )
+        hook: dict[str, Any] = body["data"]
+        return hook
+
+    async def hooks(self) -> list[dict[str, Any]]:
+        """`GET …/hooks`: the project's hooks (without their secrets)."""
+        body = await self.request("GET", f"{self._project()}/hooks")
+        hooks: list[dict[str, Any]] = body["data"]
+        return hooks
+
+    async def hook(self, hook_id: str) -> dict[str, Any]:
+        """`GET …/hooks/{id}`: one hook (without its secret)."""
+        body = await self.request("GET", f"{self._project()}/hooks/{hook_id}")
+        hook: dict[str, Any] = body["data"]
+        return hook
+
+    async def delete_hook(self, hook_id: str) -> dict[str, Any]:
+        """`DELETE …/hooks/{id}`: the service's answer (`action`, `message`)."""
+        body: dict[str, Any] = await self.request("DELETE", f"{self._project()}/hooks/{hook_id}")
+        return body
+
+    async def hook_deliveries(self, hook_id: str) -> list[dict[str, Any]]:
+        """`GET …/hooks/{id}/deliveries`: what each delivery asked for and started, newest first."""
+        body = await self.request("GET", f"{self._project()}/hooks/{hook_id}/deliveries")
+        deliveries: list[dict[str, Any]] = body["data"]
+        return deliveries
+
+    # --- notifications --------------------------------------------------------------------
+
+    async def create_notification(
+        self, url: str, events: list[str] | None = None, secret: str | None = None
+    ) -> dict[str, Any]:
+        """`POST …/notifications` (`events` None: every event): the subscription and its secret."""
+        body = await self.request(
+            "POST",
+            f"{self._project()}/notifications",
+            json={"url": url, "events": events, "secret": secret},
+        )
+        subscription: dict[str, Any] = body["data"]
+        return subscription
+
+    async def notifications(self) -> list[dict[str, Any]]:
+        """`GET …/notifications`: the project's subscriptions (without their secrets)."""
+        body = await self.request("GET", f"{self._project()}/notifications")
+        subscriptions: list[dict[str, Any]] = body["data"]
+        return subscriptions
+
+    async def delete_notification(self, notification_id: str) -> dict[str, Any]:
+        """`DELETE …/notifications/{id}`: the service's answer (`action`, `message`)."""
+        body: dict[str, Any] = await self.request(
+            "DELETE", f"{self._project()}/notifications/{notification_id}"
+        )
+        return body
+
+    async def notification_deliveries(self, notification_id: str) -> list[dict[str, Any]]:
+        """`GET …/notifications/{id}/deliveries`: each notice and its attempts, newest first."""
+        body = await self.request(
+            "GET", f"{self._project()}/notifications/{notification_id}/deliveries"
+        )
+        notices: list[dict[str, Any]] = body["data"]
+        return notices
+
 
 def _error_message(method: str, path: str, response: httpx.Response) -> str:
     try:

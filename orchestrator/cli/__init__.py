@@ -7,7 +7,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from orchestrator.cli import admin, demo, plans, rollouts, seedapi, simulate
+from orchestrator.cli import admin, demo, hooks, notifications, plans, rollouts, seedapi, simulate
 from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(
@@ -21,6 +21,8 @@ admin.register(app)
 plans.register(app)
 rollouts.register(app)
 seedapi.register(app)
+hooks.register(app)
+notifications.register(app)
 simulate.register(app)
 demo.register(app)
 

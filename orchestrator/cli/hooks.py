@@ -1,0 +1,223 @@
+"""Deploy hooks from the shell: `ota hooks create|list|delete|deliveries`.
+
+A hook turns a signed release delivery (GitHub's, or any sender's signed JSON body) into a
+rollout of its plan template, with `${version}` and `${file}` filled in.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.cli.plans import Unreadable, read_plan_text
+from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, print_json, run, server
+from orchestrator.client import ApiError
+from orchestrator.domain.hooks import parse_template
+from orchestrator.errors import InvalidInput
+
+hooks_app = typer.Typer(
+    help="Deploy hooks: a signed release delivery starts a rollout of a plan template.",
+    no_args_is_help=True,
+)
+
+HookId = Annotated[str, typer.Argument(help="The hook's id", metavar="ID")]
+DELIVERY_STYLE = {"accepted": "yellow", "started": "green", "failed": "red"}
+# The service locates template problems as `plan:LINE:COLUMN:`; the user knows it as a file.
+SERVICE_SOURCE = re.compile(r"\bplan:(\d+):(\d+):")
+SAMPLE_BODY = '{"version": "2.1.0", "file": "fw-2.1.0.bin"}'
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def delivery_url(url: str, api_url: str) -> str:
+    """The hook's URL as a sender needs it: absolute, on the API's address if given as a path."""
+    return api_url.rstrip("/") + url if url.startswith("/") else url
+
+
+def _template(path: Path) -> str:
+    """The template's text once it passes the offline check the service makes too.
+
+    Unreadable or empty: one line on stderr, exit 2. A bad template: every problem located
+    as file:line:column, exit 1 (as `ota apply` does for plans).
+    """
+    try:
+        text = read_plan_text(path)
+    except Unreadable as exc:
+        typer.echo(
+            f"error: {exc}; pass --plan a plan template such as rollouts/webhook-template.yaml",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    if not text.strip():
+        typer.echo(
+            f"error: {path}: the plan template is empty; write a plan with ${{version}} and "
+            "${file} where the release goes (see rollouts/webhook-template.yaml)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        parse_template(text, source=str(path))
+    except InvalidInput as exc:  # a PlanError too: one located problem per line
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from None
+    return text
+
+
+def _curl(url: str, secret: str) -> str:
+    """A shell line that posts a deploy body signed the GitHub way with `secret`."""
+    key = shlex.quote(secret)
+    return (
+        f"body='{SAMPLE_BODY}'; curl -sS -X POST {shlex.quote(url)} "
+        "-H 'Content-Type: application/json' "
+        '-H "X-Hub-Signature-256: sha256=$(printf %s "$body" | '
+        f"openssl dgst -sha256 -hmac {key} | sed 's/^.*= //')\" "
+        '--data-binary "$body"'
+    )
+
+
+@hooks_app.command("create")
+def create_hook(
+    name: Annotated[str, typer.Option(help="The hook's name (for people)")],
+    plan: Annotated[
+        Path,
+        typer.Option(
+            help="The plan template, YAML with ${version} and ${file}",
+            metavar="FILE",
+            show_default=False,
+        ),
+    ],
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            help="The HMAC secret senders sign with (16+ characters); generated when left out",
+            show_default=False,
+        ),
+    ] = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """Register a plan template; prints the hook's URL and secret (the secret only this once)."""
+    text = _template(plan)
+    target = server(api_url, api_key, project)
+    try:
+        hook = run(lambda api: api.create_hook(name, text, secret), target)
+    except ApiError as exc:
+        located = SERVICE_SOURCE.search(exc.message) if exc.status == 400 else None
+        if located is None:
+            raise
+        # A service whose checks differ from this CLI's: its `plan:` is this file.
+        typer.echo(f"{plan}:{exc.message[located.start() + len('plan:') :]}", err=True)
+        raise typer.Exit(1) from None
+    url = delivery_url(hook["url"], target.api_url)
+    if as_json:
+        print_json({**hook, "url": url})
+        return
+    console = _console()
+    console.print(f"hook    {hook['id']}  ({hook['name']})")
+    console.print(f"url     {url}")
+    console.print(f"secret  {hook['secret']}  (shown only now)")
+    console.print(
+        f"GitHub: repository Settings → Webhooks → Add webhook: Payload URL {url}, Content type "
+        "application/json, Secret as above, events: Releases.",
+        style="dim",
+        soft_wrap=True,
+    )
+    console.print("Any other sender, signed the same way:", style="dim")
+    console.print(_curl(url, hook["secret"]), style="dim", soft_wrap=True, markup=False)
+
+
+@hooks_app.command("list")
+def list_hooks(
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """The project's hooks (their secrets are never shown again)."""
+    target = server(api_url, api_key, project)
+    hooks = [
+        {**hook, "url": delivery_url(hook["url"], target.api_url)}
+        for hook in run(lambda api: api.hooks(), target)
+    ]
+    if as_json:
+        print_json(hooks)
+        return
+    console = _console()
+    if not hooks:
+        console.print("no hooks; add one with: ota hooks create --name N --plan FILE")
+        return
+    table = Table(box=None, header_style="dim")
+    for column in ("id", "name", "url", "created"):
+        table.add_column(column, overflow="fold")
+    for hook in hooks:
+        table.add_row(hook["id"], hook["name"], hook["url"], hook.get("created_at", ""))
+    console.print(table)
+
+
+@hooks_app.command("delete")
+def delete_hook(
+    hook_id: HookId,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """Delete a hook: its URL answers 404 from now on; rollouts it started go on."""
+    answer = run(lambda api: api.delete_hook(hook_id), server(api_url, api_key, project))
+    if as_json:
+        print_json(answer)
+        return
+    typer.echo(f"deleted hook {hook_id}")
+
+
+@hooks_app.command("deliveries")
+def deliveries(
+    hook_id: HookId,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """The hook's deliveries of the last 24 hours, newest first, and what each one started."""
+    found: list[dict[str, Any]] = run(
+        lambda api: api.hook_deliveries(hook_id), server(api_url, api_key, project)
+    )
+    if as_json:
+        print_json(found)
+        return
+    console = _console()
+    if not found:
+        console.print(f"no deliveries to hook {hook_id} in the last 24 hours")
+        return
+    table = Table(box=None, header_style="dim")
+    for column in ("received", "id", "scheme", "version", "file", "status", "rollout", "reason"):
+        table.add_column(column, overflow="fold")
+    for delivery in found:
+        state = delivery.get("status", "")
+        table.add_row(
+            delivery.get("received_at", ""),
+            delivery.get("id", ""),
+            delivery.get("scheme", ""),
+            delivery.get("version", ""),
+            delivery.get("file") or "",
+            Text(state, style=DELIVERY_STYLE.get(state, "")),
+            delivery.get("rollout_id") or "",
+            delivery.get("reason") or "",
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these verbs to the `ota` app."""
+    app.add_typer(hooks_app, name="hooks")
