@@ -92,6 +92,7 @@ class HookStore:
         self._redis = redis
         self._keys = keys
         self._accept = load_script(redis, "hook_accept")
+        self._settle = load_script(redis, "hook_settle")
 
     @translated
     async def create(
@@ -181,14 +182,9 @@ class HookStore:
     @translated
     async def settle(self, hook_id: str, delivery_id: str, *, status: str, reason: str) -> None:
         """Record what the engine made of a delivery (only while the delivery is kept)."""
-        key = self._keys.hook_delivery(hook_id, delivery_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.exists(key)
-            pipe.hset(key, mapping={"status": status, "reason": reason})
-            pipe.expire(key, DELIVERY_TTL_S, xx=True)
-            existed, *_ = await pipe.execute()
-        if not existed:  # the delivery expired meanwhile: do not leave a hash without a TTL
-            await self._redis.delete(key)
+        await self._settle(
+            keys=[self._keys.hook_delivery(hook_id, delivery_id)], args=[status, reason]
+        )
 
     @translated
     async def deliveries(self, hook_id: str, limit: int = 100) -> list[Delivery]:
