@@ -15,16 +15,35 @@ device=$1
 token=$2
 : "${MQTT_SERVICE_PASSWORD:?set MQTT_SERVICE_PASSWORD to the ota-service account password}"
 
+# mosquitto_ctrl exits 0 even when the plugin refuses a command: read what it says.
 ctrl() {
-    mosquitto_ctrl -h "${MQTT_HOST:-localhost}" -p "${MQTT_PORT:-1883}" \
-        -u ota-service -P "$MQTT_SERVICE_PASSWORD" dynsec "$@" >/dev/null
+    out=$(mosquitto_ctrl -h "${MQTT_HOST:-localhost}" -p "${MQTT_PORT:-1883}" \
+        -u ota-service -P "$MQTT_SERVICE_PASSWORD" dynsec "$@" 2>&1) || {
+        echo "$out" >&2
+        exit 1
+    }
+    case $out in
+        *"already exists"*) ;; # a second run, or the service made it first: nothing to change
+        *[Ee]rror*)
+            echo "mosquitto_ctrl dynsec $1: $out" >&2
+            exit 1
+            ;;
+    esac
 }
 
-role="device-$device"
+# The role name the service uses when it keeps the broker in step (OTA_MQTT_PROVISION=dynsec).
+role="ota-device-$device"
 ctrl createClient "$device" -p "$token"
+case $out in
+    *"already exists"*) ctrl setClientPassword "$device" "$token" ;; # the token given wins
+esac
 ctrl createRole "$role"
 ctrl addRoleACL "$role" subscribePattern "$device/control/#" allow
 ctrl addRoleACL "$role" publishClientReceive "$device/control/#" allow
 ctrl addRoleACL "$role" publishClientSend "$device/control/+/result" allow
-ctrl addClientRole "$device" "$role"
+ctrl getClient "$device"
+case $out in
+    *"$role "*) ;; # has it already (adding it twice is an "Internal error")
+    *) ctrl addClientRole "$device" "$role" ;;
+esac
 echo "device $device may now connect"
