@@ -6,13 +6,16 @@ event loop exists, and the test suite calls it from session fixtures.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import fcntl
 import functools
+import hashlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -21,7 +24,8 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
+from urllib.parse import quote
 
 _PORT_ATTEMPTS = 5
 _POLL_S = 0.05
@@ -41,6 +45,27 @@ _MQTT_PROBE: _Probe = (
     b"\x20\x02\x00\x00",  # CONNACK, accepted
     b"\xe0\x00",
 )
+# With dynamic security on, anonymous clients are refused: CONNACK "not authorized" (3.1.1
+# return code 5) proves the broker is up and reading its plugin's clients.
+_MQTT_REFUSED_PROBE: _Probe = (_MQTT_PROBE[0], b"\x20\x02\x00\x05", b"")
+
+# Mosquitto's dynamic-security plugin: Debian's multiarch place first, then upstream's.
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+DYNSEC_ADMIN_ROLE = "admin"  # the role `mosquitto_ctrl dynsec init` gives its admin client
+DYNSEC_SERVICE_ROLE = "ota-service"  # what the service publishes and reads besides $CONTROL
+# The service sends commands and reads results (ARCHITECTURE §5); the admin role made by
+# `mosquitto_ctrl dynsec init` already lets it subscribe to and receive every topic.
+DYNSEC_SERVICE_ACLS = (
+    {"acltype": "publishClientSend", "topic": "+/control/+", "allow": True},
+    {"acltype": "subscribePattern", "topic": "+/control/+/result", "allow": True},
+    {"acltype": "publishClientReceive", "topic": "+/control/+/result", "allow": True},
+)
+_DYNSEC_PBKDF2_ITERATIONS = 101  # what Mosquitto 2.0's plugin itself uses
 
 # amqtt's own `amqtt` script starts the broker as a detached task, so a taken port leaves a
 # process that runs forever without listening, and it has no SIGTERM handler. This runner
@@ -92,6 +117,100 @@ def mosquitto_binary() -> str | None:
     """The mosquitto executable on PATH or in /usr/sbin (Debian's place), else None."""
     debian = "/usr/sbin/mosquitto"
     return shutil.which("mosquitto") or (debian if os.access(debian, os.X_OK) else None)
+
+
+def dynsec_plugin_path() -> str | None:
+    """Mosquitto's dynamic-security plugin (`mosquitto_dynamic_security.so`), else None."""
+    return next((path for path in DYNSEC_PLUGIN_PATHS if os.path.isfile(path)), None)
+
+
+def _dynsec_password(password: str) -> dict[str, Any]:
+    """The plugin's stored form of `password`: PBKDF2-HMAC-SHA512 over a 12-byte salt."""
+    salt = secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, _DYNSEC_PBKDF2_ITERATIONS)
+    return {
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": _DYNSEC_PBKDF2_ITERATIONS,
+    }
+
+
+def _dynsec_skeleton() -> dict[str, Any]:
+    """What `mosquitto_ctrl dynsec init` writes, less its admin client: used without the tool."""
+    everything = "#"
+    control = "$CONTROL/dynamic-security/#"
+    acls = [
+        {"acltype": "publishClientSend", "topic": control, "allow": True},
+        {"acltype": "publishClientReceive", "topic": control, "allow": True},
+        {"acltype": "subscribePattern", "topic": control, "allow": True},
+        {"acltype": "publishClientReceive", "topic": "$SYS/#", "allow": True},
+        {"acltype": "subscribePattern", "topic": "$SYS/#", "allow": True},
+        {"acltype": "publishClientReceive", "topic": everything, "allow": True},
+        {"acltype": "subscribePattern", "topic": everything, "allow": True},
+        {"acltype": "unsubscribePattern", "topic": everything, "allow": True},
+    ]
+    return {
+        "clients": [],
+        "roles": [{"rolename": DYNSEC_ADMIN_ROLE, "acls": acls}],
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": True,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+    }
+
+
+def write_dynsec_config(path: Path, username: str, password: str) -> None:
+    """Create or update the plugin's config so that `username`/`password` is the service.
+
+    A new file comes from `mosquitto_ctrl dynsec init` when the tool is installed, else is
+    written here in the same form. Then (new file or kept from an earlier run, with its device
+    clients) the service client gets this password, the admin role and the service role.
+    Call it only while the broker is stopped: the plugin rewrites the file on every change.
+    """
+    ctrl = shutil.which("mosquitto_ctrl")
+    if not path.exists():
+        if ctrl is not None:
+            done = subprocess.run(
+                [ctrl, "dynsec", "init", str(path), username, password],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise EmbeddedError(
+                    f"`mosquitto_ctrl dynsec init {path} {username}` failed with code "
+                    f"{done.returncode}: {done.stderr.decode(errors='replace').strip()}; "
+                    f"remove {path} or check that its directory is writable"
+                )
+        else:
+            path.write_text(json.dumps(_dynsec_skeleton(), indent=1) + "\n")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EmbeddedError(
+            f"The dynamic-security config {path} cannot be read as JSON ({exc}); "
+            "remove it to start from a fresh one (device clients are then re-created by "
+            "the service at start, without their passwords)"
+        ) from exc
+    roles = config.setdefault("roles", [])
+    if not any(role.get("rolename") == DYNSEC_ADMIN_ROLE for role in roles):
+        roles.extend(_dynsec_skeleton()["roles"])
+    roles[:] = [role for role in roles if role.get("rolename") != DYNSEC_SERVICE_ROLE]
+    roles.append({"rolename": DYNSEC_SERVICE_ROLE, "acls": list(DYNSEC_SERVICE_ACLS)})
+    clients = config.setdefault("clients", [])
+    clients[:] = [client for client in clients if client.get("username") != username]
+    clients.append(
+        {
+            "username": username,
+            "textName": "OTA orchestrator service",
+            **_dynsec_password(password),
+            "roles": [{"rolename": DYNSEC_ADMIN_ROLE}, {"rolename": DYNSEC_SERVICE_ROLE}],
+        }
+    )
+    path.write_text(json.dumps(config, indent=1) + "\n")
+    path.chmod(0o600)  # password hashes
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -329,7 +448,12 @@ class EmbeddedRedis(_Server):
 
 
 class EmbeddedBroker(_Server):
-    """An MQTT broker child process: Mosquitto when installed (MQTT 5), else amqtt (3.1.1)."""
+    """An MQTT broker child process: Mosquitto when installed (MQTT 5), else amqtt (3.1.1).
+
+    With `dynsec=True`, Mosquitto loads its dynamic-security plugin: anonymous clients are
+    refused, the service connects as `dynsec_username` with a password made for this run (in
+    `url`), with admin rights on the plugin, and devices are the plugin's clients.
+    """
 
     _scheme = "mqtt"
     _probe = _MQTT_PROBE
@@ -340,16 +464,55 @@ class EmbeddedBroker(_Server):
         *,
         kind: Literal["auto", "mosquitto", "amqtt"] = "auto",
         host: str = "127.0.0.1",
+        dynsec: bool = False,
+        dynsec_username: str = "ota-service",
+        dynsec_password: str | None = None,
     ) -> None:
         self._mosquitto = mosquitto_binary()
         auto: Literal["mosquitto", "amqtt"] = "amqtt" if self._mosquitto is None else "mosquitto"
         self.kind: Literal["mosquitto", "amqtt"] = auto if kind == "auto" else kind
         super().__init__(self.kind, data_dir, host)
+        self.dynsec = dynsec
+        self.dynsec_username = dynsec_username
+        self.dynsec_password = dynsec_password or secrets.token_urlsafe(24)
+        self.dynsec_config_path = data_dir / "dynamic-security.json"
+        self._dynsec_plugin: str | None = None
+        if dynsec:
+            if self.kind != "mosquitto":
+                raise EmbeddedError(
+                    "dynsec=True needs Mosquitto (its dynamic-security plugin), but the "
+                    f"embedded broker would be {self.kind}; install the mosquitto package"
+                )
+            self._dynsec_plugin = dynsec_plugin_path()
+            if self._dynsec_plugin is None:
+                raise EmbeddedError(
+                    "dynsec=True needs mosquitto_dynamic_security.so, which is in none of "
+                    f"{', '.join(DYNSEC_PLUGIN_PATHS)}; install the mosquitto package "
+                    "(Debian ships the plugin with it)"
+                )
+            self._probe = _MQTT_REFUSED_PROBE
+
+    @property
+    def url(self) -> str:
+        """The URL the service connects with (its user name and password under dynsec)."""
+        plain = super().url
+        if not self.dynsec:
+            return plain
+        scheme, _, rest = plain.partition("://")
+        user = quote(self.dynsec_username, safe="")
+        return f"{scheme}://{user}:{quote(self.dynsec_password, safe='')}@{rest}"
 
     @property
     def mqtt_version(self) -> Literal["5.0", "3.1.1"]:
         """The newest MQTT protocol version the broker speaks (amqtt is 3.1.1 only)."""
         return "5.0" if self.kind == "mosquitto" else "3.1.1"
+
+    def start(self, timeout_s: float = 15.0) -> Self:
+        """Start the broker on a free port (writing the dynamic-security config first)."""
+        if self.dynsec and self._port is None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            write_dynsec_config(self.dynsec_config_path, self.dynsec_username, self.dynsec_password)
+        return super().start(timeout_s)
 
     def _argv(self, port: int) -> list[str]:
         if self.kind == "amqtt":
@@ -371,7 +534,6 @@ class EmbeddedBroker(_Server):
         config_path = self.data_dir / "mosquitto.conf"
         lines = [
             f"listener {port} {self.host}",
-            "allow_anonymous true",
             # The default 1000 silently drops QoS 1/2 messages for a slow subscriber; 0
             # ("no maximum") is mishandled by Mosquitto 2.0.11.
             "max_queued_messages 100000",
@@ -385,6 +547,14 @@ class EmbeddedBroker(_Server):
             f"log_dest file {self.log_path.resolve()}",
             "log_type error warning notice",
         ]
+        if self._dynsec_plugin is not None:
+            lines += [
+                "allow_anonymous false",
+                f"plugin {self._dynsec_plugin}",
+                f"plugin_opt_config_file {self.dynsec_config_path.resolve()}",
+            ]
+        else:
+            lines.append("allow_anonymous true")
         if os.geteuid() == 0:  # else Mosquitto switches to user `mosquitto`, who can't write here
             lines.append("user root")
         config_path.write_text("\n".join(lines) + "\n")
