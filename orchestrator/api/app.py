@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +35,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
+from orchestrator.transport.dynsec import DeviceProvisioner, DynsecClient, reconcile_until_done
 from orchestrator.transport.mqtt import CommandTransport
 
 log = structlog.get_logger(__name__)
@@ -79,15 +82,35 @@ def create_app(settings: Settings) -> FastAPI:
             client_id=f"{settings.instance_id}-commands",
         )
         stores = Stores.build(redis, settings.redis_prefix)
+        provisioner: DeviceProvisioner | None = None
+        if settings.mqtt_provision == "dynsec" and settings.role != "engine":
+            provisioner = DeviceProvisioner(
+                DynsecClient(
+                    settings.mqtt_url,
+                    version=settings.mqtt_version,
+                    client_id=f"{settings.instance_id}-dynsec",
+                )
+            )
         app.state.context = AppContext(
             settings=settings,
             stores=stores,
             blobs=BlobStore(settings.files_dir),
             transport=transport,
             metrics=metrics,
+            provisioner=provisioner,
         )
         await transport.start()
         await transport.wait_connected(timeout_s=5.0)
+        reconciling: asyncio.Task[object] | None = None
+        if provisioner is not None:
+            await provisioner.start()
+            await provisioner.client.wait_ready(timeout_s=5.0)
+            # Devices made before provisioning was on, or while the broker was away.
+            reconciling = asyncio.create_task(
+                reconcile_until_done(provisioner, stores.devices.mqtt_device_ids),
+                name="dynsec-reconcile",
+            )
+        app.state.reconciling = reconciling
         engine: Engine | None = None
         if settings.role in ("all", "engine"):
             engine = Engine(EngineContext(settings, stores, transport, metrics))
@@ -98,6 +121,12 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if engine is not None:
                 await engine.stop()
+            if reconciling is not None:
+                reconciling.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconciling
+            if provisioner is not None:
+                await provisioner.stop()
             await transport.stop()
             await redis.aclose()
 

@@ -10,6 +10,7 @@ from orchestrator.blobs import BlobStore
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
+from orchestrator.transport.dynsec import DeviceProvisioner
 from orchestrator.transport.mqtt import CommandTransport
 
 
@@ -22,6 +23,8 @@ class AppContext:
     blobs: BlobStore
     transport: CommandTransport
     metrics: Metrics
+    # Keeps the broker's dynamic security in step with devices (OTA_MQTT_PROVISION=dynsec).
+    provisioner: DeviceProvisioner | None = None
 
 
 def get_context(request: Request) -> AppContext:

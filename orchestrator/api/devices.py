@@ -1,6 +1,14 @@
-"""`/v2/projects/{pid}/devices`: seed 003's create, and read, update, delete."""
+"""`/v2/projects/{pid}/devices`: seed 003's create, and read, update, delete, token rotation.
+
+With OTA_MQTT_PROVISION=dynsec an mqtt device is also a client of the broker's dynamic
+security (`orchestrator.transport.dynsec`): made with the device, removed with it, its password
+set when its token rotates. When the broker cannot take the change the request fails with 503
+and nothing is changed, so a retry is always safe.
+"""
 
 from __future__ import annotations
+
+import contextlib
 
 from fastapi import APIRouter, Depends, Query
 
@@ -19,8 +27,8 @@ from orchestrator.api.schemas import (
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.commands import parse_allowed_commands
 from orchestrator.domain.devices import DeviceSource, validate_tags
-from orchestrator.errors import NotFound
-from orchestrator.store.devices import Device
+from orchestrator.errors import NotFound, OrchestratorError
+from orchestrator.store.devices import Device, new_token
 
 router = APIRouter(tags=["devices"], responses=error_responses(400, 401, 403, 404, 503))
 
@@ -68,6 +76,15 @@ async def create_device(
         model=body.model or "Custom",
         tags=validate_tags(body.tags),
     )
+    if context.provisioner is not None and device.source is DeviceSource.MQTT:
+        try:
+            await context.provisioner.provision(device.id, token)
+        except OrchestratorError:
+            # Not created at all rather than created without broker credentials. Should Redis
+            # fail here too, the start-up reconciliation gives the device its broker client.
+            with contextlib.suppress(OrchestratorError):
+                await context.stores.devices.delete(project_id, device.id)
+            raise
     return DeviceEnvelope(
         status=201,
         action="create device",
@@ -148,8 +165,49 @@ async def delete_device(
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
 ) -> Done:
-    """Delete the device; its token and every download key issued to it stop working."""
+    """Delete the device; its token, its broker login and its download keys stop working."""
     await check_project(context, principal, project_id)
+    device = await context.stores.devices.get(project_id, device_id)
+    if device is None:
+        raise _not_found(project_id, device_id)
+    if context.provisioner is not None and device.source is DeviceSource.MQTT:
+        # First, so that a broker that cannot take it leaves the device whole (503, retry).
+        await context.provisioner.deprovision(device_id)
     if not await context.stores.devices.delete(project_id, device_id):
         raise _not_found(project_id, device_id)
     return Done(action="delete device")
+
+
+@router.post(
+    "/v2/projects/{project_id}/devices/{device_id}/token",
+    name="rotate_device_token",
+    status_code=200,
+)
+async def rotate_device_token(
+    project_id: str,
+    device_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
+) -> DeviceEnvelope:
+    """Give the device a new token (in data.metadata.device_token, shown this once).
+
+    The old token stops working at once, for downloads and (with OTA_MQTT_PROVISION=dynsec)
+    on the broker, which disconnects the device so that it logs in again with the new one.
+    """
+    await check_project(context, principal, project_id)
+    device = await context.stores.devices.get(project_id, device_id)
+    if device is None:
+        raise _not_found(project_id, device_id)
+    token = new_token()
+    if context.provisioner is not None and device.source is DeviceSource.MQTT:
+        # Broker first: if it cannot take the password the old token keeps working everywhere.
+        await context.provisioner.set_password(device_id, token)
+    rotated = await context.stores.devices.rotate_token(project_id, device_id, token)
+    if rotated is None:
+        raise _not_found(project_id, device_id)
+    return DeviceEnvelope(
+        status=200,
+        action="rotate device token",
+        message="Device token rotated; the old token no longer works.",
+        data=device_out(rotated, token),
+    )

@@ -44,6 +44,11 @@ class DevicePage:
     next_cursor: str | None
 
 
+def new_token() -> str:
+    """A fresh device token: the device's HTTP credential and its MQTT password."""
+    return secrets.token_urlsafe(24)
+
+
 def _decode(record: dict[str, str]) -> Device:
     allowed = record.get("allowed_commands", "")
     return Device(
@@ -83,7 +88,7 @@ class DeviceStore:
         tags: list[str],
     ) -> tuple[Device, str]:
         """A new device and its token (plain text, returned once, stored as a digest)."""
-        token = secrets.token_urlsafe(24)
+        token = new_token()
         device = Device(
             id=str(uuid.uuid4()),
             project_id=project_id,
@@ -236,3 +241,45 @@ class DeviceStore:
                     return True
                 except WatchError:
                     continue
+
+    @translated
+    async def rotate_token(self, project_id: str, device_id: str, token: str) -> Device | None:
+        """Make `token` the device's only token (the old one stops working); None if gone."""
+        key = self._keys.device(device_id)
+        while True:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    record = fields(await pipe.hgetall(key))
+                    if not record or record["project_id"] != project_id:
+                        return None
+                    token_digest = digest(token)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.delete(self._keys.device_token(record.get("token_digest", "")))
+                    pipe.set(self._keys.device_token(token_digest), device_id)
+                    pipe.hset(key, "token_digest", token_digest)
+                    await pipe.execute()
+                    return _decode({**record, "token_digest": token_digest})
+                except WatchError:
+                    continue
+
+    @translated
+    async def mqtt_device_ids(self) -> list[str]:
+        """The id of every mqtt device of every project (for keeping the broker in step)."""
+        project_ids = members(await self._redis.zrange(self._keys.projects(), 0, -1))
+        device_ids: list[str] = []
+        for project_id in project_ids:
+            device_ids += members(
+                await self._redis.zrange(self._keys.project_devices(project_id), 0, -1)
+            )
+        sources: list[str | None] = []
+        for start in range(0, len(device_ids), 1000):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for device_id in device_ids[start : start + 1000]:
+                    pipe.hget(self._keys.device(device_id), "source")
+                sources += await pipe.execute()
+        return [
+            device_id
+            for device_id, source in zip(device_ids, sources, strict=True)
+            if source == DeviceSource.MQTT.value
+        ]
