@@ -39,7 +39,8 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
         if resolved.mqtt_url:
             yield resolved
             return
-        with EmbeddedBroker(resolved.broker_data_dir).start() as broker:
+        dynsec = resolved.mqtt_provision == "dynsec"
+        with EmbeddedBroker(resolved.broker_data_dir, dynsec=dynsec).start() as broker:
             log.info("embedded mqtt broker started", kind=broker.kind, url=broker.url)
             yield resolved.model_copy(
                 update={"mqtt_url": broker.url, "mqtt_version": broker.mqtt_version}

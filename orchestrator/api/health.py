@@ -24,12 +24,17 @@ async def healthz() -> Health:
     responses={503: {"model": Health, "description": "Redis or MQTT unreachable"}},
 )
 async def readyz(context: AppContext = Depends(get_context)) -> JSONResponse:
-    """Redis answers and the MQTT broker is connected."""
+    """Redis answers, the MQTT broker is connected (and dynamic security, when provisioning)."""
     try:
         redis_ok = await context.stores.ping()
     except StoreUnavailable:
         redis_ok = False
     mqtt_ok = await context.transport.ping()
-    ready = redis_ok and mqtt_ok
-    body = Health(status="ok" if ready else "unavailable", redis=redis_ok, mqtt=mqtt_ok)
+    # With per-device broker accounts, a replica that cannot reach dynamic security would
+    # refuse every device change: it is not ready.
+    dynsec_ok = context.provisioner.client.ready if context.provisioner is not None else None
+    ready = redis_ok and mqtt_ok and dynsec_ok is not False
+    body = Health(
+        status="ok" if ready else "unavailable", redis=redis_ok, mqtt=mqtt_ok, dynsec=dynsec_ok
+    )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

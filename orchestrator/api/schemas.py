@@ -159,6 +159,9 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     redis: bool | None = None
     mqtt: bool | None = None
+    dynsec: bool | None = Field(
+        None, description="With OTA_MQTT_PROVISION=dynsec: the broker's dynamic security answers"
+    )
 
 
 # -- rollouts ----------------------------------------------------------------------------------

@@ -8,4 +8,4 @@ from tests.conftest import Service
 async def test_readyz_reports_redis_and_mqtt_reachable(service: Service) -> None:
     response = await service.client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "redis": True, "mqtt": True}
+    assert response.json() == {"status": "ok", "redis": True, "mqtt": True, "dynsec": None}

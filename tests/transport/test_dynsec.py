@@ -335,6 +335,8 @@ async def test_broker_out_of_reach_fails_device_changes_with_503_and_changes_not
             kept = (await client.post(devices, json={"name": "kept", "source": "mqtt"})).json()
             kept_id = kept["data"]["metadata"]["device_id"]
             kept_token = kept["data"]["metadata"]["device_token"]
+            ready = (await client.get("/readyz")).json()
+            assert (ready["status"], ready["dynsec"]) == ("ok", True)
             broker.stop()
 
             async def refused() -> bool:
@@ -348,6 +350,9 @@ async def test_broker_out_of_reach_fails_device_changes_with_503_and_changes_not
             assert body["action"] == "create device"
             assert "broker" in body["message"]
             assert "retry" in body["message"]
+            unready = await client.get("/readyz")
+            assert unready.status_code == 503
+            assert unready.json()["dynsec"] is False
             listed = (await client.get(devices)).json()["data"]
             assert [d["id"] for d in listed] == [kept_id]  # the refused ones are not kept
 
