@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from pathlib import Path
@@ -55,17 +56,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if value.startswith("redis+cluster://"):
-            raise ValueError(
-                "Redis Cluster is not supported: each state change is one Lua script over "
-                "keys that Cluster would spread across slots; use one primary with replicas, "
-                "and Sentinel for failover (redis+sentinel://host:26379/service_name)"
-            )
-        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://")
+        schemes = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis+cluster://")
         if value and not value.startswith(schemes):
             raise ValueError(
-                f"OTA_REDIS_URL must start with redis://, rediss://, unix:// or "
-                f"redis+sentinel://, got {value!r}; leave it empty to start an embedded Redis"
+                f"OTA_REDIS_URL must start with redis://, rediss://, unix://, redis+sentinel:// "
+                f"or redis+cluster://, got {value!r}; leave it empty to start an embedded Redis"
             )
         return value
 
@@ -78,6 +73,18 @@ class Settings(BaseSettings):
                 "leave it empty to start an embedded broker"
             )
         return value
+
+    @model_validator(mode="after")
+    def _cluster_prefix(self) -> Settings:
+        # Scripts change many keys at once; Cluster runs that only within one slot.
+        tag = re.search(r"\{[^{}]+\}", self.redis_prefix)
+        if self.redis_url.startswith("redis+cluster://") and tag is None:
+            raise ValueError(
+                f"OTA_REDIS_PREFIX {self.redis_prefix!r} has no hash tag, but Redis Cluster "
+                "needs every key of one installation in one slot: set OTA_REDIS_PREFIX={ota}: "
+                "(any text in braces)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _public_url_default(self) -> Settings:

@@ -50,7 +50,7 @@ def settings(redis_url: str, mqtt_broker: EmbeddedBroker, tmp_path: Path) -> Set
     port = free_port()
     return Settings(
         redis_url=redis_url,
-        redis_prefix=f"test:{uuid.uuid4().hex[:12]}:",
+        redis_prefix=f"{{test-{uuid.uuid4().hex[:12]}}}:",  # one hash tag: Cluster-ready
         mqtt_url=mqtt_broker.url,
         mqtt_version=mqtt_broker.mqtt_version,
         http_port=port,

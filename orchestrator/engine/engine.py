@@ -93,9 +93,11 @@ class Engine:
         try:
             while not self._stopping.is_set():
                 try:
+                    # A command first: a cluster client learns its slots on the first one.
+                    active = await rollouts.active_ids()
                     if not created.subscribed:
                         await created.subscribe(self.context.stores.keys.rollouts_channel())
-                    for rollout_id in await rollouts.active_ids():
+                    for rollout_id in active:
                         if rollout_id in self._drivers or self._stopping.is_set():
                             continue
                         driver = RolloutDriver(rollout_id, self.context)

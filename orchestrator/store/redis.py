@@ -27,6 +27,7 @@ MAX_CONNECTIONS = 64  # per process; callers beyond it wait for a free connectio
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
+CLUSTER_SCHEME = "redis+cluster://"
 
 
 def connect(url: str) -> Redis:
@@ -38,6 +39,8 @@ def connect(url: str) -> Redis:
     """
     if url.startswith(SENTINEL_SCHEME):
         return sentinel(url)
+    if url.startswith(CLUSTER_SCHEME):
+        return cluster(url)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
@@ -103,6 +106,37 @@ def sentinel(url: str) -> Redis:
     )
     client.sentinels = list(sentinel_set.sentinels)
     return client
+
+
+def cluster(url: str) -> Redis:
+    """A Redis Cluster client; every key must carry one hash tag (see Settings.redis_prefix).
+
+    `redis+cluster://[[user]:password@]host:port[,host:port…]`: any reachable nodes; the
+    client learns the rest. Each state change is one Lua script or MULTI over several keys,
+    which Cluster runs only when they share a slot: the key prefix's hash tag (`{ota}:`) puts
+    them all in one, so a cluster gives failover, not sharding of one installation.
+    """
+    parts = urlsplit(url)
+    nodes = []
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        name, _, port = host.rpartition(":")
+        if not name or not port.isdigit():
+            raise ValueError(
+                f"OTA_REDIS_URL {url!r} is not a Cluster URL; write it as "
+                "redis+cluster://[:password@]host:6379[,host:6379]"
+            )
+        nodes.append(aioredis.cluster.ClusterNode(name, int(port)))
+    client = aioredis.cluster.RedisCluster(
+        startup_nodes=nodes,
+        decode_responses=True,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+        health_check_interval=30,
+    )
+    # The stores use the commands both clients share; Cluster routes each by its keys.
+    return cast(Redis, client)
 
 
 def translated(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:

@@ -508,7 +508,8 @@ class RolloutStore:
                 else "{}",
                 request.retries,
             )
-        replies = await self._device(keys=[], args=args)
+        # KEYS only routes the call (Redis Cluster): every key shares the prefix's slot.
+        replies = await self._device(keys=[self._keys.active_rollouts()], args=args)
         outcomes = []
         for reply in replies:
             old_state, result = str(reply[0]), str(reply[1])
@@ -621,7 +622,8 @@ class RolloutStore:
             ids = await self.order_slice(rollout_id, start, start + RELEASE_CHUNK)
             freed += int(
                 await self._release(
-                    keys=[], args=[self._keys.device_rollout_prefix(), rollout_id, *ids]
+                    keys=[self._keys.active_rollouts()],  # routes the call (Redis Cluster)
+                    args=[self._keys.device_rollout_prefix(), rollout_id, *ids],
                 )
             )
         return freed

@@ -1,4 +1,4 @@
-"""OTA_REDIS_URL with Redis Sentinel: the stores reach the primary that a real Sentinel names."""
+"""OTA_REDIS_URL with Redis Sentinel (a real one) and the rules of Cluster URLs."""
 
 from __future__ import annotations
 
@@ -89,7 +89,9 @@ def test_a_sentinel_url_without_hosts_or_service_is_refused_with_the_form(url: s
         connect(url)
 
 
-def test_a_cluster_url_is_refused_saying_why_and_what_to_use() -> None:
-    with pytest.raises(ValidationError, match="Redis Cluster is not supported") as caught:
-        Settings(redis_url="redis+cluster://127.0.0.1:7000")
-    assert "redis+sentinel://" in str(caught.value)
+def test_a_cluster_url_needs_a_hash_tagged_prefix_saying_so() -> None:
+    with pytest.raises(ValidationError, match="has no hash tag") as caught:
+        Settings(redis_url="redis+cluster://127.0.0.1:7000", redis_prefix="ota:")
+    assert "OTA_REDIS_PREFIX={ota}:" in str(caught.value)
+    tagged = Settings(redis_url="redis+cluster://127.0.0.1:7000", redis_prefix="{ota}:")
+    assert tagged.redis_prefix == "{ota}:"

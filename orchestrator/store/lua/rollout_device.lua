@@ -1,6 +1,7 @@
 -- Move devices of rollouts by one event each, with their counters, in one step, in order.
 -- A device that reaches `succeeded` has its download key revoked: the key has done its work.
--- No KEYS; ARGV[1] now ms, ARGV[2] download key hash prefix, then 14 values per event:
+-- KEYS[1] only routes the call to the node of the prefix's slot (Redis Cluster).
+-- ARGV[1] now ms, ARGV[2] download key hash prefix, then 14 values per event:
 --   1 rollout hash, 2 device hash, 3 counts hash, 4 deadlines zset, 5 retry list,
 --   6 device id, 7 transitions {from: to} (JSON), 8 rollout states required (JSON list, [] for
 --   any), 9 deadline: '' keep, '-' drop, '+N' N ms after the device's sent_at (now when it has

@@ -1,4 +1,5 @@
 -- Free devices of a finished rollout for other rollouts.
+-- KEYS[1] only routes the call to the node of the prefix's slot (Redis Cluster).
 -- ARGV[1] device lock prefix, ARGV[2] rollout id, ARGV[3..] device ids
 local freed = 0
 for i = 3, #ARGV do
