@@ -36,6 +36,7 @@ from orchestrator.store.redis import (
 from orchestrator.timeutil import isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
+RULES_CACHE_SIZE = 64  # rollouts whose results rules are kept encoded
 
 
 def now_ms() -> int:
@@ -273,6 +274,8 @@ class RolloutStore:
         self._hgetall_many = load_script(redis, "hgetall_many")
         self._state = load_script(redis, "rollout_state")
         self._release = load_script(redis, "rollout_release")
+        # Rules JSON by rollout id, for the rules object it was made from (sent with each batch).
+        self._rules_json_cache: dict[str, tuple[ResultRules, str]] = {}
 
     @translated
     async def create(
@@ -593,6 +596,16 @@ class RolloutStore:
         return outcomes
 
     def _rules_json(self, rollout_id: str, rules: ResultRules) -> str:
+        cached = self._rules_json_cache.get(rollout_id)
+        if cached is not None and cached[0] is rules:
+            return cached[1]
+        if len(self._rules_json_cache) >= RULES_CACHE_SIZE:
+            self._rules_json_cache.clear()
+        encoded = self._encode_rules(rollout_id, rules)
+        self._rules_json_cache[rollout_id] = (rules, encoded)
+        return encoded
+
+    def _encode_rules(self, rollout_id: str, rules: ResultRules) -> str:
         events: dict[str, dict[str, Any]] = {}
 
         def names(by_status: Mapping[str, TransitionRequest]) -> dict[str, str]:

@@ -748,6 +748,43 @@ async def test_dispatch_writes_each_device_its_download_key_and_command_record(
         assert command["command"] == "download_firmware"
 
 
+async def test_counters_add_up_when_one_call_moves_a_device_several_times(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(3, [1, 3], running=True)
+    await dispatch(stores, made, 3, 3)
+    first, second, third = made.devices
+    outcomes = await stores.rollouts.transitions(
+        [
+            TransitionRequest(made.id, first, DeviceEvent.KEY_CLAIMED),
+            TransitionRequest(made.id, first, DeviceEvent.KEY_DELIVERED),
+            TransitionRequest(made.id, first, DeviceEvent.FAILED, retries=0),
+            TransitionRequest(made.id, second, DeviceEvent.REJECTED),
+            TransitionRequest(made.id, third, DeviceEvent.FAILED),
+            TransitionRequest(made.id, third, DeviceEvent.RETRY),
+        ]
+    )
+    assert [(o.old, o.new) for o in outcomes] == [
+        ("sent", "downloading"),
+        ("downloading", "installing"),
+        ("installing", "failed"),
+        ("sent", "rejected"),
+        ("sent", "failed"),
+        ("failed", "pending"),
+    ]
+    assert await nonzero_counts(stores, made.id) == {
+        "all:failed": 1,
+        "all:rejected": 1,
+        "all:pending": 1,
+        "0:failed": 1,
+        "1:rejected": 1,
+        "1:pending": 1,
+        "fail:failed": 1,
+        "fail:rejected": 1,
+    }
+    assert (await stores.rollouts.device(made.id, third)).get("failure") is None
+
+
 async def test_success_revokes_the_device_key_and_other_outcomes_keep_it(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:

@@ -33,11 +33,34 @@ local now = ARGV[2]
 local key_prefix = ARGV[3]
 local failed_states = {failed = true, rejected = true, timed_out = true}
 
+-- Counter changes, summed over the call and written at its end: {counts hash: {field: delta}}.
+-- Nothing in the call reads the counters, and every field touched is written (even by 0).
+local deltas = {}
+local function count(counts, name, delta)
+  local by_name = deltas[counts]
+  if not by_name then
+    by_name = {}
+    deltas[counts] = by_name
+  end
+  by_name[name] = (by_name[name] or 0) + delta
+end
+
+local function write_counts()
+  for counts, by_name in pairs(deltas) do
+    for name, delta in pairs(by_name) do
+      redis.call('HINCRBY', counts, name, delta)
+    end
+  end
+end
+
 -- e: rollout, device, counts, deadlines, retry (keys), device_id, transitions (table),
 -- states (table or nil), deadline, failure, command_id, field, extra (table or nil), retries
 local function apply(e)
   local device, counts, device_id = e.device, e.counts, e.device_id
-  local state = redis.call('HGET', device, 'state')
+  local got = redis.call(
+    'HMGET', device, 'state', 'wave', 'key', 'sent_at', 'attempts', 'failure', e.field
+  )
+  local state = got[1]
   if not state then
     return {'', 'missing', ''}
   end
@@ -53,17 +76,19 @@ local function apply(e)
       return {state, 'rollout_state', ''}
     end
   end
-  if e.command_id ~= '' and redis.call('HGET', device, e.field) ~= e.command_id then
+  if e.command_id ~= '' and got[7] ~= e.command_id then
     return {state, 'command_mismatch', ''}
   end
   local new = e.transitions[state]
   if not new then
     return {state, 'no_transition', ''}
   end
+  local changes = {}
   if (new == 'failed' or new == 'timed_out') and e.retries >= 0 then
-    local attempts = tonumber(redis.call('HGET', device, 'attempts') or '0')
+    local attempts = tonumber(got[5] or '0')
     if attempts <= e.retries then
-      redis.call('HSET', device, 'last_failure', e.failure ~= '' and e.failure or new)
+      table.insert(changes, 'last_failure')
+      table.insert(changes, e.failure ~= '' and e.failure or new)
       new = 'pending'
     end
   end
@@ -71,39 +96,45 @@ local function apply(e)
     -- Back to pending (a retry, or the retry event): the cursor has passed it, so queue it.
     redis.call('RPUSH', e.retry, device_id)
   end
-  local wave = redis.call('HGET', device, 'wave')
-  redis.call('HINCRBY', counts, wave .. ':' .. state, -1)
-  redis.call('HINCRBY', counts, wave .. ':' .. new, 1)
-  redis.call('HINCRBY', counts, 'all:' .. state, -1)
-  redis.call('HINCRBY', counts, 'all:' .. new, 1)
+  local wave = got[2]
+  count(counts, wave .. ':' .. state, -1)
+  count(counts, wave .. ':' .. new, 1)
+  count(counts, 'all:' .. state, -1)
+  count(counts, 'all:' .. new, 1)
   if failed_states[state] then
-    local previous = redis.call('HGET', device, 'failure')
+    local previous = got[6]
     if previous then
-      redis.call('HINCRBY', counts, 'fail:' .. previous, -1)
+      count(counts, 'fail:' .. previous, -1)
       redis.call('HDEL', device, 'failure')
     end
   end
   if failed_states[new] then
     local failure = e.failure ~= '' and e.failure or new
-    redis.call('HSET', device, 'failure', failure)
-    redis.call('HINCRBY', counts, 'fail:' .. failure, 1)
+    table.insert(changes, 'failure')
+    table.insert(changes, failure)
+    count(counts, 'fail:' .. failure, 1)
   end
-  redis.call('HSET', device, 'state', new, 'updated_at', now)
+  table.insert(changes, 'state')
+  table.insert(changes, new)
+  table.insert(changes, 'updated_at')
+  table.insert(changes, now)
   if e.extra then
     for name, value in pairs(e.extra) do
-      redis.call('HSET', device, name, tostring(value))
+      table.insert(changes, name)
+      table.insert(changes, tostring(value))
     end
   end
+  redis.call('HSET', device, unpack(changes))
   local deadline = e.deadline
   if deadline == '-' then
     redis.call('ZREM', e.deadlines, device_id)
   elseif string.sub(deadline, 1, 1) == '+' then
-    local sent_at = tonumber(redis.call('HGET', device, 'sent_at') or now) or tonumber(now)
+    local sent_at = tonumber(got[4] or now) or tonumber(now)
     redis.call('ZADD', e.deadlines, sent_at + tonumber(string.sub(deadline, 2)), device_id)
   elseif deadline ~= '' then
     redis.call('ZADD', e.deadlines, deadline, device_id)
   end
-  local key = redis.call('HGET', device, 'key') or ''
+  local key = got[3] or ''
   if new == 'succeeded' and key ~= '' then
     redis.call('DEL', key_prefix .. key)
   end
@@ -133,6 +164,7 @@ local function events()
       retries = tonumber(a[14]),
     }))
   end
+  write_counts()
   return outcomes
 end
 
@@ -224,6 +256,7 @@ local function results()
   for _, rollout in pairs(heard) do
     redis.call('HSET', rollout, 'last_result_ms', now)
   end
+  write_counts()
   return outcomes
 end
 
