@@ -659,20 +659,19 @@ class RolloutStore:
         if not results:
             return AppliedResults([], [])
         keys = self._keys
+        reported = [(r.command_id, r.device_id, r.status, r.version or "") for r in results]
         args: list[str | int] = [
             "results",
             now_ms() if at_ms is None else at_ms,
             keys.download_key(""),
             keys.command(""),
-            len(rules),
+            json.dumps(reported, ensure_ascii=False),
         ]
         for rollout_id, rollout_rules in rules.items():
             args += (
                 rollout_id,
                 "" if rollout_rules is None else self._rules_json(rollout_id, rollout_rules),
             )
-        for result in results:
-            args += (result.command_id, result.device_id, result.status, result.version or "")
         reply = await self._device(keys=[], args=args)
         if reply and reply[0] == "needed":
             return AppliedResults([], [str(rollout_id) for rollout_id in reply[1:]])

@@ -904,6 +904,28 @@ async def test_results_are_matched_to_their_commands_and_moved_by_the_rollouts_r
     assert record.last_result_ms == 1234
 
 
+async def test_results_keep_any_text_of_ids_and_versions_intact(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    odd = f"dev-é-😀-{uuid.uuid4().hex[:6]}"
+    made = await create_rollout(devices=[odd], reach=[1], running=True)
+    [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
+    applied = await stores.rollouts.apply_results(
+        [
+            Reported('cmd-"quoted"\\back\nline\u0000nul', odd),
+            Reported(command_id, device_id, version="2.1.0\u0000"),
+            Reported(command_id, device_id, version="2.1.0"),
+        ],
+        {made.id: RULES},
+    )
+    assert [(o.outcome, o.event) for o in applied.outcomes] == [
+        ("unknown_command", ""),
+        ("applied", "wrong_version"),
+        ("no_transition", "success"),
+    ]
+    assert await state_of(stores, made.id, odd) == "failed"
+
+
 async def test_results_about_a_rollout_without_rules_write_nothing_and_name_it(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:

@@ -14,9 +14,10 @@
 -- {old state, why not, ''}: missing | rollout_state | command_mismatch | no_transition
 --
 -- 'results': device results, each matched to its command record and turned into an event by
--- its rollout's rules. ARGV[4] command record key prefix, ARGV[5] K, then K pairs (rollout id,
--- rules JSON, '' when there is no such rollout), then 4 values per result: command id, device
--- id, status, version ('' when none). Rules JSON:
+-- its rollout's rules. ARGV[4] command record key prefix, ARGV[5] the results as one JSON list
+-- of [command id, device id, status, version ('' when none)] (one argument rather than four
+-- per result: packing arguments is a large part of the caller's work), then pairs of (rollout
+-- id, rules JSON, '' when there is no such rollout). Rules JSON:
 --   {"keys": {"rollout", "device" (prefix of device hashes), "counts", "deadlines", "retry"},
 --    "events": {name: {"transitions", "deadline", "failure", "field", "extra", "retries"}},
 --    "kinds": {command kind: status rules}, "default": status rules}
@@ -170,23 +171,21 @@ end
 
 local function results()
   local command_prefix = ARGV[4]
+  local reported = cjson.decode(ARGV[5])
   local given = {}  -- rollout id -> rules JSON ('' = no such rollout)
-  local first = 6
-  for i = 1, tonumber(ARGV[5]) do
-    given[ARGV[first]] = ARGV[first + 1]
-    first = first + 2
+  for at = 6, #ARGV, 2 do
+    given[ARGV[at]] = ARGV[at + 1]
   end
   -- Read every record first: a rollout without rules means no write at all.
   local found = {}
   local needed, needed_seen = {}, {}
-  for at = first, #ARGV, 4 do
+  for n, result in ipairs(reported) do
     local record = redis.call(
-      'HMGET', command_prefix .. ARGV[at], 'device_id', 'command', 'rollout_id', 'kind',
-      'sent_at'
+      'HMGET', command_prefix .. result[1], 'device_id', 'command', 'rollout_id', 'kind', 'sent_at'
     )
-    table.insert(found, record)
+    found[n] = record
     local rollout_id = record[3]
-    if record[1] == ARGV[at + 1] and rollout_id and rollout_id ~= '' then
+    if record[1] == result[2] and rollout_id and rollout_id ~= '' then
       if given[rollout_id] == nil and not needed_seen[rollout_id] then
         needed_seen[rollout_id] = true
         table.insert(needed, rollout_id)
@@ -200,11 +199,9 @@ local function results()
   local rules = {}  -- rollout id -> decoded rules, or false
   local heard = {}
   local outcomes = {}
-  local n = 0
-  for at = first, #ARGV, 4 do
-    n = n + 1
+  for n, result in ipairs(reported) do
     local record = found[n]
-    local device_id, status, version = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+    local command_id, device_id, status, version = result[1], result[2], result[3], result[4]
     local sent_to, command, rollout_id = record[1], record[2] or '', record[3] or ''
     local sent_at = record[5] or ''
     local reply
@@ -239,7 +236,7 @@ local function results()
             rollout = keys.rollout, device = keys.device .. device_id, counts = keys.counts,
             deadlines = keys.deadlines, retry = keys.retry, device_id = device_id,
             transitions = event.transitions, deadline = event.deadline,
-            failure = event.failure, command_id = ARGV[at], field = event.field,
+            failure = event.failure, command_id = command_id, field = event.field,
             extra = next(event.extra) and event.extra or nil, retries = event.retries,
           })
           if done[2] == 'missing' or done[2] == 'rollout_state'
