@@ -130,18 +130,19 @@ class Tracker:
             applied = await self._context.stores.rollouts.apply_results(results, rules)
         metrics = self._context.metrics
         answered: Counter[tuple[str, str]] = Counter()  # (command, status)
+        sent_ats: Counter[str] = Counter()
         heard_from: set[str] = set()
-        now = utc_now()
         for result, outcome in zip(results, applied.outcomes, strict=True):
             if outcome.matched:
                 answered[outcome.command, result.status] += 1
-                metrics.observe_result_latency(outcome.sent_at, now)
+                sent_ats[outcome.sent_at] += 1
             if outcome.rollout_id:
                 heard_from.add(outcome.rollout_id)
             if outcome.outcome != "applied":
                 self._report(result, outcome)
         for (command, status), count in answered.items():
             metrics.command_results.labels(command, status).inc(count)
+        metrics.observe_result_latencies(sent_ats, utc_now())
         for rollout_id in heard_from:
             found = rules.get(rollout_id)
             if found is not None:
