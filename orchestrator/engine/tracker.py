@@ -193,11 +193,18 @@ class Tracker:
             }
 
         def rollback(version: str | None) -> dict[str, TransitionRequest]:
-            found = {
-                status: self._rollback_work(rollout_id, plan, "", status, version, "")
-                for status in RESULT_EVENTS
-            }
-            return {status: item.request for status, item in found.items() if item is not None}
+            requests = {}
+            for status in RESULT_EVENTS:
+                event = self._rollback_event(plan, status, version)
+                if event is not None:
+                    requests[status] = TransitionRequest(
+                        rollout_id,
+                        "",
+                        event,
+                        command_field="rollback_command_id",
+                        drop_deadline=True,
+                    )
+            return requests
 
         # Matched: the result reports the expected version (or none is expected); mismatched:
         # another one, which these functions see as the absent version.
@@ -208,31 +215,15 @@ class Tracker:
             kinds={"rollback": StatusRules(back or "", rollback(back), rollback(None))},
         )
 
-    def _rollback_work(
-        self,
-        rollout_id: str,
-        plan: Plan,
-        device_id: str,
-        status: str,
-        version: str | None,
-        command_id: str,
-    ) -> Work | None:
+    @staticmethod
+    def _rollback_event(plan: Plan, status: str, version: str | None) -> DeviceEvent | None:
+        """What a result about a rollback command means (None: progress, which moves nothing)."""
         expected = plan.rollback.version if plan.rollback else None
         if status == "success" and (not expected or version == expected):
-            event = DeviceEvent.ROLLBACK_SUCCESS
-        elif status in {"success", "failed", "rejected"}:
-            event = DeviceEvent.ROLLBACK_FAILURE
-        else:
-            return None  # progress of a rollback install: the deadline still applies
-        request = TransitionRequest(
-            rollout_id,
-            device_id,
-            event,
-            command_id=command_id,
-            command_field="rollback_command_id",
-            drop_deadline=True,
-        )
-        return Work(request, quiet=False)
+            return DeviceEvent.ROLLBACK_SUCCESS
+        if status in {"success", "failed", "rejected"}:
+            return DeviceEvent.ROLLBACK_FAILURE
+        return None  # progress of a rollback install: the deadline still applies
 
     @staticmethod
     def _work(
