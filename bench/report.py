@@ -47,6 +47,7 @@ class Results:
     engine_bytes_per_command: float = 0.0
     redis_calls: dict[str, dict[str, float]] = field(default_factory=dict)
     cpu_busy: dict[str, float] = field(default_factory=dict)  # this process's CPU s / wall s
+    cpu_per_result_us: dict[str, float] = field(default_factory=dict)  # this process's, by phase
     bursts: dict[str, str] = field(default_factory=dict)  # how commands arrived, per run
     arrivals: dict[str, list[float]] = field(default_factory=dict)  # s after the rollout began
     notes: list[str] = field(default_factory=list)
@@ -217,6 +218,13 @@ def report(results: Results, wall_s: float, command: str, redis_binary: str) -> 
         "",
         f"CPU of this process (the service and the bench's side; 100% = one core): {busy}",
         "",
+    ]
+    if results.cpu_per_result_us:
+        per_result = ", ".join(
+            f"{phase} {us:.0f} µs" for phase, us in results.cpu_per_result_us.items()
+        )
+        lines += [f"CPU time of this process per result received: {per_result}", ""]
+    lines += [
         "Redis calls per device (INFO commandstats; commands inside Lua scripts count too):",
         "",
     ]

@@ -305,7 +305,9 @@ async def run_separate(
     cpu_before, clock = cpu_s(), time.time()
     released = await fleet.call("release")
     succeeded_at, succeeded = await wait_count(stores, rollout_id, "all:succeeded", n)
-    results.cpu_busy["run 2, ingest burst"] = (cpu_s() - cpu_before) / (succeeded_at - clock)
+    burst_cpu_s = cpu_s() - cpu_before
+    results.cpu_busy["run 2, ingest burst"] = burst_cpu_s / (succeeded_at - clock)
+    results.cpu_per_result_us["engine ingest burst"] = burst_cpu_s / max(succeeded, 1) * 1e6
     results.ingest_burst = Rate(succeeded, succeeded_at - float(released["first_result_at"]))
     lost(results, "run 2 (answers held)", succeeded, n)
     results.redis_calls["ingest only, per device"] = per_device(
@@ -364,9 +366,12 @@ async def bench(
         results.aiomqtt_publish = await raw.aiomqtt_publish(
             "127.0.0.1", broker.port, fleet, messages
         )
+        cpu_before = cpu_s()
         results.zmqtt_receive, results.result_publisher = await raw.zmqtt_receive(
             "127.0.0.1", broker.port, fleet, n
         )
+        # Connecting and subscribing included: a few ms next to the receiving.
+        results.cpu_per_result_us["zmqtt raw receive"] = (cpu_s() - cpu_before) / n * 1e6
         results.aiomqtt_receive, _ = await raw.aiomqtt_receive("127.0.0.1", broker.port, fleet, n)
         await engine_runs(redis_server, broker, work, fleet, results)
     finally:

@@ -242,11 +242,21 @@ class Metrics:
 
     def observe_result_latency(self, sent_at: str, now: datetime) -> None:
         """Time from `sent_at` (ISO 8601, as command records hold it) to `now`."""
-        try:
-            sent = datetime.fromisoformat(sent_at)
-        except ValueError:
-            return  # a record without a send time says nothing about latency
-        self.result_latency.observe(max(0.0, (now - sent).total_seconds()))
+        self.observe_result_latencies({sent_at: 1}, now)
+
+    def observe_result_latencies(self, sent_ats: Mapping[str, int], now: datetime) -> None:
+        """observe_result_latency for `count` results of each `sent_at`, each parsed once.
+
+        A batch of results mostly answers commands sent together, in the same second.
+        """
+        for sent_at, count in sent_ats.items():
+            try:
+                sent = datetime.fromisoformat(sent_at)
+            except ValueError:
+                continue  # a record without a send time says nothing about latency
+            latency_s = max(0.0, (now - sent).total_seconds())
+            for _ in range(count):
+                self.result_latency.observe(latency_s)
 
     def render(self, rollouts: Iterable[RolloutSample]) -> bytes:
         """The exposition text: this registry and the rollout gauges of `rollouts`."""

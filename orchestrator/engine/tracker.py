@@ -8,7 +8,7 @@ in `ota_results_ignored_total{reason}` and logged.
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,18 +19,25 @@ from orchestrator.domain.plans import Plan
 from orchestrator.domain.states import (
     FAILURE_TYPES,
     FINAL_DEVICE_STATES,
+    RESULT_EVENTS,
     DeviceEvent,
     result_event,
 )
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import StoreUnavailable
-from orchestrator.store.rollouts import TransitionRequest
+from orchestrator.store.rollouts import (
+    ResultOutcome,
+    ResultRules,
+    StatusRules,
+    TransitionRequest,
+)
 from orchestrator.timeutil import utc_now
 from orchestrator.transport.results import DeviceResult, IgnoredReason, ParsedResult
 
 log = structlog.get_logger(__name__)
 
 STORE_RETRIES = 20  # about 30 s of backoff before a result is given up
+RECENT_ROLLOUTS = 8  # rollouts whose result rules go with every batch, most recently heard first
 
 PROGRESS_EVENTS = frozenset(
     {
@@ -69,6 +76,8 @@ class Tracker:
     def __init__(self, context: EngineContext) -> None:
         self._context = context
         self._plans: dict[str, Plan] = {}
+        # Rules sent with each batch: a result about another rollout costs one more round trip.
+        self._recent: OrderedDict[str, ResultRules] = OrderedDict()
 
     def _ignore(self, reason: str, **fields: Any) -> None:
         self._context.metrics.results_ignored.labels(reason).inc()
@@ -113,62 +122,108 @@ class Tracker:
                 delay_s = min(delay_s * 2, 2.0)
 
     async def _on_results(self, results: Sequence[DeviceResult]) -> None:
-        records = await self._context.stores.commands.get_many([r.command_id for r in results])
-        work: list[Work] = []
+        rules: dict[str, ResultRules | None] = dict(self._recent)
+        applied = await self._context.stores.rollouts.apply_results(results, rules)
+        while applied.needed:  # a rollout seen for the first time: its rules, then again
+            for rollout_id in applied.needed:
+                rules[rollout_id] = await self._result_rules(rollout_id)
+            applied = await self._context.stores.rollouts.apply_results(results, rules)
+        metrics = self._context.metrics
         answered: Counter[tuple[str, str]] = Counter()  # (command, status)
-        heard_from: set[str] = set()  # rollouts a device reported about
-        now = utc_now()
-        for result, record in zip(results, records, strict=True):
-            ids = {"device_id": result.device_id, "command_id": result.command_id}
-            if record is None:
-                self._ignore("unknown_command", **ids)
-                continue
-            if record["device_id"] != result.device_id:
-                self._ignore("wrong_device", sent_to=record["device_id"], **ids)
-                continue
-            answered[record["command"], result.status] += 1
-            self._context.metrics.observe_result_latency(record.get("sent_at", ""), now)
-            rollout_id = record.get("rollout_id", "")
-            if not rollout_id:
-                log.info("command result", command=record["command"], status=result.status, **ids)
-                continue
-            plan = await self._plan(rollout_id)
-            if plan is None:
-                self._ignore("unknown_rollout", rollout_id=rollout_id, **ids)
-                continue
-            heard_from.add(rollout_id)
-            if record.get("kind") == "rollback":
-                item = self._rollback_work(rollout_id, plan, result)
-            else:
-                event = result_event(
-                    result.status, version=result.version, expected_version=plan.firmware.version
-                )
-                item = self._work(rollout_id, plan, result.device_id, event, result.command_id)
-            if item is not None:
-                work.append(item)
+        sent_ats: Counter[str] = Counter()
+        heard_from: set[str] = set()
+        for result, outcome in zip(results, applied.outcomes, strict=True):
+            if outcome.matched:
+                answered[outcome.command, result.status] += 1
+                sent_ats[outcome.sent_at] += 1
+            if outcome.rollout_id:
+                heard_from.add(outcome.rollout_id)
+            if outcome.outcome != "applied":
+                self._report(result, outcome)
         for (command, status), count in answered.items():
-            self._context.metrics.command_results.labels(command, status).inc(count)
-        # The time of the last result feeds the "no results" alert; written beside the batch.
-        marked = self._context.stores.rollouts.mark_results(heard_from, int(now.timestamp() * 1000))
-        await asyncio.gather(self._apply(work), marked)
+            metrics.command_results.labels(command, status).inc(count)
+        metrics.observe_result_latencies(sent_ats, utc_now())
+        for rollout_id in heard_from:
+            found = rules.get(rollout_id)
+            if found is not None:
+                self._recent[rollout_id] = found
+                self._recent.move_to_end(rollout_id)
+        while len(self._recent) > RECENT_ROLLOUTS:
+            self._recent.popitem(last=False)
 
-    def _rollback_work(self, rollout_id: str, plan: Plan, result: DeviceResult) -> Work | None:
-        expected = plan.rollback.version if plan.rollback else None
-        if result.status == "success" and (not expected or result.version == expected):
-            event = DeviceEvent.ROLLBACK_SUCCESS
-        elif result.status in {"success", "failed", "rejected"}:
-            event = DeviceEvent.ROLLBACK_FAILURE
-        else:
-            return None  # progress of a rollback install: the deadline still applies
-        request = TransitionRequest(
-            rollout_id,
-            result.device_id,
-            event,
-            command_id=result.command_id,
-            command_field="rollback_command_id",
-            drop_deadline=True,
+    def _report(self, result: DeviceResult, outcome: ResultOutcome) -> None:
+        """Count and log a result that moved no device."""
+        ids = {"device_id": result.device_id, "command_id": result.command_id}
+        match outcome.outcome:
+            case "unknown_command":
+                self._ignore("unknown_command", **ids)
+            case "wrong_device":
+                self._ignore("wrong_device", sent_to=outcome.detail, **ids)
+            case "no_rollout":
+                log.info("command result", command=outcome.command, status=result.status, **ids)
+            case "unknown_rollout":
+                self._ignore("unknown_rollout", rollout_id=outcome.rollout_id, **ids)
+            case "no_event":
+                pass  # progress of a rollback install: the deadline still applies
+            case refused:
+                self._ignore(
+                    self._why(outcome.detail, refused),
+                    trigger=outcome.event,
+                    rollout_id=outcome.rollout_id,
+                    **ids,
+                )
+
+    async def _result_rules(self, rollout_id: str) -> ResultRules | None:
+        """What each result means for the rollout's devices (None: no such rollout)."""
+        plan = await self._plan(rollout_id)
+        if plan is None:
+            return None
+
+        def install(version: str | None) -> dict[str, TransitionRequest]:
+            expected = plan.firmware.version
+            return {
+                status: self._work(
+                    rollout_id,
+                    plan,
+                    "",
+                    result_event(status, version=version, expected_version=expected),
+                    "",
+                ).request
+                for status in RESULT_EVENTS
+            }
+
+        def rollback(version: str | None) -> dict[str, TransitionRequest]:
+            requests = {}
+            for status in RESULT_EVENTS:
+                event = self._rollback_event(plan, status, version)
+                if event is not None:
+                    requests[status] = TransitionRequest(
+                        rollout_id,
+                        "",
+                        event,
+                        command_field="rollback_command_id",
+                        drop_deadline=True,
+                    )
+            return requests
+
+        # Matched: the result reports the expected version (or none is expected); mismatched:
+        # another one, which these functions see as the absent version.
+        firmware = plan.firmware.version
+        back = plan.rollback.version if plan.rollback else None
+        return ResultRules(
+            default=StatusRules(firmware or "", install(firmware), install(None)),
+            kinds={"rollback": StatusRules(back or "", rollback(back), rollback(None))},
         )
-        return Work(request, quiet=False)
+
+    @staticmethod
+    def _rollback_event(plan: Plan, status: str, version: str | None) -> DeviceEvent | None:
+        """What a result about a rollback command means (None: progress, which moves nothing)."""
+        expected = plan.rollback.version if plan.rollback else None
+        if status == "success" and (not expected or version == expected):
+            return DeviceEvent.ROLLBACK_SUCCESS
+        if status in {"success", "failed", "rejected"}:
+            return DeviceEvent.ROLLBACK_FAILURE
+        return None  # progress of a rollback install: the deadline still applies
 
     @staticmethod
     def _work(

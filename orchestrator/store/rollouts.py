@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from orchestrator.domain.plans import FailureType
 from orchestrator.domain.policy import Tally
@@ -37,6 +37,7 @@ from orchestrator.timeutil import isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
 NOTICES_KEPT = 100_000  # audit entries kept in the notices stream (approximately)
+RULES_CACHE_SIZE = 64  # rollouts whose results rules are kept encoded
 
 
 def now_ms() -> int:
@@ -142,12 +143,105 @@ class TransitionRequest:
         return "" if self.deadline_ms is None else str(self.deadline_ms)
 
 
+class ReportedResult(Protocol):
+    """A result a device reported about a command (what RolloutStore.apply_results reads)."""
+
+    @property
+    def command_id(self) -> str:
+        """The command answered."""
+
+    @property
+    def device_id(self) -> str:
+        """The device that answered (from the topic)."""
+
+    @property
+    def status(self) -> str:
+        """One of the result statuses."""
+
+    @property
+    def version(self) -> str | None:
+        """The firmware version the device reported, if any."""
+
+
+@dataclass(frozen=True)
+class StatusRules:
+    """The event each result status means, for one kind of command of a rollout.
+
+    The events are TransitionRequest templates: their rollout, device and command ids are
+    ignored (each result brings its own) and they may not require rollout states.
+    """
+
+    expected_version: str  # a result reporting it (or any, when '') counts as matched
+    matched: Mapping[str, TransitionRequest]  # status → event when the version matches
+    mismatched: Mapping[str, TransitionRequest]  # status → event when it reports another
+
+
+@dataclass(frozen=True)
+class ResultRules:
+    """How results about one rollout move its devices, by the kind of the command answered."""
+
+    default: StatusRules
+    kinds: Mapping[str, StatusRules] = field(default_factory=dict)  # command kind → rules
+
+
+@dataclass(frozen=True, slots=True)
+class ResultOutcome:
+    """What RolloutStore.apply_results did with one result.
+
+    `outcome` is `applied`, a refusal of Transition (`detail`: the device's state), or:
+    `unknown_command` (no record), `wrong_device` (`detail`: where the command went),
+    `no_rollout` (a command outside rollouts), `unknown_rollout` (its rollout is gone) or
+    `no_event` (the status moves nothing, e.g. the progress of a rollback).
+    """
+
+    outcome: str
+    command: str  # from the command's record ('' when unknown or from another device)
+    sent_at: str  # from the command's record (ISO 8601)
+    rollout_id: str
+    event: str  # the event applied or refused ('' when none)
+    detail: str
+
+    @property
+    def matched(self) -> bool:
+        """True when the result answers a known command of the device that sent it."""
+        return self.outcome not in _UNMATCHED
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedResults:
+    """The outcome of each result, or the rollouts whose rules are needed first."""
+
+    outcomes: list[ResultOutcome]
+    needed: list[str]  # rollouts not in the rules given; nothing was applied when not empty
+
+
 # The transition table of each event, as rollout_device.lua reads it.
 _TABLES = {
     event: json.dumps({old.value: new.value for old, new in table.items()})
     for event, table in DEVICE_TRANSITIONS.items()
 }
+_TRANSITIONS = {
+    event: {old.value: new.value for old, new in table.items()}
+    for event, table in DEVICE_TRANSITIONS.items()
+}
 _REFUSALS = frozenset({"missing", "rollout_state", "command_mismatch", "no_transition"})
+_UNMATCHED = frozenset({"unknown_command", "wrong_device"})
+
+
+def _event_rule(request: TransitionRequest) -> dict[str, Any]:
+    if request.rollout_states:
+        raise ValueError(
+            f"the {request.event.value} rule of a result requires rollout states "
+            f"{[state.value for state in request.rollout_states]}; results apply in any state"
+        )
+    return {
+        "transitions": _TRANSITIONS[request.event],
+        "deadline": request.deadline_arg(),
+        "failure": request.failure_type,
+        "field": request.command_field,
+        "extra": {k: str(v) for k, v in (request.extra or {}).items()},
+        "retries": request.retries,
+    }
 
 
 def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
@@ -182,6 +276,8 @@ class RolloutStore:
         self._hgetall_many = load_script(redis, "hgetall_many")
         self._state = load_script(redis, "rollout_state")
         self._release = load_script(redis, "rollout_release")
+        # Rules JSON by rollout id, for the rules object it was made from (sent with each batch).
+        self._rules_json_cache: dict[str, tuple[ResultRules, str]] = {}
 
     @translated
     async def create(
@@ -305,14 +401,6 @@ class RolloutStore:
                 counters = {name: int(value) for name, value in fields(counts).items()}
                 found.append((_record(rollout_id, fields(raw)), counters))
         return found
-
-    @translated
-    async def mark_results(self, rollout_ids: Iterable[str], at_ms: int) -> None:
-        """Devices reported results about these (existing) rollouts at `at_ms`."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for rollout_id in rollout_ids:
-                pipe.hset(self._keys.rollout(rollout_id), "last_result_ms", str(at_ms))
-            await pipe.execute()
 
     @translated
     async def set_fields(self, rollout_id: str, **values: str | int) -> None:
@@ -485,7 +573,7 @@ class RolloutStore:
         if not requests:
             return []
         keys = self._keys
-        args: list[str | int] = [now_ms(), keys.download_key("")]
+        args: list[str | int] = ["events", now_ms(), keys.download_key("")]
         for request in requests:
             rid = request.rollout_id
             args += (
@@ -518,6 +606,89 @@ class RolloutStore:
             else:
                 outcomes.append(Transition(old=old_state, new=result, key=str(reply[2])))
         return outcomes
+
+    def _rules_json(self, rollout_id: str, rules: ResultRules) -> str:
+        cached = self._rules_json_cache.get(rollout_id)
+        if cached is not None and cached[0] is rules:
+            return cached[1]
+        if len(self._rules_json_cache) >= RULES_CACHE_SIZE:
+            self._rules_json_cache.clear()
+        encoded = self._encode_rules(rollout_id, rules)
+        self._rules_json_cache[rollout_id] = (rules, encoded)
+        return encoded
+
+    def _encode_rules(self, rollout_id: str, rules: ResultRules) -> str:
+        events: dict[str, dict[str, Any]] = {}
+
+        def names(by_status: Mapping[str, TransitionRequest]) -> dict[str, str]:
+            for request in by_status.values():
+                rule = _event_rule(request)
+                if events.setdefault(request.event.value, rule) != rule:
+                    raise ValueError(
+                        f"the rules of rollout {rollout_id} give the {request.event.value} "
+                        "event two meanings; give each event one template"
+                    )
+            return {status: request.event.value for status, request in by_status.items()}
+
+        def statuses(status_rules: StatusRules) -> dict[str, Any]:
+            return {
+                "version": status_rules.expected_version,
+                "matched": names(status_rules.matched),
+                "mismatched": names(status_rules.mismatched),
+            }
+
+        keys = self._keys
+        encoded = {
+            "keys": {
+                "rollout": keys.rollout(rollout_id),
+                "device": keys.rollout_device_prefix(rollout_id),
+                "counts": keys.rollout_counts(rollout_id),
+                "deadlines": keys.rollout_deadlines(rollout_id),
+                "retry": keys.rollout_retry(rollout_id),
+            },
+            "default": statuses(rules.default),
+            "kinds": {kind: statuses(by_kind) for kind, by_kind in rules.kinds.items()},
+        }
+        encoded["events"] = events
+        return json.dumps(encoded)
+
+    @translated
+    async def apply_results(
+        self,
+        results: Sequence[ReportedResult],
+        rules: Mapping[str, ResultRules | None],
+        *,
+        at_ms: int | None = None,
+    ) -> AppliedResults:
+        """Match results to their commands and apply the events they mean, in one script call.
+
+        `rules` holds the rules of the rollouts the results are likely about (None: no such
+        rollout). When a result is about a rollout not in `rules`, nothing is written and
+        `needed` names the rollouts to add. Otherwise every event is applied in order (as
+        `transitions` applies them), each rollout heard from gets `last_result_ms = at_ms`,
+        and `outcomes` says what became of each result.
+        """
+        if not results:
+            return AppliedResults([], [])
+        keys = self._keys
+        reported = [(r.command_id, r.device_id, r.status, r.version or "") for r in results]
+        args: list[str | int] = [
+            "results",
+            now_ms() if at_ms is None else at_ms,
+            keys.download_key(""),
+            keys.command(""),
+            json.dumps(reported, ensure_ascii=False),
+        ]
+        for rollout_id, rollout_rules in rules.items():
+            args += (
+                rollout_id,
+                "" if rollout_rules is None else self._rules_json(rollout_id, rollout_rules),
+            )
+        # KEYS only routes the call (Redis Cluster): every key shares the prefix's slot.
+        reply = await self._device(keys=[self._keys.active_rollouts()], args=args)
+        if reply and reply[0] == "needed":
+            return AppliedResults([], [str(rollout_id) for rollout_id in reply[1:]])
+        return AppliedResults([ResultOutcome(*row) for row in reply], [])
 
     @translated
     async def device(self, rollout_id: str, device_id: str) -> dict[str, str]:

@@ -19,6 +19,10 @@ only after its batch is applied. zmqtt gives exactly that: `subscribe(auto_ack=F
 - Orderly stop: the batch in hand is finished; then `Subscription.detach()` and DISCONNECT,
   without UNSUBSCRIBE, so the broker keeps the subscription and queues results for the next
   start. Messages read but not yet handled stay unacknowledged and come back.
+- Batches: the handler takes what has arrived, after waiting up to `linger_s` (10 ms) for a
+  full batch. A handler faster than the broker would otherwise see results one or two at a
+  time, and the fixed cost of each call (a Redis round trip and a script run) would be paid
+  per result rather than per few hundred.
 - A handler exception is logged and the batch is acknowledged anyway: holding it would only
   bring it back at the next reconnect, and would take broker in-flight slots until then.
 - On a resumed session the broker sends queued results right after CONNACK, before our
@@ -110,6 +114,7 @@ ParsedResult = tuple[DeviceResult | IgnoredReason, str]  # (parsed, raw topic)
 Handler = Callable[[Sequence[ParsedResult]], Awaitable[None]]  # a batch, in arrival order
 
 MAX_BATCH = 200  # results handed to the handler at once, at most
+LINGER_S = 0.01  # how long a batch waits for more results, at most, before it is handled
 
 
 class ResultSubscriber:
@@ -126,6 +131,7 @@ class ResultSubscriber:
         session_expiry_s: int = 3600,
         stop_timeout_s: float = STOP_TIMEOUT_S,
         max_batch: int = MAX_BATCH,
+        linger_s: float = LINGER_S,
     ) -> None:
         if not client_id:
             raise ValueError(
@@ -144,6 +150,8 @@ class ResultSubscriber:
         self._handler = handler
         self._stop_timeout_s = stop_timeout_s
         self._max_batch = max_batch
+        self._linger_s = linger_s
+        self._full = asyncio.Event()  # set while a whole batch waits in the inbox
         address = parse_mqtt_url(url)
         self._client = zmqtt.MQTTClient(
             address.host,
@@ -230,6 +238,8 @@ class ResultSubscriber:
         try:
             async for message in subscription:
                 await self._inbox.put(message)
+                if self._inbox.qsize() >= self._max_batch - 1:  # with the one in hand
+                    self._full.set()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -239,6 +249,11 @@ class ResultSubscriber:
         inbox = self._inbox
         while True:
             batch = [await inbox.get()]
+            if inbox.qsize() < self._max_batch - 1 and self._linger_s > 0:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._linger_s):
+                        await self._full.wait()
             while len(batch) < self._max_batch and not inbox.empty():
                 batch.append(inbox.get_nowait())
             if self._stopping:

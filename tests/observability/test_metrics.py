@@ -8,11 +8,12 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.domain.states import DeviceState, RolloutState
 from orchestrator.embedded import free_port
-from orchestrator.metrics import DOWNLOAD_REJECTIONS
+from orchestrator.metrics import DOWNLOAD_REJECTIONS, Metrics
 from orchestrator.service import serving
 from orchestrator.settings import Settings
 from tests.conftest import Service, wait_for
@@ -239,3 +240,18 @@ async def test_a_scrape_without_redis_answers_with_redis_up_zero_and_no_rollout_
     assert metrics.value("ota_mqtt_connected") == 1
     assert not metrics.values("ota_rollout_state")
     assert not metrics.values("ota_rollout_devices")
+
+
+def test_result_latencies_of_a_batch_count_each_result_and_skip_unknown_send_times() -> None:
+    metrics = Metrics(CollectorRegistry())
+    now = datetime(2030, 1, 2, 3, 4, 10, tzinfo=UTC)
+    metrics.observe_result_latencies(
+        {"2030-01-02T03:04:05Z": 3, "2030-01-02T03:04:09Z": 1, "": 2}, now
+    )
+    metrics.observe_result_latency("2030-01-02T03:05:00Z", now)  # sent "later": latency 0
+    registry = metrics.registry
+    assert registry.get_sample_value("ota_result_latency_seconds_count") == 5
+    assert registry.get_sample_value("ota_result_latency_seconds_sum") == 16
+    buckets = {"0.5": 1, "1.0": 2, "2.5": 2, "5.0": 5}
+    for le, count in buckets.items():
+        assert registry.get_sample_value("ota_result_latency_seconds_bucket", {"le": le}) == count

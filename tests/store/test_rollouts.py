@@ -24,7 +24,15 @@ from orchestrator.domain.states import (
     RolloutState,
 )
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import CreateOutcome, Grant, Transition, TransitionRequest
+from orchestrator.store.rollouts import (
+    CreateOutcome,
+    Grant,
+    ResultOutcome,
+    ResultRules,
+    StatusRules,
+    Transition,
+    TransitionRequest,
+)
 from tests.conftest import wait_for
 
 PROJECT = "proj-1"
@@ -740,6 +748,43 @@ async def test_dispatch_writes_each_device_its_download_key_and_command_record(
         assert command["command"] == "download_firmware"
 
 
+async def test_counters_add_up_when_one_call_moves_a_device_several_times(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(3, [1, 3], running=True)
+    await dispatch(stores, made, 3, 3)
+    first, second, third = made.devices
+    outcomes = await stores.rollouts.transitions(
+        [
+            TransitionRequest(made.id, first, DeviceEvent.KEY_CLAIMED),
+            TransitionRequest(made.id, first, DeviceEvent.KEY_DELIVERED),
+            TransitionRequest(made.id, first, DeviceEvent.FAILED, retries=0),
+            TransitionRequest(made.id, second, DeviceEvent.REJECTED),
+            TransitionRequest(made.id, third, DeviceEvent.FAILED),
+            TransitionRequest(made.id, third, DeviceEvent.RETRY),
+        ]
+    )
+    assert [(o.old, o.new) for o in outcomes] == [
+        ("sent", "downloading"),
+        ("downloading", "installing"),
+        ("installing", "failed"),
+        ("sent", "rejected"),
+        ("sent", "failed"),
+        ("failed", "pending"),
+    ]
+    assert await nonzero_counts(stores, made.id) == {
+        "all:failed": 1,
+        "all:rejected": 1,
+        "all:pending": 1,
+        "0:failed": 1,
+        "1:rejected": 1,
+        "1:pending": 1,
+        "fail:failed": 1,
+        "fail:rejected": 1,
+    }
+    assert (await stores.rollouts.device(made.id, third)).get("failure") is None
+
+
 async def test_success_revokes_the_device_key_and_other_outcomes_keep_it(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
@@ -759,6 +804,212 @@ async def test_success_revokes_the_device_key_and_other_outcomes_keep_it(
     ]
     assert await stores.download_keys.get(done.key) is None
     assert await stores.download_keys.get(failed.key) is not None
+
+
+# --- apply_results ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reported:
+    """A device's result as apply_results reads it."""
+
+    command_id: str
+    device_id: str
+    status: str = "success"
+    version: str | None = "2.1.0"
+
+
+def template(event: DeviceEvent, **fields: Any) -> TransitionRequest:
+    """An event for a results rule: each result brings its rollout, device and command."""
+    return TransitionRequest("", "", event, **fields)
+
+
+UPDATE = StatusRules(
+    expected_version="2.1.0",
+    matched={
+        "installing": template(DeviceEvent.INSTALLING, extra={"downloaded": 1}),
+        "success": template(DeviceEvent.SUCCESS, drop_deadline=True),
+    },
+    mismatched={
+        "installing": template(DeviceEvent.INSTALLING, extra={"downloaded": 1}),
+        "success": template(
+            DeviceEvent.WRONG_VERSION, drop_deadline=True, failure_type="wrong_version"
+        ),
+    },
+)
+BACK = template(DeviceEvent.ROLLBACK_SUCCESS, command_field="rollback_command_id")
+ROLLBACK = StatusRules(expected_version="", matched={"success": BACK}, mismatched={})
+RULES = ResultRules(default=UPDATE, kinds={"rollback": ROLLBACK})
+
+
+async def test_results_are_matched_to_their_commands_and_moved_by_the_rollouts_rules(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(4, [4], running=True)
+    sent = await stores.rollouts.dispatch(
+        made.id, count=4, reach=4, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
+    )
+    good, wrong, busy, robbed = sent
+    applied = await stores.rollouts.apply_results(
+        [
+            Reported(good.command_id, good.device_id),
+            Reported(wrong.command_id, wrong.device_id, version="9.9.9"),
+            Reported(busy.command_id, busy.device_id, "installing", None),
+            Reported("no-such-command", good.device_id),
+            Reported(robbed.command_id, good.device_id),  # forged on another device's topic
+            Reported(good.command_id, good.device_id),  # delivered twice
+        ],
+        {made.id: RULES},
+        at_ms=1234,
+    )
+    assert applied.needed == []
+    assert [(o.outcome, o.event, o.detail) for o in applied.outcomes] == [
+        ("applied", "success", "succeeded"),
+        ("applied", "wrong_version", "failed"),
+        ("applied", "installing", "installing"),
+        ("unknown_command", "", ""),
+        ("wrong_device", "", robbed.device_id),
+        ("no_transition", "success", "succeeded"),
+    ]
+    assert [o.matched for o in applied.outcomes] == [True, True, True, False, False, True]
+    assert applied.outcomes[0] == ResultOutcome(
+        "applied",
+        "download_firmware",
+        applied.outcomes[0].sent_at,
+        made.id,
+        "success",
+        "succeeded",
+    )
+    assert applied.outcomes[0].sent_at.endswith("Z")
+    assert await nonzero_counts(stores, made.id) == {
+        "all:succeeded": 1,
+        "all:failed": 1,
+        "all:installing": 1,
+        "all:sent": 1,
+        "0:succeeded": 1,
+        "0:failed": 1,
+        "0:installing": 1,
+        "0:sent": 1,
+        "fail:wrong_version": 1,
+    }
+    assert (await stores.rollouts.device(made.id, busy.device_id))["downloaded"] == "1"
+    assert await stores.download_keys.get(good.key) is None
+    assert await stores.download_keys.get(wrong.key) is not None
+    assert await deadlines(stores, made.id) == {
+        busy.device_id: ACK_DEADLINE_MS,
+        robbed.device_id: ACK_DEADLINE_MS,
+    }
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert record.last_result_ms == 1234
+
+
+async def test_results_keep_any_text_of_ids_and_versions_intact(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    odd = f"dev-é-😀-{uuid.uuid4().hex[:6]}"
+    made = await create_rollout(devices=[odd], reach=[1], running=True)
+    [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
+    applied = await stores.rollouts.apply_results(
+        [
+            Reported('cmd-"quoted"\\back\nline\u0000nul', odd),
+            Reported(command_id, device_id, version="2.1.0\u0000"),
+            Reported(command_id, device_id, version="2.1.0"),
+        ],
+        {made.id: RULES},
+    )
+    assert [(o.outcome, o.event) for o in applied.outcomes] == [
+        ("unknown_command", ""),
+        ("applied", "wrong_version"),
+        ("no_transition", "success"),
+    ]
+    assert await state_of(stores, made.id, odd) == "failed"
+
+
+async def test_results_about_a_rollout_without_rules_write_nothing_and_name_it(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(2, [2], running=True)
+    other = await create_rollout(1, [1], running=True)
+    [(device_id, command_id)] = await dispatch(stores, made, 1, 2)
+    [(other_device, other_command)] = await dispatch(stores, other, 1, 1)
+    before = await stores.rollouts.counts(made.id)
+    results = [Reported(command_id, device_id), Reported(other_command, other_device)]
+    applied = await stores.rollouts.apply_results(results, {made.id: RULES})
+    assert (applied.outcomes, applied.needed) == ([], [other.id])
+    assert await stores.rollouts.counts(made.id) == before
+    assert await state_of(stores, made.id, device_id) == "sent"
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert record.last_result_ms == 0
+    applied = await stores.rollouts.apply_results(results, {made.id: RULES, other.id: RULES})
+    assert [o.outcome for o in applied.outcomes] == ["applied", "applied"]
+
+
+async def test_results_outside_rollouts_or_about_a_gone_rollout_move_nothing(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
+    await stores.commands.record(
+        "cmd-reboot", device_id=device_id, project_id=PROJECT, command="reboot", sent_at=AT
+    )
+    applied = await stores.rollouts.apply_results(
+        [Reported("cmd-reboot", device_id), Reported(command_id, device_id)], {made.id: None}
+    )
+    assert applied.outcomes == [
+        ResultOutcome("no_rollout", "reboot", AT, "", "", ""),
+        ResultOutcome(
+            "unknown_rollout", "download_firmware", applied.outcomes[1].sent_at, made.id, "", ""
+        ),
+    ]
+    assert await state_of(stores, made.id, device_id) == "sent"
+
+
+async def test_a_rollback_result_follows_the_rules_of_its_command_kind(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    [(device_id, _)] = await dispatch(stores, made, 1, 1)
+    await stores.rollouts.transition(made.id, device_id, DeviceEvent.SUCCESS)
+    await stores.rollouts.transition(made.id, device_id, DeviceEvent.ROLLBACK_SEND)
+    await stores.rollouts.set_device_fields(made.id, device_id, rollback_command_id="cmd-back")
+    await stores.commands.record(
+        "cmd-back",
+        device_id=device_id,
+        project_id=PROJECT,
+        command="download_firmware",
+        sent_at=AT,
+        rollout_id=made.id,
+        kind="rollback",
+    )
+    applied = await stores.rollouts.apply_results(
+        [
+            Reported("cmd-back", device_id, "installing", None),
+            Reported("cmd-back", device_id, "success", "1.0.0"),
+        ],
+        {made.id: RULES},
+    )
+    assert [(o.outcome, o.event, o.detail) for o in applied.outcomes] == [
+        ("no_event", "", ""),
+        ("applied", "rollback_success", "rolled_back"),
+    ]
+
+
+async def test_rules_giving_one_event_two_meanings_are_refused(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(1, [1], running=True)
+    [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
+    twice = StatusRules(
+        expected_version="",
+        matched={"success": template(DeviceEvent.SUCCESS)},
+        mismatched={"success": template(DeviceEvent.SUCCESS, drop_deadline=True)},
+    )
+    with pytest.raises(ValueError, match="two meanings"):
+        await stores.rollouts.apply_results(
+            [Reported(command_id, device_id)], {made.id: ResultRules(default=twice)}
+        )
 
 
 async def test_deadlines_are_set_kept_or_dropped_by_the_transition_and_due_finds_late_ones(

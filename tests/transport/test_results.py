@@ -320,19 +320,23 @@ async def test_a_handler_that_raises_is_logged_and_later_results_still_arrive(
 ) -> None:
     inbox = Inbox()
     raised: list[str] = []
+    failed = asyncio.Event()
 
     async def flaky(batch: Sequence[ParsedResult]) -> None:
         if not raised:
             raised.append(batch[0][1])
+            failed.set()
             raise RuntimeError("redis went away")
         await inbox.handler(batch)
 
     await subscribers(flaky).start()
     dev = device()
+    topic = result_topic(dev, "reboot")
     with structlog.testing.capture_logs() as logs:
-        await publish(
-            mqtt_broker, [(result_topic(dev, "reboot"), body(f"c-{i}"), 1) for i in range(3)]
-        )
+        await publish(mqtt_broker, [(topic, body("c-0"), 1)])
+        async with asyncio.timeout(WAIT_S):
+            await failed.wait()
+        await publish(mqtt_broker, [(topic, body(f"c-{i}"), 1) for i in (1, 2)])
         await inbox.wait_for(2)
 
     assert inbox.command_ids() == ["c-1", "c-2"]
@@ -364,6 +368,24 @@ async def test_results_sent_during_an_orderly_restart_arrive_after_it(
     await inbox.wait_for(50)
 
     assert sorted(inbox.command_ids()) == sorted(f"c-{i}" for i in range(50))
+
+
+async def test_a_batch_waits_for_more_results_until_it_is_full(
+    mqtt_broker: EmbeddedBroker, subscribers: SubscriberFactory
+) -> None:
+    batches: list[list[str]] = []
+    inbox = Inbox()
+
+    async def record(batch: Sequence[ParsedResult]) -> None:
+        batches.append([p.command_id for p, _ in batch if isinstance(p, DeviceResult)])
+        await inbox.handler(batch)
+
+    # A linger far longer than the test: only a full batch is handled before it ends.
+    await subscribers(record, max_batch=3, linger_s=3600).start()
+    dev = device()
+    await publish(mqtt_broker, [(result_topic(dev, "reboot"), body(f"c-{i}"), 1) for i in range(3)])
+    await inbox.wait_for(3)
+    assert batches == [["c-0", "c-1", "c-2"]]
 
 
 async def test_stop_finishes_the_batch_in_hand_and_leaves_later_ones_queued(
