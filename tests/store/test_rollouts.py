@@ -555,6 +555,22 @@ async def test_a_late_result_for_a_final_device_is_refused_and_changes_nothing(
     assert await state_of(stores, made.id, device_id) == "succeeded"
 
 
+async def test_a_late_key_claim_still_marks_that_the_device_took_the_firmware(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    """The claim event can trail the device's failure result; a rollback must still reach it."""
+    made = await create_rollout(1, [1], running=True)
+    device_id = made.devices[0]
+    await dispatch(stores, made, 1, 1)
+    await stores.rollouts.transition(made.id, device_id, DeviceEvent.FAILED)
+    late = await stores.rollouts.transition(
+        made.id, device_id, DeviceEvent.KEY_CLAIMED, extra={"downloaded": 1}
+    )
+    assert late.refused == "no_transition"
+    device = await stores.rollouts.device(made.id, device_id)
+    assert (device["state"], device.get("downloaded")) == ("failed", "1")
+
+
 async def test_an_event_for_another_command_is_refused_as_command_mismatch(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:

@@ -66,6 +66,11 @@ local function apply(e)
   if not state then
     return {'', 'missing', ''}
   end
+  if e.extra and e.extra.downloaded and (e.command_id == '' or got[7] == e.command_id) then
+    -- That the device fetched the firmware stays true whatever the event does to its state:
+    -- a key claim heard after the device's failure must still bring it the rollback.
+    redis.call('HSET', device, 'downloaded', tostring(e.extra.downloaded))
+  end
   if e.states then
     local rollout_state = redis.call('HGET', e.rollout, 'state')
     local allowed = false
