@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Redis, fields, hgetall_many, load_script, translated
+from orchestrator.store.redis import Redis, fields, translated
 
 COMMAND_RECORD_TTL_S = 24 * 3600
 
@@ -16,7 +16,6 @@ class CommandStore:
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self._redis = redis
         self._keys = keys
-        self._hgetall_many = load_script(redis, "hgetall_many")
 
     @translated
     async def record(
@@ -73,9 +72,3 @@ class CommandStore:
     async def get(self, command_id: str) -> dict[str, str] | None:
         """The command's record, or None once unknown or expired."""
         return fields(await self._redis.hgetall(self._keys.command(command_id))) or None
-
-    @translated
-    async def get_many(self, command_ids: Sequence[str]) -> list[dict[str, str] | None]:
-        """The records of these commands, in order, in one call."""
-        keys = [self._keys.command(command_id) for command_id in command_ids]
-        return [row or None for row in await hgetall_many(self._hgetall_many, keys)]
