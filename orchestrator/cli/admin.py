@@ -1,4 +1,4 @@
-"""Verbs that run the service or work on Redis directly: serve, keys, projects."""
+"""Verbs that run the service or work on Redis directly: serve, keys, projects, engines."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ T = TypeVar("T")
 
 keys_app = typer.Typer(help="API keys (offline, against OTA_REDIS_URL).", no_args_is_help=True)
 projects_app = typer.Typer(help="Projects (offline, against OTA_REDIS_URL).", no_args_is_help=True)
+engines_app = typer.Typer(
+    help="Engine replicas (offline, against OTA_REDIS_URL and OTA_MQTT_URL).", no_args_is_help=True
+)
 
 
 def offline(action: Callable[[Stores], Awaitable[T]]) -> T:
@@ -96,8 +99,34 @@ def create_project(name: Annotated[str, typer.Option(help="The project's name")]
     typer.echo(offline(create))
 
 
+@engines_app.command("retire")
+def retire_engine(
+    instance_id: Annotated[str, typer.Argument(help="The gone replica's OTA_INSTANCE_ID")],
+) -> None:
+    """Apply the results waiting for an engine replica that is gone for good, end its session.
+
+    Run it once a replica will not come back under its id (scaled down, host lost): until then
+    the broker keeps giving it a share of the results. The replica must be stopped.
+    """
+    from orchestrator.engine.retire import retire
+
+    settings = Settings()
+    if not settings.redis_url or not settings.mqtt_url:
+        raise InvalidInput(
+            "ota engines retire needs OTA_REDIS_URL and OTA_MQTT_URL: the Redis and the broker "
+            "the replica used"
+        )
+
+    async def drain(stores: Stores) -> int:
+        return await retire(stores, settings, instance_id)
+
+    applied = offline(drain)
+    typer.echo(f"retired {instance_id}: {applied} waiting results applied, its session ended")
+
+
 def register(app: typer.Typer) -> None:
     """Add these verbs to the `ota` app."""
     app.command("serve")(serve)
     app.add_typer(keys_app, name="keys")
     app.add_typer(projects_app, name="projects")
+    app.add_typer(engines_app, name="engines")

@@ -77,7 +77,8 @@ class Engines:
         self.data_dir = data_dir
         self.started: list[EngineProcess] = []
 
-    def _env(self, instance_id: str, port: int) -> dict[str, str]:
+    def env(self, instance_id: str, port: int) -> dict[str, str]:
+        """The environment of an `ota` process of this test as replica `instance_id`."""
         settings = self.service.settings
         env = {name: value for name, value in os.environ.items() if not name.startswith("OTA_")}
         env.update(
@@ -105,7 +106,7 @@ class Engines:
             "serve",
             "--role",
             "engine",
-            env=self._env(instance_id, port),
+            env=self.env(instance_id, port),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,

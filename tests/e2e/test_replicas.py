@@ -8,11 +8,14 @@ its MQTT session keeps the results that arrived meanwhile, and its lease is its 
 
 from __future__ import annotations
 
+import asyncio
+import sys
+
 import httpx
 import pytest
 
 from orchestrator.settings import Settings
-from tests.conftest import Service
+from tests.conftest import Service, wait_for
 from tests.e2e.engines import EngineProcess, Engines
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_crash import assert_one_command_id_each, wait_mid_second_wave
@@ -80,3 +83,70 @@ async def test_each_replica_killed_in_turn_the_rollout_completes_with_one_comman
             api = await client.get(f"{engine.base_url}/v2/projects")
             assert api.status_code == 404  # an engine replica serves probes and metrics only
             assert (await client.get(f"{engine.base_url}/readyz")).status_code == 200
+
+
+async def test_a_replica_gone_for_good_is_retired_and_the_results_it_was_given_are_applied(
+    service: Service, fleet: Fleet, engines: Engines
+) -> None:
+    """The broker keeps routing a dead member its share; retiring it applies them and ends that."""
+    await upload_both(service)
+    devices = await fleet.add(30)
+    for device in devices:
+        device.latency_s = 0.1
+    running = {i: await engines.start(i) for i in ("engine-a", "engine-b")}
+    rollout_id = (await start(service, PLAN.format(name="retire")))["id"]
+    await wait_mid_second_wave(service, rollout_id, pending=4, working=2)
+    driver = await holder(service, rollout_id)
+    gone = next(i for i in running if i != driver)  # its death stops no rollout: no lease wait
+    await engines.kill(running[gone])
+
+    retire = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "engines",
+        "retire",
+        gone,
+        env=engines.env("retirer", 0),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(retire.communicate(), 120)
+    assert retire.returncode == 0, err.decode()
+    applied = int(out.decode().split(": ")[1].split()[0])
+    assert applied > 0, out.decode()  # results the broker had routed to the dead replica
+
+    done = await wait_state(service, rollout_id, "completed", timeout_s=60)
+    # Every device succeeded: none was left to its timeouts (plan: ack 30 s, device 60 s).
+    assert done["counts"]["succeeded"] == 30, done["counts"]
+    assert_one_command_id_each(fleet)
+
+
+async def test_retiring_a_replica_that_holds_a_lease_is_refused(
+    service: Service, fleet: Fleet, engines: Engines
+) -> None:
+    await upload_both(service)
+    await fleet.add(10)
+    fleet.hold()  # no device answers: the rollout stays running, its lease held
+    await engines.start("engine-a")
+    rollout_id = (await start(service, PLAN.format(name="retire-live")))["id"]
+
+    async def leased() -> bool:
+        return await holder(service, rollout_id) == "engine-a"
+
+    await wait_for(leased, timeout_s=20, interval_s=0.05)
+    retire = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "engines",
+        "retire",
+        "engine-a",
+        env=engines.env("retirer", 0),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(retire.communicate(), 60)
+    assert retire.returncode == 1
+    assert "holds the lease of rollout" in err.decode()
+    assert "Traceback" not in err.decode()

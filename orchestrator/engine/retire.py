@@ -1,0 +1,121 @@
+"""Retiring an engine replica that is gone for good: its waiting results applied, its session ended.
+
+Mosquitto hands each member of the shared subscription its share of the results, connected or
+not: a replica that never comes back (scaled down, its host lost) keeps collecting results in
+its persistent session until the session expires, and those devices would end by timeouts.
+Retiring it takes its session over under its client id, applies every result waiting there
+(through the same tracker as the engine), then ends the session, which takes it out of the
+shared group. The replica must be stopped first: it must hold no rollout lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+import zmqtt
+from faststream.mqtt.utils import parse_mqtt_url
+from prometheus_client import CollectorRegistry
+
+from orchestrator.engine.context import EngineContext
+from orchestrator.engine.tracker import Tracker
+from orchestrator.errors import Conflict, TransportUnavailable
+from orchestrator.metrics import Metrics
+from orchestrator.settings import Settings
+from orchestrator.store import Stores
+from orchestrator.transport.mqtt import CommandTransport
+from orchestrator.transport.results import ParsedResult, ResultSubscriber
+
+log = structlog.get_logger(__name__)
+
+IDLE_S = 2.0  # the session is drained once no result came for this long
+DRAIN_LIMIT_S = 300.0  # at most this long taking results
+
+
+def results_client_id(instance_id: str) -> str:
+    """The client id of a replica's result subscriber (its persistent session)."""
+    return f"{instance_id}-results"
+
+
+async def _check_gone(stores: Stores, instance_id: str) -> None:
+    for rollout_id in await stores.rollouts.active_ids():
+        owner = await stores.redis.get(stores.keys.rollout_lease(rollout_id))
+        if owner == instance_id:
+            raise Conflict(
+                f"engine {instance_id!r} holds the lease of rollout {rollout_id}: it is running, "
+                "or died less than 15 s ago; stop it (or wait 15 s) and retire it again"
+            )
+
+
+async def _end_session(settings: Settings, client_id: str) -> None:
+    """Connect with a clean start and no expiry: the broker drops the session and its share."""
+    address = parse_mqtt_url(settings.mqtt_url)
+    client = zmqtt.MQTTClient(
+        address.host,
+        address.port,
+        client_id=client_id,
+        version=settings.mqtt_version,
+        username=address.username,
+        password=address.password,
+        tls=address.tls,
+        clean_session=True,
+        session_expiry_interval=0,
+        reconnect=zmqtt.ReconnectConfig(enabled=False),
+        mqtt_connect_timeout=10.0,
+    )
+    try:
+        await client.connect()
+    except (zmqtt.MQTTError, OSError) as exc:
+        raise TransportUnavailable(
+            f"cannot end the MQTT session {client_id!r} ({exc}); check OTA_MQTT_URL"
+        ) from exc
+    with contextlib.suppress(zmqtt.MQTTError, OSError):
+        await client.disconnect()
+
+
+async def retire(stores: Stores, settings: Settings, instance_id: str) -> int:
+    """Apply the results waiting for a gone replica, end its session; how many were applied."""
+    await _check_gone(stores, instance_id)
+    context = EngineContext(
+        settings,
+        stores,
+        # The tracker sends nothing; the context only needs a transport to be whole.
+        CommandTransport(settings.mqtt_url, version=settings.mqtt_version),
+        Metrics(CollectorRegistry()),
+    )
+    tracker = Tracker(context)
+    handled = 0
+    arrived = asyncio.Event()
+
+    async def handle(batch: Sequence[ParsedResult]) -> None:
+        nonlocal handled
+        await tracker.on_results(batch)
+        handled += len(batch)
+        arrived.set()
+
+    client_id = results_client_id(instance_id)
+    subscriber = ResultSubscriber(
+        settings.mqtt_url,
+        version=settings.mqtt_version,
+        client_id=client_id,
+        handler=handle,
+        shared=settings.mqtt_version == "5.0",
+    )
+    await subscriber.start()
+    try:
+        async with asyncio.timeout(DRAIN_LIMIT_S):
+            while True:  # until no result came for IDLE_S
+                arrived.clear()
+                try:
+                    await asyncio.wait_for(arrived.wait(), IDLE_S)
+                except TimeoutError:
+                    break
+    except TimeoutError:
+        log.warning("results still arriving; ending the session anyway", instance_id=instance_id)
+    finally:
+        await subscriber.stop()
+    await _end_session(settings, client_id)
+    log.info("engine replica retired", instance_id=instance_id, results_applied=handled)
+    return handled
