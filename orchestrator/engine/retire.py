@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 import structlog
 import zmqtt
-from faststream.mqtt.utils import parse_mqtt_url
 from prometheus_client import CollectorRegistry
 
 from orchestrator.engine.context import EngineContext
@@ -25,6 +24,7 @@ from orchestrator.errors import Conflict, TransportUnavailable
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
+from orchestrator.transport.clients import zmqtt_client
 from orchestrator.transport.mqtt import CommandTransport
 from orchestrator.transport.results import ParsedResult, ResultSubscriber
 
@@ -51,15 +51,10 @@ async def _check_gone(stores: Stores, instance_id: str) -> None:
 
 async def _end_session(settings: Settings, client_id: str) -> None:
     """Connect with a clean start and no expiry: the broker drops the session and its share."""
-    address = parse_mqtt_url(settings.mqtt_url)
-    client = zmqtt.MQTTClient(
-        address.host,
-        address.port,
+    client = zmqtt_client(
+        settings.mqtt_url,
         client_id=client_id,
         version=settings.mqtt_version,
-        username=address.username,
-        password=address.password,
-        tls=address.tls,
         clean_session=True,
         session_expiry_interval=0,
         reconnect=zmqtt.ReconnectConfig(enabled=False),

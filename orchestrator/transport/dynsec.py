@@ -38,6 +38,7 @@ import zmqtt
 from faststream.mqtt.utils import parse_mqtt_url
 
 from orchestrator.errors import OrchestratorError, TransportUnavailable
+from orchestrator.transport.clients import zmqtt_client
 from orchestrator.transport.topics import command_topic, result_topic
 
 log = structlog.get_logger(__name__)
@@ -96,14 +97,10 @@ class DynsecClient:
         self.username = address.username or ""
         self._redacted_url = f"mqtt://{self.username}@{address.host}:{address.port}"
         self._timeout_s = timeout_s
-        self._client = zmqtt.MQTTClient(
-            address.host,
-            address.port,
+        self._client = zmqtt_client(
+            url,
             client_id=client_id,
             version=version,
-            username=address.username,
-            password=address.password,
-            tls=address.tls,
             reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
             mqtt_connect_timeout=10.0,
         )

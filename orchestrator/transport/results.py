@@ -42,10 +42,10 @@ from typing import Literal
 
 import structlog
 import zmqtt
-from faststream.mqtt.utils import parse_mqtt_url
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import TransportUnavailable
+from orchestrator.transport.clients import zmqtt_client
 from orchestrator.transport.topics import (
     RESULTS_FILTER,
     SHARED_RESULTS_FILTER,
@@ -152,15 +152,10 @@ class ResultSubscriber:
         self._max_batch = max_batch
         self._linger_s = linger_s
         self._full = asyncio.Event()  # set while a whole batch waits in the inbox
-        address = parse_mqtt_url(url)
-        self._client = zmqtt.MQTTClient(
-            address.host,
-            address.port,
+        self._client = zmqtt_client(
+            url,
             client_id=client_id,
             version=version,
-            username=address.username,
-            password=address.password,
-            tls=address.tls,
             clean_session=False,
             session_expiry_interval=session_expiry_s if version == "5.0" else 0,
             # Keep trying for as long as the engine runs; zmqtt re-subscribes on reconnect.
