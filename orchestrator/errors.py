@@ -2,6 +2,7 @@
 
 OrchestratorError
 ├── StoreUnavailable          Redis cannot be reached (adapter edge, translated from redis-py)
+│   └── StoreRefused          Redis answered with an error that trying again will not cure
 ├── TransportUnavailable      the MQTT broker cannot be reached or refused a publish
 ├── NotFound (LookupError)    a project, device, file or download key does not exist
 ├── Conflict                  the thing exists already or is busy (HTTP 409)
@@ -29,6 +30,10 @@ class StoreUnavailable(OrchestratorError):
     """Redis cannot be reached or answered with an error."""
 
     status = 503
+
+
+class StoreRefused(StoreUnavailable):
+    """Redis refused a command for a reason that lasts (a script error, out of memory)."""
 
 
 class TransportUnavailable(OrchestratorError):

@@ -24,7 +24,7 @@ from orchestrator.domain.states import (
     result_event,
 )
 from orchestrator.engine.context import EngineContext
-from orchestrator.errors import StoreUnavailable
+from orchestrator.errors import StoreRefused, StoreUnavailable
 from orchestrator.store.rollouts import (
     ResultOutcome,
     ResultRules,
@@ -36,7 +36,8 @@ from orchestrator.transport.results import DeviceResult, IgnoredReason, ParsedRe
 
 log = structlog.get_logger(__name__)
 
-STORE_RETRIES = 20  # about 30 s of backoff before a result is given up
+STORE_RETRIES = 20  # refusals (not outages) before a batch of results is given up
+MAX_BACKOFF_S = 2.0  # between tries while Redis is away
 RECENT_ROLLOUTS = 8  # rollouts whose result rules go with every batch, most recently heard first
 
 PROGRESS_EVENTS = frozenset(
@@ -96,8 +97,9 @@ class Tracker:
         """Handle messages from `{device_id}/control/{command}/result`, in arrival order.
 
         The subscriber acknowledges them once this returns, so a Redis outage must not end it
-        early: retry until Redis answers (bounded; then it is logged). Applying a batch again
-        is harmless: a repeated event finds the device moved on and is counted as ignored.
+        early: while Redis is unreachable or failing over, try again until it answers (at stop
+        the batch stays unacknowledged and comes back). Applying a batch again is harmless: a
+        repeated event finds the device moved on and is counted as ignored.
         """
         results: list[DeviceResult] = []
         for parsed, topic in batch:
@@ -108,18 +110,25 @@ class Tracker:
         if not results:
             return
         delay_s = 0.05
-        for attempt in range(STORE_RETRIES):
+        refusals = 0
+        while True:
             try:
                 await self._on_results(results)
                 return
-            except StoreUnavailable as exc:
-                if attempt == STORE_RETRIES - 1:
+            except StoreRefused as exc:  # a lasting error: retrying cannot cure it
+                refusals += 1
+                if refusals == STORE_RETRIES:
                     log.error(
-                        "results lost: Redis unavailable", error=exc.message, results=len(results)
+                        "results lost: Redis refused them", error=exc.message, results=len(results)
                     )
                     raise
-                await asyncio.sleep(delay_s)
-                delay_s = min(delay_s * 2, 2.0)
+            except StoreUnavailable as exc:
+                # Unreachable or failing over: hold the batch (and so its acknowledgement) until
+                # Redis is back; the broker keeps the rest meanwhile.
+                if delay_s >= MAX_BACKOFF_S:
+                    log.warning("results wait for Redis", error=exc.message, results=len(results))
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, MAX_BACKOFF_S)
 
     async def _on_results(self, results: Sequence[DeviceResult]) -> None:
         rules: dict[str, ResultRules | None] = dict(self._recent)

@@ -10,11 +10,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from orchestrator.errors import StoreUnavailable
+from orchestrator.errors import StoreRefused, StoreUnavailable
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -22,6 +28,10 @@ T = TypeVar("T")
 Redis = aioredis.Redis
 Pipeline = aioredis.client.Pipeline
 
+
+# Refusals that pass on their own: a replica promoted a moment ago, a restart loading its data,
+# a cluster moving slots.
+PASSING_REFUSALS = (ReadOnlyError, BusyLoadingError, TryAgainError, ClusterDownError)
 
 MAX_CONNECTIONS = 64  # per process; callers beyond it wait for a free connection
 
@@ -150,8 +160,10 @@ def translated(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             raise StoreUnavailable(
                 f"Redis is unreachable ({exc}); check OTA_REDIS_URL and that Redis is running"
             ) from exc
+        except PASSING_REFUSALS as exc:  # a failover or a restart under way
+            raise StoreUnavailable(f"Redis is not serving yet: {exc}") from exc
         except RedisError as exc:
-            raise StoreUnavailable(f"Redis refused a command: {exc}") from exc
+            raise StoreRefused(f"Redis refused a command: {exc}") from exc
 
     return wrapper
 

@@ -1,0 +1,129 @@
+"""Results that arrive while Redis is away are applied once it is back: none acknowledged unread.
+
+Redis here is a redis-server of this module's own, stopped and started again on the same port
+with its append-only file, as a restart or a failover behind one address looks to the service.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+
+from orchestrator.embedded import free_port
+from tests.conftest import Service, wait_for
+from tests.e2e.fleet import Fleet
+from tests.e2e.test_rollouts import start, upload_both, wait_state
+
+PLAN = """
+name: outage
+firmware: {file: fw_2.1.0.bin, version: 2.1.0}
+waves: [{percent: 100}]
+policy: {max_failure_rate: 5%, ack_timeout: 120s, device_timeout: 300s}
+"""
+
+
+@dataclass
+class RestartableRedis:
+    """A redis-server on a fixed port that a test stops and starts again, data kept."""
+
+    data_dir: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed; `make test` installs it"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            for _ in range(300):
+                try:
+                    if client.ping():
+                        return
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    pass
+                subprocess.run(["sleep", "0.05"], check=True)
+            pytest.fail(f"redis-server on {self.port} never answered")
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()  # SIGTERM: the append-only file is complete
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableRedis]:
+    server = RestartableRedis(tmp_path_factory.mktemp("outage-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(own_redis: RestartableRedis) -> str:
+    """Every part of the service on the restartable Redis."""
+    return own_redis.url
+
+
+async def test_results_sent_while_redis_is_down_are_applied_when_it_is_back(
+    service: Service, fleet: Fleet, own_redis: RestartableRedis
+) -> None:
+    await upload_both(service)
+    devices = await fleet.add(12)
+    for device in devices:
+        device.latency_s = 1.0  # after its download, a device reports 1 s and 2 s later
+    rollout_id = (await start(service, PLAN))["id"]
+
+    async def all_downloaded() -> bool:
+        return all(device.installed for device in devices)
+
+    await wait_for(all_downloaded, timeout_s=30, interval_s=0.02)
+    own_redis.stop()  # their `installing` and `success` results go out while Redis is away
+
+    async def all_reported() -> bool:
+        return all(
+            fleet.results[d.id] and fleet.results[d.id][-1]["status"] == "success" for d in devices
+        )
+
+    await wait_for(all_reported, timeout_s=30, interval_s=0.1)
+    assert await view_fails(service, rollout_id)  # Redis really is away
+    own_redis.start()
+    done = await wait_state(service, rollout_id, "completed", timeout_s=60)
+    assert done["counts"]["succeeded"] == 12, done["counts"]
+
+
+async def view_fails(service: Service, rollout_id: str) -> bool:
+    """True when the API cannot read the rollout (503: Redis unreachable)."""
+    response = await service.client.get(f"/v2/projects/{service.project_id}/rollouts/{rollout_id}")
+    return response.status_code == 503
