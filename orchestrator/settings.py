@@ -74,6 +74,16 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("download_offload")
+    @classmethod
+    def _offload_not_built(cls, value: str) -> str:
+        if value:
+            raise ValueError(
+                f"OTA_DOWNLOAD_OFFLOAD={value} is not available yet: the service streams every "
+                "download itself (with Range and the one-delivery key); leave it empty"
+            )
+        return value
+
     @model_validator(mode="after")
     def _cluster_prefix(self) -> Settings:
         # Scripts change many keys at once; Cluster runs that only within one slot.
