@@ -89,18 +89,20 @@ class ApiClient:
             return response.json() if response.content else {}
         raise ApiError(_error_message(method, path, response), status=response.status_code)
 
+    async def data(self, method: str, path: str, **options: Any) -> Any:
+        """The `data` of an enveloped answer (`{success, status, action, message, data}`)."""
+        return (await self.request(method, path, **options))["data"]
+
     # --- projects, devices, files, commands (the seed API) --------------------------------
 
     async def create_project(self, name: str) -> dict[str, Any]:
         """`POST /v2/projects`: the project (`id`, `name`)."""
-        body = await self.request("POST", "/v2/projects", json={"name": name})
-        project: dict[str, Any] = body["data"]
+        project: dict[str, Any] = await self.data("POST", "/v2/projects", json={"name": name})
         return project
 
     async def create_device(self, **fields: Any) -> dict[str, Any]:
         """`POST …/devices` (seed 003): the device, with `metadata.device_token`."""
-        body = await self.request("POST", f"{self._project()}/devices", json=fields)
-        device: dict[str, Any] = body["data"]
+        device: dict[str, Any] = await self.data("POST", f"{self._project()}/devices", json=fields)
         return device
 
     async def devices(self, *, tag: str = "") -> AsyncIterator[dict[str, Any]]:
@@ -194,24 +196,21 @@ class ApiClient:
         self, name: str, plan_text: str, secret: str | None = None
     ) -> dict[str, Any]:
         """`POST …/hooks`: the hook with its delivery `url` and its `secret` (shown only here)."""
-        body = await self.request(
+        hook: dict[str, Any] = await self.data(
             "POST",
             f"{self._project()}/hooks",
             json={"name": name, "plan": plan_text, "secret": secret},
         )
-        hook: dict[str, Any] = body["data"]
         return hook
 
     async def hooks(self) -> list[dict[str, Any]]:
         """`GET …/hooks`: the project's hooks (without their secrets)."""
-        body = await self.request("GET", f"{self._project()}/hooks")
-        hooks: list[dict[str, Any]] = body["data"]
+        hooks: list[dict[str, Any]] = await self.data("GET", f"{self._project()}/hooks")
         return hooks
 
     async def hook(self, hook_id: str) -> dict[str, Any]:
         """`GET …/hooks/{id}`: one hook (without its secret)."""
-        body = await self.request("GET", f"{self._project()}/hooks/{hook_id}")
-        hook: dict[str, Any] = body["data"]
+        hook: dict[str, Any] = await self.data("GET", f"{self._project()}/hooks/{hook_id}")
         return hook
 
     async def delete_hook(self, hook_id: str) -> dict[str, Any]:
@@ -221,8 +220,9 @@ class ApiClient:
 
     async def hook_deliveries(self, hook_id: str) -> list[dict[str, Any]]:
         """`GET …/hooks/{id}/deliveries`: what each delivery asked for and started, newest first."""
-        body = await self.request("GET", f"{self._project()}/hooks/{hook_id}/deliveries")
-        deliveries: list[dict[str, Any]] = body["data"]
+        deliveries: list[dict[str, Any]] = await self.data(
+            "GET", f"{self._project()}/hooks/{hook_id}/deliveries"
+        )
         return deliveries
 
     # --- notifications --------------------------------------------------------------------
@@ -231,18 +231,18 @@ class ApiClient:
         self, url: str, events: list[str] | None = None, secret: str | None = None
     ) -> dict[str, Any]:
         """`POST …/notifications` (`events` None: every event): the subscription and its secret."""
-        body = await self.request(
+        subscription: dict[str, Any] = await self.data(
             "POST",
             f"{self._project()}/notifications",
             json={"url": url, "events": events, "secret": secret},
         )
-        subscription: dict[str, Any] = body["data"]
         return subscription
 
     async def notifications(self) -> list[dict[str, Any]]:
         """`GET …/notifications`: the project's subscriptions (without their secrets)."""
-        body = await self.request("GET", f"{self._project()}/notifications")
-        subscriptions: list[dict[str, Any]] = body["data"]
+        subscriptions: list[dict[str, Any]] = await self.data(
+            "GET", f"{self._project()}/notifications"
+        )
         return subscriptions
 
     async def delete_notification(self, notification_id: str) -> dict[str, Any]:
@@ -254,10 +254,9 @@ class ApiClient:
 
     async def notification_deliveries(self, notification_id: str) -> list[dict[str, Any]]:
         """`GET …/notifications/{id}/deliveries`: each notice and its attempts, newest first."""
-        body = await self.request(
+        notices: list[dict[str, Any]] = await self.data(
             "GET", f"{self._project()}/notifications/{notification_id}/deliveries"
         )
-        notices: list[dict[str, Any]] = body["data"]
         return notices
 
 
