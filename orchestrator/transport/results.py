@@ -185,13 +185,20 @@ class ResultSubscriber:
             auto_ack=False,
             receive_buffer_size=self._max_batch,
         )
-        await self._subscription.start()
         self._inbox = asyncio.Queue(2 * self._max_batch)
         self._stopping = False
+        # Reading starts before SUBSCRIBE goes out: on a resumed session the broker sends its
+        # backlog (up to its in-flight window) ahead of the SUBACK, and zmqtt's read loop would
+        # wait for room in the subscription's buffer before it could read that SUBACK.
         self._tasks = [
             asyncio.create_task(self._read(self._subscription), name="results-read"),
             asyncio.create_task(self._handle_batches(), name="results-handle"),
         ]
+        try:
+            await self._subscription.start()
+        except BaseException:
+            await self._cancel_tasks()
+            raise
         log.info("results subscribed", topic_filter=self.topic_filter, client_id=self.client_id)
 
     async def stop(self) -> None:
@@ -208,17 +215,20 @@ class ResultSubscriber:
                 "the broker sends it again on the next start",
                 timeout_s=self._stop_timeout_s,
             )
+        await self._cancel_tasks()
+        if self._subscription is not None:
+            await self._subscription.detach()  # no UNSUBSCRIBE: the session keeps it
+            self._subscription = None
+        await self._client.disconnect()
+        log.info("results subscriber stopped", client_id=self.client_id)
+
+    async def _cancel_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        if self._subscription is not None:
-            await self._subscription.detach()  # no UNSUBSCRIBE: the session keeps it
-            self._subscription = None
-        await self._client.disconnect()
-        log.info("results subscriber stopped", client_id=self.client_id)
 
     @property
     def connected(self) -> bool:

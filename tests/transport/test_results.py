@@ -347,6 +347,33 @@ async def test_a_handler_that_raises_is_logged_and_later_results_still_arrive(
 
 
 @pytest.mark.parametrize(("version", "shared"), [("5.0", True), ("3.1.1", False)])
+async def test_a_backlog_larger_than_a_batch_arrives_after_a_restart(
+    mqtt_broker: EmbeddedBroker, subscribers: SubscriberFactory, version: Version, shared: bool
+) -> None:
+    # The broker sends the queued results (up to its in-flight window) right after CONNACK,
+    # while the subscriber is still waiting for its SUBACK: they must all find room.
+    backlog = 1200
+    client_id = f"test-results-{uuid.uuid4().hex[:10]}"
+    first = subscribers(Inbox().handler, client_id=client_id, version=version, shared=shared)
+    await first.start()
+    await first.stop()
+    await publish(
+        mqtt_broker,
+        [(result_topic(device(), "download_firmware"), body(f"c-{i}"), 1) for i in range(backlog)],
+        version,
+    )
+    inbox = Inbox()
+    second = subscribers(
+        inbox.handler, client_id=client_id, version=version, shared=shared, max_batch=50
+    )
+    async with asyncio.timeout(WAIT_S):
+        await second.start()
+    await inbox.wait_for(backlog)
+
+    assert sorted(inbox.command_ids()) == sorted(f"c-{i}" for i in range(backlog))
+
+
+@pytest.mark.parametrize(("version", "shared"), [("5.0", True), ("3.1.1", False)])
 async def test_results_sent_during_an_orderly_restart_arrive_after_it(
     mqtt_broker: EmbeddedBroker, subscribers: SubscriberFactory, version: Version, shared: bool
 ) -> None:
