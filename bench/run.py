@@ -39,6 +39,7 @@ from bench.report import (
     OVERSHOOT_MAX_IN_FLIGHT,
     OVERSHOOT_MIN_DEVICES,
     Results,
+    Round,
     bursts,
     log_problems,
     per_device,
@@ -49,9 +50,12 @@ from orchestrator.domain.auth import Scope
 from orchestrator.domain.devices import DeviceSource
 from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port, mosquitto_binary
 from orchestrator.logs import configure_logging
+from orchestrator.service import run_on_service_loop
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import Redis, connect
+from orchestrator.transport.clients import end_session
+from orchestrator.transport.results import results_client_id
 
 POLL_S = 0.05  # how often the rollout's counters are read from Redis
 FIRMWARE = hashlib.sha256(b"bench").digest() * 128  # 4 KiB
@@ -75,11 +79,21 @@ class Service:
     server: uvicorn.Server
     task: asyncio.Task[None]
 
-    async def stop(self) -> None:
-        """Shut the service down as uvicorn does on SIGTERM."""
+    async def stop(self, *, drop_session: bool = False) -> None:
+        """Shut the service down as uvicorn does on SIGTERM.
+
+        `drop_session`: then end the engine's persistent MQTT session, which an orderly stop
+        keeps; otherwise the broker would queue (and, in the shared group, route) results to it.
+        """
         await self.client.aclose()
         self.server.should_exit = True
         await asyncio.wait_for(self.task, 60)
+        if drop_session:
+            await end_session(
+                self.settings.mqtt_url,
+                client_id=results_client_id(self.settings.instance_id),
+                version=self.settings.mqtt_version,
+            )
 
 
 async def start_service(settings: Settings, stores: Stores, admin_key: str) -> Service:
@@ -279,7 +293,13 @@ async def run_interleaved(
 
 
 async def run_separate(
-    service: Service, fleet: FleetClient, project_id: str, n: int, results: Results
+    service: Service,
+    fleet: FleetClient,
+    project_id: str,
+    n: int,
+    results: Results,
+    measured: Round,
+    label: str,
 ) -> None:
     """The fleet holds its answers until every command arrived, then publishes them at once."""
     stores = service.stores
@@ -290,10 +310,10 @@ async def run_separate(
     cpu_before = cpu_s()
     seen = await fleet.call("wait", timeout_s=RUN_TIMEOUT_S, stall_s=STALL_S)
     dispatched_at = float(seen["last_command_at"])
-    results.cpu_busy["run 2, dispatch alone"] = (cpu_s() - cpu_before) / (time.time() - started)
-    results.dispatch_alone = Rate(int(seen["received"]), dispatched_at - started)
-    results.bursts["run 2 (answers held)"] = bursts(seen["arrivals"])
-    results.arrivals["run2"] = [t - started for t in seen["arrivals"]]
+    results.cpu_busy[f"{label}, dispatch alone"] = (cpu_s() - cpu_before) / (time.time() - started)
+    measured.dispatch_alone = Rate(int(seen["received"]), dispatched_at - started)
+    results.bursts[f"{label} (answers held)"] = bursts(seen["arrivals"])
+    results.arrivals[label] = [t - started for t in seen["arrivals"]]
 
     async def all_published() -> bool:
         return await stores.redis.scard(stores.keys.rollout_unpublished(rollout_id)) == 0
@@ -306,10 +326,10 @@ async def run_separate(
     released = await fleet.call("release")
     succeeded_at, succeeded = await wait_count(stores, rollout_id, "all:succeeded", n)
     burst_cpu_s = cpu_s() - cpu_before
-    results.cpu_busy["run 2, ingest burst"] = burst_cpu_s / (succeeded_at - clock)
-    results.cpu_per_result_us["engine ingest burst"] = burst_cpu_s / max(succeeded, 1) * 1e6
-    results.ingest_burst = Rate(succeeded, succeeded_at - float(released["first_result_at"]))
-    lost(results, "run 2 (answers held)", succeeded, n)
+    results.cpu_busy[f"{label}, ingest burst"] = burst_cpu_s / (succeeded_at - clock)
+    measured.engine_cpu_us = burst_cpu_s / max(succeeded, 1) * 1e6
+    measured.ingest_burst = Rate(succeeded, succeeded_at - float(released["first_result_at"]))
+    lost(results, f"{label} (answers held)", succeeded, n)
     results.redis_calls["ingest only, per device"] = per_device(
         middle, await command_stats(stores.redis), n
     )
@@ -354,26 +374,33 @@ async def run_overshoot(
 
 
 async def bench(
-    redis_server: EmbeddedRedis, broker: EmbeddedBroker, work: Path, results: Results
+    redis_server: EmbeddedRedis, broker: EmbeddedBroker, work: Path, results: Results, rounds: int
 ) -> None:
-    """Raw baselines first (nothing else on the broker), then the service and its rollouts."""
+    """The aiomqtt baselines, the rounds (zmqtt baselines, then run 2), then runs 1 and 3.
+
+    Every raw baseline runs while the service is stopped and its MQTT session is gone, so
+    the broker carries nothing else.
+    """
     n = results.devices
     fleet = await FleetClient.start(broker.port)
     try:
         messages = raw.command_messages(n, f"http://127.0.0.1:{free_port()}")
         results.raw_bytes_per_command = sum(len(body) for _, body, _ in messages) / n
-        results.zmqtt_publish = await raw.zmqtt_publish(broker.url, fleet, messages)
         results.aiomqtt_publish = await raw.aiomqtt_publish(
             "127.0.0.1", broker.port, fleet, messages
         )
-        cpu_before = cpu_s()
-        results.zmqtt_receive, results.result_publisher = await raw.zmqtt_receive(
-            "127.0.0.1", broker.port, fleet, n
-        )
-        # Connecting and subscribing included: a few ms next to the receiving.
-        results.cpu_per_result_us["zmqtt raw receive"] = (cpu_s() - cpu_before) / n * 1e6
         results.aiomqtt_receive, _ = await raw.aiomqtt_receive("127.0.0.1", broker.port, fleet, n)
-        await engine_runs(redis_server, broker, work, fleet, results)
+
+        async def zmqtt_baselines(measured: Round) -> None:
+            measured.zmqtt_publish = await raw.zmqtt_publish(broker.url, fleet, messages)
+            cpu_before = cpu_s()
+            measured.zmqtt_receive, measured.result_publisher = await raw.zmqtt_receive(
+                "127.0.0.1", broker.port, fleet, n
+            )
+            # Connecting and subscribing included: a few ms next to the receiving.
+            measured.raw_cpu_us = (cpu_s() - cpu_before) / n * 1e6
+
+        await engine_runs(redis_server, broker, work, fleet, results, rounds, zmqtt_baselines)
     finally:
         await fleet.stop()
 
@@ -384,19 +411,10 @@ async def engine_runs(
     work: Path,
     fleet: FleetClient,
     results: Results,
+    rounds: int,
+    baselines: Callable[[Round], Awaitable[None]],
 ) -> None:
-    """The service in this process; the three rollouts."""
-    settings = Settings(
-        redis_url=redis_server.url,
-        redis_prefix=PREFIX,
-        mqtt_url=broker.url,
-        mqtt_version=broker.mqtt_version,
-        http_port=free_port(),
-        data_dir=work / "data",
-        log_format="json",
-        instance_id=f"bench-{uuid.uuid4().hex[:8]}",
-        role="all",
-    )
+    """The devices, then the service in this process for each round and for runs 1 and 3."""
     # JSON logs at info, as in production, into a file rather than over the table.
     configure_logging("json", "info")
     log_file = (work / "service.log").open("a")
@@ -405,6 +423,21 @@ async def engine_runs(
             handler.setStream(log_file)
     redis = connect(redis_server.url)
     stores = Stores.build(redis, PREFIX)
+
+    def settings() -> Settings:
+        # A new instance id each time: a new MQTT session, the last one having been ended.
+        return Settings(
+            redis_url=redis_server.url,
+            redis_prefix=PREFIX,
+            mqtt_url=broker.url,
+            mqtt_version=broker.mqtt_version,
+            http_port=free_port(),
+            data_dir=work / "data",
+            log_format="json",
+            instance_id=f"bench-{uuid.uuid4().hex[:8]}",
+            role="all",
+        )
+
     try:
         clock = time.time()
         admin_key, _ = await stores.api_keys.create("bench", frozenset({Scope.ADMIN}))
@@ -417,25 +450,42 @@ async def engine_runs(
         if results.download:
             tokens_path = str(work / "tokens.json")
             await asyncio.to_thread(Path(tokens_path).write_text, json.dumps(tokens))
-        service = await start_service(settings, stores, admin_key)
+        for number in range(1, rounds + 1):
+            measured = Round()
+            results.rounds.append(measured)
+            await baselines(measured)
+            service = await start_service(settings(), stores, admin_key)
+            try:
+                if number == 1:
+                    for project in (main_project, overshoot_project):
+                        await upload_firmware(service, project.id)
+                clock = time.time()
+                await run_separate(
+                    service,
+                    fleet,
+                    main_project.id,
+                    results.devices,
+                    results,
+                    measured,
+                    f"run 2, round {number}",
+                )
+                results.setup_s[f"run 2, round {number}"] = time.time() - clock
+            finally:
+                await service.stop(drop_session=True)
+        service = await start_service(settings(), stores, admin_key)
         try:
-            for project in (main_project, overshoot_project):
-                await upload_firmware(service, project.id)
             clock = time.time()
             await run_interleaved(
                 service, fleet, main_project.id, results.devices, results, tokens_path
             )
             results.setup_s["run 1 (answers at once)"] = time.time() - clock
             clock = time.time()
-            await run_separate(service, fleet, main_project.id, results.devices, results)
-            results.setup_s["run 2 (answers held)"] = time.time() - clock
-            clock = time.time()
             await run_overshoot(
                 service, fleet, overshoot_project.id, results.overshoot_devices, results
             )
             results.setup_s["run 3 (overshoot)"] = time.time() - clock
         finally:
-            await service.stop()
+            await service.stop(drop_session=True)
     finally:
         await redis.aclose()
         log_file.close()
@@ -453,6 +503,12 @@ def main(argv: list[str] | None = None) -> int:
         "--overshoot-devices", type=int, default=None, help="devices in the overshoot run (2,000)"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the zmqtt baselines and run 2; the summary takes their medians (3)",
+    )
+    parser.add_argument(
         "--download", action="store_true", help="the fleet downloads the firmware before answering"
     )
     parser.add_argument(
@@ -468,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"--devices must be at least 1 and the overshoot run over {OVERSHOOT_MIN_DEVICES}"
         )
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     redis_binary = shutil.which("redis-server")
     if redis_binary is None or mosquitto_binary() is None:
         print("bench: redis-server and mosquitto are needed (make system-deps)", file=sys.stderr)
@@ -488,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             broke = False
             try:
-                asyncio.run(bench(redis_server, broker, work, results))
+                run_on_service_loop(bench(redis_server, broker, work, results, args.rounds))
             except Exception as exc:  # still print what was measured before it broke
                 results.notes.append(f"the bench broke: {exc!r}")
                 broke = True

@@ -26,7 +26,7 @@ from orchestrator.domain.auth import Scope
 from orchestrator.domain.plans import Plan, parse_plan
 from orchestrator.embedded import free_port
 from orchestrator.errors import OrchestratorError
-from orchestrator.service import embedded_servers, serving
+from orchestrator.service import embedded_servers, run_on_service_loop, serving
 from orchestrator.settings import Settings
 from orchestrator.simulator.behaviour import Behaviour
 from orchestrator.simulator.fleet import Fleet
@@ -76,7 +76,7 @@ def run_demo(
         settings = demo_settings(Path(tmp))
         console.print("starting an embedded Redis and MQTT broker…", style="dim")
         with embedded_servers(settings) as resolved:
-            return asyncio.run(
+            return run_on_service_loop(
                 _demo(resolved, plan, plan_text, devices, fail_rate, timeout_s, console)
             )
 

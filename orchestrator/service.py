@@ -9,8 +9,9 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 import uvicorn
@@ -20,6 +21,23 @@ from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+def service_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop `ota serve` runs on: uvloop where it is installed, as uvicorn chooses."""
+    try:
+        import uvloop
+    except ImportError:  # not on this platform: asyncio's own loop
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run_on_service_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` to its end on a new loop of the kind `ota serve` runs on."""
+    with asyncio.Runner(loop_factory=service_loop_factory()) as runner:
+        return runner.run(main)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from orchestrator.engine.notifier import Notifier
 from orchestrator.engine.streams import Handler, consume
 from orchestrator.engine.tracker import Tracker
 from orchestrator.errors import OrchestratorError
-from orchestrator.transport.results import ResultSubscriber
+from orchestrator.transport.results import ResultSubscriber, results_client_id
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +38,7 @@ class Engine:
         self.results = ResultSubscriber(
             settings.mqtt_url,
             version=settings.mqtt_version,
-            client_id=f"{settings.instance_id}-results",
+            client_id=results_client_id(settings.instance_id),
             handler=self.tracker.on_results,
             shared=settings.mqtt_version == "5.0",
         )

@@ -11,32 +11,25 @@ shared group. The replica must be stopped first: it must hold no rollout lease.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 
 import structlog
-import zmqtt
 from prometheus_client import CollectorRegistry
 
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.tracker import Tracker
-from orchestrator.errors import Conflict, TransportUnavailable
+from orchestrator.errors import Conflict
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
-from orchestrator.transport.clients import zmqtt_client
+from orchestrator.transport.clients import end_session
 from orchestrator.transport.mqtt import CommandTransport
-from orchestrator.transport.results import ParsedResult, ResultSubscriber
+from orchestrator.transport.results import ParsedResult, ResultSubscriber, results_client_id
 
 log = structlog.get_logger(__name__)
 
 IDLE_S = 2.0  # the session is drained once no result came for this long
 DRAIN_LIMIT_S = 300.0  # at most this long taking results
-
-
-def results_client_id(instance_id: str) -> str:
-    """The client id of a replica's result subscriber (its persistent session)."""
-    return f"{instance_id}-results"
 
 
 async def _check_gone(stores: Stores, instance_id: str) -> None:
@@ -47,27 +40,6 @@ async def _check_gone(stores: Stores, instance_id: str) -> None:
                 f"engine {instance_id!r} holds the lease of rollout {rollout_id}: it is running, "
                 "or died less than 15 s ago; stop it (or wait 15 s) and retire it again"
             )
-
-
-async def _end_session(settings: Settings, client_id: str) -> None:
-    """Connect with a clean start and no expiry: the broker drops the session and its share."""
-    client = zmqtt_client(
-        settings.mqtt_url,
-        client_id=client_id,
-        version=settings.mqtt_version,
-        clean_session=True,
-        session_expiry_interval=0,
-        reconnect=zmqtt.ReconnectConfig(enabled=False),
-        mqtt_connect_timeout=10.0,
-    )
-    try:
-        await client.connect()
-    except (zmqtt.MQTTError, OSError) as exc:
-        raise TransportUnavailable(
-            f"cannot end the MQTT session {client_id!r} ({exc}); check OTA_MQTT_URL"
-        ) from exc
-    with contextlib.suppress(zmqtt.MQTTError, OSError):
-        await client.disconnect()
 
 
 async def retire(stores: Stores, settings: Settings, instance_id: str) -> int:
@@ -111,6 +83,6 @@ async def retire(stores: Stores, settings: Settings, instance_id: str) -> int:
         log.warning("results still arriving; ending the session anyway", instance_id=instance_id)
     finally:
         await subscriber.stop()
-    await _end_session(settings, client_id)
+    await end_session(settings.mqtt_url, client_id=client_id, version=settings.mqtt_version)
     log.info("engine replica retired", instance_id=instance_id, results_applied=handled)
     return handled

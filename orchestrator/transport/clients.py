@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Literal
 
 import zmqtt
 from faststream.mqtt.utils import parse_mqtt_url
+
+from orchestrator.errors import TransportUnavailable
 
 
 def zmqtt_client(
@@ -26,3 +29,27 @@ def zmqtt_client(
         tls=address.tls,
         **options,
     )
+
+
+async def end_session(url: str, *, client_id: str, version: Literal["5.0", "3.1.1"]) -> None:
+    """End `client_id`'s persistent session: the broker drops it and its subscriptions.
+
+    Connects under that id with a clean start and no session expiry, then disconnects.
+    """
+    client = zmqtt_client(
+        url,
+        client_id=client_id,
+        version=version,
+        clean_session=True,
+        session_expiry_interval=0,
+        reconnect=zmqtt.ReconnectConfig(enabled=False),
+        mqtt_connect_timeout=10.0,
+    )
+    try:
+        await client.connect()
+    except (zmqtt.MQTTError, OSError) as exc:
+        raise TransportUnavailable(
+            f"cannot end the MQTT session {client_id!r} ({exc}); check OTA_MQTT_URL"
+        ) from exc
+    with contextlib.suppress(zmqtt.MQTTError, OSError):
+        await client.disconnect()

@@ -117,6 +117,11 @@ MAX_BATCH = 200  # results handed to the handler at once, at most
 LINGER_S = 0.01  # how long a batch waits for more results, at most, before it is handled
 
 
+def results_client_id(instance_id: str) -> str:
+    """The client id of an engine replica's result subscriber (its persistent session)."""
+    return f"{instance_id}-results"
+
+
 class ResultSubscriber:
     """Receives every device result for the engine over a persistent MQTT session."""
 
