@@ -505,8 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="rounds of the zmqtt baselines and run 2; the summary takes their medians (3)",
+        default=5,
+        help="rounds of the zmqtt baselines and run 2; the summary takes their medians (5)",
     )
     parser.add_argument(
         "--download", action="store_true", help="the fleet downloads the firmware before answering"

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -156,7 +157,6 @@ class ResultSubscriber:
         self._stop_timeout_s = stop_timeout_s
         self._max_batch = max_batch
         self._linger_s = linger_s
-        self._full = asyncio.Event()  # set while a whole batch waits in the inbox
         self._client = zmqtt_client(
             url,
             client_id=client_id,
@@ -169,7 +169,11 @@ class ResultSubscriber:
             session_replay_buffer_size=0,  # unbounded: see the module docstring
         )
         self._subscription: zmqtt.Subscription | None = None
-        self._inbox: asyncio.Queue[zmqtt.Message] = asyncio.Queue(2 * max_batch)
+        # Read but not yet handled, at most two batches: the reader waits for room past that.
+        self._inbox: deque[zmqtt.Message] = deque()
+        self._arrived = asyncio.Event()  # set while the inbox holds a result
+        self._full = asyncio.Event()  # set while it holds a whole batch
+        self._room = asyncio.Event()  # set while it holds less than two batches
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()  # clear while a batch is being handled
         self._idle.set()
@@ -190,7 +194,10 @@ class ResultSubscriber:
             auto_ack=False,
             receive_buffer_size=self._max_batch,
         )
-        self._inbox = asyncio.Queue(2 * self._max_batch)
+        self._inbox.clear()
+        for event in (self._arrived, self._full):
+            event.clear()
+        self._room.set()
         self._stopping = False
         # Reading starts before SUBSCRIBE goes out: on a resumed session the broker sends its
         # backlog (up to its in-flight window) ahead of the SUBACK, and zmqtt's read loop would
@@ -245,11 +252,18 @@ class ResultSubscriber:
         return True
 
     async def _read(self, subscription: zmqtt.Subscription) -> None:
+        inbox, batch, limit = self._inbox, self._max_batch, 2 * self._max_batch
         try:
             async for message in subscription:
-                await self._inbox.put(message)
-                if self._inbox.qsize() >= self._max_batch - 1:  # with the one in hand
+                inbox.append(message)
+                held = len(inbox)
+                if held == 1:
+                    self._arrived.set()
+                if held >= batch:
                     self._full.set()
+                if held >= limit:
+                    self._room.clear()
+                    await self._room.wait()
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -258,14 +272,17 @@ class ResultSubscriber:
     async def _handle_batches(self) -> None:
         inbox = self._inbox
         while True:
-            batch = [await inbox.get()]
-            if inbox.qsize() < self._max_batch - 1 and self._linger_s > 0:
-                self._full.clear()
+            await self._arrived.wait()
+            if len(inbox) < self._max_batch and self._linger_s > 0:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._linger_s):
                         await self._full.wait()
-            while len(batch) < self._max_batch and not inbox.empty():
-                batch.append(inbox.get_nowait())
+            batch = [inbox.popleft() for _ in range(min(len(inbox), self._max_batch))]
+            if len(inbox) < self._max_batch:
+                self._full.clear()
+                if not inbox:
+                    self._arrived.clear()
+            self._room.set()
             if self._stopping:
                 return  # left unacknowledged: the broker sends them again on the next start
             self._idle.clear()
