@@ -57,7 +57,7 @@ from orchestrator.store.redis import Redis, connect
 from orchestrator.transport.clients import end_session
 from orchestrator.transport.results import results_client_id
 
-POLL_S = 0.05  # how often the rollout's counters are read from Redis
+POLL_S = 0.01  # how often the rollout's counters are read from Redis (one HGET)
 FIRMWARE = hashlib.sha256(b"bench").digest() * 128  # 4 KiB
 FIRMWARE_FILE = "fw_bench.bin"
 VERSION = "2.1.0"
