@@ -26,6 +26,7 @@ import zmqtt
 from faststream.mqtt import MQTTBroker
 
 from bench.fleet_client import FleetClient
+from orchestrator.transport.batched import open_batched
 
 PUBLISH_BATCH = 500  # the engine's DISPATCH_BATCH: publishes in flight at once
 WAIT_S = 120.0
@@ -165,8 +166,14 @@ async def _receive_rate(fleet: FleetClient, counter: _Counter) -> tuple[Rate, Ra
     return Rate(counter.count, counter.last_at - started, note), publisher
 
 
-async def zmqtt_receive(host: str, port: int, fleet: FleetClient, n: int) -> tuple[Rate, Rate]:
-    """zmqtt alone (as the engine's ResultSubscriber uses it) on a shared filter, counting."""
+async def zmqtt_receive(
+    host: str, port: int, fleet: FleetClient, n: int, *, batched: bool = False
+) -> tuple[Rate, Rate]:
+    """zmqtt alone on a shared filter, counting, with a persistent session as the engine's.
+
+    `batched`: through the transport the engine's ResultSubscriber gives zmqtt (writes sent
+    once per loop turn) rather than zmqtt's own.
+    """
     counter = _Counter(n)
     client = zmqtt.MQTTClient(
         host,
@@ -176,6 +183,7 @@ async def zmqtt_receive(host: str, port: int, fleet: FleetClient, n: int) -> tup
         clean_session=False,
         session_expiry_interval=60,
         session_replay_buffer_size=0,
+        transport_factory=open_batched if batched else None,
     )
     await client.connect()
     try:

@@ -376,7 +376,7 @@ async def run_overshoot(
 async def bench(
     redis_server: EmbeddedRedis, broker: EmbeddedBroker, work: Path, results: Results, rounds: int
 ) -> None:
-    """The aiomqtt baselines, the rounds (zmqtt baselines, then run 2), then runs 1 and 3.
+    """aiomqtt and batched zmqtt, the rounds (zmqtt baselines, then run 2), then runs 1 and 3.
 
     Every raw baseline runs while the service is stopped and its MQTT session is gone, so
     the broker carries nothing else.
@@ -390,6 +390,9 @@ async def bench(
             "127.0.0.1", broker.port, fleet, messages
         )
         results.aiomqtt_receive, _ = await raw.aiomqtt_receive("127.0.0.1", broker.port, fleet, n)
+        results.zmqtt_batched_receive, _ = await raw.zmqtt_receive(
+            "127.0.0.1", broker.port, fleet, n, batched=True
+        )
 
         async def zmqtt_baselines(measured: Round) -> None:
             measured.zmqtt_publish = await raw.zmqtt_publish(broker.url, fleet, messages)

@@ -46,6 +46,7 @@ import zmqtt
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import TransportUnavailable
+from orchestrator.transport.batched import open_batched
 from orchestrator.transport.clients import zmqtt_client
 from orchestrator.transport.topics import (
     RESULTS_FILTER,
@@ -167,6 +168,7 @@ class ResultSubscriber:
             reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
             mqtt_connect_timeout=10.0,
             session_replay_buffer_size=0,  # unbounded: see the module docstring
+            transport_factory=open_batched,  # a batch's acknowledgements leave together
         )
         self._subscription: zmqtt.Subscription | None = None
         # Read but not yet handled, at most two batches: the reader waits for room past that.
