@@ -26,7 +26,7 @@ import zmqtt
 from faststream.mqtt import MQTTBroker
 
 from bench.fleet_client import FleetClient
-from orchestrator.transport.batched import open_batched
+from orchestrator.transport.batched import batched_writes, open_batched
 
 PUBLISH_BATCH = 500  # the engine's DISPATCH_BATCH: publishes in flight at once
 WAIT_S = 120.0
@@ -77,9 +77,13 @@ def _publish_rate(n: int, started: float, published: float, fleet: dict[str, Any
 
 
 async def zmqtt_publish(
-    url: str, fleet: FleetClient, messages: list[tuple[str, bytes, str]]
+    url: str, fleet: FleetClient, messages: list[tuple[str, bytes, str]], *, batched: bool = False
 ) -> Rate:
-    """FastStream's MQTTBroker (zmqtt), configured as CommandTransport is, publishing QoS 2."""
+    """FastStream's MQTTBroker (zmqtt) publishing QoS 2, with CommandTransport's options.
+
+    `batched`: on the transport CommandTransport gives it (writes sent once per loop turn)
+    rather than zmqtt's own.
+    """
     broker = MQTTBroker(
         url,
         client_id=f"bench-zmqtt-pub-{uuid.uuid4().hex[:8]}",
@@ -88,6 +92,8 @@ async def zmqtt_publish(
         mqtt_connect_timeout=10.0,
         logger=None,
     )
+    if batched:
+        batched_writes(broker)
     await broker.start()
     try:
         await fleet.call("expect", mode="count", n=len(messages))

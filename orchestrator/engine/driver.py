@@ -404,9 +404,11 @@ class RolloutDriver:
         if not self._context.transport.connected:
             return
         in_flight = self._in_flight
-        device_ids = [
-            d for d in await self._store.unpublished(self.rollout_id) if d not in in_flight
-        ]
+        # A send that ends while the set is read marks its devices published, then takes them
+        # out of _in_flight: what was in flight before the read must be left out too.
+        was_in_flight = set(in_flight)
+        unpublished = await self._store.unpublished(self.rollout_id)
+        device_ids = [d for d in unpublished if d not in was_in_flight and d not in in_flight]
         if not device_ids:
             return
         work: dict[bool, tuple[list[tuple[str, str]], list[DownloadKey]]] = {

@@ -12,6 +12,7 @@ import zmqtt
 from faststream.mqtt import MQTTBroker
 
 from orchestrator.errors import TransportUnavailable
+from orchestrator.transport.batched import batched_writes
 from orchestrator.transport.topics import command_topic
 
 log = structlog.get_logger(__name__)
@@ -26,14 +27,19 @@ class CommandTransport:
         self, url: str, *, version: Literal["5.0", "3.1.1"] = "5.0", client_id: str = ""
     ) -> None:
         self.url = url
-        self._broker = MQTTBroker(
-            url,
-            client_id=client_id,
-            version=version,
-            # Keep trying for as long as the service runs; /readyz reports the outage.
-            reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
-            mqtt_connect_timeout=10.0,
-            logger=None,
+        # A dispatch step's publishes, and their PUBRELs, leave in a few sends: see batched.py.
+        self._broker = batched_writes(
+            MQTTBroker(
+                url,
+                client_id=client_id,
+                version=version,
+                # Keep trying for as long as the service runs; /readyz reports the outage.
+                reconnect=zmqtt.ReconnectConfig(
+                    max_attempts=None, initial_delay=0.5, max_delay=10.0
+                ),
+                mqtt_connect_timeout=10.0,
+                logger=None,
+            )
         )
         self._connecting: asyncio.Task[None] | None = None
 

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from zmqtt.errors import MQTTDisconnectedError
 
-from orchestrator.transport.batched import BatchedWriteTransport, open_batched
+from orchestrator.embedded import EmbeddedBroker
+from orchestrator.transport.batched import BatchedWriteTransport, batched_writes, open_batched
+from orchestrator.transport.mqtt import CommandTransport
 
 WAIT_S = 10.0
 
@@ -209,3 +214,34 @@ async def test_open_batched_without_tls_is_plain_tcp(peer: Peer) -> None:
     async with asyncio.timeout(WAIT_S):
         assert await far_reader.readexactly(2) == b"\xc0\x00"
     await transport.close()
+
+
+async def test_commands_go_out_on_the_batched_transport(mqtt_broker: EmbeddedBroker) -> None:
+    transport = CommandTransport(mqtt_broker.url, client_id=f"test-cmd-{uuid.uuid4().hex[:8]}")
+    device = f"dev-{uuid.uuid4().hex[:8]}"
+    async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as device_client:
+        await device_client.subscribe(f"{device}/control/+", qos=2)
+        await transport.start()
+        try:
+            assert await transport.wait_connected(WAIT_S)
+            await transport.publish_command(device, "reboot", {"command_id": "c-1"})
+            async with asyncio.timeout(WAIT_S):
+                message = await anext(aiter(device_client.messages))
+            # FastStream builds the zmqtt client; what it was built on is only seen inside.
+            client = transport._broker._connection
+            assert client is not None
+            assert client._transport_factory is open_batched
+        finally:
+            await transport.stop()
+
+    assert str(message.topic) == f"{device}/control/reboot"
+    assert message.qos == 2
+    assert json.loads(message.payload)["command_id"] == "c-1"
+
+
+def test_batched_writes_refuses_a_broker_it_cannot_configure() -> None:
+    class Elsewhere:
+        """A broker keeping its zmqtt options somewhere else."""
+
+    with pytest.raises(RuntimeError, match="keeps its zmqtt options elsewhere"):
+        batched_writes(Elsewhere())  # type: ignore[arg-type]

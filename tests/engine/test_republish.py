@@ -1,0 +1,174 @@
+"""The engine re-sends what a crash left unpublished, and nothing its own sends delivered.
+
+Real Redis and mosquitto; the driver is stepped by hand to place a send's end exactly while
+the unpublished devices are being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import aiomqtt
+import pytest
+from prometheus_client import CollectorRegistry
+
+from orchestrator.domain.files import FileType
+from orchestrator.domain.plans import Plan
+from orchestrator.domain.states import RolloutState
+from orchestrator.embedded import EmbeddedBroker
+from orchestrator.engine.context import EngineContext
+from orchestrator.engine.driver import RolloutDriver
+from orchestrator.metrics import Metrics
+from orchestrator.settings import Settings
+from orchestrator.store import Stores
+from orchestrator.store.files import StoredFile
+from orchestrator.store.rollouts import Grant
+from orchestrator.transport.mqtt import CommandTransport
+
+WAIT_S = 10.0
+AT = "2030-01-02T03:04:05Z"
+PLAN = {
+    "name": "fw-2.1.0",
+    "firmware": {"file": "fw_2.1.0.bin", "version": "2.1.0"},
+    "waves": [{"percent": 100}],
+}
+
+
+@pytest.fixture
+async def transport(mqtt_broker: EmbeddedBroker) -> AsyncIterator[CommandTransport]:
+    commands = CommandTransport(mqtt_broker.url, client_id=f"test-{uuid.uuid4().hex[:8]}")
+    await commands.start()
+    assert await commands.wait_connected(WAIT_S)
+    yield commands
+    await commands.stop()
+
+
+async def sent_rollout(stores: Stores, devices: list[str]) -> str:
+    """A running rollout whose devices were all dispatched (sent, not yet marked published)."""
+    project_id = f"p-{uuid.uuid4().hex[:8]}"
+    await stores.files.create(
+        StoredFile(
+            project_id=project_id,
+            name="fw_2.1.0.bin",
+            type=FileType.FIRMWARE,
+            description="",
+            size=4096,
+            sha256="0" * 64,
+            time=AT,
+            path="unused",
+        )
+    )
+    rollout_id, _ = await stores.rollouts.create(
+        project_id=project_id,
+        name=f"ro-{uuid.uuid4().hex[:8]}",
+        plan=PLAN,
+        device_ids=devices,
+        reach=[len(devices)],
+        created_at=AT,
+        created_by="test",
+    )
+    await stores.rollouts.change_state(
+        rollout_id,
+        allowed_from=[RolloutState.PENDING],
+        to=RolloutState.RUNNING,
+        reason="started",
+        actor="engine",
+        action="start",
+        at=AT,
+        terminal=False,
+    )
+    sent = await stores.rollouts.dispatch(
+        rollout_id,
+        count=len(devices),
+        reach=len(devices),
+        ack_deadline_ms=4_000_000_000_000,
+        grant=Grant(project_id=project_id, file_name="fw_2.1.0.bin", size=4096, key_ttl_s=600),
+    )
+    assert sorted(item.device_id for item in sent) == sorted(devices)
+    return rollout_id
+
+
+async def commands_before_marker(
+    broker: EmbeddedBroker, transport: CommandTransport, run: str, republish: asyncio.Task[None]
+) -> list[str]:
+    """Device ids of the commands that arrive before a marker published after `republish`."""
+    arrived: list[str] = []
+    async with aiomqtt.Client(broker.host, broker.port) as device_side:
+        await device_side.subscribe("+/control/+", qos=2)
+        await republish
+        # One publisher, one subscriber: the broker keeps the order, so the marker comes last.
+        await transport.publish_command(f"{run}-marker", "reboot", {"command_id": "marker"})
+        async with asyncio.timeout(WAIT_S):
+            async for message in device_side.messages:
+                device_id = str(message.topic).split("/")[0]
+                if device_id == f"{run}-marker":
+                    return arrived
+                if device_id.startswith(run):  # another test's commands are not this one's
+                    arrived.append(device_id)
+    raise AssertionError("the marker never came")
+
+
+async def test_a_send_that_ends_while_the_unpublished_are_read_is_not_sent_again(
+    settings: Settings,
+    stores: Stores,
+    mqtt_broker: EmbeddedBroker,
+    transport: CommandTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = f"dev-{uuid.uuid4().hex[:8]}"
+    devices = [f"{run}-{i}" for i in range(3)]
+    rollout_id = await sent_rollout(stores, devices)
+    context = EngineContext(settings, stores, transport, Metrics(CollectorRegistry()))
+    driver = RolloutDriver(rollout_id, context)
+    driver._in_flight.update(devices)  # their publish is under way, as _start_sending leaves it
+    read_unpublished = stores.rollouts.unpublished
+
+    async def read_while_the_send_ends(rollout: str) -> list[str]:
+        found = await read_unpublished(rollout)
+        # The send ends now: its devices are published and leave _in_flight.
+        await stores.rollouts.mark_published(rollout, *devices)
+        driver._in_flight.difference_update(devices)
+        return found
+
+    monkeypatch.setattr(stores.rollouts, "unpublished", read_while_the_send_ends)
+    record = await stores.rollouts.get(rollout_id)
+    assert record is not None
+    async def republish() -> None:
+        await driver._republish(record, Plan.model_validate(record.plan))
+        await asyncio.gather(*driver._publishing)  # sends run on in the background
+
+    stepping = asyncio.create_task(republish())
+    arrived = await commands_before_marker(mqtt_broker, transport, run, stepping)
+
+    assert arrived == []
+
+
+async def test_a_device_left_unpublished_is_sent_again_with_its_command_id(
+    settings: Settings, stores: Stores, mqtt_broker: EmbeddedBroker, transport: CommandTransport
+) -> None:
+    run = f"dev-{uuid.uuid4().hex[:8]}"
+    devices = [f"{run}-{i}" for i in range(2)]
+    rollout_id = await sent_rollout(stores, devices)
+    command_ids = {d: (await stores.rollouts.device(rollout_id, d))["command_id"] for d in devices}
+    context = EngineContext(settings, stores, transport, Metrics(CollectorRegistry()))
+    driver = RolloutDriver(rollout_id, context)  # a new engine: nothing of its own in flight
+    record = await stores.rollouts.get(rollout_id)
+    assert record is not None
+    received: dict[str, str] = {}
+    async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as device_side:
+        await device_side.subscribe("+/control/+", qos=2)
+        await driver._republish(record, Plan.model_validate(record.plan))
+        async with asyncio.timeout(WAIT_S):
+            async for message in device_side.messages:
+                device_id = str(message.topic).split("/")[0]
+                if device_id.startswith(run):
+                    received[device_id] = json.loads(bytes(message.payload))["command_id"]
+                if len(received) == len(devices):
+                    break
+        await asyncio.gather(*driver._publishing)  # the sends run on in the background
+
+    assert received == command_ids
+    assert await stores.rollouts.unpublished(rollout_id) == []
