@@ -136,6 +136,7 @@ async def test_a_send_that_ends_while_the_unpublished_are_read_is_not_sent_again
     monkeypatch.setattr(stores.rollouts, "unpublished", read_while_the_send_ends)
     record = await stores.rollouts.get(rollout_id)
     assert record is not None
+
     async def republish() -> None:
         await driver._republish(record, Plan.model_validate(record.plan))
         await asyncio.gather(*driver._publishing)  # sends run on in the background
