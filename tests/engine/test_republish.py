@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.domain.files import FileType
 from orchestrator.domain.plans import Plan
-from orchestrator.domain.states import RolloutState
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.driver import RolloutDriver
@@ -27,6 +26,7 @@ from orchestrator.store import Stores
 from orchestrator.store.files import StoredFile
 from orchestrator.store.rollouts import Grant
 from orchestrator.transport.mqtt import CommandTransport
+from tests.store.test_rollouts import start
 
 WAIT_S = 10.0
 AT = "2030-01-02T03:04:05Z"
@@ -70,16 +70,7 @@ async def sent_rollout(stores: Stores, devices: list[str]) -> str:
         created_at=AT,
         created_by="test",
     )
-    await stores.rollouts.change_state(
-        rollout_id,
-        allowed_from=[RolloutState.PENDING],
-        to=RolloutState.RUNNING,
-        reason="started",
-        actor="engine",
-        action="start",
-        at=AT,
-        terminal=False,
-    )
+    await start(stores, rollout_id)
     sent = await stores.rollouts.dispatch(
         rollout_id,
         count=len(devices),
