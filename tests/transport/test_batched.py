@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import ssl
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -167,22 +166,6 @@ async def test_a_write_waits_while_the_peer_takes_nothing(peer: Peer) -> None:
         await blocked
         assert await reading == written + len(chunk)
     await transport.close()
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost (openssl, installed by make system-deps)."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 async def test_open_batched_speaks_tls_with_the_context_it_is_given(
