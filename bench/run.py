@@ -45,12 +45,11 @@ from bench.report import (
     per_device,
     report,
 )
-from orchestrator.api import create_app
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.devices import DeviceSource
 from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port, mosquitto_binary
 from orchestrator.logs import configure_logging
-from orchestrator.service import run_on_service_loop
+from orchestrator.service import run_on_service_loop, start_serving
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import Redis, connect
@@ -98,20 +97,7 @@ class Service:
 
 async def start_service(settings: Settings, stores: Stores, admin_key: str) -> Service:
     """Uvicorn on a free port in this process, as tests/conftest.py runs it."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(30):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
+    server, task = await start_serving(settings)
     client = httpx.AsyncClient(
         base_url=settings.public_url,
         headers={"Authorization": f"Bearer {admin_key}"},

@@ -126,11 +126,12 @@ def run(settings: Settings) -> None:
     log.info("service stopped")
 
 
-@contextlib.asynccontextmanager
-async def serving(settings: Settings, *, start_timeout_s: float = 30.0) -> AsyncIterator[None]:
-    """Uvicorn serving `create_app(settings)` in this event loop, stopped on exit.
+async def start_serving(
+    settings: Settings, *, start_timeout_s: float = 30.0
+) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+    """Uvicorn serving `create_app(settings)` in this event loop, once it serves.
 
-    For whoever needs the service beside other work in one process (`ota demo`, tests).
+    Stop it with `server.should_exit = True`, then await the task.
     """
     config = uvicorn.Config(
         create_app(settings),
@@ -141,13 +142,23 @@ async def serving(settings: Settings, *, start_timeout_s: float = 30.0) -> Async
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(), name="uvicorn")
+    async with asyncio.timeout(start_timeout_s):
+        while not server.started:
+            if task.done():
+                task.result()  # it failed to start: raise why
+                raise RuntimeError("uvicorn stopped before it started serving")
+            await asyncio.sleep(0.01)
+    return server, task
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, *, start_timeout_s: float = 30.0) -> AsyncIterator[None]:
+    """Uvicorn serving `create_app(settings)` in this event loop, stopped on exit.
+
+    For whoever needs the service beside other work in one process (`ota demo`, tests).
+    """
+    server, task = await start_serving(settings, start_timeout_s=start_timeout_s)
     try:
-        async with asyncio.timeout(start_timeout_s):
-            while not server.started:
-                if task.done():
-                    task.result()  # it failed to start: raise why
-                    raise RuntimeError("uvicorn stopped before it started serving")
-                await asyncio.sleep(0.02)
         yield
     finally:
         server.should_exit = True

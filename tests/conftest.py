@@ -19,9 +19,9 @@ import httpx
 import pytest
 import uvicorn
 
-from orchestrator.api import create_app
 from orchestrator.domain.auth import Scope
 from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from orchestrator.service import start_serving
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
@@ -106,21 +106,7 @@ class Service:
 
 
 async def _serve(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None]]:
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(15):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-    return server, task
+    return await start_serving(settings, start_timeout_s=15)
 
 
 @pytest.fixture
