@@ -532,7 +532,6 @@ class RolloutDriver:
         counts = await self._store.counts(self.rollout_id)
         if counts.get("all:rollback_sent", 0):
             return
-        await self._cancel_pending(record)  # the rollout ends here: what never started is cancelled
         failed = counts.get("all:rollback_failed", 0)
         rolled = counts.get("all:rolled_back", 0)
         # The rollback's own reason (the figures that crossed the threshold, or who asked)
@@ -569,9 +568,15 @@ class RolloutDriver:
             )
 
     async def _finish(self, record: RolloutRecord) -> None:
-        """Cancel what never started, then free the devices for other rollouts."""
-        await self._cancel_unstarted()
-        await self._cancel_pending(record)
-        freed = await self._store.release_devices(self.rollout_id)
-        await self._store.deactivate(self.rollout_id)
-        self.log.info("rollout finished", state=record.state.value, devices_freed=freed)
+        """The rollout ended: say so, and clean up after a rollout an older version ended.
+
+        Today the terminal state change cancels, revokes and frees in its own step and takes
+        the rollout out of the active set; one still in it was ended by an older version.
+        """
+        freed = 0
+        if await self._store.is_active(self.rollout_id):
+            await self._cancel_unstarted()
+            await self._cancel_pending(record)
+            freed = await self._store.release_devices(self.rollout_id)
+            await self._store.deactivate(self.rollout_id)
+        self.log.info("rollout finished", state=record.state.value, devices_freed_late=freed)

@@ -125,7 +125,7 @@ class RedisKeys:
         return f"{self.prefix}rollouts:created"
 
     def active_rollouts(self) -> str:
-        """Set: rollouts the engine still has work on; left once a finished one is cleaned up."""
+        """Set: rollouts the engine still has work on; left in the step that ends a rollout."""
         return f"{self.prefix}rollouts:active"
 
     def rollout_name(self, project_id: str, name: str) -> str:

@@ -427,7 +427,10 @@ class RolloutStore:
     ) -> tuple[str, bool]:
         """Move the rollout to `to` if it is in `allowed_from`; (the old state, changed?).
 
-        With `rebase_policy`, devices finished so far stop counting in the failure rate.
+        With `rebase_policy`, devices finished so far stop counting in the failure rate. A
+        terminal `to` ends the rollout in the same step: every device not final is cancelled
+        (its download keys revoked), every device is freed for other rollouts, and the rollout
+        leaves the engine's active set.
         """
         event = {
             "at": at,
@@ -440,7 +443,7 @@ class RolloutStore:
         record = await self._redis.hget(self._keys.rollout(rollout_id), "project_id")
         project_id = str(record or "")
         name = await self._redis.hget(self._keys.rollout(rollout_id), "name")
-        old, new = await self._state(
+        reply = await self._state(
             keys=[
                 self._keys.rollout(rollout_id),
                 self._keys.rollout_events(rollout_id),
@@ -448,6 +451,10 @@ class RolloutStore:
                 self._keys.rollout_name(project_id, str(name or "")),
                 self._keys.rollout_counts(rollout_id),
                 self._keys.rollout_notices(),
+                self._keys.rollout_order(rollout_id),
+                self._keys.rollout_deadlines(rollout_id),
+                self._keys.rollout_retry(rollout_id),
+                self._keys.rollout_unpublished(rollout_id),
             ],
             args=[
                 json.dumps([state.value for state in allowed_from]),
@@ -460,9 +467,14 @@ class RolloutStore:
                 json.dumps({k: str(v) for k, v in (extra or {}).items()}),
                 "1" if rebase_policy else "0",
                 NOTICES_KEPT,
+                _TABLES[DeviceEvent.END],
+                self._keys.rollout_device_prefix(rollout_id),
+                self._keys.download_key(""),
+                self._keys.device_rollout_prefix(),
+                now_ms(),
             ],
         )
-        return str(old), bool(new)
+        return str(reply[0]), bool(reply[1])
 
     @translated
     async def dispatch(
@@ -834,6 +846,11 @@ class RolloutStore:
             "return redis.call('DEL', KEYS[1]) else return 0 end"
         )
         await self._redis.eval(script, 1, self._keys.rollout_lease(rollout_id), owner)
+
+    @translated
+    async def is_active(self, rollout_id: str) -> bool:
+        """True while the rollout is in the engine's active set."""
+        return bool(await self._redis.sismember(self._keys.active_rollouts(), rollout_id))
 
     @translated
     async def deactivate(self, rollout_id: str) -> None:

@@ -503,7 +503,7 @@ async def test_pause_on_pending_is_409_naming_the_state(service: Service) -> Non
     assert "actions allowed now: abort" in body["message"]
 
 
-async def test_abort_on_pending_frees_the_name_and_released_devices(service: Service) -> None:
+async def test_abort_on_pending_frees_the_name_and_the_devices_at_once(service: Service) -> None:
     await fleet(service, 2)
     await upload_firmware(service)
     view = await created(service, plan_yaml())
@@ -513,9 +513,9 @@ async def test_abort_on_pending_frees_the_name_and_released_devices(service: Ser
     assert aborted["state"] == "aborted"
     assert aborted["reason"] == "abort by admin"
     assert aborted["actions"] == []
-    # The store frees the name when the rollout ends; the device locks are freed by the
-    # engine's release_devices (no engine runs here), so do its part before re-creating.
-    assert await service.stores.rollouts.release_devices(view["id"]) == 2
+    assert aborted["counts"]["cancelled"] == 2
+    # The abort freed the devices in its own step: nothing is left for the engine to release.
+    assert await service.stores.rollouts.release_devices(view["id"]) == 0
     again = await created(service, plan_yaml())
     assert again["id"] != view["id"]
     assert again["total"] == 2
