@@ -156,8 +156,15 @@ class Metrics:
             ["command", "status"],
             registry=registry,
         )
+        self.commands_resent = Counter(
+            "ota_commands_resent_total",
+            "Commands sent again, same command id, to devices silent too long",
+            ["command"],
+            registry=registry,
+        )
         # The rollout command's series exist from the start, so rate() sees its first batch.
         self.commands_sent.labels(ROLLOUT_COMMAND)
+        self.commands_resent.labels(ROLLOUT_COMMAND)
         for status in RESULT_EVENTS:
             self.command_results.labels(ROLLOUT_COMMAND, status)
         self.result_latency = Histogram(

@@ -18,7 +18,7 @@ import structlog
 
 from orchestrator.domain.notices import WAVE_PASSED
 from orchestrator.domain.plans import FailureType, Plan
-from orchestrator.domain.policy import Tally, Verdict, judge
+from orchestrator.domain.policy import RESENDS, Tally, Verdict, judge, resend_after_s
 from orchestrator.domain.states import (
     TERMINAL_ROLLOUT_STATES,
     DeviceEvent,
@@ -45,6 +45,11 @@ SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
 ENGINE = "engine"
 COMMAND = "download_firmware"
 WORKING = (DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING)
+RESEND_CHECK_MS = 1000  # how often a driver looks for silent devices
+# States whose command may not have arrived (a publish a crash cut short): sent again at once.
+UNACKNOWLEDGED = frozenset({DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.value})
+# States in which a silent device is sent its command again (same command id).
+RESENDABLE = frozenset({*(state.value for state in WORKING), DeviceState.ROLLBACK_SENT.value})
 
 
 def _figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
@@ -74,6 +79,7 @@ class RolloutDriver:
         self._plan: Plan | None = None
         self._publishing: set[asyncio.Task[None]] = set()
         self._in_flight: set[str] = set()  # devices whose publish is under way
+        self._next_resend_check_ms = 0
         self.log = log.bind(rollout_id=rollout_id)
 
     def stop(self) -> None:
@@ -117,6 +123,7 @@ class RolloutDriver:
             return False
         await self._republish(record, plan)
         await self._sweep(record, plan)
+        await self._resend_to_silent(record, plan)
         if record.state is RolloutState.PENDING:
             self._again = await self._change(record, RolloutAction.START, "started by the engine")
             first = plan.waves[0]
@@ -411,15 +418,74 @@ class RolloutDriver:
         device_ids = [d for d in unpublished if d not in was_in_flight and d not in in_flight]
         if not device_ids:
             return
+        devices = await self._store.device_states(self.rollout_id, device_ids)
+        settled = await self._send_again(
+            record, plan, dict(zip(device_ids, devices, strict=True)), waiting=UNACKNOWLEDGED
+        )
+        await self._store.mark_published(self.rollout_id, *settled)
+
+    async def _resend_to_silent(self, record: RolloutRecord, plan: Plan) -> None:
+        """Send the same command again to devices in flight that have been silent too long.
+
+        A device that lost its command (a broker that lost its state, a clean session) gets it
+        again, and one that handled it answers with its last result again (ARCHITECTURE §5),
+        so a lost command or result is repaired before it becomes a timeout.
+        """
+        now = self._context.clock_ms()
+        if now < self._next_resend_check_ms or not self._context.transport.connected:
+            return
+        self._next_resend_check_ms = now + RESEND_CHECK_MS
+        after_ms = int(resend_after_s(plan.policy) * 1000)
+        was_in_flight = set(self._in_flight)
+        candidates = [
+            d for d in await self._store.with_deadlines(self.rollout_id) if d not in was_in_flight
+        ]
+        for start in range(0, len(candidates), SCAN_CHUNK):
+            ids = candidates[start : start + SCAN_CHUNK]
+            silent: dict[str, dict[str, str]] = {}
+            for device_id, device in zip(
+                ids, await self._store.device_states(self.rollout_id, ids), strict=True
+            ):
+                if device.get("state") not in RESENDABLE or device_id in self._in_flight:
+                    continue
+                if int(device.get("resends") or 0) >= RESENDS:
+                    continue  # the deadline decides now
+                last_ms = max(
+                    int(device.get(name) or 0) for name in ("seen_at", "sent_at", "resent_at")
+                )
+                if now - last_ms >= after_ms:
+                    silent[device_id] = device
+            if not silent:
+                continue
+            await self._store.note_resends(self.rollout_id, list(silent), at_ms=now)
+            await self._send_again(record, plan, silent, waiting=RESENDABLE)
+            self._context.metrics.commands_resent.labels(COMMAND).inc(len(silent))
+            self.log.info(
+                "command sent again to silent devices",
+                devices=len(silent),
+                silent_for_s=after_ms / 1000,
+            )
+
+    async def _send_again(
+        self,
+        record: RolloutRecord,
+        plan: Plan,
+        devices: Mapping[str, Mapping[str, str]],
+        *,
+        waiting: frozenset[str],
+    ) -> list[str]:
+        """Publish each device's current command again, same command id; the devices settled.
+
+        A device whose state is not in `waiting` (final, or moved on) is settled and skipped.
+        """
         work: dict[bool, tuple[list[tuple[str, str]], list[DownloadKey]]] = {
             False: ([], []),
             True: ([], []),
         }
         settled: list[str] = []
-        devices = await self._store.device_states(self.rollout_id, device_ids)
-        for device_id, device in zip(device_ids, devices, strict=True):
+        for device_id, device in devices.items():
             state = device.get("state")
-            if state not in (DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.value):
+            if state not in waiting:
                 settled.append(device_id)
                 continue
             rollback = state == DeviceState.ROLLBACK_SENT.value
@@ -434,9 +500,9 @@ class RolloutDriver:
                 reused.append(old)
             else:
                 new.append((device_id, command_id))
-        await self._store.mark_published(self.rollout_id, *settled)
         for rollback, (new, reused) in work.items():
             await self._publish(record, plan, new, rollback=rollback, reuse=reused)
+        return settled
 
     async def _revoke(self, key: str) -> None:
         if key:
@@ -521,7 +587,11 @@ class RolloutDriver:
                     device_id,
                     DeviceEvent.ROLLBACK_SEND,
                     deadline_ms=deadline,
-                    extra={"rollback_command_id": command_id},
+                    extra={
+                        "rollback_command_id": command_id,
+                        "seen_at": self._context.clock_ms(),
+                        "resends": 0,
+                    },
                 )
                 if result.applied:
                     await self._store.mark_unpublished(self.rollout_id, device_id)

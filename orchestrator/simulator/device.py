@@ -9,7 +9,9 @@ a small device would. Each command is answered on `{device_id}/control/{command}
   sha256), installing, success with the payload's version; or failed with the reason.
 - any other command: received, success.
 
-A command_id handled already is dropped. A message that is not a usable command is logged,
+A command_id handled already is not obeyed again: the device publishes its last result for it
+again, so an engine that never heard it can ask for it by re-sending the command. A message
+that is not a usable command is logged,
 counted as malformed and ignored; nothing a broker delivers can stop the device.
 """
 
@@ -45,7 +47,7 @@ KEEPALIVE_S = 60
 MQTT_TIMEOUT_S = 10.0  # for CONNACK, SUBACK and PUBACK
 SESSION_EXPIRY_S = 300  # MQTT 5: commands sent during a short outage wait this long for us
 RECONNECT_S = (0.5, 30.0)  # first and largest pause before connecting again
-SEEN_COMMANDS = 1024  # command ids remembered per device for dropping duplicates
+SEEN_COMMANDS = 1024  # command ids (and their last results) remembered per device
 _PAYLOAD_EXCERPT_BYTES = 200  # of an ignored message, in its log line
 
 
@@ -113,7 +115,8 @@ class SimulatedDevice:
         self._rng = device_random(behaviour.seed, identity.id)
         self._latency_rng = device_random(behaviour.seed, identity.id, "latency")
         self.offline = self._rng.random() < behaviour.offline_rate  # first draw, always taken
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        # command id → (command, the last result published about it; None before the first)
+        self._seen: OrderedDict[str, tuple[str, ResultPayload | None]] = OrderedDict()
 
     async def run(self) -> None:
         """Connect, obey commands, and connect again after a loss, until cancelled."""
@@ -212,9 +215,16 @@ class SimulatedDevice:
             command_id: str = body["command_id"]
             if command_id in self._seen:
                 self._stats.duplicates += 1
-                log.info("duplicate command dropped", command_id=command_id)
+                _, last = self._seen[command_id]
+                log.info(
+                    "duplicate command: last result published again",
+                    command_id=command_id,
+                    status=last.status if last else None,
+                )
+                if last is not None:
+                    await self._publish_result(client, command, last)
                 return
-            self._seen[command_id] = None
+            self._seen[command_id] = (command, None)
             if len(self._seen) > SEEN_COMMANDS:
                 self._seen.popitem(last=False)
             self._stats.commands += 1
@@ -319,10 +329,17 @@ class SimulatedDevice:
         if high > 0:
             await asyncio.sleep(self._latency_rng.uniform(low, high))  # the device's slowness
         result = ResultPayload(command_id=command_id, status=status, version=version, error=error)
+        if command_id in self._seen:
+            self._seen[command_id] = (command, result)
+        await self._publish_result(client, command, result)
+
+    async def _publish_result(
+        self, client: aiomqtt.Client, command: str, result: ResultPayload
+    ) -> None:
         await client.publish(
             result_topic(self.id, command), result.model_dump_json(exclude_none=True), qos=1
         )
-        self._stats.results[status] += 1
+        self._stats.results[result.status] += 1
 
 
 def _parse_command(payload: object) -> dict[str, Any] | None:

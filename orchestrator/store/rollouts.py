@@ -722,6 +722,16 @@ class RolloutStore:
             await self._redis.srem(self._keys.rollout_unpublished(rollout_id), *device_ids)
 
     @translated
+    async def note_resends(self, rollout_id: str, device_ids: Sequence[str], *, at_ms: int) -> None:
+        """These devices are about to be sent their command again (`resends` + 1, `resent_at`)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for device_id in device_ids:
+                device = self._keys.rollout_device(rollout_id, device_id)
+                pipe.hincrby(device, "resends", 1)
+                pipe.hset(device, "resent_at", str(at_ms))
+            await pipe.execute()
+
+    @translated
     async def set_keys(self, rollout_id: str, field: str, keys: Mapping[str, str]) -> None:
         """Record each device's download key (`key` or `rollback_key`) in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Service, wait_for
 from tests.e2e.fleet import Fleet
@@ -344,6 +345,44 @@ waves: [{devices: 2}, {percent: 100}]
         if e["action"] == "abort"
     ]
     assert abort[0]["reason"] == "wrong build"
+
+
+async def test_a_lost_command_and_a_lost_result_are_repaired_by_sending_the_command_again(
+    service: Service, fleet: Fleet
+) -> None:
+    """Silent devices get the same command again; one that handled it repeats its result."""
+    await upload_both(service)
+    deaf = await fleet.add(2)
+    mute = await fleet.add(2)
+    for device in deaf:
+        device.lose_first_copy = device.dedupe = True
+    for device in mute:
+        device.lose_final_result = device.dedupe = True
+    rollout = await start(
+        service,
+        """
+name: lossy
+firmware: {file: fw_2.1.0.bin, version: 2.1.0}
+waves: [{percent: 100}]
+policy: {ack_timeout: 8s, device_timeout: 12s}
+""",
+    )
+    done = await wait_state(service, rollout["id"], "completed", "halted", timeout_s=40)
+    assert done["state"] == "completed", done["reason"]
+    assert done["counts"]["succeeded"] == 4
+    for device in [*deaf, *mute]:
+        assert device.lost, f"{device.id} lost nothing: the test did not test"
+        assert len({c["command_id"] for c in download_commands(fleet, device.id)}) == 1
+    for device in mute:
+        assert len(download_commands(fleet, device.id)) >= 2  # sent again, same command id
+    exposition = (await service.client.get("/metrics")).text
+    resent = [
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "ota_commands_resent_total"
+    ]
+    assert sum(resent) >= 4
 
 
 async def test_resume_after_a_halt_judges_only_what_finishes_afterwards(
