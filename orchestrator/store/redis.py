@@ -9,6 +9,8 @@ from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     BusyLoadingError,
@@ -34,6 +36,9 @@ Pipeline = aioredis.client.Pipeline
 PASSING_REFUSALS = (ReadOnlyError, BusyLoadingError, TryAgainError, ClusterDownError)
 
 MAX_CONNECTIONS = 64  # per process; callers beyond it wait for a free connection
+# A pooled connection that Redis closed (a restart, a failover behind one address) fails its
+# next command: reconnect and send it again, up to this many times, 50 ms to 1 s apart.
+RECONNECT_RETRIES = 3
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
@@ -59,6 +64,11 @@ def connect(url: str) -> Redis:
         health_check_interval=30,
         max_connections=MAX_CONNECTIONS,
         timeout=30,
+        retry=Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+            RECONNECT_RETRIES,
+            supported_errors=(RedisConnectionError,),
+        ),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
