@@ -117,6 +117,9 @@ class SimulatedDevice:
         self.offline = self._rng.random() < behaviour.offline_rate  # first draw, always taken
         # command id → (command, the last result published about it; None before the first)
         self._seen: OrderedDict[str, tuple[str, ResultPayload | None]] = OrderedDict()
+        # Results that could not go out (the connection was lost): sent first on reconnect, as
+        # firmware keeps working while the broker is away and reports once it is back.
+        self._outbox: list[tuple[str, ResultPayload]] = []
 
     async def run(self) -> None:
         """Connect, obey commands, and connect again after a loss, until cancelled."""
@@ -127,6 +130,7 @@ class SimulatedDevice:
             try:
                 async with client:
                     await self._subscribe(client)
+                    await self._flush_outbox(client)
                     up = True
                     self._online(True)
                     pause_s = RECONNECT_S[0]
@@ -336,10 +340,23 @@ class SimulatedDevice:
     async def _publish_result(
         self, client: aiomqtt.Client, command: str, result: ResultPayload
     ) -> None:
-        await client.publish(
-            result_topic(self.id, command), result.model_dump_json(exclude_none=True), qos=1
-        )
+        """Publish at QoS 1; while the connection is lost, keep it for the reconnection."""
+        if self._outbox:
+            self._outbox.append((command, result))  # after those waiting, in order
+            return
+        try:
+            await client.publish(
+                result_topic(self.id, command), result.model_dump_json(exclude_none=True), qos=1
+            )
+        except aiomqtt.MqttError:
+            self._outbox.append((command, result))
+            return
         self._stats.results[result.status] += 1
+
+    async def _flush_outbox(self, client: aiomqtt.Client) -> None:
+        waiting, self._outbox = self._outbox, []
+        for command, result in waiting:
+            await self._publish_result(client, command, result)
 
 
 def _parse_command(payload: object) -> dict[str, Any] | None:
