@@ -299,11 +299,19 @@ class _Server:
     def _argv(self, port: int) -> list[str]:
         raise NotImplementedError
 
-    def _launch(self, timeout_s: float) -> None:
-        """Start the process on a free port, retrying when another process takes the port."""
+    def restart(self, timeout_s: float = 15.0) -> Self:
+        """Stop the server in order and start it again on the same port, with its data."""
+        port = self.port
+        self.stop(timeout_s)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._launch(timeout_s, fixed_port=port)
+        return self
+
+    def _launch(self, timeout_s: float, *, fixed_port: int | None = None) -> None:
+        """Start the process on `fixed_port` or a free port, retrying when the port is taken."""
         deadline = time.monotonic() + timeout_s
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            port = free_port(self.host)
+            port = free_port(self.host) if fixed_port is None else fixed_port
             argv = self._argv(port)
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             preexec = functools.partial(_die_with_parent, os.getpid()) if _PRCTL else None
