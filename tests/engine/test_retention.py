@@ -5,7 +5,7 @@ backfill, and what the API answers about a deleted rollout."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -32,15 +32,6 @@ HOUR_MS = 3_600_000
 PAST_RETENTION_MS = FINISHED_MS + RETENTION_S * 1000 + 1  # just past FINISHED_AT's retention
 
 SweeperOf = Callable[..., RetentionSweeper]
-
-
-@pytest.fixture
-async def clean(stores: Stores) -> AsyncIterator[Stores]:
-    """The stores; every key under the test's prefix is deleted afterwards."""
-    yield stores
-    stale = [key async for key in stores.redis.scan_iter(match=f"{stores.keys.prefix}*")]
-    if stale:
-        await stores.redis.delete(*stale)
 
 
 @pytest.fixture

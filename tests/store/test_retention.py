@@ -99,15 +99,6 @@ async def finished_rollout(
 
 
 @pytest.fixture
-async def clean(stores: Stores) -> AsyncIterator[Stores]:
-    """The stores; every key under the test's prefix is deleted afterwards."""
-    yield stores
-    stale = [key async for key in stores.redis.scan_iter(match=f"{stores.keys.prefix}*")]
-    if stale:
-        await stores.redis.delete(*stale)
-
-
-@pytest.fixture
 async def replica(clean: Stores, settings: Settings) -> AsyncIterator[Stores]:
     """Stores of a second replica: the same prefix over its own connections."""
     redis = connect(settings.redis_url)
