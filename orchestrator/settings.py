@@ -18,6 +18,7 @@ LogFormat = Literal["console", "json"]
 DAY_S = 86_400
 _DAYS = re.compile(r"(\d+(?:\.\d+)?)d(.*)")
 KEEP_FOREVER = "forever"
+MIN_RETENTION_S = 3600  # a finished rollout outlives whatever may still write about it
 
 
 def _default_log_format() -> LogFormat:
@@ -75,7 +76,7 @@ class Settings(BaseSettings):
     notify_retry: float = Field(default=5.0, gt=0)
     notify_attempts: int = Field(default=12, ge=1)  # then the notification is given up
     # seconds a finished rollout is kept, with its devices' records, before it is deleted;
-    # OTA_ROLLOUT_RETENTION also takes 90d, 12h, 30m or `forever` (None: never deleted)
+    # OTA_ROLLOUT_RETENTION also takes 90d, 12h, 1d12h (1h at least) or `forever` (None)
     rollout_retention_s: float | None = Field(
         default=90 * DAY_S, validation_alias="ota_rollout_retention"
     )
@@ -111,14 +112,19 @@ class Settings(BaseSettings):
         except ValueError:
             raise ValueError(
                 f"OTA_ROLLOUT_RETENTION must be a number of seconds, a duration such as 90d, "
-                f"12h, 30m or 1d12h, or {KEEP_FOREVER} to keep every finished rollout, "
-                f"got {value!r}"
+                f"12h or 1d12h, or {KEEP_FOREVER} to keep every finished rollout, got {value!r}"
             ) from None
         if seconds == 0:
             raise ValueError(
                 f"OTA_ROLLOUT_RETENTION must be longer than 0s, got {value!r}: 0 would not say "
                 f"whether finished rollouts go at once or never; write {KEEP_FOREVER} to keep "
                 "them, or a duration such as 1h to delete them soon"
+            )
+        if seconds is not None and seconds < MIN_RETENTION_S:
+            raise ValueError(
+                f"OTA_ROLLOUT_RETENTION must be at least 1h, got {value!r}: an engine step under "
+                "way and late device results may still touch a rollout just after it finishes; "
+                f"write 1h or more, or {KEEP_FOREVER}"
             )
         return seconds
 

@@ -33,7 +33,7 @@ def test_rollout_retention_defaults_to_ninety_days(monkeypatch: pytest.MonkeyPat
         ("1d12h", 36 * 3600),
         ("0.5d", 12 * 3600),
         ("12h", 12 * 3600),
-        ("30m", 1800),
+        ("90m", 5400),
         ("3600", 3600),
         (" 7D ", 7 * 86_400),
         ("forever", None),
@@ -48,7 +48,7 @@ def test_rollout_retention_is_read_from_its_variable_in_seconds_days_durations_o
 
 
 def test_rollout_retention_can_be_given_by_its_field_name_as_tests_do() -> None:
-    assert Settings(rollout_retention_s=60).rollout_retention_s == 60
+    assert Settings(rollout_retention_s=7200).rollout_retention_s == 7200
     assert Settings(rollout_retention_s="2d").rollout_retention_s == 2 * 86_400
 
 
@@ -63,6 +63,17 @@ def test_a_zero_rollout_retention_is_refused_naming_forever_and_a_short_duration
     assert "write forever to keep them" in str(e.value)
 
 
+@pytest.mark.parametrize("value", ["1", "30m", "59m59s", "0.04d"])
+def test_a_rollout_retention_under_an_hour_is_refused_naming_the_floor(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("OTA_ROLLOUT_RETENTION", value)
+    with pytest.raises(ValidationError, match="OTA_ROLLOUT_RETENTION must be at least 1h") as e:
+        Settings()
+    assert f"got {value!r}" in str(e.value)
+    assert "write 1h or more, or forever" in str(e.value)
+
+
 @pytest.mark.parametrize("value", ["ninety days", "-5", "90x", "d", "1d-2h", "inf"])
 def test_an_unreadable_rollout_retention_is_refused_naming_the_value_and_the_forms(
     monkeypatch: pytest.MonkeyPatch, value: str
@@ -71,4 +82,4 @@ def test_an_unreadable_rollout_retention_is_refused_naming_the_value_and_the_for
     with pytest.raises(ValidationError, match="OTA_ROLLOUT_RETENTION must be a number of sec") as e:
         Settings()
     assert f"got {value!r}" in str(e.value)
-    assert "90d, 12h, 30m or 1d12h, or forever" in str(e.value)
+    assert "90d, 12h or 1d12h, or forever" in str(e.value)
