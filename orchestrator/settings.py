@@ -11,11 +11,32 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.domain.plans import parse_duration
+
 LogFormat = Literal["console", "json"]
+
+DAY_S = 86_400
+_DAYS = re.compile(r"(\d+(?:\.\d+)?)d(.*)")
+KEEP_FOREVER = "forever"
+MIN_RETENTION_S = 3600  # a finished rollout outlives whatever may still write about it
 
 
 def _default_log_format() -> LogFormat:
     return "console" if sys.stderr.isatty() else "json"
+
+
+def parse_retention(value: object) -> float | None:
+    """Seconds in a retention: a plan duration, optionally led by days (`90d`, `1d12h`), or a
+    number of seconds; None for `forever`. ValueError, naming the forms, for anything else."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == KEEP_FOREVER:
+            return None
+        days = _DAYS.fullmatch(text)
+        if days:
+            rest = days.group(2)
+            return float(days.group(1)) * DAY_S + (parse_duration(rest) if rest else 0.0)
+    return parse_duration(value)
 
 
 def _default_instance_id() -> str:
@@ -27,7 +48,9 @@ def _default_instance_id() -> str:
 class Settings(BaseSettings):
     """Everything the service reads from its environment; empty URLs mean embedded servers."""
 
-    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+    # validate_by_name: a field read from a differently named variable (rollout_retention_s
+    # from OTA_ROLLOUT_RETENTION) can still be given by its name, as tests do.
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore", validate_by_name=True)
 
     redis_url: str = ""
     redis_prefix: str = Field(
@@ -52,6 +75,11 @@ class Settings(BaseSettings):
     # seconds before a failed notification is tried again, doubling each time (to 1 h at most)
     notify_retry: float = Field(default=5.0, gt=0)
     notify_attempts: int = Field(default=12, ge=1)  # then the notification is given up
+    # seconds a finished rollout is kept, with its devices' records, before it is deleted;
+    # OTA_ROLLOUT_RETENTION also takes 90d, 12h, 1d12h (1h at least) or `forever` (None)
+    rollout_retention_s: float | None = Field(
+        default=90 * DAY_S, validation_alias="ota_rollout_retention"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -73,6 +101,32 @@ class Settings(BaseSettings):
                 "leave it empty to start an embedded broker"
             )
         return value
+
+    @field_validator("rollout_retention_s", mode="before")
+    @classmethod
+    def _retention(cls, value: object) -> float | None:
+        if value is None:
+            return None
+        try:
+            seconds = parse_retention(value)
+        except ValueError:
+            raise ValueError(
+                f"OTA_ROLLOUT_RETENTION must be a number of seconds, a duration such as 90d, "
+                f"12h or 1d12h, or {KEEP_FOREVER} to keep every finished rollout, got {value!r}"
+            ) from None
+        if seconds == 0:
+            raise ValueError(
+                f"OTA_ROLLOUT_RETENTION must be longer than 0s, got {value!r}: 0 would not say "
+                f"whether finished rollouts go at once or never; write {KEEP_FOREVER} to keep "
+                "them, or a duration such as 1h to delete them soon"
+            )
+        if seconds is not None and seconds < MIN_RETENTION_S:
+            raise ValueError(
+                f"OTA_ROLLOUT_RETENTION must be at least 1h, got {value!r}: an engine step under "
+                "way and late device results may still touch a rollout just after it finishes; "
+                f"write 1h or more, or {KEEP_FOREVER}"
+            )
+        return seconds
 
     @field_validator("download_offload")
     @classmethod

@@ -70,6 +70,15 @@ async def stores(settings: Settings) -> AsyncIterator[Stores]:
     await redis.aclose()
 
 
+@pytest.fixture
+async def clean(stores: Stores) -> AsyncIterator[Stores]:
+    """The stores; every key under the test's prefix is deleted afterwards."""
+    yield stores
+    stale = [key async for key in stores.redis.scan_iter(match=f"{stores.keys.prefix}*")]
+    if stale:
+        await stores.redis.delete(*stale)
+
+
 @dataclass
 class Service:
     """A running API (real uvicorn on a free port) with an admin key and one project."""

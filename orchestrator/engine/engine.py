@@ -15,6 +15,7 @@ from orchestrator.engine.context import EngineContext
 from orchestrator.engine.deploys import DeployStarter
 from orchestrator.engine.driver import RolloutDriver
 from orchestrator.engine.notifier import Notifier
+from orchestrator.engine.retention import RetentionSweeper
 from orchestrator.engine.streams import Handler, consume
 from orchestrator.engine.tracker import Tracker
 from orchestrator.errors import OrchestratorError
@@ -34,6 +35,7 @@ class Engine:
         self.tracker = Tracker(context)
         self.deploys = DeployStarter(context)
         self.notifier = Notifier(context)
+        self.retention = RetentionSweeper(context)
         settings = context.settings
         self.results = ResultSubscriber(
             settings.mqtt_url,
@@ -59,6 +61,7 @@ class Engine:
             self._consume(keys.deploy_requests(), self.deploys.on_request, "deploy request"),
             self._consume(keys.rollout_notices(), self.notifier.on_entry, "rollout notice"),
             asyncio.create_task(self.notifier.send_forever(self._stopping), name="notify-send"),
+            asyncio.create_task(self.retention.sweep_forever(self._stopping), name="retention"),
         ]
         # What exists now (modules, the app, its clients) lives as long as the process: keep it
         # out of the collector's scans, whose full passes otherwise stall result handling.

@@ -128,6 +128,11 @@ class RedisKeys:
         """Set: rollouts the engine still has work on; left in the step that ends a rollout."""
         return f"{self.prefix}rollouts:active"
 
+    def finished_rollouts(self) -> str:
+        """Sorted set: terminal rollouts scored by when they finished (epoch ms); each is
+        deleted with all its keys once OTA_ROLLOUT_RETENTION has passed (store/retention.py)."""
+        return f"{self.prefix}rollouts:finished"
+
     def rollout_name(self, project_id: str, name: str) -> str:
         """String: the active rollout holding this name in the project."""
         return f"{self.prefix}project:{project_id}:rollout-name:{name}"

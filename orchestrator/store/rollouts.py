@@ -33,7 +33,7 @@ from orchestrator.store.redis import (
     members,
     translated,
 )
-from orchestrator.timeutil import isoformat_z, utc_now
+from orchestrator.timeutil import epoch_ms, isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
 NOTICES_KEPT = 100_000  # audit entries kept in the notices stream (approximately)
@@ -43,6 +43,12 @@ RULES_CACHE_SIZE = 64  # rollouts whose results rules are kept encoded
 def now_ms() -> int:
     """Epoch milliseconds."""
     return int(time.time() * 1000)
+
+
+def finished_at_ms(updated_at: str) -> int:
+    """When a rollout changed at `updated_at` finished, for retention (now if unreadable)."""
+    at_ms = epoch_ms(updated_at)
+    return now_ms() if at_ms is None else at_ms
 
 
 @dataclass(frozen=True)
@@ -455,6 +461,7 @@ class RolloutStore:
                 self._keys.rollout_deadlines(rollout_id),
                 self._keys.rollout_retry(rollout_id),
                 self._keys.rollout_unpublished(rollout_id),
+                self._keys.finished_rollouts(),
             ],
             args=[
                 json.dumps([state.value for state in allowed_from]),
@@ -472,6 +479,7 @@ class RolloutStore:
                 self._keys.download_key(""),
                 self._keys.device_rollout_prefix(),
                 now_ms(),
+                finished_at_ms(at),
             ],
         )
         return str(reply[0]), bool(reply[1])

@@ -264,7 +264,10 @@ local function results()
     outcomes[n] = reply
   end
   for _, rollout in pairs(heard) do
-    redis.call('HSET', rollout, 'last_result_ms', now)
+    -- Not for a rollout deleted after its retention (its rules may still be at hand).
+    if redis.call('EXISTS', rollout) == 1 then
+      redis.call('HSET', rollout, 'last_result_ms', now)
+    end
   end
   write_counts()
   return outcomes

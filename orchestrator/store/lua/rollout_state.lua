@@ -85,4 +85,10 @@ if ARGV[6] == '1' then
   redis.call('DEL', KEYS[8], KEYS[9], KEYS[10])
   redis.call('SREM', KEYS[3], ARGV[7])
 end
+-- Retention: a terminal rollout joins the finished index, scored by when it finished; the
+-- engine deletes it, every key of it, once OTA_ROLLOUT_RETENTION has passed
+-- (store/retention.py). KEYS[11] finished rollouts zset, ARGV[16] when it finished (epoch ms).
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[11], 'NX', ARGV[16], ARGV[7])
+end
 return {state, ARGV[2], ended}
