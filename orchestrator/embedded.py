@@ -299,10 +299,17 @@ class _Server:
     def _argv(self, port: int) -> list[str]:
         raise NotImplementedError
 
-    def restart(self, timeout_s: float = 15.0) -> Self:
-        """Stop the server in order and start it again on the same port, with its data."""
+    def restart(
+        self, timeout_s: float = 15.0, *, between: Callable[[], object] | None = None
+    ) -> Self:
+        """Stop the server in order and start it again on the same port, with its data.
+
+        `between` runs while it is down (a test that wipes the data does it there).
+        """
         port = self.port
         self.stop(timeout_s)
+        if between is not None:
+            between()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._launch(timeout_s, fixed_port=port)
         return self

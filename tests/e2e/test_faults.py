@@ -1,5 +1,9 @@
 """Rollouts under faults: engine kill -9s, broker and Redis restarts, garbage on result topics.
 
+One broker restart keeps its saved sessions and queues, another comes back without them (the
+file lost): the engine sends the same command again to devices that went silent, and devices
+answer a repeated command id with their last result, so nothing lost there becomes a timeout.
+
 The API runs in the test's process; the engine is an `ota serve --role engine` child process
 that is killed and started again under its instance id. The devices are the product's own
 simulator: one persistent MQTT session each, results at QoS 1, downloads from the API with
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -76,6 +81,12 @@ async def publish_garbage(broker: EmbeddedBroker, device_id: str) -> int:
     return len(GARBAGE)
 
 
+def wipe_persistence(broker: EmbeddedBroker) -> None:
+    """Delete the stopped broker's saved sessions and queues."""
+    for saved in broker.data_dir.glob("*.db"):
+        saved.unlink()
+
+
 def reconnections(engine: EngineProcess) -> int:
     """How many times the engine's MQTT clients reconnected (zmqtt logs each)."""
     return sum(1 for e in engine.log_events() if e.get("event") == "Successfully reconnected")
@@ -123,7 +134,7 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
         assert response.status_code == 201, response.text
         rollout_id = response.json()["id"]
 
-        faults = ["kill", "kill", "kill", "broker", "redis"]
+        faults = ["kill", "kill", "kill", "broker", "broker-wiped", "redis"]
         rng.shuffle(faults)
         done_faults: list[str] = []
         reconnected_at_least = 0  # the current engine's reconnections the broker restart makes
@@ -134,9 +145,13 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
                 await asyncio.sleep(rng.uniform(0.0, 1.0))
                 engine = await engines.start(f"fault-{seed}")
                 reconnected_at_least = 0
-            elif fault == "broker":
+            elif fault.startswith("broker"):
                 reconnected_at_least = reconnections(engine) + 2  # commands and results
-                await asyncio.to_thread(mqtt_broker.restart)  # SIGTERM: the queues are saved
+                # SIGTERM: the queues are saved; unless the broker comes back without them
+                # (its persistence file lost): sessions, queued commands and results gone.
+                wipe = functools.partial(wipe_persistence, mqtt_broker)
+                between = wipe if fault == "broker-wiped" else None
+                await asyncio.to_thread(mqtt_broker.restart, between=between)
             else:
                 await asyncio.to_thread(own_redis.restart)  # SIGTERM: the AOF is complete
             done_faults.append(fault)
