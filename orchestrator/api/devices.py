@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Query
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.cursors import device_cursor
 from orchestrator.api.errors import error_responses
 from orchestrator.api.schemas import (
     DeviceCreate,
@@ -103,8 +104,9 @@ async def list_devices(
     principal: Principal = Depends(require(Scope.DEVICES_READ)),
 ) -> DeviceListEnvelope:
     """Devices of the project in id order, a page at a time."""
+    after = device_cursor(cursor)
     await check_project(context, principal, project_id)
-    page = await context.stores.devices.page(project_id, tag=tag, cursor=cursor, limit=limit)
+    page = await context.stores.devices.page(project_id, tag=tag, cursor=after, limit=limit)
     return DeviceListEnvelope(
         status=200,
         action="list devices",
