@@ -13,6 +13,7 @@ import contextlib
 from fastapi import APIRouter, Depends, Query
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.cursors import device_cursor
 from orchestrator.api.errors import error_responses
@@ -31,7 +32,9 @@ from orchestrator.domain.devices import DeviceSource, validate_tags
 from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.store.devices import Device, new_token
 
-router = APIRouter(tags=["devices"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(
+    tags=["devices"], responses=error_responses(400, 401, 403, 404, 503), route_class=JSONRoute
+)
 
 
 def device_out(device: Device, token: str | None = None) -> DeviceOut:

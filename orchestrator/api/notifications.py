@@ -9,6 +9,7 @@ import structlog
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.schemas import (
@@ -30,7 +31,11 @@ from orchestrator.store.notifications import Subscription
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["notifications"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(
+    tags=["notifications"],
+    responses=error_responses(400, 401, 403, 404, 503),
+    route_class=JSONRoute,
+)
 
 
 def _out(subscription: Subscription, *, with_secret: bool = False) -> NotificationOut:

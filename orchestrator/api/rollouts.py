@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
-from orchestrator.api.bodies import read_bounded
+from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.cursors import position_cursor
 from orchestrator.api.errors import error_responses
@@ -46,7 +46,9 @@ from orchestrator.timeutil import isoformat_z, utc_now
 
 S = TypeVar("S", bound=StrEnum)
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["rollouts"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(
+    tags=["rollouts"], responses=error_responses(400, 401, 403, 404, 503), route_class=JSONRoute
+)
 
 MAX_PLAN_BYTES = 1024 * 1024
 PLAN_MEDIA_TYPES = frozenset(
