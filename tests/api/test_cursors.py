@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from orchestrator.api.cursors import MAX_POSITION_DIGITS, device_cursor, position_cursor
+from orchestrator.errors import InvalidInput
 from tests.api.test_rollouts import created, fleet, plan_yaml, rollouts_url, upload_firmware
 from tests.conftest import Service
 
@@ -109,6 +111,29 @@ async def test_the_cursors_the_api_gives_page_on(
     )
     assert more.status_code == 200, more.text
     assert len(more.json()["data"]) == 1
+
+
+@hypothesis_settings(max_examples=300, database=None)
+@given(cursor=st.text(max_size=40) | st.from_regex(r"[0-9]{1,30}", fullmatch=True))
+def test_a_cursor_is_read_as_what_the_api_gives_or_refused_never_another_error(
+    cursor: str,
+) -> None:
+    for read in (position_cursor, device_cursor):
+        refused: InvalidInput | None = None
+        try:
+            read(cursor)
+        except InvalidInput as exc:
+            refused = exc
+        if refused is not None:
+            assert refused.errors[0]["loc"] == "query.cursor"
+            assert cursor  # an empty cursor is the first page
+
+
+@hypothesis_settings(max_examples=100, database=None)
+@given(position=st.integers(min_value=0, max_value=10**MAX_POSITION_DIGITS - 1), uuid=st.uuids())
+def test_every_next_cursor_the_api_gives_reads_back(position: int, uuid: object) -> None:
+    assert position_cursor(str(position)) == position
+    assert device_cursor(str(uuid)) == str(uuid)
 
 
 # The service fixture is made once for all examples: these requests only read.

@@ -277,7 +277,7 @@ def _assert_clear(refused: InvalidInput) -> None:
     assert refused.errors[0]["loc"].startswith("body")
 
 
-@hypothesis_settings(database=None, max_examples=300)
+@hypothesis_settings(database=None, max_examples=200)
 @given(
     value=DELIVERY_BODIES | JSON_VALUES,
     event=st.sampled_from([None, "", "release", "ping", "push"]),

@@ -176,7 +176,7 @@ JSON_VALUES = st.recursive(
 )
 
 
-@hypothesis_settings(database=None, max_examples=300)
+@hypothesis_settings(database=None, max_examples=150)
 @given(
     fields=st.dictionaries(
         st.sampled_from(["command_id", "status", "version", "error", "other"]),
