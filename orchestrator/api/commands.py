@@ -8,6 +8,7 @@ import structlog
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.schemas import CommandRequest, CommandResponse, CommandSent
@@ -20,7 +21,9 @@ from orchestrator.timeutil import isoformat_z, utc_now
 from orchestrator.transport.topics import command_topic
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["commands"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(
+    tags=["commands"], responses=error_responses(400, 401, 403, 404, 503), route_class=JSONRoute
+)
 
 
 @router.post(

@@ -13,7 +13,9 @@ import contextlib
 from fastapi import APIRouter, Depends, Query
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.cursors import device_cursor
 from orchestrator.api.errors import error_responses
 from orchestrator.api.schemas import (
     DeviceCreate,
@@ -30,7 +32,9 @@ from orchestrator.domain.devices import DeviceSource, validate_tags
 from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.store.devices import Device, new_token
 
-router = APIRouter(tags=["devices"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(
+    tags=["devices"], responses=error_responses(400, 401, 403, 404, 503), route_class=JSONRoute
+)
 
 
 def device_out(device: Device, token: str | None = None) -> DeviceOut:
@@ -103,8 +107,9 @@ async def list_devices(
     principal: Principal = Depends(require(Scope.DEVICES_READ)),
 ) -> DeviceListEnvelope:
     """Devices of the project in id order, a page at a time."""
+    after = device_cursor(cursor)
     await check_project(context, principal, project_id)
-    page = await context.stores.devices.page(project_id, tag=tag, cursor=cursor, limit=limit)
+    page = await context.stores.devices.page(project_id, tag=tag, cursor=after, limit=limit)
     return DeviceListEnvelope(
         status=200,
         action="list devices",

@@ -12,6 +12,7 @@ from orchestrator.api.uploads import read_upload
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.files import FileType, parse_file_type, validate_file_name
 from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from orchestrator.numerals import whole_number
 from orchestrator.store.files import StoredFile
 from orchestrator.timeutil import isoformat_z, utc_now
 
@@ -62,8 +63,8 @@ async def upload_file(
     """Upload a firmware or logo file (multipart: file, type, description)."""
     await check_project(context, principal, project_id)
     limit = context.settings.max_file_size
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+    declared = whole_number(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(
             f"the upload is {declared} bytes, over the limit of {limit} bytes "
             "(OTA_MAX_FILE_SIZE); raise the limit or upload a smaller image"

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
-from orchestrator.api.bodies import read_bounded
+from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.schemas import (
@@ -51,7 +51,9 @@ from orchestrator.store.hooks import Delivery, Hook
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["hooks"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(
+    tags=["hooks"], responses=error_responses(400, 401, 403, 404, 503), route_class=JSONRoute
+)
 
 MAX_DELIVERY_BYTES = 1024 * 1024  # GitHub caps its payloads at 25 MB; a release is far less
 MAX_DELIVERY_ID = 200

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+import httpx
 import structlog
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.schemas import (
@@ -30,7 +32,11 @@ from orchestrator.store.notifications import Subscription
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["notifications"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(
+    tags=["notifications"],
+    responses=error_responses(400, 401, 403, 404, 503),
+    route_class=JSONRoute,
+)
 
 
 def _out(subscription: Subscription, *, with_secret: bool = False) -> NotificationOut:
@@ -63,12 +69,26 @@ def _notice_out(notice: QueuedNotice) -> NoticeOut:
 
 
 def check_url(url: str) -> str:
-    """An http(s) URL with a host; InvalidInput naming the problem otherwise."""
-    parts = urlsplit(url)
+    """An http(s) URL with a host that the notifier can post to; InvalidInput naming it otherwise.
+
+    Parsed by urllib and by httpx (the client that posts), so a URL either refuses is
+    refused here, with the reason, rather than failing at every delivery.
+    """
+    example = "like https://chat.example.com/hooks/ota"
+    try:
+        if any(char.isspace() or not char.isprintable() for char in url):
+            raise ValueError("it holds a space or a control character")
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0 to 65535
+        httpx.URL(url).host  # noqa: B018 - raises for a host httpx cannot read (bad IDNA)
+    except (ValueError, httpx.InvalidURL) as exc:  # IDNAError is a ValueError too
+        raise InvalidInput(
+            f"url {url!r} cannot be parsed ({exc}); write an http:// or https:// URL, {example}",
+            errors=[{"loc": "body.url", "msg": "not a URL"}],
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(
-            f"url {url!r} must be an http:// or https:// URL with a host, like "
-            "https://chat.example.com/hooks/ota",
+            f"url {url!r} must be an http:// or https:// URL with a host, {example}",
             errors=[{"loc": "body.url", "msg": "not an http(s) URL"}],
         )
     return url

@@ -5,13 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.auth import check_project, current_principal, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.schemas import ProjectCreate, ProjectEnvelope, ProjectListEnvelope, ProjectOut
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.errors import Forbidden, NotFound
 
-router = APIRouter(tags=["projects"], responses=error_responses(400, 401, 403, 503))
+router = APIRouter(
+    tags=["projects"], responses=error_responses(400, 401, 403, 503), route_class=JSONRoute
+)
 
 
 @router.post("/v2/projects", name="create_project", status_code=201)

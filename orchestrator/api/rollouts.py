@@ -15,8 +15,9 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
-from orchestrator.api.bodies import read_bounded
+from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.cursors import position_cursor
 from orchestrator.api.errors import error_responses
 from orchestrator.api.rollout_views import device_page, load_rollout_out, preview, stored_plan
 from orchestrator.api.schemas import (
@@ -45,7 +46,9 @@ from orchestrator.timeutil import isoformat_z, utc_now
 
 S = TypeVar("S", bound=StrEnum)
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["rollouts"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(
+    tags=["rollouts"], responses=error_responses(400, 401, 403, 404, 503), route_class=JSONRoute
+)
 
 MAX_PLAN_BYTES = 1024 * 1024
 PLAN_MEDIA_TYPES = frozenset(
@@ -193,17 +196,6 @@ async def get_rollout(
     return await load_rollout_out(context.stores, await _rollout(context, project_id, rollout_id))
 
 
-def _position(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    if not cursor.isdigit():
-        raise InvalidInput(
-            f"cursor {cursor!r} is not one this API gave; pass next_cursor from the last page",
-            errors=[{"loc": "query.cursor", "msg": "must be a next_cursor value"}],
-        )
-    return int(cursor)
-
-
 @router.get("/v2/projects/{project_id}/rollouts/{rollout_id}/devices", name="list_rollout_devices")
 async def list_rollout_devices(
     project_id: str,
@@ -220,7 +212,7 @@ async def list_rollout_devices(
     listing scans a bounded stretch of the cohort per request.
     """
     wanted = _state(DeviceState, state, "device")
-    position = _position(cursor)
+    position = position_cursor(cursor)
     await check_project(context, principal, project_id)
     record = await _rollout(context, project_id, rollout_id)
     return await device_page(context.stores, record, wanted, position, limit)

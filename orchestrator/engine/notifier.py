@@ -204,7 +204,8 @@ class Notifier:
             status_code = response.status_code
             if not response.is_success:
                 error = f"HTTP {status_code}: {response.text[:ERROR_TEXT]}"
-        except httpx.HTTPError as exc:
+        # InvalidURL is no HTTPError: a URL stored before the API checked it with httpx.
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT] or type(exc).__name__
         duration_ms = int((time.perf_counter() - started) * 1000)
         attempt: dict[str, Any] = {

@@ -23,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator.errors import StoreRefused, StoreUnavailable
+from orchestrator.numerals import whole_number
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -97,13 +98,14 @@ def sentinel(url: str) -> Redis:
     hosts = parts.netloc.rpartition("@")[2]
     sentinels = []
     for host in hosts.split(","):
-        name, _, port = host.rpartition(":")
-        if not name or not port.isdigit() or not service or (db and not db.isdigit()):
+        name, _, port_text = host.rpartition(":")
+        port = whole_number(port_text, max_digits=5)
+        if not name or port is None or not service or (db and whole_number(db) is None):
             raise ValueError(
                 f"OTA_REDIS_URL {url!r} is not a Sentinel URL; write it as "
                 "redis+sentinel://[:password@]host:26379[,host:26379]/service_name[/db]"
             )
-        sentinels.append((name, int(port)))
+        sentinels.append((name, port))
     query = parse_qs(parts.query)
     sentinel_password = query.get("sentinel_password", [None])[0]
     sentinel_set = aioredis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py
@@ -139,13 +141,14 @@ def cluster(url: str) -> Redis:
     parts = urlsplit(url)
     nodes = []
     for host in parts.netloc.rpartition("@")[2].split(","):
-        name, _, port = host.rpartition(":")
-        if not name or not port.isdigit():
+        name, _, port_text = host.rpartition(":")
+        port = whole_number(port_text, max_digits=5)
+        if not name or port is None:
             raise ValueError(
                 f"OTA_REDIS_URL {url!r} is not a Cluster URL; write it as "
                 "redis+cluster://[:password@]host:6379[,host:6379]"
             )
-        nodes.append(aioredis.cluster.ClusterNode(name, int(port)))
+        nodes.append(aioredis.cluster.ClusterNode(name, port))
     client = aioredis.cluster.RedisCluster(
         startup_nodes=nodes,
         decode_responses=True,

@@ -239,6 +239,9 @@ async def test_bad_or_stale_signatures_are_401_and_start_nothing(
             "names 'fw-9.9.9.bin' but the project has no firmware file",
         ),
         (b'{"version": "2.1.0 bad", "file": "fw-2.1.0.bin"}', "version '2.1.0 bad'"),
+        (b'{"version": "2.1.0", "file": "fw-2.1.0.bin", "n": NaN}', "body.n is NaN"),
+        (b'{"version": "2.1.0", "n": ' + b"1" * 5000 + b"}", "body.n is a number of 5000"),
+        (b'{"version": "2.1.0", "n": ' + b"[" * 9000 + b"]" * 9000 + b"}", "nested too deeply"),
     ],
 )
 async def test_a_signed_body_that_is_not_a_deploy_is_400(

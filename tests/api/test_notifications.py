@@ -1,0 +1,67 @@
+"""`/v2/projects/{pid}/notifications`: a subscription's URL is one the service can post to.
+
+A URL that urllib or httpx (the client that posts) cannot parse is refused with a 400 naming
+it, never a 500, and never stored to fail at every delivery.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Service
+
+
+def notifications_url(service: Service) -> str:
+    return f"/v2/projects/{service.project_id}/notifications"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("http://[::1/", id="unclosed-ipv6"),  # urllib: ValueError
+        pytest.param("http://[zz]/", id="not-an-ipv6-address"),  # urllib: ValueError
+        pytest.param("http://[::1]x/", id="junk-after-ipv6"),  # urllib takes it, httpx not
+        pytest.param("http://chat.example.com:99999/", id="port-out-of-range"),
+        pytest.param("http://chat.example.com:abc/", id="port-not-a-number"),
+        pytest.param("http://xn--/", id="bad-punycode"),  # httpx: IDNAError
+        pytest.param("http://chat example.com/", id="space-in-host"),
+        pytest.param("http://chat.example.com/\x00", id="nul"),
+        pytest.param("https://chat.example.com/hook\n", id="newline"),
+    ],
+)
+async def test_a_url_that_cannot_be_parsed_is_400_naming_it(service: Service, url: str) -> None:
+    response = await service.client.post(notifications_url(service), json={"url": url})
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["success"] is False
+    assert body["action"] == "create notification"
+    assert repr(url) in body["message"]
+    assert "https://" in body["message"]  # an example of one that works
+    assert body["errors"][0]["loc"] == "body.url"
+    listed = await service.client.get(notifications_url(service))
+    assert listed.json()["data"] == []
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://chat.example.com/x", "https:///path", "chat.example.com/hook", "http://"]
+)
+async def test_a_url_without_http_or_a_host_is_400_naming_it(service: Service, url: str) -> None:
+    response = await service.client.post(notifications_url(service), json={"url": url})
+    assert response.status_code == 400, response.text
+    assert repr(url) in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://chat.example.com/hooks/ota",
+        "http://[::1]:8080/hook",
+        "http://127.0.0.1:9000/x?y=1",
+        "https://user:secret@chat.example.com/hook",
+        "https://bücher.example/hook",
+    ],
+)
+async def test_a_good_url_is_subscribed(service: Service, url: str) -> None:
+    response = await service.client.post(notifications_url(service), json={"url": url})
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["url"] == url
