@@ -317,4 +317,11 @@ class ResultSubscriber:
                 topic=batch[0].topic,
             )
         for message in batch:
-            await message.ack()
+            try:
+                await message.ack()
+            except zmqtt.MQTTDisconnectedError:
+                # The connection dropped mid-batch. The batch is applied; the broker sends the
+                # unacknowledged rest again on the resumed session and the handler finds them
+                # duplicates. Raising here would end the handling task: the engine went deaf.
+                log.info("connection lost while acknowledging a batch; the broker resends")
+                return

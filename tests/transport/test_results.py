@@ -612,3 +612,43 @@ def test_a_subscriber_needs_a_client_id_and_a_session_expiry() -> None:
         ResultSubscriber(
             "mqtt://127.0.0.1:1", version="5.0", client_id="x", handler=ignore, session_expiry_s=0
         )
+
+
+async def test_a_connection_lost_while_a_batch_is_acknowledged_leaves_the_subscriber_working(
+    tmp_path: Path,
+) -> None:
+    """The broker restarts while a batch is handled: its acks fail, later results still come."""
+    with EmbeddedBroker(tmp_path / "mqtt", kind="mosquitto").start() as broker:
+        inbox = Inbox()
+        holding = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow(batch: Sequence[ParsedResult]) -> None:
+            holding.set()
+            await release.wait()  # the broker restarts meanwhile: this batch's acks fail
+            await inbox.handler(batch)
+
+        subscriber = ResultSubscriber(
+            broker.url, version="5.0", client_id="test-results-restart", handler=slow
+        )
+        await subscriber.start()
+        try:
+            topic = result_topic(device(), "download_firmware")
+            await publish(broker, [(topic, body("before"), 1)])
+            async with asyncio.timeout(WAIT_S):
+                await holding.wait()
+            await asyncio.to_thread(broker.restart)
+            release.set()
+
+            async def after_reconnect() -> None:  # the subscription is back within a second
+                while "after" not in inbox.command_ids():
+                    await publish(broker, [(topic, body("after"), 1)])
+                    with contextlib.suppress(TimeoutError):
+                        await inbox.wait_for(len(inbox.items) + 1, timeout_s=0.5)
+
+            async with asyncio.timeout(WAIT_S):
+                await after_reconnect()
+        finally:
+            await subscriber.stop()
+        assert inbox.command_ids()[0] == "before"
+        assert "after" in inbox.command_ids()
