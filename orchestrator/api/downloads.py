@@ -147,7 +147,7 @@ class KeyedFileResponse(Response):
             self._metrics.download_bytes.inc(sent - self._first)
             with anyio.CancelScope(shield=True):
                 state = await self._keys.release(
-                    self._key, self._claim, first=self._first, end=sent
+                    self._key, self._claim.claim_id, first=self._first, end=sent
                 )
             if state == "spent":  # exactly one release spends a key
                 self._metrics.download_keys_used.inc()
