@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from dataclasses import dataclass, field
 
 from bench.report import _mosquitto_version, _version
+from orchestrator.embedded import nginx_binary
 
 MB = 1e6
 MIB = 1024 * 1024
@@ -298,13 +300,22 @@ def _unspent(figures: DownloadFigures) -> list[str]:
     ]
 
 
+def _nginx_version() -> str:
+    binary = nginx_binary()
+    if binary is None:
+        return "nginx ?"
+    completed = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
+    return completed.stderr.strip().removeprefix("nginx version: ").replace("/", " ")
+
+
 def report(results: SoakResults, wall_s: float, command: str) -> str:
     """The Markdown tables, the notes, then the summary line last."""
     lines = [
         f"# Soak: `{command}`",
         "",
         f"Python {platform.python_version()}, uvicorn {_version('uvicorn')}, "
-        f"{_mosquitto_version()}, {os.cpu_count()} CPUs shared by every process; "
+        f"mosquitto {_mosquitto_version()}, {_nginx_version()}, {os.cpu_count()} CPUs shared "
+        "by every process; "
         f"{wall_s:.0f} s in all.",
         "",
         *_rollout_tables(results.rollout),
