@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from orchestrator.domain.plans import parse_duration
 
 LogFormat = Literal["console", "json"]
+MIN_OFFLOAD_SECRET = 32  # characters of OTA_DOWNLOAD_OFFLOAD_SECRET, at least
+_OFFLOAD_PREFIX = re.compile(r"/(?:[A-Za-z0-9._-]+/)+")
 
 DAY_S = 86_400
 _DAYS = re.compile(r"(\d+(?:\.\d+)?)d(.*)")
@@ -70,6 +72,10 @@ class Settings(BaseSettings):
     role: Literal["all", "api", "engine"] = "all"  # engine = the rollout engine runs here
     mqtt_provision: Literal["", "dynsec"] = ""
     download_offload: Literal["", "x-accel"] = ""
+    # The nginx location (internal) that serves OTA_DATA_DIR/files; X-Accel-Redirect points there.
+    download_offload_prefix: str = "/_ota_files/"
+    # Shared with nginx: it vouches for the downloads it forwards and signs its delivery reports.
+    download_offload_secret: str = ""
     # seconds a finished rollout stays in the rollout gauges after its last change
     metrics_retention: int = Field(default=3600, ge=0)
     # seconds before a failed notification is tried again, doubling each time (to 1 h at most)
@@ -128,15 +134,27 @@ class Settings(BaseSettings):
             )
         return seconds
 
-    @field_validator("download_offload")
+    @field_validator("download_offload_prefix")
     @classmethod
-    def _offload_not_built(cls, value: str) -> str:
-        if value:
+    def _offload_prefix(cls, value: str) -> str:
+        if not _OFFLOAD_PREFIX.fullmatch(value):
             raise ValueError(
-                f"OTA_DOWNLOAD_OFFLOAD={value} is not available yet: the service streams every "
-                "download itself (with Range and the one-delivery key); leave it empty"
+                f"OTA_DOWNLOAD_OFFLOAD_PREFIX must be a URI path that starts and ends with '/' "
+                f"(letters, digits, '.', '_', '-', '/'), got {value!r}; it names the internal "
+                "nginx location of deploy/nginx/ota-offload.conf.template, e.g. /_ota_files/"
             )
         return value
+
+    @model_validator(mode="after")
+    def _offload_secret(self) -> Settings:
+        if self.download_offload and len(self.download_offload_secret) < MIN_OFFLOAD_SECRET:
+            raise ValueError(
+                f"OTA_DOWNLOAD_OFFLOAD={self.download_offload} needs OTA_DOWNLOAD_OFFLOAD_SECRET "
+                f"of at least {MIN_OFFLOAD_SECRET} characters (got "
+                f"{len(self.download_offload_secret)}), the same one nginx sends: "
+                "make one with `openssl rand -hex 32`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cluster_prefix(self) -> Settings:

@@ -20,7 +20,14 @@ import pytest
 import uvicorn
 
 from orchestrator.domain.auth import Scope
-from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from orchestrator.embedded import (
+    EmbeddedBroker,
+    EmbeddedNginx,
+    EmbeddedRedis,
+    free_port,
+    nginx_binary,
+    render_template,
+)
 from orchestrator.service import start_serving
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
@@ -138,6 +145,34 @@ async def service(settings: Settings, stores: Stores) -> AsyncIterator[Service]:
         )
     server.should_exit = True
     await asyncio.wait_for(task, 30)
+
+
+OFFLOAD_TEMPLATE = Path(__file__).parents[1] / "deploy" / "nginx" / "ota-offload.conf.template"
+
+
+def offload_site(settings: Settings) -> str:
+    """deploy/nginx's offload config for the service of `settings` (`${LISTEN}` left to fill)."""
+    return render_template(
+        OFFLOAD_TEMPLATE.read_text(),
+        {
+            "API_UPSTREAM": f"{settings.http_host}:{settings.http_port}",
+            "FILES_DIR": str(settings.files_dir.resolve()),
+            "OTA_DOWNLOAD_OFFLOAD_PREFIX": settings.download_offload_prefix,
+            "OTA_DOWNLOAD_OFFLOAD_SECRET": settings.download_offload_secret,
+            "LISTEN": "${LISTEN}",  # EmbeddedNginx fills in the free port it picks
+        },
+    )
+
+
+@pytest.fixture
+def nginx(service: Service, tmp_path: Path) -> Iterator[EmbeddedNginx]:
+    """A real nginx from the machine on a free port in front of `service`, running the shipped
+    offload config (deploy/nginx/ota-offload.conf.template), as the current user, no daemon."""
+    assert nginx_binary(), (
+        "nginx is not installed; `make test` installs it from the system packages"
+    )
+    with EmbeddedNginx(tmp_path / "nginx", offload_site(service.settings)).start() as server:
+        yield server
 
 
 async def wait_for(

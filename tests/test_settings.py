@@ -16,9 +16,22 @@ def test_a_cluster_url_needs_a_hash_tagged_prefix_saying_so() -> None:
     assert tagged.redis_prefix == "{ota}:"
 
 
-def test_download_offload_is_refused_until_it_is_built_rather_than_ignored() -> None:
-    with pytest.raises(ValidationError, match="OTA_DOWNLOAD_OFFLOAD=x-accel is not available yet"):
-        Settings(download_offload="x-accel")
+def test_download_offload_needs_a_long_secret_and_says_how_to_make_one() -> None:
+    for secret in ("", "short"):
+        with pytest.raises(ValidationError, match="needs OTA_DOWNLOAD_OFFLOAD_SECRET") as caught:
+            Settings(download_offload="x-accel", download_offload_secret=secret)
+        assert "openssl rand -hex 32" in str(caught.value)
+    accepted = Settings(download_offload="x-accel", download_offload_secret="s" * 32)
+    assert accepted.download_offload == "x-accel"
+    assert accepted.download_offload_prefix == "/_ota_files/"
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "_ota_files/", "/_ota_files", "/a b/", "/f?x/"])
+def test_download_offload_prefix_must_be_a_path_between_slashes(prefix: str) -> None:
+    with pytest.raises(ValidationError, match="OTA_DOWNLOAD_OFFLOAD_PREFIX must be") as caught:
+        Settings(download_offload_prefix=prefix)
+    assert repr(prefix) in str(caught.value)
+    assert Settings(download_offload_prefix="/internal/ota-files/").download_offload_prefix
 
 
 def test_rollout_retention_defaults_to_ninety_days(monkeypatch: pytest.MonkeyPatch) -> None:

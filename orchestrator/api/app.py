@@ -22,6 +22,7 @@ from orchestrator.api import (
     hooks,
     metrics_route,
     notifications,
+    offload,
     projects,
     rollouts,
 )
@@ -49,6 +50,7 @@ ROUTE_MODULES = (
     hooks,
     notifications,
     downloads,
+    offload,
     health,
     metrics_route,
 )

@@ -14,6 +14,7 @@ from starlette.types import Message, Receive, Scope, Send
 from orchestrator.api.auth import current_device
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
+from orchestrator.api.offload import accel_response, offloading
 from orchestrator.api.ranges import parse_range
 from orchestrator.blobs import BlobStore
 from orchestrator.errors import (
@@ -147,7 +148,7 @@ class KeyedFileResponse(Response):
             self._metrics.download_bytes.inc(sent - self._first)
             with anyio.CancelScope(shield=True):
                 state = await self._keys.release(
-                    self._key, self._claim, first=self._first, end=sent
+                    self._key, self._claim.claim_id, first=self._first, end=sent
                 )
             if state == "spent":  # exactly one release spends a key
                 self._metrics.download_keys_used.inc()
@@ -178,8 +179,12 @@ async def download_file(
     request: Request,
     key: str = Query(description="The download key from the command payload (dk_…)"),
     context: AppContext = Depends(get_context),
-) -> KeyedFileResponse:
-    """Stream the file bound to `key` to the device the key was issued to."""
+) -> Response:
+    """Stream the file bound to `key` to the device the key was issued to.
+
+    With OTA_DOWNLOAD_OFFLOAD=x-accel, a request nginx forwarded gets, after the same checks,
+    an `X-Accel-Redirect` answer, and nginx sends the bytes.
+    """
     rejected = context.metrics.download_keys_rejected
 
     def refuse(reason: str, error: OrchestratorError) -> OrchestratorError:
@@ -209,7 +214,12 @@ async def download_file(
         rejected.labels("bad_range").inc()
         raise
     first, end = byte_range or (0, stored.size)
-    verdict, claim = await keys.claim(key, device.id)
+    offloaded = offloading(request, context.settings)
+    # The service cannot renew a claim while nginx sends, so an offloaded claim is held as long
+    # as one of the service's own transfers may run; nginx's report ends it (almost always)
+    # sooner, and only a report that never comes (nginx killed) leaves it to lapse.
+    lease_ms = TRANSFER_LIMIT_S * 1000 if offloaded else None
+    verdict, claim = await keys.claim(key, device.id, lease_ms=lease_ms)
     if verdict is ClaimVerdict.BUSY:
         raise refuse(
             "busy",
@@ -224,6 +234,8 @@ async def download_file(
         raise refuse(
             "spent" if verdict is ClaimVerdict.SPENT else "unknown", Unauthorized(_DEAD_KEY)
         )
+    if offloaded:  # nginx sends the bytes and reports them (orchestrator/api/offload.py)
+        return accel_response(context.settings, stored, key, claim)
     return KeyedFileResponse(
         keys=keys,
         blobs=context.blobs,

@@ -1,4 +1,4 @@
-"""The one `Range: bytes=…` form a resuming device sends."""
+"""The one `Range: bytes=…` form a resuming device sends, and what a proxy says it sent."""
 
 from __future__ import annotations
 
@@ -47,3 +47,25 @@ def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:
         f"resume from an offset below {size}",
         size=size,
     )
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
+
+
+def delivered_span(status: int, content_range: str, body_bytes: int) -> tuple[int, int]:
+    """Bytes [first, end) of the file a proxy's response carried, from what it says it sent.
+
+    `status`, `content_range` and `body_bytes` are the proxy's own account of the response
+    (nginx's `$status`, `$sent_http_content_range`, `$body_bytes_sent`). A 200 carried the file
+    from byte 0, a 206 from the start of its Content-Range; any other status (nginx's own 416
+    page, an error) carried none of it.
+    """
+    if body_bytes <= 0:
+        return 0, 0
+    if status == 200:
+        return 0, body_bytes
+    match = _CONTENT_RANGE.match(content_range.strip())
+    if status != 206 or match is None:
+        return 0, 0
+    first, last = int(match.group(1)), int(match.group(2))
+    return first, first + max(0, min(body_bytes, last + 1 - first))

@@ -174,12 +174,18 @@ class DownloadKeyStore:
         return str(value) if value is not None else None
 
     @translated
-    async def claim(self, key: str, device_id: str) -> tuple[ClaimVerdict, Claim | None]:
-        """Try to take the key for one transfer by `device_id`."""
+    async def claim(
+        self, key: str, device_id: str, *, lease_ms: int | None = None
+    ) -> tuple[ClaimVerdict, Claim | None]:
+        """Try to take the key for one transfer by `device_id`.
+
+        The claim lapses after `lease_ms` (default CLAIM_LEASE_MS) unless renewed.
+        """
         claim_id = secrets.token_hex(8)
+        lease = CLAIM_LEASE_MS if lease_ms is None else lease_ms
         verdict, covered = await self._claim(
             keys=[self._keys.download_key(key), self._keys.download_events()],
-            args=[device_id, claim_id, _now_ms(), CLAIM_LEASE_MS, EVENTS_MAXLEN],
+            args=[device_id, claim_id, _now_ms(), lease, EVENTS_MAXLEN],
         )
         result = ClaimVerdict(verdict)
         if result is not ClaimVerdict.OK:
@@ -196,11 +202,15 @@ class DownloadKeyStore:
         return bool(held)
 
     @translated
-    async def release(self, key: str, claim: Claim, *, first: int, end: int) -> str:
-        """End the transfer that sent bytes [first, end); returns issued, spent or lost."""
+    async def release(self, key: str, claim_id: str, *, first: int, end: int) -> str:
+        """End the transfer (claim `claim_id`) that sent bytes [first, end).
+
+        Returns the key's state after it: issued, spent, or lost when the claim was no longer
+        held (revoked, expired, taken over after its lease).
+        """
         state = await self._release(
             keys=[self._keys.download_key(key), self._keys.download_events()],
-            args=[claim.claim_id, first, end, EVENTS_MAXLEN],
+            args=[claim_id, first, end, EVENTS_MAXLEN],
         )
         return str(state)
 
