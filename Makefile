@@ -62,10 +62,13 @@ test: system-deps lint typecheck pytest
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-## soak: a 100,000-device rollout (Redis per device, service memory, time per wave) and 200 slow
-## downloads of a 50 MB firmware from the service, the service with nginx offload, and nginx
-## alone (bench/README.md); SOAK_ARGS=--devices 10000 for a smaller fleet
+## soak: the fault suite FAULT_RUNS times with other seeds (engine kills, broker and Redis
+## restarts, garbage results), then a 100,000-device rollout (Redis per device, service memory,
+## time per wave) and 200 slow downloads of a 50 MB firmware from the service, the service with
+## nginx offload, and nginx alone (bench/README.md); SOAK_ARGS=--devices 10000 for a smaller fleet
+FAULT_RUNS ?= 20
 soak: $(DEV_STAMP) system-deps
+	OTA_FAULT_RUNS=$(FAULT_RUNS) $(BIN)/pytest -q -m faults tests/e2e/test_faults.py
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
