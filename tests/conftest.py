@@ -20,10 +20,12 @@ import pytest
 import uvicorn
 
 from orchestrator.domain.auth import Scope
+from orchestrator.domain.devices import DeviceSource
 from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 from orchestrator.service import start_serving
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
+from orchestrator.store.devices import Device
 from orchestrator.store.redis import connect
 
 
@@ -138,6 +140,21 @@ async def service(settings: Settings, stores: Stores) -> AsyncIterator[Service]:
         )
     server.should_exit = True
     await asyncio.wait_for(task, 30)
+
+
+async def stored_device(
+    stores: Stores, project_id: str, name: str, source: DeviceSource = DeviceSource.MQTT
+) -> tuple[Device, str]:
+    """A device and its token written straight to Redis, bypassing the API (and the broker)."""
+    return await stores.devices.create(
+        project_id,
+        name=name,
+        description="",
+        source=source,
+        brand="Custom",
+        model="Custom",
+        tags=[],
+    )
 
 
 async def wait_for(
