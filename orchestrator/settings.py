@@ -6,7 +6,7 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +14,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from orchestrator.domain.plans import parse_duration
 
 LogFormat = Literal["console", "json"]
+# Who keeps the broker's accounts (docs/broker-security.md):
+#   ""     (default) the embedded broker runs Mosquitto's dynamic security, every device logging
+#          in as itself; an external broker is left as its operator set it up;
+#   dynsec the service keeps Mosquitto's dynamic security in step with the devices, on the
+#          embedded broker or an external one;
+#   none   no device accounts: the embedded broker lets in anyone, anonymous clients included.
+MqttProvision = Literal["", "dynsec", "none"]
 
 DAY_S = 86_400
 _DAYS = re.compile(r"(\d+(?:\.\d+)?)d(.*)")
@@ -68,7 +75,7 @@ class Settings(BaseSettings):
     max_file_size: int = Field(default=268_435_456, gt=0)  # bytes
     instance_id: str = Field(default_factory=_default_instance_id)
     role: Literal["all", "api", "engine"] = "all"  # engine = the rollout engine runs here
-    mqtt_provision: Literal["", "dynsec"] = ""
+    mqtt_provision: MqttProvision = ""
     download_offload: Literal["", "x-accel"] = ""
     # seconds a finished rollout stays in the rollout gauges after its last change
     metrics_retention: int = Field(default=3600, ge=0)
@@ -99,6 +106,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"OTA_MQTT_URL must look like mqtt://[user:pass@]host:port, got {value!r}; "
                 "leave it empty to start an embedded broker"
+            )
+        return value
+
+    @field_validator("mqtt_provision", mode="before")
+    @classmethod
+    def _provision(cls, value: object) -> object:
+        if value not in get_args(MqttProvision):
+            raise ValueError(
+                "OTA_MQTT_PROVISION must be empty (per-device accounts on the embedded broker), "
+                "dynsec (keep Mosquitto's dynamic security in step with the devices) or none (no "
+                f"device accounts: the embedded broker accepts anonymous clients), got {value!r}"
             )
         return value
 

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import structlog
 
+from orchestrator import embedded
 from orchestrator.embedded import EmbeddedBroker
+from orchestrator.service import embedded_servers, print_banner
 from orchestrator.settings import Settings
 from orchestrator.transport.exposure import accepts_anonymous
 from tests.conftest import Service, wait_for
@@ -90,3 +92,52 @@ async def test_the_probe_tells_an_open_broker_from_a_closed_one(
     assert await accepts_anonymous(mqtt_broker.url, version="3.1.1") is True
     # With the service's own credentials in the URL: the probe still logs in as nobody.
     assert await accepts_anonymous(refusing_broker.url, version="5.0") is False
+
+
+def _defaults(tmp_path: Path, redis_url: str, **fields: Any) -> Settings:
+    return Settings(redis_url=redis_url, data_dir=tmp_path / "data", **fields)
+
+
+def test_without_mosquitto_the_embedded_broker_says_at_start_it_accepts_anonymous_clients(
+    logs: Logs,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(embedded, "mosquitto_binary", lambda: None)
+    with embedded_servers(_defaults(tmp_path, redis_url)) as resolved:
+        assert resolved.mqtt_provision == "none"
+        assert resolved.mqtt_version == "3.1.1"  # amqtt
+        print_banner(resolved, embedded_redis=False, embedded_broker=True)
+    [warning] = _warnings(logs, "the embedded MQTT broker accepts anonymous clients")
+    assert "Mosquitto is not installed" in warning["event"]
+    assert "publish results for any device" in warning["event"]
+    assert "install Mosquitto" in warning["event"]
+    banner = capsys.readouterr().err
+    assert "ACCEPTS ANONYMOUS CLIENTS" in banner
+
+
+async def test_provision_none_relaxes_the_embedded_broker_to_anonymous_and_says_so(
+    logs: Logs, redis_url: str, tmp_path: Path
+) -> None:
+    with embedded_servers(_defaults(tmp_path, redis_url, mqtt_provision="none")) as resolved:
+        assert resolved.mqtt_provision == "none"
+        assert await accepts_anonymous(resolved.mqtt_url, version="5.0") is True
+    [warning] = _warnings(logs, "the embedded MQTT broker accepts anonymous clients")
+    assert "OTA_MQTT_PROVISION=none" in warning["event"]
+
+
+async def test_by_default_the_embedded_broker_refuses_anonymous_clients_and_hides_its_password(
+    logs: Logs, redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with embedded_servers(_defaults(tmp_path, redis_url)) as resolved:
+        assert resolved.mqtt_provision == "dynsec"
+        assert await accepts_anonymous(resolved.mqtt_url, version="5.0") is False
+        password = resolved.mqtt_url.split("@")[0].rsplit(":", 1)[1]
+        print_banner(resolved, embedded_redis=False, embedded_broker=True)
+    banner = capsys.readouterr().err
+    assert "devices log in with user name and client id = device id" in banner
+    assert password not in banner
+    assert not _warnings(logs, "anonymous")
+    assert all(password not in str(event) for event in logs)
