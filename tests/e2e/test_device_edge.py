@@ -23,18 +23,22 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+import structlog
 from faststream.mqtt.utils import parse_mqtt_url
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from orchestrator.client import ApiClient
 from orchestrator.domain.auth import Scope
 from orchestrator.embedded import free_port
 from orchestrator.service import embedded_servers, start_serving
 from orchestrator.settings import Settings
+from orchestrator.simulator import DeviceBook, DeviceIdentity, Fleet
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
+from orchestrator.transport.dynsec import DynsecClient
 from orchestrator.transport.results import results_client_id
-from tests.conftest import Service, wait_for
+from tests.conftest import Service, stored_device, wait_for
 from tests.e2e.test_results_ignored import ignored, moved, state_of
 from tests.e2e.test_rollouts import start, upload_both
 
@@ -306,3 +310,71 @@ async def test_readiness_shows_the_embedded_broker_refuses_anonymous_clients(
     await wait_for(probed)
     ready = (await edge.client.get("/readyz")).json()
     assert (ready["status"], ready["mqtt_anonymous"], ready["warnings"]) == ("ok", False, [])
+
+
+async def test_devices_made_before_broker_accounts_get_one_and_the_simulator_rotates_in(
+    defaults: Defaults, tmp_path: Path
+) -> None:
+    """Devices in Redis and in the simulator's book from a run whose broker let anyone in.
+
+    Only digests of tokens are stored, so the start gives each a broker client without a
+    password (and says what to do); `ota simulate`'s fleet, refused, rotates its tokens once.
+    """
+    book = DeviceBook(tmp_path / "simulated-devices.json")
+    earlier: list[DeviceIdentity] = []
+    for number in range(3):
+        device, token = await stored_device(defaults.stores, defaults.project_id, f"sim-{number}")
+        earlier.append(DeviceIdentity(device.id, token, device.name))
+    book.save(defaults.project_id, earlier)
+
+    with structlog.testing.capture_logs() as logs:
+        async with defaults.serve() as service:
+            admin = DynsecClient(service.settings.mqtt_url, client_id=f"test-{uuid.uuid4().hex}")
+            await admin.start()
+            assert await admin.wait_ready(10)
+
+            async def reconciled() -> bool:
+                replies = await admin.execute(
+                    [{"command": "getClient", "username": d.id} for d in earlier]
+                )
+                return all(r.error is None for r in replies)
+
+            try:
+                await wait_for(reconciled)
+                replies = await admin.execute(
+                    [{"command": "getClient", "username": d.id} for d in earlier]
+                )
+            finally:
+                await admin.stop()
+            assert [r.data["client"]["clientid"] for r in replies] == [d.id for d in earlier]
+            await _refused(_device(service, earlier[0].id, earlier[0].token))
+
+            broker = parse_mqtt_url(service.settings.mqtt_url)
+            async with ApiClient(service.base_url, defaults.admin_key, defaults.project_id) as api:
+                fleet = Fleet(api, broker.host, broker.port, state_path=book.path)
+                async with fleet:
+                    await fleet.start(3)
+                    assert fleet.stats.tokens_rotated == 3
+
+                    async def connected() -> bool:
+                        return fleet.stats.connected == 3
+
+                    await wait_for(connected)
+                    rotated = book.load(defaults.project_id)  # written at once: old ones are dead
+                    await _send(service, earlier[0].id, "reboot")
+
+                    async def obeyed() -> bool:
+                        return fleet.stats.commands == 1
+
+                    await wait_for(obeyed)
+            await _refused(_device(service, earlier[1].id, earlier[1].token))
+            async with _listening(service, rotated[1].id, rotated[1].token):
+                pass
+
+    assert [d.id for d in rotated] == [d.id for d in earlier]
+    assert all(new.token != old.token for new, old in zip(rotated, earlier, strict=True))
+    assert book.load(defaults.project_id) == rotated
+    [warning] = [e for e in logs if "without a password" in e["event"]]
+    assert warning["log_level"] == "warning"
+    assert "rotate each one's token" in warning["event"]
+    assert sorted(warning["devices"]) == sorted(d.id for d in earlier)
