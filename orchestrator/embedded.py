@@ -150,6 +150,15 @@ def dynsec_plugin_path() -> str | None:
     return next((path for path in DYNSEC_PLUGIN_PATHS if os.path.isfile(path)), None)
 
 
+def embedded_dynsec_missing() -> str:
+    """Why the embedded broker cannot run dynamic security here ("" when it can)."""
+    if mosquitto_binary() is None:
+        return "Mosquitto is not installed (the embedded broker would be amqtt)"
+    if dynsec_plugin_path() is None:
+        return "Mosquitto's dynamic-security plugin is in none of " + ", ".join(DYNSEC_PLUGIN_PATHS)
+    return ""
+
+
 def _dynsec_password(password: str) -> dict[str, Any]:
     """The plugin's stored form of `password`: PBKDF2-HMAC-SHA512 over a 12-byte salt."""
     salt = secrets.token_bytes(12)

@@ -6,7 +6,7 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,13 @@ from orchestrator.domain.plans import parse_duration
 LogFormat = Literal["console", "json"]
 MIN_OFFLOAD_SECRET = 32  # characters of OTA_DOWNLOAD_OFFLOAD_SECRET, at least
 _OFFLOAD_PREFIX = re.compile(r"/(?:[A-Za-z0-9._-]+/)+")
+# Who keeps the broker's accounts (docs/broker-security.md):
+#   ""     (default) the embedded broker runs Mosquitto's dynamic security, every device logging
+#          in as itself; an external broker is left as its operator set it up;
+#   dynsec the service keeps Mosquitto's dynamic security in step with the devices, on the
+#          embedded broker or an external one;
+#   none   no device accounts: the embedded broker lets in anyone, anonymous clients included.
+MqttProvision = Literal["", "dynsec", "none"]
 
 DAY_S = 86_400
 _DAYS = re.compile(r"(\d+(?:\.\d+)?)d(.*)")
@@ -70,7 +77,7 @@ class Settings(BaseSettings):
     max_file_size: int = Field(default=268_435_456, gt=0)  # bytes
     instance_id: str = Field(default_factory=_default_instance_id)
     role: Literal["all", "api", "engine"] = "all"  # engine = the rollout engine runs here
-    mqtt_provision: Literal["", "dynsec"] = ""
+    mqtt_provision: MqttProvision = ""
     download_offload: Literal["", "x-accel"] = ""
     # The nginx location (internal) that serves OTA_DATA_DIR/files; X-Accel-Redirect points there.
     download_offload_prefix: str = "/_ota_files/"
@@ -105,6 +112,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"OTA_MQTT_URL must look like mqtt://[user:pass@]host:port, got {value!r}; "
                 "leave it empty to start an embedded broker"
+            )
+        return value
+
+    @field_validator("mqtt_provision", mode="before")
+    @classmethod
+    def _provision(cls, value: object) -> object:
+        if value not in get_args(MqttProvision):
+            raise ValueError(
+                "OTA_MQTT_PROVISION must be empty (per-device accounts on the embedded broker), "
+                "dynsec (keep Mosquitto's dynamic security in step with the devices) or none (no "
+                f"device accounts: the embedded broker accepts anonymous clients), got {value!r}"
             )
         return value
 

@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 
 from orchestrator.domain.auth import Scope
+from orchestrator.domain.devices import DeviceSource
 from orchestrator.embedded import (
     EmbeddedBroker,
     EmbeddedNginx,
@@ -31,6 +32,7 @@ from orchestrator.embedded import (
 from orchestrator.service import start_serving
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
+from orchestrator.store.devices import Device
 from orchestrator.store.redis import connect
 
 
@@ -173,6 +175,21 @@ def nginx(service: Service, tmp_path: Path) -> Iterator[EmbeddedNginx]:
     )
     with EmbeddedNginx(tmp_path / "nginx", offload_site(service.settings)).start() as server:
         yield server
+
+
+async def stored_device(
+    stores: Stores, project_id: str, name: str, source: DeviceSource = DeviceSource.MQTT
+) -> tuple[Device, str]:
+    """A device and its token written straight to Redis, bypassing the API (and the broker)."""
+    return await stores.devices.create(
+        project_id,
+        name=name,
+        description="",
+        source=source,
+        brand="Custom",
+        model="Custom",
+        tags=[],
+    )
 
 
 async def wait_for(

@@ -96,3 +96,25 @@ def test_an_unreadable_rollout_retention_is_refused_naming_the_value_and_the_for
         Settings()
     assert f"got {value!r}" in str(e.value)
     assert "90d, 12h or 1d12h, or forever" in str(e.value)
+
+
+def test_mqtt_provision_is_empty_by_default_and_takes_dynsec_or_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OTA_MQTT_PROVISION", raising=False)
+    assert Settings().mqtt_provision == ""
+    for value in ("dynsec", "none"):
+        monkeypatch.setenv("OTA_MQTT_PROVISION", value)
+        assert Settings().mqtt_provision == value
+
+
+def test_an_unknown_mqtt_provision_is_refused_naming_the_value_and_what_each_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTA_MQTT_PROVISION", "off")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    message = str(caught.value)
+    assert "OTA_MQTT_PROVISION must be empty" in message
+    assert "none (no device accounts: the embedded broker accepts anonymous clients)" in message
+    assert "got 'off'" in message

@@ -37,6 +37,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
 from orchestrator.transport.dynsec import DeviceProvisioner, DynsecClient, reconcile_until_done
+from orchestrator.transport.exposure import BrokerExposure, probe_until_answered
 from orchestrator.transport.mqtt import CommandTransport
 
 log = structlog.get_logger(__name__)
@@ -84,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
             client_id=f"{settings.instance_id}-commands",
         )
         stores = Stores.build(redis, settings.redis_prefix)
+        exposure = BrokerExposure()
         provisioner: DeviceProvisioner | None = None
         if settings.mqtt_provision == "dynsec" and settings.role != "engine":
             provisioner = DeviceProvisioner(
@@ -100,9 +102,15 @@ def create_app(settings: Settings) -> FastAPI:
             transport=transport,
             metrics=metrics,
             provisioner=provisioner,
+            exposure=exposure,
         )
         await transport.start()
         await transport.wait_connected(timeout_s=5.0)
+        # Does the broker let in a client with no credentials? /readyz and the log say.
+        probing = asyncio.create_task(
+            probe_until_answered(settings.mqtt_url, settings.mqtt_version, exposure),
+            name="mqtt-anonymous-probe",
+        )
         reconciling: asyncio.Task[object] | None = None
         if provisioner is not None:
             await provisioner.start()
@@ -123,10 +131,11 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             if engine is not None:
                 await engine.stop()
-            if reconciling is not None:
-                reconciling.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reconciling
+            for background in (reconciling, probing):
+                if background is not None:
+                    background.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await background
             if provisioner is not None:
                 await provisioner.stop()
             await transport.stop()

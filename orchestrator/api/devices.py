@@ -1,7 +1,8 @@
 """`/v2/projects/{pid}/devices`: seed 003's create, and read, update, delete, token rotation.
 
-With OTA_MQTT_PROVISION=dynsec an mqtt device is also a client of the broker's dynamic
-security (`orchestrator.transport.dynsec`): made with the device, removed with it, its password
+With dynamic security (the embedded broker's default, or OTA_MQTT_PROVISION=dynsec) an mqtt
+device is also a client of the broker's plugin (`orchestrator.transport.dynsec`), its login
+tied to its device id as client id: made with the device, removed with it, its password
 set when its token rotates. When the broker cannot take the change the request fails with 503
 and nothing is changed, so a retry is always safe.
 """
@@ -196,8 +197,8 @@ async def rotate_device_token(
 ) -> DeviceEnvelope:
     """Give the device a new token (in data.metadata.device_token, shown this once).
 
-    The old token stops working at once, for downloads and (with OTA_MQTT_PROVISION=dynsec)
-    on the broker, which disconnects the device so that it logs in again with the new one.
+    The old token stops working at once, for downloads and (with dynamic security) on the
+    broker, which disconnects the device so that it logs in again with the new one.
     """
     await check_project(context, principal, project_id)
     device = await context.stores.devices.get(project_id, device_id)

@@ -160,7 +160,18 @@ class Health(BaseModel):
     redis: bool | None = None
     mqtt: bool | None = None
     dynsec: bool | None = Field(
-        None, description="With OTA_MQTT_PROVISION=dynsec: the broker's dynamic security answers"
+        None,
+        description="With per-device broker accounts (the embedded default or "
+        "OTA_MQTT_PROVISION=dynsec): the broker's dynamic security answers",
+    )
+    mqtt_anonymous: bool | None = Field(
+        None,
+        description="The broker lets in a client with no credentials (probed at start); "
+        "null until it has answered",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What is unsafe without keeping the service from serving, and what to do",
     )
 
 
