@@ -32,7 +32,7 @@ from orchestrator.store.files import StoredFile
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["device"])
 
-RENEW_EVERY_S = 10.0  # well inside the claim lease, so a live transfer never loses it
+RENEW_EVERY_S = 10.0  # at most; also at most a sixth of the claim lease
 TRANSFER_LIMIT_S = 15 * 60  # a slow cellular device gets 15 minutes per request, then resumes
 
 _DEAD_KEY = (
@@ -47,9 +47,11 @@ class KeyedFileResponse(Response):
 
     The claim is renewed as chunks go out and released in every outcome with the bytes sent,
     so a broken transfer can be resumed with Range and a complete one spends the key.
-    "Sent" means handed to the server with the connection still up afterwards; bytes still in
-    socket buffers when the device drops are counted too, which is why a resume may start
-    anywhere inside the covered prefix (see dk_release.lua).
+    "Sent" means handed to the server: a fully sent response spends the key even when the
+    device hangs up at once, and bytes still in socket buffers when the device drops are
+    counted too, which is why a resume may start anywhere inside the covered prefix (see
+    dk_release.lua). The claim is renewed while the response is open and moving; a transfer
+    that stops moving is ended before its claim could lapse.
     """
 
     def __init__(
@@ -93,57 +95,73 @@ class KeyedFileResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sent = self._first
+        last_progress = time.monotonic()
         disconnected = False
         outcome = "aborted"
-        started = time.monotonic()
+        lease_s = self._keys.claim_lease_ms / 1000
+        renew_every_s = min(RENEW_EVERY_S, lease_s / 6)
+        stall_limit_s = lease_s / 2
         try:
-            async with anyio.create_task_group() as group:
+            # The time limit cuts a transfer short wherever it waits, a send included.
+            with anyio.move_on_after(TRANSFER_LIMIT_S) as limit:
+                async with anyio.create_task_group() as group:
 
-                async def watch_disconnect() -> None:
-                    nonlocal disconnected
-                    while True:
-                        message: Message = await receive()
-                        if message["type"] == "http.disconnect":
-                            disconnected = True
-                            group.cancel_scope.cancel()
-                            return
+                    async def watch_disconnect() -> None:
+                        nonlocal disconnected
+                        while True:
+                            message: Message = await receive()
+                            if message["type"] == "http.disconnect":
+                                disconnected = True
+                                group.cancel_scope.cancel()
+                                return
 
-                group.start_soon(watch_disconnect)
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 206 if self._partial else 200,
-                        "headers": self._response_headers(),
-                    }
-                )
-                renewed = time.monotonic()
-                # Uvicorn's send returns silently once the connection is gone, and the watcher
-                # hears of it only at a later await; so a chunk counts as sent only when the
-                # next await (reading the next chunk, a thread hop) finds the connection up.
-                unconfirmed = 0
-                async for chunk in self._blobs.read(self._stored.path, self._first, self._end):
-                    sent += unconfirmed
-                    unconfirmed = 0
-                    now = time.monotonic()
-                    if now - started > TRANSFER_LIMIT_S:
-                        outcome = "time limit"
-                        break
-                    if now - renewed > RENEW_EVERY_S:
-                        if not await self._keys.renew(self._key, self._claim):
-                            outcome = "claim lost"
+                    async def hold_claim() -> None:
+                        # Renewed on its own clock, not between chunks: a send that waits on
+                        # a slow device must not let the claim lapse while the response is
+                        # open. A transfer that has not moved for stall_limit_s (well inside
+                        # the lease) is ended instead, so one stalled connection never holds
+                        # the key for long and never outlives its claim.
+                        nonlocal outcome
+                        while True:
+                            await anyio.sleep(renew_every_s)
+                            if time.monotonic() - last_progress > stall_limit_s:
+                                outcome = "stalled"
+                                group.cancel_scope.cancel()
+                                return
+                            if not await self._keys.renew(self._key, self._claim):
+                                outcome = "claim lost"
+                                group.cancel_scope.cancel()
+                                return
+
+                    group.start_soon(watch_disconnect)
+                    group.start_soon(hold_claim)
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 206 if self._partial else 200,
+                            "headers": self._response_headers(),
+                        }
+                    )
+                    async for chunk in self._blobs.read(self._stored.path, self._first, self._end):
+                        if disconnected:
                             break
-                        renewed = now
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    if disconnected:
-                        break
-                    unconfirmed = len(chunk)
-                else:
-                    await anyio.lowlevel.checkpoint()  # a disconnect cancels us here
-                    if not disconnected:
-                        sent += unconfirmed
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                        outcome = "complete"
-                group.cancel_scope.cancel()
+                        # Counted when handed over, before the send returns: uvicorn writes to
+                        # the socket at once and then waits for room, and a disconnect that
+                        # cancels that wait must not un-count bytes that went out. A device
+                        # that drops may so be counted a chunk it lacks; it resumes from its
+                        # own offset, inside the counted prefix (see dk_release.lua).
+                        sent += len(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                        last_progress = time.monotonic()
+                    else:
+                        if not disconnected:
+                            await send(
+                                {"type": "http.response.body", "body": b"", "more_body": False}
+                            )
+                            outcome = "complete"
+                    group.cancel_scope.cancel()
+            if limit.cancelled_caught:
+                outcome = "time limit"
         finally:
             self._metrics.download_bytes.inc(sent - self._first)
             with anyio.CancelScope(shield=True):
@@ -156,12 +174,12 @@ class KeyedFileResponse(Response):
                 "download ended",
                 key_state=state,
                 # After a complete response uvicorn also answers receive() with a disconnect.
-                outcome="disconnected" if disconnected and outcome != "complete" else outcome,
+                outcome="disconnected" if disconnected and outcome == "aborted" else outcome,
                 file_name=self._stored.name,
                 bytes_sent=sent - self._first,
             )
-        # An unfinished response (claim lost, time limit) makes uvicorn close the connection,
-        # which is how the device learns to come back with Range.
+        # An unfinished response (claim lost, stalled, time limit) makes uvicorn close the
+        # connection, which is how the device learns to come back with Range.
 
 
 @router.get(

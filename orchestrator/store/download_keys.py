@@ -72,6 +72,11 @@ class DownloadKeyStore:
         self._renew = load_script(redis, "dk_renew")
         self._release = load_script(redis, "dk_release")
 
+    @property
+    def claim_lease_ms(self) -> int:
+        """How long a claim holds without renewal (CLAIM_LEASE_MS, read at each use)."""
+        return CLAIM_LEASE_MS
+
     @translated
     async def issue(
         self,
@@ -182,7 +187,7 @@ class DownloadKeyStore:
         The claim lapses after `lease_ms` (default CLAIM_LEASE_MS) unless renewed.
         """
         claim_id = secrets.token_hex(8)
-        lease = CLAIM_LEASE_MS if lease_ms is None else lease_ms
+        lease = self.claim_lease_ms if lease_ms is None else lease_ms
         verdict, covered = await self._claim(
             keys=[self._keys.download_key(key), self._keys.download_events()],
             args=[device_id, claim_id, _now_ms(), lease, EVENTS_MAXLEN],
@@ -197,7 +202,7 @@ class DownloadKeyStore:
         """Extend the claim; False when it was lost (revoked, expired or taken over)."""
         held = await self._renew(
             keys=[self._keys.download_key(key)],
-            args=[claim.claim_id, _now_ms(), CLAIM_LEASE_MS],
+            args=[claim.claim_id, _now_ms(), self.claim_lease_ms],
         )
         return bool(held)
 

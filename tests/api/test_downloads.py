@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hashlib
+import time
 from pathlib import Path
 from typing import cast
 
@@ -15,10 +17,12 @@ from orchestrator.api import downloads
 from orchestrator.blobs import CHUNK_SIZE
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.settings import Settings
+from orchestrator.store import download_keys
 from tests.api.conftest import (
     LARGE,
     URL,
     CreateDownload,
+    Download,
     Entry,
     MiB,
     assert_error,
@@ -225,7 +229,7 @@ async def test_suffix_range_serves_the_last_bytes(create_download: CreateDownloa
 async def test_revoking_a_key_mid_transfer_stops_the_stream(
     create_download: CreateDownload, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(downloads, "RENEW_EVERY_S", 0.0)  # renew (and notice a loss) per chunk
+    monkeypatch.setattr(downloads, "RENEW_EVERY_S", 0.02)  # notice a loss at once
     download = await create_download(LARGE)
     received = 0
 
@@ -318,3 +322,73 @@ async def test_streaming_a_large_file_does_not_hold_it_in_memory(
             peak = max(peak, vm_rss())
     assert digest.hexdigest() == expected
     assert peak - before < size // 4, f"RSS grew by {(peak - before) / MiB:.1f} MiB"
+
+
+async def read_exactly_and_close(download: Download) -> bytes:
+    """A device that closes its connection the moment it holds Content-Length body bytes."""
+    service = download.service
+    reader, writer = await asyncio.open_connection(
+        service.settings.http_host, service.settings.http_port
+    )
+    try:
+        writer.write(
+            f"GET {URL}?key={download.key} HTTP/1.1\r\nHost: ota\r\n"
+            f"Authorization: {download.headers['Authorization']}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+async def test_a_fully_sent_response_spends_the_key_even_when_the_device_closes_at_once(
+    create_download: CreateDownload,
+) -> None:
+    """Every byte went out: the key is spent, however fast the device hangs up after them."""
+    for _ in range(30):
+        download = await create_download(3 * CHUNK_SIZE + 123)
+        assert await read_exactly_and_close(download) == download.content
+        await wait_for(functools.partial(_released, download), timeout_s=10)
+        assert await download.state() == "spent", await download.covered()
+        assert_error(await download.get(), 401)
+
+
+async def _released(download: Download) -> bool:
+    return await download.state() != "claimed"
+
+
+async def test_a_stalled_transfer_never_shares_its_key_with_a_second_one(
+    create_download: CreateDownload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device that stops reading: once its first claim would have lapsed, a second request
+    with the key may stream only if the server has ended the stalled transfer."""
+    monkeypatch.setattr(download_keys, "CLAIM_LEASE_MS", 1500)
+    download = await create_download(LARGE)
+    stores = download.service.stores
+    async with download.stream() as stalled:
+        assert stalled.status_code == 200
+        chunks = stalled.aiter_raw()
+        await anext(chunks)  # then the device reads nothing more
+        first_lease_end_ms = int(
+            await stores.redis.hget(stores.keys.download_key(download.key), "claim_until") or 0
+        )
+
+        async def first_lease_over() -> bool:
+            return time.time() * 1000 > first_lease_end_ms + 500
+
+        await wait_for(first_lease_over)
+        second = await download.get()
+        if second.status_code != 200:
+            assert_error(second, 409)  # the stalled transfer still holds the key
+            return
+        assert second.content == download.content
+        with pytest.raises(httpx.RemoteProtocolError):  # the stalled transfer was ended
+            async for _ in chunks:
+                pass
