@@ -42,6 +42,7 @@ DOWNLOAD_REJECTIONS = (
     "spent",  # every byte was delivered already
     "wrong_device",  # the key belongs to another device
     "busy",  # another transfer holds the key
+    "exhausted",  # the key sent what one key may ever send (twice the file)
     "file_missing",  # the file was deleted after the command
     "bad_range",  # a Range header outside the file
 )

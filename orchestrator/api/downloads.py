@@ -17,6 +17,7 @@ from orchestrator.api.errors import error_responses
 from orchestrator.api.offload import accel_response, offloading
 from orchestrator.api.ranges import parse_range
 from orchestrator.blobs import BlobStore
+from orchestrator.domain.downloads import delivery_budget_bytes
 from orchestrator.errors import (
     Conflict,
     Forbidden,
@@ -237,13 +238,26 @@ async def download_file(
     # as one of the service's own transfers may run; nginx's report ends it (almost always)
     # sooner, and only a report that never comes (nginx killed) leaves it to lapse.
     lease_ms = TRANSFER_LIMIT_S * 1000 if offloaded else None
-    verdict, claim = await keys.claim(key, device.id, lease_ms=lease_ms)
+    budget = delivery_budget_bytes(stored.size)
+    verdict, claim = await keys.claim(
+        key, device.id, span_bytes=end - first, budget_bytes=budget, lease_ms=lease_ms
+    )
     if verdict is ClaimVerdict.BUSY:
         raise refuse(
             "busy",
             Conflict(
                 "another transfer is using this download key; when it ends, resume with a "
                 "Range header"
+            ),
+        )
+    if verdict is ClaimVerdict.EXHAUSTED:
+        raise refuse(
+            "exhausted",
+            Unauthorized(
+                f"this download key may send at most {budget} bytes in all (twice the "
+                f"{stored.size}-byte file) and this request for {end - first} bytes would go "
+                "past that; resume only from where the transfer broke off (Range: bytes=N-), "
+                "or ask for a new key by sending the download command again"
             ),
         )
     if verdict is ClaimVerdict.WRONG_DEVICE:

@@ -29,6 +29,7 @@ class ClaimVerdict(StrEnum):
     WRONG_DEVICE = "wrong_device"
     SPENT = "spent"
     BUSY = "busy"  # another transfer holds the claim
+    EXHAUSTED = "exhausted"  # the transfer would take the key past what it may ever send
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,12 @@ class DownloadKey:
 
 @dataclass(frozen=True)
 class Claim:
-    """A transfer's hold on a key; `covered` bytes of the file were delivered before."""
+    """A transfer's hold on a key; `covered` bytes of the file were delivered before, and the
+    key's transfers sent `delivered` bytes in all (overlaps included)."""
 
     claim_id: str
     covered: int
+    delivered: int = 0
 
 
 def new_download_key() -> str:
@@ -180,22 +183,38 @@ class DownloadKeyStore:
 
     @translated
     async def claim(
-        self, key: str, device_id: str, *, lease_ms: int | None = None
+        self,
+        key: str,
+        device_id: str,
+        *,
+        span_bytes: int = 0,
+        budget_bytes: int | None = None,
+        lease_ms: int | None = None,
     ) -> tuple[ClaimVerdict, Claim | None]:
-        """Try to take the key for one transfer by `device_id`.
+        """Try to take the key for one transfer by `device_id` of `span_bytes` bytes.
 
+        EXHAUSTED when the key's transfers would then have sent more than `budget_bytes` in
+        all (None: no bound; the download route always gives one).
         The claim lapses after `lease_ms` (default CLAIM_LEASE_MS) unless renewed.
         """
         claim_id = secrets.token_hex(8)
         lease = self.claim_lease_ms if lease_ms is None else lease_ms
-        verdict, covered = await self._claim(
+        verdict, covered, delivered = await self._claim(
             keys=[self._keys.download_key(key), self._keys.download_events()],
-            args=[device_id, claim_id, _now_ms(), lease, EVENTS_MAXLEN],
+            args=[
+                device_id,
+                claim_id,
+                _now_ms(),
+                lease,
+                EVENTS_MAXLEN,
+                span_bytes,
+                -1 if budget_bytes is None else budget_bytes,
+            ],
         )
         result = ClaimVerdict(verdict)
         if result is not ClaimVerdict.OK:
             return result, None
-        return result, Claim(claim_id=claim_id, covered=int(covered))
+        return result, Claim(claim_id=claim_id, covered=int(covered), delivered=int(delivered))
 
     @translated
     async def renew(self, key: str, claim: Claim) -> bool:

@@ -392,3 +392,22 @@ async def test_a_stalled_transfer_never_shares_its_key_with_a_second_one(
         with pytest.raises(httpx.RemoteProtocolError):  # the stalled transfer was ended
             async for _ in chunks:
                 pass
+
+
+async def test_a_key_never_sends_more_than_twice_the_file_whatever_the_ranges(
+    create_download: CreateDownload,
+) -> None:
+    """`Range: bytes=1-` over and over never spends the key; the key's budget ends it."""
+    download = await create_download(100_000)
+    size = len(download.content)
+    served = 0
+    for _ in range(10):
+        response = await download.get(headers={**download.headers, "Range": "bytes=1-"})
+        if response.status_code != 206:
+            assert_error(response, 401)
+            assert "at most 200000 bytes" in response.json()["message"]
+            break
+        served += len(response.content)
+        await download.wait_state("issued")
+    assert 0 < served <= 2 * size
+    assert_error(await download.get(), 401)  # the whole file would go past the budget too
