@@ -44,6 +44,7 @@ DOWNLOAD_REJECTIONS = (
     "busy",  # another transfer holds the key
     "exhausted",  # the key sent what one key may ever send (twice the file)
     "file_missing",  # the file was deleted after the command
+    "file_changed",  # the file's name now holds other bytes than the command announced
     "bad_range",  # a Range header outside the file
 )
 

@@ -227,6 +227,16 @@ async def download_file(
             "file_missing",
             NotFound(f"file {record.file_name!r} is gone; it was deleted after the command"),
         )
+    if stored.size != record.size or (record.sha256 and stored.sha256 != record.sha256):
+        raise refuse(
+            "file_changed",
+            NotFound(
+                f"file {record.file_name!r} now holds other bytes (sha256 {stored.sha256}, "
+                f"{stored.size} bytes) than the command announced (sha256 "
+                f"{record.sha256 or 'unknown'}, {record.size} bytes); this key will never serve "
+                "them: report the command as failed and wait for a new one"
+            ),
+        )
     try:
         byte_range = parse_range(request.headers.get("range"), stored.size)
     except RangeNotSatisfiable:

@@ -166,8 +166,35 @@ async def list_all_files(
     return _items(await context.stores.files.of_type(scope, file_type))
 
 
+async def _refuse_if_in_use(context: AppContext, project_id: str, name: str) -> None:
+    """409 while an active rollout ships the file (or rolls back to it) or a live key may send
+    it: deleting it then would let a new upload under the name change what they announced."""
+    stores = context.stores
+    using: list[str] = []
+    for rollout_id in await stores.rollouts.active_ids():
+        record = await stores.rollouts.get(rollout_id)
+        if record is None or record.project_id != project_id:
+            continue
+        rollback = record.plan.get("rollback") or {}
+        if name in (record.plan.get("firmware", {}).get("file"), rollback.get("file")):
+            using.append(f"{record.id} ({record.name}, {record.state.value})")
+    if using:
+        raise Conflict(
+            f"file {name!r} is used by active rollout(s) {', '.join(using)}; abort them or wait "
+            "until they finish, then delete it"
+        )
+    keys = await stores.download_keys.live_for_file(project_id, name)
+    if keys:
+        raise Conflict(
+            f"file {name!r} has {len(keys)} live download key(s) from commands sent for it; "
+            "wait until they are used or expire (OTA_DOWNLOAD_KEY_TTL), then delete it"
+        )
+
+
 @router.delete(
-    "/v2/projects/{project_id}/files/{name}", name="delete_file", responses=error_responses(404)
+    "/v2/projects/{project_id}/files/{name}",
+    name="delete_file",
+    responses=error_responses(404, 409),
 )
 async def delete_file(
     project_id: str,
@@ -177,6 +204,7 @@ async def delete_file(
 ) -> Done:
     """Delete a file; download keys for it then answer 404."""
     await check_project(context, principal, project_id)
+    await _refuse_if_in_use(context, project_id, name)
     relative = await context.stores.files.delete(project_id, name)
     if relative is None:
         raise NotFound(f"file {name!r} not found in project {project_id}")

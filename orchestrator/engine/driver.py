@@ -63,6 +63,19 @@ def _figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
     }
 
 
+def _changed_since_pinned(record: RolloutRecord, stored: StoredFile) -> str | None:
+    """Why `stored` is not the file the rollout was made with, or None when it is."""
+    pin = record.pins.get(stored.name)
+    if pin is None or pin == (stored.sha256, stored.size):
+        return None
+    sha256, size = pin
+    return (
+        f"the firmware file {stored.name} now holds other bytes (sha256 {stored.sha256}, "
+        f"{stored.size} bytes) than when the rollout was created (sha256 {sha256}, {size} "
+        "bytes); upload the new image under a new name and start a new rollout"
+    )
+
+
 class RolloutDriver:
     """One rollout's loop."""
 
@@ -266,6 +279,10 @@ class RolloutDriver:
                 "again and start a new rollout",
             )
             return
+        changed = _changed_since_pinned(record, stored)
+        if changed is not None:
+            await self._change(record, RolloutAction.HALT, changed)
+            return
         if len(self._publishing) >= PUBLISHING_BATCHES:
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
         sent = await self._store.dispatch(
@@ -277,6 +294,7 @@ class RolloutDriver:
                 project_id=record.project_id,
                 file_name=stored.name,
                 size=stored.size,
+                sha256=stored.sha256,
                 key_ttl_s=self._context.settings.download_key_ttl,
                 command=COMMAND,
             ),
@@ -294,6 +312,7 @@ class RolloutDriver:
                 command_id=item.command_id,
                 rollout_id=self.rollout_id,
                 expires_at_ms=item.key_expires_at_ms,
+                sha256=stored.sha256,
             )
             for item in sent
         ]
@@ -328,6 +347,14 @@ class RolloutDriver:
                 )
                 self._missing_file_logged = True
             return
+        changed = _changed_since_pinned(record, stored)
+        if changed is not None:
+            # Never announce other bytes than the rollout was made with; devices left without
+            # their command time out, and a rollout still sending its new firmware halts.
+            self.log.error("the rollout's firmware file changed; not sent", reason=changed)
+            if not rollback:
+                await self._change(record, RolloutAction.HALT, changed)
+            return
         ttl_s = context.settings.download_key_ttl
         fresh = await stores.download_keys.issue_many(
             sends,
@@ -336,6 +363,7 @@ class RolloutDriver:
             size=stored.size,
             ttl_s=ttl_s,
             rollout_id=self.rollout_id,
+            sha256=stored.sha256,
         )
         context.metrics.download_keys_issued.inc(len(fresh))
         keys = [*fresh, *(reuse or [])]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Pipeline, Redis, fields, load_script, translated
+from orchestrator.store.redis import Pipeline, Redis, fields, load_script, members, translated
 
 DOWNLOAD_KEY_PREFIX = "dk_"
 CLAIM_LEASE_MS = 60_000  # a transfer that stops renewing loses its claim after this
@@ -44,6 +44,7 @@ class DownloadKey:
     command_id: str
     rollout_id: str
     expires_at_ms: int
+    sha256: str = ""  # of the bytes the command announced ("" for keys from before pinning)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class DownloadKeyStore:
         ttl_s: int,
         command_id: str,
         rollout_id: str = "",
+        sha256: str = "",
     ) -> DownloadKey:
         """A new key for one device and one file, dying after `ttl_s` seconds."""
         [record] = await self.issue_many(
@@ -100,6 +102,7 @@ class DownloadKeyStore:
             size=size,
             ttl_s=ttl_s,
             rollout_id=rollout_id,
+            sha256=sha256,
         )
         return record
 
@@ -113,6 +116,7 @@ class DownloadKeyStore:
         size: int,
         ttl_s: int,
         rollout_id: str = "",
+        sha256: str = "",
     ) -> list[DownloadKey]:
         """One key per (device id, command id), written in one round trip."""
         expires_at_ms = _now_ms() + ttl_s * 1000
@@ -126,6 +130,7 @@ class DownloadKeyStore:
                 command_id=command_id,
                 rollout_id=rollout_id,
                 expires_at_ms=expires_at_ms,
+                sha256=sha256,
             )
             for device_id, command_id in device_commands
         ]
@@ -145,6 +150,7 @@ class DownloadKeyStore:
                 "project_id": record.project_id,
                 "file_name": record.file_name,
                 "size": str(record.size),
+                "sha256": record.sha256,
                 "command_id": record.command_id,
                 "rollout_id": record.rollout_id,
                 "expires_at_ms": str(record.expires_at_ms),
@@ -155,6 +161,9 @@ class DownloadKeyStore:
         )
         pipe.pexpireat(hash_key, record.expires_at_ms)
         pipe.sadd(device_keys, record.key)
+        file_keys = self._keys.file_download_keys(record.project_id, record.file_name)
+        pipe.sadd(file_keys, record.key)
+        pipe.expire(file_keys, ttl_s)
         # Every key lives ttl_s, so the newest decides how long the set is needed.
         pipe.expire(device_keys, ttl_s)
 
@@ -173,7 +182,22 @@ class DownloadKeyStore:
             command_id=record.get("command_id", ""),
             rollout_id=record.get("rollout_id", ""),
             expires_at_ms=int(record["expires_at_ms"]),
+            sha256=record.get("sha256", ""),
         )
+
+    @translated
+    async def live_for_file(self, project_id: str, name: str) -> list[str]:
+        """Keys issued for the file by commands that may still send it (not spent or dead)."""
+        keys = sorted(
+            members(await self._redis.smembers(self._keys.file_download_keys(project_id, name)))
+        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(self._keys.download_key(key), "state")
+            states = await pipe.execute()
+        return [
+            key for key, state in zip(keys, states, strict=True) if state not in (None, "spent")
+        ]
 
     @translated
     async def state(self, key: str) -> str | None:

@@ -48,6 +48,10 @@ class RedisKeys:
         """Sorted set (lex) of the project's device ids carrying this tag."""
         return f"{self.prefix}project:{project_id}:tag:{tag}:index"
 
+    def file_download_keys(self, project_id: str, name: str) -> str:
+        """Set of the download keys issued for a file by commands (TTL: the newest key's)."""
+        return f"{self.prefix}file:{project_id}:{name}:dkeys"
+
     def device_download_keys(self, device_id: str) -> str:
         """Set of the download keys issued to a device (revoked when it is deleted)."""
         return f"{self.prefix}device:{device_id}:dkeys"

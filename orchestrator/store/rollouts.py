@@ -70,6 +70,8 @@ class RolloutRecord:
     created_by: str
     wave_done_at_ms: int  # when the current wave's last device became final (0: not yet)
     last_result_ms: int = 0  # when a device last reported a result about it (0: never)
+    # The bytes the rollout announces, pinned at creation: file name -> (sha256, size).
+    pins: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def wave_count(self) -> int:
@@ -110,6 +112,7 @@ class Grant:
     file_name: str
     size: int
     key_ttl_s: int
+    sha256: str = ""  # of the bytes announced; the key serves no others
     command: str = "download_firmware"
 
 
@@ -267,6 +270,10 @@ def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
         created_by=raw.get("created_by", ""),
         wave_done_at_ms=int(raw.get("wave_done_at_ms", "0")),
         last_result_ms=int(raw.get("last_result_ms", "0")),
+        pins={
+            name: (str(pin["sha256"]), int(pin["size"]))
+            for name, pin in json.loads(raw.get("pins") or "{}").items()
+        },
     )
 
 
@@ -297,6 +304,7 @@ class RolloutStore:
         created_at: str,
         created_by: str,
         rollout_id: str | None = None,
+        pins: Mapping[str, tuple[str, int]] | None = None,
     ) -> tuple[str, CreateOutcome]:
         """A new `pending` rollout over `device_ids` (in wave order); its id and the outcome.
 
@@ -319,6 +327,9 @@ class RolloutStore:
             "updated_at": created_at,
             "created_by": created_by,
             "wave_done_at_ms": 0,
+            "pins": json.dumps(
+                {name: {"sha256": sha, "size": size} for name, (sha, size) in (pins or {}).items()}
+            ),
         }
         event = {
             "at": created_at,
@@ -527,6 +538,7 @@ class RolloutStore:
                         "project_id": grant.project_id,
                         "file_name": grant.file_name,
                         "size": grant.size,
+                        "sha256": grant.sha256,
                         "rollout_id": rollout_id,
                     }
                 ),

@@ -78,7 +78,10 @@ Entry = tuple[str, dict[str, str]]  # a stream entry: id, fields
 
 
 async def issue_key(service: Service, device_id: str, name: str, size: int) -> str:
+    stored = await service.stores.files.get(service.project_id, name)
+    assert stored is not None
     key = await service.stores.download_keys.issue(
+        sha256=stored.sha256,
         device_id=device_id,
         project_id=service.project_id,
         file_name=name,
