@@ -409,3 +409,32 @@ policy: {max_failure_rate: 10%, min_devices: 2, max_in_flight: 2}
     assert response.json()["failure_rate"] == 0.0  # the two accepted failures are left out
     done = await wait_state(service, rollout["id"], "completed")
     assert done["counts"] == {**done["counts"], "failed": 2, "succeeded": 6}
+
+
+async def test_a_firmware_file_holding_other_bytes_than_at_creation_halts_the_rollout(
+    service: Service, fleet: Fleet
+) -> None:
+    """The next wave is never announced with bytes other than those the rollout was made with."""
+    await upload_both(service)
+    await fleet.add(4)
+    rollout = await start(
+        service,
+        """
+name: pinned
+firmware: {file: fw_2.1.0.bin, version: 2.1.0}
+waves: [{devices: 1, bake: 2s}, {percent: 100}]
+""",
+    )
+
+    async def canary_done() -> bool:
+        return bool((await view(service, rollout["id"]))["counts"]["succeeded"] == 1)
+
+    await wait_for(canary_done, timeout_s=20)
+    # The file record changes under the rollout during the bake (a delete and a new upload).
+    file_key = service.stores.keys.file(service.project_id, "fw_2.1.0.bin")
+    await service.stores.redis.hset(file_key, mapping={"sha256": "0" * 64, "size": "4000"})
+    halted = await wait_state(service, rollout["id"], "halted", "completed", timeout_s=30)
+    assert halted["state"] == "halted", halted["reason"]
+    assert "now holds other bytes" in halted["reason"]
+    assert halted["counts"]["succeeded"] == 1
+    assert halted["counts"]["pending"] == 3  # the second wave was never sent
