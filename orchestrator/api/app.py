@@ -136,9 +136,10 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    modules = ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES
+    install_error_handlers(app, [route for module in modules for route in module.router.routes])
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    for module in ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES:
+    for module in modules:
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

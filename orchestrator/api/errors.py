@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -10,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from orchestrator.errors import OrchestratorError, RangeNotSatisfiable, Unauthorized
 
@@ -40,17 +43,56 @@ def action_of(request: Request) -> str:
     return name.replace("_", " ") if name else "request"
 
 
+_VERBS = {"GET": "get", "POST": "create", "PUT": "replace", "PATCH": "update", "DELETE": "delete"}
+
+
+def _singular(noun: str) -> str:
+    if noun.endswith("ies"):
+        return noun[:-3] + "y"
+    return noun[:-1] if noun.endswith("s") and not noun.endswith("ss") else noun
+
+
+def method_action(method: str, template: str) -> str:
+    """The action a method on a path template would be ('delete project'), for a 405.
+
+    An item path (`…/devices/{device_id}`) names the item; any other path names its last
+    segment, listed by GET when it is plural and created (singular) by POST.
+    """
+    segments = [segment for segment in template.split("/") if segment]
+    verb = _VERBS.get(method, method.lower())
+    if len(segments) >= 2 and segments[-1].startswith("{"):
+        return f"{verb} {_singular(segments[-2])}"
+    noun = segments[-1] if segments else "root"
+    if method == "GET" and noun.endswith("s"):
+        return f"list {noun}"
+    if method == "POST":
+        return f"create {_singular(noun)}"
+    return f"{verb} {noun}"
+
+
+def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
+    """Every method some route answers on the request's path, sorted (for `Allow`)."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                methods |= route.methods
+    return sorted(methods)
+
+
 def error_response(
     request: Request,
     status: int,
     message: str,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
+    action: str | None = None,
 ) -> JSONResponse:
     """A JSON error response in the house shape."""
     body = ErrorBody(
         status=status,
-        action=action_of(request),
+        action=action or action_of(request),
         message=message,
         errors=[ErrorItem(**item) for item in errors or []],
     )
@@ -70,8 +112,11 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
     return "the request is invalid: " + "; ".join(sentences) + more + "; fix these and retry"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception to the house error body; no traceback ever reaches a caller."""
+def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Map every exception to the house error body; no traceback ever reaches a caller.
+
+    `routes` are the app's routes, from which a 405 learns every method of its path.
+    """
 
     async def orchestrator_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, OrchestratorError)
@@ -93,12 +138,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         message = str(exc.detail)
-        if exc.status_code == 404 and request.scope.get("route") is None:
+        headers = dict(exc.headers) if exc.headers else {}
+        action = None
+        route = request.scope.get("route")
+        if exc.status_code == 404 and route is None:
             message = f"no route {request.method} {request.url.path}; see /docs for the API"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see /docs"
+            # Starlette names only the first route of the path; the path may have several.
+            allow = allowed_methods(routes, request.scope)
+            headers["Allow"] = ", ".join(allow)
+            message = (
+                f"{request.method} is not allowed on {request.url.path}; use "
+                f"{' or '.join(allow)} (see /docs)"
+            )
+            template = getattr(route, "path", None)
+            if isinstance(template, str):
+                action = method_action(request.method, template)
         return error_response(
-            request, exc.status_code, message, headers=dict(exc.headers) if exc.headers else None
+            request, exc.status_code, message, headers=headers or None, action=action
         )
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -130,3 +130,41 @@ async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -
     form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(form["required"]) == {"file", "type"}
     assert {"409", "413"} <= set(upload["responses"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow", "action"),
+    [
+        ("OPTIONS", "/v2/projects", "GET, POST", "options projects"),
+        ("DELETE", "/v2/projects/{pid}", "GET", "delete project"),
+        ("PUT", "/v2/projects/{pid}/devices/d-1", "DELETE, GET, PATCH", "replace device"),
+        ("OPTIONS", "/v2/projects/{pid}/devices", "GET, POST", "options devices"),
+        ("GET", "/v2/projects/{pid}/rollouts/r-1/pause", "POST", "get pause"),
+        ("POST", "/v2/files", "GET", "create file"),
+        ("DELETE", "/healthz", "GET", "delete healthz"),
+    ],
+)
+async def test_a_method_the_path_lacks_is_405_with_allow_and_its_own_action(
+    service: Service, method: str, path: str, allow: str, action: str
+) -> None:
+    """405 lists every method of the path in Allow and names the method+resource asked for."""
+    response = await service.client.request(method, path.format(pid=service.project_id))
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow
+    body = response.json()
+    assert body["action"] == action
+    assert body["status"] == 405
+    assert body["success"] is False
+    assert method in body["message"]
+
+
+async def test_allow_lists_exactly_the_documented_methods_of_every_path(
+    service: Service, openapi: dict[str, Any]
+) -> None:
+    """For every documented path, an undocumented method's 405 carries the documented methods."""
+    for path, item in openapi["paths"].items():
+        url = path.replace("{", "").replace("}", "")
+        documented = sorted(method.upper() for method in item)
+        response = await service.client.request("OPTIONS", url)
+        assert response.status_code == 405, (path, response.text)
+        assert response.headers["allow"] == ", ".join(documented), path
