@@ -26,8 +26,9 @@ from orchestrator.api import (
     rollouts,
 )
 from orchestrator.api.context import AppContext
-from orchestrator.api.errors import install_error_handlers, rewrite_openapi_422
+from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.http_metrics import HttpMetricsMiddleware
+from orchestrator.api.openapi import build_document
 from orchestrator.blobs import BlobStore
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.engine import Engine
@@ -144,15 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            app.openapi_schema = rollouts.document_plan_schema(rewrite_openapi_422(schema))
+            app.openapi_schema = build_document(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

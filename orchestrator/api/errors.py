@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
@@ -29,7 +29,9 @@ class ErrorItem(BaseModel):
 class ErrorBody(BaseModel):
     """The body of every error response."""
 
-    success: bool = False
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    success: Literal[False] = False
     status: int
     action: str
     message: str
@@ -174,39 +176,47 @@ def _error_content() -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 
 
+_DESCRIPTIONS = {
+    400: "Invalid body or parameter; `errors` says where",
+    401: "Missing or unknown credentials",
+    403: "Not allowed: the key lacks the scope or the project, or the device refuses the command",
+    404: "Not found",
+    409: "Conflict with the current state; the message names it",
+    413: "The body is too large",
+    416: "The Range asks for bytes past the end of the file",
+    503: "Redis or the MQTT broker is unreachable; retry later",
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "The scheme to authenticate with",
+            "schema": {"type": "string"},
+        }
+    },
+    416: {
+        "Content-Range": {
+            "description": "`bytes */{size}`: the file's size",
+            "schema": {"type": "string"},
+        }
+    },
+}
+
+# The errors routes share: an API key (401); with a scope (403); in a project the key may use,
+# which must exist (404); and Redis or the broker being away (503).
+KEYED = (401, 503)
+SCOPED = (401, 403, 503)
+IN_PROJECT = (401, 403, 404, 503)
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the given error codes."""
-    descriptions = {
-        400: "Invalid body or parameter",
-        401: "Missing or unknown credentials",
-        403: "Not allowed",
-        404: "Not found",
-        409: "Conflict",
-        413: "Too large",
-        416: "Range not satisfiable",
-        503: "Redis or the MQTT broker is unreachable",
-    }
-    return {
-        code: {"description": descriptions.get(code, "Error"), "content": _error_content()}
-        for code in codes
-    }
-
-
-def rewrite_openapi_422(schema: dict[str, Any]) -> dict[str, Any]:
-    """Document invalid input as 400 with ErrorBody, as the API answers it, not FastAPI's 422."""
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["ErrorBody"] = ErrorBody.model_json_schema(
-        ref_template="#/components/schemas/{model}"
-    )
-    components.update(components["ErrorBody"].pop("$defs", {}))
-    for path in schema.get("paths", {}).values():
-        for operation in path.values():
-            responses = operation.get("responses", {})
-            if "422" in responses:
-                del responses["422"]
-                responses.setdefault(
-                    "400", {"description": "Invalid body or parameter", "content": _error_content()}
-                )
-    for name in ("HTTPValidationError", "ValidationError"):
-        components.pop(name, None)
-    return schema
+    """OpenAPI `responses` entries for the given error codes, each with the ErrorBody schema."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in sorted(set(codes)):
+        entry: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(code, "Error"),
+            "content": _error_content(),
+        }
+        if code in _HEADERS:
+            entry["headers"] = _HEADERS[code]
+        responses[code] = entry
+    return responses

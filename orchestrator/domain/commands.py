@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from orchestrator.domain.devices import WHITESPACE
 from orchestrator.domain.files import FileType
 from orchestrator.errors import InvalidInput
 
@@ -21,6 +22,9 @@ FILE_COMMANDS: dict[str, FileType] = {
 }
 # A command name becomes an MQTT topic level, so no '/', '+', '#' or '$' may appear in it.
 COMMAND_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ALLOWED_PART = rf"[{WHITESPACE}]*(?:[A-Za-z0-9_.-]{{1,64}}[{WHITESPACE}]*)?"
+# What parse_allowed_commands accepts: command names separated by ';', spaces around them.
+ALLOWED_COMMANDS = re.compile(rf"^{_ALLOWED_PART}(?:;{_ALLOWED_PART})*$")
 
 
 def validate_command_name(name: str) -> str:
