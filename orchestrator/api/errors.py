@@ -72,15 +72,13 @@ def method_action(method: str, template: str) -> str:
     return f"{verb} {noun}"
 
 
-def allowed_methods(routes: Sequence[BaseRoute], scope: Scope) -> list[str]:
-    """Every method some route answers on the request's path, sorted (for `Allow`)."""
-    methods: set[str] = set()
-    for route in routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(scope)
-            if match is not Match.NONE:
-                methods |= route.methods
-    return sorted(methods)
+def routes_of_path(routes: Sequence[BaseRoute], scope: Scope) -> list[Route]:
+    """The routes whose path matches the request's, whatever their methods."""
+    return [
+        route
+        for route in routes
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE
+    ]
 
 
 def error_response(
@@ -117,7 +115,8 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
     """Map every exception to the house error body; no traceback ever reaches a caller.
 
-    `routes` are the app's routes, from which a 405 learns every method of its path.
+    `routes` are the API's routes (FastAPI keeps included routers apart from `app.routes`),
+    from which a 405 learns every method of its path.
     """
 
     async def orchestrator_error(request: Request, exc: Exception) -> JSONResponse:
@@ -142,20 +141,20 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
         message = str(exc.detail)
         headers = dict(exc.headers) if exc.headers else {}
         action = None
-        route = request.scope.get("route")
-        if exc.status_code == 404 and route is None:
+        if exc.status_code == 404 and request.scope.get("route") is None:
             message = f"no route {request.method} {request.url.path}; see /docs for the API"
         elif exc.status_code == 405:
-            # Starlette names only the first route of the path; the path may have several.
-            allow = allowed_methods(routes, request.scope)
+            # Starlette names only the first route of the path, which may have several; and
+            # the app's own routes (/openapi.json, /docs) are there beside the API's.
+            matched = routes_of_path([*routes, *request.app.routes], request.scope)
+            allow = sorted({method for each in matched for method in each.methods or ()})
             headers["Allow"] = ", ".join(allow)
             message = (
                 f"{request.method} is not allowed on {request.url.path}; use "
                 f"{' or '.join(allow)} (see /docs)"
             )
-            template = getattr(route, "path", None)
-            if isinstance(template, str):
-                action = method_action(request.method, template)
+            if matched:
+                action = method_action(request.method, matched[0].path)
         return error_response(
             request, exc.status_code, message, headers=headers or None, action=action
         )

@@ -148,6 +148,7 @@ async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -
         ("GET", "/v2/projects/{pid}/rollouts/r-1/pause", "POST", "get pause"),
         ("POST", "/v2/files", "GET", "create file"),
         ("DELETE", "/healthz", "GET", "delete healthz"),
+        ("OPTIONS", "/openapi.json", "GET, HEAD", "options openapi.json"),
     ],
 )
 async def test_a_method_the_path_lacks_is_405_with_allow_and_its_own_action(
