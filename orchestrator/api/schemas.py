@@ -13,6 +13,7 @@ from orchestrator.domain.commands import (
     SEED_COMMANDS,
 )
 from orchestrator.domain.devices import DEFAULT_BRAND, DEFAULT_MODEL, TAG
+from orchestrator.domain.files import FileType
 from orchestrator.domain.hooks import MAX_SECRET
 from orchestrator.domain.notices import Notice
 from orchestrator.domain.plans import FailureType
@@ -141,7 +142,7 @@ class FileOut(Reply):
     size: int
     time: str
     sha256: str
-    type: str
+    type: FileType
 
 
 class FileListItem(Reply):
@@ -150,7 +151,7 @@ class FileListItem(Reply):
     size: int
     time: str
     sha256: str
-    type: str
+    type: FileType
     project_id: str
 
 
