@@ -27,8 +27,9 @@ from orchestrator.api import (
     rollouts,
 )
 from orchestrator.api.context import AppContext
-from orchestrator.api.errors import install_error_handlers, rewrite_openapi_422
+from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.http_metrics import HttpMetricsMiddleware
+from orchestrator.api.openapi import build_document
 from orchestrator.blobs import BlobStore
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.engine import Engine
@@ -147,22 +148,15 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    modules = ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES
+    install_error_handlers(app, [route for module in modules for route in module.router.routes])
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    for module in ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES:
+    for module in modules:
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            app.openapi_schema = rollouts.document_plan_schema(rewrite_openapi_422(schema))
+            app.openapi_schema = build_document(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

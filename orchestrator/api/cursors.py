@@ -17,6 +17,9 @@ MAX_POSITION_DIGITS = 15  # cohort positions: far past any fleet, exact as a JSO
 # Device ids are UUIDs (DeviceStore.create); the device listing pages on them.
 DEVICE_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SHOWN = 40  # characters of a refused cursor quoted in the message
+# What the OpenAPI document says each cursor looks like (empty: the first page).
+POSITION_CURSOR = f"^([0-9]{{1,{MAX_POSITION_DIGITS}}})?$"
+DEVICE_CURSOR = f"^({DEVICE_ID.pattern.strip('^$')})?$"
 
 
 def position_cursor(cursor: str | None) -> int:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import structlog
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Security
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from orchestrator.api.auth import current_device
+from orchestrator.api.auth import DEVICE_TOKEN, current_device
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
 from orchestrator.api.offload import accel_response, offloading
@@ -27,7 +28,12 @@ from orchestrator.errors import (
     Unauthorized,
 )
 from orchestrator.metrics import Metrics
-from orchestrator.store.download_keys import Claim, ClaimVerdict, DownloadKeyStore
+from orchestrator.store.download_keys import (
+    DOWNLOAD_KEY_PREFIX,
+    Claim,
+    ClaimVerdict,
+    DownloadKeyStore,
+)
 from orchestrator.store.files import StoredFile
 
 log = structlog.get_logger(__name__)
@@ -41,6 +47,38 @@ _DEAD_KEY = (
     "ask for a new one by sending the download command again"
 )
 _OTHER_DEVICE = "this download key was issued to another device"
+KEY_PATTERN = f"^{DOWNLOAD_KEY_PREFIX}[A-Za-z0-9_-]{{32}}$"
+
+
+def _file_headers(*extra: str) -> dict[str, Any]:
+    described = {
+        "Content-Disposition": "`attachment; filename={name}`",
+        "Content-Length": "Bytes in this response",
+        "Accept-Ranges": "`bytes`: a broken transfer resumes with Range",
+        "X-Content-SHA256": "The whole file's sha256, hex",
+        "Content-Range": "`bytes {first}-{last}/{size}`",
+    }
+    names = ["Content-Disposition", "Content-Length", "Accept-Ranges", "X-Content-SHA256", *extra]
+    return {
+        name: {"description": described[name], "required": True, "schema": {"type": "string"}}
+        for name in names
+    }
+
+
+_FILE = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+DOWNLOAD = {
+    "parameters": [
+        {
+            "name": "Range",
+            "in": "header",
+            "schema": {"type": "string"},
+            "description": (
+                "`bytes={first}-[{last}]` or `bytes=-{suffix}` to resume (206); a range past "
+                "the end is 416; other forms are ignored"
+            ),
+        }
+    ]
+}
 
 
 class KeyedFileResponse(Response):
@@ -188,15 +226,26 @@ class KeyedFileResponse(Response):
     name="download_file",
     status_code=200,
     response_class=KeyedFileResponse,
+    dependencies=[Security(DEVICE_TOKEN)],
+    openapi_extra=DOWNLOAD,
     responses={
-        200: {"description": "The file", "content": {"application/octet-stream": {}}},
-        206: {"description": "The requested range of the file (resume)"},
-        **error_responses(401, 403, 404, 409, 416, 503),
+        200: {"description": "The file", "content": _FILE, "headers": _file_headers()},
+        206: {
+            "description": "The requested range of the file (resume)",
+            "content": _FILE,
+            "headers": _file_headers("Content-Range"),
+        },
+        **error_responses(400, 401, 403, 404, 409, 416, 503),
     },
 )
 async def download_file(
     request: Request,
-    key: str = Query(description="The download key from the command payload (dk_…)"),
+    key: str = Query(
+        description=(
+            "The download key from the command payload; unknown, expired or spent keys are 401"
+        ),
+        json_schema_extra={"pattern": KEY_PATTERN},
+    ),
     context: AppContext = Depends(get_context),
 ) -> Response:
     """Stream the file bound to `key` to the device the key was issued to.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends, Request
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.schemas import (
     DeployAccepted,
     DeployEnvelope,
@@ -51,13 +52,75 @@ from orchestrator.store.hooks import Delivery, Hook
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
-router = APIRouter(
-    tags=["hooks"], responses=error_responses(400, 401, 403, 404, 503), route_class=JSONRoute
-)
+router = APIRouter(tags=["hooks"], route_class=JSONRoute)
 
 MAX_DELIVERY_BYTES = 1024 * 1024  # GitHub caps its payloads at 25 MB; a release is far less
 MAX_DELIVERY_ID = 200
 CHALLENGE = 'HMAC realm="hooks"'
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "schema": {"type": "string"}, "description": description}
+
+
+DELIVERY = {
+    "parameters": [
+        _header("X-Hub-Signature-256", "GitHub: `sha256=<hex HMAC-SHA256 of the raw body>`"),
+        _header("X-GitHub-Delivery", "GitHub: the delivery id (repeats answer the same)"),
+        _header("X-GitHub-Event", "GitHub: `release` deploys, `ping` is answered 200"),
+        _header("webhook-id", "Standard Webhooks: the delivery id (repeats answer the same)"),
+        _header("webhook-timestamp", "Standard Webhooks: seconds since 1970, within 5 minutes"),
+        _header("webhook-signature", "Standard Webhooks: `v1,<base64 HMAC-SHA256>`"),
+    ],
+    "requestBody": {
+        "required": True,
+        "description": (
+            f"Signed with the hook's secret (401 otherwise), at most {MAX_DELIVERY_BYTES} bytes"
+        ),
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {
+                            "title": "Deploy",
+                            "type": "object",
+                            "required": ["version"],
+                            "properties": {
+                                "version": {"type": "string", "minLength": 1},
+                                "file": {
+                                    "type": "string",
+                                    "description": "Fills ${file}: an uploaded firmware file",
+                                },
+                            },
+                        },
+                        {
+                            "title": "GitHub release event",
+                            "type": "object",
+                            "required": ["release"],
+                            "properties": {
+                                "action": {"type": "string"},
+                                "release": {
+                                    "type": "object",
+                                    "required": ["tag_name"],
+                                    "properties": {
+                                        "tag_name": {"type": "string", "minLength": 1},
+                                        "assets": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {"name": {"type": "string"}},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    ]
+                }
+            }
+        },
+    },
+}
 
 
 def _out(context: AppContext, hook: Hook, *, with_secret: bool = False) -> HookOut:
@@ -83,6 +146,7 @@ async def _hook(context: AppContext, project_id: str, hook_id: str) -> Hook:
     "/v2/projects/{project_id}/hooks",
     name="create_hook",
     status_code=201,
+    responses=error_responses(400, *IN_PROJECT),
 )
 async def create_hook(
     project_id: str,
@@ -111,7 +175,11 @@ async def create_hook(
     )
 
 
-@router.get("/v2/projects/{project_id}/hooks", name="list_hooks")
+@router.get(
+    "/v2/projects/{project_id}/hooks",
+    name="list_hooks",
+    responses=error_responses(*IN_PROJECT),
+)
 async def list_hooks(
     project_id: str,
     context: AppContext = Depends(get_context),
@@ -128,7 +196,11 @@ async def list_hooks(
     )
 
 
-@router.get("/v2/projects/{project_id}/hooks/{hook_id}", name="get_hook")
+@router.get(
+    "/v2/projects/{project_id}/hooks/{hook_id}",
+    name="get_hook",
+    responses=error_responses(*IN_PROJECT),
+)
 async def get_hook(
     project_id: str,
     hook_id: str,
@@ -143,7 +215,11 @@ async def get_hook(
     )
 
 
-@router.delete("/v2/projects/{project_id}/hooks/{hook_id}", name="delete_hook")
+@router.delete(
+    "/v2/projects/{project_id}/hooks/{hook_id}",
+    name="delete_hook",
+    responses=error_responses(*IN_PROJECT),
+)
 async def delete_hook(
     project_id: str,
     hook_id: str,
@@ -158,7 +234,11 @@ async def delete_hook(
     return Done(action="delete hook")
 
 
-@router.get("/v2/projects/{project_id}/hooks/{hook_id}/deliveries", name="list_hook_deliveries")
+@router.get(
+    "/v2/projects/{project_id}/hooks/{hook_id}/deliveries",
+    name="list_hook_deliveries",
+    responses=error_responses(*IN_PROJECT),
+)
 async def list_hook_deliveries(
     project_id: str,
     hook_id: str,
@@ -197,9 +277,10 @@ def _answer(status: int, message: str, data: DeployAccepted) -> JSONResponse:
     name="deliver_hook",
     status_code=202,
     response_model=DeployEnvelope,
+    openapi_extra=DELIVERY,
     responses={
         200: {"model": DeployEnvelope, "description": "Signed, but nothing to deploy (a ping)"},
-        **error_responses(413),
+        **error_responses(400, 401, 404, 413, 503),
     },
 )
 async def deliver_hook(

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.schemas import (
     Done,
     NoticeAttemptOut,
@@ -32,11 +32,7 @@ from orchestrator.store.notifications import Subscription
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
-router = APIRouter(
-    tags=["notifications"],
-    responses=error_responses(400, 401, 403, 404, 503),
-    route_class=JSONRoute,
-)
+router = APIRouter(tags=["notifications"], route_class=JSONRoute)
 
 
 def _out(subscription: Subscription, *, with_secret: bool = False) -> NotificationOut:
@@ -118,7 +114,12 @@ async def _subscription(context: AppContext, project_id: str, sid: str) -> Subsc
     return subscription
 
 
-@router.post("/v2/projects/{project_id}/notifications", name="create_notification", status_code=201)
+@router.post(
+    "/v2/projects/{project_id}/notifications",
+    name="create_notification",
+    status_code=201,
+    responses=error_responses(400, *IN_PROJECT),
+)
 async def create_notification(
     project_id: str,
     body: NotificationCreate,
@@ -147,7 +148,11 @@ async def create_notification(
     )
 
 
-@router.get("/v2/projects/{project_id}/notifications", name="list_notifications")
+@router.get(
+    "/v2/projects/{project_id}/notifications",
+    name="list_notifications",
+    responses=error_responses(*IN_PROJECT),
+)
 async def list_notifications(
     project_id: str,
     context: AppContext = Depends(get_context),
@@ -164,7 +169,11 @@ async def list_notifications(
     )
 
 
-@router.get("/v2/projects/{project_id}/notifications/{subscription_id}", name="get_notification")
+@router.get(
+    "/v2/projects/{project_id}/notifications/{subscription_id}",
+    name="get_notification",
+    responses=error_responses(*IN_PROJECT),
+)
 async def get_notification(
     project_id: str,
     subscription_id: str,
@@ -183,7 +192,9 @@ async def get_notification(
 
 
 @router.delete(
-    "/v2/projects/{project_id}/notifications/{subscription_id}", name="delete_notification"
+    "/v2/projects/{project_id}/notifications/{subscription_id}",
+    name="delete_notification",
+    responses=error_responses(*IN_PROJECT),
 )
 async def delete_notification(
     project_id: str,
@@ -201,6 +212,7 @@ async def delete_notification(
 @router.get(
     "/v2/projects/{project_id}/notifications/{subscription_id}/deliveries",
     name="list_notification_deliveries",
+    responses=error_responses(*IN_PROJECT),
 )
 async def list_notification_deliveries(
     project_id: str,

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.api.rollouts import PLAN_MEDIA_TYPES
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, ExclusionReason
 from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutState
@@ -609,12 +610,16 @@ async def test_read_scope_can_list_but_not_create(service: Service) -> None:
     assert (await service.client.get(rollouts_url(service))).json() == {"rollouts": []}
 
 
-async def test_openapi_documents_the_plan_body_in_both_media_types(service: Service) -> None:
+async def test_openapi_documents_the_plan_body_in_every_media_type_it_takes(
+    service: Service,
+) -> None:
     document = (await service.client.get("/openapi.json")).json()
     operation = document["paths"]["/v2/projects/{project_id}/rollouts"]["post"]
     content = operation["requestBody"]["content"]
     ref = {"$ref": "#/components/schemas/RolloutPlan"}
-    assert content == {"application/yaml": {"schema": ref}, "application/json": {"schema": ref}}
+    media_types = [*PLAN_MEDIA_TYPES, "application/json"]
+    assert content == {media_type: {"schema": ref} for media_type in media_types}
+    assert next(iter(content)) == "application/yaml"
     schemas = document["components"]["schemas"]
     assert {"name", "firmware", "waves", "policy"} <= set(schemas["RolloutPlan"]["properties"])
     assert "bake" in schemas["WaveSpec"]["properties"]
