@@ -262,3 +262,34 @@ async def test_an_unknown_or_deleted_hook_is_404(service: Service, hook: dict[st
     assert (await service.client.get(f"/v2/projects/{service.project_id}/hooks")).json()[
         "data"
     ] == []
+
+
+async def test_a_captured_github_delivery_replayed_with_a_new_id_starts_nothing(
+    service: Service, hook: dict[str, Any]
+) -> None:
+    """GitHub's signature does not cover X-GitHub-Delivery: the signed body is deduplicated."""
+    body = json.dumps({"version": "2.1.0", "file": FIRMWARE}).encode()
+    first = await deliver(service, hook, body, github(hook["secret"], body, delivery="gh-1"))
+    assert first.status_code == 202, first.text
+    replayed = github(hook["secret"], body, delivery="gh-replayed")
+    again = await deliver(service, hook, body, replayed)
+    assert again.status_code == 202, again.text
+    assert again.json()["data"]["duplicate"] is True
+    assert again.json()["data"]["rollout_id"] == first.json()["data"]["rollout_id"]
+    assert len(await queued(service)) == 1
+    listed = await service.client.get(
+        f"/v2/projects/{service.project_id}/hooks/{hook['id']}/deliveries"
+    )
+    assert [d["id"] for d in listed.json()["data"]] == ["gh-1"]
+
+
+async def test_the_same_body_signed_for_another_hook_is_not_a_repeat(
+    service: Service, hook: dict[str, Any]
+) -> None:
+    """The signed-body record is per hook: a second hook deploys the same release too."""
+    other = await create_hook(service, name="second")
+    body = json.dumps({"version": "2.1.0", "file": FIRMWARE}).encode()
+    first = await deliver(service, hook, body, github(hook["secret"], body))
+    second = await deliver(service, other, body, github(other["secret"], body))
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert second.json()["data"]["duplicate"] is False
