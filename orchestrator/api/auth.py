@@ -34,14 +34,16 @@ async def current_principal(
     return principal
 
 
-def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that lets through only keys holding `scope` (or admin)."""
+def require(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that lets through only keys allowed every one of `scopes` (or admin)."""
 
     async def dependency(principal: Principal = Depends(current_principal)) -> Principal:
-        if not principal.allows(scope):
-            raise Forbidden(
-                f"this API key lacks the '{scope}' scope; create a key with --scope {scope}"
-            )
+        missing = principal.missing(scopes)
+        if missing:
+            named = " and ".join(f"'{scope}'" for scope in missing)
+            flags = " ".join(f"--scope {scope}" for scope in scopes)
+            noun = "scope" if len(missing) == 1 else "scopes"
+            raise Forbidden(f"this API key lacks the {named} {noun}; create a key with {flags}")
         return principal
 
     return dependency

@@ -89,9 +89,12 @@ async def create_hook(
     project_id: str,
     body: HookCreate,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_WRITE, Scope.ROLLOUTS_WRITE)),
 ) -> HookEnvelope:
-    """Register a plan template started by signed deliveries; the secret is shown only here."""
+    """Register a plan template started by signed deliveries; the secret is shown only here.
+
+    Needs rollouts:write besides hooks:write: whoever holds the secret starts rollouts.
+    """
     await check_project(context, principal, project_id)
     secret = check_secret(body.secret) if body.secret is not None else new_secret()
     parse_template(body.plan, source="plan")
@@ -116,7 +119,7 @@ async def create_hook(
 async def list_hooks(
     project_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookListEnvelope:
     """The project's hooks (without their secrets)."""
     await check_project(context, principal, project_id)
@@ -134,7 +137,7 @@ async def get_hook(
     project_id: str,
     hook_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookEnvelope:
     """One hook (without its secret)."""
     await check_project(context, principal, project_id)
@@ -164,7 +167,7 @@ async def list_hook_deliveries(
     project_id: str,
     hook_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookDeliveryListEnvelope:
     """The hook's accepted deliveries of the last 24 hours, newest first, with their fate."""
     await check_project(context, principal, project_id)

@@ -123,7 +123,7 @@ async def create_notification(
     project_id: str,
     body: NotificationCreate,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_WRITE)),
 ) -> NotificationEnvelope:
     """Send the project's rollout events to a URL, signed (Standard Webhooks), with retries."""
     await check_project(context, principal, project_id)
@@ -151,7 +151,7 @@ async def create_notification(
 async def list_notifications(
     project_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
 ) -> NotificationListEnvelope:
     """The project's subscriptions (without their secrets)."""
     await check_project(context, principal, project_id)
@@ -169,7 +169,7 @@ async def get_notification(
     project_id: str,
     subscription_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
 ) -> NotificationEnvelope:
     """One subscription (without its secret)."""
     await check_project(context, principal, project_id)
@@ -189,7 +189,7 @@ async def delete_notification(
     project_id: str,
     subscription_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_WRITE)),
 ) -> Done:
     """Stop sending events to this URL; notices still queued are given up."""
     await check_project(context, principal, project_id)
@@ -206,7 +206,7 @@ async def list_notification_deliveries(
     project_id: str,
     subscription_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
 ) -> NoticeListEnvelope:
     """The notices of the last 7 days, newest first, with every attempt and the next one."""
     await check_project(context, principal, project_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.domain.auth import Scope
 from tests.conftest import Service
 
 
@@ -65,3 +66,25 @@ async def test_a_good_url_is_subscribed(service: Service, url: str) -> None:
     response = await service.client.post(notifications_url(service), json={"url": url})
     assert response.status_code == 201, response.text
     assert response.json()["data"]["url"] == url
+
+
+async def test_notification_scopes_read_and_write(service: Service) -> None:
+    """notifications:read lists, notifications:write subscribes; hooks:write still does both."""
+    reader = {"Authorization": f"Bearer {await service.create_key(Scope.NOTIFICATIONS_READ)}"}
+    writer = {"Authorization": f"Bearer {await service.create_key(Scope.NOTIFICATIONS_WRITE)}"}
+    legacy = {"Authorization": f"Bearer {await service.create_key(Scope.HOOKS_WRITE)}"}
+    body = {"url": "https://chat.example.com/hooks/ota"}
+    refused = await service.client.post(notifications_url(service), json=body, headers=reader)
+    assert refused.status_code == 403
+    assert "notifications:write" in refused.json()["message"]
+    for headers in (writer, legacy):
+        made = await service.client.post(notifications_url(service), json=body, headers=headers)
+        assert made.status_code == 201, made.text
+    for headers in (reader, writer, legacy):
+        listed = await service.client.get(notifications_url(service), headers=headers)
+        assert listed.status_code == 200, listed.text
+        assert len(listed.json()["data"]) == 2
+    rollouts = {"Authorization": f"Bearer {await service.create_key(Scope.ROLLOUTS_WRITE)}"}
+    assert (
+        await service.client.get(notifications_url(service), headers=rollouts)
+    ).status_code == 403
