@@ -56,9 +56,8 @@ async def test_a_url_without_http_or_a_host_is_400_naming_it(service: Service, u
     "url",
     [
         "https://chat.example.com/hooks/ota",
-        "http://[::1]:8080/hook",
-        "http://127.0.0.1:9000/x?y=1",
-        "https://user:secret@chat.example.com/hook",
+        "http://93.184.215.14:8080/hook?y=1",
+        "http://[2606:4700:4700::1111]:8080/hook",
         "https://bücher.example/hook",
     ],
 )
@@ -88,3 +87,35 @@ async def test_notification_scopes_read_and_write(service: Service) -> None:
     assert (
         await service.client.get(notifications_url(service), headers=rollouts)
     ).status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:9000/internal/admin", "loopback"),
+        ("http://localhost:9000/internal/admin", "loopback"),
+        ("http://[::1]:8080/hook", "loopback"),
+        ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+        ("http://0.0.0.0:8080/hook", "unspecified"),
+        ("http://[::]/hook", "unspecified"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[fe80::1]/hook", "link-local"),
+        ("http://10.1.2.3/hook", "private"),
+        ("http://172.16.0.1/hook", "private"),
+        ("http://192.168.1.10/hook", "private"),
+        ("http://[fc00::1]/hook", "private"),
+        ("http://100.64.0.1/hook", "carrier-grade NAT"),
+        ("https://user:secret@chat.example.com/hook", "credentials"),
+    ],
+)
+async def test_a_url_to_an_internal_address_or_with_credentials_is_400_naming_it(
+    service: Service, url: str, why: str
+) -> None:
+    """The default is safe: a key holder cannot make the service post inside its network."""
+    response = await service.client.post(notifications_url(service), json={"url": url})
+    assert response.status_code == 400, response.text
+    message = response.json()["message"]
+    assert repr(url) in message
+    assert why in message
+    assert "OTA_NOTIFY_ALLOW_HOSTS" in message
+    assert (await service.client.get(notifications_url(service))).json()["data"] == []
