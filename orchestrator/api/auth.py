@@ -20,7 +20,12 @@ async def current_principal(
     request: Request, context: AppContext = Depends(get_context)
 ) -> Principal:
     """The API key's holder: `Authorization: Bearer QB_…` or the bare key."""
-    header = request.headers.get("authorization", "").strip()
+    return await authenticate(request.headers.get("authorization", ""), context)
+
+
+async def authenticate(header: str, context: AppContext) -> Principal:
+    """The holder of the API key in an Authorization header's value; Unauthorized if none."""
+    header = header.strip()
     if not header:
         raise Unauthorized(
             "missing API key; send 'Authorization: Bearer QB_…' "
