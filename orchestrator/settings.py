@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     download_offload_prefix: str = "/_ota_files/"
     # Shared with nginx: it vouches for the downloads it forwards and signs its delivery reports.
     download_offload_secret: str = ""
+    # when set, GET /metrics wants `Authorization: Bearer <this token>` (401 otherwise)
+    metrics_token: str = ""
     # seconds a finished rollout stays in the rollout gauges after its last change
     metrics_retention: int = Field(default=3600, ge=0)
     # seconds before a failed notification is tried again, doubling each time (to 1 h at most)
