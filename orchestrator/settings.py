@@ -11,6 +11,7 @@ from typing import Literal, get_args
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.domain.destinations import AllowList, parse_allow_list
 from orchestrator.domain.plans import parse_duration
 
 LogFormat = Literal["console", "json"]
@@ -83,11 +84,15 @@ class Settings(BaseSettings):
     download_offload_prefix: str = "/_ota_files/"
     # Shared with nginx: it vouches for the downloads it forwards and signs its delivery reports.
     download_offload_secret: str = ""
+    # when set, GET /metrics wants `Authorization: Bearer <this token>` (401 otherwise)
+    metrics_token: str = ""
     # seconds a finished rollout stays in the rollout gauges after its last change
     metrics_retention: int = Field(default=3600, ge=0)
     # seconds before a failed notification is tried again, doubling each time (to 1 h at most)
     notify_retry: float = Field(default=5.0, gt=0)
     notify_attempts: int = Field(default=12, ge=1)  # then the notification is given up
+    # host names and CIDRs notifications may go to although not public (docs/hooks.md)
+    notify_allow_hosts: str = ""
     # seconds a finished rollout is kept, with its devices' records, before it is deleted;
     # OTA_ROLLOUT_RETENTION also takes 90d, 12h, 1d12h (1h at least) or `forever` (None)
     rollout_retention_s: float | None = Field(
@@ -152,6 +157,12 @@ class Settings(BaseSettings):
             )
         return seconds
 
+    @field_validator("notify_allow_hosts")
+    @classmethod
+    def _notify_allow_hosts(cls, value: str) -> str:
+        parse_allow_list(value)  # its ValueError names the entry and the form
+        return value
+
     @field_validator("download_offload_prefix")
     @classmethod
     def _offload_prefix(cls, value: str) -> str:
@@ -192,6 +203,11 @@ class Settings(BaseSettings):
             self.public_url = f"http://{self.http_host}:{self.http_port}"
         self.public_url = self.public_url.rstrip("/")
         return self
+
+    @property
+    def notify_allow(self) -> AllowList:
+        """The hosts and ranges notifications may go to although they are not public."""
+        return parse_allow_list(self.notify_allow_hosts)
 
     @property
     def files_dir(self) -> Path:

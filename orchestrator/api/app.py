@@ -26,6 +26,7 @@ from orchestrator.api import (
     projects,
     rollouts,
 )
+from orchestrator.api.body_guard import BodyGuard
 from orchestrator.api.context import AppContext
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.http_metrics import HttpMetricsMiddleware
@@ -150,6 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     modules = ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES
     install_error_handlers(app, [route for module in modules for route in module.router.routes])
+    app.add_middleware(BodyGuard)  # inside the metrics: its 401s and 413s are counted
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     for module in modules:
         app.include_router(module.router)

@@ -59,7 +59,12 @@ async def current_principal(
     _documented: None = Security(API_KEY),
 ) -> Principal:
     """The API key's holder: `Authorization: Bearer QB_…` or the bare key."""
-    header = request.headers.get("authorization", "").strip()
+    return await authenticate(request.headers.get("authorization", ""), context)
+
+
+async def authenticate(header: str, context: AppContext) -> Principal:
+    """The holder of the API key in an Authorization header's value; Unauthorized if none."""
+    header = header.strip()
     if not header:
         raise Unauthorized(
             "missing API key; send 'Authorization: Bearer QB_…' "
@@ -73,16 +78,20 @@ async def current_principal(
     return principal
 
 
-def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that lets through only keys holding `scope` (or admin)."""
+def require(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that lets through only keys allowed every one of `scopes` (or admin)."""
 
     async def dependency(
-        principal: Principal = Security(current_principal, scopes=[scope.value]),
+        principal: Principal = Security(
+            current_principal, scopes=[scope.value for scope in scopes]
+        ),
     ) -> Principal:
-        if not principal.allows(scope):
-            raise Forbidden(
-                f"this API key lacks the '{scope}' scope; create a key with --scope {scope}"
-            )
+        missing = principal.missing(scopes)
+        if missing:
+            named = " and ".join(f"'{scope}'" for scope in missing)
+            flags = " ".join(f"--scope {scope}" for scope in scopes)
+            noun = "scope" if len(missing) == 1 else "scopes"
+            raise Forbidden(f"this API key lacks the {named} {noun}; create a key with {flags}")
         return principal
 
     return dependency

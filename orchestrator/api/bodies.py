@@ -30,7 +30,8 @@ class JSONRoute(APIRoute):
     FastAPI reads a JSON body with `Request.json()`, so this route hands it a JSONRequest.
     FastAPI turns any error from that read but a JSONDecodeError into a bare 400 ("There was
     an error parsing the body") raised from the error; the InvalidInput under it, which names
-    the field and the fix, is answered instead. Every router whose routes take a JSON body
+    the field and the fix, is answered instead, and so is a PayloadTooLarge (a body cut off at
+    its limit by api/body_guard.py). Every router whose routes take a JSON body
     uses this class (tests/api/test_bodies.py checks that none is left out).
     """
 
@@ -42,7 +43,7 @@ class JSONRoute(APIRoute):
             try:
                 return await handler(JSONRequest(request.scope, request.receive))
             except HTTPException as exc:
-                if isinstance(exc.__cause__, InvalidInput):
+                if isinstance(exc.__cause__, InvalidInput | PayloadTooLarge):
                     raise exc.__cause__ from None
                 raise
 

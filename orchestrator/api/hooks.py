@@ -36,6 +36,7 @@ from orchestrator.api.schemas import (
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.hooks import (
     Deploy,
+    Scheme,
     SignatureError,
     check_secret,
     deploy_of,
@@ -152,9 +153,12 @@ async def create_hook(
     project_id: str,
     body: HookCreate,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_WRITE, Scope.ROLLOUTS_WRITE)),
 ) -> HookEnvelope:
-    """Register a plan template started by signed deliveries; the secret is shown only here."""
+    """Register a plan template started by signed deliveries; the secret is shown only here.
+
+    Needs rollouts:write besides hooks:write: whoever holds the secret starts rollouts.
+    """
     await check_project(context, principal, project_id)
     secret = check_secret(body.secret) if body.secret is not None else new_secret()
     parse_template(body.plan, source="plan")
@@ -183,7 +187,7 @@ async def create_hook(
 async def list_hooks(
     project_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookListEnvelope:
     """The project's hooks (without their secrets)."""
     await check_project(context, principal, project_id)
@@ -205,7 +209,7 @@ async def get_hook(
     project_id: str,
     hook_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookEnvelope:
     """One hook (without its secret)."""
     await check_project(context, principal, project_id)
@@ -243,7 +247,7 @@ async def list_hook_deliveries(
     project_id: str,
     hook_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookDeliveryListEnvelope:
     """The hook's accepted deliveries of the last 24 hours, newest first, with their fate."""
     await check_project(context, principal, project_id)
@@ -289,7 +293,8 @@ async def deliver_hook(
     """A signed delivery (GitHub or Standard Webhooks) that starts the hook's rollout.
 
     The body is `{"version": ..., "file": ...}` or a GitHub `release` event. A repeat of a
-    delivery id within 24 h answers with the first one's rollout and starts nothing.
+    delivery id (or, signed the GitHub way, of a body) within 24 h answers with the first
+    one's rollout and starts nothing.
     """
     counted = context.metrics.webhook_deliveries
     hook = await context.stores.hooks.get(hook_id)
@@ -301,20 +306,17 @@ async def deliver_hook(
         PayloadTooLarge(f"the delivery is over {MAX_DELIVERY_BYTES} bytes; send the release only"),
     )
     headers = {name.lower(): value for name, value in request.headers.items()}
+    digest = hashlib.sha256(body).hexdigest()
     try:
-        signed = verify(
-            hook.secret,
-            headers,
-            body,
-            now_s=time.time(),
-            body_digest=hashlib.sha256(body).hexdigest(),
-        )
+        signed = verify(hook.secret, headers, body, now_s=time.time(), body_digest=digest)
     except SignatureError as exc:
         counted.labels("unauthorized").inc()
         log.warning("hook delivery refused", hook_id=hook_id, reason=str(exc))
         raise Unauthorized(str(exc), challenge=CHALLENGE) from None
     delivery_id = _delivery_id(signed.delivery_id)
-    known = await context.stores.hooks.known(hook_id, delivery_id)
+    # A Standard Webhooks signature covers its id; a GitHub one does not, so its body counts.
+    body_digest = digest if signed.scheme is Scheme.GITHUB else None
+    known = await context.stores.hooks.known(hook_id, delivery_id, body_digest)
     if known is not None:
         counted.labels("duplicate").inc()
         return _answer(
@@ -351,6 +353,7 @@ async def deliver_hook(
         ),
         plan=plan_text,
         actor=f"hook {hook.name}",
+        body_digest=body_digest,
     )
     counted.labels("accepted" if new else "duplicate").inc()
     log.info(

@@ -227,7 +227,7 @@ def _not_deploy(why: str) -> InvalidInput:
 
 def check_version(version: str) -> str:
     """`version` if it can go into a plan; InvalidInput otherwise."""
-    if not VERSION.match(version):
+    if not VERSION.fullmatch(version):  # `$` in a match() would let "2.0\n" through
         raise InvalidInput(
             f"version {version!r} must be 1 to 64 letters, digits, '.', '_', '+' or '-', "
             "starting with a letter or digit (like 2.1.0 or 2.1.0-rc.1)",

@@ -161,6 +161,10 @@ class RedisKeys:
         """Hash with a 24 h TTL: one delivery (rollout_id, status, reason, scheme, version)."""
         return f"{self.prefix}hook:{hook_id}:delivery:{delivery_id}"
 
+    def hook_body(self, hook_id: str, digest: str) -> str:
+        """String with a 24 h TTL: the rollout id a GitHub-signed body (its sha256 hex) got."""
+        return f"{self.prefix}hook:{hook_id}:body:{digest}"
+
     def hook_deliveries(self, hook_id: str) -> str:
         """Sorted set: the hook's delivery ids scored by receipt time (epoch ms)."""
         return f"{self.prefix}hook:{hook_id}:deliveries"

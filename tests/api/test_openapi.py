@@ -235,7 +235,7 @@ async def test_each_operation_names_its_credentials_and_scope(openapi: dict[str,
         ("POST", "/v2/projects/{project_id}/rollouts/{rollout_id}/pause"): {
             "ApiKey": ["rollouts:write"]
         },
-        ("POST", "/v2/projects/{project_id}/hooks"): {"ApiKey": ["hooks:write"]},
+        ("POST", "/v2/projects/{project_id}/hooks"): {"ApiKey": ["hooks:write", "rollouts:write"]},
         ("GET", "/v2/device/download"): {"DeviceToken": []},
     }
     for key, requirement in expected.items():

@@ -354,3 +354,15 @@ def test_audit_entries_map_to_notices(
     action: str, from_state: str, to_state: str, notice: Notice | None
 ) -> None:
     assert notice_of(action, from_state, to_state) is notice
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"version": "1.0\\n", "file": "fw.bin"}',
+        b'{"action": "published", "release": {"tag_name": "v2.0.0\\n"}}',
+    ],
+)
+def test_a_version_with_a_trailing_newline_is_not_a_deploy(body: bytes) -> None:
+    with pytest.raises(InvalidInput, match="version"):
+        deploy_of(body, None)
