@@ -17,6 +17,7 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
 from orchestrator.domain.plans import Plan, format_duration
+from orchestrator.domain.plans import stored_plan as read_stored_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import RolloutRecord, tally_of
@@ -27,8 +28,8 @@ SCAN_BUDGET = 20_000  # positions one listing request scans at most before it re
 
 
 def stored_plan(record: RolloutRecord) -> Plan:
-    """The rollout's plan, validated again from its stored YAML-named form."""
-    return Plan.model_validate(record.plan, by_alias=True, by_name=False)
+    """The rollout's plan as it was accepted, to show it (a maximum added since is let pass)."""
+    return read_stored_plan(record.plan, as_accepted=True)
 
 
 def state_counts(counters: Mapping[str, int], prefix: str) -> dict[str, int]:

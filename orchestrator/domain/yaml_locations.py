@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ Rule = tuple[Path, str]
 RULE_ERROR = "located_rule"
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
+SHOWN_DIGITS = 30  # a longer whole number is shown by its length
 
 
 def render_path(path: Path) -> str:
@@ -45,8 +47,20 @@ def show_value(value: object) -> str:
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
+    if isinstance(value, int) and abs(value) >= 10**SHOWN_DIGITS:
+        return _long_number(value)
     text = repr(value) if isinstance(value, str | int | float) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _long_number(value: int) -> str:
+    """`a number of 482 digits`: such a number is never worth printing, and past
+    sys.get_int_max_str_digits() Python refuses to."""
+    sign = "a negative" if value < 0 else "a"
+    try:
+        return f"{sign} number of {len(str(abs(value)))} digits"
+    except ValueError:
+        return f"{sign} number of more than {sys.get_int_max_str_digits()} digits"
 
 
 def rule_error(rules: list[Rule]) -> PydanticCustomError:
@@ -298,8 +312,10 @@ class _Builder:
                 value = self.loader.construct_object(node, deep=True)
             except Exception as exc:  # a bad explicit tag: `!!int abc`, `!!binary ~`, `!custom`
                 reason = getattr(exc, "problem", None) or str(exc)
+                if "integer string conversion" in reason:  # Python's limit on decimal digits
+                    reason = "a number of this many digits is more than any value needs"
                 raise YamlSyntaxError(
-                    f"invalid YAML: cannot read {node.value!r} as {node.tag}: {reason}",
+                    f"invalid YAML: cannot read {show_value(node.value)} as {node.tag}: {reason}",
                     _position(node.start_mark),
                 ) from None
             self.built[id(node)] = value
