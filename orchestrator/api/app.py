@@ -35,6 +35,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
+from orchestrator.supervisor import spawn
 from orchestrator.transport.dynsec import DeviceProvisioner, DynsecClient, reconcile_until_done
 from orchestrator.transport.mqtt import CommandTransport
 
@@ -101,15 +102,16 @@ def create_app(settings: Settings) -> FastAPI:
         )
         await transport.start()
         await transport.wait_connected(timeout_s=5.0)
-        reconciling: asyncio.Task[object] | None = None
+        reconciling: asyncio.Task[None] | None = None
         if provisioner is not None:
             await provisioner.start()
             await provisioner.client.wait_ready(timeout_s=5.0)
+
+            async def reconcile() -> None:
+                await reconcile_until_done(provisioner, stores.devices.mqtt_device_ids)
+
             # Devices made before provisioning was on, or while the broker was away.
-            reconciling = asyncio.create_task(
-                reconcile_until_done(provisioner, stores.devices.mqtt_device_ids),
-                name="dynsec-reconcile",
-            )
+            reconciling = spawn(reconcile, name="dynsec-reconcile")
         app.state.reconciling = reconciling
         engine: Engine | None = None
         if settings.role in ("all", "engine"):
