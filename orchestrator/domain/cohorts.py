@@ -68,15 +68,21 @@ class Cohort:
     exclusions: list[Exclusion]
 
 
-def matches(target: TargetSpec, device: DeviceInfo) -> bool:
-    """True when the device meets every criterion of the target (AND)."""
-    if target.tags and not set(target.tags) <= device.tags:
+def matches(target: TargetSpec, device: DeviceInfo, listed: frozenset[str] | None = None) -> bool:
+    """True when the device meets every criterion of the target (AND).
+
+    `listed` is `frozenset(target.devices)`, made once by a caller that checks many devices:
+    looking an id up in the list itself costs the length of the list, every time.
+    """
+    if target.tags and not device.tags.issuperset(target.tags):
         return False
     if target.brand is not None and device.brand != target.brand:
         return False
     if target.model is not None and device.model != target.model:
         return False
-    return not target.devices or device.id in target.devices
+    if listed is None:
+        listed = frozenset(target.devices)
+    return not target.devices or device.id in listed
 
 
 def order_key(rollout_name: str, device_id: str) -> str:
@@ -90,9 +96,10 @@ def select(rollout_name: str, target: TargetSpec, devices: Iterable[DeviceInfo])
     exclusions: list[Exclusion] = []
     seen: set[str] = set()
     excluded = set(target.exclude)
+    listed = frozenset(target.devices)
     for device in devices:
         seen.add(device.id)
-        if not matches(target, device):
+        if not matches(target, device, listed):
             continue
         if device.id in excluded:
             exclusions.append(Exclusion(device.id, ExclusionReason.EXCLUDED_BY_PLAN))
