@@ -31,6 +31,7 @@ from orchestrator.api.http_metrics import HttpMetricsMiddleware
 from orchestrator.blobs import BlobStore
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.engine import Engine
+from orchestrator.engine.plan_reader import PlanReader
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
@@ -92,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
                     client_id=f"{settings.instance_id}-dynsec",
                 )
             )
+        plans = PlanReader()
         app.state.context = AppContext(
             settings=settings,
             stores=stores,
@@ -99,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
             transport=transport,
             metrics=metrics,
             provisioner=provisioner,
+            plans=plans,
         )
         await transport.start()
         await transport.wait_connected(timeout_s=5.0)
@@ -115,7 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.reconciling = reconciling
         engine: Engine | None = None
         if settings.role in ("all", "engine"):
-            engine = Engine(EngineContext(settings, stores, transport, metrics))
+            engine = Engine(EngineContext(settings, stores, transport, metrics, plans=plans))
             await engine.start()
         app.state.engine = engine
         try:
@@ -131,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await provisioner.stop()
             await transport.stop()
             await redis.aclose()
+            plans.close()
 
     app = FastAPI(
         title="OTA rollout orchestrator",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from orchestrator.blobs import BlobStore
+from orchestrator.engine.plan_reader import PlanReader
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
@@ -25,6 +26,8 @@ class AppContext:
     metrics: Metrics
     # Keeps the broker's dynamic security in step with devices (OTA_MQTT_PROVISION=dynsec).
     provisioner: DeviceProvisioner | None = None
+    # Reads plans; a big one in a worker process, so the API keeps answering meanwhile.
+    plans: PlanReader = field(default_factory=PlanReader)
 
 
 def get_context(request: Request) -> AppContext:
