@@ -16,8 +16,7 @@ from orchestrator.api.schemas import (
     WavePreview,
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
-from orchestrator.domain.plans import Plan, format_duration
-from orchestrator.domain.plans import stored_plan as read_stored_plan
+from orchestrator.domain.plans import Plan, format_duration, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import RolloutRecord, tally_of
@@ -28,8 +27,8 @@ SCAN_BUDGET = 20_000  # positions one listing request scans at most before it re
 
 
 def stored_plan(record: RolloutRecord) -> Plan:
-    """The rollout's plan as it was accepted, to show it (a maximum added since is let pass)."""
-    return read_stored_plan(record.plan, as_accepted=True)
+    """The rollout's plan as it was accepted, to show it by (its target left out)."""
+    return shown_plan(record.plan)
 
 
 def state_counts(counters: Mapping[str, int], prefix: str) -> dict[str, int]:

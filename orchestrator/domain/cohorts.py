@@ -19,7 +19,7 @@ from orchestrator.domain.plans import TargetSpec, WaveSpec
 ROLLOUT_COMMAND = "download_firmware"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceInfo:
     """What cohort selection needs to know about a device."""
 
@@ -51,7 +51,7 @@ EXCLUSION_TEXT = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Exclusion:
     """A device left out, and why."""
 

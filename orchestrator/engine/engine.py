@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 from collections.abc import Mapping
 
 import structlog
@@ -63,10 +62,6 @@ class Engine:
                 functools.partial(self.notifier.send_forever, self._stopping), name="notify-send"
             ),
         ]
-        # What exists now (modules, the app, its clients) lives as long as the process: keep it
-        # out of the collector's scans, whose full passes otherwise stall result handling.
-        gc.collect()
-        gc.freeze()
         log.info("engine started", instance_id=self.context.settings.instance_id)
 
     async def stop(self) -> None:

@@ -22,7 +22,7 @@ import structlog
 from orchestrator import __version__
 from orchestrator.domain.hooks import sign_standard
 from orchestrator.domain.notices import Notice, cloudevent_type, notice_of
-from orchestrator.domain.plans import stored_plan
+from orchestrator.domain.plans import shown_plan
 from orchestrator.domain.states import DeviceState
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import OrchestratorError
@@ -42,7 +42,7 @@ ERROR_TEXT = 300  # characters of a failed attempt's error kept
 
 def figures(record: RolloutRecord, counters: Mapping[str, int]) -> dict[str, Any]:
     """The rollout's numbers as a notification carries them."""
-    plan = stored_plan(record.plan, as_accepted=True)
+    plan = shown_plan(record.plan)
     index = min(max(record.wave, 0), len(plan.waves) - 1)
     return {
         "id": record.id,

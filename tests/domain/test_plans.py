@@ -28,6 +28,7 @@ from orchestrator.domain.plans import (
     parse_plan,
     parse_rate,
     plan_json_schema,
+    shown_plan,
     stored_plan,
 )
 from orchestrator.errors import InvalidInput
@@ -363,6 +364,14 @@ def test_a_stored_plan_over_a_maximum_can_still_be_shown_as_it_was_accepted() ->
     assert plan.policy.ack_timeout_s == 1e306
     with pytest.raises(PlanError, match="must be a mapping"):
         stored_plan(["not", "a", "plan"], as_accepted=True)
+
+
+def test_a_plan_shown_leaves_its_target_out_and_takes_it_as_accepted() -> None:
+    data = {**STORED_PLAN, "target": {"devices": [f"d{n}" for n in range(1000)], "tags": ["x"]}}
+    plan = shown_plan(data)
+    assert plan.target == TargetSpec()
+    assert plan.policy.ack_timeout_s == 1e306
+    assert plan.waves == stored_plan(data, as_accepted=True).waves
 
 
 def test_several_problems_are_all_reported_in_text_order() -> None:

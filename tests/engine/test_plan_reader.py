@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from orchestrator.domain.plans import PlanError, parse_plan
 from orchestrator.engine.plan_reader import INLINE_CHARS, PlanReader
 from orchestrator.errors import InvalidInput
+from tests.conftest import wait_for
 
 SMALL = "name: fw-2\nfirmware: {file: fw_2.bin}\nwaves: [{devices: 1}, {percent: 100}]\n"
 
@@ -21,24 +23,23 @@ def big(devices: int = 20_000, tail: str = "") -> str:
     return text
 
 
-@pytest.fixture(scope="module")
-def reader() -> Iterator[PlanReader]:
-    """One worker for the module: it starts on first use (a second or so)."""
+@pytest.fixture
+async def reader() -> AsyncIterator[PlanReader]:
     plans = PlanReader()
     yield plans
-    plans.close()
+    await plans.aclose()
 
 
 async def test_a_small_plan_is_read_at_once_without_a_worker() -> None:
     plans = PlanReader()
     assert await plans.parse(SMALL, "plan") == parse_plan(SMALL, "plan")
-    assert plans._pool is None
+    assert plans._worker is None
 
 
 async def test_a_big_plan_read_by_the_worker_is_the_plan_read_here(reader: PlanReader) -> None:
     text = big()
     plan = await reader.parse(text, "plan")
-    assert reader._pool is not None
+    assert reader._worker is not None
     assert plan == parse_plan(text, "plan")
     assert len(plan.target.devices) == 20_000
 
@@ -62,3 +63,31 @@ async def test_the_worker_reads_hook_templates_and_their_errors_too(reader: Plan
         await reader.parse_template(big(), "plan")  # no ${version}
     assert "never uses ${version}" in caught.value.message
     assert caught.value.errors == [{"loc": "plan", "msg": "no ${version} placeholder"}]
+
+
+async def test_a_worker_that_died_is_replaced_by_the_next_plan(reader: PlanReader) -> None:
+    text = big()
+    await reader.parse(text, "plan")
+    worker = reader._worker
+    assert worker is not None
+    worker.kill()
+    await worker.wait()
+    assert await reader.parse(text, "plan") == parse_plan(text, "plan")
+    assert reader._worker is not worker
+
+
+async def test_a_plan_whose_reader_is_cancelled_leaves_no_answer_for_the_next(
+    reader: PlanReader,
+) -> None:
+    first, second = big(20_000), big(20_001)
+    reading = asyncio.create_task(reader.parse(first, "plan"))
+
+    async def asked() -> bool:  # the worker is up: the request is on its way, or in it
+        return reader._worker is not None
+
+    await wait_for(asked)
+    reading.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    plan = await reader.parse(second, "plan")
+    assert len(plan.target.devices) == 20_001
