@@ -17,7 +17,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from orchestrator.domain.files import FileType
 from orchestrator.domain.states import RolloutState
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.context import EngineContext
@@ -26,20 +25,13 @@ from orchestrator.engine.engine import Engine
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
-from orchestrator.store.files import StoredFile
 from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.transport.mqtt import CommandTransport
 from tests.conftest import wait_for
-from tests.store.test_rollouts import start
+from tests.engine.conftest import PLAN, stored_rollout
+from tests.store.test_rollouts import move, start
 
 WAIT_S = 15.0
-AT = "2030-01-02T03:04:05Z"
-FIRMWARE = "fw_2.1.0.bin"
-PLAN: dict[str, Any] = {
-    "name": "fw-2.1.0",
-    "firmware": {"file": FIRMWARE, "version": "2.1.0"},
-    "waves": [{"percent": 100}],
-}
 # What a plan could hold before durations had a maximum: the driver's int(inf) crashed on it.
 ENDLESS = {**PLAN, "policy": {"ack_timeout": 1e306, "device_timeout": 1e306}}
 
@@ -53,15 +45,6 @@ def mqtt_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
 
 
 @pytest.fixture
-async def transport(mqtt_broker: EmbeddedBroker) -> AsyncIterator[CommandTransport]:
-    commands = CommandTransport(mqtt_broker.url, client_id=f"test-{uuid.uuid4().hex[:8]}")
-    await commands.start()
-    assert await commands.wait_connected(WAIT_S)
-    yield commands
-    await commands.stop()
-
-
-@pytest.fixture
 async def engine(
     settings: Settings, stores: Stores, transport: CommandTransport
 ) -> AsyncIterator[Engine]:
@@ -71,31 +54,8 @@ async def engine(
     await running.stop()
 
 
-async def stored_rollout(stores: Stores, plan: dict[str, Any]) -> str:
-    """A pending rollout of two devices with `plan` as stored, its firmware uploaded."""
-    project_id = f"p-{uuid.uuid4().hex[:8]}"
-    await stores.files.create(
-        StoredFile(
-            project_id=project_id,
-            name=FIRMWARE,
-            type=FileType.FIRMWARE,
-            description="",
-            size=4096,
-            sha256="0" * 64,
-            time=AT,
-            path="unused",
-        )
-    )
-    rollout_id, _ = await stores.rollouts.create(
-        project_id=project_id,
-        name=f"ro-{uuid.uuid4().hex[:8]}",
-        plan=plan,
-        device_ids=[f"dev-{uuid.uuid4().hex[:8]}" for _ in range(2)],
-        reach=[2],
-        created_at=AT,
-        created_by="test",
-    )
-    return rollout_id
+def two_devices() -> list[str]:
+    return [f"dev-{uuid.uuid4().hex[:8]}" for _ in range(2)]
 
 
 async def record_of(stores: Stores, rollout_id: str) -> RolloutRecord:
@@ -123,7 +83,7 @@ async def lease_renewed_twice(stores: Stores, rollout_id: str) -> None:
 async def test_a_rollout_whose_stored_plan_no_longer_validates_is_given_up_once_with_the_reason(
     stores: Stores, engine: Engine, loop_errors: list[dict[str, Any]]
 ) -> None:
-    rollout_id = await stored_rollout(stores, ENDLESS)
+    rollout_id, _ = await stored_rollout(stores, two_devices(), ENDLESS)
     with capture_logs() as logs:
         await wait_for(lambda: _has_gave_up(stores, rollout_id), timeout_s=WAIT_S)
         await lease_renewed_twice(stores, rollout_id)  # still driven, not given up again
@@ -141,17 +101,9 @@ async def test_a_rollout_whose_stored_plan_no_longer_validates_is_given_up_once_
         assert event["reason"] == record.reason
         assert event["details"] == {"state": "pending"}
         # A person aborts it: the engine finishes it like any other (no plan needed for that).
-        _, changed = await stores.rollouts.change_state(
-            rollout_id,
-            allowed_from=[RolloutState.PENDING],
-            to=RolloutState.ABORTED,
-            reason="abort by test",
-            actor="test",
-            action="abort",
-            at=AT,
-            terminal=True,
-        )
-        assert changed
+        assert await move(
+            stores, rollout_id, RolloutState.PENDING, RolloutState.ABORTED, terminal=True
+        ) == ("pending", True)
         await wait_for(lambda: _not_driven(engine, rollout_id), timeout_s=WAIT_S)
     assert len(await gave_up(stores, rollout_id)) == 1
     assert [e for e in logs if e["event"].startswith("background task failed")] == []
@@ -165,7 +117,7 @@ async def test_a_rollout_whose_stored_plan_no_longer_validates_is_given_up_once_
 async def test_a_running_rollout_whose_steps_keep_failing_is_halted_after_a_few_tries(
     stores: Stores, engine: Engine, loop_errors: list[dict[str, Any]]
 ) -> None:
-    rollout_id = await stored_rollout(stores, PLAN)
+    rollout_id, _ = await stored_rollout(stores, two_devices())
     await start(stores, rollout_id)
     # A bug's worth of state: the wave reaches are gone, so every step raises IndexError.
     await stores.redis.hset(stores.keys.rollout(rollout_id), "reach", "[]")
