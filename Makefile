@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo serve test bench lint format typecheck pytest system-deps clean
+.PHONY: demo serve test bench soak lint format typecheck pytest system-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +27,14 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/ota serve
 
-## system-deps: redis-server, mosquitto, prometheus and openssl from the system packages, when missing
+## system-deps: redis-server, mosquitto, prometheus, openssl and nginx from the system packages, when missing
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
@@ -60,6 +61,15 @@ test: system-deps lint typecheck pytest
 ## rates (bench/README.md); BENCH_ARGS=--quick for 1,000 devices
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+## soak: the fault suite FAULT_RUNS times with other seeds (engine kills, broker and Redis
+## restarts, garbage results), then a 100,000-device rollout (Redis per device, service memory,
+## time per wave) and 200 slow downloads of a 50 MB firmware from the service, the service with
+## nginx offload, and nginx alone (bench/README.md); SOAK_ARGS=--devices 10000 for a smaller fleet
+FAULT_RUNS ?= 20
+soak: $(DEV_STAMP) system-deps
+	OTA_FAULT_RUNS=$(FAULT_RUNS) $(BIN)/pytest -q -m faults tests/e2e/test_faults.py
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .ota .mypy_cache .ruff_cache .pytest_cache

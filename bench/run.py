@@ -128,9 +128,9 @@ async def create_devices(stores: Stores, project_id: str, n: int) -> dict[str, s
     return tokens
 
 
-async def upload_firmware(service: Service, project_id: str) -> None:
-    """The 4 KiB firmware file every rollout of the bench ships."""
-    response = await service.client.post(
+async def upload_firmware(client: httpx.AsyncClient, project_id: str) -> None:
+    """The 4 KiB firmware file every rollout of the bench ships (`client`: the admin's)."""
+    response = await client.post(
         f"/v2/projects/{project_id}/files",
         files={"file": (FIRMWARE_FILE, FIRMWARE, "application/octet-stream")},
         data={"type": "firmware", "description": "bench"},
@@ -139,9 +139,9 @@ async def upload_firmware(service: Service, project_id: str) -> None:
         raise RuntimeError(f"firmware upload failed: {response.status_code} {response.text}")
 
 
-async def start_rollout(service: Service, project_id: str, plan: str) -> str:
+async def start_rollout(client: httpx.AsyncClient, project_id: str, plan: str) -> str:
     """POST the plan; the rollout's id once the API has created it (pending)."""
-    response = await service.client.post(
+    response = await client.post(
         f"/v2/projects/{project_id}/rollouts",
         content=plan,
         headers={"Content-Type": "application/yaml"},
@@ -247,7 +247,7 @@ async def run_interleaved(
     """The fleet answers each command at once: dispatch and ingest at the same time."""
     stores = service.stores
     await fleet.call("expect", mode="reply", n=n, download=results.download, tokens=tokens)
-    rollout_id = await start_rollout(service, project_id, plan("bench-at-once", "{}"))
+    rollout_id = await start_rollout(service.client, project_id, plan("bench-at-once", "{}"))
     started = time.time()
     before = await command_stats(stores.redis)  # after creation: the engine only starts it later
     cpu_before = cpu_s()
@@ -290,7 +290,7 @@ async def run_separate(
     """The fleet holds its answers until every command arrived, then publishes them at once."""
     stores = service.stores
     await fleet.call("expect", mode="hold", n=n)
-    rollout_id = await start_rollout(service, project_id, plan("bench-held", "{}"))
+    rollout_id = await start_rollout(service.client, project_id, plan("bench-held", "{}"))
     started = time.time()
     before = await command_stats(stores.redis)
     cpu_before = cpu_s()
@@ -339,7 +339,7 @@ async def run_overshoot(
         f"min_devices: {OVERSHOOT_MIN_DEVICES}, max_in_flight: {OVERSHOOT_MAX_IN_FLIGHT}, "
         "on_failure: halt}"
     )
-    rollout_id = await start_rollout(service, project_id, plan("bench-overshoot", policy))
+    rollout_id = await start_rollout(service.client, project_id, plan("bench-overshoot", policy))
 
     async def stopped() -> bool:
         record = await stores.rollouts.get(rollout_id)
@@ -450,7 +450,7 @@ async def engine_runs(
             try:
                 if number == 1:
                     for project in (main_project, overshoot_project):
-                        await upload_firmware(service, project.id)
+                        await upload_firmware(service.client, project.id)
                 clock = time.time()
                 await run_separate(
                     service,

@@ -105,6 +105,11 @@ class ApiClient:
         device: dict[str, Any] = await self.data("POST", f"{self._project()}/devices", json=fields)
         return device
 
+    async def rotate_device_token(self, device_id: str) -> str:
+        """`POST …/devices/{id}/token`: the device's new token; the old one stops working."""
+        device = await self.data("POST", f"{self._project()}/devices/{device_id}/token")
+        return str(device["metadata"]["device_token"])
+
     async def devices(self, *, tag: str = "") -> AsyncIterator[dict[str, Any]]:
         """Every device of the project (optionally with `tag`), page after page."""
         cursor = ""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from faststream.mqtt.utils import parse_mqtt_url
 from rich.console import Console
 from rich.table import Table
 
@@ -26,12 +27,13 @@ from orchestrator.domain.auth import Scope
 from orchestrator.domain.plans import Plan, parse_plan
 from orchestrator.embedded import free_port
 from orchestrator.errors import OrchestratorError
-from orchestrator.service import embedded_servers, run_on_service_loop, serving
+from orchestrator.service import broker_note, embedded_servers, run_on_service_loop, serving
 from orchestrator.settings import Settings
 from orchestrator.simulator.behaviour import Behaviour
 from orchestrator.simulator.fleet import Fleet
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
+from orchestrator.transport.clients import without_credentials
 
 FIRMWARE_BYTES = 256 * 1024  # size of each generated firmware image
 REPO_PLAN = Path(__file__).resolve().parents[1] / "rollouts" / "demo.yaml"
@@ -117,15 +119,16 @@ async def _demo(
         latency_s=(0.05, 0.4),
         seed=1,
     )
-    host, port = settings.mqtt_url.removeprefix("mqtt://").rsplit(":", 1)
+    broker = parse_mqtt_url(settings.mqtt_url)
     async with serving(settings), ApiClient(settings.public_url, key, project_id) as api:
         console.print(
             f"service on {settings.public_url}  (Redis {settings.redis_url}, "
-            f"MQTT {settings.mqtt_url})",
+            f"MQTT {without_credentials(settings.mqtt_url)}: "
+            f"{broker_note(settings, embedded=True)})",
             style="dim",
         )
         await _upload_firmware(api, plan, settings.data_dir)
-        fleet = Fleet(api, host, int(port), behaviour, mqtt_version=settings.mqtt_version)
+        fleet = Fleet(api, broker.host, broker.port, behaviour, mqtt_version=settings.mqtt_version)
         async with fleet:
             console.print(f"registering and connecting {devices} simulated devices…", style="dim")
             await fleet.start(devices)

@@ -42,7 +42,9 @@ DOWNLOAD_REJECTIONS = (
     "spent",  # every byte was delivered already
     "wrong_device",  # the key belongs to another device
     "busy",  # another transfer holds the key
+    "exhausted",  # the key sent what one key may ever send (twice the file)
     "file_missing",  # the file was deleted after the command
+    "file_changed",  # the file's name now holds other bytes than the command announced
     "bad_range",  # a Range header outside the file
 )
 
@@ -156,8 +158,15 @@ class Metrics:
             ["command", "status"],
             registry=registry,
         )
+        self.commands_resent = Counter(
+            "ota_commands_resent_total",
+            "Commands sent again, same command id, to devices silent too long",
+            ["command"],
+            registry=registry,
+        )
         # The rollout command's series exist from the start, so rate() sees its first batch.
         self.commands_sent.labels(ROLLOUT_COMMAND)
+        self.commands_resent.labels(ROLLOUT_COMMAND)
         for status in RESULT_EVENTS:
             self.command_results.labels(ROLLOUT_COMMAND, status)
         self.result_latency = Histogram(

@@ -11,14 +11,21 @@ import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 import uvicorn
 
 from orchestrator.api import create_app
-from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
-from orchestrator.settings import Settings
+from orchestrator.embedded import (
+    EmbeddedBroker,
+    EmbeddedRedis,
+    embedded_dynsec_missing,
+    free_port,
+)
+from orchestrator.settings import MqttProvision, Settings
+from orchestrator.transport.clients import without_credentials
+from orchestrator.transport.exposure import ANONYMOUS_RISK
 
 log = structlog.get_logger(__name__)
 
@@ -50,18 +57,57 @@ def embedded_redis(settings: Settings) -> Iterator[Settings]:
         yield settings.model_copy(update={"redis_url": redis.url})
 
 
+def embedded_broker_security(asked: MqttProvision) -> tuple[Literal["dynsec", "none"], str]:
+    """What the embedded broker runs for OTA_MQTT_PROVISION=`asked`, and why it is open if it is.
+
+    Dynamic security (every device logs in as itself) unless it was turned off with `none` or
+    cannot run here (no Mosquitto, or no plugin); then the second value says why anyone may
+    connect. An explicit `dynsec` that cannot run fails in EmbeddedBroker with the fix.
+    """
+    if asked == "dynsec":
+        return "dynsec", ""
+    if asked == "none":
+        return "none", "OTA_MQTT_PROVISION=none turned device accounts off"
+    missing = embedded_dynsec_missing()
+    return ("none", missing) if missing else ("dynsec", "")
+
+
 @contextlib.contextmanager
 def embedded_servers(settings: Settings) -> Iterator[Settings]:
-    """`settings` with every empty URL filled in by an embedded server, stopped on exit."""
+    """`settings` with every empty URL filled in by an embedded server, stopped on exit.
+
+    The embedded broker's security is settled here: the settings it yields carry
+    `mqtt_provision` `dynsec` (devices log in as themselves) or `none` (anyone may connect).
+    """
     with embedded_redis(settings) as resolved:
         if resolved.mqtt_url:
             yield resolved
             return
-        dynsec = resolved.mqtt_provision == "dynsec"
-        with EmbeddedBroker(resolved.broker_data_dir, dynsec=dynsec).start() as broker:
-            log.info("embedded mqtt broker started", kind=broker.kind, url=broker.url)
+        provision, open_because = embedded_broker_security(resolved.mqtt_provision)
+        broker = EmbeddedBroker(resolved.broker_data_dir, dynsec=provision == "dynsec")
+        with broker.start():
+            url = without_credentials(broker.url)
+            if open_because:
+                log.warning(
+                    f"the embedded MQTT broker accepts anonymous clients ({open_because}): "
+                    f"{ANONYMOUS_RISK}. For per-device logins install Mosquitto (Debian's "
+                    "mosquitto package, with its dynamic-security plugin) and leave "
+                    "OTA_MQTT_PROVISION unset",
+                    kind=broker.kind,
+                    url=url,
+                )
+            else:
+                log.info(
+                    "embedded mqtt broker started; devices log in with their id and token",
+                    kind=broker.kind,
+                    url=url,
+                )
             yield resolved.model_copy(
-                update={"mqtt_url": broker.url, "mqtt_version": broker.mqtt_version}
+                update={
+                    "mqtt_url": broker.url,
+                    "mqtt_version": broker.mqtt_version,
+                    "mqtt_provision": provision,
+                }
             )
 
 
@@ -112,7 +158,9 @@ def run(settings: Settings) -> None:
         if not settings.redis_url:
             asyncio.run(bootstrap(resolved))
         app = create_app(resolved)
-        print_banner(resolved, embedded_redis=not settings.redis_url)
+        print_banner(
+            resolved, embedded_redis=not settings.redis_url, embedded_broker=not settings.mqtt_url
+        )
         config = uvicorn.Config(
             app,
             host=resolved.http_host,
@@ -165,19 +213,30 @@ async def serving(settings: Settings, *, start_timeout_s: float = 30.0) -> Async
         await asyncio.wait_for(task, 60)
 
 
-def print_banner(settings: Settings, *, embedded_redis: bool) -> None:
+def broker_note(settings: Settings, *, embedded: bool) -> str:
+    """How devices log in to the broker, for the banner and the demo (empty for your own)."""
+    if not embedded:
+        return ""
+    if settings.mqtt_provision == "dynsec":
+        return "devices log in with user name and client id = device id, password = device token"
+    return f"ACCEPTS ANONYMOUS CLIENTS: {ANONYMOUS_RISK}"
+
+
+def print_banner(settings: Settings, *, embedded_redis: bool, embedded_broker: bool) -> None:
     """Tell the person at the terminal where things are and how to start."""
+    mqtt_url = without_credentials(settings.mqtt_url)
+    note = broker_note(settings, embedded=embedded_broker)
     lines = [
         f"OTA orchestrator on {settings.public_url}  (API docs: {settings.public_url}/docs)",
         f"  Redis: {settings.redis_url}{'  (embedded)' if embedded_redis else ''}",
-        f"  MQTT:  {settings.mqtt_url}",
+        f"  MQTT:  {mqtt_url}{f'  (embedded; {note})' if note else ''}",
     ]
     credentials = settings.data_dir / "credentials.env"
     if embedded_redis and credentials.exists():
         lines += [
             f"  An admin key and a project are in {credentials}; in another terminal:",
             f"    source {credentials}",
-            f"    ota simulate --devices 100 --mqtt-url {settings.mqtt_url}"
+            f"    ota simulate --devices 100 --mqtt-url {mqtt_url}"
             f"{' --mqtt-version 3.1.1' if settings.mqtt_version == '3.1.1' else ''}"
             "   # a simulated fleet",
             "    ota plan rollouts/canary.yaml   # then ota apply PLAN --watch",

@@ -6,16 +6,47 @@ import re
 import socket
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.domain.destinations import AllowList, parse_allow_list
+from orchestrator.domain.plans import parse_duration
+
 LogFormat = Literal["console", "json"]
+MIN_OFFLOAD_SECRET = 32  # characters of OTA_DOWNLOAD_OFFLOAD_SECRET, at least
+_OFFLOAD_PREFIX = re.compile(r"/(?:[A-Za-z0-9._-]+/)+")
+# Who keeps the broker's accounts (docs/broker-security.md):
+#   ""     (default) the embedded broker runs Mosquitto's dynamic security, every device logging
+#          in as itself; an external broker is left as its operator set it up;
+#   dynsec the service keeps Mosquitto's dynamic security in step with the devices, on the
+#          embedded broker or an external one;
+#   none   no device accounts: the embedded broker lets in anyone, anonymous clients included.
+MqttProvision = Literal["", "dynsec", "none"]
+
+DAY_S = 86_400
+_DAYS = re.compile(r"(\d+(?:\.\d+)?)d(.*)")
+KEEP_FOREVER = "forever"
+MIN_RETENTION_S = 3600  # a finished rollout outlives whatever may still write about it
 
 
 def _default_log_format() -> LogFormat:
     return "console" if sys.stderr.isatty() else "json"
+
+
+def parse_retention(value: object) -> float | None:
+    """Seconds in a retention: a plan duration, optionally led by days (`90d`, `1d12h`), or a
+    number of seconds; None for `forever`. ValueError, naming the forms, for anything else."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == KEEP_FOREVER:
+            return None
+        days = _DAYS.fullmatch(text)
+        if days:
+            rest = days.group(2)
+            return float(days.group(1)) * DAY_S + (parse_duration(rest) if rest else 0.0)
+    return parse_duration(value)
 
 
 def _default_instance_id() -> str:
@@ -27,7 +58,9 @@ def _default_instance_id() -> str:
 class Settings(BaseSettings):
     """Everything the service reads from its environment; empty URLs mean embedded servers."""
 
-    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+    # validate_by_name: a field read from a differently named variable (rollout_retention_s
+    # from OTA_ROLLOUT_RETENTION) can still be given by its name, as tests do.
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore", validate_by_name=True)
 
     redis_url: str = ""
     redis_prefix: str = Field(
@@ -45,13 +78,26 @@ class Settings(BaseSettings):
     max_file_size: int = Field(default=268_435_456, gt=0)  # bytes
     instance_id: str = Field(default_factory=_default_instance_id)
     role: Literal["all", "api", "engine"] = "all"  # engine = the rollout engine runs here
-    mqtt_provision: Literal["", "dynsec"] = ""
+    mqtt_provision: MqttProvision = ""
     download_offload: Literal["", "x-accel"] = ""
+    # The nginx location (internal) that serves OTA_DATA_DIR/files; X-Accel-Redirect points there.
+    download_offload_prefix: str = "/_ota_files/"
+    # Shared with nginx: it vouches for the downloads it forwards and signs its delivery reports.
+    download_offload_secret: str = ""
+    # when set, GET /metrics wants `Authorization: Bearer <this token>` (401 otherwise)
+    metrics_token: str = ""
     # seconds a finished rollout stays in the rollout gauges after its last change
     metrics_retention: int = Field(default=3600, ge=0)
     # seconds before a failed notification is tried again, doubling each time (to 1 h at most)
     notify_retry: float = Field(default=5.0, gt=0)
     notify_attempts: int = Field(default=12, ge=1)  # then the notification is given up
+    # host names and CIDRs notifications may go to although not public (docs/hooks.md)
+    notify_allow_hosts: str = ""
+    # seconds a finished rollout is kept, with its devices' records, before it is deleted;
+    # OTA_ROLLOUT_RETENTION also takes 90d, 12h, 1d12h (1h at least) or `forever` (None)
+    rollout_retention_s: float | None = Field(
+        default=90 * DAY_S, validation_alias="ota_rollout_retention"
+    )
 
     @field_validator("redis_url")
     @classmethod
@@ -74,15 +120,70 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("download_offload")
+    @field_validator("mqtt_provision", mode="before")
     @classmethod
-    def _offload_not_built(cls, value: str) -> str:
-        if value:
+    def _provision(cls, value: object) -> object:
+        if value not in get_args(MqttProvision):
             raise ValueError(
-                f"OTA_DOWNLOAD_OFFLOAD={value} is not available yet: the service streams every "
-                "download itself (with Range and the one-delivery key); leave it empty"
+                "OTA_MQTT_PROVISION must be empty (per-device accounts on the embedded broker), "
+                "dynsec (keep Mosquitto's dynamic security in step with the devices) or none (no "
+                f"device accounts: the embedded broker accepts anonymous clients), got {value!r}"
             )
         return value
+
+    @field_validator("rollout_retention_s", mode="before")
+    @classmethod
+    def _retention(cls, value: object) -> float | None:
+        if value is None:
+            return None
+        try:
+            seconds = parse_retention(value)
+        except ValueError:
+            raise ValueError(
+                f"OTA_ROLLOUT_RETENTION must be a number of seconds, a duration such as 90d, "
+                f"12h or 1d12h, or {KEEP_FOREVER} to keep every finished rollout, got {value!r}"
+            ) from None
+        if seconds == 0:
+            raise ValueError(
+                f"OTA_ROLLOUT_RETENTION must be longer than 0s, got {value!r}: 0 would not say "
+                f"whether finished rollouts go at once or never; write {KEEP_FOREVER} to keep "
+                "them, or a duration such as 1h to delete them soon"
+            )
+        if seconds is not None and seconds < MIN_RETENTION_S:
+            raise ValueError(
+                f"OTA_ROLLOUT_RETENTION must be at least 1h, got {value!r}: an engine step under "
+                "way and late device results may still touch a rollout just after it finishes; "
+                f"write 1h or more, or {KEEP_FOREVER}"
+            )
+        return seconds
+
+    @field_validator("notify_allow_hosts")
+    @classmethod
+    def _notify_allow_hosts(cls, value: str) -> str:
+        parse_allow_list(value)  # its ValueError names the entry and the form
+        return value
+
+    @field_validator("download_offload_prefix")
+    @classmethod
+    def _offload_prefix(cls, value: str) -> str:
+        if not _OFFLOAD_PREFIX.fullmatch(value):
+            raise ValueError(
+                f"OTA_DOWNLOAD_OFFLOAD_PREFIX must be a URI path that starts and ends with '/' "
+                f"(letters, digits, '.', '_', '-', '/'), got {value!r}; it names the internal "
+                "nginx location of deploy/nginx/ota-offload.conf.template, e.g. /_ota_files/"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _offload_secret(self) -> Settings:
+        if self.download_offload and len(self.download_offload_secret) < MIN_OFFLOAD_SECRET:
+            raise ValueError(
+                f"OTA_DOWNLOAD_OFFLOAD={self.download_offload} needs OTA_DOWNLOAD_OFFLOAD_SECRET "
+                f"of at least {MIN_OFFLOAD_SECRET} characters (got "
+                f"{len(self.download_offload_secret)}), the same one nginx sends: "
+                "make one with `openssl rand -hex 32`"
+            )
+        return self
 
     @model_validator(mode="after")
     def _cluster_prefix(self) -> Settings:
@@ -102,6 +203,11 @@ class Settings(BaseSettings):
             self.public_url = f"http://{self.http_host}:{self.http_port}"
         self.public_url = self.public_url.rstrip("/")
         return self
+
+    @property
+    def notify_allow(self) -> AllowList:
+        """The hosts and ranges notifications may go to although they are not public."""
+        return parse_allow_list(self.notify_allow_hosts)
 
     @property
     def files_dir(self) -> Path:

@@ -13,3 +13,14 @@ def utc_now() -> datetime:
 def isoformat_z(moment: datetime) -> str:
     """`moment` as ISO 8601 in UTC to the second, with a `Z` suffix."""
     return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def epoch_ms(text: str) -> int | None:
+    """Epoch milliseconds of an ISO 8601 time (naive means UTC); None when it is not one."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)

@@ -20,10 +20,19 @@ import pytest
 import uvicorn
 
 from orchestrator.domain.auth import Scope
-from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from orchestrator.domain.devices import DeviceSource
+from orchestrator.embedded import (
+    EmbeddedBroker,
+    EmbeddedNginx,
+    EmbeddedRedis,
+    free_port,
+    nginx_binary,
+    render_template,
+)
 from orchestrator.service import start_serving
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
+from orchestrator.store.devices import Device
 from orchestrator.store.redis import connect
 
 
@@ -68,6 +77,15 @@ async def stores(settings: Settings) -> AsyncIterator[Stores]:
     redis = connect(settings.redis_url)
     yield Stores.build(redis, settings.redis_prefix)
     await redis.aclose()
+
+
+@pytest.fixture
+async def clean(stores: Stores) -> AsyncIterator[Stores]:
+    """The stores; every key under the test's prefix is deleted afterwards."""
+    yield stores
+    stale = [key async for key in stores.redis.scan_iter(match=f"{stores.keys.prefix}*")]
+    if stale:
+        await stores.redis.delete(*stale)
 
 
 @dataclass
@@ -129,6 +147,49 @@ async def service(settings: Settings, stores: Stores) -> AsyncIterator[Service]:
         )
     server.should_exit = True
     await asyncio.wait_for(task, 30)
+
+
+OFFLOAD_TEMPLATE = Path(__file__).parents[1] / "deploy" / "nginx" / "ota-offload.conf.template"
+
+
+def offload_site(settings: Settings) -> str:
+    """deploy/nginx's offload config for the service of `settings` (`${LISTEN}` left to fill)."""
+    return render_template(
+        OFFLOAD_TEMPLATE.read_text(),
+        {
+            "API_UPSTREAM": f"{settings.http_host}:{settings.http_port}",
+            "FILES_DIR": str(settings.files_dir.resolve()),
+            "OTA_DOWNLOAD_OFFLOAD_PREFIX": settings.download_offload_prefix,
+            "OTA_DOWNLOAD_OFFLOAD_SECRET": settings.download_offload_secret,
+            "LISTEN": "${LISTEN}",  # EmbeddedNginx fills in the free port it picks
+        },
+    )
+
+
+@pytest.fixture
+def nginx(service: Service, tmp_path: Path) -> Iterator[EmbeddedNginx]:
+    """A real nginx from the machine on a free port in front of `service`, running the shipped
+    offload config (deploy/nginx/ota-offload.conf.template), as the current user, no daemon."""
+    assert nginx_binary(), (
+        "nginx is not installed; `make test` installs it from the system packages"
+    )
+    with EmbeddedNginx(tmp_path / "nginx", offload_site(service.settings)).start() as server:
+        yield server
+
+
+async def stored_device(
+    stores: Stores, project_id: str, name: str, source: DeviceSource = DeviceSource.MQTT
+) -> tuple[Device, str]:
+    """A device and its token written straight to Redis, bypassing the API (and the broker)."""
+    return await stores.devices.create(
+        project_id,
+        name=name,
+        description="",
+        source=source,
+        brand="Custom",
+        model="Custom",
+        tags=[],
+    )
 
 
 async def wait_for(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.api.ranges import parse_range
+from orchestrator.api.ranges import delivered_span, parse_range
 from orchestrator.errors import RangeNotSatisfiable
 
 SIZE = 100
@@ -69,3 +69,38 @@ def test_any_range_of_an_empty_file_is_not_satisfiable() -> None:
     for header in ("bytes=0-", "bytes=-5"):
         with pytest.raises(RangeNotSatisfiable):
             parse_range(header, 0)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=" + "1" * 5000 + "-",  # int() refuses over 4,300 digits
+        "bytes=0-" + "9" * 5000,
+        "bytes=-" + "9" * 5000,
+        "bytes=" + "0" * 40 + "5-9",  # more digits than any file size has
+        "bytes=\u0663-",  # an Arabic-Indic 3: \d and int() take it, HTTP does not
+    ],
+)
+def test_ranges_with_numbers_no_file_has_are_ignored_not_an_error(header: str) -> None:
+    assert parse_range(header, SIZE) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "content_range", "body_bytes", "expected"),
+    [
+        (200, "", 100, (0, 100)),  # the whole file
+        (200, "", 40, (0, 40)),  # broken off after 40 bytes
+        (206, "bytes 30-99/100", 70, (30, 100)),  # a resume, complete
+        (206, "bytes 30-99/100", 10, (30, 40)),  # a resume, broken off
+        (206, "bytes 30-49/100", 500, (30, 50)),  # never past the range's end
+        (206, "", 70, (0, 0)),  # a 206 without a range carried nothing we can place
+        (206, "bytes */100", 70, (0, 0)),
+        (416, "bytes */100", 197, (0, 0)),  # nginx's own error page is not the file
+        (502, "", 150, (0, 0)),
+        (200, "", 0, (0, 0)),
+    ],
+)
+def test_delivered_span_is_what_the_proxy_sent_of_the_file(
+    status: int, content_range: str, body_bytes: int, expected: tuple[int, int]
+) -> None:
+    assert delivered_span(status, content_range, body_bytes) == expected

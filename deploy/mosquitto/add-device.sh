@@ -1,6 +1,7 @@
 #!/bin/sh
-# Gives one device its broker account: user name = device id, password = device token, and a
-# role of its own that may receive its commands and publish their results.
+# Gives one device its broker account: user name = device id, password = device token, the
+# login tied to client id = device id, and a role of its own that may receive its commands,
+# publish their results, and publish and read its data topic (the device id).
 #   MQTT_SERVICE_PASSWORD=… deploy/mosquitto/add-device.sh DEVICE_ID DEVICE_TOKEN
 # MQTT_HOST (default localhost) and MQTT_PORT (default 1883) say where the broker is.
 # Until the service keeps the broker in step itself (OTA_MQTT_PROVISION=dynsec), run this for
@@ -41,6 +42,11 @@ ctrl createRole "$role"
 ctrl addRoleACL "$role" subscribePattern "$device/control/#" allow
 ctrl addRoleACL "$role" publishClientReceive "$device/control/#" allow
 ctrl addRoleACL "$role" publishClientSend "$device/control/+/result" allow
+ctrl addRoleACL "$role" subscribePattern "$device" allow
+ctrl addRoleACL "$role" publishClientReceive "$device" allow
+ctrl addRoleACL "$role" publishClientSend "$device" allow
+# Refused under any other client id: no device takes over another's session or the engine's.
+ctrl setClientId "$device" "$device"
 ctrl getClient "$device"
 case $out in
     *"$role "*) ;; # has it already (adding it twice is an "Internal error")

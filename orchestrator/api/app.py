@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,12 +24,15 @@ from orchestrator.api import (
     hooks,
     metrics_route,
     notifications,
+    offload,
     projects,
     rollouts,
 )
+from orchestrator.api.body_guard import BodyGuard
 from orchestrator.api.context import AppContext
-from orchestrator.api.errors import install_error_handlers, rewrite_openapi_422
+from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.http_metrics import HttpMetricsMiddleware
+from orchestrator.api.openapi import build_document
 from orchestrator.blobs import BlobStore
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.engine import Engine
@@ -39,6 +43,7 @@ from orchestrator.store import Stores
 from orchestrator.store.redis import connect
 from orchestrator.supervisor import spawn
 from orchestrator.transport.dynsec import DeviceProvisioner, DynsecClient, reconcile_until_done
+from orchestrator.transport.exposure import BrokerExposure, probe_until_answered
 from orchestrator.transport.mqtt import CommandTransport
 
 log = structlog.get_logger(__name__)
@@ -52,6 +57,7 @@ ROUTE_MODULES = (
     hooks,
     notifications,
     downloads,
+    offload,
     health,
     metrics_route,
 )
@@ -85,6 +91,7 @@ def create_app(settings: Settings) -> FastAPI:
             client_id=f"{settings.instance_id}-commands",
         )
         stores = Stores.build(redis, settings.redis_prefix)
+        exposure = BrokerExposure()
         provisioner: DeviceProvisioner | None = None
         if settings.mqtt_provision == "dynsec" and settings.role != "engine":
             provisioner = DeviceProvisioner(
@@ -102,10 +109,18 @@ def create_app(settings: Settings) -> FastAPI:
             transport=transport,
             metrics=metrics,
             provisioner=provisioner,
+            exposure=exposure,
             plans=plans,
         )
         await transport.start()
         await transport.wait_connected(timeout_s=5.0)
+        # Does the broker let in a client with no credentials? /readyz and the log say.
+        probing = spawn(
+            functools.partial(
+                probe_until_answered, settings.mqtt_url, settings.mqtt_version, exposure
+            ),
+            name="mqtt-anonymous-probe",
+        )
         reconciling: asyncio.Task[None] | None = None
         if provisioner is not None:
             await provisioner.start()
@@ -133,10 +148,11 @@ def create_app(settings: Settings) -> FastAPI:
             gc.unfreeze()  # several apps in one process (tests) each free what they made
             if engine is not None:
                 await engine.stop()
-            if reconciling is not None:
-                reconciling.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reconciling
+            for background in (reconciling, probing):
+                if background is not None:
+                    background.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await background
             if provisioner is not None:
                 await provisioner.stop()
             await transport.stop()
@@ -149,22 +165,16 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    modules = ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES
+    install_error_handlers(app, [route for module in modules for route in module.router.routes])
+    app.add_middleware(BodyGuard)  # inside the metrics: its 401s and 413s are counted
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
-    for module in ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES:
+    for module in modules:
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            from fastapi.openapi.utils import get_openapi
-
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            app.openapi_schema = rollouts.document_plan_schema(rewrite_openapi_422(schema))
+            app.openapi_schema = build_document(app)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -6,7 +6,9 @@ import base64
 import binascii
 from collections.abc import Awaitable, Callable
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.openapi.models import HTTPBase, HTTPBearer
+from fastapi.security.base import SecurityBase
 
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.domain.auth import Principal, Scope
@@ -16,11 +18,53 @@ from orchestrator.store.devices import Device
 DEVICE_CHALLENGE = 'Basic realm="devices"'
 
 
+class DocumentedScheme(SecurityBase):
+    """An OpenAPI security scheme that only documents: the dependencies below check."""
+
+    def __init__(self, model: HTTPBase, name: str) -> None:
+        self.model = model
+        self.scheme_name = name
+
+    async def __call__(self) -> None:
+        return None
+
+
+API_KEY = DocumentedScheme(
+    HTTPBearer(
+        bearerFormat="QB_…",
+        description=(
+            "An API key: `Authorization: Bearer QB_…` (the bare key is accepted too). An "
+            "operation lists the scope it needs; a key with `admin` holds every scope. Scopes: "
+            + ", ".join(f"`{scope}`" for scope in Scope)
+            + ". A key limited to projects gets 403 for any other project."
+        ),
+    ),
+    "ApiKey",
+)
+DEVICE_TOKEN = DocumentedScheme(
+    HTTPBase(
+        scheme="basic",
+        description=(
+            "A device: `Authorization: Basic {device_token}` with the token returned when the "
+            "device was created, or standard Basic `base64(device_id:device_token)`."
+        ),
+    ),
+    "DeviceToken",
+)
+
+
 async def current_principal(
-    request: Request, context: AppContext = Depends(get_context)
+    request: Request,
+    context: AppContext = Depends(get_context),
+    _documented: None = Security(API_KEY),
 ) -> Principal:
     """The API key's holder: `Authorization: Bearer QB_…` or the bare key."""
-    header = request.headers.get("authorization", "").strip()
+    return await authenticate(request.headers.get("authorization", ""), context)
+
+
+async def authenticate(header: str, context: AppContext) -> Principal:
+    """The holder of the API key in an Authorization header's value; Unauthorized if none."""
+    header = header.strip()
     if not header:
         raise Unauthorized(
             "missing API key; send 'Authorization: Bearer QB_…' "
@@ -34,14 +78,20 @@ async def current_principal(
     return principal
 
 
-def require(scope: Scope) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that lets through only keys holding `scope` (or admin)."""
+def require(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that lets through only keys allowed every one of `scopes` (or admin)."""
 
-    async def dependency(principal: Principal = Depends(current_principal)) -> Principal:
-        if not principal.allows(scope):
-            raise Forbidden(
-                f"this API key lacks the '{scope}' scope; create a key with --scope {scope}"
-            )
+    async def dependency(
+        principal: Principal = Security(
+            current_principal, scopes=[scope.value for scope in scopes]
+        ),
+    ) -> Principal:
+        missing = principal.missing(scopes)
+        if missing:
+            named = " and ".join(f"'{scope}'" for scope in missing)
+            flags = " ".join(f"--scope {scope}" for scope in scopes)
+            noun = "scope" if len(missing) == 1 else "scopes"
+            raise Forbidden(f"this API key lacks the {named} {noun}; create a key with {flags}")
         return principal
 
     return dependency

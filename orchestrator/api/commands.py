@@ -8,8 +8,9 @@ import structlog
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.schemas import CommandRequest, CommandResponse, CommandSent
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.commands import FILE_COMMANDS, is_allowed, validate_command_name
@@ -20,11 +21,13 @@ from orchestrator.timeutil import isoformat_z, utc_now
 from orchestrator.transport.topics import command_topic
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["commands"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(tags=["commands"], route_class=JSONRoute)
 
 
 @router.post(
-    "/v2/projects/{project_id}/devices/{device_id}/communication/command", name="send_command"
+    "/v2/projects/{project_id}/devices/{device_id}/communication/command",
+    name="send_command",
+    responses=error_responses(400, *IN_PROJECT),
 )
 async def send_command(
     project_id: str,
@@ -33,7 +36,11 @@ async def send_command(
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.SEND_COMMANDS)),
 ) -> CommandResponse:
-    """Publish the command to `{device_id}/control/{command}` with QoS 2, retain off."""
+    """Publish the command to `{device_id}/control/{command}` with QoS 2, retain off.
+
+    403 when the device's allowed_commands leave the command out; 404 for an http device, and
+    for a download_firmware / download_logo whose data.file_name is no file of that type.
+    """
     command = validate_command_name(body.command)
     await check_project(context, principal, project_id)
     device = await context.stores.devices.get(project_id, device_id)

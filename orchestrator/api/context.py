@@ -12,6 +12,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.transport.dynsec import DeviceProvisioner
+from orchestrator.transport.exposure import BrokerExposure
 from orchestrator.transport.mqtt import CommandTransport
 
 
@@ -24,8 +25,10 @@ class AppContext:
     blobs: BlobStore
     transport: CommandTransport
     metrics: Metrics
-    # Keeps the broker's dynamic security in step with devices (OTA_MQTT_PROVISION=dynsec).
+    # Keeps the broker's dynamic security in step with devices (settled to `dynsec`).
     provisioner: DeviceProvisioner | None = None
+    # Whether the broker lets in anonymous clients (probed at start, shown by /readyz).
+    exposure: BrokerExposure = field(default_factory=BrokerExposure)
     # Reads plans; a big one in a worker process, so the API keeps answering meanwhile.
     plans: PlanReader = field(default_factory=PlanReader)
 

@@ -1,7 +1,8 @@
 """`/v2/projects/{pid}/devices`: seed 003's create, and read, update, delete, token rotation.
 
-With OTA_MQTT_PROVISION=dynsec an mqtt device is also a client of the broker's dynamic
-security (`orchestrator.transport.dynsec`): made with the device, removed with it, its password
+With dynamic security (the embedded broker's default, or OTA_MQTT_PROVISION=dynsec) an mqtt
+device is also a client of the broker's plugin (`orchestrator.transport.dynsec`), its login
+tied to its device id as client id: made with the device, removed with it, its password
 set when its token rotates. When the broker cannot take the change the request fails with 503
 and nothing is changed, so a retry is always safe.
 """
@@ -13,8 +14,10 @@ import contextlib
 from fastapi import APIRouter, Depends, Query
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.cursors import DEVICE_CURSOR, device_cursor
+from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.schemas import (
     DeviceCreate,
     DeviceEnvelope,
@@ -30,7 +33,7 @@ from orchestrator.domain.devices import DeviceSource, validate_tags
 from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.store.devices import Device, new_token
 
-router = APIRouter(tags=["devices"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(tags=["devices"], route_class=JSONRoute)
 
 
 def device_out(device: Device, token: str | None = None) -> DeviceOut:
@@ -58,7 +61,12 @@ def _not_found(project_id: str, device_id: str) -> NotFound:
     return NotFound(f"device {device_id} not found in project {project_id}")
 
 
-@router.post("/v2/projects/{project_id}/devices", name="create_device", status_code=201)
+@router.post(
+    "/v2/projects/{project_id}/devices",
+    name="create_device",
+    status_code=201,
+    responses=error_responses(400, *IN_PROJECT),
+)
 async def create_device(
     project_id: str,
     body: DeviceCreate,
@@ -93,18 +101,27 @@ async def create_device(
     )
 
 
-@router.get("/v2/projects/{project_id}/devices", name="list_devices")
+@router.get(
+    "/v2/projects/{project_id}/devices",
+    name="list_devices",
+    responses=error_responses(400, *IN_PROJECT),
+)
 async def list_devices(
     project_id: str,
     tag: str | None = Query(default=None, description="Only devices carrying this tag"),
-    cursor: str | None = Query(default=None, description="next_cursor of the previous page"),
+    cursor: str | None = Query(
+        default=None,
+        description="next_cursor of the previous page; leave it out for the first page",
+        json_schema_extra={"pattern": DEVICE_CURSOR},
+    ),
     limit: int = Query(default=100, ge=1, le=1000),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.DEVICES_READ)),
 ) -> DeviceListEnvelope:
     """Devices of the project in id order, a page at a time."""
+    after = device_cursor(cursor)
     await check_project(context, principal, project_id)
-    page = await context.stores.devices.page(project_id, tag=tag, cursor=cursor, limit=limit)
+    page = await context.stores.devices.page(project_id, tag=tag, cursor=after, limit=limit)
     return DeviceListEnvelope(
         status=200,
         action="list devices",
@@ -114,7 +131,11 @@ async def list_devices(
     )
 
 
-@router.get("/v2/projects/{project_id}/devices/{device_id}", name="get_device")
+@router.get(
+    "/v2/projects/{project_id}/devices/{device_id}",
+    name="get_device",
+    responses=error_responses(*IN_PROJECT),
+)
 async def get_device(
     project_id: str,
     device_id: str,
@@ -131,7 +152,11 @@ async def get_device(
     )
 
 
-@router.patch("/v2/projects/{project_id}/devices/{device_id}", name="update_device")
+@router.patch(
+    "/v2/projects/{project_id}/devices/{device_id}",
+    name="update_device",
+    responses=error_responses(400, *IN_PROJECT),
+)
 async def update_device(
     project_id: str,
     device_id: str,
@@ -158,7 +183,11 @@ async def update_device(
     )
 
 
-@router.delete("/v2/projects/{project_id}/devices/{device_id}", name="delete_device")
+@router.delete(
+    "/v2/projects/{project_id}/devices/{device_id}",
+    name="delete_device",
+    responses=error_responses(*IN_PROJECT),
+)
 async def delete_device(
     project_id: str,
     device_id: str,
@@ -182,6 +211,7 @@ async def delete_device(
     "/v2/projects/{project_id}/devices/{device_id}/token",
     name="rotate_device_token",
     status_code=200,
+    responses=error_responses(*IN_PROJECT),
 )
 async def rotate_device_token(
     project_id: str,
@@ -191,8 +221,8 @@ async def rotate_device_token(
 ) -> DeviceEnvelope:
     """Give the device a new token (in data.metadata.device_token, shown this once).
 
-    The old token stops working at once, for downloads and (with OTA_MQTT_PROVISION=dynsec)
-    on the broker, which disconnects the device so that it logs in again with the new one.
+    The old token stops working at once, for downloads and (with dynamic security) on the
+    broker, which disconnects the device so that it logs in again with the new one.
     """
     await check_project(context, principal, project_id)
     device = await context.stores.devices.get(project_id, device_id)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from orchestrator.errors import OrchestratorError, RangeNotSatisfiable, Unauthorized
 
@@ -26,7 +29,9 @@ class ErrorItem(BaseModel):
 class ErrorBody(BaseModel):
     """The body of every error response."""
 
-    success: bool = False
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    success: Literal[False] = False
     status: int
     action: str
     message: str
@@ -40,17 +45,54 @@ def action_of(request: Request) -> str:
     return name.replace("_", " ") if name else "request"
 
 
+_VERBS = {"GET": "get", "POST": "create", "PUT": "replace", "PATCH": "update", "DELETE": "delete"}
+
+
+def _singular(noun: str) -> str:
+    if noun.endswith("ies"):
+        return noun[:-3] + "y"
+    return noun[:-1] if noun.endswith("s") and not noun.endswith("ss") else noun
+
+
+def method_action(method: str, template: str) -> str:
+    """The action a method on a path template would be ('delete project'), for a 405.
+
+    An item path (`…/devices/{device_id}`) names the item; any other path names its last
+    segment, listed by GET when it is plural and created (singular) by POST.
+    """
+    segments = [segment for segment in template.split("/") if segment]
+    verb = _VERBS.get(method, method.lower())
+    if len(segments) >= 2 and segments[-1].startswith("{"):
+        return f"{verb} {_singular(segments[-2])}"
+    noun = segments[-1] if segments else "root"
+    if method == "GET" and noun.endswith("s"):
+        return f"list {noun}"
+    if method == "POST":
+        return f"create {_singular(noun)}"
+    return f"{verb} {noun}"
+
+
+def routes_of_path(routes: Sequence[BaseRoute], scope: Scope) -> list[Route]:
+    """The routes whose path matches the request's, whatever their methods."""
+    return [
+        route
+        for route in routes
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] is not Match.NONE
+    ]
+
+
 def error_response(
     request: Request,
     status: int,
     message: str,
     errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
+    action: str | None = None,
 ) -> JSONResponse:
     """A JSON error response in the house shape."""
     body = ErrorBody(
         status=status,
-        action=action_of(request),
+        action=action or action_of(request),
         message=message,
         errors=[ErrorItem(**item) for item in errors or []],
     )
@@ -70,8 +112,12 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
     return "the request is invalid: " + "; ".join(sentences) + more + "; fix these and retry"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Map every exception to the house error body; no traceback ever reaches a caller."""
+def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """Map every exception to the house error body; no traceback ever reaches a caller.
+
+    `routes` are the API's routes (FastAPI keeps included routers apart from `app.routes`),
+    from which a 405 learns every method of its path.
+    """
 
     async def orchestrator_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, OrchestratorError)
@@ -93,12 +139,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         message = str(exc.detail)
+        headers = dict(exc.headers) if exc.headers else {}
+        action = None
         if exc.status_code == 404 and request.scope.get("route") is None:
             message = f"no route {request.method} {request.url.path}; see /docs for the API"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see /docs"
+            # Starlette names only the first route of the path, which may have several; and
+            # the app's own routes (/openapi.json, /docs) are there beside the API's.
+            matched = routes_of_path([*routes, *request.app.routes], request.scope)
+            allow = sorted({method for each in matched for method in each.methods or ()})
+            headers["Allow"] = ", ".join(allow)
+            message = (
+                f"{request.method} is not allowed on {request.url.path}; use "
+                f"{' or '.join(allow)} (see /docs)"
+            )
+            if matched:
+                action = method_action(request.method, matched[0].path)
         return error_response(
-            request, exc.status_code, message, headers=dict(exc.headers) if exc.headers else None
+            request, exc.status_code, message, headers=headers or None, action=action
         )
 
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -117,39 +175,47 @@ def _error_content() -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
 
 
+_DESCRIPTIONS = {
+    400: "Invalid body or parameter; `errors` says where",
+    401: "Missing or unknown credentials",
+    403: "Not allowed: the key lacks the scope or the project, or the device refuses the command",
+    404: "Not found",
+    409: "Conflict with the current state; the message names it",
+    413: "The body is too large",
+    416: "The Range asks for bytes past the end of the file",
+    503: "Redis or the MQTT broker is unreachable; retry later",
+}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "The scheme to authenticate with",
+            "schema": {"type": "string"},
+        }
+    },
+    416: {
+        "Content-Range": {
+            "description": "`bytes */{size}`: the file's size",
+            "schema": {"type": "string"},
+        }
+    },
+}
+
+# The errors routes share: an API key (401); with a scope (403); in a project the key may use,
+# which must exist (404); and Redis or the broker being away (503).
+KEYED = (401, 503)
+SCOPED = (401, 403, 503)
+IN_PROJECT = (401, 403, 404, 503)
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` entries for the given error codes."""
-    descriptions = {
-        400: "Invalid body or parameter",
-        401: "Missing or unknown credentials",
-        403: "Not allowed",
-        404: "Not found",
-        409: "Conflict",
-        413: "Too large",
-        416: "Range not satisfiable",
-        503: "Redis or the MQTT broker is unreachable",
-    }
-    return {
-        code: {"description": descriptions.get(code, "Error"), "content": _error_content()}
-        for code in codes
-    }
-
-
-def rewrite_openapi_422(schema: dict[str, Any]) -> dict[str, Any]:
-    """Document invalid input as 400 with ErrorBody, as the API answers it, not FastAPI's 422."""
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["ErrorBody"] = ErrorBody.model_json_schema(
-        ref_template="#/components/schemas/{model}"
-    )
-    components.update(components["ErrorBody"].pop("$defs", {}))
-    for path in schema.get("paths", {}).values():
-        for operation in path.values():
-            responses = operation.get("responses", {})
-            if "422" in responses:
-                del responses["422"]
-                responses.setdefault(
-                    "400", {"description": "Invalid body or parameter", "content": _error_content()}
-                )
-    for name in ("HTTPValidationError", "ValidationError"):
-        components.pop(name, None)
-    return schema
+    """OpenAPI `responses` entries for the given error codes, each with the ErrorBody schema."""
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in sorted(set(codes)):
+        entry: dict[str, Any] = {
+            "description": _DESCRIPTIONS.get(code, "Error"),
+            "content": _error_content(),
+        }
+        if code in _HEADERS:
+            entry["headers"] = _HEADERS[code]
+        responses[code] = entry
+    return responses

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.errors import IN_PROJECT, SCOPED, error_responses
 from orchestrator.api.schemas import Done, FileList, FileListItem, FileOut
-from orchestrator.api.uploads import read_upload
+from orchestrator.api.uploads import MAX_FIELD_BYTES, read_upload
 from orchestrator.domain.auth import Principal, Scope
-from orchestrator.domain.files import FileType, parse_file_type, validate_file_name
+from orchestrator.domain.files import (
+    EXTENSIONS,
+    FILE_NAME,
+    FileType,
+    parse_file_type,
+    validate_file_name,
+)
 from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from orchestrator.numerals import whole_number
 from orchestrator.store.files import StoredFile
 from orchestrator.timeutil import isoformat_z, utc_now
 
-router = APIRouter(tags=["files"], responses=error_responses(400, 401, 403, 503))
+router = APIRouter(tags=["files"])
 
 MULTIPART_OVERHEAD = 1024 * 1024  # room for boundaries and text fields beside the file
 
+FILE_TYPES = [file_type.value for file_type in FileType]
+_NAMES = "; ".join(
+    f"{file_type}: {', '.join(extensions)}" for file_type, extensions in EXTENSIONS.items()
+)
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
@@ -28,9 +39,20 @@ UPLOAD_BODY = {
                     "type": "object",
                     "required": ["file", "type"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "type": {"type": "string", "enum": ["firmware", "logo"]},
-                        "description": {"type": "string"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": (
+                                f"The image; its file name must match `{FILE_NAME.pattern}` and "
+                                f"end in an extension of its type ({_NAMES}), and be new in the "
+                                "project (409 otherwise). At most OTA_MAX_FILE_SIZE bytes (413)."
+                            ),
+                        },
+                        "type": {"type": "string", "enum": FILE_TYPES},
+                        "description": {
+                            "type": "string",
+                            "description": f"Up to {MAX_FIELD_BYTES} bytes of UTF-8",
+                        },
                     },
                 }
             }
@@ -51,7 +73,7 @@ def _conflict(name: str) -> Conflict:
     name="upload_file",
     status_code=201,
     openapi_extra=UPLOAD_BODY,
-    responses=error_responses(404, 409, 413),
+    responses=error_responses(400, 409, 413, *IN_PROJECT),
 )
 async def upload_file(
     project_id: str,
@@ -62,8 +84,8 @@ async def upload_file(
     """Upload a firmware or logo file (multipart: file, type, description)."""
     await check_project(context, principal, project_id)
     limit = context.settings.max_file_size
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
+    declared = whole_number(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(
             f"the upload is {declared} bytes, over the limit of {limit} bytes "
             "(OTA_MAX_FILE_SIZE); raise the limit or upload a smaller image"
@@ -137,13 +159,17 @@ def _items(files: list[StoredFile]) -> FileList:
     )
 
 
-TYPE_QUERY = Query(description="'firmware' or 'logo'")
+TYPE_QUERY = Query(description="'firmware' or 'logo'", json_schema_extra={"enum": FILE_TYPES})
 
 
-@router.get("/v2/projects/{project_id}/files", name="list_files", responses=error_responses(404))
+@router.get(
+    "/v2/projects/{project_id}/files",
+    name="list_files",
+    responses=error_responses(400, *IN_PROJECT),
+)
 async def list_files(
     project_id: str,
-    type: str | None = TYPE_QUERY,
+    type: str = TYPE_QUERY,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.FILES_READ)),
 ) -> FileList:
@@ -153,9 +179,9 @@ async def list_files(
     return _items(await context.stores.files.of_type([project_id], file_type))
 
 
-@router.get("/v2/files", name="list_files")
+@router.get("/v2/files", name="list_files", responses=error_responses(400, *SCOPED))
 async def list_all_files(
-    type: str | None = TYPE_QUERY,
+    type: str = TYPE_QUERY,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.FILES_READ)),
 ) -> FileList:
@@ -165,17 +191,48 @@ async def list_all_files(
     return _items(await context.stores.files.of_type(scope, file_type))
 
 
+async def _refuse_if_in_use(context: AppContext, project_id: str, name: str) -> None:
+    """409 while an active rollout ships the file (or rolls back to it) or a live key may send
+    it: deleting it then would let a new upload under the name change what they announced."""
+    stores = context.stores
+    using: list[str] = []
+    for rollout_id in await stores.rollouts.active_ids():
+        record = await stores.rollouts.get(rollout_id)
+        if record is None or record.project_id != project_id:
+            continue
+        rollback = record.plan.get("rollback") or {}
+        if name in (record.plan.get("firmware", {}).get("file"), rollback.get("file")):
+            using.append(f"{record.id} ({record.name}, {record.state.value})")
+    if using:
+        raise Conflict(
+            f"file {name!r} is used by active rollout(s) {', '.join(using)}; abort them or wait "
+            "until they finish, then delete it"
+        )
+    keys = await stores.download_keys.live_for_file(project_id, name)
+    if keys:
+        raise Conflict(
+            f"file {name!r} has {len(keys)} live download key(s) from commands sent for it; "
+            "wait until they are used or expire (OTA_DOWNLOAD_KEY_TTL), then delete it"
+        )
+
+
 @router.delete(
-    "/v2/projects/{project_id}/files/{name}", name="delete_file", responses=error_responses(404)
+    "/v2/projects/{project_id}/files/{name}",
+    name="delete_file",
+    responses=error_responses(409, *IN_PROJECT),
 )
 async def delete_file(
     project_id: str,
-    name: str,
+    name: str = Path(
+        description="The file's name (no other name can exist)",
+        json_schema_extra={"pattern": FILE_NAME.pattern},
+    ),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.FILES_WRITE)),
 ) -> Done:
     """Delete a file; download keys for it then answer 404."""
     await check_project(context, principal, project_id)
+    await _refuse_if_in_use(context, project_id, name)
     relative = await context.stores.files.delete(project_id, name)
     if relative is None:
         raise NotFound(f"file {name!r} not found in project {project_id}")

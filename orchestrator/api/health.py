@@ -34,7 +34,13 @@ async def readyz(context: AppContext = Depends(get_context)) -> JSONResponse:
     # refuse every device change: it is not ready.
     dynsec_ok = context.provisioner.client.ready if context.provisioner is not None else None
     ready = redis_ok and mqtt_ok and dynsec_ok is not False
+    # A broker open to anonymous clients still carries commands: ready, with a warning.
     body = Health(
-        status="ok" if ready else "unavailable", redis=redis_ok, mqtt=mqtt_ok, dynsec=dynsec_ok
+        status="ok" if ready else "unavailable",
+        redis=redis_ok,
+        mqtt=mqtt_ok,
+        dynsec=dynsec_ok,
+        mqtt_anonymous=context.exposure.anonymous,
+        warnings=context.exposure.warnings,
     )
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -12,15 +12,16 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
-from orchestrator.api.bodies import read_bounded
+from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.schemas import (
     DeployAccepted,
     DeployEnvelope,
@@ -35,6 +36,7 @@ from orchestrator.api.schemas import (
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.hooks import (
     Deploy,
+    Scheme,
     SignatureError,
     check_secret,
     deploy_of,
@@ -49,11 +51,75 @@ from orchestrator.store.hooks import Delivery, Hook
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["hooks"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(tags=["hooks"], route_class=JSONRoute)
 
 MAX_DELIVERY_BYTES = 1024 * 1024  # GitHub caps its payloads at 25 MB; a release is far less
 MAX_DELIVERY_ID = 200
 CHALLENGE = 'HMAC realm="hooks"'
+
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "header", "schema": {"type": "string"}, "description": description}
+
+
+DELIVERY = {
+    "parameters": [
+        _header("X-Hub-Signature-256", "GitHub: `sha256=<hex HMAC-SHA256 of the raw body>`"),
+        _header("X-GitHub-Delivery", "GitHub: the delivery id (repeats answer the same)"),
+        _header("X-GitHub-Event", "GitHub: `release` deploys, `ping` is answered 200"),
+        _header("webhook-id", "Standard Webhooks: the delivery id (repeats answer the same)"),
+        _header("webhook-timestamp", "Standard Webhooks: seconds since 1970, within 5 minutes"),
+        _header("webhook-signature", "Standard Webhooks: `v1,<base64 HMAC-SHA256>`"),
+    ],
+    "requestBody": {
+        "required": True,
+        "description": (
+            f"Signed with the hook's secret (401 otherwise), at most {MAX_DELIVERY_BYTES} bytes"
+        ),
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        {
+                            "title": "Deploy",
+                            "type": "object",
+                            "required": ["version"],
+                            "properties": {
+                                "version": {"type": "string", "minLength": 1},
+                                "file": {
+                                    "type": "string",
+                                    "description": "Fills ${file}: an uploaded firmware file",
+                                },
+                            },
+                        },
+                        {
+                            "title": "GitHub release event",
+                            "type": "object",
+                            "required": ["release"],
+                            "properties": {
+                                "action": {"type": "string"},
+                                "release": {
+                                    "type": "object",
+                                    "required": ["tag_name"],
+                                    "properties": {
+                                        "tag_name": {"type": "string", "minLength": 1},
+                                        "assets": {
+                                            "type": "array",
+                                            "items": {
+                                                "type": "object",
+                                                "properties": {"name": {"type": "string"}},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    ]
+                }
+            }
+        },
+    },
+}
 
 
 def _out(context: AppContext, hook: Hook, *, with_secret: bool = False) -> HookOut:
@@ -79,14 +145,18 @@ async def _hook(context: AppContext, project_id: str, hook_id: str) -> Hook:
     "/v2/projects/{project_id}/hooks",
     name="create_hook",
     status_code=201,
+    responses=error_responses(400, *IN_PROJECT),
 )
 async def create_hook(
     project_id: str,
     body: HookCreate,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_WRITE, Scope.ROLLOUTS_WRITE)),
 ) -> HookEnvelope:
-    """Register a plan template started by signed deliveries; the secret is shown only here."""
+    """Register a plan template started by signed deliveries; the secret is shown only here.
+
+    Needs rollouts:write besides hooks:write: whoever holds the secret starts rollouts.
+    """
     await check_project(context, principal, project_id)
     secret = check_secret(body.secret) if body.secret is not None else new_secret()
     await context.plans.parse_template(body.plan, source="plan")
@@ -107,11 +177,15 @@ async def create_hook(
     )
 
 
-@router.get("/v2/projects/{project_id}/hooks", name="list_hooks")
+@router.get(
+    "/v2/projects/{project_id}/hooks",
+    name="list_hooks",
+    responses=error_responses(*IN_PROJECT),
+)
 async def list_hooks(
     project_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookListEnvelope:
     """The project's hooks (without their secrets)."""
     await check_project(context, principal, project_id)
@@ -124,12 +198,16 @@ async def list_hooks(
     )
 
 
-@router.get("/v2/projects/{project_id}/hooks/{hook_id}", name="get_hook")
+@router.get(
+    "/v2/projects/{project_id}/hooks/{hook_id}",
+    name="get_hook",
+    responses=error_responses(*IN_PROJECT),
+)
 async def get_hook(
     project_id: str,
     hook_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookEnvelope:
     """One hook (without its secret)."""
     await check_project(context, principal, project_id)
@@ -139,7 +217,11 @@ async def get_hook(
     )
 
 
-@router.delete("/v2/projects/{project_id}/hooks/{hook_id}", name="delete_hook")
+@router.delete(
+    "/v2/projects/{project_id}/hooks/{hook_id}",
+    name="delete_hook",
+    responses=error_responses(*IN_PROJECT),
+)
 async def delete_hook(
     project_id: str,
     hook_id: str,
@@ -154,12 +236,16 @@ async def delete_hook(
     return Done(action="delete hook")
 
 
-@router.get("/v2/projects/{project_id}/hooks/{hook_id}/deliveries", name="list_hook_deliveries")
+@router.get(
+    "/v2/projects/{project_id}/hooks/{hook_id}/deliveries",
+    name="list_hook_deliveries",
+    responses=error_responses(*IN_PROJECT),
+)
 async def list_hook_deliveries(
     project_id: str,
     hook_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.HOOKS_READ)),
 ) -> HookDeliveryListEnvelope:
     """The hook's accepted deliveries of the last 24 hours, newest first, with their fate."""
     await check_project(context, principal, project_id)
@@ -193,9 +279,10 @@ def _answer(status: int, message: str, data: DeployAccepted) -> JSONResponse:
     name="deliver_hook",
     status_code=202,
     response_model=DeployEnvelope,
+    openapi_extra=DELIVERY,
     responses={
         200: {"model": DeployEnvelope, "description": "Signed, but nothing to deploy (a ping)"},
-        **error_responses(413),
+        **error_responses(400, 401, 404, 413, 503),
     },
 )
 async def deliver_hook(
@@ -204,7 +291,8 @@ async def deliver_hook(
     """A signed delivery (GitHub or Standard Webhooks) that starts the hook's rollout.
 
     The body is `{"version": ..., "file": ...}` or a GitHub `release` event. A repeat of a
-    delivery id within 24 h answers with the first one's rollout and starts nothing.
+    delivery id (or, signed the GitHub way, of a body) within 24 h answers with the first
+    one's rollout and starts nothing.
     """
     counted = context.metrics.webhook_deliveries
     hook = await context.stores.hooks.get(hook_id)
@@ -216,20 +304,17 @@ async def deliver_hook(
         PayloadTooLarge(f"the delivery is over {MAX_DELIVERY_BYTES} bytes; send the release only"),
     )
     headers = {name.lower(): value for name, value in request.headers.items()}
+    digest = hashlib.sha256(body).hexdigest()
     try:
-        signed = verify(
-            hook.secret,
-            headers,
-            body,
-            now_s=time.time(),
-            body_digest=hashlib.sha256(body).hexdigest(),
-        )
+        signed = verify(hook.secret, headers, body, now_s=time.time(), body_digest=digest)
     except SignatureError as exc:
         counted.labels("unauthorized").inc()
         log.warning("hook delivery refused", hook_id=hook_id, reason=str(exc))
         raise Unauthorized(str(exc), challenge=CHALLENGE) from None
     delivery_id = _delivery_id(signed.delivery_id)
-    known = await context.stores.hooks.known(hook_id, delivery_id)
+    # A Standard Webhooks signature covers its id; a GitHub one does not, so its body counts.
+    body_digest = digest if signed.scheme is Scheme.GITHUB else None
+    known = await context.stores.hooks.known(hook_id, delivery_id, body_digest)
     if known is not None:
         counted.labels("duplicate").inc()
         return _answer(
@@ -266,6 +351,7 @@ async def deliver_hook(
         ),
         plan=plan_text,
         actor=f"hook {hook.name}",
+        body_digest=body_digest,
     )
     counted.labels("accepted" if new else "duplicate").inc()
     log.info(

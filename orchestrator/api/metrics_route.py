@@ -8,6 +8,7 @@ consistent read, and every replica reports the same rollout numbers.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from datetime import datetime, timedelta
 
 import structlog
@@ -16,16 +17,17 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.errors import error_responses
 from orchestrator.api.rollout_views import rollout_out
 from orchestrator.domain.states import TERMINAL_ROLLOUT_STATES
-from orchestrator.errors import StoreUnavailable
+from orchestrator.errors import StoreUnavailable, Unauthorized
 from orchestrator.metrics import RolloutSample, WaveSample
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.timeutil import utc_now
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=error_responses(401))
 
 REDIS_READ_TIMEOUT_S = 5.0  # well inside Prometheus's default 10 s scrape timeout
 TERMINAL_VALUES = frozenset(state.value for state in TERMINAL_ROLLOUT_STATES)
@@ -90,6 +92,19 @@ async def rollout_samples(stores: Stores, retention_s: int) -> list[RolloutSampl
     return [_sample(r, counts, names.get(r.project_id, "")) for r, counts in snapshots]
 
 
+def _check_token(header: str, token: str) -> None:
+    if not token:
+        return
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise Unauthorized(
+            "/metrics needs 'Authorization: Bearer <OTA_METRICS_TOKEN>'; give Prometheus the "
+            "token (authorization.credentials_file in its scrape config)"
+        )
+
+
 def _mqtt_connected(request: Request, context: AppContext) -> bool:
     """Commands go out and, where the engine runs, results come in: both connections up."""
     if not context.transport.connected:
@@ -105,7 +120,12 @@ def _mqtt_connected(request: Request, context: AppContext) -> bool:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
 async def read_metrics(request: Request, context: AppContext = Depends(get_context)) -> Response:
-    """Counters and gauges in the Prometheus text format; rollout gauges as Redis has them."""
+    """Counters and gauges in the Prometheus text format; rollout gauges as Redis has them.
+
+    With OTA_METRICS_TOKEN set, only `Authorization: Bearer <token>` is answered: the
+    gauges name every project and rollout.
+    """
+    _check_token(request.headers.get("authorization", ""), context.settings.metrics_token)
     metrics = context.metrics
     metrics.mqtt_connected.set(1 if _mqtt_connected(request, context) else 0)
     samples: list[RolloutSample] = []

@@ -5,12 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+import httpcore
+import httpx
 import structlog
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.auth import check_project, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.schemas import (
     Done,
     NoticeAttemptOut,
@@ -22,15 +25,23 @@ from orchestrator.api.schemas import (
     NotificationOut,
 )
 from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.destinations import (
+    ALLOW_SETTING,
+    AllowList,
+    literal_address,
+    masked_url,
+    url_refusal,
+)
 from orchestrator.domain.hooks import check_secret, new_secret
 from orchestrator.domain.notices import Notice
+from orchestrator.engine.egress import RefusedDestination, checked_addresses
 from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.store.notifications import Notice as QueuedNotice
 from orchestrator.store.notifications import Subscription
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["notifications"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(tags=["notifications"], route_class=JSONRoute)
 
 
 def _out(subscription: Subscription, *, with_secret: bool = False) -> NotificationOut:
@@ -62,14 +73,46 @@ def _notice_out(notice: QueuedNotice) -> NoticeOut:
     )
 
 
-def check_url(url: str) -> str:
-    """An http(s) URL with a host; InvalidInput naming the problem otherwise."""
-    parts = urlsplit(url)
+async def check_url(url: str, allow: AllowList) -> str:
+    """An http(s) URL with a host that the notifier can post to; InvalidInput naming it otherwise.
+
+    Parsed by urllib and by httpx (the client that posts), so a URL either refuses is
+    refused here, with the reason, rather than failing at every delivery. A URL with
+    credentials, or whose host is or resolves to an address that is not public (and not in
+    OTA_NOTIFY_ALLOW_HOSTS), is refused too; the notifier checks the addresses again at every
+    attempt, since a name may resolve elsewhere later.
+    """
+    example = "like https://chat.example.com/hooks/ota"
+    try:
+        if any(char.isspace() or not char.isprintable() for char in url):
+            raise ValueError("it holds a space or a control character")
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0 to 65535
+        httpx.URL(url).host  # noqa: B018 - raises for a host httpx cannot read (bad IDNA)
+    except (ValueError, httpx.InvalidURL) as exc:  # IDNAError is a ValueError too
+        raise InvalidInput(
+            f"url {url!r} cannot be parsed ({exc}); write an http:// or https:// URL, {example}",
+            errors=[{"loc": "body.url", "msg": "not a URL"}],
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidInput(
-            f"url {url!r} must be an http:// or https:// URL with a host, like "
-            "https://chat.example.com/hooks/ota",
+            f"url {url!r} must be an http:// or https:// URL with a host, {example}",
             errors=[{"loc": "body.url", "msg": "not an http(s) URL"}],
+        )
+    reason = url_refusal(url, allow)
+    host = parts.hostname
+    if reason is None and literal_address(host) is None and not allow.allows_host(host):
+        try:
+            await checked_addresses(host, parts.port or 80, allow)  # the port matters not
+        except RefusedDestination as exc:
+            reason = str(exc)
+        except httpcore.ConnectError:
+            pass  # not resolvable from here now; every attempt checks it again
+    if reason is not None:
+        raise InvalidInput(
+            f"url {url!r} is refused: {reason}. The service posts only to public addresses; "
+            f"an operator can allow an on-premises host or range with {ALLOW_SETTING}",
+            errors=[{"loc": "body.url", "msg": "destination not allowed"}],
         )
     return url
 
@@ -98,16 +141,21 @@ async def _subscription(context: AppContext, project_id: str, sid: str) -> Subsc
     return subscription
 
 
-@router.post("/v2/projects/{project_id}/notifications", name="create_notification", status_code=201)
+@router.post(
+    "/v2/projects/{project_id}/notifications",
+    name="create_notification",
+    status_code=201,
+    responses=error_responses(400, *IN_PROJECT),
+)
 async def create_notification(
     project_id: str,
     body: NotificationCreate,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_WRITE)),
 ) -> NotificationEnvelope:
     """Send the project's rollout events to a URL, signed (Standard Webhooks), with retries."""
     await check_project(context, principal, project_id)
-    url = check_url(body.url)
+    url = await check_url(body.url, context.settings.notify_allow)
     events = check_events(body.events)
     secret = check_secret(body.secret) if body.secret is not None else new_secret()
     subscription = await context.stores.notifications.create(
@@ -118,7 +166,11 @@ async def create_notification(
         created_at=isoformat_z(utc_now()),
         by=principal.name,
     )
-    log.info("notification subscription created", subscription_id=subscription.id, url=url)
+    log.info(
+        "notification subscription created",
+        subscription_id=subscription.id,
+        url=masked_url(url),
+    )
     return NotificationEnvelope(
         status=201,
         action="create notification",
@@ -127,11 +179,15 @@ async def create_notification(
     )
 
 
-@router.get("/v2/projects/{project_id}/notifications", name="list_notifications")
+@router.get(
+    "/v2/projects/{project_id}/notifications",
+    name="list_notifications",
+    responses=error_responses(*IN_PROJECT),
+)
 async def list_notifications(
     project_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
 ) -> NotificationListEnvelope:
     """The project's subscriptions (without their secrets)."""
     await check_project(context, principal, project_id)
@@ -144,12 +200,16 @@ async def list_notifications(
     )
 
 
-@router.get("/v2/projects/{project_id}/notifications/{subscription_id}", name="get_notification")
+@router.get(
+    "/v2/projects/{project_id}/notifications/{subscription_id}",
+    name="get_notification",
+    responses=error_responses(*IN_PROJECT),
+)
 async def get_notification(
     project_id: str,
     subscription_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
 ) -> NotificationEnvelope:
     """One subscription (without its secret)."""
     await check_project(context, principal, project_id)
@@ -163,13 +223,15 @@ async def get_notification(
 
 
 @router.delete(
-    "/v2/projects/{project_id}/notifications/{subscription_id}", name="delete_notification"
+    "/v2/projects/{project_id}/notifications/{subscription_id}",
+    name="delete_notification",
+    responses=error_responses(*IN_PROJECT),
 )
 async def delete_notification(
     project_id: str,
     subscription_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_WRITE)),
 ) -> Done:
     """Stop sending events to this URL; notices still queued are given up."""
     await check_project(context, principal, project_id)
@@ -181,12 +243,13 @@ async def delete_notification(
 @router.get(
     "/v2/projects/{project_id}/notifications/{subscription_id}/deliveries",
     name="list_notification_deliveries",
+    responses=error_responses(*IN_PROJECT),
 )
 async def list_notification_deliveries(
     project_id: str,
     subscription_id: str,
     context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
+    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
 ) -> NoticeListEnvelope:
     """The notices of the last 7 days, newest first, with every attempt and the next one."""
     await check_project(context, principal, project_id)

@@ -5,16 +5,22 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from orchestrator.api.auth import check_project, current_principal, require
+from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.errors import IN_PROJECT, KEYED, SCOPED, error_responses
 from orchestrator.api.schemas import ProjectCreate, ProjectEnvelope, ProjectListEnvelope, ProjectOut
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.errors import Forbidden, NotFound
 
-router = APIRouter(tags=["projects"], responses=error_responses(400, 401, 403, 503))
+router = APIRouter(tags=["projects"], route_class=JSONRoute)
 
 
-@router.post("/v2/projects", name="create_project", status_code=201)
+@router.post(
+    "/v2/projects",
+    name="create_project",
+    status_code=201,
+    responses=error_responses(400, *SCOPED),
+)
 async def create_project(
     body: ProjectCreate,
     context: AppContext = Depends(get_context),
@@ -35,7 +41,7 @@ async def create_project(
     )
 
 
-@router.get("/v2/projects", name="list_projects")
+@router.get("/v2/projects", name="list_projects", responses=error_responses(*KEYED))
 async def list_projects(
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(current_principal),
@@ -52,7 +58,7 @@ async def list_projects(
     )
 
 
-@router.get("/v2/projects/{project_id}", name="get_project", responses=error_responses(404))
+@router.get("/v2/projects/{project_id}", name="get_project", responses=error_responses(*IN_PROJECT))
 async def get_project(
     project_id: str,
     context: AppContext = Depends(get_context),

@@ -15,9 +15,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
-from orchestrator.api.bodies import read_bounded
+from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
-from orchestrator.api.errors import error_responses
+from orchestrator.api.cursors import POSITION_CURSOR, position_cursor
+from orchestrator.api.errors import IN_PROJECT, error_responses
+from orchestrator.api.openapi import PLAN_SCHEMA_NAME
 from orchestrator.api.rollout_views import device_page, load_rollout_out, preview, stored_plan
 from orchestrator.api.schemas import (
     RolloutActionRequest,
@@ -45,33 +47,38 @@ from orchestrator.timeutil import isoformat_z, utc_now
 
 S = TypeVar("S", bound=StrEnum)
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["rollouts"], responses=error_responses(400, 401, 403, 404, 503))
+router = APIRouter(tags=["rollouts"], route_class=JSONRoute)
 
 MAX_PLAN_BYTES = 1024 * 1024
 PLAN_MEDIA_TYPES = frozenset(
     {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain"}
 )
-PLAN_SCHEMA_NAME = "RolloutPlan"
+# Where a rollout device listing resumes: a position in the cohort order.
 
 _PLAN_REF = {"schema": {"$ref": f"#/components/schemas/{PLAN_SCHEMA_NAME}"}}
 CREATE_BODY = {
     "requestBody": {
         "required": True,
-        "description": "A rollout plan as YAML or JSON (`ota schema` prints its JSON Schema)",
-        "content": {"application/yaml": _PLAN_REF, "application/json": _PLAN_REF},
+        "description": (
+            f"A rollout plan as YAML or JSON, at most {MAX_PLAN_BYTES} bytes (413 above); "
+            "`ota schema` prints its JSON Schema. Rules the schema cannot state (the last wave "
+            "reaches 100%, a rollback section for on_failure: rollback, uploaded firmware "
+            "files, ...) are 400 with the line and column."
+        ),
+        "content": {
+            media_type: _PLAN_REF
+            for media_type in [
+                "application/yaml",
+                *sorted(PLAN_MEDIA_TYPES - {"application/yaml"}),
+                "application/json",
+            ]
+        },
     }
 }
 
 
-def document_plan_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """Put the plan's JSON Schema (and its parts) in the OpenAPI components the body refers to."""
-    plan = Plan.model_json_schema(
-        by_alias=True, mode="validation", ref_template="#/components/schemas/{model}"
-    )
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components.update(plan.pop("$defs", {}))
-    components[PLAN_SCHEMA_NAME] = {**plan, "title": "OTA rollout plan"}
-    return schema
+def _enum_of(kind: type[StrEnum]) -> dict[str, Any]:
+    return {"enum": [member.value for member in kind]}
 
 
 def _state(kind: type[S], value: str | None, noun: str) -> S | None:
@@ -121,7 +128,7 @@ async def _read_plan(request: Request, context: AppContext) -> Plan:
     response_model=RolloutOut,
     responses={
         200: {"model": RolloutPreview, "description": "The dry run (?dry_run=true)"},
-        **error_responses(409, 413),
+        **error_responses(400, 409, 413, *IN_PROJECT),
     },
 )
 async def create_rollout(
@@ -164,10 +171,16 @@ async def _rollout(context: AppContext, project_id: str, rollout_id: str) -> Rol
     return record
 
 
-@router.get("/v2/projects/{project_id}/rollouts", name="list_rollouts")
+@router.get(
+    "/v2/projects/{project_id}/rollouts",
+    name="list_rollouts",
+    responses=error_responses(400, *IN_PROJECT),
+)
 async def list_rollouts(
     project_id: str,
-    state: str | None = Query(None, description="Only rollouts in this state"),
+    state: str | None = Query(
+        None, description="Only rollouts in this state", json_schema_extra=_enum_of(RolloutState)
+    ),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
 ) -> RolloutList:
@@ -181,7 +194,11 @@ async def list_rollouts(
     return RolloutList(rollouts=list(views))
 
 
-@router.get("/v2/projects/{project_id}/rollouts/{rollout_id}", name="get_rollout")
+@router.get(
+    "/v2/projects/{project_id}/rollouts/{rollout_id}",
+    name="get_rollout",
+    responses=error_responses(*IN_PROJECT),
+)
 async def get_rollout(
     project_id: str,
     rollout_id: str,
@@ -193,23 +210,22 @@ async def get_rollout(
     return await load_rollout_out(context.stores, await _rollout(context, project_id, rollout_id))
 
 
-def _position(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    if not cursor.isdigit():
-        raise InvalidInput(
-            f"cursor {cursor!r} is not one this API gave; pass next_cursor from the last page",
-            errors=[{"loc": "query.cursor", "msg": "must be a next_cursor value"}],
-        )
-    return int(cursor)
-
-
-@router.get("/v2/projects/{project_id}/rollouts/{rollout_id}/devices", name="list_rollout_devices")
+@router.get(
+    "/v2/projects/{project_id}/rollouts/{rollout_id}/devices",
+    name="list_rollout_devices",
+    responses=error_responses(400, *IN_PROJECT),
+)
 async def list_rollout_devices(
     project_id: str,
     rollout_id: str,
-    state: str | None = Query(None, description="Only devices in this state"),
-    cursor: str | None = Query(None, description="next_cursor of the previous page"),
+    state: str | None = Query(
+        None, description="Only devices in this state", json_schema_extra=_enum_of(DeviceState)
+    ),
+    cursor: str | None = Query(
+        None,
+        description="next_cursor of the previous page; leave it out for the first page",
+        json_schema_extra={"pattern": POSITION_CURSOR},
+    ),
     limit: int = Query(100, ge=1, le=1000),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
@@ -220,13 +236,17 @@ async def list_rollout_devices(
     listing scans a bounded stretch of the cohort per request.
     """
     wanted = _state(DeviceState, state, "device")
-    position = _position(cursor)
+    position = position_cursor(cursor)
     await check_project(context, principal, project_id)
     record = await _rollout(context, project_id, rollout_id)
     return await device_page(context.stores, record, wanted, position, limit)
 
 
-@router.get("/v2/projects/{project_id}/rollouts/{rollout_id}/events", name="list_rollout_events")
+@router.get(
+    "/v2/projects/{project_id}/rollouts/{rollout_id}/events",
+    name="list_rollout_events",
+    responses=error_responses(*IN_PROJECT),
+)
 async def list_rollout_events(
     project_id: str,
     rollout_id: str,
@@ -322,7 +342,7 @@ def _add_action_route(action: RolloutAction) -> None:
         methods=["POST"],
         name=f"{action.value}_rollout",
         response_model=RolloutOut,
-        responses=error_responses(409),
+        responses=error_responses(400, 409, *IN_PROJECT),
     )
 
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema, field_validator
 
-from orchestrator.domain.devices import DEFAULT_BRAND, DEFAULT_MODEL
+from orchestrator.domain.commands import (
+    ALLOWED_COMMANDS,
+    COMMAND_NAME,
+    FILE_COMMANDS,
+    SEED_COMMANDS,
+)
+from orchestrator.domain.devices import DEFAULT_BRAND, DEFAULT_MODEL, TAG
+from orchestrator.domain.files import FileType
+from orchestrator.domain.hooks import MAX_SECRET
+from orchestrator.domain.notices import Notice
+from orchestrator.domain.plans import FailureType
+from orchestrator.domain.states import OPERATOR_ACTIONS, DeviceState, RolloutState
 
 
 class Strict(BaseModel):
@@ -15,10 +26,21 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Envelope(BaseModel):
+# Checked by validate_tags, which names the bad tag; documented here.
+Tag = Annotated[str, WithJsonSchema({"type": "string", "pattern": TAG.pattern})]
+TAGS_TEXT = "Tags: 1 to 64 characters each, without spaces, ':', ';' or ','"
+
+
+class Reply(BaseModel):
+    """A response body: every field is always there, defaults included."""
+
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+class Envelope(Reply):
     """The seed's success wrapper."""
 
-    success: bool = True
+    success: Literal[True] = True
     status: int
     action: str
     message: str
@@ -28,7 +50,7 @@ class ProjectCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
 
 
-class ProjectOut(BaseModel):
+class ProjectOut(Reply):
     id: str
     name: str
     created_at: str
@@ -48,7 +70,7 @@ class DeviceCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
     source: Literal["http", "mqtt"]
-    tags: list[str] = Field(default_factory=list, max_length=100)
+    tags: list[Tag] = Field(default_factory=list, max_length=100, description=TAGS_TEXT)
     brand: str | None = Field(default=DEFAULT_BRAND, max_length=200)
     model: str | None = Field(default=DEFAULT_MODEL, max_length=200)
 
@@ -62,17 +84,18 @@ class DeviceMetadataPatch(Strict):
     allowed_commands: str = Field(
         description='Semicolon-separated command names, e.g. "configuration;reboot"; "" allows all',
         max_length=4000,
+        json_schema_extra={"pattern": ALLOWED_COMMANDS.pattern},
     )
 
 
 class DevicePatch(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=2000)
-    tags: list[str] | None = Field(default=None, max_length=100)
+    tags: list[Tag] | None = Field(default=None, max_length=100, description=TAGS_TEXT)
     metadata: DeviceMetadataPatch | None = None
 
 
-class DeviceMetadata(BaseModel):
+class DeviceMetadata(Reply):
     device_id: str
     device_token: str | None = Field(
         default=None, description="Only in the creation response; stored as a hash"
@@ -80,7 +103,7 @@ class DeviceMetadata(BaseModel):
     allowed_commands: str = ""
 
 
-class DeviceOut(BaseModel):
+class DeviceOut(Reply):
     id: str
     name: str
     description: str
@@ -89,7 +112,7 @@ class DeviceOut(BaseModel):
     avatar: str
     last_seen: str
     tags: list[str]
-    source: str
+    source: Literal["http", "mqtt"]
     created_at: str
     metadata: DeviceMetadata
 
@@ -105,62 +128,108 @@ class DeviceListEnvelope(Envelope):
     )
 
 
-class Done(BaseModel):
+class Done(Reply):
     """The seed's reply to a delete."""
 
     action: str
     message: str = "Operation completed successfully"
-    success: bool = True
+    success: Literal[True] = True
 
 
-class FileOut(BaseModel):
+class FileOut(Reply):
     name: str
     description: str
     size: int
     time: str
     sha256: str
-    type: str
+    type: FileType
 
 
-class FileListItem(BaseModel):
+class FileListItem(Reply):
     description: str
     name: str
     size: int
     time: str
     sha256: str
-    type: str
+    type: FileType
     project_id: str
 
 
-class FileList(BaseModel):
+class FileList(Reply):
     files: list[FileListItem]
+
+
+_FILE_COMMANDS: list[JsonValue] = [name for name in sorted(FILE_COMMANDS)]
 
 
 class CommandRequest(Strict):
     """Seed 000's body: a command name and its data."""
 
-    command: str = Field(min_length=1, examples=["configuration", "download_firmware"])
-    data: dict[str, Any] = Field(default_factory=dict)
+    model_config = ConfigDict(
+        json_schema_extra={
+            # download_firmware / download_logo name the file to send in data.file_name.
+            "if": {
+                "properties": {"command": {"enum": _FILE_COMMANDS}},
+                "required": ["command"],
+            },
+            "then": {
+                "properties": {
+                    "data": {
+                        "type": "object",
+                        "properties": {"file_name": {"type": "string", "minLength": 1}},
+                        "required": ["file_name"],
+                    }
+                },
+                "required": ["data"],
+            },
+        }
+    )
+
+    command: str = Field(
+        min_length=1,
+        description=(
+            "The topic level in {device_id}/control/{command}: one of the seed's commands ("
+            + ", ".join(SEED_COMMANDS)
+            + ") or a custom one"
+        ),
+        examples=["configuration", "download_firmware"],
+        json_schema_extra={"pattern": COMMAND_NAME.pattern, "maxLength": 64},
+    )
+    data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Sent as the payload (with command_id); file commands need file_name",
+    )
 
 
-class CommandSent(BaseModel):
+class CommandSent(Reply):
     command_id: str
     topic: str
 
 
-class CommandResponse(BaseModel):
-    success: bool = True
+class CommandResponse(Reply):
+    success: Literal[True] = True
     message: str = "Command sent successfully"
     action: str = "send command"
     data: CommandSent
 
 
-class Health(BaseModel):
+class Health(Reply):
     status: Literal["ok", "unavailable"]
     redis: bool | None = None
     mqtt: bool | None = None
     dynsec: bool | None = Field(
-        None, description="With OTA_MQTT_PROVISION=dynsec: the broker's dynamic security answers"
+        None,
+        description="With per-device broker accounts (the embedded default or "
+        "OTA_MQTT_PROVISION=dynsec): the broker's dynamic security answers",
+    )
+    mqtt_anonymous: bool | None = Field(
+        None,
+        description="The broker lets in a client with no credentials (probed at start); "
+        "null until it has answered",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What is unsafe without keeping the service from serving, and what to do",
     )
 
 
@@ -169,12 +238,12 @@ class Health(BaseModel):
 COUNTS_TEXT = "Devices by state: every device state is a key (zeros included); they add up"
 
 
-class FirmwareOut(BaseModel):
+class FirmwareOut(Reply):
     file: str
     version: str | None = None
 
 
-class WaveOut(BaseModel):
+class WaveOut(Reply):
     """One wave of a rollout: how many devices it reaches in all, and where they are."""
 
     name: str
@@ -182,12 +251,18 @@ class WaveOut(BaseModel):
     counts: dict[str, int] = Field(description=COUNTS_TEXT + " to this wave's new devices")
 
 
-class RolloutOut(BaseModel):
+OperatorAction = Annotated[
+    str,
+    WithJsonSchema({"type": "string", "enum": sorted(action.value for action in OPERATOR_ACTIONS)}),
+]
+
+
+class RolloutOut(Reply):
     """A rollout: its state and why, the current wave, counts, and the failure rate."""
 
     id: str
     name: str
-    state: str = Field(description="pending, running, paused, waiting_approval, halted, ...")
+    state: RolloutState
     reason: str = Field(description="Why the rollout is in this state")
     wave: str = Field(description="The current wave's name")
     wave_index: int = Field(description="The current wave's position, from 0")
@@ -201,14 +276,14 @@ class RolloutOut(BaseModel):
     firmware: FirmwareOut
     rollback: FirmwareOut | None = Field(description="The plan's rollback firmware, if any")
     total: int = Field(description="Devices in the rollout")
-    actions: list[str] = Field(description="The operator actions the state allows now")
+    actions: list[OperatorAction] = Field(description="The operator actions the state allows now")
 
 
-class RolloutList(BaseModel):
+class RolloutList(Reply):
     rollouts: list[RolloutOut]
 
 
-class WavePreview(BaseModel):
+class WavePreview(Reply):
     name: str
     devices: int = Field(description="Devices this wave adds")
     reach: int = Field(description="Devices reached in total once this wave is done")
@@ -216,14 +291,14 @@ class WavePreview(BaseModel):
     bake: str = Field(description="How long to wait after the wave before judging it")
 
 
-class ExclusionOut(BaseModel):
+class ExclusionOut(Reply):
     device_id: str
     reason: str
     detail: str = Field(description="More about the reason, e.g. the other rollout's id")
     why: str = Field(description="The reason in words")
 
 
-class RolloutPreview(BaseModel):
+class RolloutPreview(Reply):
     """A dry run: the waves and exclusions the plan resolves to now; nothing is started."""
 
     dry_run: Literal[True] = True
@@ -233,24 +308,24 @@ class RolloutPreview(BaseModel):
     exclusions: list[ExclusionOut]
 
 
-class RolloutDeviceOut(BaseModel):
+class RolloutDeviceOut(Reply):
     device_id: str
-    state: str
+    state: DeviceState
     wave: str
     command_id: str | None = Field(description="The command last sent to the device")
     attempts: int = Field(description="How many times the firmware was sent to the device")
-    failure: str | None = Field(description="failed, rejected, timed_out or wrong_version")
+    failure: FailureType | None = Field(description="How the device failed, if it did")
     updated_at: str | None = Field(description="When the device's state last changed")
 
 
-class RolloutDeviceList(BaseModel):
+class RolloutDeviceList(Reply):
     devices: list[RolloutDeviceOut]
     next_cursor: str | None = Field(
         description="Pass as ?cursor= for the next page; null at the end"
     )
 
 
-class RolloutEvent(BaseModel):
+class RolloutEvent(Reply):
     """One entry of a rollout's audit trail (more fields may appear)."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -263,7 +338,7 @@ class RolloutEvent(BaseModel):
     reason: str = ""
 
 
-class RolloutEvents(BaseModel):
+class RolloutEvents(Reply):
     events: list[RolloutEvent]
 
 
@@ -275,6 +350,14 @@ class RolloutActionRequest(Strict):
     )
 
 
+# Checked by check_secret (printable; base64 after a whsec_ prefix), which names the problem.
+Secret = Annotated[
+    str, WithJsonSchema({"type": "string", "minLength": 16, "maxLength": MAX_SECRET})
+]
+# Checked by check_events, which lists the valid ones.
+NoticeName = Annotated[str, WithJsonSchema({"type": "string", "enum": [n.value for n in Notice]})]
+
+
 class HookCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     plan: str = Field(
@@ -282,12 +365,16 @@ class HookCreate(Strict):
         max_length=1024 * 1024,
         description="A rollout plan as YAML with ${version} and ${file} placeholders",
     )
-    secret: str | None = Field(
-        None, description="HMAC secret; when absent a whsec_ secret is generated"
+    secret: Secret | None = Field(
+        None,
+        description=(
+            "HMAC secret of 16 or more printable characters (base64 after a whsec_ prefix); "
+            "when absent a whsec_ secret is generated"
+        ),
     )
 
 
-class HookOut(BaseModel):
+class HookOut(Reply):
     id: str
     name: str
     url: str = Field(description="Where deliveries are posted (POST, signed)")
@@ -305,7 +392,7 @@ class HookListEnvelope(Envelope):
     data: list[HookOut]
 
 
-class HookDeliveryOut(BaseModel):
+class HookDeliveryOut(Reply):
     id: str
     received_at: str
     scheme: str = Field(description="github or standard (Standard Webhooks)")
@@ -320,7 +407,7 @@ class HookDeliveryListEnvelope(Envelope):
     data: list[HookDeliveryOut]
 
 
-class DeployAccepted(BaseModel):
+class DeployAccepted(Reply):
     rollout_id: str | None = Field(description="The rollout the delivery starts (or started)")
     delivery_id: str
     duplicate: bool = Field(description="True when this delivery id was accepted before")
@@ -331,14 +418,24 @@ class DeployEnvelope(Envelope):
 
 
 class NotificationCreate(Strict):
-    url: str = Field(min_length=1, max_length=2000, description="http(s) URL to POST events to")
-    events: list[str] | None = Field(None, description="Events to send; null for every event")
-    secret: str | None = Field(
-        None, description="Standard Webhooks secret; when absent a whsec_ secret is generated"
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="An http:// or https:// URL with a host, to POST events to",
+    )
+    events: list[NoticeName] | None = Field(
+        None, description="Events to send; null for every event"
+    )
+    secret: Secret | None = Field(
+        None,
+        description=(
+            "Standard Webhooks secret of 16 or more printable characters (base64 after a "
+            "whsec_ prefix); when absent a whsec_ secret is generated"
+        ),
     )
 
 
-class NotificationOut(BaseModel):
+class NotificationOut(Reply):
     id: str
     url: str
     events: list[str] = Field(description="Events sent; empty for every event")
@@ -355,14 +452,14 @@ class NotificationListEnvelope(Envelope):
     data: list[NotificationOut]
 
 
-class NoticeAttemptOut(BaseModel):
+class NoticeAttemptOut(Reply):
     at: str
     status_code: int | None
     error: str | None
     duration_ms: int
 
 
-class NoticeOut(BaseModel):
+class NoticeOut(Reply):
     id: str = Field(description="The webhook-id the receiver sees, the same on every attempt")
     type: str
     rollout_id: str

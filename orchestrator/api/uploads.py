@@ -16,6 +16,7 @@ from orchestrator.blobs import BlobWriter
 from orchestrator.errors import InvalidInput, PayloadTooLarge
 
 MAX_FIELD_BYTES = 64 * 1024
+MAX_PARTS = 8  # file, type, description and room to spare; a form of thousands is refused
 
 
 @dataclass
@@ -68,6 +69,8 @@ async def read_upload(
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
         header_value.extend(data[start:end])
+        if len(header_value) > MAX_FIELD_BYTES:
+            raise ValueError(f"a part header is longer than {MAX_FIELD_BYTES} bytes")
 
     def on_header_end() -> None:
         headers[bytes(header_name).lower()] = bytes(header_value)
@@ -101,6 +104,7 @@ async def read_upload(
         },
     )
     part = _Part()
+    parts = 0
     async for chunk in body:
         try:
             parser.write(chunk)
@@ -111,6 +115,13 @@ async def read_upload(
             ) from exc
         for kind, data in events:
             if kind == "headers":
+                parts += 1
+                if parts > MAX_PARTS:
+                    raise InvalidInput(
+                        f"the form has more than {MAX_PARTS} parts; send file, type and "
+                        "description only",
+                        errors=[{"loc": "body", "msg": f"more than {MAX_PARTS} parts"}],
+                    )
                 _, options = parse_options_header(data.decode("latin-1"))
                 part = _Part(name=options.get(b"name", b"").decode())
                 if b"filename" in options:

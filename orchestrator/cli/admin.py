@@ -62,7 +62,11 @@ def create_key(
     name: Annotated[str, typer.Option(help="Who or what the key is for")],
     scope: Annotated[
         list[str],
-        typer.Option(help=f"Repeat for several: {', '.join(s.value for s in Scope)}"),
+        typer.Option(
+            help=f"Repeat for several: {', '.join(s.value for s in Scope)}. Creating a deploy "
+            "hook needs hooks:write and rollouts:write; hooks:write also covers hooks:read "
+            "and the notifications scopes"
+        ),
     ],
     project: Annotated[
         list[str] | None, typer.Option(help="Limit the key to this project (repeatable)")

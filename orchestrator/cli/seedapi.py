@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,8 @@ from rich.table import Table
 
 from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, print_json, run, server
 from orchestrator.client import ApiClient
+from orchestrator.errors import InvalidInput
+from orchestrator.jsonutil import loads
 
 devices_app = typer.Typer(help="Devices of the project (seed 003).", no_args_is_help=True)
 files_app = typer.Typer(help="Firmware and logo files of the project.", no_args_is_help=True)
@@ -152,11 +153,11 @@ def send(
 ) -> None:
     """Send one command to one device over MQTT (QoS 2)."""
     try:
-        payload = json.loads(data)
-    except json.JSONDecodeError as exc:
+        payload = loads(data, where="data")  # standard JSON: the API refuses NaN and the like
+    except InvalidInput as exc:
         raise typer.BadParameter(
-            f"not JSON ({exc.msg} at column {exc.colno}); quote it, e.g. "
-            '\'{"file_name": "fw.bin"}\'',
+            f"{exc.message} (quote the whole of it for the shell: "
+            """'{"file_name": "fw.bin"}')""",
             param_hint="DATA",
         ) from None
     if not isinstance(payload, dict):

@@ -81,6 +81,7 @@ def stats_table(stats: FleetStats) -> Table:
         ("offline (never connected)", stats.offline),
         ("connections", stats.connects),
         ("failed connection attempts", stats.connect_failures),
+        ("tokens rotated (old login refused)", stats.tokens_rotated),
         ("commands obeyed", stats.commands),
         ("duplicate commands dropped", stats.duplicates),
         ("malformed messages ignored", stats.malformed),
@@ -240,6 +241,14 @@ class _Run:
                         markup=False,
                         soft_wrap=True,
                     )
+                    if stats.tokens_rotated:
+                        self.console.print(
+                            f"{stats.tokens_rotated} devices of the book were refused by the "
+                            "broker (made before it kept per-device logins): their tokens were "
+                            "rotated and the book updated",
+                            markup=False,
+                            soft_wrap=True,
+                        )
                     deadline = None if self.duration_s is None else started + self.duration_s
                     while not stop.is_set():
                         wait_s = self.status_every_s

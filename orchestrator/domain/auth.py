@@ -17,7 +17,20 @@ class Scope(StrEnum):
     SEND_COMMANDS = "send-commands"
     ROLLOUTS_READ = "rollouts:read"
     ROLLOUTS_WRITE = "rollouts:write"
+    HOOKS_READ = "hooks:read"
     HOOKS_WRITE = "hooks:write"
+    NOTIFICATIONS_READ = "notifications:read"
+    NOTIFICATIONS_WRITE = "notifications:write"
+
+
+# Scopes a held scope carries with it. hooks:write covered notifications before they had
+# scopes of their own, and keys made then keep doing what they did.
+IMPLIED: dict[Scope, frozenset[Scope]] = {
+    Scope.HOOKS_WRITE: frozenset(
+        {Scope.HOOKS_READ, Scope.NOTIFICATIONS_READ, Scope.NOTIFICATIONS_WRITE}
+    ),
+    Scope.NOTIFICATIONS_WRITE: frozenset({Scope.NOTIFICATIONS_READ}),
+}
 
 
 API_KEY_PREFIX = "QB_"
@@ -48,8 +61,16 @@ class Principal:
     projects: frozenset[str] = field(default_factory=frozenset)  # empty: every project
 
     def allows(self, scope: Scope) -> bool:
-        """True when the key holds `scope` or `admin`."""
-        return Scope.ADMIN in self.scopes or scope in self.scopes
+        """True when the key holds `scope`, a scope that implies it, or `admin`."""
+        return (
+            Scope.ADMIN in self.scopes
+            or scope in self.scopes
+            or any(scope in IMPLIED.get(held, ()) for held in self.scopes)
+        )
+
+    def missing(self, scopes: tuple[Scope, ...]) -> list[Scope]:
+        """Those of `scopes` the key is not allowed, in the order given."""
+        return [scope for scope in scopes if not self.allows(scope)]
 
     def can_access(self, project_id: str) -> bool:
         """True when the key is not limited to projects, or is limited to this one."""

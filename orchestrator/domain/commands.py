@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from orchestrator.domain.devices import WHITESPACE
 from orchestrator.domain.files import FileType
 from orchestrator.errors import InvalidInput
 
@@ -21,15 +22,18 @@ FILE_COMMANDS: dict[str, FileType] = {
 }
 # A command name becomes an MQTT topic level, so no '/', '+', '#' or '$' may appear in it.
 COMMAND_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ALLOWED_PART = rf"[{WHITESPACE}]*(?:[A-Za-z0-9_.-]{{1,64}}[{WHITESPACE}]*)?"
+# What parse_allowed_commands accepts: command names separated by ';', spaces around them.
+ALLOWED_COMMANDS = re.compile(rf"^{_ALLOWED_PART}(?:;{_ALLOWED_PART})*$")
 
 
-def validate_command_name(name: str) -> str:
-    """`name` if it can be a topic level; InvalidInput naming the rule otherwise."""
+def validate_command_name(name: str, *, loc: str = "body.command") -> str:
+    """`name` if it can be a topic level; InvalidInput naming the rule (at `loc`) otherwise."""
     if not COMMAND_NAME.fullmatch(name):
         raise InvalidInput(
             f"command {name!r} must be 1 to 64 letters, digits, '_', '.' or '-' "
             "(it becomes the topic level in {device_id}/control/{command})",
-            errors=[{"loc": "body.command", "msg": "must match ^[A-Za-z0-9_.-]{1,64}$"}],
+            errors=[{"loc": loc, "msg": f"must match {COMMAND_NAME.pattern}"}],
         )
     return name
 
@@ -38,7 +42,7 @@ def parse_allowed_commands(value: str) -> list[str]:
     """The list in `"a;b;c"`; empty means every command is allowed (seed 000)."""
     names = [part.strip() for part in value.split(";") if part.strip()]
     for name in names:
-        validate_command_name(name)
+        validate_command_name(name, loc="body.metadata.allowed_commands")
     return list(dict.fromkeys(names))
 
 

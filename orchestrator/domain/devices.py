@@ -19,7 +19,10 @@ DEFAULT_BRAND = "Custom"
 DEFAULT_MODEL = "Custom"
 DEFAULT_AVATAR = "https://static.qubitro.com/portal/device/avatar/default.png"
 NEVER_SEEN = "0001-01-01T00:00:00Z"
-TAG = re.compile(r"^[^\s:;,]{1,64}$")
+# Python's `\s` (the characters str.isspace() and str.strip() see), spelled out so that a
+# JSON Schema validator, whose regexes are ECMA-262's, reads the documented patterns alike.
+WHITESPACE = r"\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+TAG = re.compile(rf"^[^{WHITESPACE}:;,]{{1,64}}$")
 
 
 def validate_tags(tags: list[str]) -> list[str]:

@@ -13,7 +13,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 import secrets
 from collections.abc import Mapping
@@ -23,6 +22,8 @@ from enum import StrEnum
 from orchestrator.domain.files import EXTENSIONS, FILE_NAME, FileType
 from orchestrator.domain.plans import Plan, parse_plan
 from orchestrator.errors import InvalidInput
+from orchestrator.jsonutil import loads
+from orchestrator.numerals import whole_number
 
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 VARIABLES = ("version", "file")
@@ -30,6 +31,7 @@ VARIABLES = ("version", "file")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 SAMPLE = {"version": "0.0.0-sample", "file": "sample-firmware.bin"}
 TOLERANCE_S = 5 * 60  # how far a Standard Webhooks timestamp may be from now
+TIMESTAMP_DIGITS = 12  # of webhook-timestamp, in seconds: 10 until the year 2286
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 SECRET_BYTES = 24
 MAX_SECRET = 256
@@ -146,11 +148,10 @@ def _verify_standard(secret: str, headers: Mapping[str, str], body: bytes, now_s
             "webhook-signature needs webhook-id and webhook-timestamp beside it (Standard "
             "Webhooks); send all three"
         )
-    if not raw_timestamp.isdigit():
-        raise SignatureError(
-            f"webhook-timestamp must be whole seconds since 1970, got {raw_timestamp!r}"
-        )
-    timestamp = int(raw_timestamp)
+    timestamp = whole_number(raw_timestamp, max_digits=TIMESTAMP_DIGITS)
+    if timestamp is None:
+        shown = raw_timestamp[: TIMESTAMP_DIGITS * 2]
+        raise SignatureError(f"webhook-timestamp must be whole seconds since 1970, got {shown!r}")
     if abs(now_s - timestamp) > TOLERANCE_S:
         raise SignatureError(
             f"webhook-timestamp {timestamp} is {abs(now_s - timestamp):.0f}s from the "
@@ -178,10 +179,7 @@ def deploy_of(body: bytes, event: str | None) -> Deploy | Ignored:
     """
     if event == "ping":
         return Ignored("GitHub ping: the hook is reachable and the signature holds")
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _not_deploy("the body is not JSON") from None
+    data = loads(body)  # standard JSON only: what it refuses, it names
     if not isinstance(data, dict):
         raise _not_deploy("the body is not a JSON object")
     release = data.get("release")
@@ -229,7 +227,7 @@ def _not_deploy(why: str) -> InvalidInput:
 
 def check_version(version: str) -> str:
     """`version` if it can go into a plan; InvalidInput otherwise."""
-    if not VERSION.match(version):
+    if not VERSION.fullmatch(version):  # `$` in a match() would let "2.0\n" through
         raise InvalidInput(
             f"version {version!r} must be 1 to 64 letters, digits, '.', '_', '+' or '-', "
             "starting with a letter or digit (like 2.1.0 or 2.1.0-rc.1)",

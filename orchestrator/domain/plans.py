@@ -247,6 +247,12 @@ PlanName = Annotated[str, BeforeValidator(_text(100, NAME, _NAME_RULE)), _name(1
 WaveName = Annotated[str, BeforeValidator(_text(64, NAME, _NAME_RULE)), _name(64)]
 FirmwareFile = Annotated[str, BeforeValidator(_firmware_file), _json(_FILE_JSON)]
 Text = Annotated[str, BeforeValidator(_text(128)), _json({"type": "string", "minLength": 1})]
+_VERSION = re.compile(r"[^\x00-\x1f\x7f]+")  # no control character (a trailing newline)
+Version = Annotated[
+    str,
+    BeforeValidator(_text(128, _VERSION, " without control characters such as a newline")),
+    _json({"type": "string", "minLength": 1, "pattern": rf"^{_VERSION.pattern}$"}),
+]
 Tag = Annotated[
     str,
     BeforeValidator(_text(64, TAG, _TAG_RULE)),
@@ -295,7 +301,7 @@ class FirmwareSpec(_Spec):
     """The firmware to ship, and the version a device must report on success."""
 
     file: FirmwareFile = Field(description="An uploaded firmware file of the project")
-    version: Text | None = Field(None, description="A success reporting another version fails")
+    version: Version | None = Field(None, description="A success reporting another version fails")
 
 
 class TargetSpec(_Spec):
@@ -367,7 +373,7 @@ class RollbackSpec(_Spec):
     """The firmware sent back to devices that took the new one, when the rollout fails."""
 
     file: FirmwareFile
-    version: Text | None = None
+    version: Version | None = None
 
 
 _WHOLE = ", so that the rollout reaches the whole target"

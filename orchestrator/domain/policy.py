@@ -91,3 +91,19 @@ def judge(tally: Tally, policy: PolicySpec, *, end_of_wave: bool) -> Verdict:
         failure_rate=rate,
         reason=f"failure rate {_pct(rate)} ({counts}) is within {_pct(policy.max_failure_rate)}",
     )
+
+
+RESENDS = 3  # times a silent device is sent the same command again before its deadline
+RESEND_FLOOR_S = 1.0  # never sooner than this after the device's last sign of life
+
+
+def resend_after_s(policy: PolicySpec) -> float:
+    """How long a device in flight may stay silent before it is sent its command again.
+
+    The same command (same command id and download key) goes out at most RESENDS times, spread
+    over the shorter timeout, so a device that lost its command (a broker that lost its
+    state, a clean session) gets it, and one whose result was lost is asked for it again
+    (ARCHITECTURE §5), before the deadline turns either into a timeout.
+    """
+    shorter_s = min(policy.ack_timeout_s, policy.device_timeout_s)
+    return max(RESEND_FLOOR_S, shorter_s / (RESENDS + 1))

@@ -15,6 +15,7 @@ Device in a rollout:
     sent | downloading | installing ─▶ failed | rejected | timed_out
     pending | sent ─cancel─▶ cancelled
     (downloaded the new firmware) ─rollback_sent─▶ rollback_sent ─▶ rolled_back | rollback_failed
+    any state not final ─end─▶ cancelled      (the rollout ended: completed, rolled back, aborted)
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ class DeviceEvent(StrEnum):
     ROLLBACK_SEND = "rollback_send"
     ROLLBACK_SUCCESS = "rollback_success"
     ROLLBACK_FAILURE = "rollback_failure"
+    END = "end"  # the rollout reached a terminal state while the device was not final
 
 
 _D = DeviceState
@@ -195,6 +197,12 @@ DEVICE_TRANSITIONS: dict[DeviceEvent, dict[DeviceState, DeviceState]] = {
     },
     _E.ROLLBACK_SUCCESS: {_D.ROLLBACK_SENT: _D.ROLLED_BACK},
     _E.ROLLBACK_FAILURE: {_D.ROLLBACK_SENT: _D.ROLLBACK_FAILED},
+    # A finished rollout tracks nothing: what it never reached, or still waited for, is
+    # cancelled in the same step as the terminal state, and a later result is ignored as late.
+    _E.END: {
+        state: _D.CANCELLED
+        for state in (_D.PENDING, _D.SENT, _D.DOWNLOADING, _D.INSTALLING, _D.ROLLBACK_SENT)
+    },
 }
 
 RESULT_EVENTS: dict[str, DeviceEvent] = {

@@ -51,6 +51,7 @@ async def file_command_payload(
         project_id=project_id,
         file_name=stored.name,
         size=stored.size,
+        sha256=stored.sha256,
         ttl_s=key_ttl_s,
         command_id=command_id,
         rollout_id=rollout_id,

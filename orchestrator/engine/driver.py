@@ -18,7 +18,7 @@ import structlog
 
 from orchestrator.domain.notices import WAVE_PASSED
 from orchestrator.domain.plans import FailureType, Plan, PlanError, stored_plan
-from orchestrator.domain.policy import Tally, Verdict, judge
+from orchestrator.domain.policy import RESENDS, Tally, Verdict, judge, resend_after_s
 from orchestrator.domain.states import (
     TERMINAL_ROLLOUT_STATES,
     DeviceEvent,
@@ -46,6 +46,11 @@ SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
 ENGINE = "engine"
 COMMAND = "download_firmware"
 WORKING = (DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING)
+RESEND_CHECK_MS = 1000  # how often a driver looks for silent devices
+# States whose command may not have arrived (a publish a crash cut short): sent again at once.
+UNACKNOWLEDGED = frozenset({DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.value})
+# States in which a silent device is sent its command again (same command id).
+RESENDABLE = frozenset({*(state.value for state in WORKING), DeviceState.ROLLBACK_SENT.value})
 GIVE_UP_AFTER = 3  # unexpected step failures in a row before the engine gives up on a rollout
 MAX_FAILED_STEP_PAUSE_S = 5.0  # the longest pause before a failed step is tried again
 GAVE_UP = "engine_gave_up"  # audit action when the engine gives up without a state change
@@ -61,6 +66,19 @@ def _figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
         "failures": {t.value: n for t, n in tally.failures.items()},
         "wave": wave,
     }
+
+
+def _changed_since_pinned(record: RolloutRecord, stored: StoredFile) -> str | None:
+    """Why `stored` is not the file the rollout was made with, or None when it is."""
+    pin = record.pins.get(stored.name)
+    if pin is None or pin == (stored.sha256, stored.size):
+        return None
+    sha256, size = pin
+    return (
+        f"the firmware file {stored.name} now holds other bytes (sha256 {stored.sha256}, "
+        f"{stored.size} bytes) than when the rollout was created (sha256 {sha256}, {size} "
+        "bytes); upload the new image under a new name and start a new rollout"
+    )
 
 
 class RolloutDriver:
@@ -79,6 +97,7 @@ class RolloutDriver:
         self._plan: Plan | None = None
         self._publishing: set[asyncio.Task[None]] = set()
         self._in_flight: set[str] = set()  # devices whose publish is under way
+        self._next_resend_check_ms = 0
         self.log = log.bind(rollout_id=rollout_id)
 
     def stop(self) -> None:
@@ -155,6 +174,7 @@ class RolloutDriver:
         plan = self._plan
         await self._republish(record, plan)
         await self._sweep(record, plan)
+        await self._resend_to_silent(record, plan)
         if record.state is RolloutState.PENDING:
             self._again = await self._change(record, RolloutAction.START, "started by the engine")
             first = plan.waves[0]
@@ -329,6 +349,10 @@ class RolloutDriver:
                 "again and start a new rollout",
             )
             return
+        changed = _changed_since_pinned(record, stored)
+        if changed is not None:
+            await self._change(record, RolloutAction.HALT, changed)
+            return
         if len(self._publishing) >= PUBLISHING_BATCHES:
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
         sent = await self._store.dispatch(
@@ -340,6 +364,7 @@ class RolloutDriver:
                 project_id=record.project_id,
                 file_name=stored.name,
                 size=stored.size,
+                sha256=stored.sha256,
                 key_ttl_s=self._context.settings.download_key_ttl,
                 command=COMMAND,
             ),
@@ -357,6 +382,7 @@ class RolloutDriver:
                 command_id=item.command_id,
                 rollout_id=self.rollout_id,
                 expires_at_ms=item.key_expires_at_ms,
+                sha256=stored.sha256,
             )
             for item in sent
         ]
@@ -391,6 +417,14 @@ class RolloutDriver:
                 )
                 self._missing_file_logged = True
             return
+        changed = _changed_since_pinned(record, stored)
+        if changed is not None:
+            # Never announce other bytes than the rollout was made with; devices left without
+            # their command time out, and a rollout still sending its new firmware halts.
+            self.log.error("the rollout's firmware file changed; not sent", reason=changed)
+            if not rollback:
+                await self._change(record, RolloutAction.HALT, changed)
+            return
         ttl_s = context.settings.download_key_ttl
         fresh = await stores.download_keys.issue_many(
             sends,
@@ -399,6 +433,7 @@ class RolloutDriver:
             size=stored.size,
             ttl_s=ttl_s,
             rollout_id=self.rollout_id,
+            sha256=stored.sha256,
         )
         context.metrics.download_keys_issued.inc(len(fresh))
         keys = [*fresh, *(reuse or [])]
@@ -481,15 +516,74 @@ class RolloutDriver:
         device_ids = [d for d in unpublished if d not in was_in_flight and d not in in_flight]
         if not device_ids:
             return
+        devices = await self._store.device_states(self.rollout_id, device_ids)
+        settled = await self._send_again(
+            record, plan, dict(zip(device_ids, devices, strict=True)), waiting=UNACKNOWLEDGED
+        )
+        await self._store.mark_published(self.rollout_id, *settled)
+
+    async def _resend_to_silent(self, record: RolloutRecord, plan: Plan) -> None:
+        """Send the same command again to devices in flight that have been silent too long.
+
+        A device that lost its command (a broker that lost its state, a clean session) gets it
+        again, and one that handled it answers with its last result again (ARCHITECTURE §5),
+        so a lost command or result is repaired before it becomes a timeout.
+        """
+        now = self._context.clock_ms()
+        if now < self._next_resend_check_ms or not self._context.transport.connected:
+            return
+        self._next_resend_check_ms = now + RESEND_CHECK_MS
+        after_ms = int(resend_after_s(plan.policy) * 1000)
+        was_in_flight = set(self._in_flight)
+        candidates = [
+            d for d in await self._store.with_deadlines(self.rollout_id) if d not in was_in_flight
+        ]
+        for start in range(0, len(candidates), SCAN_CHUNK):
+            ids = candidates[start : start + SCAN_CHUNK]
+            silent: dict[str, dict[str, str]] = {}
+            for device_id, device in zip(
+                ids, await self._store.device_states(self.rollout_id, ids), strict=True
+            ):
+                if device.get("state") not in RESENDABLE or device_id in self._in_flight:
+                    continue
+                if int(device.get("resends") or 0) >= RESENDS:
+                    continue  # the deadline decides now
+                last_ms = max(
+                    int(device.get(name) or 0) for name in ("seen_at", "sent_at", "resent_at")
+                )
+                if now - last_ms >= after_ms:
+                    silent[device_id] = device
+            if not silent:
+                continue
+            await self._store.note_resends(self.rollout_id, list(silent), at_ms=now)
+            await self._send_again(record, plan, silent, waiting=RESENDABLE)
+            self._context.metrics.commands_resent.labels(COMMAND).inc(len(silent))
+            self.log.info(
+                "command sent again to silent devices",
+                devices=len(silent),
+                silent_for_s=after_ms / 1000,
+            )
+
+    async def _send_again(
+        self,
+        record: RolloutRecord,
+        plan: Plan,
+        devices: Mapping[str, Mapping[str, str]],
+        *,
+        waiting: frozenset[str],
+    ) -> list[str]:
+        """Publish each device's current command again, same command id; the devices settled.
+
+        A device whose state is not in `waiting` (final, or moved on) is settled and skipped.
+        """
         work: dict[bool, tuple[list[tuple[str, str]], list[DownloadKey]]] = {
             False: ([], []),
             True: ([], []),
         }
         settled: list[str] = []
-        devices = await self._store.device_states(self.rollout_id, device_ids)
-        for device_id, device in zip(device_ids, devices, strict=True):
+        for device_id, device in devices.items():
             state = device.get("state")
-            if state not in (DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.value):
+            if state not in waiting:
                 settled.append(device_id)
                 continue
             rollback = state == DeviceState.ROLLBACK_SENT.value
@@ -504,9 +598,9 @@ class RolloutDriver:
                 reused.append(old)
             else:
                 new.append((device_id, command_id))
-        await self._store.mark_published(self.rollout_id, *settled)
         for rollback, (new, reused) in work.items():
             await self._publish(record, plan, new, rollback=rollback, reuse=reused)
+        return settled
 
     async def _revoke(self, key: str) -> None:
         if key:
@@ -591,7 +685,11 @@ class RolloutDriver:
                     device_id,
                     DeviceEvent.ROLLBACK_SEND,
                     deadline_ms=deadline,
-                    extra={"rollback_command_id": command_id},
+                    extra={
+                        "rollback_command_id": command_id,
+                        "seen_at": self._context.clock_ms(),
+                        "resends": 0,
+                    },
                 )
                 if result.applied:
                     await self._store.mark_unpublished(self.rollout_id, device_id)
@@ -602,7 +700,6 @@ class RolloutDriver:
         counts = await self._store.counts(self.rollout_id)
         if counts.get("all:rollback_sent", 0):
             return
-        await self._cancel_pending(record)  # the rollout ends here: what never started is cancelled
         failed = counts.get("all:rollback_failed", 0)
         rolled = counts.get("all:rolled_back", 0)
         # The rollback's own reason (the figures that crossed the threshold, or who asked)
@@ -639,9 +736,15 @@ class RolloutDriver:
             )
 
     async def _finish(self, record: RolloutRecord) -> None:
-        """Cancel what never started, then free the devices for other rollouts."""
-        await self._cancel_unstarted()
-        await self._cancel_pending(record)
-        freed = await self._store.release_devices(self.rollout_id)
-        await self._store.deactivate(self.rollout_id)
-        self.log.info("rollout finished", state=record.state.value, devices_freed=freed)
+        """The rollout ended: say so, and clean up after a rollout an older version ended.
+
+        Today the terminal state change cancels, revokes and frees in its own step and takes
+        the rollout out of the active set; one still in it was ended by an older version.
+        """
+        freed = 0
+        if await self._store.is_active(self.rollout_id):
+            await self._cancel_unstarted()
+            await self._cancel_pending(record)
+            freed = await self._store.release_devices(self.rollout_id)
+            await self._store.deactivate(self.rollout_id)
+        self.log.info("rollout finished", state=record.state.value, devices_freed_late=freed)

@@ -14,6 +14,7 @@ from orchestrator.engine.context import EngineContext
 from orchestrator.engine.deploys import DeployStarter
 from orchestrator.engine.driver import RolloutDriver
 from orchestrator.engine.notifier import Notifier
+from orchestrator.engine.retention import RetentionSweeper
 from orchestrator.engine.streams import Handler, consume
 from orchestrator.engine.tracker import Tracker
 from orchestrator.errors import OrchestratorError
@@ -34,6 +35,7 @@ class Engine:
         self.tracker = Tracker(context)
         self.deploys = DeployStarter(context)
         self.notifier = Notifier(context)
+        self.retention = RetentionSweeper(context)
         settings = context.settings
         self.results = ResultSubscriber(
             settings.mqtt_url,
@@ -60,6 +62,9 @@ class Engine:
             self._consume(keys.rollout_notices(), self.notifier.on_entry, "rollout notice"),
             spawn(
                 functools.partial(self.notifier.send_forever, self._stopping), name="notify-send"
+            ),
+            spawn(
+                functools.partial(self.retention.sweep_forever, self._stopping), name="retention"
             ),
         ]
         log.info("engine started", instance_id=self.context.settings.instance_id)

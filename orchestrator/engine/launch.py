@@ -99,6 +99,18 @@ async def launch(
             errors=[{"loc": "target", "msg": "matches no eligible device"}],
         )
     reach = wave_reach(plan.waves, len(cohort.device_ids))
+    # The rollout announces these bytes and no others, whatever happens to the names later.
+    pins: dict[str, tuple[str, int]] = {}
+    for spec in (plan.firmware, plan.rollback):
+        stored = await stores.files.get(project_id, spec.file) if spec is not None else None
+        if spec is not None and stored is None:
+            raise InvalidInput(
+                f"the firmware file {spec.file!r} was deleted while the rollout was being "
+                "created; upload it again and apply the plan again",
+                errors=[{"loc": "firmware.file", "msg": f"no firmware file {spec.file!r}"}],
+            )
+        if stored is not None:
+            pins[stored.name] = (stored.sha256, stored.size)
     made_id, outcome = await stores.rollouts.create(
         project_id=project_id,
         name=plan.name,
@@ -108,6 +120,7 @@ async def launch(
         created_at=isoformat_z(utc_now()),
         created_by=created_by,
         rollout_id=rollout_id,
+        pins=pins,
     )
     if outcome.name_taken_by is not None:
         raise Conflict(

@@ -20,11 +20,13 @@ import httpx
 import structlog
 
 from orchestrator import __version__
+from orchestrator.domain.destinations import masked_url
 from orchestrator.domain.hooks import sign_standard
 from orchestrator.domain.notices import Notice, cloudevent_type, notice_of
 from orchestrator.domain.plans import shown_plan
 from orchestrator.domain.states import DeviceState
 from orchestrator.engine.context import EngineContext
+from orchestrator.engine.egress import checked_client
 from orchestrator.errors import OrchestratorError
 from orchestrator.store.notifications import Notice as QueuedNotice
 from orchestrator.store.rollouts import RolloutRecord, tally_of
@@ -37,7 +39,7 @@ SEND_BATCH = 50  # notices posted at once at most
 TIMEOUT_S = 10.0  # one attempt's limit
 VISIBILITY_MS = 60_000  # a claimed notice is tried again after this if its sender vanished
 MAX_BACKOFF_S = 3600.0
-ERROR_TEXT = 300  # characters of a failed attempt's error kept
+ERROR_TEXT = 300  # characters of a failed attempt's error kept (never the answer's body)
 
 
 def figures(record: RolloutRecord, counters: Mapping[str, int]) -> dict[str, Any]:
@@ -61,6 +63,14 @@ def figures(record: RolloutRecord, counters: Mapping[str, int]) -> dict[str, Any
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
+
+
+def _status_error(status_code: int) -> str:
+    phrase = httpx.codes.get_reason_phrase(status_code)
+    error = f"HTTP {status_code}" + (f" {phrase}" if phrase else "")
+    if 300 <= status_code < 400:
+        error += " (redirects are not followed; subscribe to the final URL)"
+    return error
 
 
 def backoff_s(attempt: int, base_s: float) -> float:
@@ -146,10 +156,10 @@ class Notifier:
 
     async def send_forever(self, stopping: asyncio.Event) -> None:
         """Post due notices until `stopping` is set."""
-        async with httpx.AsyncClient(
-            timeout=TIMEOUT_S,
-            follow_redirects=False,
-            headers={"User-Agent": f"ota-orchestrator/{__version__}"},
+        async with checked_client(
+            self._context.settings.notify_allow,
+            timeout_s=TIMEOUT_S,
+            user_agent=f"ota-orchestrator/{__version__}",
         ) as http:
             while not stopping.is_set():
                 sent = 0
@@ -203,8 +213,10 @@ class Notifier:
             )
             status_code = response.status_code
             if not response.is_success:
-                error = f"HTTP {status_code}: {response.text[:ERROR_TEXT]}"
-        except httpx.HTTPError as exc:
+                # Never the answer's body: it would show whatever the URL leads to.
+                error = _status_error(status_code)
+        # InvalidURL is no HTTPError: a URL stored before the API checked it with httpx.
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT] or type(exc).__name__
         duration_ms = int((time.perf_counter() - started) * 1000)
         attempt: dict[str, Any] = {
@@ -227,7 +239,7 @@ class Notifier:
             "notice sent" if error is None else "notice not delivered",
             notice_id=notice.id,
             rollout_id=notice.rollout_id,
-            url=subscription.url,
+            url=masked_url(subscription.url),  # a token may sit in its query
             attempt=tries,
             status_code=status_code,
             error=error,

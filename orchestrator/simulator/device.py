@@ -9,16 +9,24 @@ a small device would. Each command is answered on `{device_id}/control/{command}
   sha256), installing, success with the payload's version; or failed with the reason.
 - any other command: received, success.
 
-A command_id handled already is dropped. A message that is not a usable command is logged,
+A device whose login the broker refuses (one made before the broker kept per-device accounts:
+the service stores only digests of tokens, so it could not give the broker its password) asks
+for a new token once, through `renew_token`, and logs in with it.
+
+A command_id handled already is not obeyed again: the device publishes its last result for it
+again, so an engine that never heard it can ask for it by re-sending the command. A message
+that is not a usable command is logged,
 counted as malformed and ignored; nothing a broker delivers can stop the device.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import ssl
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -45,8 +53,13 @@ KEEPALIVE_S = 60
 MQTT_TIMEOUT_S = 10.0  # for CONNACK, SUBACK and PUBACK
 SESSION_EXPIRY_S = 300  # MQTT 5: commands sent during a short outage wait this long for us
 RECONNECT_S = (0.5, 30.0)  # first and largest pause before connecting again
-SEEN_COMMANDS = 1024  # command ids remembered per device for dropping duplicates
+SEEN_COMMANDS = 1024  # command ids (and their last results) remembered per device
 _PAYLOAD_EXCERPT_BYTES = 200  # of an ignored message, in its log line
+# CONNACK codes of a refused login: 3.1.1 "bad user name or password" and "not authorised",
+# MQTT 5 the same two (paho reports 3.1.1 refusals with the MQTT 5 codes).
+_LOGIN_REFUSED = frozenset({4, 5, 0x86, 0x87})
+
+RenewToken = Callable[[str], Awaitable[str | None]]  # device id → a new token, or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +112,7 @@ class SimulatedDevice:
         behaviour: Behaviour,
         http: httpx.AsyncClient,
         stats: FleetStats,
+        renew_token: RenewToken | None = None,
     ) -> None:
         self.identity = identity
         self.id = identity.id
@@ -110,10 +124,16 @@ class SimulatedDevice:
         self._behaviour = behaviour
         self._http = http
         self._stats = stats
+        self._renew_token = renew_token
+        self.renewed = False  # its token was rotated after the broker refused its login
         self._rng = device_random(behaviour.seed, identity.id)
         self._latency_rng = device_random(behaviour.seed, identity.id, "latency")
         self.offline = self._rng.random() < behaviour.offline_rate  # first draw, always taken
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        # command id → (command, the last result published about it; None before the first)
+        self._seen: OrderedDict[str, tuple[str, ResultPayload | None]] = OrderedDict()
+        # Results that could not go out (the connection was lost): sent first on reconnect, as
+        # firmware keeps working while the broker is away and reports once it is back.
+        self._outbox: list[tuple[str, ResultPayload]] = []
 
     async def run(self) -> None:
         """Connect, obey commands, and connect again after a loss, until cancelled."""
@@ -124,6 +144,7 @@ class SimulatedDevice:
             try:
                 async with client:
                     await self._subscribe(client)
+                    await self._flush_outbox(client)
                     up = True
                     self._online(True)
                     pause_s = RECONNECT_S[0]
@@ -134,6 +155,9 @@ class SimulatedDevice:
                         self._online(False)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or exc.__class__.__name__
+                if not up and _login_refused(exc) and await self._renew():
+                    client = self._client()
+                    continue  # at once, with the new token
             except Exception as exc:  # never let one device's trouble end it
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 log.exception("simulated device failed; connecting again", device_id=self.id)
@@ -150,6 +174,17 @@ class SimulatedDevice:
             self.first_attempt.set()
             await asyncio.sleep(pause_s * (0.5 + self._latency_rng.random()))  # jittered
             pause_s = min(pause_s * 2, RECONNECT_S[1])
+
+    async def _renew(self) -> bool:
+        """Once per run, a new token for a refused login; True when the device got one."""
+        if self.renewed or self._renew_token is None:
+            return False
+        self.renewed = True
+        token = await self._renew_token(self.id)
+        if token is None:
+            return False
+        self.identity = dataclasses.replace(self.identity, token=token)
+        return True
 
     def _client(self) -> aiomqtt.Client:
         v5 = self._broker.version == "5.0"
@@ -212,9 +247,16 @@ class SimulatedDevice:
             command_id: str = body["command_id"]
             if command_id in self._seen:
                 self._stats.duplicates += 1
-                log.info("duplicate command dropped", command_id=command_id)
+                _, last = self._seen[command_id]
+                log.info(
+                    "duplicate command: last result published again",
+                    command_id=command_id,
+                    status=last.status if last else None,
+                )
+                if last is not None:
+                    await self._publish_result(client, command, last)
                 return
-            self._seen[command_id] = None
+            self._seen[command_id] = (command, None)
             if len(self._seen) > SEEN_COMMANDS:
                 self._seen.popitem(last=False)
             self._stats.commands += 1
@@ -319,10 +361,38 @@ class SimulatedDevice:
         if high > 0:
             await asyncio.sleep(self._latency_rng.uniform(low, high))  # the device's slowness
         result = ResultPayload(command_id=command_id, status=status, version=version, error=error)
-        await client.publish(
-            result_topic(self.id, command), result.model_dump_json(exclude_none=True), qos=1
-        )
-        self._stats.results[status] += 1
+        if command_id in self._seen:
+            self._seen[command_id] = (command, result)
+        await self._publish_result(client, command, result)
+
+    async def _publish_result(
+        self, client: aiomqtt.Client, command: str, result: ResultPayload
+    ) -> None:
+        """Publish at QoS 1; while the connection is lost, keep it for the reconnection."""
+        if self._outbox:
+            self._outbox.append((command, result))  # after those waiting, in order
+            return
+        try:
+            await client.publish(
+                result_topic(self.id, command), result.model_dump_json(exclude_none=True), qos=1
+            )
+        except aiomqtt.MqttError:
+            self._outbox.append((command, result))
+            return
+        self._stats.results[result.status] += 1
+
+    async def _flush_outbox(self, client: aiomqtt.Client) -> None:
+        waiting, self._outbox = self._outbox, []
+        for command, result in waiting:
+            await self._publish_result(client, command, result)
+
+
+def _login_refused(exc: aiomqtt.MqttError) -> bool:
+    """True when the broker answered the CONNECT with "not authorised" or a bad password."""
+    if not isinstance(exc, aiomqtt.MqttCodeError):
+        return False
+    code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+    return code in _LOGIN_REFUSED
 
 
 def _parse_command(payload: object) -> dict[str, Any] | None:

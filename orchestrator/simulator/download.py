@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import httpx
 
 MAX_BREAKS = 3  # transfers that may break off (network errors) before the download fails
-BUSY_RETRY_S = 10.0  # how long a resume may be told 409 while the broken transfer lets go
+BUSY_RETRY_S = 10.0  # how long a 409 (a broken transfer letting go) or a 503 is retried
 _BACKOFF_S = (0.05, 1.0)  # first and largest pause between attempts
 _ERROR_BODY_BYTES = 8192  # of an error answer, read for its message
 _ERROR_EXCERPT_CHARS = 200  # of an error answer that has no JSON message
@@ -68,7 +68,9 @@ async def download(
             headers["Range"] = f"bytes={received}-"
         try:
             async with http.stream("GET", url, headers=headers) as response:
-                if response.status_code == 409 and received and loop.time() < busy_until:
+                busy = response.status_code == 409 and received
+                # 503: the service is up but its Redis is not (a restart, a failover): retry.
+                if (busy or response.status_code == 503) and loop.time() < busy_until:
                     await response.aclose()
                 elif response.status_code not in (200, 206):
                     return Downloaded(

@@ -2,8 +2,10 @@
 
 `Fleet.start(n)` takes `n` devices from the device book (those the service still knows and
 that carry the wanted tags), creates the missing ones through the API, writes the book, then
-connects the online devices `connect_batch` at a time. `Fleet.stop()` disconnects them and
-writes the book again, with the firmware versions the devices installed.
+connects the online devices `connect_batch` at a time. A device whose broker login is refused
+has its token rotated through the API once (a device made before the service kept the broker's
+accounts has none there until then). `Fleet.stop()` disconnects them and writes the book
+again, with the devices' tokens and the firmware versions they installed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import httpx
 import structlog
 
 from orchestrator.client import ApiClient
-from orchestrator.errors import TransportUnavailable
+from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.simulator.behaviour import Behaviour
 from orchestrator.simulator.book import DeviceBook, DeviceIdentity
 from orchestrator.simulator.device import BrokerAddress, SimulatedDevice
@@ -74,6 +76,7 @@ class Fleet:
         self._http: httpx.AsyncClient | None = None
         self._booked: list[DeviceIdentity] = []  # every device of the project in the book
         self._started = False
+        self._renewing = asyncio.Semaphore(CREATE_CONCURRENCY)  # token rotations in flight
 
     async def __aenter__(self) -> Self:
         return self
@@ -121,6 +124,7 @@ class Fleet:
                 behaviour=self.behaviour,
                 http=self._http,
                 stats=self._stats,
+                renew_token=self._renew_token,
             )
             for identity in identities
         ]
@@ -145,11 +149,15 @@ class Fleet:
                 "Set --mqtt-url or OTA_MQTT_URL"
             )
         waiting = sum(1 for device in online if not device.connected)
+        renewed = self._stats.tokens_rotated
+        if renewed and self.book is not None:
+            self.book.save(self.api.project_id, self._current_book())  # the old tokens are dead
         log.info(
             "simulated fleet started",
             devices=len(self._devices),
             offline=self._stats.offline,
             still_connecting=waiting,
+            tokens_rotated=renewed,
         )
 
     async def stop(self) -> None:
@@ -165,11 +173,37 @@ class Fleet:
             await self._http.aclose()
             self._http = None
         if self.book is not None and self._devices:
-            versions = {device.id: device.version for device in self._devices}
-            self._booked = [
-                dataclasses.replace(d, version=versions.get(d.id, d.version)) for d in self._booked
-            ]
-            self.book.save(self.api.project_id, self._booked)
+            self.book.save(self.api.project_id, self._current_book())
+
+    def _current_book(self) -> list[DeviceIdentity]:
+        """The book's devices with the tokens and firmware versions this run's devices have."""
+        running = {device.id: device for device in self._devices}
+        self._booked = [
+            dataclasses.replace(d, token=device.identity.token, version=device.version)
+            if (device := running.get(d.id)) is not None
+            else d
+            for d in self._booked
+        ]
+        return self._booked
+
+    async def _renew_token(self, device_id: str) -> str | None:
+        """A new token for a device the broker refused, through the API; None if refused."""
+        async with self._renewing:
+            try:
+                token = await self.api.rotate_device_token(device_id)
+            except OrchestratorError as exc:
+                log.warning(
+                    "the broker refused a simulated device and its token could not be rotated",
+                    device_id=device_id,
+                    error=exc.message,
+                )
+                return None
+        self._stats.tokens_rotated += 1
+        log.info(
+            "the broker refused a simulated device's login: its token was rotated",
+            device_id=device_id,
+        )
+        return token
 
     # --- devices from the book and from the API -------------------------------------------
 

@@ -17,8 +17,9 @@ class FleetStats:
     connected: int = 0  # connected to the broker right now
     connects: int = 0  # successful connections, reconnections included
     connect_failures: int = 0  # connection attempts that failed
+    tokens_rotated: int = 0  # devices given a new token after the broker refused their login
     commands: int = 0  # commands obeyed (duplicates and malformed messages not counted)
-    duplicates: int = 0  # commands dropped because their command_id was handled already
+    duplicates: int = 0  # commands not obeyed again: their command_id was handled already
     malformed: int = 0  # messages that were not a usable command (logged and ignored)
     results: Counter[str] = field(default_factory=Counter)  # results published, by status
     downloads: int = 0  # file downloads begun

@@ -14,6 +14,7 @@ from orchestrator.store.keys import RedisKeys
 from orchestrator.store.notifications import NotificationStore
 from orchestrator.store.projects import ProjectStore
 from orchestrator.store.redis import Redis, translated
+from orchestrator.store.retention import RetentionStore
 from orchestrator.store.rollouts import RolloutStore
 
 
@@ -32,6 +33,7 @@ class Stores:
     rollouts: RolloutStore
     hooks: HookStore
     notifications: NotificationStore
+    retention: RetentionStore
 
     @classmethod
     def build(cls, redis: Redis, prefix: str) -> Stores:
@@ -49,6 +51,7 @@ class Stores:
             rollouts=RolloutStore(redis, keys),
             hooks=HookStore(redis, keys),
             notifications=NotificationStore(redis, keys),
+            retention=RetentionStore(redis, keys),
         )
 
     @translated

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Pipeline, Redis, fields, load_script, translated
+from orchestrator.store.redis import Pipeline, Redis, fields, load_script, members, translated
 
 DOWNLOAD_KEY_PREFIX = "dk_"
 CLAIM_LEASE_MS = 60_000  # a transfer that stops renewing loses its claim after this
@@ -29,6 +29,7 @@ class ClaimVerdict(StrEnum):
     WRONG_DEVICE = "wrong_device"
     SPENT = "spent"
     BUSY = "busy"  # another transfer holds the claim
+    EXHAUSTED = "exhausted"  # the transfer would take the key past what it may ever send
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,17 @@ class DownloadKey:
     command_id: str
     rollout_id: str
     expires_at_ms: int
+    sha256: str = ""  # of the bytes the command announced ("" for keys from before pinning)
 
 
 @dataclass(frozen=True)
 class Claim:
-    """A transfer's hold on a key; `covered` bytes of the file were delivered before."""
+    """A transfer's hold on a key; `covered` bytes of the file were delivered before, and the
+    key's transfers sent `delivered` bytes in all (overlaps included)."""
 
     claim_id: str
     covered: int
+    delivered: int = 0
 
 
 def new_download_key() -> str:
@@ -72,6 +76,11 @@ class DownloadKeyStore:
         self._renew = load_script(redis, "dk_renew")
         self._release = load_script(redis, "dk_release")
 
+    @property
+    def claim_lease_ms(self) -> int:
+        """How long a claim holds without renewal (CLAIM_LEASE_MS, read at each use)."""
+        return CLAIM_LEASE_MS
+
     @translated
     async def issue(
         self,
@@ -83,6 +92,7 @@ class DownloadKeyStore:
         ttl_s: int,
         command_id: str,
         rollout_id: str = "",
+        sha256: str = "",
     ) -> DownloadKey:
         """A new key for one device and one file, dying after `ttl_s` seconds."""
         [record] = await self.issue_many(
@@ -92,6 +102,7 @@ class DownloadKeyStore:
             size=size,
             ttl_s=ttl_s,
             rollout_id=rollout_id,
+            sha256=sha256,
         )
         return record
 
@@ -105,6 +116,7 @@ class DownloadKeyStore:
         size: int,
         ttl_s: int,
         rollout_id: str = "",
+        sha256: str = "",
     ) -> list[DownloadKey]:
         """One key per (device id, command id), written in one round trip."""
         expires_at_ms = _now_ms() + ttl_s * 1000
@@ -118,6 +130,7 @@ class DownloadKeyStore:
                 command_id=command_id,
                 rollout_id=rollout_id,
                 expires_at_ms=expires_at_ms,
+                sha256=sha256,
             )
             for device_id, command_id in device_commands
         ]
@@ -137,6 +150,7 @@ class DownloadKeyStore:
                 "project_id": record.project_id,
                 "file_name": record.file_name,
                 "size": str(record.size),
+                "sha256": record.sha256,
                 "command_id": record.command_id,
                 "rollout_id": record.rollout_id,
                 "expires_at_ms": str(record.expires_at_ms),
@@ -147,6 +161,9 @@ class DownloadKeyStore:
         )
         pipe.pexpireat(hash_key, record.expires_at_ms)
         pipe.sadd(device_keys, record.key)
+        file_keys = self._keys.file_download_keys(record.project_id, record.file_name)
+        pipe.sadd(file_keys, record.key)
+        pipe.expire(file_keys, ttl_s)
         # Every key lives ttl_s, so the newest decides how long the set is needed.
         pipe.expire(device_keys, ttl_s)
 
@@ -165,7 +182,22 @@ class DownloadKeyStore:
             command_id=record.get("command_id", ""),
             rollout_id=record.get("rollout_id", ""),
             expires_at_ms=int(record["expires_at_ms"]),
+            sha256=record.get("sha256", ""),
         )
+
+    @translated
+    async def live_for_file(self, project_id: str, name: str) -> list[str]:
+        """Keys issued for the file by commands that may still send it (not spent or dead)."""
+        keys = sorted(
+            members(await self._redis.smembers(self._keys.file_download_keys(project_id, name)))
+        )
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hget(self._keys.download_key(key), "state")
+            states = await pipe.execute()
+        return [
+            key for key, state in zip(keys, states, strict=True) if state not in (None, "spent")
+        ]
 
     @translated
     async def state(self, key: str) -> str | None:
@@ -174,33 +206,59 @@ class DownloadKeyStore:
         return str(value) if value is not None else None
 
     @translated
-    async def claim(self, key: str, device_id: str) -> tuple[ClaimVerdict, Claim | None]:
-        """Try to take the key for one transfer by `device_id`."""
+    async def claim(
+        self,
+        key: str,
+        device_id: str,
+        *,
+        span_bytes: int = 0,
+        budget_bytes: int | None = None,
+        lease_ms: int | None = None,
+    ) -> tuple[ClaimVerdict, Claim | None]:
+        """Try to take the key for one transfer by `device_id` of `span_bytes` bytes.
+
+        EXHAUSTED when the key's transfers would then have sent more than `budget_bytes` in
+        all (None: no bound; the download route always gives one).
+        The claim lapses after `lease_ms` (default CLAIM_LEASE_MS) unless renewed.
+        """
         claim_id = secrets.token_hex(8)
-        verdict, covered = await self._claim(
+        lease = self.claim_lease_ms if lease_ms is None else lease_ms
+        verdict, covered, delivered = await self._claim(
             keys=[self._keys.download_key(key), self._keys.download_events()],
-            args=[device_id, claim_id, _now_ms(), CLAIM_LEASE_MS, EVENTS_MAXLEN],
+            args=[
+                device_id,
+                claim_id,
+                _now_ms(),
+                lease,
+                EVENTS_MAXLEN,
+                span_bytes,
+                -1 if budget_bytes is None else budget_bytes,
+            ],
         )
         result = ClaimVerdict(verdict)
         if result is not ClaimVerdict.OK:
             return result, None
-        return result, Claim(claim_id=claim_id, covered=int(covered))
+        return result, Claim(claim_id=claim_id, covered=int(covered), delivered=int(delivered))
 
     @translated
     async def renew(self, key: str, claim: Claim) -> bool:
         """Extend the claim; False when it was lost (revoked, expired or taken over)."""
         held = await self._renew(
             keys=[self._keys.download_key(key)],
-            args=[claim.claim_id, _now_ms(), CLAIM_LEASE_MS],
+            args=[claim.claim_id, _now_ms(), self.claim_lease_ms],
         )
         return bool(held)
 
     @translated
-    async def release(self, key: str, claim: Claim, *, first: int, end: int) -> str:
-        """End the transfer that sent bytes [first, end); returns issued, spent or lost."""
+    async def release(self, key: str, claim_id: str, *, first: int, end: int) -> str:
+        """End the transfer (claim `claim_id`) that sent bytes [first, end).
+
+        Returns the key's state after it: issued, spent, or lost when the claim was no longer
+        held (revoked, expired, taken over after its lease).
+        """
         state = await self._release(
             keys=[self._keys.download_key(key), self._keys.download_events()],
-            args=[claim.claim_id, first, end, EVENTS_MAXLEN],
+            args=[claim_id, first, end, EVENTS_MAXLEN],
         )
         return str(state)
 

@@ -2,7 +2,9 @@
 
 A hook's secret is kept as written: verifying an HMAC needs it (unlike API keys, which are
 stored hashed). A delivery is recorded for 24 hours under its delivery id, so a repeat gets
-the rollout id of the first one and starts nothing.
+the rollout id of the first one and starts nothing. A GitHub-signed delivery is recorded under
+its body's sha256 as well: its signature does not cover the delivery id, so the same signed
+body under a new id is a repeat too.
 """
 
 from __future__ import annotations
@@ -135,9 +137,13 @@ class HookStore:
 
     @translated
     async def accept(
-        self, hook: Hook, delivery: Delivery, *, plan: str, actor: str
+        self, hook: Hook, delivery: Delivery, *, plan: str, actor: str, body_digest: str | None
     ) -> tuple[str, bool]:
-        """Record the delivery and queue its deploy, once; (rollout id, True when new)."""
+        """Record the delivery and queue its deploy, once; (rollout id, True when new).
+
+        With `body_digest` (the sha256 hex of a body whose signature does not cover the
+        delivery id), a body accepted in the last 24 hours is a repeat whatever its id.
+        """
         record = {
             "id": delivery.id,
             "received_at": delivery.received_at,
@@ -159,6 +165,7 @@ class HookStore:
                 self._keys.hook_delivery(hook.id, delivery.id),
                 self._keys.hook_deliveries(hook.id),
                 self._keys.deploy_requests(),
+                *([self._keys.hook_body(hook.id, body_digest)] if body_digest else []),
             ],
             args=[
                 delivery.rollout_id,
@@ -174,9 +181,11 @@ class HookStore:
         return str(reply[0]), str(reply[1]) == "1"
 
     @translated
-    async def known(self, hook_id: str, delivery_id: str) -> str | None:
-        """The rollout id given to this delivery in the last 24 hours, or None."""
+    async def known(self, hook_id: str, delivery_id: str, body_digest: str | None) -> str | None:
+        """The rollout id given to this delivery (or this signed body) in the last 24 hours."""
         value = await self._redis.hget(self._keys.hook_delivery(hook_id, delivery_id), "rollout_id")
+        if value is None and body_digest:
+            value = await self._redis.get(self._keys.hook_body(hook_id, body_digest))
         return str(value) if value is not None else None
 
     @translated

@@ -48,6 +48,10 @@ class RedisKeys:
         """Sorted set (lex) of the project's device ids carrying this tag."""
         return f"{self.prefix}project:{project_id}:tag:{tag}:index"
 
+    def file_download_keys(self, project_id: str, name: str) -> str:
+        """Set of the download keys issued for a file by commands (TTL: the newest key's)."""
+        return f"{self.prefix}file:{project_id}:{name}:dkeys"
+
     def device_download_keys(self, device_id: str) -> str:
         """Set of the download keys issued to a device (revoked when it is deleted)."""
         return f"{self.prefix}device:{device_id}:dkeys"
@@ -125,8 +129,13 @@ class RedisKeys:
         return f"{self.prefix}rollouts:created"
 
     def active_rollouts(self) -> str:
-        """Set: rollouts the engine still has work on; left once a finished one is cleaned up."""
+        """Set: rollouts the engine still has work on; left in the step that ends a rollout."""
         return f"{self.prefix}rollouts:active"
+
+    def finished_rollouts(self) -> str:
+        """Sorted set: terminal rollouts scored by when they finished (epoch ms); each is
+        deleted with all its keys once OTA_ROLLOUT_RETENTION has passed (store/retention.py)."""
+        return f"{self.prefix}rollouts:finished"
 
     def rollout_name(self, project_id: str, name: str) -> str:
         """String: the active rollout holding this name in the project."""
@@ -151,6 +160,10 @@ class RedisKeys:
     def hook_delivery(self, hook_id: str, delivery_id: str) -> str:
         """Hash with a 24 h TTL: one delivery (rollout_id, status, reason, scheme, version)."""
         return f"{self.prefix}hook:{hook_id}:delivery:{delivery_id}"
+
+    def hook_body(self, hook_id: str, digest: str) -> str:
+        """String with a 24 h TTL: the rollout id a GitHub-signed body (its sha256 hex) got."""
+        return f"{self.prefix}hook:{hook_id}:body:{digest}"
 
     def hook_deliveries(self, hook_id: str) -> str:
         """Sorted set: the hook's delivery ids scored by receipt time (epoch ms)."""

@@ -9,6 +9,8 @@ from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     BusyLoadingError,
@@ -21,6 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator.errors import StoreRefused, StoreUnavailable
+from orchestrator.numerals import whole_number
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -34,6 +37,9 @@ Pipeline = aioredis.client.Pipeline
 PASSING_REFUSALS = (ReadOnlyError, BusyLoadingError, TryAgainError, ClusterDownError)
 
 MAX_CONNECTIONS = 64  # per process; callers beyond it wait for a free connection
+# A pooled connection that Redis closed (a restart, a failover behind one address) fails its
+# next command: reconnect and send it again, up to this many times, 50 ms to 1 s apart.
+RECONNECT_RETRIES = 3
 
 
 SENTINEL_SCHEME = "redis+sentinel://"
@@ -59,6 +65,11 @@ def connect(url: str) -> Redis:
         health_check_interval=30,
         max_connections=MAX_CONNECTIONS,
         timeout=30,
+        retry=Retry(
+            ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+            RECONNECT_RETRIES,
+            supported_errors=(RedisConnectionError,),
+        ),
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
 
@@ -87,13 +98,14 @@ def sentinel(url: str) -> Redis:
     hosts = parts.netloc.rpartition("@")[2]
     sentinels = []
     for host in hosts.split(","):
-        name, _, port = host.rpartition(":")
-        if not name or not port.isdigit() or not service or (db and not db.isdigit()):
+        name, _, port_text = host.rpartition(":")
+        port = whole_number(port_text, max_digits=5)
+        if not name or port is None or not service or (db and whole_number(db) is None):
             raise ValueError(
                 f"OTA_REDIS_URL {url!r} is not a Sentinel URL; write it as "
                 "redis+sentinel://[:password@]host:26379[,host:26379]/service_name[/db]"
             )
-        sentinels.append((name, int(port)))
+        sentinels.append((name, port))
     query = parse_qs(parts.query)
     sentinel_password = query.get("sentinel_password", [None])[0]
     sentinel_set = aioredis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py
@@ -129,13 +141,14 @@ def cluster(url: str) -> Redis:
     parts = urlsplit(url)
     nodes = []
     for host in parts.netloc.rpartition("@")[2].split(","):
-        name, _, port = host.rpartition(":")
-        if not name or not port.isdigit():
+        name, _, port_text = host.rpartition(":")
+        port = whole_number(port_text, max_digits=5)
+        if not name or port is None:
             raise ValueError(
                 f"OTA_REDIS_URL {url!r} is not a Cluster URL; write it as "
                 "redis+cluster://[:password@]host:6379[,host:6379]"
             )
-        nodes.append(aioredis.cluster.ClusterNode(name, int(port)))
+        nodes.append(aioredis.cluster.ClusterNode(name, port))
     client = aioredis.cluster.RedisCluster(
         startup_nodes=nodes,
         decode_responses=True,

@@ -33,7 +33,7 @@ from orchestrator.store.redis import (
     members,
     translated,
 )
-from orchestrator.timeutil import isoformat_z, utc_now
+from orchestrator.timeutil import epoch_ms, isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
 NOTICES_KEPT = 100_000  # audit entries kept in the notices stream (approximately)
@@ -43,6 +43,12 @@ RULES_CACHE_SIZE = 64  # rollouts whose results rules are kept encoded
 def now_ms() -> int:
     """Epoch milliseconds."""
     return int(time.time() * 1000)
+
+
+def finished_at_ms(updated_at: str) -> int:
+    """When a rollout changed at `updated_at` finished, for retention (now if unreadable)."""
+    at_ms = epoch_ms(updated_at)
+    return now_ms() if at_ms is None else at_ms
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class RolloutRecord:
     created_by: str
     wave_done_at_ms: int  # when the current wave's last device became final (0: not yet)
     last_result_ms: int = 0  # when a device last reported a result about it (0: never)
+    # The bytes the rollout announces, pinned at creation: file name -> (sha256, size).
+    pins: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def wave_count(self) -> int:
@@ -104,6 +112,7 @@ class Grant:
     file_name: str
     size: int
     key_ttl_s: int
+    sha256: str = ""  # of the bytes announced; the key serves no others
     command: str = "download_firmware"
 
 
@@ -261,6 +270,10 @@ def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
         created_by=raw.get("created_by", ""),
         wave_done_at_ms=int(raw.get("wave_done_at_ms", "0")),
         last_result_ms=int(raw.get("last_result_ms", "0")),
+        pins={
+            name: (str(pin["sha256"]), int(pin["size"]))
+            for name, pin in json.loads(raw.get("pins") or "{}").items()
+        },
     )
 
 
@@ -291,6 +304,7 @@ class RolloutStore:
         created_at: str,
         created_by: str,
         rollout_id: str | None = None,
+        pins: Mapping[str, tuple[str, int]] | None = None,
     ) -> tuple[str, CreateOutcome]:
         """A new `pending` rollout over `device_ids` (in wave order); its id and the outcome.
 
@@ -313,6 +327,9 @@ class RolloutStore:
             "updated_at": created_at,
             "created_by": created_by,
             "wave_done_at_ms": 0,
+            "pins": json.dumps(
+                {name: {"sha256": sha, "size": size} for name, (sha, size) in (pins or {}).items()}
+            ),
         }
         event = {
             "at": created_at,
@@ -427,7 +444,10 @@ class RolloutStore:
     ) -> tuple[str, bool]:
         """Move the rollout to `to` if it is in `allowed_from`; (the old state, changed?).
 
-        With `rebase_policy`, devices finished so far stop counting in the failure rate.
+        With `rebase_policy`, devices finished so far stop counting in the failure rate. A
+        terminal `to` ends the rollout in the same step: every device not final is cancelled
+        (its download keys revoked), every device is freed for other rollouts, and the rollout
+        leaves the engine's active set.
         """
         event = {
             "at": at,
@@ -440,7 +460,7 @@ class RolloutStore:
         record = await self._redis.hget(self._keys.rollout(rollout_id), "project_id")
         project_id = str(record or "")
         name = await self._redis.hget(self._keys.rollout(rollout_id), "name")
-        old, new = await self._state(
+        reply = await self._state(
             keys=[
                 self._keys.rollout(rollout_id),
                 self._keys.rollout_events(rollout_id),
@@ -448,6 +468,11 @@ class RolloutStore:
                 self._keys.rollout_name(project_id, str(name or "")),
                 self._keys.rollout_counts(rollout_id),
                 self._keys.rollout_notices(),
+                self._keys.rollout_order(rollout_id),
+                self._keys.rollout_deadlines(rollout_id),
+                self._keys.rollout_retry(rollout_id),
+                self._keys.rollout_unpublished(rollout_id),
+                self._keys.finished_rollouts(),
             ],
             args=[
                 json.dumps([state.value for state in allowed_from]),
@@ -460,9 +485,15 @@ class RolloutStore:
                 json.dumps({k: str(v) for k, v in (extra or {}).items()}),
                 "1" if rebase_policy else "0",
                 NOTICES_KEPT,
+                _TABLES[DeviceEvent.END],
+                self._keys.rollout_device_prefix(rollout_id),
+                self._keys.download_key(""),
+                self._keys.device_rollout_prefix(),
+                now_ms(),
+                finished_at_ms(at),
             ],
         )
-        return str(old), bool(new)
+        return str(reply[0]), bool(reply[1])
 
     @translated
     async def dispatch(
@@ -507,6 +538,7 @@ class RolloutStore:
                         "project_id": grant.project_id,
                         "file_name": grant.file_name,
                         "size": grant.size,
+                        "sha256": grant.sha256,
                         "rollout_id": rollout_id,
                     }
                 ),
@@ -710,6 +742,16 @@ class RolloutStore:
             await self._redis.srem(self._keys.rollout_unpublished(rollout_id), *device_ids)
 
     @translated
+    async def note_resends(self, rollout_id: str, device_ids: Sequence[str], *, at_ms: int) -> None:
+        """These devices are about to be sent their command again (`resends` + 1, `resent_at`)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for device_id in device_ids:
+                device = self._keys.rollout_device(rollout_id, device_id)
+                pipe.hincrby(device, "resends", 1)
+                pipe.hset(device, "resent_at", str(at_ms))
+            await pipe.execute()
+
+    @translated
     async def set_keys(self, rollout_id: str, field: str, keys: Mapping[str, str]) -> None:
         """Record each device's download key (`key` or `rollback_key`) in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -834,6 +876,11 @@ class RolloutStore:
             "return redis.call('DEL', KEYS[1]) else return 0 end"
         )
         await self._redis.eval(script, 1, self._keys.rollout_lease(rollout_id), owner)
+
+    @translated
+    async def is_active(self, rollout_id: str) -> bool:
+        """True while the rollout is in the engine's active set."""
+        return bool(await self._redis.sismember(self._keys.active_rollouts(), rollout_id))
 
     @translated
     async def deactivate(self, rollout_id: str) -> None:

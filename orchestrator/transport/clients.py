@@ -31,6 +31,13 @@ def zmqtt_client(
     )
 
 
+def without_credentials(url: str) -> str:
+    """`url` without its user name and password: for logs, banners and what devices are told."""
+    address = parse_mqtt_url(url)
+    host = f"[{address.host}]" if ":" in address.host else address.host  # IPv6 literal
+    return f"{'mqtts' if address.tls else 'mqtt'}://{host}:{address.port}"
+
+
 async def end_session(url: str, *, client_id: str, version: Literal["5.0", "3.1.1"]) -> None:
     """End `client_id`'s persistent session: the broker drops it and its subscriptions.
 

@@ -5,11 +5,14 @@ with one message on `$CONTROL/dynamic-security/v1/response`, one entry per comma
 back the command's `correlationData`. `DynsecClient` sends batches and matches the answers;
 `DeviceProvisioner` says what a device is in the plugin:
 
-- a client whose user name is the device id and whose password is the device token;
+- a client whose user name is the device id, whose password is the device token, and whose
+  client id is the device id: the plugin refuses that login under any other client id, so a
+  device cannot take over another device's session nor the engine's (`{instance}-results`);
 - a role `ota-device-{id}` (Mosquitto 2.0 has no `%u` substitution, so one role per device)
-  that lets it subscribe only to `{id}/control/#` (`subscribePattern`), receive only from
-  `{id}/control/#` (`publishClientReceive`, everything else denied), and publish only to
-  `{id}/control/+/result` (`publishClientSend`; the plugin denies any other publish by default).
+  that lets it subscribe only to `{id}/control/#` and its data topic `{id}`
+  (`subscribePattern`), receive only from those (`publishClientReceive`, everything else
+  denied), and publish only to `{id}/control/+/result` and `{id}` (`publishClientSend`; the
+  plugin denies any other publish by default).
 
 The plugin disconnects every connection of a user name whose client is deleted or whose
 password is set, so a deleted device is cut off and a rotated token takes effect at once.
@@ -18,9 +21,11 @@ Failure handling: a device API call that would leave the broker out of step fail
 and a message naming the broker, and changes nothing (a new device is removed again; a delete
 or a token rotation is not done), so the caller can simply retry. Nothing is queued for later:
 the service would otherwise answer 201 for a device that cannot connect. At start the service
-reconciles: every mqtt device in Redis gets its role and client if they are missing. Tokens are
-stored only as digests, so a client created this way has no password; that device connects
-once its token is rotated (`POST …/devices/{id}/token`), and the start logs which devices wait.
+reconciles: every mqtt device in Redis gets its role and client if they are missing, clients
+not yet tied to their device id are tied, and roles of an earlier version get today's ACLs.
+Tokens are stored only as digests, so a client created this way has no password; that device
+connects once its token is rotated (`POST …/devices/{id}/token`), and the start logs which
+devices wait.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from faststream.mqtt.utils import parse_mqtt_url
 from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.supervisor import spawn
 from orchestrator.transport.clients import zmqtt_client
-from orchestrator.transport.topics import command_topic, result_topic
+from orchestrator.transport.topics import command_topic, data_topic, result_topic
 
 log = structlog.get_logger(__name__)
 
@@ -254,29 +259,43 @@ def device_role(device_id: str) -> str:
 
 
 def device_acls(device_id: str) -> list[Command]:
-    """One device's ACLs: its own commands in, its own results out, nothing else.
+    """One device's ACLs: its own commands in, its own results out, its data topic both ways.
 
     Higher priority is checked first: the `#` receive deny catches anything not its own.
     """
     commands = command_topic(device_id, "#")
+    data = data_topic(device_id)
+
+    def acl(acltype: str, topic: str, *, priority: int = 1, allow: bool = True) -> Command:
+        return {"acltype": acltype, "topic": topic, "priority": priority, "allow": allow}
+
     return [
-        {"acltype": "subscribePattern", "topic": commands, "priority": 1, "allow": True},
-        {"acltype": "publishClientReceive", "topic": commands, "priority": 1, "allow": True},
-        {"acltype": "publishClientReceive", "topic": "#", "priority": 0, "allow": False},
-        {
-            "acltype": "publishClientSend",
-            "topic": result_topic(device_id, "+"),
-            "priority": 1,
-            "allow": True,
-        },
+        acl("subscribePattern", commands),
+        acl("subscribePattern", data),
+        acl("publishClientReceive", commands),
+        acl("publishClientReceive", data),
+        acl("publishClientReceive", "#", priority=0, allow=False),
+        acl("publishClientSend", result_topic(device_id, "+")),
+        acl("publishClientSend", data),
     ]
+
+
+def _acl_set(acls: object) -> frozenset[tuple[str, str, int, bool]]:
+    """ACLs as the plugin lists them, comparable whatever their order."""
+    if not isinstance(acls, list):
+        return frozenset()
+    return frozenset(
+        (str(a.get("acltype")), str(a.get("topic")), int(a.get("priority", 0)), bool(a["allow"]))
+        for a in acls
+        if isinstance(a, dict) and "allow" in a
+    )
 
 
 def _create_role(device_id: str) -> Command:
     return {
         "command": "createRole",
         "rolename": device_role(device_id),
-        "textdescription": "OTA device: its own commands and results",
+        "textdescription": "OTA device: its own commands, results and data",
         "acls": device_acls(device_id),
     }
 
@@ -285,6 +304,7 @@ def _create_client(device_id: str, token: str | None) -> Command:
     command: Command = {
         "command": "createClient",
         "username": device_id,
+        "clientid": device_id,  # the login is refused under any other client id
         "textname": "OTA device",
         "roles": [{"rolename": device_role(device_id)}],
     }
@@ -306,6 +326,8 @@ class Reconciliation:
 
     devices: int  # mqtt devices in Redis
     created: list[str]  # device clients created, without a password
+    bound: list[str] = field(default_factory=list)  # clients tied to their device id now
+    updated_roles: int = 0  # device roles given this version's ACLs
 
 
 class DeviceProvisioner:
@@ -332,6 +354,7 @@ class DeviceProvisioner:
                 {
                     "command": "modifyClient",
                     "username": device_id,
+                    "clientid": device_id,
                     "password": token,
                     "roles": [{"rolename": device_role(device_id)}],
                 }
@@ -363,35 +386,75 @@ class DeviceProvisioner:
         _check(commands, replies)
         log.info("device password set on the broker", device_id=device_id)
 
-    async def _names(self, command: str, key: str) -> set[str]:
-        request: Command = {"command": command, "verbose": False, "count": -1, "offset": 0}
+    async def _listing(self, command: str, key: str) -> list[dict[str, Any]]:
+        """Every client or role the plugin has, with its details (`verbose`)."""
+        request: Command = {"command": command, "verbose": True, "count": -1, "offset": 0}
         reply = (await self.client.execute([request]))[0]
         _check([request], [reply])
-        names = reply.data.get(key, [])
-        return {str(name) for name in names} if isinstance(names, list) else set()
+        entries = reply.data.get(key, [])
+        return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
 
     async def reconcile(self, device_ids: Iterable[str]) -> Reconciliation:
-        """Create the role and client of every device given that lacks them.
+        """Make every given device's role and client what `provision` makes (see `reconciling`).
 
-        Clients are created without a password (only digests of tokens are stored); the
-        device can connect after its token is rotated. Clients that exist are left alone.
+        Passwords that exist are left alone; missing clients are created without one.
         """
         wanted = list(device_ids)
-        clients = await self._names("listClients", "clients")
-        roles = await self._names("listRoles", "roles")
-        commands = [_create_role(d) for d in wanted if device_role(d) not in roles]
-        created = [d for d in wanted if d not in clients]
-        commands += [_create_client(d, None) for d in created]
-        replies = await self.client.execute(commands)
-        _check(commands, replies, "Role already exists", "Client already exists")
-        # A client kept from before whose role had gone missing gets it back.
-        relinked: list[Command] = [
-            {"command": "addClientRole", "username": d, "rolename": device_role(d)}
-            for d in wanted
-            if d in clients and device_role(d) not in roles
-        ]
-        _check(relinked, await self.client.execute(relinked))
-        return Reconciliation(devices=len(wanted), created=created)
+        clients = await self._listing("listClients", "clients")
+        roles = await self._listing("listRoles", "roles")
+        creations, repairs, result = reconciling(wanted, clients, roles)
+        replies = await self.client.execute(creations)
+        _check(creations, replies, "Role already exists", "Client already exists")
+        _check(repairs, await self.client.execute(repairs))
+        return result
+
+
+def reconciling(
+    wanted: Sequence[str], clients: Sequence[dict[str, Any]], roles: Sequence[dict[str, Any]]
+) -> tuple[list[Command], list[Command], Reconciliation]:
+    """The plugin commands that bring `wanted` devices in line, given the plugin's listings.
+
+    First the creations: a missing role, a missing client (without a password: only digests
+    of tokens are stored, so the device connects once its token is rotated). Then the repairs
+    of what an earlier version or a person made: a role gets this version's ACLs, a client is
+    tied to its device id and given its role. Each repair makes the plugin disconnect the
+    device, which logs in again.
+    """
+    by_user = {str(c.get("username")): c for c in clients}
+    by_role = {str(r.get("rolename")): r for r in roles}
+    creations = [_create_role(d) for d in wanted if device_role(d) not in by_role]
+    created = [d for d in wanted if d not in by_user]
+    creations += [_create_client(d, None) for d in created]
+
+    outdated = [
+        d
+        for d in wanted
+        if device_role(d) in by_role
+        and _acl_set(by_role[device_role(d)].get("acls")) != _acl_set(device_acls(d))
+    ]
+    kept = [d for d in wanted if d in by_user]
+    unbound = [d for d in kept if by_user[d].get("clientid") != d]
+    unlinked = [d for d in kept if device_role(d) not in _role_names(by_user[d])]
+    repairs: list[Command] = [
+        {"command": "modifyRole", "rolename": device_role(d), "acls": device_acls(d)}
+        for d in outdated
+    ]
+    repairs += [{"command": "setClientId", "username": d, "clientid": d} for d in unbound]
+    repairs += [
+        {"command": "addClientRole", "username": d, "rolename": device_role(d)} for d in unlinked
+    ]
+    result = Reconciliation(
+        devices=len(wanted), created=created, bound=unbound, updated_roles=len(outdated)
+    )
+    return creations, repairs, result
+
+
+def _role_names(client: dict[str, Any]) -> set[str]:
+    """The names of a listed client's roles."""
+    roles = client.get("roles")
+    if not isinstance(roles, list):
+        return set()
+    return {str(r.get("rolename")) for r in roles if isinstance(r, dict)}
 
 
 async def reconcile_until_done(
@@ -422,10 +485,18 @@ async def reconcile_until_done(
             continue
         if result.created:
             log.warning(
-                "devices added to the broker without a password: rotate their tokens "
-                "(POST /v2/projects/{pid}/devices/{did}/token) and give them the new ones",
+                "devices added to the broker without a password cannot log in yet: only digests "
+                "of device tokens are stored, so rotate each one's token (POST "
+                "/v2/projects/{pid}/devices/{did}/token, or `ota simulate` does it for its "
+                "own devices) and give the device the new one",
                 devices=result.created[:100],
                 count=len(result.created),
             )
-        log.info("dynamic security reconciled", devices=result.devices, created=len(result.created))
+        log.info(
+            "dynamic security reconciled",
+            devices=result.devices,
+            created=len(result.created),
+            tied_to_client_id=len(result.bound),
+            roles_updated=result.updated_roles,
+        )
         return result

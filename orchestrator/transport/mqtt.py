@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import Any, Literal
 
 import structlog
@@ -12,6 +11,7 @@ import zmqtt
 from faststream.mqtt import MQTTBroker
 
 from orchestrator.errors import TransportUnavailable
+from orchestrator.jsonutil import dumps
 from orchestrator.supervisor import spawn
 from orchestrator.transport.batched import batched_writes
 from orchestrator.transport.topics import command_topic
@@ -84,13 +84,17 @@ class CommandTransport:
         return self.connected and await self._broker.ping(timeout=3.0)
 
     async def publish_command(self, device_id: str, command: str, payload: dict[str, Any]) -> None:
-        """Send `payload` to `{device_id}/control/{command}`, QoS 2, not retained."""
+        """Send `payload` to `{device_id}/control/{command}`, QoS 2, not retained.
+
+        InvalidInput, and nothing sent, when the payload holds what JSON has not (NaN).
+        """
+        # Standard JSON only: a device's parser refuses NaN and Infinity, which Python writes.
+        body = dumps(payload, where="payload").encode()
         if not self.connected:
             raise TransportUnavailable(
                 f"the MQTT broker at {_redacted(self.url)} is not connected; "
                 "check OTA_MQTT_URL and that the broker is running, then retry"
             )
-        body = json.dumps(payload, separators=(",", ":")).encode()
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
                 await self._broker.publish(

@@ -60,6 +60,7 @@ log = structlog.get_logger(__name__)
 ResultStatus = Literal["received", "downloading", "installing", "success", "failed", "rejected"]
 
 STOP_TIMEOUT_S = 15.0  # how long stop() waits for the result in hand
+MAX_RESULT_BYTES = 64 * 1024  # of a result payload; a real one is about a hundred bytes
 _PAYLOAD_EXCERPT_BYTES = 200  # of an ignored payload, in its log line
 
 
@@ -90,6 +91,7 @@ class IgnoredReason(StrEnum):
     """Why a message on a result topic is not a result (label of ota_results_ignored_total)."""
 
     MALFORMED = "malformed"  # not JSON, not an object, a field missing or of the wrong type
+    TOO_LARGE = "too_large"  # over MAX_RESULT_BYTES: not read at all
     BAD_TOPIC = "bad_topic"  # not `{device_id}/control/{command}/result`
 
 
@@ -98,6 +100,8 @@ def parse_result(topic: str, payload: bytes) -> DeviceResult | IgnoredReason:
     names = parse_result_topic(topic)
     if names is None:
         return IgnoredReason.BAD_TOPIC
+    if len(payload) > MAX_RESULT_BYTES:
+        return IgnoredReason.TOO_LARGE
     try:
         body = ResultPayload.model_validate_json(payload)
     except ValueError:  # pydantic's ValidationError: bad JSON, bad UTF-8, wrong shape
@@ -315,4 +319,11 @@ class ResultSubscriber:
                 topic=batch[0].topic,
             )
         for message in batch:
-            await message.ack()
+            try:
+                await message.ack()
+            except zmqtt.MQTTDisconnectedError:
+                # The connection dropped mid-batch. The batch is applied; the broker sends the
+                # unacknowledged rest again on the resumed session and the handler finds them
+                # duplicates. Raising here would end the handling task: the engine went deaf.
+                log.info("connection lost while acknowledging a batch; the broker resends")
+                return

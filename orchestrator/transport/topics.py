@@ -17,6 +17,11 @@ def result_topic(device_id: str, command: str) -> str:
     return f"{device_id}/{_CONTROL}/{command}/{_RESULT}"
 
 
+def data_topic(device_id: str) -> str:
+    """Where a device publishes its own data (telemetry), as Qubitro's device examples do."""
+    return device_id
+
+
 def parse_result_topic(topic: str) -> tuple[str, str] | None:
     """`(device_id, command)` of a `{device_id}/control/{command}/result` topic, else None.
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import uuid
 
 from orchestrator.domain.auth import Scope
+from tests.api.conftest import issue_key
 from tests.api.fleet import basic, standard_basic
 from tests.conftest import Service
 
@@ -14,18 +14,6 @@ DOWNLOAD = "/v2/device/download"
 
 def _token_url(service: Service, device_id: str) -> str:
     return f"/v2/projects/{service.project_id}/devices/{device_id}/token"
-
-
-async def _issue_key(service: Service, device_id: str, name: str, size: int) -> str:
-    key = await service.stores.download_keys.issue(
-        device_id=device_id,
-        project_id=service.project_id,
-        file_name=name,
-        size=size,
-        ttl_s=service.settings.download_key_ttl,
-        command_id=uuid.uuid4().hex,
-    )
-    return key.key
 
 
 async def test_rotation_answers_200_with_the_new_token_where_creation_puts_it(
@@ -61,7 +49,7 @@ async def test_old_token_stops_working_for_downloads_and_the_new_one_works(
     device_id, old_token = device["metadata"]["device_id"], device["metadata"]["device_token"]
     content = os.urandom(1000)
     assert (await service.upload("fw.bin", content)).status_code == 201
-    key = await _issue_key(service, device_id, "fw.bin", len(content))
+    key = await issue_key(service, device_id, "fw.bin", len(content))
 
     response = await service.client.post(_token_url(service, device_id))
     new_token = response.json()["data"]["metadata"]["device_token"]

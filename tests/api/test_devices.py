@@ -233,6 +233,8 @@ async def test_patch_with_a_bad_command_name_is_400_and_changes_nothing(service:
     )
     assert response.status_code == 400, response.text
     assert "'fw/update'" in response.json()["message"]
+    [error] = response.json()["errors"]
+    assert error["loc"] == "body.metadata.allowed_commands"
     read = (await service.client.get(url)).json()["data"]
     assert read["name"] == device["name"]
     assert read["metadata"]["allowed_commands"] == ""

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import hashlib
-import os
-import uuid
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+import time
 from pathlib import Path
 from typing import cast
 
@@ -20,101 +17,19 @@ from orchestrator.api import downloads
 from orchestrator.blobs import CHUNK_SIZE
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.settings import Settings
+from orchestrator.store import download_keys
+from tests.api.conftest import (
+    LARGE,
+    URL,
+    CreateDownload,
+    Download,
+    Entry,
+    MiB,
+    assert_error,
+    issue_key,
+)
 from tests.api.fleet import basic, device_inbox, payload_of, standard_basic
 from tests.conftest import Service, wait_for
-
-MiB = 1024 * 1024
-URL = "/v2/device/download"
-# Larger than what loopback socket buffers take in while a client does not read, so a
-# transfer the client holds open (or drops) cannot finish on the server side.
-LARGE = 16 * MiB
-
-
-@dataclass
-class Download:
-    """An uploaded firmware file and a download key for it, issued to one device."""
-
-    service: Service
-    device_id: str
-    token: str
-    name: str
-    content: bytes
-    key: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return basic(self.token)
-
-    async def get(self, headers: dict[str, str] | None = None) -> httpx.Response:
-        return await self.service.client.get(
-            URL, params={"key": self.key}, headers=self.headers if headers is None else headers
-        )
-
-    def stream(
-        self, headers: dict[str, str] | None = None
-    ) -> AbstractAsyncContextManager[httpx.Response]:
-        return self.service.client.stream(
-            "GET", URL, params={"key": self.key}, headers={**self.headers, **(headers or {})}
-        )
-
-    async def state(self) -> str | None:
-        return await self.service.stores.download_keys.state(self.key)
-
-    async def wait_state(self, expected: str, timeout_s: float = 10.0) -> None:
-        """Wait for the key's state: the server releases its claim just after the last byte."""
-
-        async def reached() -> bool:
-            return await self.state() == expected
-
-        await wait_for(reached, timeout_s=timeout_s)
-
-    async def covered(self) -> int:
-        stores = self.service.stores
-        return int(await stores.redis.hget(stores.keys.download_key(self.key), "covered") or -1)
-
-
-CreateDownload = Callable[..., Awaitable[Download]]
-Entry = tuple[str, dict[str, str]]  # a stream entry: id, fields
-
-
-async def issue_key(service: Service, device_id: str, name: str, size: int) -> str:
-    key = await service.stores.download_keys.issue(
-        device_id=device_id,
-        project_id=service.project_id,
-        file_name=name,
-        size=size,
-        ttl_s=service.settings.download_key_ttl,
-        command_id=uuid.uuid4().hex,
-    )
-    return key.key
-
-
-@pytest.fixture
-def create_download(service: Service) -> CreateDownload:
-    """`create(size)`: a new device, a firmware file of `size` random bytes and a key."""
-    count = 0
-
-    async def create(size: int = 100_000) -> Download:
-        nonlocal count
-        count += 1
-        device = await service.create_device(name=f"dev-{count}")
-        name = f"fw-{count}.bin"
-        content = os.urandom(size)
-        assert (await service.upload(name, content)).status_code == 201
-        device_id = device["metadata"]["device_id"]
-        key = await issue_key(service, device_id, name, size)
-        token = device["metadata"]["device_token"]
-        return Download(service, device_id, token, name, content, key)
-
-    return create
-
-
-def assert_error(response: httpx.Response, status: int) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["success"] is False
-    assert body["status"] == status
-    assert body["action"] == "download file"
 
 
 async def test_full_download_serves_the_exact_bytes_with_seed_headers(
@@ -188,12 +103,10 @@ async def test_unknown_key_is_401_and_a_missing_key_is_400(
 
 
 async def test_file_deleted_after_the_command_is_404(create_download: CreateDownload) -> None:
+    """A file forgotten behind the API's back (the API refuses while a key is live)."""
     download = await create_download()
     service = download.service
-    deleted = await service.client.delete(
-        f"/v2/projects/{service.project_id}/files/{download.name}"
-    )
-    assert deleted.status_code == 200, deleted.text
+    assert await service.stores.files.delete(service.project_id, download.name) is not None
     assert_error(await download.get(), 404)
 
 
@@ -314,7 +227,7 @@ async def test_suffix_range_serves_the_last_bytes(create_download: CreateDownloa
 async def test_revoking_a_key_mid_transfer_stops_the_stream(
     create_download: CreateDownload, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(downloads, "RENEW_EVERY_S", 0.0)  # renew (and notice a loss) per chunk
+    monkeypatch.setattr(downloads, "RENEW_EVERY_S", 0.02)  # notice a loss at once
     download = await create_download(LARGE)
     received = 0
 
@@ -407,3 +320,92 @@ async def test_streaming_a_large_file_does_not_hold_it_in_memory(
             peak = max(peak, vm_rss())
     assert digest.hexdigest() == expected
     assert peak - before < size // 4, f"RSS grew by {(peak - before) / MiB:.1f} MiB"
+
+
+async def read_exactly_and_close(download: Download) -> bytes:
+    """A device that closes its connection the moment it holds Content-Length body bytes."""
+    service = download.service
+    reader, writer = await asyncio.open_connection(
+        service.settings.http_host, service.settings.http_port
+    )
+    try:
+        writer.write(
+            f"GET {URL}?key={download.key} HTTP/1.1\r\nHost: ota\r\n"
+            f"Authorization: {download.headers['Authorization']}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+async def test_a_fully_sent_response_spends_the_key_even_when_the_device_closes_at_once(
+    create_download: CreateDownload,
+) -> None:
+    """Every byte went out: the key is spent, however fast the device hangs up after them."""
+    for _ in range(30):
+        download = await create_download(3 * CHUNK_SIZE + 123)
+        assert await read_exactly_and_close(download) == download.content
+        await wait_for(functools.partial(_released, download), timeout_s=10)
+        assert await download.state() == "spent", await download.covered()
+        assert_error(await download.get(), 401)
+
+
+async def _released(download: Download) -> bool:
+    return await download.state() != "claimed"
+
+
+async def test_a_stalled_transfer_never_shares_its_key_with_a_second_one(
+    create_download: CreateDownload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device that stops reading: once its first claim would have lapsed, a second request
+    with the key may stream only if the server has ended the stalled transfer."""
+    monkeypatch.setattr(download_keys, "CLAIM_LEASE_MS", 1500)
+    download = await create_download(LARGE)
+    stores = download.service.stores
+    async with download.stream() as stalled:
+        assert stalled.status_code == 200
+        chunks = stalled.aiter_raw()
+        await anext(chunks)  # then the device reads nothing more
+        first_lease_end_ms = int(
+            await stores.redis.hget(stores.keys.download_key(download.key), "claim_until") or 0
+        )
+
+        async def first_lease_over() -> bool:
+            return time.time() * 1000 > first_lease_end_ms + 500
+
+        await wait_for(first_lease_over)
+        second = await download.get()
+        if second.status_code != 200:
+            assert_error(second, 409)  # the stalled transfer still holds the key
+            return
+        assert second.content == download.content
+        with pytest.raises(httpx.RemoteProtocolError):  # the stalled transfer was ended
+            async for _ in chunks:
+                pass
+
+
+async def test_a_key_never_sends_more_than_twice_the_file_whatever_the_ranges(
+    create_download: CreateDownload,
+) -> None:
+    """`Range: bytes=1-` over and over never spends the key; the key's budget ends it."""
+    download = await create_download(100_000)
+    size = len(download.content)
+    served = 0
+    for _ in range(10):
+        response = await download.get(headers={**download.headers, "Range": "bytes=1-"})
+        if response.status_code != 206:
+            assert_error(response, 401)
+            assert "at most 200000 bytes" in response.json()["message"]
+            break
+        served += len(response.content)
+        await download.wait_state("issued")
+    assert 0 < served <= 2 * size
+    assert_error(await download.get(), 401)  # the whole file would go past the budget too

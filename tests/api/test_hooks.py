@@ -239,6 +239,9 @@ async def test_bad_or_stale_signatures_are_401_and_start_nothing(
             "names 'fw-9.9.9.bin' but the project has no firmware file",
         ),
         (b'{"version": "2.1.0 bad", "file": "fw-2.1.0.bin"}', "version '2.1.0 bad'"),
+        (b'{"version": "2.1.0", "file": "fw-2.1.0.bin", "n": NaN}', "body.n is NaN"),
+        (b'{"version": "2.1.0", "n": ' + b"1" * 5000 + b"}", "body.n is a number of 5000"),
+        (b'{"version": "2.1.0", "n": ' + b"[" * 9000 + b"]" * 9000 + b"}", "nested too deeply"),
     ],
 )
 async def test_a_signed_body_that_is_not_a_deploy_is_400(
@@ -259,3 +262,72 @@ async def test_an_unknown_or_deleted_hook_is_404(service: Service, hook: dict[st
     assert (await service.client.get(f"/v2/projects/{service.project_id}/hooks")).json()[
         "data"
     ] == []
+
+
+async def test_a_captured_github_delivery_replayed_with_a_new_id_starts_nothing(
+    service: Service, hook: dict[str, Any]
+) -> None:
+    """GitHub's signature does not cover X-GitHub-Delivery: the signed body is deduplicated."""
+    body = json.dumps({"version": "2.1.0", "file": FIRMWARE}).encode()
+    first = await deliver(service, hook, body, github(hook["secret"], body, delivery="gh-1"))
+    assert first.status_code == 202, first.text
+    replayed = github(hook["secret"], body, delivery="gh-replayed")
+    again = await deliver(service, hook, body, replayed)
+    assert again.status_code == 202, again.text
+    assert again.json()["data"]["duplicate"] is True
+    assert again.json()["data"]["rollout_id"] == first.json()["data"]["rollout_id"]
+    assert len(await queued(service)) == 1
+    listed = await service.client.get(
+        f"/v2/projects/{service.project_id}/hooks/{hook['id']}/deliveries"
+    )
+    assert [d["id"] for d in listed.json()["data"]] == ["gh-1"]
+
+
+async def test_the_same_body_signed_for_another_hook_is_not_a_repeat(
+    service: Service, hook: dict[str, Any]
+) -> None:
+    """The signed-body record is per hook: a second hook deploys the same release too."""
+    other = await create_hook(service, name="second")
+    body = json.dumps({"version": "2.1.0", "file": FIRMWARE}).encode()
+    first = await deliver(service, hook, body, github(hook["secret"], body))
+    second = await deliver(service, other, body, github(other["secret"], body))
+    assert (first.status_code, second.status_code) == (202, 202)
+    assert second.json()["data"]["duplicate"] is False
+
+
+async def test_creating_a_hook_needs_rollouts_write_too(service: Service) -> None:
+    """A hooks:write-only key would otherwise start rollouts with a secret of its own."""
+    key = await service.create_key(Scope.HOOKS_WRITE)
+    response = await service.client.post(
+        f"/v2/projects/{service.project_id}/hooks",
+        json={"name": "x", "plan": TEMPLATE, "secret": "a-secret-the-caller-chose"},
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert response.status_code == 403, response.text
+    assert "'rollouts:write'" in response.json()["message"]
+    assert await service.stores.hooks.of_project(service.project_id) == []
+    both = await service.create_key(Scope.HOOKS_WRITE, Scope.ROLLOUTS_WRITE)
+    allowed = await service.client.post(
+        f"/v2/projects/{service.project_id}/hooks",
+        json={"name": "x", "plan": TEMPLATE},
+        headers={"Authorization": f"Bearer {both}"},
+    )
+    assert allowed.status_code == 201, allowed.text
+
+
+async def test_hooks_read_lists_hooks_and_deliveries_but_cannot_change_them(
+    service: Service, hook: dict[str, Any]
+) -> None:
+    reader = {"Authorization": f"Bearer {await service.create_key(Scope.HOOKS_READ)}"}
+    base = f"/v2/projects/{service.project_id}/hooks"
+    assert (await service.client.get(base, headers=reader)).status_code == 200
+    one = await service.client.get(f"{base}/{hook['id']}", headers=reader)
+    assert one.status_code == 200
+    assert one.json()["data"]["secret"] is None
+    deliveries = await service.client.get(f"{base}/{hook['id']}/deliveries", headers=reader)
+    assert deliveries.status_code == 200
+    refused = await service.client.delete(f"{base}/{hook['id']}", headers=reader)
+    assert refused.status_code == 403
+    assert "hooks:write" in refused.json()["message"]
+    made = await service.client.post(base, json={"name": "x", "plan": TEMPLATE}, headers=reader)
+    assert made.status_code == 403

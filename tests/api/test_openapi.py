@@ -8,6 +8,12 @@ import pytest
 from fastapi.routing import APIRoute
 
 from orchestrator.api.app import ROUTE_MODULES
+from orchestrator.domain.auth import Scope
+from orchestrator.domain.commands import ALLOWED_COMMANDS, COMMAND_NAME
+from orchestrator.domain.devices import TAG
+from orchestrator.domain.files import FILE_NAME
+from orchestrator.domain.notices import Notice
+from orchestrator.domain.states import DeviceState, RolloutState
 from tests.conftest import Service
 
 ERROR_BODY_REF = {"$ref": "#/components/schemas/ErrorBody"}
@@ -130,3 +136,161 @@ async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -
     form = upload["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(form["required"]) == {"file", "type"}
     assert {"409", "413"} <= set(upload["responses"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow", "action"),
+    [
+        ("OPTIONS", "/v2/projects", "GET, POST", "options projects"),
+        ("DELETE", "/v2/projects/{pid}", "GET", "delete project"),
+        ("PUT", "/v2/projects/{pid}/devices/d-1", "DELETE, GET, PATCH", "replace device"),
+        ("OPTIONS", "/v2/projects/{pid}/devices", "GET, POST", "options devices"),
+        ("GET", "/v2/projects/{pid}/rollouts/r-1/pause", "POST", "get pause"),
+        ("POST", "/v2/files", "GET", "create file"),
+        ("DELETE", "/healthz", "GET", "delete healthz"),
+        ("OPTIONS", "/openapi.json", "GET, HEAD", "options openapi.json"),
+    ],
+)
+async def test_a_method_the_path_lacks_is_405_with_allow_and_its_own_action(
+    service: Service, method: str, path: str, allow: str, action: str
+) -> None:
+    """405 lists every method of the path in Allow and names the method+resource asked for."""
+    response = await service.client.request(method, path.format(pid=service.project_id))
+    assert response.status_code == 405, response.text
+    assert response.headers["allow"] == allow
+    body = response.json()
+    assert body["action"] == action
+    assert body["status"] == 405
+    assert body["success"] is False
+    assert method in body["message"]
+
+
+async def test_allow_lists_exactly_the_documented_methods_of_every_path(
+    service: Service, openapi: dict[str, Any]
+) -> None:
+    """For every documented path, an undocumented method's 405 carries the documented methods."""
+    for path, item in openapi["paths"].items():
+        url = path.replace("{", "").replace("}", "")
+        documented = sorted(method.upper() for method in item)
+        response = await service.client.request("OPTIONS", url)
+        assert response.status_code == 405, (path, response.text)
+        assert response.headers["allow"] == ", ".join(documented), path
+
+
+def parameter(operation: dict[str, Any], name: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [p for p in operation["parameters"] if p["name"] == name]
+    [only] = found
+    return only
+
+
+async def test_every_error_response_is_the_error_body(openapi: dict[str, Any]) -> None:
+    for key, operation in operations(openapi).items():
+        for code, response in operation["responses"].items():
+            if int(code) >= 400 and key != ("GET", "/readyz"):
+                assert response["content"]["application/json"]["schema"] == ERROR_BODY_REF, (
+                    key,
+                    code,
+                )
+    error_body = openapi["components"]["schemas"]["ErrorBody"]
+    assert error_body["properties"]["success"]["const"] is False
+    assert set(error_body["required"]) == {"success", "status", "action", "message", "errors"}
+
+
+async def test_operations_document_the_errors_they_answer(openapi: dict[str, Any]) -> None:
+    """400 exactly where input is validated; 401/403 with an API key; 404 under a project."""
+    for (method, path), operation in operations(openapi).items():
+        codes = set(operation["responses"])
+        validated = "requestBody" in operation or any(
+            p["in"] == "query" for p in operation.get("parameters", [])
+        )
+        assert ("400" in codes) == validated, (method, path)
+        security = operation.get("security", [])
+        if security:
+            assert {"401", "503"} <= codes, (method, path)
+        if any(scopes for requirement in security for scopes in requirement.values()):
+            assert "403" in codes, (method, path)
+        if path.startswith("/v2/projects/{project_id}"):
+            assert {"403", "404"} <= codes, (method, path)
+        assert "422" not in codes
+
+
+async def test_each_operation_names_its_credentials_and_scope(openapi: dict[str, Any]) -> None:
+    ops = operations(openapi)
+    schemes = openapi["components"]["securitySchemes"]
+    assert schemes["ApiKey"]["scheme"] == "bearer"
+    assert schemes["DeviceToken"]["scheme"] == "basic"
+    for scope in Scope:
+        assert f"`{scope}`" in schemes["ApiKey"]["description"]
+    expected = {
+        ("POST", "/v2/projects"): {"ApiKey": ["admin"]},
+        ("GET", "/v2/projects"): {"ApiKey": []},
+        ("GET", "/v2/projects/{project_id}/devices"): {"ApiKey": ["devices:read"]},
+        ("PATCH", "/v2/projects/{project_id}/devices/{device_id}"): {"ApiKey": ["devices:write"]},
+        ("POST", "/v2/projects/{project_id}/files"): {"ApiKey": ["files:write"]},
+        ("GET", "/v2/files"): {"ApiKey": ["files:read"]},
+        ("POST", "/v2/projects/{project_id}/devices/{device_id}/communication/command"): {
+            "ApiKey": ["send-commands"]
+        },
+        ("GET", "/v2/projects/{project_id}/rollouts"): {"ApiKey": ["rollouts:read"]},
+        ("POST", "/v2/projects/{project_id}/rollouts/{rollout_id}/pause"): {
+            "ApiKey": ["rollouts:write"]
+        },
+        ("POST", "/v2/projects/{project_id}/hooks"): {"ApiKey": ["hooks:write", "rollouts:write"]},
+        ("GET", "/v2/device/download"): {"DeviceToken": []},
+    }
+    for key, requirement in expected.items():
+        assert ops[key]["security"] == [requirement], key
+    for public in (("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")):
+        assert "security" not in ops[public]
+    assert "security" not in ops[("POST", "/v2/hooks/{hook_id}")]  # signed instead
+    signature = parameter(ops[("POST", "/v2/hooks/{hook_id}")], "X-Hub-Signature-256")
+    assert signature["in"] == "header"
+
+
+async def test_query_parameters_carry_their_enums_patterns_and_bounds(
+    openapi: dict[str, Any],
+) -> None:
+    ops = operations(openapi)
+    for path in ("/v2/projects/{project_id}/files", "/v2/files"):
+        assert parameter(ops[("GET", path)], "type")["schema"]["enum"] == ["firmware", "logo"]
+    rollouts = ops[("GET", "/v2/projects/{project_id}/rollouts")]
+    assert parameter(rollouts, "state")["schema"]["enum"] == [s.value for s in RolloutState]
+    devices = ops[("GET", "/v2/projects/{project_id}/rollouts/{rollout_id}/devices")]
+    assert parameter(devices, "state")["schema"]["enum"] == [s.value for s in DeviceState]
+    assert parameter(devices, "cursor")["schema"]["pattern"] == "^([0-9]{1,15})?$"
+    limit = parameter(devices, "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"]) == (1, 1000)
+    download = ops[("GET", "/v2/device/download")]
+    assert parameter(download, "key")["schema"]["pattern"] == "^dk_[A-Za-z0-9_-]{32}$"
+    assert parameter(download, "Range")["in"] == "header"
+    delete_file = ops[("DELETE", "/v2/projects/{project_id}/files/{name}")]
+    assert parameter(delete_file, "name")["schema"]["pattern"] == FILE_NAME.pattern
+    for (method, path), operation in ops.items():
+        for p in operation.get("parameters", []):
+            assert "anyOf" not in p["schema"], (method, path, p["name"])  # never null
+
+
+async def test_bodies_carry_their_patterns_and_media_types(openapi: dict[str, Any]) -> None:
+    ops = operations(openapi)
+    schemas = openapi["components"]["schemas"]
+    command = schemas["CommandRequest"]
+    assert command["properties"]["command"]["pattern"] == COMMAND_NAME.pattern
+    assert command["then"]["properties"]["data"]["required"] == ["file_name"]
+    tag = {"type": "string", "pattern": TAG.pattern}
+    assert schemas["DeviceCreate"]["properties"]["tags"]["items"] == tag
+    patch = schemas["DeviceMetadataPatch"]["properties"]["allowed_commands"]
+    assert patch["pattern"] == ALLOWED_COMMANDS.pattern
+    events = schemas["NotificationCreate"]["properties"]["events"]["anyOf"][0]["items"]
+    assert events["enum"] == [notice.value for notice in Notice]
+    assert schemas["RolloutOut"]["properties"]["state"] == {
+        "$ref": "#/components/schemas/RolloutState"
+    }
+    create = ops[("POST", "/v2/projects/{project_id}/rollouts")]
+    media_types = create["requestBody"]["content"]
+    assert {"application/yaml", "application/json"} <= set(media_types)
+    assert media_types["application/yaml"]["schema"] == {"$ref": "#/components/schemas/RolloutPlan"}
+    assert set(create["responses"]) >= {"200", "201", "409", "413"}
+    download = ops[("GET", "/v2/device/download")]["responses"]
+    assert set(download) >= {"200", "206", "401", "403", "404", "409", "416"}
+    assert download["206"]["headers"]["Content-Range"]["required"] is True
+    assert "application/octet-stream" in download["200"]["content"]

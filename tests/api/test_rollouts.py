@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.api.rollouts import PLAN_MEDIA_TYPES
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, ExclusionReason
 from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutState
@@ -564,7 +565,7 @@ async def test_pause_on_pending_is_409_naming_the_state(service: Service) -> Non
     assert "actions allowed now: abort" in body["message"]
 
 
-async def test_abort_on_pending_frees_the_name_and_released_devices(service: Service) -> None:
+async def test_abort_on_pending_frees_the_name_and_the_devices_at_once(service: Service) -> None:
     await fleet(service, 2)
     await upload_firmware(service)
     view = await created(service, plan_yaml())
@@ -574,9 +575,9 @@ async def test_abort_on_pending_frees_the_name_and_released_devices(service: Ser
     assert aborted["state"] == "aborted"
     assert aborted["reason"] == "abort by admin"
     assert aborted["actions"] == []
-    # The store frees the name when the rollout ends; the device locks are freed by the
-    # engine's release_devices (no engine runs here), so do its part before re-creating.
-    assert await service.stores.rollouts.release_devices(view["id"]) == 2
+    assert aborted["counts"]["cancelled"] == 2
+    # The abort freed the devices in its own step: nothing is left for the engine to release.
+    assert await service.stores.rollouts.release_devices(view["id"]) == 0
     again = await created(service, plan_yaml())
     assert again["id"] != view["id"]
     assert again["total"] == 2
@@ -670,12 +671,16 @@ async def test_read_scope_can_list_but_not_create(service: Service) -> None:
     assert (await service.client.get(rollouts_url(service))).json() == {"rollouts": []}
 
 
-async def test_openapi_documents_the_plan_body_in_both_media_types(service: Service) -> None:
+async def test_openapi_documents_the_plan_body_in_every_media_type_it_takes(
+    service: Service,
+) -> None:
     document = (await service.client.get("/openapi.json")).json()
     operation = document["paths"]["/v2/projects/{project_id}/rollouts"]["post"]
     content = operation["requestBody"]["content"]
     ref = {"$ref": "#/components/schemas/RolloutPlan"}
-    assert content == {"application/yaml": {"schema": ref}, "application/json": {"schema": ref}}
+    media_types = [*PLAN_MEDIA_TYPES, "application/json"]
+    assert content == {media_type: {"schema": ref} for media_type in media_types}
+    assert next(iter(content)) == "application/yaml"
     schemas = document["components"]["schemas"]
     assert {"name", "firmware", "waves", "policy"} <= set(schemas["RolloutPlan"]["properties"])
     assert "bake" in schemas["WaveSpec"]["properties"]

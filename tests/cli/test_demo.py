@@ -24,9 +24,12 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_a_healthy_fleet_completes_every_wave() -> None:
+def test_a_healthy_fleet_completes_every_wave_with_devices_logged_in_as_themselves() -> None:
     ran = run_demo("--devices", "30")
     assert ran.returncode == 0, ran.stdout + ran.stderr
+    said = " ".join(ran.stdout.split())  # however the console wrapped it
+    assert "devices log in with user name and client id = device id" in said
+    assert "ANONYMOUS" not in said
     assert "Traceback" not in ran.stderr
     assert "demo-2.1.0 ended completed after" in ran.stdout
     assert "devices by state:  succeeded 30" in ran.stdout

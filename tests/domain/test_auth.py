@@ -38,7 +38,10 @@ def test_the_scope_names_are_the_architectures() -> None:
         "send-commands",
         "rollouts:read",
         "rollouts:write",
+        "hooks:read",
         "hooks:write",
+        "notifications:read",
+        "notifications:write",
     }
 
 
@@ -57,6 +60,23 @@ def test_a_scope_allows_only_itself() -> None:
     assert not reader.allows(Scope.DEVICES_WRITE)
     assert not reader.allows(Scope.ADMIN)
     assert not reader.allows(Scope.SEND_COMMANDS)
+
+
+def test_hooks_write_carries_hooks_read_and_the_notification_scopes() -> None:
+    """Keys made before notifications had scopes of their own keep what they could do."""
+    hooks = principal(Scope.HOOKS_WRITE)
+    assert hooks.allows(Scope.HOOKS_READ)
+    assert hooks.allows(Scope.NOTIFICATIONS_READ)
+    assert hooks.allows(Scope.NOTIFICATIONS_WRITE)
+    assert not hooks.allows(Scope.ROLLOUTS_WRITE)
+    assert hooks.missing((Scope.HOOKS_WRITE, Scope.ROLLOUTS_WRITE)) == [Scope.ROLLOUTS_WRITE]
+
+
+def test_read_scopes_do_not_carry_write_scopes() -> None:
+    assert not principal(Scope.HOOKS_READ).allows(Scope.HOOKS_WRITE)
+    assert not principal(Scope.NOTIFICATIONS_READ).allows(Scope.NOTIFICATIONS_WRITE)
+    assert principal(Scope.NOTIFICATIONS_WRITE).allows(Scope.NOTIFICATIONS_READ)
+    assert not principal(Scope.NOTIFICATIONS_WRITE).allows(Scope.HOOKS_READ)
 
 
 def test_a_key_without_project_limits_can_access_every_project() -> None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+from hypothesis import example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from orchestrator.domain.files import EXTENSIONS, FileType
 from orchestrator.domain.hooks import (
     SAMPLE,
+    VERSION,
     Deploy,
     Ignored,
     Scheme,
@@ -194,6 +200,121 @@ def test_bodies_that_are_not_deploys_are_refused_naming_why(
         deploy_of(body, event)
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"version": "2.1.0", "build": NaN}', "build is NaN"),
+        (b'{"version": "2.1.0", "sizes": [1, Infinity]}', "sizes.1 is Infinity"),
+        (b'{"version": "2.1.0", "x": {"y": -Infinity}}', "x.y is -Infinity"),
+        (b'{"version": "2.1.0", "x": 1e999}', "x is 1e999"),
+        (b'{"version": "2.1.0", "x": ' + b"1" * 5000 + b"}", "5000 digits"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested"),
+        (b'{"version": "2.1.0", "x": "\\ud800"}', "x is not valid Unicode"),
+    ],
+)
+def test_bodies_python_reads_but_json_does_not_allow_are_refused_naming_where(
+    body: bytes, message: str
+) -> None:
+    """NaN, Infinity, out-of-range and overlong numbers, deep nesting: InvalidInput, not a crash."""
+    with pytest.raises(InvalidInput, match=message):
+        deploy_of(body, None)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+# Bodies shaped like what the hook reads, with any value in any place.
+DELIVERY_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "version": JSON_VALUES | st.sampled_from(["2.1.0", "v2", "", "2.1.0 x"]),
+        "file": JSON_VALUES | st.sampled_from(["fw-2.1.0.bin", "notes.txt", "../x.bin"]),
+        "action": JSON_VALUES | st.sampled_from(["published", "created"]),
+        "build": st.floats(),  # a field the hook does not read: NaN there is still refused
+        "release": JSON_VALUES
+        | st.fixed_dictionaries(
+            {},
+            optional={
+                "tag_name": JSON_VALUES | st.sampled_from(["v2.1.0", "V", "v", "2.1.0"]),
+                "assets": JSON_VALUES
+                | st.lists(
+                    st.fixed_dictionaries(
+                        {}, optional={"name": JSON_VALUES | st.sampled_from(["a.bin", "b.hex"])}
+                    ),
+                    max_size=3,
+                ),
+            },
+        ),
+    },
+)
+
+
+def non_finite(value: object) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(non_finite(item) for item in value.values())
+    if isinstance(value, list):
+        return any(non_finite(item) for item in value)
+    return False
+
+
+def _outcome(body: bytes, event: str | None) -> Deploy | Ignored | InvalidInput:
+    """What deploy_of makes of a delivery; any exception but InvalidInput fails the test."""
+    try:
+        return deploy_of(body, event)
+    except InvalidInput as refused:
+        return refused
+
+
+def _assert_clear(refused: InvalidInput) -> None:
+    assert refused.status == 400
+    assert refused.message
+    assert refused.errors[0]["loc"].startswith("body")
+
+
+@hypothesis_settings(database=None, max_examples=200)
+@given(
+    value=DELIVERY_BODIES | JSON_VALUES,
+    event=st.sampled_from([None, "", "release", "ping", "push"]),
+)
+@example(value={"version": "2.1.0", "build": math.inf}, event=None)
+def test_any_json_delivery_is_a_deploy_an_ignored_event_or_a_clear_refusal(
+    value: object, event: str | None
+) -> None:
+    """Never an unexpected exception; a body carrying NaN or Infinity is never a deploy."""
+    # Python writes NaN and Infinity where json.dumps meets them; a sender may too.
+    wanted = _outcome(json.dumps(value).encode(), event)
+    if isinstance(wanted, InvalidInput):
+        _assert_clear(wanted)
+    elif isinstance(wanted, Deploy):
+        assert not non_finite(value)
+        assert VERSION.match(wanted.version)
+        assert wanted.file is None or wanted.file.endswith(EXTENSIONS[FileType.FIRMWARE])
+
+
+@hypothesis_settings(database=None, max_examples=200)
+@given(body=st.binary(max_size=200), event=st.sampled_from([None, "release", "ping"]))
+def test_any_delivery_bytes_are_a_deploy_an_ignored_event_or_a_clear_refusal(
+    body: bytes, event: str | None
+) -> None:
+    wanted = _outcome(body, event)
+    if isinstance(wanted, InvalidInput):
+        _assert_clear(wanted)
+
+
+@pytest.mark.parametrize("timestamp", ["\u00b3", "\u0663" * 10, "1" * 5000, "-1", "1.5"])
+def test_a_webhook_timestamp_that_is_not_ascii_seconds_is_refused_as_such(timestamp: str) -> None:
+    """str.isdigit() takes '³' and '٣'; int() refuses the first and 5,000 digits."""
+    headers = {"webhook-signature": "v1,x", "webhook-id": "m", "webhook-timestamp": timestamp}
+    with pytest.raises(SignatureError, match="whole seconds"):
+        verify(STANDARD_SECRET, headers, b"{}", now_s=NOW, body_digest="")
+
+
 TEMPLATE = """name: fw-${version}
 firmware: {file: "${file}", version: "${version}"}
 waves: [{percent: 100}]
@@ -233,3 +354,15 @@ def test_audit_entries_map_to_notices(
     action: str, from_state: str, to_state: str, notice: Notice | None
 ) -> None:
     assert notice_of(action, from_state, to_state) is notice
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"version": "1.0\\n", "file": "fw.bin"}',
+        b'{"action": "published", "release": {"tag_name": "v2.0.0\\n"}}',
+    ],
+)
+def test_a_version_with_a_trailing_newline_is_not_a_deploy(body: bytes) -> None:
+    with pytest.raises(InvalidInput, match="version"):
+        deploy_of(body, None)

@@ -897,3 +897,10 @@ def test_any_mutation_gives_a_plan_or_located_problems_never_another_exception(t
         assert problem.column >= 1, problem
         assert problem.message
         assert str(problem).startswith(f"p.yaml:{problem.line}:{problem.column}: ")
+
+
+@pytest.mark.parametrize("version", ['"1.0\\n"', '"1.0\\r"', '"1.0\\u0000"'])
+def test_a_firmware_version_with_a_control_character_is_refused(version: str) -> None:
+    """A trailing newline once slipped past the version check."""
+    text = f"name: a\nfirmware: {{file: fw.bin, version: {version}}}\nwaves: [{{percent: 100}}]\n"
+    assert "firmware.version" in only_problem(text)

@@ -33,7 +33,10 @@ class Device:
     commands: list[dict[str, Any]] = field(default_factory=list)
     installed: list[str] = field(default_factory=list)  # file names it downloaded and checked
     latency_s: float = 0.0  # a slow device: its pause before each step of obeying a command
-    dedupe: bool = False  # drop a command whose command_id it has seen (§5), as real devices do
+    dedupe: bool = False  # answer a command_id seen before with its last result (§5)
+    lose_first_copy: bool = False  # the first copy of each command never arrives (a lost publish)
+    lose_final_result: bool = False  # its first final result never reaches the broker
+    lost: list[str] = field(default_factory=list)  # command ids and statuses it lost, in order
 
 
 class Fleet:
@@ -98,12 +101,25 @@ class Fleet:
             if device is None:
                 continue
             payload = json.loads(message.payload)
+            if device.lose_first_copy and f"command:{payload['command_id']}" not in device.lost:
+                device.lost.append(f"command:{payload['command_id']}")
+                continue
             seen = device.dedupe and any(
                 c.get("command_id") == payload.get("command_id") for c in device.commands
             )
             device.commands.append({"command": command, **payload})
             if seen:
-                continue  # a device that drops duplicates does not obey a command twice
+                # A device that drops duplicates does not obey a command twice: it publishes
+                # its last result for it again (ARCHITECTURE §5).
+                last = [
+                    r for r in self.results[device.id] if r["command_id"] == payload["command_id"]
+                ]
+                if last:
+                    again = self.report(device, command.split("/")[-1], last[-1])
+                    task = asyncio.create_task(again)
+                    self._work.add(task)
+                    task.add_done_callback(self._work.discard)
+                continue
             task = asyncio.create_task(self._obey(device, command.split("/")[-1], payload))
             self._work.add(task)
             task.add_done_callback(self._work.discard)
@@ -132,6 +148,14 @@ class Fleet:
         if not self._open.is_set():
             await self._open.wait()
         self.results[device.id].append(payload)
+        final = payload["status"] in ("success", "failed", "rejected")
+        if (
+            final
+            and device.lose_final_result
+            and not any(entry.startswith("result:") for entry in device.lost)
+        ):
+            device.lost.append(f"result:{payload['status']}")
+            return  # the device thinks it reported; the broker never had it
         await self._client.publish(
             f"{device.id}/control/{command}/result", json.dumps(payload), qos=1
         )

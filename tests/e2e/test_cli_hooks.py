@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from orchestrator.embedded import free_port
+from orchestrator.settings import Settings
 from tests.conftest import Service, wait_for
 from tests.e2e.fleet import Fleet
 from tests.e2e.test_cli import GOOD_PLAN, ota, write
@@ -84,6 +85,12 @@ class Receiver:
         writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         await writer.drain()
         writer.close()
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The receiver listens on loopback: allowed explicitly, as an operator would."""
+    return settings.model_copy(update={"notify_allow_hosts": "127.0.0.1"})
 
 
 @pytest.fixture

@@ -6,18 +6,9 @@ with its append-only file, as a restart or a failover behind one address looks t
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import pytest
-import redis
-
-from orchestrator.embedded import free_port
 from tests.conftest import Service, wait_for
 from tests.e2e.fleet import Fleet
+from tests.e2e.servers import RestartableRedis, own_redis, redis_url
 from tests.e2e.test_rollouts import start, upload_both, wait_state
 
 PLAN = """
@@ -26,74 +17,7 @@ firmware: {file: fw_2.1.0.bin, version: 2.1.0}
 waves: [{percent: 100}]
 policy: {max_failure_rate: 5%, ack_timeout: 120s, device_timeout: 300s}
 """
-
-
-@dataclass
-class RestartableRedis:
-    """A redis-server on a fixed port that a test stops and starts again, data kept."""
-
-    data_dir: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed; `make test` installs it"
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.data_dir),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        try:
-            for _ in range(300):
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.BusyLoadingError):
-                    pass
-                subprocess.run(["sleep", "0.05"], check=True)
-            pytest.fail(f"redis-server on {self.port} never answered")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()  # SIGTERM: the append-only file is complete
-            self.process.wait(10)
-            self.process = None
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RestartableRedis]:
-    server = RestartableRedis(tmp_path_factory.mktemp("outage-redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def redis_url(own_redis: RestartableRedis) -> str:
-    """Every part of the service on the restartable Redis."""
-    return own_redis.url
+__all__ = ["own_redis", "redis_url"]  # the module's fixtures: every part on its own Redis
 
 
 async def test_results_sent_while_redis_is_down_are_applied_when_it_is_back(

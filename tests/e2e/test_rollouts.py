@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Service, wait_for
 from tests.e2e.fleet import Fleet
@@ -294,9 +295,10 @@ policy: {rate: 2/s}
     assert done["counts"]["succeeded"] == 6
 
 
-async def test_an_abort_cancels_what_never_started_and_frees_the_devices(
+async def test_an_abort_cancels_what_never_started_and_frees_the_devices_in_the_same_step(
     service: Service, fleet: Fleet
 ) -> None:
+    """The answer to abort already shows the end: nothing in flight, every device free."""
     await upload_both(service)
     devices = await fleet.add(4, behaviour="ack_only")  # they hold their keys, never finish
     rollout = await start(
@@ -316,15 +318,23 @@ waves: [{devices: 2}, {percent: 100}]
     await wait_for(two_sent)
     response = await service.client.post(f"{base}/abort", json={"reason": "wrong build"})
     assert response.status_code == 200, response.text
-    assert response.json()["state"] == "aborted"
-
-    async def released() -> bool:
-        return await service.stores.rollouts.device_rollouts([d.id for d in devices]) == [None] * 4
-
-    await wait_for(released)
+    aborted = response.json()
+    assert aborted["state"] == "aborted"
+    assert aborted["counts"]["cancelled"] == 4
+    assert not any(aborted["counts"][state] for state in ("pending", "sent", "downloading"))
+    # No wait: whoever reads "aborted" may start the next release on the same devices.
+    assert await service.stores.rollouts.device_rollouts([d.id for d in devices]) == [None] * 4
+    assert rollout["id"] not in await service.stores.rollouts.active_ids()
+    dry_run = await service.client.post(
+        f"/v2/projects/{service.project_id}/rollouts",
+        params={"dry_run": "true"},
+        content="name: next\nfirmware: {file: fw_2.1.0.bin}\nwaves: [{percent: 100}]\n",
+        headers={"Content-Type": "application/yaml"},
+    )
+    assert dry_run.status_code == 200, dry_run.text
+    assert dry_run.json()["exclusions"] == [], dry_run.text
     final = await view(service, rollout["id"])
     assert final["counts"]["cancelled"] == 4
-    assert rollout["id"] not in await service.stores.rollouts.active_ids()
     for device in devices:
         for command in download_commands(fleet, device.id):
             key = command["url"].rsplit("key=", 1)[1]
@@ -335,6 +345,44 @@ waves: [{devices: 2}, {percent: 100}]
         if e["action"] == "abort"
     ]
     assert abort[0]["reason"] == "wrong build"
+
+
+async def test_a_lost_command_and_a_lost_result_are_repaired_by_sending_the_command_again(
+    service: Service, fleet: Fleet
+) -> None:
+    """Silent devices get the same command again; one that handled it repeats its result."""
+    await upload_both(service)
+    deaf = await fleet.add(2)
+    mute = await fleet.add(2)
+    for device in deaf:
+        device.lose_first_copy = device.dedupe = True
+    for device in mute:
+        device.lose_final_result = device.dedupe = True
+    rollout = await start(
+        service,
+        """
+name: lossy
+firmware: {file: fw_2.1.0.bin, version: 2.1.0}
+waves: [{percent: 100}]
+policy: {ack_timeout: 8s, device_timeout: 12s}
+""",
+    )
+    done = await wait_state(service, rollout["id"], "completed", "halted", timeout_s=40)
+    assert done["state"] == "completed", done["reason"]
+    assert done["counts"]["succeeded"] == 4
+    for device in [*deaf, *mute]:
+        assert device.lost, f"{device.id} lost nothing: the test did not test"
+        assert len({c["command_id"] for c in download_commands(fleet, device.id)}) == 1
+    for device in mute:
+        assert len(download_commands(fleet, device.id)) >= 2  # sent again, same command id
+    exposition = (await service.client.get("/metrics")).text
+    resent = [
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "ota_commands_resent_total"
+    ]
+    assert sum(resent) >= 4
 
 
 async def test_resume_after_a_halt_judges_only_what_finishes_afterwards(
@@ -361,3 +409,32 @@ policy: {max_failure_rate: 10%, min_devices: 2, max_in_flight: 2}
     assert response.json()["failure_rate"] == 0.0  # the two accepted failures are left out
     done = await wait_state(service, rollout["id"], "completed")
     assert done["counts"] == {**done["counts"], "failed": 2, "succeeded": 6}
+
+
+async def test_a_firmware_file_holding_other_bytes_than_at_creation_halts_the_rollout(
+    service: Service, fleet: Fleet
+) -> None:
+    """The next wave is never announced with bytes other than those the rollout was made with."""
+    await upload_both(service)
+    await fleet.add(4)
+    rollout = await start(
+        service,
+        """
+name: pinned
+firmware: {file: fw_2.1.0.bin, version: 2.1.0}
+waves: [{devices: 1, bake: 2s}, {percent: 100}]
+""",
+    )
+
+    async def canary_done() -> bool:
+        return bool((await view(service, rollout["id"]))["counts"]["succeeded"] == 1)
+
+    await wait_for(canary_done, timeout_s=20)
+    # The file record changes under the rollout during the bake (a delete and a new upload).
+    file_key = service.stores.keys.file(service.project_id, "fw_2.1.0.bin")
+    await service.stores.redis.hset(file_key, mapping={"sha256": "0" * 64, "size": "4000"})
+    halted = await wait_state(service, rollout["id"], "halted", "completed", timeout_s=30)
+    assert halted["state"] == "halted", halted["reason"]
+    assert "now holds other bytes" in halted["reason"]
+    assert halted["counts"]["succeeded"] == 1
+    assert halted["counts"]["pending"] == 3  # the second wave was never sent

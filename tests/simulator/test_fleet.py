@@ -393,7 +393,9 @@ async def test_a_plain_command_is_answered_received_then_success(
     assert fleet.stats.commands == 1
 
 
-async def test_a_repeated_command_id_is_ignored(start_fleet: StartFleet, watcher: Watcher) -> None:
+async def test_a_repeated_command_id_is_not_obeyed_again_but_its_last_result_is_published_again(
+    start_fleet: StartFleet, watcher: Watcher
+) -> None:
     fleet = await start_fleet(1)
     device = fleet.devices[0]
     repeated = json.dumps({"command_id": "once", "mode": "eco"})
@@ -403,7 +405,7 @@ async def test_a_repeated_command_id_is_ignored(start_fleet: StartFleet, watcher
 
     await watcher.final("after")  # commands are handled in order: the repeat came before
 
-    assert statuses(watcher.results["once"]) == ["received", "success"]
+    assert statuses(watcher.results["once"]) == ["received", "success", "success"]
     assert fleet.stats.duplicates == 1
     assert fleet.stats.commands == 2
 

@@ -85,7 +85,7 @@ async def test_claim_of_an_unknown_or_revoked_key_is_unknown(stores: Stores) -> 
 async def test_release_of_every_byte_spends_the_key(stores: Stores) -> None:
     key = await issue(stores)
     claim = await claim_ok(stores, key.key)
-    assert await stores.download_keys.release(key.key, claim, first=0, end=SIZE) == "spent"
+    assert await stores.download_keys.release(key.key, claim.claim_id, first=0, end=SIZE) == "spent"
     assert await stores.download_keys.state(key.key) == "spent"
     assert await stores.download_keys.claim(key.key, "dev-1") == (ClaimVerdict.SPENT, None)
 
@@ -95,7 +95,7 @@ async def test_release_with_part_of_the_bytes_frees_the_key_and_records_covered(
 ) -> None:
     key = await issue(stores)
     claim = await claim_ok(stores, key.key)
-    assert await stores.download_keys.release(key.key, claim, first=0, end=400) == "issued"
+    assert await stores.download_keys.release(key.key, claim.claim_id, first=0, end=400) == "issued"
     assert await stores.download_keys.state(key.key) == "issued"
     assert await covered(stores, key.key) == 400
     resumed = await claim_ok(stores, key.key)
@@ -105,11 +105,13 @@ async def test_release_with_part_of_the_bytes_frees_the_key_and_records_covered(
 async def test_resumed_range_reaching_the_end_spends_the_key(stores: Stores) -> None:
     key = await issue(stores)
     first = await claim_ok(stores, key.key)
-    await stores.download_keys.release(key.key, first, first=0, end=400)
+    await stores.download_keys.release(key.key, first.claim_id, first=0, end=400)
     second = await claim_ok(stores, key.key)
     # The device had fewer bytes than the server counted: a range starting inside the
     # covered prefix still extends it.
-    assert await stores.download_keys.release(key.key, second, first=300, end=SIZE) == "spent"
+    assert (
+        await stores.download_keys.release(key.key, second.claim_id, first=300, end=SIZE) == "spent"
+    )
     assert await covered(stores, key.key) == SIZE
 
 
@@ -118,9 +120,11 @@ async def test_range_beginning_after_the_covered_prefix_does_not_advance_it(
 ) -> None:
     key = await issue(stores)
     claim = await claim_ok(stores, key.key)
-    await stores.download_keys.release(key.key, claim, first=0, end=100)
+    await stores.download_keys.release(key.key, claim.claim_id, first=0, end=100)
     claim = await claim_ok(stores, key.key)
-    assert await stores.download_keys.release(key.key, claim, first=200, end=SIZE) == "issued"
+    assert (
+        await stores.download_keys.release(key.key, claim.claim_id, first=200, end=SIZE) == "issued"
+    )
     assert await covered(stores, key.key) == 100
 
 
@@ -130,19 +134,19 @@ async def test_renew_holds_the_live_claim_and_refuses_a_stale_one(stores: Stores
     assert await stores.download_keys.renew(key.key, claim) is True
     stale = Claim(claim_id="0" * 16, covered=0)
     assert await stores.download_keys.renew(key.key, stale) is False
-    assert await stores.download_keys.release(key.key, stale, first=0, end=SIZE) == "lost"
+    assert await stores.download_keys.release(key.key, stale.claim_id, first=0, end=SIZE) == "lost"
     assert await stores.download_keys.state(key.key) == "claimed"
 
 
 async def test_renew_after_release_or_revoke_is_false(stores: Stores) -> None:
     key = await issue(stores)
     claim = await claim_ok(stores, key.key)
-    await stores.download_keys.release(key.key, claim, first=0, end=10)
+    await stores.download_keys.release(key.key, claim.claim_id, first=0, end=10)
     assert await stores.download_keys.renew(key.key, claim) is False
     claim = await claim_ok(stores, key.key)
     await stores.download_keys.revoke(key.key)
     assert await stores.download_keys.renew(key.key, claim) is False
-    assert await stores.download_keys.release(key.key, claim, first=0, end=SIZE) == "lost"
+    assert await stores.download_keys.release(key.key, claim.claim_id, first=0, end=SIZE) == "lost"
     # A release after a revoke must not bring the key back to life.
     assert await stores.redis.exists(stores.keys.download_key(key.key)) == 0
 
@@ -163,9 +167,11 @@ async def test_lapsed_claim_can_be_taken_over_and_the_old_release_is_lost(
 
     await wait_for(taken_over, timeout_s=5)
     assert await stores.download_keys.renew(key.key, old) is False
-    assert await stores.download_keys.release(key.key, old, first=0, end=SIZE) == "lost"
+    assert await stores.download_keys.release(key.key, old.claim_id, first=0, end=SIZE) == "lost"
     assert await stores.download_keys.state(key.key) == "claimed"
-    assert await stores.download_keys.release(key.key, taken[0], first=0, end=SIZE) == "spent"
+    assert (
+        await stores.download_keys.release(key.key, taken[0].claim_id, first=0, end=SIZE) == "spent"
+    )
 
 
 async def test_twenty_concurrent_claims_give_exactly_one_ok(stores: Stores) -> None:
@@ -181,9 +187,9 @@ async def test_twenty_concurrent_claims_give_exactly_one_ok(stores: Stores) -> N
 async def test_claims_and_deliveries_are_events_on_the_stream(stores: Stores) -> None:
     key = await issue(stores)
     claim = await claim_ok(stores, key.key)
-    await stores.download_keys.release(key.key, claim, first=0, end=10)
+    await stores.download_keys.release(key.key, claim.claim_id, first=0, end=10)
     claim = await claim_ok(stores, key.key)
-    await stores.download_keys.release(key.key, claim, first=10, end=SIZE)
+    await stores.download_keys.release(key.key, claim.claim_id, first=10, end=SIZE)
     entries = cast(list[Entry], await stores.redis.xrange(stores.keys.download_events()))
     events = [fields for _, fields in entries]
     assert [event["event"] for event in events] == ["claimed", "claimed", "delivered"]

@@ -256,7 +256,7 @@ async def test_create_over_devices_of_an_active_rollout_lists_exactly_those_and_
     assert await stores.rollouts.active_ids() == [first.id]
 
 
-async def test_after_a_terminal_state_and_release_the_name_and_devices_are_free_again(
+async def test_a_terminal_state_frees_the_name_and_the_devices_in_the_same_step(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     first = await create_rollout(5, name="again", running=True)
@@ -264,35 +264,52 @@ async def test_after_a_terminal_state_and_release_the_name_and_devices_are_free_
         stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True
     ) == ("running", True)
     assert await stores.redis.get(stores.keys.rollout_name(PROJECT, "again")) is None
-    # The name is free at once; the devices stay locked until they are released.
-    _, outcome = await stores.rollouts.create(
-        project_id=PROJECT,
-        name="again",
-        plan=PLAN,
-        device_ids=first.devices,
-        reach=[5],
-        created_at=AT,
-        created_by="bob",
-    )
-    assert outcome == CreateOutcome(created=False, devices_taken=tuple(first.devices))
-    assert await stores.rollouts.release_devices(first.id) == 5
-    assert await stores.rollouts.release_devices(first.id) == 0
-    for device_id in first.devices:
-        assert await stores.rollouts.device_rollout(device_id) is None
-    await stores.rollouts.deactivate(first.id)
+    assert await stores.rollouts.device_rollouts(first.devices) == [None] * 5
+    assert await stores.rollouts.active_ids() == []
+    assert await stores.rollouts.release_devices(first.id) == 0  # nothing left to release
     second = await create_rollout(name="again", devices=first.devices, reach=[5])
     assert await stores.rollouts.device_rollouts(first.devices) == [second.id] * 5
     assert await stores.rollouts.active_ids() == [second.id]
     assert set(await stores.rollouts.ids(PROJECT)) == {first.id, second.id}
 
 
+async def test_a_terminal_state_cancels_every_device_not_final_and_revokes_its_key(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    made = await create_rollout(5, [5], running=True)
+    sent = await stores.rollouts.dispatch(
+        made.id, count=3, reach=5, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
+    )
+    claimed, delivered, _ = (item.device_id for item in sent)
+    await stores.rollouts.transition(made.id, claimed, DeviceEvent.KEY_CLAIMED)
+    await stores.rollouts.transition(made.id, delivered, DeviceEvent.KEY_DELIVERED)
+    await stores.rollouts.transition(made.id, delivered, DeviceEvent.SUCCESS)
+    assert await move(
+        stores, made.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True
+    ) == ("running", True)
+    assert await nonzero_counts(stores, made.id) == {
+        "all:cancelled": 4,
+        "0:cancelled": 4,
+        "all:succeeded": 1,
+        "0:succeeded": 1,
+    }
+    for item in sent:
+        assert await stores.download_keys.get(item.key) is None
+    assert await deadlines(stores, made.id) == {}
+    assert await stores.rollouts.unpublished(made.id) == []
+    assert await retry_list(stores, made.id) == []
+    assert await state_of(stores, made.id, delivered) == "succeeded"  # final stays as it was
+
+
 async def test_release_frees_only_the_locks_the_rollout_still_holds(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     first = await create_rollout(3, running=True)
-    await move(stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True)
-    assert await stores.rollouts.release_devices(first.id) == 3
+    # A rollout ended by an older version: its locks were left for release_devices.
+    for device_id in first.devices[:2]:
+        await stores.redis.delete(stores.keys.device_rollout(device_id))
     second = await create_rollout(devices=first.devices[:2], reach=[2])
+    assert await stores.rollouts.release_devices(first.id) == 1
     assert await stores.rollouts.release_devices(first.id) == 0
     assert await stores.rollouts.device_rollouts(first.devices) == [second.id, second.id, None]
 
@@ -397,7 +414,7 @@ async def test_change_state_of_an_unknown_rollout_changes_nothing(stores: Stores
         ([RolloutState.RUNNING, RolloutState.HALTED], False),
     ],
 )
-async def test_only_a_terminal_change_frees_the_name_and_the_rollout_stays_active_for_cleanup(
+async def test_only_a_terminal_change_frees_the_name_and_leaves_the_active_set(
     stores: Stores,
     create_rollout: CreateRollout,
     path: list[RolloutState],
@@ -409,8 +426,7 @@ async def test_only_a_terminal_change_frees_the_name_and_the_rollout_stays_activ
         assert await move(stores, made.id, frm, to, terminal=terminal and is_last) == (frm, True)
     holder = await stores.redis.get(stores.keys.rollout_name(PROJECT, "named"))
     assert holder == (None if terminal else made.id)
-    # The engine still has to cancel and release a finished rollout; it deactivates it after.
-    assert made.id in await stores.rollouts.active_ids()
+    assert (made.id in await stores.rollouts.active_ids()) is not terminal
     assert [e["to"] for e in await stores.rollouts.events(made.id)] == ["pending", *path]
 
 

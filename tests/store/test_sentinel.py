@@ -81,6 +81,8 @@ async def test_the_stores_work_through_a_sentinel_url(sentinel_url: str) -> None
         "redis+sentinel://127.0.0.1:26379",
         "redis+sentinel://127.0.0.1/primary",
         "redis+sentinel://h:x/p",
+        "redis+sentinel://h:\u00b3/p",  # isdigit() takes '³', int() does not
+        "redis+sentinel://h:26379/p/\u00b3",
     ],
 )
 def test_a_sentinel_url_without_hosts_or_service_is_refused_with_the_form(url: str) -> None:

@@ -32,9 +32,11 @@ from orchestrator.transport.dynsec import (
     DeviceProvisioner,
     DynsecClient,
     DynsecReply,
+    device_acls,
     device_role,
+    reconciling,
 )
-from tests.conftest import Service, _serve, wait_for
+from tests.conftest import Service, _serve, stored_device, wait_for
 
 CUT_OFF_TIMEOUT_S = 10.0
 
@@ -287,24 +289,8 @@ async def test_start_reconciles_devices_made_before_provisioning_was_on(
     settings: Settings, stores: Stores, dynsec_broker: EmbeddedBroker, admin: DynsecClient
 ) -> None:
     project = await stores.projects.create("earlier")
-    earlier, token = await stores.devices.create(
-        project.id,
-        name="earlier",
-        description="",
-        source=DeviceSource.MQTT,
-        brand="Custom",
-        model="Custom",
-        tags=[],
-    )
-    http_device, _ = await stores.devices.create(
-        project.id,
-        name="http",
-        description="",
-        source=DeviceSource.HTTP,
-        brand="Custom",
-        model="Custom",
-        tags=[],
-    )
+    earlier, token = await stored_device(stores, project.id, "earlier")
+    http_device, _ = await stored_device(stores, project.id, "http", DeviceSource.HTTP)
 
     async with _running(settings, stores) as client:
 
@@ -436,3 +422,119 @@ async def test_provisioning_takes_over_a_client_made_by_hand_and_is_idempotent(
     await provisioner.deprovision(device_id)
     await provisioner.deprovision(device_id)  # already gone: done
     await _refused(dynsec_broker, device_id, "the-token")
+
+
+async def test_a_device_login_is_tied_to_its_own_client_id(
+    service: Service, dynsec_broker: EmbeddedBroker, admin: DynsecClient
+) -> None:
+    (a_id, a_token), (b_id, b_token) = await _new_device(service), await _new_device(service)
+    assert (await _get_client(admin, a_id)).data["client"]["clientid"] == a_id
+
+    async with _device(dynsec_broker, b_id, b_token) as b:
+        for taken in (b_id, f"{service.settings.instance_id}-results", ""):
+            with pytest.raises(aiomqtt.MqttError, match="code:135"):
+                async with aiomqtt.Client(
+                    dynsec_broker.host,
+                    dynsec_broker.port,
+                    identifier=taken,
+                    username=a_id,
+                    password=a_token,
+                ):
+                    pass
+        await _send(service, b_id, "still-b")
+        assert (await _next(b)).topic.value == f"{b_id}/control/still-b"
+
+
+async def test_a_device_may_publish_and_read_its_data_topic_and_no_other(
+    service: Service, dynsec_broker: EmbeddedBroker
+) -> None:
+    (a_id, a_token), (b_id, b_token) = await _new_device(service), await _new_device(service)
+    async with (
+        _device_client(dynsec_broker, a_id, a_token) as a,
+        _device_client(dynsec_broker, b_id, b_token) as b,
+    ):
+        assert _codes(await a.subscribe(a_id, qos=1)) == [1]
+        assert _codes(await b.subscribe(a_id, qos=1)) == [0x80]
+        await b.publish(a_id, b"forged telemetry", qos=1)  # dropped by the broker
+        await a.publish(a_id, b"21.5", qos=1)
+        message = await _next(a)  # b's would have come first (3.1.1 echoes a's own)
+    assert (message.topic.value, message.payload) == (a_id, b"21.5")
+
+
+async def test_start_ties_clients_of_an_earlier_version_to_their_id_and_updates_their_roles(
+    settings: Settings, stores: Stores, dynsec_broker: EmbeddedBroker, admin: DynsecClient
+) -> None:
+    """A client made without a client id and a role without the data topic, as before."""
+    project = await stores.projects.create("upgrade")
+    device, token = await stored_device(stores, project.id, "kept")
+    commands = f"{device.id}/control/#"
+    old_acls = [
+        {"acltype": "subscribePattern", "topic": commands, "priority": 1, "allow": True},
+        {"acltype": "publishClientReceive", "topic": commands, "priority": 1, "allow": True},
+    ]
+    role = device_role(device.id)
+    made = await admin.execute(
+        [
+            {"command": "createRole", "rolename": role, "acls": old_acls},
+            {"command": "createClient", "username": device.id, "password": token},
+        ]
+    )
+    assert [reply.error for reply in made] == [None, None]
+    async with _device_client(dynsec_broker, device.id, token):
+        pass  # no role yet, any client id: as an earlier version left it
+
+    async with _running(settings, stores):
+
+        async def tied() -> bool:
+            client = (await _get_client(admin, device.id)).data.get("client", {})
+            return bool(client.get("clientid") == device.id and client.get("roles"))
+
+        await wait_for(tied)
+        acls = (await _get_role(admin, role)).data["role"]["acls"]
+        assert _acls(acls) == _acls(device_acls(device.id))
+        async with _device(dynsec_broker, device.id, token) as kept:  # its password kept
+            assert _codes(await kept.subscribe(device.id, qos=1)) == [1]
+        with pytest.raises(aiomqtt.MqttError, match="code:135"):
+            async with aiomqtt.Client(
+                dynsec_broker.host,
+                dynsec_broker.port,
+                identifier="not-its-id",
+                username=device.id,
+                password=token,
+            ):
+                pass
+
+
+def _acls(acls: list[dict[str, Any]]) -> set[tuple[str, str, int, bool]]:
+    return {(a["acltype"], a["topic"], a["priority"], a["allow"]) for a in acls}
+
+
+def test_reconciling_creates_what_is_missing_and_repairs_what_an_earlier_version_left() -> None:
+    current = {"rolename": device_role("ok"), "acls": device_acls("ok")}
+    old_role = {"rolename": device_role("old"), "acls": device_acls("old")[:2]}
+    clients: list[dict[str, Any]] = [
+        {"username": "ok", "clientid": "ok", "roles": [{"rolename": device_role("ok")}]},
+        {"username": "old", "roles": []},  # no client id, no role: made by hand or before
+        {"username": "ota-service", "roles": [{"rolename": "admin"}]},  # not a device: left
+    ]
+
+    creations, repairs, result = reconciling(["ok", "old", "new"], clients, [current, old_role])
+
+    assert [(c["command"], c.get("rolename") or c.get("username")) for c in creations] == [
+        ("createRole", device_role("new")),
+        ("createClient", "new"),
+    ]
+    assert creations[1]["clientid"] == "new"
+    assert "password" not in creations[1]
+    assert repairs == [
+        {"command": "modifyRole", "rolename": device_role("old"), "acls": device_acls("old")},
+        {"command": "setClientId", "username": "old", "clientid": "old"},
+        {"command": "addClientRole", "username": "old", "rolename": device_role("old")},
+    ]
+    assert (result.devices, result.created, result.bound, result.updated_roles) == (
+        3,
+        ["new"],
+        ["old"],
+        1,
+    )
+    assert reconciling(["ok"], clients, [current])[:2] == ([], [])

@@ -23,11 +23,13 @@ import aiomqtt
 import pytest
 import structlog
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from orchestrator.domain.states import RESULT_EVENTS
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.transport.results import (
+    MAX_RESULT_BYTES,
     DeviceResult,
     Handler,
     IgnoredReason,
@@ -156,6 +158,60 @@ def test_parse_result_accepts_exactly_the_contract(fields: dict[str, Any]) -> No
         and all(isinstance(fields.get(k), str | None) for k in ("version", "error"))
     )
     assert isinstance(parsed, DeviceResult) is valid
+
+
+def test_a_payload_over_the_size_bound_is_ignored_as_too_large_unread() -> None:
+    """A device sending megabytes costs the engine nothing but the count."""
+    payload = body("c-4", "failed", error="x" * MAX_RESULT_BYTES)
+    assert len(payload) > MAX_RESULT_BYTES
+    assert parse_result("dev-1/control/reboot/result", payload) is IgnoredReason.TOO_LARGE
+    fits = body("c-4", "failed", error="x" * (MAX_RESULT_BYTES - 100))
+    assert isinstance(parse_result("dev-1/control/reboot/result", fits), DeviceResult)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=12,
+)
+
+
+@hypothesis_settings(database=None, max_examples=150)
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["command_id", "status", "version", "error", "other"]),
+        JSON_VALUES | st.sampled_from(["c-1", "success", "failed", "2.1.0"]),
+    ),
+    padding=st.sampled_from([0, 10, MAX_RESULT_BYTES]),
+)
+def test_any_json_object_is_a_result_or_counted_as_ignored_never_an_error(
+    fields: dict[str, Any], padding: int
+) -> None:
+    """Wrong types, NaN, nesting, huge numbers, oversize: a result only when the contract holds."""
+    payload = json.dumps({**fields, "pad": "p" * padding}).encode()
+    parsed = parse_result("dev-1/control/reboot/result", payload)
+    valid = (
+        isinstance(fields.get("command_id"), str)
+        and 0 < len(fields["command_id"]) <= 256
+        and isinstance(fields.get("status"), str)
+        and fields["status"] in RESULT_EVENTS
+        and all(isinstance(fields.get(k), str | None) for k in ("version", "error"))
+        and len(payload) <= MAX_RESULT_BYTES
+    )
+    assert isinstance(parsed, DeviceResult) is valid
+    if not valid:
+        assert parsed in (IgnoredReason.MALFORMED, IgnoredReason.TOO_LARGE)
+
+
+@hypothesis_settings(database=None, max_examples=100)
+@given(depth=st.integers(min_value=1, max_value=20_000), kind=st.sampled_from([b"[]", b"{}"]))
+def test_deeply_nested_payloads_are_ignored_never_an_error(depth: int, kind: bytes) -> None:
+    nested = kind[:1] * depth + kind[1:] * depth
+    if kind == b"{}":
+        nested = b'{"a":' * depth + b"1" + b"}" * depth
+    payload = b'{"command_id": "c", "status": "success", "x": ' + nested + b"}"
+    parsed = parse_result("dev-1/control/reboot/result", payload)
+    assert isinstance(parsed, DeviceResult) or parsed in set(IgnoredReason)
 
 
 # --- the subscriber -----------------------------------------------------------------------
@@ -556,3 +612,43 @@ def test_a_subscriber_needs_a_client_id_and_a_session_expiry() -> None:
         ResultSubscriber(
             "mqtt://127.0.0.1:1", version="5.0", client_id="x", handler=ignore, session_expiry_s=0
         )
+
+
+async def test_a_connection_lost_while_a_batch_is_acknowledged_leaves_the_subscriber_working(
+    tmp_path: Path,
+) -> None:
+    """The broker restarts while a batch is handled: its acks fail, later results still come."""
+    with EmbeddedBroker(tmp_path / "mqtt", kind="mosquitto").start() as broker:
+        inbox = Inbox()
+        holding = asyncio.Event()
+        release = asyncio.Event()
+
+        async def slow(batch: Sequence[ParsedResult]) -> None:
+            holding.set()
+            await release.wait()  # the broker restarts meanwhile: this batch's acks fail
+            await inbox.handler(batch)
+
+        subscriber = ResultSubscriber(
+            broker.url, version="5.0", client_id="test-results-restart", handler=slow
+        )
+        await subscriber.start()
+        try:
+            topic = result_topic(device(), "download_firmware")
+            await publish(broker, [(topic, body("before"), 1)])
+            async with asyncio.timeout(WAIT_S):
+                await holding.wait()
+            await asyncio.to_thread(broker.restart)
+            release.set()
+
+            async def after_reconnect() -> None:  # the subscription is back within a second
+                while "after" not in inbox.command_ids():
+                    await publish(broker, [(topic, body("after"), 1)])
+                    with contextlib.suppress(TimeoutError):
+                        await inbox.wait_for(len(inbox.items) + 1, timeout_s=0.5)
+
+            async with asyncio.timeout(WAIT_S):
+                await after_reconnect()
+        finally:
+            await subscriber.stop()
+        assert inbox.command_ids()[0] == "before"
+        assert "after" in inbox.command_ids()

@@ -4,7 +4,15 @@
 -- ARGV[4] events stream max length
 -- "covered" is the prefix of the file delivered so far; a range starting inside it extends
 -- it. Once it reaches the file size the key is spent (one delivery, however many resumes).
+-- "delivered" is every byte the key's transfers sent, overlaps included; dk_claim.lua refuses
+-- a transfer that would take it past the key's budget. A transfer whose claim was lost still
+-- adds its bytes (they went out), unless the key itself is gone.
 -- Returns the key's state after the call: issued | spent | lost.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 'lost'
+end
+local sent = math.max(0, tonumber(ARGV[3]) - tonumber(ARGV[2]))
+redis.call('HINCRBY', KEYS[1], 'delivered', sent)
 local f = redis.call('HMGET', KEYS[1], 'state', 'claim_id', 'covered', 'size', 'device_id',
   'rollout_id', 'command_id', 'file_name')
 if f[1] ~= 'claimed' or f[2] ~= ARGV[1] then

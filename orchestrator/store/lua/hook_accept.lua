@@ -1,6 +1,9 @@
 -- Accept a hook delivery once: the first time, record it and queue the deploy request; a
--- repeat within the delivery's TTL returns what the first one was given.
--- KEYS[1] delivery hash, KEYS[2] the hook's delivery index, KEYS[3] deploy request stream
+-- repeat within the delivery's TTL returns what the first one was given. A repeat is the same
+-- delivery id or, when KEYS[4] is given, the same signed body (a GitHub signature does not
+-- cover the delivery id, so a captured body could otherwise be posted again under a new id).
+-- KEYS[1] delivery hash, KEYS[2] the hook's delivery index, KEYS[3] deploy request stream,
+-- KEYS[4] (optional) the signed body's record
 -- ARGV[1] rollout id for a new delivery, ARGV[2] TTL s, ARGV[3] now ms, ARGV[4] delivery id,
 -- ARGV[5] delivery fields (JSON object), ARGV[6] request fields (JSON object, rollout_id is
 -- added), ARGV[7] deliveries kept in the index, ARGV[8] stream entries kept (approximate)
@@ -8,6 +11,13 @@
 local known = redis.call('HGET', KEYS[1], 'rollout_id')
 if known then
   return {known, '0'}
+end
+if KEYS[4] then
+  local signed = redis.call('GET', KEYS[4])
+  if signed then
+    return {signed, '0'}
+  end
+  redis.call('SET', KEYS[4], ARGV[1], 'EX', tonumber(ARGV[2]))
 end
 redis.call('HSET', KEYS[1], 'rollout_id', ARGV[1])
 for name, value in pairs(cjson.decode(ARGV[5])) do

@@ -1,5 +1,7 @@
 -- Move devices of rollouts by one event each, with their counters, in one step, in order.
 -- A device that reaches `succeeded` has its download key revoked: the key has done its work.
+-- An event that answers a command (command id given and matching) also records the device's
+-- last sign of life (`seen_at`, and `resends` back to 0), applied or not.
 -- KEYS[1] only routes the call to the node of the prefix's slot (Redis Cluster).
 -- ARGV[1] is the entry point, ARGV[2] now ms, ARGV[3] download key hash prefix.
 --
@@ -85,6 +87,11 @@ local function apply(e)
   end
   if e.command_id ~= '' and got[7] ~= e.command_id then
     return {state, 'command_mismatch', ''}
+  end
+  if e.command_id ~= '' then
+    -- The device spoke about its command (a result, a key use): a sign of life, even when it
+    -- moves nothing. The driver sends the command again only after a silence.
+    redis.call('HSET', device, 'seen_at', now, 'resends', 0)
   end
   local new = e.transitions[state]
   if not new then
@@ -257,7 +264,10 @@ local function results()
     outcomes[n] = reply
   end
   for _, rollout in pairs(heard) do
-    redis.call('HSET', rollout, 'last_result_ms', now)
+    -- Not for a rollout deleted after its retention (its rules may still be at hand).
+    if redis.call('EXISTS', rollout) == 1 then
+      redis.call('HSET', rollout, 'last_result_ms', now)
+    end
   end
   write_counts()
   return outcomes

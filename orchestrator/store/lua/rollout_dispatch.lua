@@ -37,7 +37,7 @@ local function send(device_id)
   local key = ARGV[FIRST + 2 * count + 1]
   local wave = redis.call('HGET', device, 'wave')
   redis.call('HSET', device, 'state', 'sent', 'command_id', command_id, 'sent_at', ARGV[2],
-    'updated_at', ARGV[2], 'key', key)
+    'updated_at', ARGV[2], 'key', key, 'seen_at', ARGV[2], 'resends', 0)
   redis.call('HINCRBY', device, 'attempts', 1)
   redis.call('HINCRBY', KEYS[4], wave .. ':pending', -1)
   redis.call('HINCRBY', KEYS[4], wave .. ':sent', 1)

@@ -1,13 +1,17 @@
 -- Change a rollout's state if it is in one of the given states, and record why.
 -- KEYS[1] rollout hash, KEYS[2] events list, KEYS[3] active set (unused), KEYS[4] name key,
--- KEYS[5] counts hash, KEYS[6] notices stream (read by the notifier)
+-- KEYS[5] counts hash, KEYS[6] notices stream (read by the notifier), KEYS[7] cohort order
+-- list, KEYS[8] deadlines zset, KEYS[9] retry list, KEYS[10] unpublished set
 -- ARGV[1] states it may leave (JSON list), ARGV[2] new state, ARGV[3] reason,
 -- ARGV[4] event (JSON object; "from" is filled in here), ARGV[5] updated_at,
 -- ARGV[6] '1' when the new state is terminal, ARGV[7] rollout id, ARGV[8] more fields (JSON),
 -- ARGV[9] '1' to judge the policy from here on: the finished devices so far become the
 -- baseline (`base:` counters) that the failure rate leaves out (a person resumed a halt),
--- ARGV[10] notices kept in the stream (approximately)
--- Returns {old state, new state} or {old state, ''} when the state did not allow it.
+-- ARGV[10] notices kept in the stream (approximately), ARGV[11] {state: new state} for
+-- devices not final when the rollout ends (JSON, the domain's `end` event), ARGV[12] device
+-- hash prefix, ARGV[13] download key hash prefix, ARGV[14] device lock prefix, ARGV[15] now ms
+-- Returns {old state, new state, devices ended} or {old state, ''} when the state did not
+-- allow it.
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   return {'', ''}
@@ -39,11 +43,52 @@ if ARGV[9] == '1' then
     end
   end
 end
--- A terminal rollout frees its name at once; it leaves the active set only when the engine
--- has cancelled what never started and freed its devices (RolloutStore.deactivate).
+-- A terminal rollout ends in this one step: its name is free, every device it still tracked is
+-- cancelled (its download keys revoked), every device is free for the next rollout, and the
+-- engine has nothing left to do. No reader sees a finished rollout with devices in flight.
+local ended = 0
 if ARGV[6] == '1' then
   if redis.call('GET', KEYS[4]) == ARGV[7] then
     redis.call('DEL', KEYS[4])
   end
+  local ends = cjson.decode(ARGV[11])
+  local device_prefix, key_prefix, lock_prefix, now = ARGV[12], ARGV[13], ARGV[14], ARGV[15]
+  local deltas = {}
+  local function count(name, delta)
+    deltas[name] = (deltas[name] or 0) + delta
+  end
+  for _, device_id in ipairs(redis.call('LRANGE', KEYS[7], 0, -1)) do
+    local device = device_prefix .. device_id
+    local got = redis.call('HMGET', device, 'state', 'wave', 'key', 'rollback_key')
+    local new = got[1] and ends[got[1]]
+    if new then
+      count(got[2] .. ':' .. got[1], -1)
+      count(got[2] .. ':' .. new, 1)
+      count('all:' .. got[1], -1)
+      count('all:' .. new, 1)
+      redis.call('HSET', device, 'state', new, 'updated_at', now)
+      for _, key in ipairs({got[3], got[4]}) do
+        if key and key ~= '' then
+          redis.call('DEL', key_prefix .. key)
+        end
+      end
+      ended = ended + 1
+    end
+    local lock = lock_prefix .. device_id .. ':rollout'
+    if redis.call('GET', lock) == ARGV[7] then
+      redis.call('DEL', lock)
+    end
+  end
+  for name, delta in pairs(deltas) do
+    redis.call('HINCRBY', KEYS[5], name, delta)
+  end
+  redis.call('DEL', KEYS[8], KEYS[9], KEYS[10])
+  redis.call('SREM', KEYS[3], ARGV[7])
 end
-return {state, ARGV[2]}
+-- Retention: a terminal rollout joins the finished index, scored by when it finished; the
+-- engine deletes it, every key of it, once OTA_ROLLOUT_RETENTION has passed
+-- (store/retention.py). KEYS[11] finished rollouts zset, ARGV[16] when it finished (epoch ms).
+if ARGV[6] == '1' then
+  redis.call('ZADD', KEYS[11], 'NX', ARGV[16], ARGV[7])
+end
+return {state, ARGV[2], ended}

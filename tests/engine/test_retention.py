@@ -1,0 +1,204 @@
+"""The engine's retention sweep on real Redis, with a short retention and an injected clock:
+what a pass deletes and keeps, its bound, two engines at once, a pass cut short, the start-up
+backfill, and what the API answers about a deleted rollout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from orchestrator.engine.context import EngineContext
+from orchestrator.engine.retention import RetentionSweeper, SweepReport, retention_cutoff_ms
+from orchestrator.metrics import Metrics
+from orchestrator.settings import Settings
+from orchestrator.store import Stores
+from orchestrator.store.redis import connect
+from orchestrator.store.retention import PURGE_CHUNK
+from orchestrator.transport.mqtt import CommandTransport
+from tests.conftest import Service, wait_for
+from tests.store.test_retention import (
+    FINISHED_MS,
+    assert_gone,
+    dump,
+    finished_rollout,
+    running_rollout,
+)
+
+RETENTION_S = 3600
+HOUR_MS = 3_600_000
+PAST_RETENTION_MS = FINISHED_MS + RETENTION_S * 1000 + 1  # just past FINISHED_AT's retention
+
+SweeperOf = Callable[..., RetentionSweeper]
+
+
+@pytest.fixture
+def clock() -> list[int]:
+    """The engines' clock (epoch ms): set clock[0] to move it."""
+    return [PAST_RETENTION_MS]
+
+
+@pytest.fixture
+def sweeper_of(settings: Settings, clock: list[int]) -> SweeperOf:
+    """A sweeper over the given stores, with a 1 h retention (or `retention_s`) and the clock."""
+
+    def build(stores: Stores, retention_s: float | None = RETENTION_S) -> RetentionSweeper:
+        context = EngineContext(
+            settings.model_copy(update={"rollout_retention_s": retention_s}),
+            stores,
+            CommandTransport(settings.mqtt_url),  # never started: the sweep sends nothing
+            Metrics(CollectorRegistry()),
+            clock_ms=lambda: clock[0],
+        )
+        return RetentionSweeper(context)
+
+    return build
+
+
+def test_the_cutoff_is_the_retention_before_now_and_none_keeps_everything() -> None:
+    assert retention_cutoff_ms(10_000_000, 3600) == 10_000_000 - 3_600_000
+    assert retention_cutoff_ms(10_000_000, 0.5) == 10_000_000 - 500
+    assert retention_cutoff_ms(10_000_000, None) is None
+
+
+async def test_a_pass_deletes_what_is_past_retention_and_keeps_newer_and_unfinished_rollouts(
+    clean: Stores, sweeper_of: SweeperOf, clock: list[int]
+) -> None:
+    old, old_devices = await finished_rollout(clean, 30)
+    newer, newer_devices = await finished_rollout(clean, 30, at="2030-01-02T05:04:05Z")  # +2 h
+    running, _ = await running_rollout(clean, 30)
+    unfinished, unfinished_devices = await finished_rollout(clean, 30, left_active=True)
+    kept = {rid: await dump(clean, rid) for rid in (newer, running, unfinished)}
+    sweeper = sweeper_of(clean)
+
+    report = await sweeper.sweep()
+
+    assert (report.deleted, report.devices, report.busy) == ([old], 30, False)
+    await assert_gone(clean, old, old_devices)
+    assert {rid: await dump(clean, rid) for rid in kept} == kept
+    assert await clean.rollouts.get(newer) is not None
+
+    clock[0] += 2 * HOUR_MS  # the newer one is past its retention too
+    assert (await sweeper.sweep()).deleted == [newer]
+    await assert_gone(clean, newer, newer_devices)
+    assert (
+        await dump(clean, unfinished) == kept[unfinished]
+    )  # an older version ended it: the engine still cleans up
+
+    await clean.rollouts.release_devices(unfinished)
+    await clean.rollouts.deactivate(unfinished)
+    assert (await sweeper.sweep()).deleted == [unfinished]
+    await assert_gone(clean, unfinished, unfinished_devices)
+    assert await dump(clean, running) == kept[running]
+
+
+async def test_with_retention_forever_a_pass_deletes_nothing(
+    clean: Stores, sweeper_of: SweeperOf, clock: list[int]
+) -> None:
+    rollout_id, _ = await finished_rollout(clean, 5)
+    before = await dump(clean, rollout_id)
+    clock[0] += 10_000 * 24 * HOUR_MS
+    report = await sweeper_of(clean, retention_s=None).sweep()
+    assert (report.deleted, report.devices) == ([], 0)
+    assert await dump(clean, rollout_id) == before
+
+
+async def test_a_pass_stops_near_its_bound_and_the_next_passes_finish_the_work(
+    clean: Stores, sweeper_of: SweeperOf
+) -> None:
+    made = [await finished_rollout(clean, 700) for _ in range(3)]
+    sweeper = sweeper_of(clean)
+    reports: list[SweepReport] = []
+    while not reports or reports[-1].busy:
+        assert len(reports) < 10
+        reports.append(await sweeper.sweep(max_devices=1000))
+
+    assert reports[0].busy
+    assert all(report.devices <= 1000 + PURGE_CHUNK for report in reports)
+    assert sum(report.devices for report in reports) == 3 * 700
+    assert sorted(rid for report in reports for rid in report.deleted) == sorted(
+        rid for rid, _ in made
+    )
+    for rollout_id, devices in made:
+        await assert_gone(clean, rollout_id, devices)
+
+
+async def test_two_engines_sweeping_at_once_delete_everything_once_and_keep_the_rest(
+    clean: Stores, sweeper_of: SweeperOf, settings: Settings
+) -> None:
+    made = [await finished_rollout(clean, 600) for _ in range(4)]
+    running, _ = await running_rollout(clean, 20)
+    before = await dump(clean, running)
+    other_redis = connect(settings.redis_url)
+    try:
+        other = sweeper_of(Stores.build(other_redis, clean.keys.prefix))
+        reports = await asyncio.gather(sweeper_of(clean).sweep(), other.sweep())
+    finally:
+        await other_redis.aclose()
+
+    assert sum(report.devices for report in reports) == 4 * 600
+    assert {rid for report in reports for rid in report.deleted} == {rid for rid, _ in made}
+    for rollout_id, devices in made:
+        await assert_gone(clean, rollout_id, devices)
+    assert await dump(clean, running) == before
+
+
+async def test_a_pass_finishes_a_deletion_that_a_crash_cut_short(
+    clean: Stores, sweeper_of: SweeperOf
+) -> None:
+    rollout_id, devices = await finished_rollout(clean, 1_200)
+    # The engine died after the first chunks of its pass.
+    cut = await clean.retention.purge(rollout_id, max_devices=500, chunk=250)
+    assert (cut.outcome, cut.devices) == ("more", 500)
+
+    report = await sweeper_of(clean).sweep()  # the restarted engine's first pass
+
+    assert (report.deleted, report.devices) == ([rollout_id], 700)
+    await assert_gone(clean, rollout_id, devices)
+
+
+async def test_the_sweep_loop_first_indexes_rollouts_finished_before_the_index_then_deletes_them(
+    clean: Stores, sweeper_of: SweeperOf
+) -> None:
+    project = (await clean.projects.create("retention")).id
+    rollout_id, devices = await finished_rollout(clean, 10, project_id=project)
+    await clean.redis.zrem(clean.keys.finished_rollouts(), rollout_id)  # as before this version
+    stopping = asyncio.Event()
+    task = asyncio.create_task(sweeper_of(clean).sweep_forever(stopping))
+
+    async def gone() -> bool:
+        return await clean.rollouts.get(rollout_id) is None
+
+    try:
+        await wait_for(gone)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+    assert await clean.redis.keys(f"{clean.keys.prefix}*{rollout_id}*") == []
+    assert await clean.rollouts.device_rollouts(devices) == [None] * len(devices)
+
+
+async def test_a_deleted_rollout_is_404_and_no_longer_listed(
+    service: Service, sweeper_of: SweeperOf
+) -> None:
+    stores = service.stores
+    rollout_id, _ = await finished_rollout(stores, 3, project_id=service.project_id)
+    base = f"/v2/projects/{service.project_id}/rollouts"
+
+    async def listed() -> list[str]:
+        response = await service.client.get(base)
+        assert response.status_code == 200
+        return [rollout["id"] for rollout in response.json()["rollouts"]]
+
+    assert (await service.client.get(f"{base}/{rollout_id}")).status_code == 200
+    assert await listed() == [rollout_id]
+
+    assert (await sweeper_of(stores).sweep()).deleted == [rollout_id]
+
+    for path in ("", "/events", "/devices"):
+        response = await service.client.get(f"{base}/{rollout_id}{path}")
+        assert response.status_code == 404, path
+        assert response.json()["success"] is False
+    assert await listed() == []
