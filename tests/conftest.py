@@ -202,6 +202,17 @@ async def wait_for(
 
 
 @pytest.fixture
+async def loop_errors() -> AsyncIterator[list[dict[str, Any]]]:
+    """What reaches the event loop's exception handler (where unretrieved task errors go)."""
+    loop = asyncio.get_running_loop()
+    seen: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: seen.append(context))
+    yield seen
+    loop.set_exception_handler(previous)
+
+
+@pytest.fixture
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for localhost (openssl, installed by make system-deps)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"

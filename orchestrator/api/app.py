@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -34,10 +36,12 @@ from orchestrator.api.openapi import build_document
 from orchestrator.blobs import BlobStore
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.engine import Engine
+from orchestrator.engine.plan_reader import PlanReader
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
+from orchestrator.supervisor import spawn
 from orchestrator.transport.dynsec import DeviceProvisioner, DynsecClient, reconcile_until_done
 from orchestrator.transport.exposure import BrokerExposure, probe_until_answered
 from orchestrator.transport.mqtt import CommandTransport
@@ -97,6 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
                     client_id=f"{settings.instance_id}-dynsec",
                 )
             )
+        plans = PlanReader()
         app.state.context = AppContext(
             settings=settings,
             stores=stores,
@@ -105,32 +110,42 @@ def create_app(settings: Settings) -> FastAPI:
             metrics=metrics,
             provisioner=provisioner,
             exposure=exposure,
+            plans=plans,
         )
         await transport.start()
         await transport.wait_connected(timeout_s=5.0)
         # Does the broker let in a client with no credentials? /readyz and the log say.
-        probing = asyncio.create_task(
-            probe_until_answered(settings.mqtt_url, settings.mqtt_version, exposure),
+        probing = spawn(
+            functools.partial(
+                probe_until_answered, settings.mqtt_url, settings.mqtt_version, exposure
+            ),
             name="mqtt-anonymous-probe",
         )
-        reconciling: asyncio.Task[object] | None = None
+        reconciling: asyncio.Task[None] | None = None
         if provisioner is not None:
             await provisioner.start()
             await provisioner.client.wait_ready(timeout_s=5.0)
+
+            async def reconcile() -> None:
+                await reconcile_until_done(provisioner, stores.devices.mqtt_device_ids)
+
             # Devices made before provisioning was on, or while the broker was away.
-            reconciling = asyncio.create_task(
-                reconcile_until_done(provisioner, stores.devices.mqtt_device_ids),
-                name="dynsec-reconcile",
-            )
+            reconciling = spawn(reconcile, name="dynsec-reconcile")
         app.state.reconciling = reconciling
         engine: Engine | None = None
         if settings.role in ("all", "engine"):
-            engine = Engine(EngineContext(settings, stores, transport, metrics))
+            engine = Engine(EngineContext(settings, stores, transport, metrics, plans=plans))
             await engine.start()
         app.state.engine = engine
+        # What exists now (modules, the app, its clients) lives as long as the process: keep it
+        # out of the collector's scans. Their full passes otherwise stall the event loop for a
+        # fifth of a second while a big plan is checked, or while results pour in.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()  # several apps in one process (tests) each free what they made
             if engine is not None:
                 await engine.stop()
             for background in (reconciling, probing):
@@ -142,6 +157,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await provisioner.stop()
             await transport.stop()
             await redis.aclose()
+            await plans.aclose()
 
     app = FastAPI(
         title="OTA rollout orchestrator",

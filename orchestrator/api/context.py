@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 
 from orchestrator.blobs import BlobStore
+from orchestrator.engine.plan_reader import PlanReader
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
@@ -28,6 +29,8 @@ class AppContext:
     provisioner: DeviceProvisioner | None = None
     # Whether the broker lets in anonymous clients (probed at start, shown by /readyz).
     exposure: BrokerExposure = field(default_factory=BrokerExposure)
+    # Reads plans; a big one in a worker process, so the API keeps answering meanwhile.
+    plans: PlanReader = field(default_factory=PlanReader)
 
 
 def get_context(request: Request) -> AppContext:

@@ -41,12 +41,10 @@ from orchestrator.domain.hooks import (
     check_secret,
     deploy_of,
     new_secret,
-    parse_template,
     render,
     uses,
     verify,
 )
-from orchestrator.domain.plans import parse_plan
 from orchestrator.engine.launch import check_files
 from orchestrator.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized
 from orchestrator.store.hooks import Delivery, Hook
@@ -161,7 +159,7 @@ async def create_hook(
     """
     await check_project(context, principal, project_id)
     secret = check_secret(body.secret) if body.secret is not None else new_secret()
-    parse_template(body.plan, source="plan")
+    await context.plans.parse_template(body.plan, source="plan")
     hook = await context.stores.hooks.create(
         project_id=project_id,
         name=body.name,
@@ -334,7 +332,7 @@ async def deliver_hook(
                 DeployAccepted(rollout_id=None, delivery_id=delivery_id, duplicate=False),
             )
         plan_text = _rendered(hook, wanted)
-        plan = parse_plan(plan_text, source=f"hook {hook.name}")
+        plan = await context.plans.parse(plan_text, source=f"hook {hook.name}")
         await check_files(context.stores, hook.project_id, plan)
     except InvalidInput:
         counted.labels("invalid").inc()

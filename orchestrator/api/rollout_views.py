@@ -16,7 +16,7 @@ from orchestrator.api.schemas import (
     WavePreview,
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
-from orchestrator.domain.plans import Plan, format_duration
+from orchestrator.domain.plans import Plan, format_duration, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import RolloutRecord, tally_of
@@ -27,8 +27,8 @@ SCAN_BUDGET = 20_000  # positions one listing request scans at most before it re
 
 
 def stored_plan(record: RolloutRecord) -> Plan:
-    """The rollout's plan, validated again from its stored YAML-named form."""
-    return Plan.model_validate(record.plan, by_alias=True, by_name=False)
+    """The rollout's plan as it was accepted, to show it by (its target left out)."""
+    return shown_plan(record.plan)
 
 
 def state_counts(counters: Mapping[str, int], prefix: str) -> dict[str, int]:

@@ -31,7 +31,7 @@ from orchestrator.api.schemas import (
     RolloutPreview,
 )
 from orchestrator.domain.auth import Principal, Scope
-from orchestrator.domain.plans import Plan, parse_plan
+from orchestrator.domain.plans import Plan
 from orchestrator.domain.states import (
     TERMINAL_ROLLOUT_STATES,
     DeviceState,
@@ -95,7 +95,7 @@ def _state(kind: type[S], value: str | None, noun: str) -> S | None:
         ) from None
 
 
-async def _read_plan(request: Request) -> Plan:
+async def _read_plan(request: Request, context: AppContext) -> Plan:
     """The plan in the body (YAML or JSON, 1 MiB at most), or a located PlanError."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type and media_type not in PLAN_MEDIA_TYPES | {"application/json"}:
@@ -117,7 +117,7 @@ async def _read_plan(request: Request) -> Plan:
             "the plan is not UTF-8 text; save it as UTF-8 and send it again",
             errors=[{"loc": "body", "msg": "not UTF-8"}],
         ) from None
-    return parse_plan(text, source="plan")
+    return await context.plans.parse(text, source="plan")
 
 
 @router.post(
@@ -140,7 +140,7 @@ async def create_rollout(
 ) -> RolloutOut | JSONResponse:
     """Start a rollout from a plan (YAML or JSON); it waits `pending` for the engine."""
     await check_project(context, principal, project_id)
-    plan = await _read_plan(request)
+    plan = await _read_plan(request, context)
     await check_files(context.stores, project_id, plan)
     cohort = await cohort_of(context.stores, project_id, plan)
     if dry_run:

@@ -15,12 +15,14 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     Strict,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -29,6 +31,7 @@ from pydantic import (
 from orchestrator.domain.devices import TAG
 from orchestrator.domain.files import EXTENSIONS, FILE_NAME, FileType
 from orchestrator.domain.yaml_locations import (
+    LocatedYaml,
     Path,
     Position,
     Rule,
@@ -49,6 +52,16 @@ _RATE = re.compile(rf"({_N})\s*/\s*(s|m)")
 _DURATION = re.compile(rf"(?:({_N})h)?(?:({_N})m(?!s))?(?:({_N})s)?(?:({_N})ms)?")
 _UNITS_S = (3600.0, 60.0, 1.0, 0.001)
 _FIRMWARE_EXTENSIONS = EXTENSIONS[FileType.FIRMWARE]  # .bin, .hex, .elf
+STORED = "stored plan"  # the source named by problems of a plan read back from storage
+
+# The largest values a plan may hold. A week bounds every wait, as AWS IoT Jobs bounds its
+# in-progress timeouts; the engine turns these into milliseconds and counts with them.
+MAX_DURATION_S = 7 * 24 * 3600  # ack_timeout, device_timeout, waves[].bake
+MAX_DEVICES = 10_000_000  # waves[].devices, policy.min_devices, policy.max_in_flight
+MAX_RATE_PER_S = 10_000  # policy.rate
+MAX_RETRIES = 10  # policy.retries
+# Validation context that leaves the maxima out (see stored_plan): {_MAXIMA: False}
+_MAXIMA = "maxima"
 
 
 class FailureType(StrEnum):
@@ -70,8 +83,8 @@ def _number(value: object) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
             return float(value)
-        except OverflowError:
-            return math.inf
+        except OverflowError:  # a whole number with more digits than a float holds
+            return math.inf if value > 0 else -math.inf
     return None
 
 
@@ -85,8 +98,17 @@ def format_duration(seconds: float) -> str:
     return "".join(f"{show_value(amount)}{unit}" for amount, unit in parts if amount) or "0s"
 
 
-def parse_duration(value: object) -> float:
-    """Seconds in `value`: 30s, 10m, 2h, 1h30m, 500ms or a number of seconds; ValueError else."""
+def _limit_of_duration(seconds: float) -> str:
+    """`604800` as `168h (7 days)`: a form parse_duration reads, and the days for people."""
+    days = f" ({seconds / 86400:g} days)" if seconds >= 86400 else ""
+    return format_duration(seconds) + days
+
+
+def parse_duration(value: object, maximum_s: float = math.inf) -> float:
+    """Seconds in `value`: 30s, 10m, 2h, 1h30m, 500ms or a number of seconds; ValueError else.
+
+    A number alone is seconds; more than `maximum_s` is refused.
+    """
     seconds, got = _number(value), show_value(value)
     if seconds is None and isinstance(value, str):
         match = _DURATION.fullmatch(value.strip())
@@ -95,16 +117,40 @@ def parse_duration(value: object) -> float:
             seconds = sum(float(amount) * unit for amount, unit in parts if amount)
     if seconds is None:
         raise ValueError(f"must be a duration like {DURATION_FORMS}, got {got}")
-    if not math.isfinite(seconds) or seconds < 0:
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"must be a duration of 0s or more, got {got}")
+    if seconds > maximum_s:
+        unit = "s" if got[-1].isdigit() and not isinstance(value, str) else ""  # 90 is 90s
+        raise ValueError(f"must be at most {_limit_of_duration(maximum_s)}, got {got}{unit}")
+    if math.isinf(seconds):
         raise ValueError(f"must be a duration of 0s or more, got {got}")
     return seconds
 
 
-def _timeout(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be longer than 0s, got {show_value(value)}")
-    return seconds
+def _maxima_enforced(info: ValidationInfo) -> bool:
+    """False while a stored plan is read back only to be shown (see stored_plan)."""
+    context = info.context
+    return not (isinstance(context, dict) and context.get(_MAXIMA) is False)
+
+
+def _duration(*, above_0: bool = False) -> Callable[[object, ValidationInfo], float]:
+    def check(value: object, info: ValidationInfo) -> float:
+        maximum_s = MAX_DURATION_S if _maxima_enforced(info) else math.inf
+        seconds = parse_duration(value, maximum_s)
+        if above_0 and seconds <= 0:
+            raise ValueError(f"must be longer than 0s, got {show_value(value)}")
+        return seconds
+
+    return check
+
+
+def _at_most(limit: int) -> Callable[[int, ValidationInfo], int]:
+    def check(value: int, info: ValidationInfo) -> int:
+        if value > limit and _maxima_enforced(info):
+            raise ValueError(f"must be at most {limit}, got {show_value(value)}")
+        return value
+
+    return check
 
 
 def parse_percent(value: object) -> float:
@@ -134,7 +180,7 @@ def parse_failure_rate(value: object) -> float:
     return rate
 
 
-def parse_rate(value: object) -> float:
+def parse_rate(value: object, maximum_per_s: float = math.inf) -> float:
     """Commands per second from "20/s", "600/m" or a number per second; ValueError else."""
     match = _RATE.fullmatch(value.strip()) if isinstance(value, str) else None
     per_s = _number(value)
@@ -143,9 +189,18 @@ def parse_rate(value: object) -> float:
     if per_s is None:
         forms = "20/s or 600/m (or a number per second)"
         raise ValueError(f"must be a rate like {forms}, got {show_value(value)}")
-    if not (per_s > 0 and math.isfinite(per_s)):
+    if not per_s > 0:
         raise ValueError(f"must be more than 0, got {show_value(value)}")
+    if per_s > maximum_per_s:
+        limit = f"{show_value(maximum_per_s)}/s"
+        raise ValueError(f"must be at most {limit}, got {show_value(value)}")
+    if math.isinf(per_s):
+        raise ValueError(f"must be a number of commands per second, got {show_value(value)}")
     return per_s
+
+
+def _rate(value: object, info: ValidationInfo) -> float:
+    return parse_rate(value, MAX_RATE_PER_S if _maxima_enforced(info) else math.inf)
 
 
 def _text(limit: int, pattern: re.Pattern[str] | None = None, rule: str = "") -> Callable[..., str]:
@@ -203,13 +258,24 @@ Tag = Annotated[
     BeforeValidator(_text(64, TAG, _TAG_RULE)),
     _json({"type": "string", "pattern": TAG.pattern}),
 ]
-Count = Annotated[int, Strict(), Field(ge=1)]
+Count = Annotated[
+    int,
+    Strict(),
+    Field(ge=1),
+    AfterValidator(_at_most(MAX_DEVICES)),
+    _json({"type": "integer", "minimum": 1, "maximum": MAX_DEVICES}),
+]
 Duration = Annotated[
     float,
-    BeforeValidator(parse_duration),
-    _json({"type": "number", "minimum": 0}, pattern=_DURATION_TEXT),
+    BeforeValidator(_duration()),
+    _json({"type": "number", "minimum": 0, "maximum": MAX_DURATION_S}, pattern=_DURATION_TEXT),
 ]
-Timeout = Annotated[float, BeforeValidator(_timeout), _json(_ABOVE_0, pattern=_DURATION_TEXT)]
+_LONGEST = _limit_of_duration(MAX_DURATION_S)
+Timeout = Annotated[
+    float,
+    BeforeValidator(_duration(above_0=True)),
+    _json({**_ABOVE_0, "maximum": MAX_DURATION_S}, pattern=_DURATION_TEXT),
+]
 Percent = Annotated[
     float, BeforeValidator(parse_percent), _json({**_ABOVE_0, "maximum": 100}, _PERCENT_TEXT)
 ]
@@ -218,7 +284,11 @@ FailureRate = Annotated[
     BeforeValidator(parse_failure_rate),
     _json({"type": "number", "minimum": 0, "maximum": 1}, _PERCENT_TEXT),
 ]
-RatePerS = Annotated[float, BeforeValidator(parse_rate), _json(_ABOVE_0, pattern=rf"^{_N}/[sm]$")]
+RatePerS = Annotated[
+    float,
+    BeforeValidator(_rate),
+    _json({**_ABOVE_0, "maximum": MAX_RATE_PER_S}, pattern=rf"^{_N}/[sm]$"),
+]
 
 # -- models ------------------------------------------------------------------------------------
 
@@ -254,7 +324,9 @@ class WaveSpec(_Spec):
     name: WaveName = Field("", description="Unique in the plan; wave-N when left out")
     devices: Count | None = Field(None, description="Devices reached in total by this wave")
     percent: Percent | None = Field(None, description="Share of the target reached in total")
-    bake_s: Duration = Field(0.0, alias="bake", description="Wait after the wave, then judge")
+    bake_s: Duration = Field(
+        0.0, alias="bake", description=f"Wait after the wave, then judge; at most {_LONGEST}"
+    )
     approval: Literal["auto", "manual"] = Field("auto", description="manual: wait for promote")
 
     @model_validator(mode="after")
@@ -273,10 +345,18 @@ class PolicySpec(_Spec):
     max_failure_rate: FailureRate = 0.05
     max_failure_rate_by_type: dict[FailureType, FailureRate] = Field(default_factory=dict)
     min_devices: Count = Field(1, description="Finished devices needed before judging mid-wave")
-    ack_timeout_s: Timeout = Field(600.0, alias="ack_timeout")
-    device_timeout_s: Timeout = Field(1800.0, alias="device_timeout")
-    retries: Annotated[int, Strict(), Field(ge=0, le=10)] = 0
-    rate_per_s: RatePerS | None = Field(None, alias="rate", description="Commands per second")
+    ack_timeout_s: Timeout = Field(
+        600.0, alias="ack_timeout", description=f"No answer by then: timed_out; at most {_LONGEST}"
+    )
+    device_timeout_s: Timeout = Field(
+        1800.0,
+        alias="device_timeout",
+        description=f"Not final by then: timed_out; at most {_LONGEST}",
+    )
+    retries: Annotated[int, Strict(), Field(ge=0, le=MAX_RETRIES)] = 0
+    rate_per_s: RatePerS | None = Field(
+        None, alias="rate", description=f"Commands per second, at most {MAX_RATE_PER_S}/s"
+    )
     max_in_flight: Count | None = Field(None, description="Devices sent but not final, at most")
     on_failure: Literal["halt", "rollback"] = "halt"
 
@@ -370,6 +450,8 @@ class PlanProblem:
     message: str
 
     def __str__(self) -> str:
+        if not self.line:  # read back from storage: there is no text to point into
+            return f"{self.source}: {self.message}"
         return f"{self.source}:{self.line}:{self.column}: {self.message}"
 
 
@@ -379,7 +461,11 @@ class PlanError(InvalidInput):
     def __init__(self, problems: list[PlanProblem]) -> None:
         self.problems = problems
         errors = [
-            {"loc": f"{p.line}:{p.column} {p.path}".rstrip(), "msg": p.message} for p in problems
+            {
+                "loc": f"{p.line}:{p.column} {p.path}".rstrip() if p.line else p.path,
+                "msg": p.message,
+            }
+            for p in problems
         ]
         super().__init__("\n".join(str(p) for p in problems), errors=errors)
 
@@ -460,6 +546,33 @@ def _parse(text: str, source: str) -> Plan:
                 return plan
     ordered = sorted(dict.fromkeys(problems), key=lambda p: (p.line, p.column))
     raise PlanError(ordered)
+
+
+def stored_plan(data: object, *, as_accepted: bool = False) -> Plan:
+    """A rollout's plan read back from storage (by its YAML names), validated again.
+
+    PlanError (its problems unlocated, source `stored plan`) names what no longer holds, such as
+    a value over a maximum added since the rollout started. `as_accepted` leaves the maxima out:
+    for showing such a rollout, never for driving it.
+    """
+    context = {_MAXIMA: False} if as_accepted else None
+    try:
+        return Plan.model_validate(data, by_alias=True, by_name=False, context=context)
+    except ValidationError as exc:
+        issues = LocatedYaml(data=data, root="the plan").explain(exc, _keys_of)
+        problems = [PlanProblem(STORED, 0, 0, render_path(i.path), i.message) for i in issues]
+        raise PlanError(problems) from None
+
+
+def shown_plan(data: object) -> Plan:
+    """A stored plan, to show its rollout by: as it was accepted, and without its target.
+
+    Nothing shown comes from the target, and validating a target that lists 150,000 devices
+    takes a fifth of a second, on every read of the rollout.
+    """
+    if isinstance(data, dict):
+        data = {key: value for key, value in data.items() if key != "target"}
+    return stored_plan(data, as_accepted=True)
 
 
 def plan_json_schema() -> dict[str, Any]:

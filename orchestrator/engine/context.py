@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from orchestrator.engine.plan_reader import PlanReader
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
@@ -21,3 +22,4 @@ class EngineContext:
     transport: CommandTransport
     metrics: Metrics
     clock_ms: Callable[[], int] = field(default=now_ms)
+    plans: PlanReader = field(default_factory=PlanReader)

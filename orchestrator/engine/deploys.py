@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import structlog
 
-from orchestrator.domain.plans import parse_plan
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.launch import check_files, cohort_of, launch
 from orchestrator.errors import Conflict, InvalidInput
@@ -55,7 +54,7 @@ class DeployStarter:
         stores = self._context.stores
         if await stores.rollouts.get(request.rollout_id) is not None:
             return False, 0
-        plan = parse_plan(request.plan, source=request.actor)
+        plan = await self._context.plans.parse(request.plan, source=request.actor)
         await check_files(stores, request.project_id, plan)
         cohort = await cohort_of(stores, request.project_id, plan)
         _, outcome = await launch(

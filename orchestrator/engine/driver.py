@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from orchestrator.domain.notices import WAVE_PASSED
-from orchestrator.domain.plans import FailureType, Plan
+from orchestrator.domain.plans import FailureType, Plan, PlanError, stored_plan
 from orchestrator.domain.policy import RESENDS, Tally, Verdict, judge, resend_after_s
 from orchestrator.domain.states import (
     TERMINAL_ROLLOUT_STATES,
@@ -33,6 +33,7 @@ from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.store.download_keys import DownloadKey
 from orchestrator.store.files import StoredFile
 from orchestrator.store.rollouts import Grant, RolloutRecord, tally_of
+from orchestrator.supervisor import backoff_s
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,10 @@ RESEND_CHECK_MS = 1000  # how often a driver looks for silent devices
 UNACKNOWLEDGED = frozenset({DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.value})
 # States in which a silent device is sent its command again (same command id).
 RESENDABLE = frozenset({*(state.value for state in WORKING), DeviceState.ROLLBACK_SENT.value})
+GIVE_UP_AFTER = 3  # unexpected step failures in a row before the engine gives up on a rollout
+MAX_FAILED_STEP_PAUSE_S = 5.0  # the longest pause before a failed step is tried again
+GAVE_UP = "engine_gave_up"  # audit action when the engine gives up without a state change
+ERROR_TEXT = 300  # characters of an exception's text kept in a rollout's reason
 
 
 def _figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
@@ -100,22 +105,52 @@ class RolloutDriver:
         self._stopping.set()
 
     async def run(self) -> None:
-        """Step until the rollout is finished, the lease is lost or stop() is called."""
+        """Step until the rollout is finished, the lease is lost or stop() is called.
+
+        A step that fails unexpectedly is logged with its traceback and tried again after a
+        growing pause. After GIVE_UP_AFTER such failures in a row, or at once when the stored
+        plan no longer validates, the engine gives up on the rollout (see give_up) and steps it
+        again only once its state changes (a person acts).
+        """
+        failures = 0
+        given_up: tuple[str, str] | None = None  # (state, updated_at) when the engine gave up
         try:
             while not self._stopping.is_set():
                 if not await self._store.acquire_lease(self.rollout_id, self._owner, LEASE_MS):
                     self.log.info("lease lost; another replica drives the rollout")
                     return
+                pause_s = TICK_S
                 try:
-                    if not await self.step():
+                    if given_up is not None:
+                        [now] = await self._store.state_times([self.rollout_id])
+                        given_up = given_up if now == given_up else None
+                    if given_up is None and not await self.step():
                         return
+                    failures = 0
+                except PlanError as exc:  # the stored plan: trying again cannot cure it
+                    problems = "; ".join(problem.message for problem in exc.problems)
+                    given_up = await self.give_up(
+                        f"its plan no longer validates: {problems}",
+                        fix="abort it and apply a corrected plan",
+                    )
                 except OrchestratorError as exc:
                     self.log.warning("rollout step failed; retrying", error=exc.message)
+                except Exception as exc:
+                    failures += 1
+                    pause_s = backoff_s(failures, TICK_S, MAX_FAILED_STEP_PAUSE_S)
+                    self.log.exception("rollout step failed", failures=failures, retry_in_s=pause_s)
+                    if failures >= GIVE_UP_AFTER:
+                        error = f"{type(exc).__name__}: {exc}"[:ERROR_TEXT]
+                        given_up = await self.give_up(
+                            f"a step failed {failures} times in a row ({error}); the engine's log "
+                            "has the traceback"
+                        )
+                        failures = 0
                 if self._again:
                     self._again = False
                     continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), TICK_S)
+                    await asyncio.wait_for(self._stopping.wait(), pause_s)
         finally:
             # Publishes under way finish (each is bounded by the transport's timeout) before
             # the lease goes: the next holder must not re-send what is still on its way.
@@ -124,16 +159,19 @@ class RolloutDriver:
                 await self._store.release_lease(self.rollout_id, self._owner)
 
     async def step(self) -> bool:
-        """One look at the rollout; False once there is nothing left to do."""
+        """One look at the rollout; False once there is nothing left to do.
+
+        PlanError when the stored plan no longer validates (a maximum added since it started).
+        """
         record = await self._store.get(self.rollout_id)
         if record is None:
             return False
-        if self._plan is None:  # a rollout's plan never changes
-            self._plan = Plan.model_validate(record.plan)
-        plan = self._plan
-        if record.state in TERMINAL_ROLLOUT_STATES:
+        if record.state in TERMINAL_ROLLOUT_STATES:  # finishing needs no plan
             await self._finish(record)
             return False
+        if self._plan is None:  # a rollout's plan never changes
+            self._plan = stored_plan(record.plan)
+        plan = self._plan
         await self._republish(record, plan)
         await self._sweep(record, plan)
         await self._resend_to_silent(record, plan)
@@ -153,6 +191,38 @@ class RolloutDriver:
         elif record.state is RolloutState.ROLLING_BACK:
             await self._roll_back(record, plan)
         return True
+
+    async def give_up(self, why: str, *, fix: str = "") -> tuple[str, str] | None:
+        """Stop driving a rollout the engine cannot drive, saying why and `fix`.
+
+        A running rollout is halted with the reason. In any other state a halt would change
+        what a person's next action means (`resume` would skip an approval or turn a rollback
+        into the new firmware again), so the state stays and its reason and an audit event
+        (`engine_gave_up`) say why. Returns the rollout's (state, updated_at) afterwards, or
+        None when nothing was recorded (the state changed meanwhile: step again).
+        """
+        record = await self._store.get(self.rollout_id)
+        if record is None:
+            return None
+        reason = f"the engine cannot drive this rollout: {why}"
+        self.log.error("engine gave up on the rollout", reason=reason, state=record.state.value)
+        if record.state is RolloutState.RUNNING:
+            reason += f"; {fix or 'fix the cause, then resume it, or abort it'}"
+            if not await self._change(record, RolloutAction.HALT, reason):
+                return None
+        else:
+            reason += (
+                f"; {fix or 'fix the cause and act on it (the engine tries again), or abort it'}"
+            )
+            event = {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": GAVE_UP}
+            details = {"state": record.state.value}
+            await self._store.add_event(
+                self.rollout_id,
+                {**event, "reason": reason, "details": details},
+                fields={"reason": reason},
+            )
+        [now] = await self._store.state_times([self.rollout_id])
+        return now
 
     # --- state changes -------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 from collections.abc import Mapping
 
 import structlog
@@ -19,6 +18,7 @@ from orchestrator.engine.retention import RetentionSweeper
 from orchestrator.engine.streams import Handler, consume
 from orchestrator.engine.tracker import Tracker
 from orchestrator.errors import OrchestratorError
+from orchestrator.supervisor import spawn
 from orchestrator.transport.results import ResultSubscriber, results_client_id
 
 log = structlog.get_logger(__name__)
@@ -53,20 +53,20 @@ class Engine:
         await self.results.start()
         keys = self.context.stores.keys
         self._tasks = [
-            asyncio.create_task(self._schedule(), name="engine-schedule"),
+            spawn(self._schedule, name="engine-schedule"),
             # Key use from before any engine ran concerns no rollout it could still change.
             self._consume(
                 keys.download_events(), self._on_download_event, "download event", from_start=False
             ),
             self._consume(keys.deploy_requests(), self.deploys.on_request, "deploy request"),
             self._consume(keys.rollout_notices(), self.notifier.on_entry, "rollout notice"),
-            asyncio.create_task(self.notifier.send_forever(self._stopping), name="notify-send"),
-            asyncio.create_task(self.retention.sweep_forever(self._stopping), name="retention"),
+            spawn(
+                functools.partial(self.notifier.send_forever, self._stopping), name="notify-send"
+            ),
+            spawn(
+                functools.partial(self.retention.sweep_forever, self._stopping), name="retention"
+            ),
         ]
-        # What exists now (modules, the app, its clients) lives as long as the process: keep it
-        # out of the collector's scans, whose full passes otherwise stall result handling.
-        gc.collect()
-        gc.freeze()
         log.info("engine started", instance_id=self.context.settings.instance_id)
 
     async def stop(self) -> None:
@@ -109,7 +109,9 @@ class Engine:
                         if rollout_id in self._drivers or self._stopping.is_set():
                             continue
                         driver = RolloutDriver(rollout_id, self.context)
-                        task = asyncio.create_task(driver.run(), name=f"rollout-{rollout_id}")
+                        # A driver's run() fails only when Redis does something unforeseen
+                        # (a step's failures it handles itself): it starts again after a pause.
+                        task = spawn(driver.run, name=f"rollout-{rollout_id}")
                         self._drivers[rollout_id] = (driver, task)
                         task.add_done_callback(functools.partial(self._forget, rollout_id))
                     await created.get_message(timeout=SCHEDULE_EVERY_S)
@@ -128,8 +130,9 @@ class Engine:
         self, stream: str, handler: Handler, what: str, *, from_start: bool = True
     ) -> asyncio.Task[None]:
         consumer = self.context.settings.instance_id
-        return asyncio.create_task(
-            consume(
+        return spawn(
+            functools.partial(
+                consume,
                 self.context.stores.redis,
                 stream,
                 consumer,

@@ -23,7 +23,7 @@ from orchestrator import __version__
 from orchestrator.domain.destinations import masked_url
 from orchestrator.domain.hooks import sign_standard
 from orchestrator.domain.notices import Notice, cloudevent_type, notice_of
-from orchestrator.domain.plans import Plan
+from orchestrator.domain.plans import shown_plan
 from orchestrator.domain.states import DeviceState
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.egress import checked_client
@@ -44,7 +44,7 @@ ERROR_TEXT = 300  # characters of a failed attempt's error kept (never the answe
 
 def figures(record: RolloutRecord, counters: Mapping[str, int]) -> dict[str, Any]:
     """The rollout's numbers as a notification carries them."""
-    plan = Plan.model_validate(record.plan, by_alias=True, by_name=False)
+    plan = shown_plan(record.plan)
     index = min(max(record.wave, 0), len(plan.waves) - 1)
     return {
         "id": record.id,

@@ -4,7 +4,8 @@ At start, a replica first re-reads its own entries left unacknowledged by a cras
 (from an id, moving past each one so a failing entry cannot loop), then reads new ones (">").
 Every so often it takes over entries that another replica read but never acknowledged (it
 died) once they have been idle long enough. An entry is acknowledged only after its handler
-returns; a handler that raises leaves it pending, to be taken over and tried again later.
+returns; a handler that raises leaves it pending, to be taken over and tried again later
+(an unexpected exception is logged with its traceback; the loop goes on with the next entry).
 
 Why redis-py rather than FastStream's stream subscriber: FastStream reads either new entries
 (XREADGROUP) or, given `min_idle_time`, only reclaimed ones (XAUTOCLAIM), never both, and does
@@ -85,6 +86,9 @@ async def consume(
                     await handler(str(entry_id), fields(raw))
                 except OrchestratorError as exc:
                     log.warning(f"{what} not handled; it will be tried again", error=exc.message)
+                    continue
+                except Exception:  # a bug the entry meets: the entries after it still flow
+                    log.exception(f"{what} failed; it will be tried again", entry_id=entry_id)
                     continue
                 await redis.xack(stream, GROUP, entry_id)
         except (RedisError, OrchestratorError) as exc:

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.domain.plans import Plan
+from orchestrator.domain.plans import Plan, PlanError, stored_plan
 from orchestrator.domain.states import (
     FAILURE_TYPES,
     FINAL_DEVICE_STATES,
@@ -90,7 +90,13 @@ class Tracker:
             record = await self._context.stores.rollouts.get(rollout_id)
             if record is None:
                 return None
-            plan = self._plans[rollout_id] = Plan.model_validate(record.plan)
+            try:
+                plan = self._plans[rollout_id] = stored_plan(record.plan)
+            except PlanError as exc:  # its driver gives up on it too; other results go on
+                log.error(
+                    "rollout plan no longer validates", rollout_id=rollout_id, error=exc.message
+                )
+                return None
         return plan
 
     async def on_results(self, batch: Sequence[ParsedResult]) -> None:

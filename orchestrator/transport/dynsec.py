@@ -43,6 +43,7 @@ import zmqtt
 from faststream.mqtt.utils import parse_mqtt_url
 
 from orchestrator.errors import OrchestratorError, TransportUnavailable
+from orchestrator.supervisor import spawn
 from orchestrator.transport.clients import zmqtt_client
 from orchestrator.transport.topics import command_topic, data_topic, result_topic
 
@@ -116,7 +117,8 @@ class DynsecClient:
 
     async def start(self) -> None:
         """Begin connecting; returns at once (see `wait_ready`)."""
-        self._task = asyncio.create_task(self._run(), name="dynsec-client")
+        # _run ends (logged) when the broker refuses for good; anything else is logged by spawn.
+        self._task = spawn(self._run, name="dynsec-client", restart=False)
 
     async def wait_ready(self, timeout_s: float) -> bool:
         """Wait up to `timeout_s` until the replies are subscribed; True when they are."""

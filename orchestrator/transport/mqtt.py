@@ -12,6 +12,7 @@ from faststream.mqtt import MQTTBroker
 
 from orchestrator.errors import TransportUnavailable
 from orchestrator.jsonutil import dumps
+from orchestrator.supervisor import spawn
 from orchestrator.transport.batched import batched_writes
 from orchestrator.transport.topics import command_topic
 
@@ -45,7 +46,7 @@ class CommandTransport:
 
     async def start(self) -> None:
         """Begin connecting; returns at once, publishing fails until connected."""
-        self._connecting = asyncio.create_task(self._connect())
+        self._connecting = spawn(self._connect, name="mqtt-connect", restart=False)
 
     async def _connect(self) -> None:
         try:

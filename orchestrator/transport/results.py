@@ -46,6 +46,7 @@ import zmqtt
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator.errors import TransportUnavailable
+from orchestrator.supervisor import spawn
 from orchestrator.transport.batched import open_batched
 from orchestrator.transport.clients import zmqtt_client
 from orchestrator.transport.topics import (
@@ -208,9 +209,10 @@ class ResultSubscriber:
         # Reading starts before SUBSCRIBE goes out: on a resumed session the broker sends its
         # backlog (up to its in-flight window) ahead of the SUBACK, and zmqtt's read loop would
         # wait for room in the subscription's buffer before it could read that SUBACK.
+        subscription = self._subscription
         self._tasks = [
-            asyncio.create_task(self._read(self._subscription), name="results-read"),
-            asyncio.create_task(self._handle_batches(), name="results-handle"),
+            spawn(lambda: self._read(subscription), name="results-read"),
+            spawn(self._handle_batches, name="results-handle"),
         ]
         try:
             await self._subscription.start()
@@ -258,22 +260,22 @@ class ResultSubscriber:
         return True
 
     async def _read(self, subscription: zmqtt.Subscription) -> None:
+        """Move results from the subscription to the inbox, at most two batches ahead.
+
+        A failure ends it; spawn logs it and reads again after a pause, while the broker
+        keeps the results.
+        """
         inbox, batch, limit = self._inbox, self._max_batch, 2 * self._max_batch
-        try:
-            async for message in subscription:
-                inbox.append(message)
-                held = len(inbox)
-                if held == 1:
-                    self._arrived.set()
-                if held >= batch:
-                    self._full.set()
-                if held >= limit:
-                    self._room.clear()
-                    await self._room.wait()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("result subscription failed; results wait on the broker")
+        async for message in subscription:
+            inbox.append(message)
+            held = len(inbox)
+            if held == 1:
+                self._arrived.set()
+            if held >= batch:
+                self._full.set()
+            if held >= limit:
+                self._room.clear()
+                await self._room.wait()
 
     async def _handle_batches(self) -> None:
         inbox = self._inbox

@@ -249,6 +249,67 @@ async def test_invalid_plan_is_a_located_400(service: Service) -> None:
     assert body["errors"][0]["loc"].startswith("9:14")
 
 
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (
+            "  ack_timeout: 1.0e+306\n  device_timeout: 1.0e+306\n",
+            "plan:14:16: policy.ack_timeout must be at most 168h (7 days), got 1e+306s",
+        ),
+        (
+            f"  min_devices: 0x{'f' * 4000}\n",
+            "plan:14:16: policy.min_devices must be at most 10000000, got a number of more than "
+            "4300 digits",
+        ),
+        (
+            f"  max_in_flight: {'9' * 400}\n",
+            "plan:14:18: policy.max_in_flight must be at most 10000000, got a number of 400 digits",
+        ),
+        ("  rate: 1.0e+400\n", "plan:14:9: policy.rate must be at most 10000/s, got inf"),
+    ],
+)
+async def test_endless_durations_and_huge_numbers_are_a_located_400(
+    service: Service, policy: str, expected: str
+) -> None:
+    """Values the engine could not count with are refused up front, never stored."""
+    await fleet(service, 1)
+    await upload_firmware(service)
+    response = await create(service, plan_yaml() + policy)
+    assert response.status_code == 400, response.text
+    assert expected in response.json()["message"]
+    assert (await service.client.get(rollouts_url(service))).json() == {"rollouts": []}
+
+
+async def test_a_rollout_stored_with_a_value_over_a_maximum_still_shows_and_aborts(
+    service: Service,
+) -> None:
+    """A rollout accepted before the maxima existed can be read, listed and aborted."""
+    [device] = await fleet(service, 1)
+    plan = {
+        "name": "before-maxima",
+        "firmware": {"file": FIRMWARE},
+        "waves": [{"percent": 100}],
+        "policy": {"ack_timeout": 1e306, "device_timeout": 1e306},
+    }
+    rollout_id, _ = await service.stores.rollouts.create(
+        project_id=service.project_id,
+        name="before-maxima",
+        plan=plan,
+        device_ids=[device],
+        reach=[1],
+        created_at="2026-01-01T00:00:00Z",
+        created_by="test",
+    )
+    shown = await service.client.get(f"{rollouts_url(service)}/{rollout_id}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["state"] == "pending"
+    listing = await service.client.get(rollouts_url(service))
+    assert [view["id"] for view in listing.json()["rollouts"]] == [rollout_id]
+    aborted = await action(service, rollout_id, "abort")
+    assert aborted.status_code == 200, aborted.text
+    assert aborted.json()["state"] == "aborted"
+
+
 async def test_syntax_error_in_json_is_a_located_400(service: Service) -> None:
     response = await service.client.post(
         rollouts_url(service),

@@ -8,8 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.domain.cohorts import (
+    CohortBuilder,
     DeviceInfo,
     ExclusionReason,
+    order_key,
     select,
     wave_reach,
     wave_sizes,
@@ -125,3 +127,31 @@ def test_reach_is_monotone_bounded_and_ends_at_the_total(waves: list[WaveSpec], 
     assert all(0 <= n <= total for n in reach)
     assert reach[-1] == total
     assert sum(wave_sizes(waves, total)) == total
+
+
+def test_a_cohort_built_a_page_at_a_time_is_the_cohort_selected_at_once() -> None:
+    """Thousands of devices (several sorted runs to merge) in pages of any size."""
+    fleet = [
+        device(f"dev-{n:05d}", source="http" if n % 7 == 0 else "mqtt", tags=frozenset({"t"}))
+        for n in range(2500)
+    ]
+    target = TargetSpec(
+        tags=["t"],
+        devices=[f"dev-{n:05d}" for n in range(0, 5000, 2)],  # half of them do not exist
+        exclude=[f"dev-{n:05d}" for n in range(0, 2500, 10)],
+    )
+    at_once = select("fw-2", target, fleet)
+    for size in (1, 333, 1000, 2500):
+        builder = CohortBuilder("fw-2", target)
+        for start in range(0, len(fleet), size):
+            builder.add(fleet[start : start + size])
+        assert builder.cohort() == at_once
+    assert at_once.device_ids == sorted(at_once.device_ids, key=lambda d: order_key("fw-2", d))
+    reasons = [(e.reason, e.device_id) for e in at_once.exclusions]
+    assert reasons == sorted(reasons)
+    assert {e.reason for e in at_once.exclusions} == {
+        ExclusionReason.EXCLUDED_BY_PLAN,
+        ExclusionReason.HTTP_ONLY,
+        ExclusionReason.NOT_FOUND,
+    }
+    assert sum(e.reason == ExclusionReason.NOT_FOUND for e in at_once.exclusions) == 1250

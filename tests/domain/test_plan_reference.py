@@ -35,15 +35,17 @@ class SchemaKey:
 
     required: bool
     default: object = MISSING
+    maximum: object = MISSING  # of its number form, when it has one
 
 
 @dataclass(frozen=True)
 class DocumentedKey:
-    """A row of a reference table: its Required and Default cells."""
+    """A row of a reference table: its Required, Default and Accepted forms cells."""
 
     line: int
     required: str
     default: str
+    forms: str = ""
 
 
 def schema_keys(schema: dict[str, Any]) -> dict[str, SchemaKey]:
@@ -67,13 +69,20 @@ def schema_keys(schema: dict[str, Any]) -> dict[str, SchemaKey]:
             required = set(form.get("required", []))
             for name, child in form.get("properties", {}).items():
                 path = f"{prefix}.{name}" if prefix else name
-                keys[path] = SchemaKey(name in required, child.get("default", MISSING))
+                keys[path] = SchemaKey(
+                    name in required, child.get("default", MISSING), maximum_of(child)
+                )
                 walk(child, path)
             # a mapping whose keys are an enum (max_failure_rate_by_type): each key is a key
             for name in resolve(form.get("propertyNames", {})).get("enum", []):
                 path = f"{prefix}.{name}"
-                keys[path] = SchemaKey(required=False)
-                walk(form.get("additionalProperties", {}), path)
+                value = form.get("additionalProperties", {})
+                keys[path] = SchemaKey(required=False, maximum=maximum_of(value))
+                walk(value, path)
+
+    def maximum_of(node: dict[str, Any]) -> object:
+        found = [form["maximum"] for form in forms(node) if "maximum" in form]
+        return found[0] if found else MISSING
 
     walk(schema, "")
     return keys
@@ -104,7 +113,7 @@ def documented_keys(text: str) -> dict[str, DocumentedKey]:
             "keep one row"
         )
         row = dict(zip(header, cells, strict=True))
-        keys[path] = DocumentedKey(number, row["Required"], row["Default"])
+        keys[path] = DocumentedKey(number, row["Required"], row["Default"], row["Accepted forms"])
     return keys
 
 
@@ -154,7 +163,8 @@ def reference() -> dict[str, DocumentedKey]:
 
 def test_schema_walk_finds_nested_keys(schema: dict[str, SchemaKey]) -> None:
     """The walk reaches through $ref, anyOf, arrays and enum-keyed mappings."""
-    assert schema["waves[].bake"] == SchemaKey(required=False, default=0.0)
+    assert schema["waves[].bake"] == SchemaKey(required=False, default=0.0, maximum=604800)
+    assert schema["policy.max_failure_rate_by_type.failed"].maximum == 1
     assert schema["rollback.file"] == SchemaKey(required=True)
     assert "policy.max_failure_rate_by_type.wrong_version" in schema
     assert not [path for path in schema if path.startswith("target.tags[]")]
@@ -229,6 +239,36 @@ def test_documented_defaults_change_nothing_when_written(
         assert _read(plan) == left_out, (
             f"{SHOWN}:{row.line}: writing {path}: {row.default} changes the plan; the default "
             "documented is not what the plan does without the key"
+        )
+
+
+def _at_maximum(path: str, literal: object) -> dict[str, Any]:
+    """The smallest plan with `literal` at `path`, and what the rules then ask besides."""
+    plan = copy.deepcopy(BASE_PLAN)
+    plan["waves"] = [{} if path == "waves[].percent" else {"devices": 1}, {"percent": 100}]
+    _put(plan, path, literal)
+    if path == "policy.ack_timeout":  # device_timeout must be at least as long
+        _put(plan, "policy.device_timeout", literal)
+    return plan
+
+
+def test_every_maximum_of_the_schema_is_documented_as_it_reads(
+    schema: dict[str, SchemaKey], reference: dict[str, DocumentedKey]
+) -> None:
+    """A key with a maximum says `at most `X`` in its Accepted forms; X reads as the maximum."""
+    bounded = {path: key for path, key in schema.items() if key.maximum is not MISSING}
+    assert {"policy.ack_timeout", "policy.rate", "waves[].devices"} <= set(bounded)
+    for path, key in bounded.items():
+        row = reference[path]
+        match = re.search(r"at most `([^`]+)`", row.forms)
+        assert match, (
+            f"{SHOWN}:{row.line}: {path} has the maximum {key.maximum!r} in the schema; say "
+            "`at most `...`` in its Accepted forms"
+        )
+        read = _get(_read(_at_maximum(path, yaml.safe_load(match.group(1)))), path)
+        assert read == key.maximum, (
+            f"{SHOWN}:{row.line}: {path} documents the maximum {match.group(1)!r}, which reads "
+            f"as {read!r}, but the schema's maximum is {key.maximum!r}"
         )
 
 

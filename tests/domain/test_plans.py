@@ -28,6 +28,8 @@ from orchestrator.domain.plans import (
     parse_plan,
     parse_rate,
     plan_json_schema,
+    shown_plan,
+    stored_plan,
 )
 from orchestrator.errors import InvalidInput
 
@@ -255,6 +257,121 @@ def test_bad_policy_numbers_say_what_is_allowed(policy: str, expected: str) -> N
     assert only_problem(f"{SMALL}policy:\n  {policy}\n") == (
         f"rollout.yaml:10:{value_column}: {expected}"
     )
+
+
+HUGE_HEX = "0x" + "f" * 400  # 482 decimal digits
+HUGER_HEX = "0x" + "f" * 4000  # more decimal digits than Python will print
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("ack_timeout: 1.0e+306", "policy.ack_timeout must be at most 168h (7 days), got 1e+306s"),
+        ("ack_timeout: 604801", "policy.ack_timeout must be at most 168h (7 days), got 604801s"),
+        ("device_timeout: 169h", "policy.device_timeout must be at most 168h (7 days), got '169h'"),
+        (
+            f"min_devices: {HUGE_HEX}",
+            "policy.min_devices must be at most 10000000, got a number of 482 digits",
+        ),
+        ("max_in_flight: 10000001", "policy.max_in_flight must be at most 10000000, got 10000001"),
+        ("rate: 10001/s", "policy.rate must be at most 10000/s, got '10001/s'"),
+        ("rate: 600060/m", "policy.rate must be at most 10000/s, got '600060/m'"),
+        ("rate: 1.0e+300", "policy.rate must be at most 10000/s, got 1e+300"),
+        (
+            f"retries: {HUGER_HEX}",
+            "policy.retries must be at most 10, got a number of more than 4300 digits",
+        ),
+        (
+            f"min_devices: -{HUGER_HEX}",
+            "policy.min_devices must be at least 1, got a negative number of more than 4300 digits",
+        ),
+        (
+            f"ack_timeout: -{HUGE_HEX}",
+            "policy.ack_timeout must be a duration of 0s or more, got a negative number of 482 "
+            "digits",
+        ),
+    ],
+)
+def test_numbers_and_durations_over_their_maximum_are_refused_naming_it(
+    policy: str, expected: str
+) -> None:
+    value_column = len("  ") + policy.index(":") + len(": ") + 1
+    assert only_problem(f"{SMALL}policy:\n  {policy}\n") == (
+        f"rollout.yaml:10:{value_column}: {expected}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "bake: 10m",
+            "bake: 200h",
+            "rollout.yaml:7:11: waves[0].bake must be at most 168h (7 days), got '200h'",
+        ),
+        (
+            "devices: 10",
+            f"devices: {HUGE_HEX}",
+            "rollout.yaml:6:14: waves[0].devices must be at most 10000000, got a number of 482 "
+            "digits",
+        ),
+    ],
+)
+def test_wave_numbers_over_their_maximum_are_refused_naming_it(
+    old: str, new: str, expected: str
+) -> None:
+    assert only_problem(small_with(old, new)) == expected
+
+
+def test_values_at_their_maximum_are_accepted() -> None:
+    plan = parse_plan(
+        small_with("devices: 10", "devices: 10000000").replace("bake: 10m", "bake: 168h")
+        + "policy:\n  ack_timeout: 168h\n  device_timeout: 604800\n  rate: 600000/m\n"
+        "  min_devices: 10000000\n  max_in_flight: 10000000\n  retries: 10\n"
+    )
+    assert plan.waves[0].devices == plan.policy.min_devices == plan.policy.max_in_flight
+    assert plan.waves[0].bake_s == plan.policy.ack_timeout_s == plan.policy.device_timeout_s
+    assert plan.policy.rate_per_s == 10_000
+
+
+def test_a_number_too_long_for_python_to_read_is_refused_without_echoing_it() -> None:
+    problem = only_problem(f"{SMALL}policy:\n  min_devices: {'9' * 5000}\n")
+    assert problem.startswith("rollout.yaml:10:16: invalid YAML: cannot read '999")
+    assert problem.endswith("a number of this many digits is more than any value needs")
+    assert len(problem) < 200
+
+
+STORED_PLAN: dict[str, Any] = {
+    "name": "stored",
+    "firmware": {"file": "fw.bin"},
+    "waves": [{"percent": 100}],
+    "policy": {"ack_timeout": 1e306, "device_timeout": 1e306},
+}
+
+
+def test_a_stored_plan_over_a_maximum_is_refused_with_what_no_longer_holds() -> None:
+    with pytest.raises(PlanError) as caught:
+        stored_plan(STORED_PLAN)
+    assert str(caught.value).splitlines() == [
+        "stored plan: policy.ack_timeout must be at most 168h (7 days), got 1e+306s",
+        "stored plan: policy.device_timeout must be at most 168h (7 days), got 1e+306s",
+    ]
+    assert caught.value.errors[0]["loc"] == "policy.ack_timeout"
+
+
+def test_a_stored_plan_over_a_maximum_can_still_be_shown_as_it_was_accepted() -> None:
+    plan = stored_plan(STORED_PLAN, as_accepted=True)
+    assert plan.policy.ack_timeout_s == 1e306
+    with pytest.raises(PlanError, match="must be a mapping"):
+        stored_plan(["not", "a", "plan"], as_accepted=True)
+
+
+def test_a_plan_shown_leaves_its_target_out_and_takes_it_as_accepted() -> None:
+    data = {**STORED_PLAN, "target": {"devices": [f"d{n}" for n in range(1000)], "tags": ["x"]}}
+    plan = shown_plan(data)
+    assert plan.target == TargetSpec()
+    assert plan.policy.ack_timeout_s == 1e306
+    assert plan.waves == stored_plan(data, as_accepted=True).waves
 
 
 def test_several_problems_are_all_reported_in_text_order() -> None:
@@ -579,6 +696,33 @@ def test_the_json_schema_uses_the_yaml_keys_and_forbids_others() -> None:
         schema["$defs"]["PolicySpec"]["properties"]
     )
     json.dumps(schema)
+
+
+def test_the_json_schema_shows_the_maxima() -> None:
+    defs = plan_json_schema()["$defs"]
+    policy, wave = defs["PolicySpec"]["properties"], defs["WaveSpec"]["properties"]
+    numbers = {
+        "ack_timeout": policy["ack_timeout"]["anyOf"][0],
+        "device_timeout": policy["device_timeout"]["anyOf"][0],
+        "rate": policy["rate"]["anyOf"][0],
+        "max_in_flight": policy["max_in_flight"]["anyOf"][0],
+        "min_devices": policy["min_devices"],
+        "retries": policy["retries"],
+        "bake": wave["bake"]["anyOf"][0],
+        "devices": wave["devices"]["anyOf"][0],
+    }
+    assert {key: form["maximum"] for key, form in numbers.items()} == {
+        "ack_timeout": 604800,
+        "device_timeout": 604800,
+        "rate": 10000,
+        "max_in_flight": 10_000_000,
+        "min_devices": 10_000_000,
+        "retries": 10,
+        "bake": 604800,
+        "devices": 10_000_000,
+    }
+    # a duration written as text cannot carry its maximum in a pattern: its description does
+    assert "at most 168h (7 days)" in policy["ack_timeout"]["description"]
 
 
 # -- properties ----------------------------------------------------------------------------------

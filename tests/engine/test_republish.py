@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import aiomqtt
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orchestrator.domain.files import FileType
 from orchestrator.domain.plans import Plan
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.context import EngineContext
@@ -23,53 +21,15 @@ from orchestrator.engine.driver import RolloutDriver
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
-from orchestrator.store.files import StoredFile
 from orchestrator.store.rollouts import Grant
 from orchestrator.transport.mqtt import CommandTransport
+from tests.engine.conftest import WAIT_S, stored_rollout
 from tests.store.test_rollouts import start
-
-WAIT_S = 10.0
-AT = "2030-01-02T03:04:05Z"
-PLAN = {
-    "name": "fw-2.1.0",
-    "firmware": {"file": "fw_2.1.0.bin", "version": "2.1.0"},
-    "waves": [{"percent": 100}],
-}
-
-
-@pytest.fixture
-async def transport(mqtt_broker: EmbeddedBroker) -> AsyncIterator[CommandTransport]:
-    commands = CommandTransport(mqtt_broker.url, client_id=f"test-{uuid.uuid4().hex[:8]}")
-    await commands.start()
-    assert await commands.wait_connected(WAIT_S)
-    yield commands
-    await commands.stop()
 
 
 async def sent_rollout(stores: Stores, devices: list[str]) -> str:
     """A running rollout whose devices were all dispatched (sent, not yet marked published)."""
-    project_id = f"p-{uuid.uuid4().hex[:8]}"
-    await stores.files.create(
-        StoredFile(
-            project_id=project_id,
-            name="fw_2.1.0.bin",
-            type=FileType.FIRMWARE,
-            description="",
-            size=4096,
-            sha256="0" * 64,
-            time=AT,
-            path="unused",
-        )
-    )
-    rollout_id, _ = await stores.rollouts.create(
-        project_id=project_id,
-        name=f"ro-{uuid.uuid4().hex[:8]}",
-        plan=PLAN,
-        device_ids=devices,
-        reach=[len(devices)],
-        created_at=AT,
-        created_by="test",
-    )
+    rollout_id, project_id = await stored_rollout(stores, devices)
     await start(stores, rollout_id)
     sent = await stores.rollouts.dispatch(
         rollout_id,
