@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.store.download_keys import DownloadKey
 from orchestrator.store.files import StoredFile
 from orchestrator.store.rollouts import Grant, RolloutRecord, tally_of
-from orchestrator.supervisor import backoff_s
+from orchestrator.supervisor import backoff_s, spawn
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -463,7 +464,11 @@ class RolloutDriver:
         if not keys:
             return
         self._in_flight.update(k.device_id for k in keys)
-        task = asyncio.create_task(self._send(stored, version, keys))
+        task = spawn(
+            functools.partial(self._send, stored, version, keys),
+            name=f"publish-{self.rollout_id}",
+            restart=False,  # what a failed send left unpublished, _republish sends again
+        )
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
