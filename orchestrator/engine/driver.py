@@ -47,7 +47,10 @@ SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
 ENGINE = "engine"
 COMMAND = "download_firmware"
 WORKING = (DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING)
-RESEND_CHECK_MS = 1000  # how often a driver looks for silent devices
+# A driver looks for silent devices every quarter of the silence allowed, and at most every
+# second: each look reads every device in flight, so a 10-minute ack_timeout looks every 37 s.
+RESEND_CHECKS_PER_SILENCE = 4
+RESEND_CHECK_MIN_MS = 1000
 # States whose command may not have arrived (a publish a crash cut short): sent again at once.
 UNACKNOWLEDGED = frozenset({DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.value})
 # States in which a silent device is sent its command again (same command id).
@@ -537,8 +540,10 @@ class RolloutDriver:
         now = self._context.clock_ms()
         if now < self._next_resend_check_ms or not self._context.transport.connected:
             return
-        self._next_resend_check_ms = now + RESEND_CHECK_MS
         after_ms = int(resend_after_s(plan.policy) * 1000)
+        self._next_resend_check_ms = now + max(
+            RESEND_CHECK_MIN_MS, after_ms // RESEND_CHECKS_PER_SILENCE
+        )
         was_in_flight = set(self._in_flight)
         candidates = [
             d for d in await self._store.with_deadlines(self.rollout_id) if d not in was_in_flight
