@@ -121,7 +121,7 @@ class Engine:
                         await asyncio.wait_for(self._stopping.wait(), SCHEDULE_EVERY_S)
         finally:
             with contextlib.suppress(RedisError):
-                await created.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+                await created.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8.2
 
     def _forget(self, rollout_id: str, _: asyncio.Task[None]) -> None:
         self._drivers.pop(rollout_id, None)

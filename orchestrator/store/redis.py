@@ -108,7 +108,7 @@ def sentinel(url: str) -> Redis:
         sentinels.append((name, port))
     query = parse_qs(parts.query)
     sentinel_password = query.get("sentinel_password", [None])[0]
-    sentinel_set = aioredis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py
+    sentinel_set = aioredis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8.2
         sentinels,
         sentinel_kwargs={"password": sentinel_password, "socket_connect_timeout": 5},
         socket_connect_timeout=5,
