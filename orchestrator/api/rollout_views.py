@@ -135,22 +135,23 @@ async def device_page(
 ) -> RolloutDeviceList:
     """Up to `limit` devices (in `wanted` state) from cohort position `position` on.
 
-    The cursor is a position in the cohort order. A filtered page scans at most SCAN_BUDGET
-    positions, so it may hold fewer than `limit` devices while next_cursor is not null.
+    The cursor is a position in the cohort order, which a finished rollout's compaction keeps
+    (store/rollout_archive.py): a cursor given before it pages on the same after it. A filtered
+    page scans at most SCAN_BUDGET positions, so it may hold fewer than `limit` devices while
+    next_cursor is not null.
     """
     wave_names = [wave.name for wave in stored_plan(record).waves]
     found: list[RolloutDeviceOut] = []
     end = min(record.total, position + SCAN_BUDGET)
     while position < end:
         stop = min(position + SCAN_CHUNK, end)
-        ids = await stores.rollouts.order_slice(record.id, position, stop)
-        rows = await stores.rollouts.device_states(record.id, ids)
-        for offset, (device_id, row) in enumerate(zip(ids, rows, strict=True)):
-            if not row or (wanted is not None and row.get("state") != wanted.value):
+        state = "" if wanted is None else wanted.value
+        for at, device_id, row in await stores.archive.rows(record.id, position, stop, state=state):
+            if not row:
                 continue
             if len(found) == limit:  # one more match: the next page starts here
-                return RolloutDeviceList(devices=found, next_cursor=str(position + offset))
+                return RolloutDeviceList(devices=found, next_cursor=str(at))
             found.append(device_out(device_id, row, wave_names))
-        position = stop if ids else end
+        position = stop
     more = position < record.total
     return RolloutDeviceList(devices=found, next_cursor=str(position) if more else None)

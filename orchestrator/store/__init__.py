@@ -15,6 +15,7 @@ from orchestrator.store.notifications import NotificationStore
 from orchestrator.store.projects import ProjectStore
 from orchestrator.store.redis import Redis, translated
 from orchestrator.store.retention import RetentionStore
+from orchestrator.store.rollout_archive import RolloutArchive
 from orchestrator.store.rollouts import RolloutStore
 
 
@@ -31,6 +32,7 @@ class Stores:
     download_keys: DownloadKeyStore
     commands: CommandStore
     rollouts: RolloutStore
+    archive: RolloutArchive
     hooks: HookStore
     notifications: NotificationStore
     retention: RetentionStore
@@ -49,6 +51,7 @@ class Stores:
             download_keys=DownloadKeyStore(redis, keys),
             commands=CommandStore(redis, keys),
             rollouts=RolloutStore(redis, keys),
+            archive=RolloutArchive(redis, keys),
             hooks=HookStore(redis, keys),
             notifications=NotificationStore(redis, keys),
             retention=RetentionStore(redis, keys),

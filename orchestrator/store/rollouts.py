@@ -33,6 +33,7 @@ from orchestrator.store.redis import (
     members,
     translated,
 )
+from orchestrator.store.rollout_archive import RolloutArchive
 from orchestrator.timeutil import epoch_ms, isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
@@ -289,6 +290,7 @@ class RolloutStore:
         self._hgetall_many = load_script(redis, "hgetall_many")
         self._state = load_script(redis, "rollout_state")
         self._release = load_script(redis, "rollout_release")
+        self._archive = RolloutArchive(redis, keys)  # where a finished rollout's devices go
         # Rules JSON by rollout id, for the rules object it was made from (sent with each batch).
         self._rules_json_cache: dict[str, tuple[ResultRules, str]] = {}
 
@@ -724,8 +726,9 @@ class RolloutStore:
 
     @translated
     async def device(self, rollout_id: str, device_id: str) -> dict[str, str]:
-        """The device's record in the rollout ({} when it is not in it)."""
-        return fields(await self._redis.hgetall(self._keys.rollout_device(rollout_id, device_id)))
+        """The device's record in the rollout ({} when it is not in it), hash or packed."""
+        record = fields(await self._redis.hgetall(self._keys.rollout_device(rollout_id, device_id)))
+        return record or (await self._archive.find(rollout_id, [device_id]))[0]
 
     @translated
     async def set_device_fields(self, rollout_id: str, device_id: str, **values: str | int) -> None:
@@ -780,17 +783,28 @@ class RolloutStore:
         """Device ids at positions [start, stop) of the cohort order."""
         if stop <= start:
             return []
-        return members(
+        ids = members(
             await self._redis.lrange(self._keys.rollout_order(rollout_id), start, stop - 1)
         )
+        if ids:
+            return ids
+        # A compacted rollout has no order list: its packed records are in cohort order.
+        return [device_id for _, device_id, _ in await self._archive.rows(rollout_id, start, stop)]
 
     @translated
     async def device_states(
         self, rollout_id: str, device_ids: Sequence[str]
     ) -> list[dict[str, str]]:
-        """The records of these devices, in order, in one call."""
+        """The records of these devices, in order (hashes in one call, then any packed)."""
         keys = [self._keys.rollout_device(rollout_id, device_id) for device_id in device_ids]
-        return await hgetall_many(self._hgetall_many, keys)
+        rows = await hgetall_many(self._hgetall_many, keys)
+        # In this order: a compaction moves a record from its hash to the archive, never back.
+        missing = [i for i, row in enumerate(rows) if not row]
+        if missing:
+            found = await self._archive.find(rollout_id, [device_ids[i] for i in missing])
+            for i, row in zip(missing, found, strict=True):
+                rows[i] = row
+        return rows
 
     @translated
     async def events(self, rollout_id: str) -> list[dict[str, Any]]:
