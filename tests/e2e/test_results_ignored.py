@@ -227,3 +227,26 @@ policy: {max_failure_rate: 50%}
     assert failed["device_id"] == wrong.id
     assert failed["failure"] == "wrong_version"
     assert moved(before, await ignored(service)) == {}  # a failure, not an ignored result
+
+
+async def test_a_result_about_a_compacted_rollout_is_ignored_as_late(
+    service: Service, fleet: Fleet
+) -> None:
+    """Its devices have no hash left (store/rollout_archive.py): still late, not unknown."""
+    state = await held_rollout(service, fleet)
+    await finish(service, fleet, state)
+    device = state.others[0]
+    [command] = download_commands(fleet, device.id)
+
+    async def compacted() -> bool:  # once the engine has let go of the finished rollout
+        done = await service.stores.archive.compact(state.rollout_id, max_devices=100, at_ms=0)
+        return done.outcome == "done"
+
+    await wait_for(compacted)
+    before = await ignored(service)
+    await fleet.report(
+        device, COMMAND, {"command_id": command["command_id"], "status": "failed", "error": "x"}
+    )
+    await wait_ignored(service, before, "late")
+    assert moved(before, await ignored(service)) == {"late": 1}
+    assert await state_of(service, state.rollout_id, device.id) == "succeeded"

@@ -56,13 +56,15 @@ def mixed_ids(n: int) -> list[str]:
     return [shapes[i % len(shapes)](i) for i in range(n)]
 
 
-async def varied_rollout(stores: Stores, n: int = 300) -> tuple[str, list[str]]:
+async def varied_rollout(
+    stores: Stores, n: int = 300, *, project_id: str = PROJECT
+) -> tuple[str, list[str]]:
     """An aborted rollout of `n` devices in every final state a device can end in: succeeded,
     failed (by type), rejected, timed out, rolled back, rollback failed, cancelled while sent or
     downloading, never sent; two waves; no engine holds it."""
     devices = mixed_ids(n)
     rollout_id, _ = await stores.rollouts.create(
-        project_id=PROJECT,
+        project_id=project_id,
         name=f"ro-{uuid.uuid4().hex[:8]}",
         plan=PLAN,
         device_ids=devices,
@@ -211,7 +213,7 @@ async def test_a_compaction_cut_short_reads_the_same_and_another_replica_finishe
     archive = clean.keys.rollout_archive(rollout_id)
     meta = json.loads(str(await clean.redis.hget(archive, "meta")))
     assert (meta["chunk"], meta["packed"], meta["total"]) == (64, 300, 300)
-    fields = await clean.redis.hkeys(archive)
+    fields = [str(field) for field in await clean.redis.hkeys(archive)]
     assert sorted(f for f in fields if f.startswith("c:")) == sorted(f"c:{n}" for n in range(5))
     # 8 bytes of lookup entry per device: each was packed once.
     entries = [await clean.redis.hstrlen(archive, f) for f in fields if f.startswith("b:")]
