@@ -5,6 +5,7 @@ compacted rollout; and what a compacted rollout costs per device (MEMORY USAGE).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -147,6 +148,14 @@ async def reads(stores: Stores, rollout_id: str, devices: list[str]) -> dict[str
     }
 
 
+async def lookup_entries(stores: Stores, rollout_id: str) -> int:
+    """Devices in the archive's lookup buckets (8 bytes each): one per device packed once."""
+    archive = stores.keys.rollout_archive(rollout_id)
+    fields = [str(field) for field in await stores.redis.hkeys(archive)]
+    sizes = [await stores.redis.hstrlen(archive, f) for f in fields if f.startswith("b:")]
+    return sum(sizes) // 8
+
+
 async def compact(stores: Stores, rollout_id: str, **bounds: int) -> tuple[str, int]:
     compacted = await stores.archive.compact(
         rollout_id, max_devices=bounds.pop("max_devices", EVERYTHING), at_ms=1, **bounds
@@ -215,10 +224,29 @@ async def test_a_compaction_cut_short_reads_the_same_and_another_replica_finishe
     assert (meta["chunk"], meta["packed"], meta["total"]) == (64, 300, 300)
     fields = [str(field) for field in await clean.redis.hkeys(archive)]
     assert sorted(f for f in fields if f.startswith("c:")) == sorted(f"c:{n}" for n in range(5))
-    # 8 bytes of lookup entry per device: each was packed once.
-    entries = [await clean.redis.hstrlen(archive, f) for f in fields if f.startswith("b:")]
-    assert sum(entries) == 8 * 300
+    assert await lookup_entries(clean, rollout_id) == 300
     assert await replica.archive.due(after_ms=None, settled_ms=FINISHED_MS, limit=10) == []
+
+
+async def test_two_replicas_compacting_at_once_pack_each_device_once(
+    clean: Stores, replica: Stores
+) -> None:
+    made = [await varied_rollout(clean, 200) for _ in range(2)]
+    before = [await reads(clean, rollout_id, devices) for rollout_id, devices in made]
+
+    outcomes = await asyncio.gather(
+        *(
+            compact(stores, rollout_id, chunk=16)
+            for rollout_id, _ in made
+            for stores in (clean, replica)
+        )
+    )
+
+    assert {outcome for outcome, _ in outcomes} == {"done"}
+    assert sum(packed for _, packed in outcomes) == 2 * 200
+    for (rollout_id, devices), read in zip(made, before, strict=True):
+        assert await reads(clean, rollout_id, devices) == read
+        assert await lookup_entries(clean, rollout_id) == 200
 
 
 @pytest.mark.parametrize("case", ["active", "leased", "running"])
