@@ -41,6 +41,19 @@ PLAN = {
 FAR_MS = 4_000_000_000_000  # a deadline that never comes
 
 
+async def _move(stores: Stores, rollout_id: str, frm: RolloutState, to: RolloutState) -> None:
+    await stores.rollouts.change_state(
+        rollout_id,
+        allowed_from=[frm],
+        to=to,
+        reason=f"to {to}",
+        actor="engine",
+        action=str(to),
+        at=AT,
+        terminal=to is RolloutState.COMPLETED,
+    )
+
+
 async def finished_rollout(stores: Stores, n: int, *, project_id: str = "memory") -> str:
     """A completed rollout of `n` devices with UUID ids, its devices' records as the engine
     leaves them (see the module's docstring); its id."""
@@ -54,16 +67,7 @@ async def finished_rollout(stores: Stores, n: int, *, project_id: str = "memory"
         created_at=AT,
         created_by="bench",
     )
-    await stores.rollouts.change_state(
-        rollout_id,
-        allowed_from=[RolloutState.PENDING],
-        to=RolloutState.RUNNING,
-        reason="started",
-        actor="engine",
-        action="start",
-        at=AT,
-        terminal=False,
-    )
+    await _move(stores, rollout_id, RolloutState.PENDING, RolloutState.RUNNING)
     grant = Grant(project_id=project_id, file_name="fw_2.1.0.bin", size=4096, key_ttl_s=1800)
     sent = await stores.rollouts.dispatch(
         rollout_id, count=n, reach=n, ack_deadline_ms=FAR_MS, grant=grant
@@ -96,16 +100,7 @@ async def finished_rollout(stores: Stores, n: int, *, project_id: str = "memory"
             )
         )
     await stores.rollouts.transitions(requests)
-    await stores.rollouts.change_state(
-        rollout_id,
-        allowed_from=[RolloutState.RUNNING],
-        to=RolloutState.COMPLETED,
-        reason="every wave done",
-        actor="engine",
-        action="complete",
-        at=AT,
-        terminal=True,
-    )
+    await _move(stores, rollout_id, RolloutState.RUNNING, RolloutState.COMPLETED)
     return rollout_id
 
 

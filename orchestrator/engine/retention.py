@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -96,15 +98,12 @@ class RetentionSweeper:
 
     async def _delete(self, report: SweepReport, cutoff_ms: int, max_devices: int) -> None:
         store = self._context.stores.retention
-        for rollout_id in await store.finished_before(cutoff_ms, PASS_ROLLOUTS):
-            purged = await store.purge(rollout_id, max_devices=max_devices - report.devices)
-            report.devices += purged.devices
-            if purged.outcome == "deleted":
-                report.deleted.append(rollout_id)
-                log.info("rollout deleted after its retention", rollout_id=rollout_id)
-            if not purged.done or report.devices >= max_devices:
-                report.busy = True
-                break
+        report.deleted, report.devices, report.busy = await _bounded(
+            await store.finished_before(cutoff_ms, PASS_ROLLOUTS),
+            lambda rollout_id, budget: store.purge(rollout_id, max_devices=budget),
+            max_devices,
+            ("deleted", "rollout deleted after its retention"),
+        )
 
     async def _compact(
         self, report: SweepReport, now_ms: int, cutoff_ms: int | None, max_packed: int
@@ -116,14 +115,46 @@ class RetentionSweeper:
             settled_ms=now_ms - int(ARCHIVE_AFTER_S * 1000),
             limit=PASS_ROLLOUTS,
         )
-        for rollout_id in due:
-            compacted = await archive.compact(
-                rollout_id, max_devices=max_packed - report.packed, at_ms=now_ms
-            )
-            report.packed += compacted.devices
-            if compacted.outcome == "done":
-                report.compacted.append(rollout_id)
-                log.info("finished rollout compacted", rollout_id=rollout_id)
-            if not compacted.done or report.packed >= max_packed:
-                report.busy = True
-                break
+        report.compacted, report.packed, report.busy = await _bounded(
+            due,
+            lambda rollout_id, budget: archive.compact(
+                rollout_id, max_devices=budget, at_ms=now_ms
+            ),
+            max_packed,
+            ("done", "finished rollout compacted"),
+        )
+
+
+class _Progress(Protocol):
+    """What a chunked step on one rollout did (store.retention.Purged, store.rollout_archive.Compacted)."""
+
+    @property
+    def outcome(self) -> str: ...
+
+    @property
+    def devices(self) -> int: ...
+
+    @property
+    def done(self) -> bool: ...
+
+
+async def _bounded(
+    rollout_ids: list[str],
+    step: Callable[[str, int], Awaitable[_Progress]],
+    max_devices: int,
+    finished: tuple[str, str],
+) -> tuple[list[str], int, bool]:
+    """`step` each rollout with the device records left of `max_devices`, until one is left
+    unfinished or the bound is reached. (The rollouts whose outcome is `finished[0]`, each
+    logged with `finished[1]`; the device records; whether it stopped with work left.)"""
+    ended: list[str] = []
+    devices = 0
+    for rollout_id in rollout_ids:
+        progress = await step(rollout_id, max_devices - devices)
+        devices += progress.devices
+        if progress.outcome == finished[0]:
+            ended.append(rollout_id)
+            log.info(finished[1], rollout_id=rollout_id)
+        if not progress.done or devices >= max_devices:
+            return ended, devices, True
+    return ended, devices, False

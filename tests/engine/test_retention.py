@@ -67,6 +67,15 @@ def sweeper_of(settings: Settings, clock: list[int]) -> SweeperOf:
     return build
 
 
+async def sweep_until_idle(sweeper: RetentionSweeper, **bounds: int) -> list[SweepReport]:
+    """Passes with these bounds until one is not busy (10 at most)."""
+    reports: list[SweepReport] = []
+    while not reports or reports[-1].busy:
+        assert len(reports) < 10
+        reports.append(await sweeper.sweep(**bounds))
+    return reports
+
+
 def test_the_cutoff_is_the_retention_before_now_and_none_keeps_everything() -> None:
     assert retention_cutoff_ms(10_000_000, 3600) == 10_000_000 - 3_600_000
     assert retention_cutoff_ms(10_000_000, 0.5) == 10_000_000 - 500
@@ -119,11 +128,7 @@ async def test_a_pass_stops_near_its_bound_and_the_next_passes_finish_the_work(
     clean: Stores, sweeper_of: SweeperOf
 ) -> None:
     made = [await finished_rollout(clean, 700) for _ in range(3)]
-    sweeper = sweeper_of(clean)
-    reports: list[SweepReport] = []
-    while not reports or reports[-1].busy:
-        assert len(reports) < 10
-        reports.append(await sweeper.sweep(max_devices=1000))
+    reports = await sweep_until_idle(sweeper_of(clean), max_devices=1000)
 
     assert reports[0].busy
     assert all(report.devices <= 1000 + PURGE_CHUNK for report in reports)
@@ -256,11 +261,7 @@ async def test_compaction_passes_stop_near_their_bound_and_the_next_ones_finish(
 ) -> None:
     clock[0] = SETTLED_MS
     made = [(await varied_rollout(clean, 300))[0] for _ in range(3)]
-    sweeper = sweeper_of(clean)
-    reports: list[SweepReport] = []
-    while not reports or reports[-1].busy:
-        assert len(reports) < 10
-        reports.append(await sweeper.sweep(max_packed=400))
+    reports = await sweep_until_idle(sweeper_of(clean), max_packed=400)
 
     assert reports[0].busy
     assert all(report.packed <= 400 + ARCHIVE_CHUNK for report in reports)

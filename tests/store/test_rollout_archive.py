@@ -30,7 +30,7 @@ from tests.store.test_retention import (
     running_rollout,
 )
 from tests.store.test_retention import finished_rollout as aborted_rollout
-from tests.store.test_rollouts import RULES, Reported, start
+from tests.store.test_rollouts import RULES, Reported, move, start
 
 PROJECT = "proj-retention"  # what tests.store.test_retention's rollouts belong to
 __all__ = ["replica"]  # a fixture of tests.store.test_retention, used here too
@@ -42,6 +42,12 @@ PLAN = {
 }
 FAR_MS = 4_000_000_000_000
 EVERYTHING = 10**9  # a bound no test reaches
+
+
+async def abort(stores: Stores, rollout_id: str) -> tuple[str, bool]:
+    """Abort a running rollout: it ends, and enters the finished index at FINISHED_MS (`move`
+    changes states at FINISHED_AT)."""
+    return await move(stores, rollout_id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True)
 
 
 def mixed_ids(n: int) -> list[str]:
@@ -102,16 +108,7 @@ async def varied_rollout(
         for event, fields in steps[i % len(steps)]
     ]
     assert all(t.applied for t in await stores.rollouts.transitions(requests))
-    assert await stores.rollouts.change_state(
-        rollout_id,
-        allowed_from=[RolloutState.RUNNING],
-        to=RolloutState.ABORTED,
-        reason="done",
-        actor="alice",
-        action="abort",
-        at=FINISHED_AT,
-        terminal=True,
-    ) == ("running", True)
+    assert await abort(stores, rollout_id) == ("running", True)
     return rollout_id, devices
 
 
@@ -337,16 +334,7 @@ async def test_a_packed_record_reads_back_exactly_as_its_hash_held_it(
         created_by="alice",
     )
     await start(clean, rollout_id)
-    await clean.rollouts.change_state(
-        rollout_id,
-        allowed_from=[RolloutState.RUNNING],
-        to=RolloutState.ABORTED,
-        reason="done",
-        actor="alice",
-        action="abort",
-        at=FINISHED_AT,
-        terminal=True,
-    )
+    await abort(clean, rollout_id)
     for device_id, fields in records:
         if fields:
             await clean.rollouts.set_device_fields(rollout_id, device_id, **fields)
@@ -380,16 +368,7 @@ async def test_a_late_result_for_a_packed_device_is_refused_as_missing_and_write
 ) -> None:
     rollout_id, devices = await running_rollout(clean, 3)
     commands = [(await clean.rollouts.device(rollout_id, d))["command_id"] for d in devices]
-    await clean.rollouts.change_state(
-        rollout_id,
-        allowed_from=[RolloutState.RUNNING],
-        to=RolloutState.ABORTED,
-        reason="done",
-        actor="alice",
-        action="abort",
-        at=FINISHED_AT,
-        terminal=True,
-    )
+    await abort(clean, rollout_id)
     await clean.rollouts.release_lease(rollout_id, "engine-a")
     assert await compact(clean, rollout_id) == ("done", 3)
     packed = await dump(clean, rollout_id)
