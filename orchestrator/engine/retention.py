@@ -126,7 +126,8 @@ class RetentionSweeper:
 
 
 class _Progress(Protocol):
-    """What a chunked step on one rollout did (store.retention.Purged, store.rollout_archive.Compacted)."""
+    """What a chunked step on one rollout did: a Purged (store/retention.py) or a Compacted
+    (store/rollout_archive.py)."""
 
     @property
     def outcome(self) -> str: ...

@@ -21,8 +21,8 @@
 -- 'find': ARGV[2] archive hash, ARGV[3] device hash prefix, ARGV[4..] device ids. Returns each
 --   device's record ({} when it has none).
 -- 'due': ARGV[2] finished rollouts zset, ARGV[3] archived rollouts zset, ARGV[4] and ARGV[5]
---   the score range (as ZRANGEBYSCORE reads it), ARGV[6] how many at most. Returns the finished rollouts
---   in that score range that are not archived yet, oldest first.
+--   the score range (as ZRANGEBYSCORE reads it), ARGV[6] how many at most. Returns the
+--   finished rollouts in that score range that are not archived yet, oldest first.
 --
 -- The archive hash of a rollout holds:
 --   'meta'  JSON {"chunk": records per chunk, "buckets": lookup buckets, "total": cohort size,
@@ -43,6 +43,9 @@ local MAX_VALUES = 256  -- values listed at most; others are written out
 local WIDE = 31  -- a name index this large or larger follows its head byte
 local UUID_SHAPE = '^' .. string.rep('%x', 8) .. '%-' .. string.rep('%x', 4) .. '%-'
   .. string.rep('%x', 4) .. '%-' .. string.rep('%x', 4) .. '%-' .. string.rep('%x', 12) .. '$'
+
+-- --- the encoding ----------------------------------------------------------------------------
+
 local function put_varint(parts, n)
   while n >= 128 do
     parts[#parts + 1] = string.char(n % 128 + 128)
@@ -250,13 +253,19 @@ local function locate(meta, position)
   return chunk, at
 end
 
-local function lookup(meta, device_id)
+-- The lookup bucket of a device id, and the 4 bytes that mark its entries there.
+local function bucket_of(device_id, buckets)
   local sha = redis.sha1hex(device_id)
-  local bucket = redis.call('HGET', meta.key, 'b:' .. (tonumber(string.sub(sha, 1, 8), 16) % meta.buckets))
+  return 'b:' .. (tonumber(string.sub(sha, 1, 8), 16) % buckets),
+    struct.pack('>I4', tonumber(string.sub(sha, 9, 16), 16))
+end
+
+local function lookup(meta, device_id)
+  local field, mark = bucket_of(device_id, meta.buckets)
+  local bucket = redis.call('HGET', meta.key, field)
   if not bucket then
     return {}
   end
-  local mark = struct.pack('>I4', tonumber(string.sub(sha, 9, 16), 16))
   for at = 1, #bucket, 8 do
     if string.sub(bucket, at, at + 3) == mark then
       local chunk, from = locate(meta, (struct.unpack('>I4', bucket, at + 4)))
@@ -378,19 +387,16 @@ local function compact()
       if redis.call('GET', lock) == rid then
         redis.call('DEL', lock)
       end
-      local sha = redis.sha1hex(device_id)
-      local bucket = tonumber(string.sub(sha, 1, 8), 16) % meta.buckets
-      local adds = entries[bucket]
+      local field, mark = bucket_of(device_id, meta.buckets)
+      local adds = entries[field]
       if not adds then
         adds = {}
-        entries[bucket] = adds
+        entries[field] = adds
       end
-      adds[#adds + 1] = struct.pack('>I4I4', tonumber(string.sub(sha, 9, 16), 16),
-        meta.packed + i - 1)
+      adds[#adds + 1] = mark .. struct.pack('>I4', meta.packed + i - 1)
     end
     redis.call('HSET', archive, 'c:' .. math.floor(meta.packed / meta.chunk), table.concat(records))
-    for bucket, adds in pairs(entries) do
-      local field = 'b:' .. bucket
+    for field, adds in pairs(entries) do
       local old = redis.call('HGET', archive, field) or ''
       redis.call('HSET', archive, field, old .. table.concat(adds))
     end
