@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from orchestrator.domain.states import DeviceEvent, RolloutState
-from orchestrator.settings import Settings
 from orchestrator.store import Stores
-from orchestrator.store.redis import connect
 from orchestrator.store.rollouts import Grant
 from orchestrator.timeutil import epoch_ms
 from tests.store.test_rollouts import RULES, Reported, move, start
@@ -96,14 +93,6 @@ async def finished_rollout(
     if left_active:
         await stores.redis.sadd(stores.keys.active_rollouts(), rollout_id)
     return rollout_id, devices
-
-
-@pytest.fixture
-async def replica(clean: Stores, settings: Settings) -> AsyncIterator[Stores]:
-    """Stores of a second replica: the same prefix over its own connections."""
-    redis = connect(settings.redis_url)
-    yield Stores.build(redis, clean.keys.prefix)
-    await redis.aclose()
 
 
 async def assert_gone(stores: Stores, rollout_id: str, devices: list[str]) -> None:

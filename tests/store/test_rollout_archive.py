@@ -26,14 +26,12 @@ from tests.store.test_retention import (
     assert_gone,
     dump,
     keys_of,
-    replica,
     running_rollout,
 )
 from tests.store.test_retention import finished_rollout as aborted_rollout
 from tests.store.test_rollouts import RULES, Reported, move, start
 
 PROJECT = "proj-retention"  # what tests.store.test_retention's rollouts belong to
-__all__ = ["replica"]  # a fixture of tests.store.test_retention, used here too
 GRANT = Grant(project_id=PROJECT, file_name="fw_2.1.0.bin", size=4096, key_ttl_s=600)
 PLAN = {
     "name": "fw-2.1.0",
