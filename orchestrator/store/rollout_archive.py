@@ -3,17 +3,18 @@
 While a rollout runs, each device has a hash (`rollout:{id}:dev:{device}`, about 360 B) and an
 entry in the cohort order list (about 40 B). Once the rollout is terminal and no engine holds
 it, `compact` packs those records, a chunk of ARCHIVE_CHUNK devices per script call, into one
-hash per rollout (`rollout:{id}:archive`, about 70 B per device): chunks of records in cohort
+hash per rollout (`rollout:{id}:archive`, about 75 B per device): chunks of records in cohort
 order, so a page of the device listing is a slice of a chunk and its cursor (a cohort position)
 means the same before and after, plus lookup buckets to find one device by its id. Each call
 packs its chunk and deletes the hashes it packed in one step, so a compaction killed at any
 point resumes where it stopped: nothing lost, nothing packed twice.
 
-Every read of a rollout's devices (`rows`, `find`, and RolloutStore's device reads, which fall
-back on `find`) sees both forms in one script call, so a compaction under way never shows a
-device twice or not at all. A packed record leaves out the fields that only steer a running
-rollout (LEFT_OUT): the download keys (revoked when the rollout ended, or expired) and the
-re-send bookkeeping. The Lua script (lua/rollout_archive.lua) documents the encoding.
+`rows` and `find` read both forms in one script call, so a compaction under way never shows a
+device twice or not at all; RolloutStore's device reads read the hashes, then `find` those
+missing (safe in that order: a compaction moves records out of hashes, never back). A packed
+record leaves out the fields that only steer a running rollout (LEFT_OUT): the download keys
+(revoked when the rollout ended, or expired) and the re-send bookkeeping. The Lua script
+(lua/rollout_archive.lua) documents the encoding.
 """
 
 from __future__ import annotations
