@@ -19,7 +19,24 @@ import structlog
 
 from orchestrator.domain.notices import WAVE_PASSED
 from orchestrator.domain.plans import FailureType, Plan, PlanError, stored_plan
-from orchestrator.domain.policy import RESENDS, Tally, Verdict, judge, resend_after_s
+from orchestrator.domain.policy import RESENDS, resend_after_s
+from orchestrator.domain.progress import (
+    DISPATCH_BATCH,
+    Advance,
+    Breach,
+    Bucket,
+    Complete,
+    Dispatch,
+    EndRollback,
+    Finished,
+    Look,
+    SendRollback,
+    Start,
+    Step,
+    Wait,
+    WaveDone,
+    decide,
+)
 from orchestrator.domain.states import (
     TERMINAL_ROLLOUT_STATES,
     DeviceEvent,
@@ -33,7 +50,7 @@ from orchestrator.engine.context import EngineContext
 from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.store.download_keys import DownloadKey
 from orchestrator.store.files import StoredFile
-from orchestrator.store.rollouts import Grant, RolloutRecord, tally_of
+from orchestrator.store.rollouts import Grant, RolloutRecord
 from orchestrator.supervisor import backoff_s, spawn
 from orchestrator.timeutil import isoformat_z, utc_now
 
@@ -41,7 +58,6 @@ log = structlog.get_logger(__name__)
 
 TICK_S = 0.1  # how often a driver looks at its rollout
 LEASE_MS = 15_000  # a replica that stops renewing loses the rollout after this
-DISPATCH_BATCH = 500  # commands published per step at most
 PUBLISHING_BATCHES = 2  # batches being published while the next one is prepared
 SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
 ENGINE = "engine"
@@ -59,17 +75,6 @@ GIVE_UP_AFTER = 3  # unexpected step failures in a row before the engine gives u
 MAX_FAILED_STEP_PAUSE_S = 5.0  # the longest pause before a failed step is tried again
 GAVE_UP = "engine_gave_up"  # audit action when the engine gives up without a state change
 ERROR_TEXT = 300  # characters of an exception's text kept in a rollout's reason
-
-
-def _figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
-    """The numbers behind a policy verdict, for the audit event and the log line."""
-    return {
-        "failure_rate": round(verdict.failure_rate, 6),
-        "finished": tally.finished,
-        "failed": tally.failed,
-        "failures": {t.value: n for t, n in tally.failures.items()},
-        "wave": wave,
-    }
 
 
 def _changed_since_pinned(record: RolloutRecord, stored: StoredFile) -> str | None:
@@ -93,8 +98,7 @@ class RolloutDriver:
         self._context = context
         self._store = context.stores.rollouts
         self._owner = context.settings.instance_id
-        self._tokens = 0.0
-        self._last_ms = context.clock_ms()
+        self._bucket = Bucket(0.0, context.clock_ms())
         self._stopping = asyncio.Event()
         self._missing_file_logged = False
         self._again = False  # more work is waiting: step again at once, without a tick
@@ -179,22 +183,33 @@ class RolloutDriver:
         await self._republish(record, plan)
         await self._sweep(record, plan)
         await self._resend_to_silent(record, plan)
-        if record.state is RolloutState.PENDING:
-            self._again = await self._change(record, RolloutAction.START, "started by the engine")
-            first = plan.waves[0]
-            if self._again and first.approval == "manual":
-                running = await self._store.get(self.rollout_id)
-                if running is not None:
-                    await self._change(
-                        running,
-                        RolloutAction.WAIT_APPROVAL,
-                        f"wave {first.name} needs approval; run: ota promote {self.rollout_id}",
-                    )
-        elif record.state is RolloutState.RUNNING:
-            await self._run_waves(record, plan)
-        elif record.state is RolloutState.ROLLING_BACK:
-            await self._roll_back(record, plan)
+        step = decide(plan, await self._look(record), rollout_id=self.rollout_id)
+        await self._carry_out(record, plan, step)
         return True
+
+    async def _look(self, record: RolloutRecord) -> Look:
+        """What the step function needs: the record, and the counters when they matter."""
+        judged = record.state in (RolloutState.RUNNING, RolloutState.ROLLING_BACK)
+        counts = await self._store.counts(self.rollout_id) if judged else {}
+        rollback_cursor = 0
+        if record.state is RolloutState.ROLLING_BACK:
+            raw = await self._context.stores.redis.hget(
+                self._context.stores.keys.rollout(self.rollout_id), "rollback_cursor"
+            )
+            rollback_cursor = int(raw or 0)
+        return Look(
+            state=record.state,
+            wave=record.wave,
+            cursor=record.cursor,
+            reach=record.reach,
+            wave_done_at_ms=record.wave_done_at_ms,
+            counts=counts,
+            now_ms=self._context.clock_ms(),
+            bucket=self._bucket,
+            connected=self._context.transport.connected,
+            rollback_cursor=rollback_cursor,
+            reason=record.reason,
+        )
 
     async def give_up(self, why: str, *, fix: str = "") -> tuple[str, str] | None:
         """Stop driving a rollout the engine cannot drive, saying why and `fix`.
@@ -259,91 +274,55 @@ class RolloutDriver:
             )
         return changed
 
-    # --- waves ---------------------------------------------------------------------------
+    # --- carrying out the steps --------------------------------------------------------------
 
-    async def _run_waves(self, record: RolloutRecord, plan: Plan) -> None:
-        counts = await self._store.counts(self.rollout_id)
-        tally = tally_of(counts)
-        verdict = judge(tally, plan.policy, end_of_wave=False)
-        if verdict.breached:
-            await self._breach(record, plan, verdict, tally)
-            return
-        wave = record.wave
-        open_devices = sum(
-            counts.get(f"{wave}:{state.value}", 0) for state in (DeviceState.PENDING, *WORKING)
-        )
-        if record.cursor < record.reach[wave] or counts.get(f"{wave}:pending", 0):
-            await self._dispatch(record, plan, counts)
-            return
-        if open_devices:
-            return  # every device of the wave is sent: wait for results and deadlines
-        now = self._context.clock_ms()
-        wave_spec = plan.waves[wave]
-        if not record.wave_done_at_ms:
-            await self._store.add_event(
-                self.rollout_id,
-                {
-                    "at": isoformat_z(utc_now()),
-                    "actor": ENGINE,
-                    "action": "wave_done",
-                    "reason": f"wave {wave_spec.name}: every device is final; baking "
-                    f"{wave_spec.bake_s:g}s before judging",
-                },
-                fields={"wave_done_at_ms": now},
-            )
-            if wave_spec.bake_s:
-                return
-        elif now < record.wave_done_at_ms + wave_spec.bake_s * 1000:
-            return
-        verdict = judge(tally, plan.policy, end_of_wave=True)
-        if verdict.breached:
-            await self._breach(record, plan, verdict, tally)
-            return
-        figures = _figures(verdict, tally, wave_spec.name)
-        if wave == record.wave_count - 1:
-            await self._change(
-                record, RolloutAction.COMPLETE, f"every wave done; {verdict.reason}", figures
-            )
-            return
-        following = plan.waves[wave + 1]
-        await self._store.add_event(
-            self.rollout_id,
-            {
-                "at": isoformat_z(utc_now()),
-                "actor": ENGINE,
-                "action": WAVE_PASSED,
-                "reason": f"wave {wave_spec.name} passed ({verdict.reason}); "
-                f"wave {following.name} reaches {record.reach[wave + 1]} devices",
-                "details": figures,
-            },
-            fields={"wave": wave + 1, "wave_done_at_ms": 0},
-        )
-        if following.approval == "manual":
-            await self._change(
-                record,
-                RolloutAction.WAIT_APPROVAL,
-                f"wave {following.name} needs approval; run: ota promote {self.rollout_id}",
-                figures,
-            )
+    async def _carry_out(self, record: RolloutRecord, plan: Plan, step: Step) -> None:
+        match step:
+            case Start(approval=approval):
+                self._again = await self._change(
+                    record, RolloutAction.START, "started by the engine"
+                )
+                running = await self._store.get(self.rollout_id) if self._again else None
+                if approval and running is not None:
+                    await self._change(running, RolloutAction.WAIT_APPROVAL, approval)
+            case Dispatch():
+                await self._dispatch(record, plan, step)
+            case Wait(bucket=bucket):
+                if bucket is not None:
+                    self._bucket = bucket
+            case WaveDone(at_ms=at_ms, reason=reason, bake_s=bake_s):
+                event = {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": "wave_done"}
+                await self._store.add_event(
+                    self.rollout_id, {**event, "reason": reason}, fields={"wave_done_at_ms": at_ms}
+                )
+                self._again = not bake_s  # nothing to bake: judge at once
+            case Advance(wave=wave, reason=reason, figures=numbers, approval=approval):
+                event = {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": WAVE_PASSED}
+                await self._store.add_event(
+                    self.rollout_id,
+                    {**event, "reason": reason, "details": numbers},
+                    fields={"wave": wave, "wave_done_at_ms": 0},
+                )
+                if approval:
+                    await self._change(record, RolloutAction.WAIT_APPROVAL, approval, numbers)
+            case Breach(action=action, reason=reason, figures=numbers):
+                if not await self._change(record, action, reason, numbers):
+                    return
+                self._context.metrics.rollout_halts.inc()
+                if action is RolloutAction.ROLLBACK:
+                    self._context.metrics.rollbacks.inc()
+                await self._cancel_unstarted()
+            case Complete(reason=reason, figures=numbers):
+                await self._change(record, RolloutAction.COMPLETE, reason, numbers)
+            case SendRollback(start=start, stop=stop):
+                await self._send_rollback(record, plan, start, stop)
+            case EndRollback(action=action, reason=reason, figures=numbers):
+                await self._change(record, action, reason, numbers)
+            case Finished():
+                pass
 
-    async def _dispatch(self, record: RolloutRecord, plan: Plan, counts: Mapping[str, int]) -> None:
-        if not self._context.transport.connected:
-            return
-        budget = DISPATCH_BATCH
-        policy = plan.policy
-        if policy.max_in_flight is not None:
-            in_flight = sum(counts.get(f"all:{state.value}", 0) for state in WORKING)
-            budget = min(budget, policy.max_in_flight - in_flight)
-        now = self._context.clock_ms()
-        if policy.rate_per_s is not None:
-            elapsed_s = max(0.0, (now - self._last_ms) / 1000)
-            self._tokens = min(
-                max(1.0, policy.rate_per_s), self._tokens + elapsed_s * policy.rate_per_s
-            )
-            budget = min(budget, int(self._tokens))
-        self._last_ms = now
-        if budget <= 0:
-            return
+    async def _dispatch(self, record: RolloutRecord, plan: Plan, step: Dispatch) -> None:
+        self._bucket = step.bucket
         stored = await self._context.stores.files.get(record.project_id, plan.firmware.file)
         if stored is None:
             await self._change(
@@ -361,9 +340,9 @@ class RolloutDriver:
             await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
         sent = await self._store.dispatch(
             self.rollout_id,
-            count=budget,
-            reach=record.reach[record.wave],
-            ack_deadline_ms=now + int(policy.ack_timeout_s * 1000),
+            count=step.count,
+            reach=step.reach,
+            ack_deadline_ms=step.ack_deadline_ms,
             grant=Grant(
                 project_id=record.project_id,
                 file_name=stored.name,
@@ -374,7 +353,7 @@ class RolloutDriver:
             ),
         )
         self._context.metrics.download_keys_issued.inc(len(sent))
-        self._tokens -= len(sent)
+        self._bucket = self._bucket.spend(len(sent))
         self._again = len(sent) == DISPATCH_BATCH
         keys = [
             DownloadKey(
@@ -643,22 +622,6 @@ class RolloutDriver:
 
     # --- halts and rollbacks -------------------------------------------------------------
 
-    async def _breach(
-        self, record: RolloutRecord, plan: Plan, verdict: Verdict, tally: Tally
-    ) -> None:
-        rollback = plan.policy.on_failure == "rollback" and plan.rollback is not None
-        action = RolloutAction.ROLLBACK if rollback else RolloutAction.HALT
-        details = {
-            **_figures(verdict, tally, plan.waves[record.wave].name),
-            "max_failure_rate": plan.policy.max_failure_rate,
-        }
-        if not await self._change(record, action, verdict.reason, details):
-            return
-        self._context.metrics.rollout_halts.inc()
-        if rollback:
-            self._context.metrics.rollbacks.inc()
-        await self._cancel_unstarted()
-
     async def _cancel_unstarted(self) -> None:
         """Revoke the keys no device has started to use; those devices become cancelled."""
         # Devices in `sent` all have a deadline, so the deadline set finds them.
@@ -672,63 +635,36 @@ class RolloutDriver:
             if result.applied:
                 await self._revoke(device.get("key", ""))
 
-    async def _roll_back(self, record: RolloutRecord, plan: Plan) -> None:
-        """Send the rollback firmware to every device that took the new one, then judge."""
-        raw = await self._context.stores.redis.hget(
-            self._context.stores.keys.rollout(self.rollout_id), "rollback_cursor"
-        )
-        position = int(raw or 0)
-        if position == 0:
+    async def _send_rollback(
+        self, record: RolloutRecord, plan: Plan, start: int, stop: int
+    ) -> None:
+        """Send the rollback firmware to the devices at order[start:stop] that took the new one."""
+        if start == 0:
             await self._cancel_unstarted()
-        if position < record.cursor:
-            stop = min(position + SCAN_CHUNK, record.cursor)
-            ids = await self._store.order_slice(self.rollout_id, position, stop)
-            devices = await self._store.device_states(self.rollout_id, ids)
-            deadline = self._context.clock_ms() + int(plan.policy.device_timeout_s * 1000)
-            sends: list[tuple[str, str]] = []
-            for device_id, device in zip(ids, devices, strict=True):
-                if device.get("downloaded") != "1":
-                    continue
-                command_id = uuid.uuid4().hex
-                result = await self._store.transition(
-                    self.rollout_id,
-                    device_id,
-                    DeviceEvent.ROLLBACK_SEND,
-                    deadline_ms=deadline,
-                    extra={
-                        "rollback_command_id": command_id,
-                        "seen_at": self._context.clock_ms(),
-                        "resends": 0,
-                    },
-                )
-                if result.applied:
-                    await self._store.mark_unpublished(self.rollout_id, device_id)
-                    sends.append((device_id, command_id))
-            await self._publish(record, plan, sends, rollback=True)
-            await self._store.set_fields(self.rollout_id, rollback_cursor=stop)
-            return
-        counts = await self._store.counts(self.rollout_id)
-        if counts.get("all:rollback_sent", 0):
-            return
-        failed = counts.get("all:rollback_failed", 0)
-        rolled = counts.get("all:rolled_back", 0)
-        # The rollback's own reason (the figures that crossed the threshold, or who asked)
-        # stays in the final one: the failure rate itself resets as devices roll back.
-        cause = f"; rolled back because {record.reason}" if record.reason else ""
-        if failed:
-            await self._change(
-                record,
-                RolloutAction.ROLLBACK_INCOMPLETE,
-                f"{failed} of {failed + rolled} devices did not take the rollback firmware{cause}",
-                {"rolled_back": rolled, "rollback_failed": failed},
+        ids = await self._store.order_slice(self.rollout_id, start, stop)
+        devices = await self._store.device_states(self.rollout_id, ids)
+        deadline = self._context.clock_ms() + int(plan.policy.device_timeout_s * 1000)
+        sends: list[tuple[str, str]] = []
+        for device_id, device in zip(ids, devices, strict=True):
+            if device.get("downloaded") != "1":
+                continue
+            command_id = uuid.uuid4().hex
+            result = await self._store.transition(
+                self.rollout_id,
+                device_id,
+                DeviceEvent.ROLLBACK_SEND,
+                deadline_ms=deadline,
+                extra={
+                    "rollback_command_id": command_id,
+                    "seen_at": self._context.clock_ms(),
+                    "resends": 0,
+                },
             )
-        else:
-            await self._change(
-                record,
-                RolloutAction.ROLLBACK_DONE,
-                f"{rolled} devices are back on the rollback firmware{cause}",
-                {"rolled_back": rolled},
-            )
+            if result.applied:
+                await self._store.mark_unpublished(self.rollout_id, device_id)
+                sends.append((device_id, command_id))
+        await self._publish(record, plan, sends, rollback=True)
+        await self._store.set_fields(self.rollout_id, rollback_cursor=stop)
 
     # --- the end -------------------------------------------------------------------------
 

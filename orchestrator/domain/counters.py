@@ -1,0 +1,62 @@
+"""The names of a rollout's counters, defined once.
+
+A rollout keeps one Redis hash of counters, moved by the same scripts that move its devices:
+
+- `all:{state}`: devices of the rollout in a device state;
+- `{wave}:{state}`: devices of wave number `wave` in a state;
+- `fail:{failure_type}`: failures counted by the policy, by type;
+- `base:{counter}`: a counter's value when the failure policy was last rebased (resuming a
+  halted rollout judges only what finished after that).
+
+The Lua scripts build the same names; `tests/store` checks they agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from orchestrator.domain.plans import FailureType
+from orchestrator.domain.policy import Tally
+from orchestrator.domain.states import DeviceState
+
+ALL = "all"
+FAIL = "fail"
+BASE = "base"
+
+
+def total(state: str) -> str:
+    """The counter of the rollout's devices in `state`."""
+    return f"{ALL}:{state}"
+
+
+def in_wave(wave: int, state: str) -> str:
+    """The counter of wave number `wave`'s devices in `state`."""
+    return f"{wave}:{state}"
+
+
+def failures(failure_type: FailureType | str) -> str:
+    """The counter of failures of one type."""
+    return f"{FAIL}:{failure_type}"
+
+
+def base(counter: str) -> str:
+    """Where `counter`'s value at the last rebase is kept."""
+    return f"{BASE}:{counter}"
+
+
+def summed(counts: Mapping[str, int], names: Iterable[str]) -> int:
+    """The sum of the named counters (absent ones are 0)."""
+    return sum(counts.get(name, 0) for name in names)
+
+
+def tally_of(counts: Mapping[str, int]) -> Tally:
+    """What the failure policy judges: devices finished since the last rebase."""
+
+    def since_base(name: str) -> int:
+        return max(0, counts.get(name, 0) - counts.get(base(name), 0))
+
+    found = {kind: since_base(failures(kind.value)) for kind in FailureType}
+    return Tally(
+        succeeded=since_base(total(DeviceState.SUCCEEDED)),
+        failures={kind: n for kind, n in found.items() if n},
+    )
