@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.domain.notices import WAVE_PASSED
+from orchestrator.domain.audit import AuditAction
 from orchestrator.domain.plans import FailureType, Plan, PlanError, stored_plan
 from orchestrator.domain.policy import RESENDS, resend_after_s
 from orchestrator.domain.progress import (
@@ -43,8 +43,8 @@ from orchestrator.domain.states import (
     DeviceState,
     RolloutAction,
     RolloutState,
-    next_rollout_state,
 )
+from orchestrator.engine import actions
 from orchestrator.engine.commands import download_payload
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import OrchestratorError, TransportUnavailable
@@ -73,8 +73,12 @@ UNACKNOWLEDGED = frozenset({DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.va
 RESENDABLE = frozenset({*(state.value for state in WORKING), DeviceState.ROLLBACK_SENT.value})
 GIVE_UP_AFTER = 3  # unexpected step failures in a row before the engine gives up on a rollout
 MAX_FAILED_STEP_PAUSE_S = 5.0  # the longest pause before a failed step is tried again
-GAVE_UP = "engine_gave_up"  # audit action when the engine gives up without a state change
 ERROR_TEXT = 300  # characters of an exception's text kept in a rollout's reason
+
+
+def _note(action: AuditAction) -> dict[str, Any]:
+    """An audit entry by the engine that records no state change."""
+    return {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": action}
 
 
 def _changed_since_pinned(record: RolloutRecord, stored: StoredFile) -> str | None:
@@ -233,7 +237,7 @@ class RolloutDriver:
             reason += (
                 f"; {fix or 'fix the cause and act on it (the engine tries again), or abort it'}"
             )
-            event = {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": GAVE_UP}
+            event = _note(AuditAction.ENGINE_GAVE_UP)
             details = {"state": record.state.value}
             await self._store.add_event(
                 self.rollout_id,
@@ -252,18 +256,10 @@ class RolloutDriver:
         reason: str,
         details: Mapping[str, Any] | None = None,
     ) -> bool:
-        to = next_rollout_state(record.state, action)
-        _, changed = await self._store.change_state(
-            self.rollout_id,
-            allowed_from=[record.state],
-            to=to,
-            reason=reason,
-            actor=ENGINE,
-            action=action.value,
-            at=isoformat_z(utc_now()),
-            terminal=to in TERMINAL_ROLLOUT_STATES,
-            details=details,
+        applied = await actions.apply(
+            self._context.stores, record, action, actor=ENGINE, reason=reason, details=details
         )
+        changed, to = applied.changed, applied.new
         if changed:
             self.log.info(
                 "rollout state changed",
@@ -291,13 +287,13 @@ class RolloutDriver:
                 if bucket is not None:
                     self._bucket = bucket
             case WaveDone(at_ms=at_ms, reason=reason, bake_s=bake_s):
-                event = {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": "wave_done"}
+                event = _note(AuditAction.WAVE_DONE)
                 await self._store.add_event(
                     self.rollout_id, {**event, "reason": reason}, fields={"wave_done_at_ms": at_ms}
                 )
                 self._again = not bake_s  # nothing to bake: judge at once
             case Advance(wave=wave, reason=reason, figures=numbers, approval=approval):
-                event = {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": WAVE_PASSED}
+                event = _note(AuditAction.WAVE_STARTED)
                 await self._store.add_event(
                     self.rollout_id,
                     {**event, "reason": reason, "details": numbers},

@@ -18,6 +18,7 @@ from orchestrator.domain.plans import FailureType
 from orchestrator.domain.policy import Tally
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
+    TERMINAL_ROLLOUT_STATES,
     DeviceEvent,
     DeviceState,
     RolloutState,
@@ -437,7 +438,6 @@ class RolloutStore:
         actor: str,
         action: str,
         at: str,
-        terminal: bool,
         details: Mapping[str, Any] | None = None,
         extra: Mapping[str, str | int] | None = None,
         rebase_policy: bool = False,
@@ -480,7 +480,7 @@ class RolloutStore:
                 reason,
                 json.dumps(event),
                 at,
-                "1" if terminal else "0",
+                "1" if to in TERMINAL_ROLLOUT_STATES else "0",
                 rollout_id,
                 json.dumps({k: str(v) for k, v in (extra or {}).items()}),
                 "1" if rebase_policy else "0",
