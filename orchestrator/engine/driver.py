@@ -197,10 +197,7 @@ class RolloutDriver:
         counts = await self._store.counts(self.rollout_id) if judged else {}
         rollback_cursor = 0
         if record.state is RolloutState.ROLLING_BACK:
-            raw = await self._context.stores.redis.hget(
-                self._context.stores.keys.rollout(self.rollout_id), "rollback_cursor"
-            )
-            rollback_cursor = int(raw or 0)
+            rollback_cursor = await self._store.rollback_cursor(self.rollout_id)
         return Look(
             state=record.state,
             wave=record.wave,

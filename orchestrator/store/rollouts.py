@@ -7,12 +7,15 @@ rollout's state change with its audit event.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from redis.exceptions import RedisError
 
 from orchestrator.domain.plans import FailureType
 from orchestrator.domain.policy import Tally
@@ -276,6 +279,30 @@ def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
             for name, pin in json.loads(raw.get("pins") or "{}").items()
         },
     )
+
+
+class Announcements:
+    """The channel on which a new rollout's id is published as it is created."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self._channel = channel
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return once a rollout is announced or `timeout_s` has passed.
+
+        Subscribes at the first call; call it after another command, since a cluster client
+        learns its slots from its first command.
+        """
+        if not self._pubsub.subscribed:
+            await self._pubsub.subscribe(self._channel)
+        await self._pubsub.get_message(timeout=timeout_s)
+
+    async def close(self) -> None:
+        """Unsubscribe and give the connection back."""
+        with contextlib.suppress(RedisError):
+            # untyped before redis-py 8.2
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
 
 
 class RolloutStore:
@@ -876,6 +903,21 @@ class RolloutStore:
             "return redis.call('DEL', KEYS[1]) else return 0 end"
         )
         await self._redis.eval(script, 1, self._keys.rollout_lease(rollout_id), owner)
+
+    @translated
+    async def lease_owner(self, rollout_id: str) -> str | None:
+        """The instance id of the replica that drives the rollout now, or None."""
+        owner = await self._redis.get(self._keys.rollout_lease(rollout_id))
+        return None if owner is None else str(owner)
+
+    @translated
+    async def rollback_cursor(self, rollout_id: str) -> int:
+        """How far along the rollout's order the rollback has sent its firmware."""
+        return int(await self._redis.hget(self._keys.rollout(rollout_id), "rollback_cursor") or 0)
+
+    def announcements(self) -> Announcements:
+        """New rollouts as they are created (to be closed by the listener)."""
+        return Announcements(self._redis, self._keys.rollouts_channel())
 
     @translated
     async def is_active(self, rollout_id: str) -> bool:
