@@ -13,6 +13,7 @@ The Lua scripts build the same names; `tests/store` checks they agree.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 
 from orchestrator.domain.plans import FailureType
@@ -47,6 +48,12 @@ def base(counter: str) -> str:
 def summed(counts: Mapping[str, int], names: Iterable[str]) -> int:
     """The sum of the named counters (absent ones are 0)."""
     return sum(counts.get(name, 0) for name in names)
+
+
+def by_state(counts: Mapping[str, int], wave: int | None = None) -> dict[str, int]:
+    """`{state: n}` for every device state, of the whole rollout or of wave number `wave`."""
+    name = total if wave is None else functools.partial(in_wave, wave)
+    return {state.value: counts.get(name(state), 0) for state in DeviceState}
 
 
 def tally_of(counts: Mapping[str, int]) -> Tally:

@@ -17,8 +17,6 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
-from orchestrator.domain.plans import FailureType
-from orchestrator.domain.policy import Tally
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
     TERMINAL_ROLLOUT_STATES,
@@ -943,19 +941,6 @@ class RolloutStore:
     async def with_deadlines(self, rollout_id: str) -> list[str]:
         """Every device that has a deadline (all those sent and not yet final)."""
         return members(await self._redis.zrange(self._keys.rollout_deadlines(rollout_id), 0, -1))
-
-
-def tally_of(counts: Mapping[str, int]) -> Tally:
-    """What the failure policy judges: finished devices since the last rebase (see change_state)."""
-
-    def since_base(name: str) -> int:
-        return max(0, counts.get(name, 0) - counts.get(f"base:{name}", 0))
-
-    failures = {kind: since_base(f"fail:{kind.value}") for kind in FailureType}
-    return Tally(
-        succeeded=since_base("all:succeeded"),
-        failures={kind: n for kind, n in failures.items() if n},
-    )
 
 
 def device_state(record: Mapping[str, str]) -> DeviceState | None:
