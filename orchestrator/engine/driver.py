@@ -341,7 +341,7 @@ class RolloutDriver:
                 file_name=stored.name,
                 size=stored.size,
                 sha256=stored.sha256,
-                key_ttl_s=self._context.settings.download_key_ttl,
+                key_ttl_s=self._context.settings.download_key_ttl_s,
                 command=COMMAND,
             ),
         )
@@ -401,7 +401,7 @@ class RolloutDriver:
             if not rollback:
                 await self._change(record, RolloutAction.HALT, changed)
             return
-        ttl_s = context.settings.download_key_ttl
+        ttl_s = context.settings.download_key_ttl_s
         fresh = await stores.download_keys.issue_many(
             sends,
             project_id=record.project_id,

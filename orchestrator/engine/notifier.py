@@ -231,7 +231,7 @@ class Notifier:
         elif tries >= settings.notify_attempts:
             state, next_ms, result = "failed", None, "failed"
         else:
-            delay_ms = int(backoff_s(tries, settings.notify_retry) * 1000)
+            delay_ms = int(backoff_s(tries, settings.notify_retry_s) * 1000)
             state, next_ms, result = "pending", self._context.clock_ms() + delay_ms, "retrying"
         await stores.notifications.record(notice.id, attempt, state=state, next_ms=next_ms)
         self._context.metrics.notices.labels(result).inc()
