@@ -28,7 +28,7 @@ from orchestrator.domain.plans import shown_plan
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.egress import checked_client
 from orchestrator.errors import OrchestratorError
-from orchestrator.store.notifications import Notice as QueuedNotice
+from orchestrator.store.notifications import NoticeDelivery
 from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.timeutil import isoformat_z, utc_now
 
@@ -179,7 +179,7 @@ class Notifier:
         await asyncio.gather(*(self._send(http, notice) for notice in claimed))
         return len(claimed)
 
-    async def _send(self, http: httpx.AsyncClient, notice: QueuedNotice) -> None:
+    async def _send(self, http: httpx.AsyncClient, notice: NoticeDelivery) -> None:
         stores = self._context.stores
         settings = self._context.settings
         subscription = await stores.notifications.get(notice.subscription_id)
