@@ -47,7 +47,8 @@ def base(counter: str) -> str:
 
 def summed(counts: Mapping[str, int], names: Iterable[str]) -> int:
     """The sum of the named counters (absent ones are 0)."""
-    return sum(counts.get(name, 0) for name in names)
+    get = counts.get
+    return sum([get(name, 0) for name in names])
 
 
 def by_state(counts: Mapping[str, int], wave: int | None = None) -> dict[str, int]:
@@ -56,14 +57,19 @@ def by_state(counts: Mapping[str, int], wave: int | None = None) -> dict[str, in
     return {state.value: counts.get(name(state), 0) for state in DeviceState}
 
 
+_SUCCEEDED = total(DeviceState.SUCCEEDED)
+_SINCE_BASE = (
+    (_SUCCEEDED, base(_SUCCEEDED)),
+    *((failures(kind), base(failures(kind))) for kind in FailureType),
+)
+_KINDS = tuple(FailureType)
+
+
 def tally_of(counts: Mapping[str, int]) -> Tally:
     """What the failure policy judges: devices finished since the last rebase."""
-
-    def since_base(name: str) -> int:
-        return max(0, counts.get(name, 0) - counts.get(base(name), 0))
-
-    found = {kind: since_base(failures(kind.value)) for kind in FailureType}
+    get = counts.get
+    succeeded, *by_kind = (max(0, get(name, 0) - get(rebased, 0)) for name, rebased in _SINCE_BASE)
     return Tally(
-        succeeded=since_base(total(DeviceState.SUCCEEDED)),
-        failures={kind: n for kind, n in found.items() if n},
+        succeeded=succeeded,
+        failures={kind: n for kind, n in zip(_KINDS, by_kind, strict=True) if n},
     )

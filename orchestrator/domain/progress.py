@@ -10,6 +10,7 @@ run a plan on a fake clock by calling it in a loop (a call costs a few microseco
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +29,15 @@ from orchestrator.domain.states import (
 DISPATCH_BATCH = 500  # devices dispatched by one step at most
 ROLLBACK_BATCH = 500  # devices looked at by one rollback step
 _OPEN = (DeviceState.PENDING, *sorted(IN_FLIGHT_DEVICE_STATES))
+_IN_FLIGHT = tuple(counters.total(state) for state in sorted(IN_FLIGHT_DEVICE_STATES))
+
+
+@functools.cache
+def _wave_names(wave: int) -> tuple[str, tuple[str, ...]]:
+    """The counters of wave `wave`'s pending devices, and of its devices not final."""
+    return counters.in_wave(wave, DeviceState.PENDING), tuple(
+        counters.in_wave(wave, state) for state in _OPEN
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +236,10 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     if verdict.breached:
         return _breach(plan, look, verdict, tally)
     wave = look.wave
-    if look.cursor < look.reach[wave] or counts.get(counters.in_wave(wave, DeviceState.PENDING)):
+    pending, not_final = _wave_names(wave)
+    if look.cursor < look.reach[wave] or counts.get(pending):
         return _dispatch(plan, look)
-    open_devices = counters.summed(counts, (counters.in_wave(wave, s) for s in _OPEN))
+    open_devices = counters.summed(counts, not_final)
     if open_devices:
         return Wait(why=f"{open_devices} devices of the wave are not final")
     spec = plan.waves[wave]
@@ -260,9 +271,7 @@ def _dispatch(plan: Plan, look: Look) -> Dispatch | Wait:
     policy = plan.policy
     budget = DISPATCH_BATCH
     if policy.max_in_flight is not None:
-        in_flight = counters.summed(
-            look.counts, (counters.total(s) for s in IN_FLIGHT_DEVICE_STATES)
-        )
+        in_flight = counters.summed(look.counts, _IN_FLIGHT)
         budget = min(budget, policy.max_in_flight - in_flight)
     bucket = look.bucket.refill(policy.rate_per_s, look.now_ms)
     if policy.rate_per_s is not None:
