@@ -37,7 +37,9 @@ from bench.report import log_problems
 from bench.run import FIRMWARE_FILE, create_devices, start_rollout, upload_firmware
 from bench.soak_downloads import run_downloads
 from bench.soak_report import RolloutFigures, SoakResults, Wave, report
+from orchestrator.domain import counters
 from orchestrator.domain.auth import Scope
+from orchestrator.domain.states import DeviceState
 from orchestrator.embedded import (
     EmbeddedBroker,
     EmbeddedRedis,
@@ -49,6 +51,7 @@ from orchestrator.service import run_on_service_loop
 from orchestrator.store import Stores
 from orchestrator.store.redis import Redis, connect
 
+SUCCEEDED = counters.total(DeviceState.SUCCEEDED)
 PREFIX = "soak:"
 WAVE_PERCENTS = (1, 10, 50, 100)  # cumulative, as a plan's waves are
 POLL_S = 0.1  # how often the rollout is read while it runs
@@ -209,9 +212,7 @@ async def run_rollout(
             wave_index, wave_started = record.wave, now
         if finished:
             break
-        count = int(
-            await stores.redis.hget(stores.keys.rollout_counts(rollout_id), "all:succeeded") or 0
-        )
+        count = int(await stores.redis.hget(stores.keys.rollout_counts(rollout_id), SUCCEEDED) or 0)
         if count != last_count:
             last_count, last_change = count, now
         elif now - last_change > STALL_S:
@@ -221,7 +222,7 @@ async def run_rollout(
     figures.rollout_s = time.time() - started
     figures.state = record.state.value if record else "?"
     counts = await stores.rollouts.counts(rollout_id)
-    figures.succeeded = int(counts.get("all:succeeded", 0))
+    figures.succeeded = int(counts.get(SUCCEEDED, 0))
     seen = await fleet.call("wait", timeout_s=30, stall_s=5)
     figures.commands_received = int(seen["received"])
     return rollout_id

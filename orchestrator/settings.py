@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     """Everything the service reads from its environment; empty URLs mean embedded servers."""
 
     # validate_by_name: a field read from a differently named variable (rollout_retention_s
-    # from OTA_ROLLOUT_RETENTION) can still be given by its name, as tests do.
+    # from OTA_ROLLOUT_RETENTION: names carry their unit, variables keep theirs) can still be
+    # given by its name, as tests do.
     model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore", validate_by_name=True)
 
     redis_url: str = ""
@@ -72,10 +73,12 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = ""
     data_dir: Path = Path(".ota")
-    download_key_ttl: int = Field(default=1800, gt=0)  # seconds
+    download_key_ttl_s: int = Field(default=1800, gt=0, validation_alias="ota_download_key_ttl")
     log_format: LogFormat = Field(default_factory=_default_log_format)
     log_level: str = "info"
-    max_file_size: int = Field(default=268_435_456, gt=0)  # bytes
+    max_file_size_bytes: int = Field(
+        default=268_435_456, gt=0, validation_alias="ota_max_file_size"
+    )
     instance_id: str = Field(default_factory=_default_instance_id)
     role: Literal["all", "api", "engine"] = "all"  # engine = the rollout engine runs here
     mqtt_provision: MqttProvision = ""
@@ -87,9 +90,9 @@ class Settings(BaseSettings):
     # when set, GET /metrics wants `Authorization: Bearer <this token>` (401 otherwise)
     metrics_token: str = ""
     # seconds a finished rollout stays in the rollout gauges after its last change
-    metrics_retention: int = Field(default=3600, ge=0)
+    metrics_retention_s: int = Field(default=3600, ge=0, validation_alias="ota_metrics_retention")
     # seconds before a failed notification is tried again, doubling each time (to 1 h at most)
-    notify_retry: float = Field(default=5.0, gt=0)
+    notify_retry_s: float = Field(default=5.0, gt=0, validation_alias="ota_notify_retry")
     notify_attempts: int = Field(default=12, ge=1)  # then the notification is given up
     # host names and CIDRs notifications may go to although not public (docs/hooks.md)
     notify_allow_hosts: str = ""

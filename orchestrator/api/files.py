@@ -83,7 +83,7 @@ async def upload_file(
 ) -> FileOut:
     """Upload a firmware or logo file (multipart: file, type, description)."""
     await check_project(context, principal, project_id)
-    limit = context.settings.max_file_size
+    limit = context.settings.max_file_size_bytes
     declared = whole_number(request.headers.get("content-length", ""))
     if declared is not None and declared > limit + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(
@@ -104,7 +104,7 @@ async def upload_file(
             request.headers.get("content-type", ""),
             request.stream(),
             writer,
-            max_file_size=limit,
+            max_file_size_bytes=limit,
             on_file_name=check_name,
         )
         if form.file_name is None:

@@ -36,8 +36,7 @@ from orchestrator.domain.hooks import check_secret, new_secret
 from orchestrator.domain.notices import Notice
 from orchestrator.engine.egress import RefusedDestination, checked_addresses
 from orchestrator.errors import InvalidInput, NotFound
-from orchestrator.store.notifications import Notice as QueuedNotice
-from orchestrator.store.notifications import Subscription
+from orchestrator.store.notifications import NoticeDelivery, Subscription
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -59,7 +58,7 @@ def _iso_ms(epoch_ms: int) -> str:
     return isoformat_z(datetime.fromtimestamp(epoch_ms / 1000, tz=UTC))
 
 
-def _notice_out(notice: QueuedNotice) -> NoticeOut:
+def _notice_out(notice: NoticeDelivery) -> NoticeOut:
     return NoticeOut(
         id=notice.id,
         type=notice.type,

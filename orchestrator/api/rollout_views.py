@@ -16,10 +16,11 @@ from orchestrator.api.schemas import (
     WavePreview,
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
+from orchestrator.domain.counters import by_state, tally_of
 from orchestrator.domain.plans import Plan, format_duration, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import RolloutRecord, tally_of
+from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.timeutil import isoformat_z
 
 SCAN_CHUNK = 500  # cohort positions read per step while listing a rollout's devices
@@ -31,11 +32,6 @@ def stored_plan(record: RolloutRecord) -> Plan:
     return shown_plan(record.plan)
 
 
-def state_counts(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
-    """`{state: n}` for every device state from the `{prefix}:{state}` counters."""
-    return {state.value: counters.get(f"{prefix}:{state.value}", 0) for state in DeviceState}
-
-
 def _firmware(file: str, version: str | None) -> FirmwareOut:
     return FirmwareOut(file=file, version=version)
 
@@ -45,7 +41,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
     plan = stored_plan(record)
     index = min(max(record.wave, 0), len(plan.waves) - 1)
     waves = [
-        WaveOut(name=wave.name, target=reach, counts=state_counts(counters, str(i)))
+        WaveOut(name=wave.name, target=reach, counts=by_state(counters, i))
         for i, (wave, reach) in enumerate(zip(plan.waves, record.reach, strict=False))
     ]
     return RolloutOut(
@@ -56,7 +52,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         wave=plan.waves[index].name,
         wave_index=index,
         waves=waves,
-        counts=state_counts(counters, "all"),
+        counts=by_state(counters),
         failure_rate=tally_of(counters).failure_rate,
         max_failure_rate=plan.policy.max_failure_rate,
         created_at=record.created_at,

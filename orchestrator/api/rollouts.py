@@ -20,7 +20,7 @@ from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.cursors import POSITION_CURSOR, position_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.openapi import PLAN_SCHEMA_NAME
-from orchestrator.api.rollout_views import device_page, load_rollout_out, preview, stored_plan
+from orchestrator.api.rollout_views import device_page, load_rollout_out, preview
 from orchestrator.api.schemas import (
     RolloutActionRequest,
     RolloutDeviceList,
@@ -33,17 +33,15 @@ from orchestrator.api.schemas import (
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.plans import Plan
 from orchestrator.domain.states import (
-    TERMINAL_ROLLOUT_STATES,
     DeviceState,
     RolloutAction,
     RolloutState,
     allowed_actions,
-    next_rollout_state,
 )
+from orchestrator.engine import actions
 from orchestrator.engine.launch import check_files, cohort_of, launch
 from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from orchestrator.store.rollouts import RolloutRecord
-from orchestrator.timeutil import isoformat_z, utc_now
 
 S = TypeVar("S", bound=StrEnum)
 log = structlog.get_logger(__name__)
@@ -271,26 +269,15 @@ async def act(
     """Apply an operator action: the transition table decides, the store applies atomically."""
     await check_project(context, principal, project_id)
     record = await _rollout(context, project_id, rollout_id)
-    target = next_rollout_state(record.state, action)
-    if action is RolloutAction.ROLLBACK and stored_plan(record).rollback is None:
-        raise Conflict(
-            f"rollout {rollout_id} has no rollback section, so there is no firmware to send "
-            "back; abort it to stop it (devices keep the firmware they have), or start a "
-            "new rollout of the previous firmware"
-        )
-    old, changed = await context.stores.rollouts.change_state(
-        rollout_id,
-        allowed_from=[record.state],
-        to=target,
-        reason=body.reason if body and body.reason else f"{action} by {principal.name}",
+    applied = await actions.apply(
+        context.stores,
+        record,
+        action,
         actor=principal.name,
-        action=action.value,
-        at=isoformat_z(utc_now()),
-        terminal=target in TERMINAL_ROLLOUT_STATES,
-        # Resuming a halt accepts the failures so far: judge only what finishes from now on.
-        rebase_policy=record.state is RolloutState.HALTED and target is RolloutState.RUNNING,
+        reason=body.reason if body and body.reason else f"{action} by {principal.name}",
     )
-    if not changed:
+    old, target = applied.old, applied.new
+    if not applied.changed:
         if not old:
             raise NotFound(f"rollout {rollout_id} not found in project {project_id}")
         valid = ", ".join(allowed_actions(RolloutState(old))) or "none (it is finished)"

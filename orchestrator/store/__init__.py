@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from orchestrator.store.api_keys import ApiKeyStore
@@ -17,6 +18,7 @@ from orchestrator.store.redis import Redis, translated
 from orchestrator.store.retention import RetentionStore
 from orchestrator.store.rollout_archive import RolloutArchive
 from orchestrator.store.rollouts import RolloutStore
+from orchestrator.store.streams import EngineStream, Handler, consume
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,22 @@ class Stores:
             hooks=HookStore(redis, keys),
             notifications=NotificationStore(redis, keys),
             retention=RetentionStore(redis, keys),
+        )
+
+    async def consume(
+        self,
+        stream: EngineStream,
+        consumer: str,
+        handler: Handler,
+        stopping: asyncio.Event,
+        *,
+        what: str,
+        from_start: bool = True,
+    ) -> None:
+        """Hand each entry of `stream` to `handler` once, until `stopping` (see streams.consume)."""
+        key = getattr(self.keys, stream.value)()
+        await consume(
+            self.redis, key, consumer, handler, stopping, what=what, from_start=from_start
         )
 
     @translated

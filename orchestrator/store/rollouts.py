@@ -7,6 +7,7 @@ rollout's state change with its audit event.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -14,10 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.domain.plans import FailureType
-from orchestrator.domain.policy import Tally
+from redis.exceptions import RedisError
+
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
+    TERMINAL_ROLLOUT_STATES,
     DeviceEvent,
     DeviceState,
     RolloutState,
@@ -278,6 +280,30 @@ def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
     )
 
 
+class Announcements:
+    """The channel on which a new rollout's id is published as it is created."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self._channel = channel
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return once a rollout is announced or `timeout_s` has passed.
+
+        Subscribes at the first call; call it after another command, since a cluster client
+        learns its slots from its first command.
+        """
+        if not self._pubsub.subscribed:
+            await self._pubsub.subscribe(self._channel)
+        await self._pubsub.get_message(timeout=timeout_s)
+
+    async def close(self) -> None:
+        """Unsubscribe and give the connection back."""
+        with contextlib.suppress(RedisError):
+            # untyped before redis-py 8.2
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+
+
 class RolloutStore:
     """Read and change rollouts atomically."""
 
@@ -439,7 +465,6 @@ class RolloutStore:
         actor: str,
         action: str,
         at: str,
-        terminal: bool,
         details: Mapping[str, Any] | None = None,
         extra: Mapping[str, str | int] | None = None,
         rebase_policy: bool = False,
@@ -482,7 +507,7 @@ class RolloutStore:
                 reason,
                 json.dumps(event),
                 at,
-                "1" if terminal else "0",
+                "1" if to in TERMINAL_ROLLOUT_STATES else "0",
                 rollout_id,
                 json.dumps({k: str(v) for k, v in (extra or {}).items()}),
                 "1" if rebase_policy else "0",
@@ -892,6 +917,21 @@ class RolloutStore:
         await self._redis.eval(script, 1, self._keys.rollout_lease(rollout_id), owner)
 
     @translated
+    async def lease_owner(self, rollout_id: str) -> str | None:
+        """The instance id of the replica that drives the rollout now, or None."""
+        owner = await self._redis.get(self._keys.rollout_lease(rollout_id))
+        return None if owner is None else str(owner)
+
+    @translated
+    async def rollback_cursor(self, rollout_id: str) -> int:
+        """How far along the rollout's order the rollback has sent its firmware."""
+        return int(await self._redis.hget(self._keys.rollout(rollout_id), "rollback_cursor") or 0)
+
+    def announcements(self) -> Announcements:
+        """New rollouts as they are created (to be closed by the listener)."""
+        return Announcements(self._redis, self._keys.rollouts_channel())
+
+    @translated
     async def is_active(self, rollout_id: str) -> bool:
         """True while the rollout is in the engine's active set."""
         return bool(await self._redis.sismember(self._keys.active_rollouts(), rollout_id))
@@ -915,19 +955,6 @@ class RolloutStore:
     async def with_deadlines(self, rollout_id: str) -> list[str]:
         """Every device that has a deadline (all those sent and not yet final)."""
         return members(await self._redis.zrange(self._keys.rollout_deadlines(rollout_id), 0, -1))
-
-
-def tally_of(counts: Mapping[str, int]) -> Tally:
-    """What the failure policy judges: finished devices since the last rebase (see change_state)."""
-
-    def since_base(name: str) -> int:
-        return max(0, counts.get(name, 0) - counts.get(f"base:{name}", 0))
-
-    failures = {kind: since_base(f"fail:{kind.value}") for kind in FailureType}
-    return Tally(
-        succeeded=since_base("all:succeeded"),
-        failures={kind: n for kind, n in failures.items() if n},
-    )
 
 
 def device_state(record: Mapping[str, str]) -> DeviceState | None:

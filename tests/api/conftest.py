@@ -86,7 +86,7 @@ async def issue_key(service: Service, device_id: str, name: str, size: int) -> s
         project_id=service.project_id,
         file_name=name,
         size=size,
-        ttl_s=service.settings.download_key_ttl,
+        ttl_s=service.settings.download_key_ttl_s,
         command_id=uuid.uuid4().hex,
     )
     return key.key

@@ -267,7 +267,7 @@ class TestShortLivedKeys:
 
     @pytest.fixture
     def settings(self, settings: Settings) -> Settings:
-        return settings.model_copy(update={"download_key_ttl": 1})
+        return settings.model_copy(update={"download_key_ttl_s": 1})
 
     async def test_key_is_refused_after_its_ttl(
         self, service: Service, mqtt_broker: EmbeddedBroker

@@ -137,4 +137,4 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def settings(settings: Settings) -> Settings:
     """Notifications retried fast, to the test's receiver on loopback (which must be allowed);
     the test prefix is hash-tagged already: one slot."""
-    return settings.model_copy(update={"notify_retry": 0.05, "notify_allow_hosts": "127.0.0.1"})
+    return settings.model_copy(update={"notify_retry_s": 0.05, "notify_allow_hosts": "127.0.0.1"})
