@@ -12,16 +12,26 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 import structlog
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
+from orchestrator import client
+from orchestrator.api import listing
 from orchestrator.api.app import ROUTE_MODULES
+from orchestrator.api.schemas import (
+    RolloutDeviceList,
+    RolloutDeviceOut,
+    RolloutEvent,
+    RolloutEvents,
+)
+from orchestrator.client import ApiClient
 from orchestrator.domain.devices import DeviceSource
 from orchestrator.domain.files import FileType
 from orchestrator.domain.plans import parse_plan
@@ -49,6 +59,60 @@ async def commandstat_calls(service: Service, command: str) -> int:
     stats = await service.stores.redis.info("commandstats")
     entry = stats.get(f"cmdstat_{command}", {})
     return int(entry.get("calls", 0)) if isinstance(entry, dict) else 0
+
+
+# --- the helpers, without servers ------------------------------------------------------------
+
+
+async def body_of(response: StreamingResponse) -> bytes:
+    return b"".join([bytes(chunk) async for chunk in response.body_iterator])
+
+
+def in_pages(items: list[Any], size: int) -> AsyncGenerator[list[Any], None]:
+    async def fetch(start: int | None, _: int) -> tuple[list[Any], int | None]:
+        at = start or 0
+        return items[at : at + size], at + size if at + size < len(items) else None
+
+    return listing.pages(fetch)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+async def test_a_streamed_body_is_the_envelope_with_every_item_in_order(count: int) -> None:
+    """The bytes FastAPI writes for the envelope with its items in it (aliases, field order)."""
+    events = [
+        RolloutEvent.model_validate({"from": "pending", "to": "running", "reason": "ça ✓", "n": i})
+        for i in range(count)
+    ]
+    whole = RolloutEvents(events=events)
+    response = await listing.streamed(RolloutEvents(events=[]), "events", in_pages(events, 2))
+    body = await body_of(response)
+    assert body == JSONResponse(whole.model_dump(mode="json", by_alias=True)).body
+
+
+async def test_the_envelopes_fields_before_and_after_the_items_are_kept() -> None:
+    outs = [
+        RolloutDeviceOut(
+            device_id=f"d{i}",
+            state="pending",
+            wave="w",
+            command_id=None,
+            attempts=0,
+            failure=None,
+            updated_at=None,
+        )
+        for i in range(3)
+    ]
+    envelope = RolloutDeviceList(devices=[], next_cursor="7")
+    body = await body_of(await listing.streamed(envelope, "devices", in_pages(outs, 2)))
+    assert body.startswith(b'{"devices":[{"device_id":"d0",')
+    assert body.endswith(b'],"next_cursor":"7"}')
+    whole = RolloutDeviceList(devices=outs, next_cursor="7")
+    assert body == JSONResponse(whole.model_dump(mode="json")).body
+
+
+async def test_pages_follow_the_cursor_until_it_runs_out() -> None:
+    seen = [page async for page in in_pages(list(range(7)), 3)]
+    assert seen == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 async def test_the_sdk_way_gets_all_105_devices_in_data(service: Service) -> None:
@@ -127,6 +191,19 @@ async def test_a_tag_filter_without_limit_gives_every_matching_device(service: S
     body = response.json()
     assert len(body["data"]) == (OVER_A_PAGE + 4) // 2
     assert all(device["tags"] == ["eu"] for device in body["data"])
+
+
+async def test_the_clients_device_iteration_pages_with_limit(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ota devices list` and the simulator iterate a page of `limit` at a time."""
+    monkeypatch.setattr(client, "DEVICE_PAGE", 40)
+    ids = await stored_fleet(service, 105)
+    before = await commandstat_calls(service, "zrangebylex")
+    async with ApiClient(service.base_url, service.admin_key, service.project_id) as api:
+        seen = [device["id"] async for device in api.devices()]
+    assert seen == sorted(ids)
+    assert await commandstat_calls(service, "zrangebylex") - before == 3  # one read a request
 
 
 # --- every list route ----------------------------------------------------------------------
