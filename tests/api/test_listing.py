@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,10 +65,12 @@ async def commandstat_calls(service: Service, command: str) -> int:
 
 
 async def body_of(response: StreamingResponse) -> bytes:
-    return b"".join([bytes(chunk) async for chunk in response.body_iterator])
+    chunks = [chunk async for chunk in response.body_iterator]
+    assert all(isinstance(chunk, bytes) for chunk in chunks)
+    return b"".join(chunk for chunk in chunks if isinstance(chunk, bytes))
 
 
-def in_pages(items: list[Any], size: int) -> AsyncGenerator[list[Any], None]:
+def in_pages(items: list[Any], size: int) -> AsyncGenerator[Sequence[Any], None]:
     async def fetch(start: int | None, _: int) -> tuple[list[Any], int | None]:
         at = start or 0
         return items[at : at + size], at + size if at + size < len(items) else None
