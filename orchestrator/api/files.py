@@ -143,20 +143,25 @@ async def upload_file(
     )
 
 
+def _items(files: list[StoredFile]) -> FileList:
+    return FileList(
+        files=[
+            FileListItem(
+                description=f.description,
+                name=f.name,
+                size=f.size,
+                time=f.time,
+                sha256=f.sha256,
+                type=f.type.value,
+                project_id=f.project_id,
+            )
+            for f in files
+        ]
+    )
+
+
 async def _listed(files: list[StoredFile]) -> Response:
-    items = [
-        FileListItem(
-            description=f.description,
-            name=f.name,
-            size=f.size,
-            time=f.time,
-            sha256=f.sha256,
-            type=f.type.value,
-            project_id=f.project_id,
-        )
-        for f in files
-    ]
-    return await streamed(FileList(files=[]), "files", one_page(items))
+    return await streamed(FileList(files=[]), "files", one_page(_items(files).files))
 
 
 TYPE_QUERY = Query(description="'firmware' or 'logo'", json_schema_extra={"enum": FILE_TYPES})
