@@ -208,6 +208,18 @@ async def test_the_clients_device_iteration_pages_with_limit(
     assert await commandstat_calls(service, "zrangebylex") - before == 3  # one read a request
 
 
+async def test_a_rollouts_devices_are_each_read_about_once(service: Service) -> None:
+    """Without a filter, a page reads the records of its own devices (and the next one's
+    first), not a whole scan chunk: 300 devices cost about 300 record reads, not 600."""
+    ids = await _rollout_devices(service, 3 * PAGE)
+    url = "/v2/projects/{project_id}/rollouts/{rollout_id}/devices".format(**ids)
+    before = (await service.stores.redis.info("stats"))["keyspace_hits"]
+    response = await service.client.get(url)
+    hits = (await service.stores.redis.info("stats"))["keyspace_hits"] - before
+    assert len(response.json()["devices"]) == 3 * PAGE
+    assert hits < 3 * PAGE + 50, hits  # the key, project, rollout and its counters besides
+
+
 # --- every list route ----------------------------------------------------------------------
 
 
