@@ -76,7 +76,7 @@ async def loaded(
 
 
 async def one_page(items: Sequence[T]) -> AsyncGenerator[Sequence[T], None]:
-    """Items a store gives in one read (bounded by what the store keeps), as a single page."""
+    """Items already read (one page, or all a store keeps of a bounded list) as one page."""
     yield items
 
 
