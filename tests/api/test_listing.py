@@ -39,7 +39,7 @@ from orchestrator.store.files import StoredFile
 from orchestrator.store.hooks import Delivery
 from tests.conftest import Service, stored_device
 
-PAGE = 100  # what the device store reads per step of a listing without `limit`
+PAGE = listing.PAGE_SIZE  # what a listing without `limit` reads from a store per step (100)
 OVER_A_PAGE = PAGE + 1
 PLAN = parse_plan("name: fw\nfirmware:\n  file: fw_1.bin\nwaves:\n  - percent: 100\n")
 
@@ -48,9 +48,9 @@ def devices_url(service: Service) -> str:
     return f"/v2/projects/{service.project_id}/devices"
 
 
-async def stored_fleet(service: Service, count: int, project_id: str | None = None) -> list[str]:
+async def stored_fleet(service: Service, count: int) -> list[str]:
     """`count` devices written straight to Redis (fast); their ids."""
-    project = project_id or service.project_id
+    project = service.project_id
     return [(await stored_device(service.stores, project, f"d{i}"))[0].id for i in range(count)]
 
 
@@ -225,7 +225,7 @@ async def test_a_rollouts_devices_are_each_read_about_once(service: Service) -> 
 
 @dataclass(frozen=True)
 class Listing:
-    """A list route, how to fill it with `count` items, and where its items are in the body."""
+    """How to fill a list route with `count` items, and where its items are in the body."""
 
     items: str  # the body's key holding the items
     fill: Callable[[Service, int], Awaitable[dict[str, str]]]  # path ids; makes `count` items
