@@ -50,7 +50,6 @@ async def _move(stores: Stores, rollout_id: str, frm: RolloutState, to: RolloutS
         actor="engine",
         action=str(to),
         at=AT,
-        terminal=to is RolloutState.COMPLETED,
     )
 
 

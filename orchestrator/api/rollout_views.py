@@ -139,8 +139,10 @@ async def device_page(
     wave_names = [wave.name for wave in stored_plan(record).waves]
     found: list[RolloutDeviceOut] = []
     end = min(record.total, position + SCAN_BUDGET)
+    # Unfiltered, every position is a device of the page (or the next page's first).
+    step = SCAN_CHUNK if wanted is not None else min(SCAN_CHUNK, limit + 1)
     while position < end:
-        stop = min(position + SCAN_CHUNK, end)
+        stop = min(position + step, end)
         state = "" if wanted is None else wanted.value
         for at, device_id, row in await stores.archive.rows(record.id, position, stop, state=state):
             if not row:

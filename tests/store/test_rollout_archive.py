@@ -45,7 +45,7 @@ EVERYTHING = 10**9  # a bound no test reaches
 async def abort(stores: Stores, rollout_id: str) -> tuple[str, bool]:
     """Abort a running rollout: it ends, and enters the finished index at FINISHED_MS (`move`
     changes states at FINISHED_AT)."""
-    return await move(stores, rollout_id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True)
+    return await move(stores, rollout_id, RolloutState.RUNNING, RolloutState.ABORTED)
 
 
 def mixed_ids(n: int) -> list[str]:
