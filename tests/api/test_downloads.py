@@ -110,6 +110,7 @@ async def test_file_deleted_after_the_command_is_404(create_download: CreateDown
     service = download.service
     assert await service.stores.files.delete(service.project_id, download.name) is not None
     assert_error(await download.get(), 404)
+    assert_head_error(await download.head(), 404)
 
 
 async def test_deleting_the_device_kills_its_download_keys(
@@ -324,18 +325,29 @@ async def test_streaming_a_large_file_does_not_hold_it_in_memory(
     assert peak - before < size // 4, f"RSS grew by {(peak - before) / MiB:.1f} MiB"
 
 
-async def read_exactly_and_close(download: Download) -> bytes:
-    """A device that closes its connection the moment it holds Content-Length body bytes."""
+async def send_request(
+    download: Download, request_line: str, *headers: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the service with one request of the device written on it, raw."""
     service = download.service
     reader, writer = await asyncio.open_connection(
         service.settings.http_host, service.settings.http_port
     )
+    lines = [
+        request_line,
+        "Host: ota",
+        *headers,
+        f"Authorization: {download.headers['Authorization']}",
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def read_exactly_and_close(download: Download) -> bytes:
+    """A device that closes its connection the moment it holds Content-Length body bytes."""
+    reader, writer = await send_request(download, f"GET {URL}?key={download.key} HTTP/1.1")
     try:
-        writer.write(
-            f"GET {URL}?key={download.key} HTTP/1.1\r\nHost: ota\r\n"
-            f"Authorization: {download.headers['Authorization']}\r\n\r\n".encode()
-        )
-        await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 "), head
         length = next(
@@ -509,13 +521,6 @@ async def test_head_is_refused_like_get_and_the_key_stays_for_its_device(
     assert (await download.get()).content == download.content
 
 
-async def test_head_for_a_deleted_file_is_404(create_download: CreateDownload) -> None:
-    download = await create_download()
-    service = download.service
-    assert await service.stores.files.delete(service.project_id, download.name) is not None
-    assert_head_error(await download.head(), 404)
-
-
 async def test_head_while_a_transfer_holds_the_key_is_409_like_get(
     create_download: CreateDownload,
 ) -> None:
@@ -531,16 +536,8 @@ async def test_head_while_a_transfer_holds_the_key_is_409_like_get(
 
 async def raw_exchange(download: Download, request_line: str) -> bytes:
     """Everything the server writes for one request on a connection it then closes."""
-    service = download.service
-    reader, writer = await asyncio.open_connection(
-        service.settings.http_host, service.settings.http_port
-    )
+    reader, writer = await send_request(download, request_line, "Connection: close")
     try:
-        writer.write(
-            f"{request_line}\r\nHost: ota\r\nConnection: close\r\n"
-            f"Authorization: {download.headers['Authorization']}\r\n\r\n".encode()
-        )
-        await writer.drain()
         async with asyncio.timeout(10):
             return await reader.read(-1)
     finally:
