@@ -202,7 +202,7 @@ def test_tls_settings_are_refused_at_start_naming_the_variable_and_the_fix(
     cert, key = certificate
     paths = {"CERT": str(cert), "KEY": str(key)}
     with pytest.raises(ValidationError, match=message):
-        Settings(**{name: paths.get(value, value) for name, value in given.items()})
+        Settings.model_validate({name: paths.get(value, value) for name, value in given.items()})
 
 
 def test_an_unreadable_key_is_refused(certificate: tuple[Path, Path], tmp_path: Path) -> None:
