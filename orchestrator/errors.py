@@ -1,15 +1,19 @@
-"""The exceptions the orchestrator raises.
+"""The exceptions the orchestrator raises: what went wrong, in the product's words.
+
+They carry no protocol: the HTTP API maps each kind to its status (orchestrator/api/errors.py),
+the CLI prints the message.
 
 OrchestratorError
 ├── StoreUnavailable          Redis cannot be reached (adapter edge, translated from redis-py)
 │   └── StoreRefused          Redis answered with an error that trying again will not cure
 ├── TransportUnavailable      the MQTT broker cannot be reached or refused a publish
 ├── NotFound (LookupError)    a project, device, file or download key does not exist
-├── Conflict                  the thing exists already or is busy (HTTP 409)
-├── Forbidden (PermissionError) authenticated but not allowed (HTTP 403)
-├── Unauthorized              missing or bad credentials (HTTP 401)
-├── InvalidInput (ValueError) a value the caller sent is wrong (HTTP 400)
-└── PayloadTooLarge           an upload over OTA_MAX_FILE_SIZE (HTTP 413)
+├── Conflict                  the thing exists already or is busy
+├── Forbidden (PermissionError) authenticated but not allowed
+├── Unauthorized              missing or bad credentials
+├── InvalidInput (ValueError) a value the caller sent is wrong
+├── PayloadTooLarge           a body or an upload over its limit
+└── RangeNotSatisfiable       a download's Range asks for bytes the file does not have
 """
 
 from __future__ import annotations
@@ -17,8 +21,6 @@ from __future__ import annotations
 
 class OrchestratorError(Exception):
     """Root of every error the orchestrator raises on purpose; `message` is for people."""
-
-    status = 500
 
     def __init__(self, message: str, *, errors: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
@@ -29,8 +31,6 @@ class OrchestratorError(Exception):
 class StoreUnavailable(OrchestratorError):
     """Redis cannot be reached or answered with an error."""
 
-    status = 503
-
 
 class StoreRefused(StoreUnavailable):
     """Redis refused a command for a reason that lasts (a script error, out of memory)."""
@@ -39,31 +39,21 @@ class StoreRefused(StoreUnavailable):
 class TransportUnavailable(OrchestratorError):
     """The MQTT broker cannot be reached or did not accept a publish."""
 
-    status = 503
-
 
 class NotFound(OrchestratorError, LookupError):
     """The named thing does not exist (or the caller may not know it exists)."""
-
-    status = 404
 
 
 class Conflict(OrchestratorError):
     """The thing exists already, or is in a state that refuses this request."""
 
-    status = 409
-
 
 class Forbidden(OrchestratorError, PermissionError):
     """The caller is known but not allowed to do this."""
 
-    status = 403
-
 
 class Unauthorized(OrchestratorError):
     """Credentials are missing, unknown or expired; `challenge` is the WWW-Authenticate value."""
-
-    status = 401
 
     def __init__(self, message: str, *, challenge: str = "Bearer") -> None:
         super().__init__(message)
@@ -73,19 +63,13 @@ class Unauthorized(OrchestratorError):
 class InvalidInput(OrchestratorError, ValueError):
     """A value the caller sent is wrong; the message names it and the fix."""
 
-    status = 400
-
 
 class PayloadTooLarge(OrchestratorError):
     """An upload is larger than OTA_MAX_FILE_SIZE."""
 
-    status = 413
-
 
 class RangeNotSatisfiable(OrchestratorError):
     """A download's Range header asks for bytes the file does not have."""
-
-    status = 416
 
     def __init__(self, message: str, *, size: int) -> None:
         super().__init__(message)

@@ -17,8 +17,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api.auth import authenticate
 from orchestrator.api.context import AppContext
-from orchestrator.api.errors import error_response
-from orchestrator.errors import OrchestratorError, PayloadTooLarge, Unauthorized
+from orchestrator.api.errors import orchestrator_error_response
+from orchestrator.errors import OrchestratorError, PayloadTooLarge
 from orchestrator.numerals import whole_number
 
 MiB = 1024 * 1024
@@ -115,10 +115,8 @@ class BodyGuard:
         scope: Scope, receive: Receive, send: Send, exc: OrchestratorError, name: str | None
     ) -> None:
         headers = {"Connection": "close"}  # the unread body is not waited for
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = exc.challenge
         request = Request({**scope, "route": _Named(name)} if name else scope)
-        response = error_response(request, exc.status, exc.message, exc.errors, headers)
+        response = orchestrator_error_response(request, exc, headers)
         await response(scope, receive, send)
 
 

@@ -14,7 +14,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from orchestrator.errors import OrchestratorError, RangeNotSatisfiable, Unauthorized
+from orchestrator.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    OrchestratorError,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+    StoreUnavailable,
+    TransportUnavailable,
+    Unauthorized,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +47,29 @@ class ErrorBody(BaseModel):
     action: str
     message: str
     errors: list[ErrorItem] = []
+
+
+# The status each kind of error answers with; a kind not listed answers as its nearest listed
+# ancestor, and an error of none of them is the service's own fault (500).
+STATUS: dict[type[OrchestratorError], int] = {
+    InvalidInput: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    RangeNotSatisfiable: 416,
+    StoreUnavailable: 503,
+    TransportUnavailable: 503,
+}
+
+
+def status_of(exc: OrchestratorError) -> int:
+    """The HTTP status `exc` answers with."""
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
 
 
 def action_of(request: Request) -> str:
@@ -99,6 +133,18 @@ def error_response(
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
+def orchestrator_error_response(
+    request: Request, exc: OrchestratorError, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The error body of `exc`, with its status and the headers its kind calls for."""
+    headers = dict(headers or {})
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = exc.challenge
+    if isinstance(exc, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{exc.size}"
+    return error_response(request, status_of(exc), exc.message, exc.errors, headers)
+
+
 def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in parts)
 
@@ -121,14 +167,9 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
 
     async def orchestrator_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, OrchestratorError)
-        headers: dict[str, str] = {}
-        if isinstance(exc, Unauthorized):
-            headers["WWW-Authenticate"] = exc.challenge
-        if isinstance(exc, RangeNotSatisfiable):
-            headers["Content-Range"] = f"bytes */{exc.size}"
-        if exc.status >= 500:
+        if status_of(exc) >= 500:
             log.warning("request failed", action=action_of(request), error=exc.message)
-        return error_response(request, exc.status, exc.message, exc.errors, headers)
+        return orchestrator_error_response(request, exc)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

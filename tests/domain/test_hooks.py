@@ -272,7 +272,6 @@ def _outcome(body: bytes, event: str | None) -> Deploy | Ignored | InvalidInput:
 
 
 def _assert_clear(refused: InvalidInput) -> None:
-    assert refused.status == 400
     assert refused.message
     assert refused.errors[0]["loc"].startswith("body")
 

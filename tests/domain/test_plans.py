@@ -390,7 +390,6 @@ def test_plan_error_is_invalid_input_with_one_line_per_problem_and_api_errors() 
     error = caught.value
     assert isinstance(error, InvalidInput)
     assert isinstance(error, ValueError)
-    assert error.status == 400
     assert error.message == "rollout.yaml:8:14: waves[1].percent must be between 0 and 100, got 120"
     assert error.errors == [
         {

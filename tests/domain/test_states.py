@@ -21,6 +21,7 @@ from orchestrator.domain.states import (
     next_rollout_state,
     result_event,
 )
+from orchestrator.errors import Conflict
 
 R = RolloutState
 A = RolloutAction
@@ -65,7 +66,7 @@ def test_a_finished_rollout_takes_no_action_and_says_so(state: RolloutState) -> 
 def test_a_refused_action_names_the_state_and_the_allowed_ones() -> None:
     with pytest.raises(InvalidTransition) as caught:
         next_rollout_state(R.PAUSED, A.PROMOTE)
-    assert caught.value.status == 409
+    assert isinstance(caught.value, Conflict)
     assert caught.value.message == (
         "cannot promote a rollout that is paused; actions allowed now: resume, abort"
     )
