@@ -141,6 +141,17 @@ class _Scrape(Collector):
         yield from self._extra
 
 
+def _counter_by(
+    name: str, documentation: str, label: str, values: Iterable[str], registry: CollectorRegistry
+) -> Counter:
+    """A counter by one label, every one of `values` a series from the start (so rate() sees
+    the first increase of each)."""
+    counter = Counter(name, documentation, [label], registry=registry)
+    for value in values:
+        counter.labels(value)
+    return counter
+
+
 class Metrics:
     """The process's counters and gauges; no device id is ever a label."""
 
@@ -197,35 +208,32 @@ class Metrics:
             "Download keys spent: every byte delivered (a resumed transfer counts once)",
             registry=registry,
         )
-        self.download_keys_rejected = Counter(
+        self.download_keys_rejected = _counter_by(
             "ota_download_keys_rejected_total",
             "Download requests refused, by reason",
-            ["reason"],
-            registry=registry,
+            "reason",
+            DOWNLOAD_REJECTIONS,
+            registry,
         )
-        for reason in DOWNLOAD_REJECTIONS:  # every reason is a series from the start
-            self.download_keys_rejected.labels(reason)
         self.download_bytes = Counter(
             "ota_download_bytes_total",
             "File bytes sent to devices by the download route",
             registry=registry,
         )
-        self.webhook_deliveries = Counter(
+        self.webhook_deliveries = _counter_by(
             "ota_webhook_deliveries_total",
             "Deploy hook deliveries, by result",
-            ["result"],
-            registry=registry,
+            "result",
+            WEBHOOK_RESULTS,
+            registry,
         )
-        for result in WEBHOOK_RESULTS:
-            self.webhook_deliveries.labels(result)
-        self.notices = Counter(
+        self.notices = _counter_by(
             "ota_notifications_total",
             "Attempts to deliver rollout notifications to subscribers, by result",
-            ["result"],
-            registry=registry,
+            "result",
+            NOTICE_RESULTS,
+            registry,
         )
-        for result in NOTICE_RESULTS:
-            self.notices.labels(result)
         self.http_requests = Counter(
             "ota_http_requests_total",
             "HTTP requests by method, route template and status",
