@@ -175,7 +175,7 @@ async def main(cases: list[str]) -> None:
                 }
 
                 async def abort_all() -> None:  # free the name and devices for the next POST
-                    for view in (await client.get(url)).json()["rollouts"]:
+                    for view in (await client.get(url)).json()["data"]:
                         if view["state"] != "aborted":
                             await client.post(f"{url}/{view['id']}/abort")
                             await stores.rollouts.release_devices(view["id"])

@@ -151,7 +151,7 @@ async def start_rollout(client: httpx.AsyncClient, project_id: str, plan: str) -
     )
     if response.status_code != 201:
         raise RuntimeError(f"rollout not created: {response.status_code} {response.text}")
-    return str(response.json()["id"])
+    return str(response.json()["data"]["id"])
 
 
 def plan(name: str, policy: str) -> str:

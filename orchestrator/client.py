@@ -1,5 +1,7 @@
 """An async client of the service's HTTP API, for the CLI, the simulated fleet and the demo.
 
+Answers are read into the API's own models (`orchestrator.api.schemas`): an enveloped answer's
+`data`, or one of the seed's shapes (the file listing, the command's answer, a delete's).
 Every error answer becomes an `ApiError` whose message is the service's own `message` (which
 already says what went wrong and how to fix it), prefixed with the request; a service that
 cannot be reached is an `ApiUnreachable` naming the URL and the setting to check.
@@ -10,12 +12,34 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
+from orchestrator.api.schemas import (
+    CommandResponse,
+    CommandSent,
+    DeviceOut,
+    Done,
+    Envelope,
+    FileList,
+    FileListItem,
+    FileOut,
+    HookDeliveryOut,
+    HookOut,
+    NoticeOut,
+    NotificationOut,
+    Paged,
+    ProjectOut,
+    RolloutEvent,
+    RolloutOut,
+    RolloutPreview,
+)
 from orchestrator.errors import OrchestratorError
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 DEFAULT_TIMEOUT_S = 30.0
 DEVICE_PAGE = 1000  # devices per request when iterating a project's devices (the API's most)
@@ -55,12 +79,7 @@ class ApiClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -90,182 +109,173 @@ class ApiClient:
             return response.json() if response.content else {}
         raise ApiError(_error_message(method, path, response), status=response.status_code)
 
-    async def data(self, method: str, path: str, **options: Any) -> Any:
-        """The `data` of an enveloped answer (`{success, status, action, message, data}`)."""
-        return (await self.request(method, path, **options))["data"]
+    async def answer(self, model: type[M], method: str, path: str, **options: Any) -> M:
+        """The answer of `method path` read as `model` (`Envelope[...]` for all but the seed's
+        own shapes); its `data` is what was asked for."""
+        return model.model_validate(await self.request(method, path, **options))
+
+    async def data(self, model: type[Envelope[T]], method: str, path: str, **options: Any) -> T:
+        """The `data` of the enveloped answer of `method path`, read as `model` says."""
+        return (await self.answer(model, method, path, **options)).data
 
     # --- projects, devices, files, commands (the seed API) --------------------------------
 
-    async def create_project(self, name: str) -> dict[str, Any]:
-        """`POST /v2/projects`: the project (`id`, `name`)."""
-        project: dict[str, Any] = await self.data("POST", "/v2/projects", json={"name": name})
-        return project
+    async def create_project(self, name: str) -> ProjectOut:
+        """`POST /v2/projects`: the project."""
+        return await self.data(Envelope[ProjectOut], "POST", "/v2/projects", json={"name": name})
 
-    async def create_device(self, **fields: Any) -> dict[str, Any]:
+    async def create_device(self, **fields: Any) -> DeviceOut:
         """`POST …/devices` (seed 003): the device, with `metadata.device_token`."""
-        device: dict[str, Any] = await self.data("POST", f"{self._project()}/devices", json=fields)
-        return device
+        path = f"{self._project()}/devices"
+        return await self.data(Envelope[DeviceOut], "POST", path, json=fields)
 
     async def rotate_device_token(self, device_id: str) -> str:
         """`POST …/devices/{id}/token`: the device's new token; the old one stops working."""
-        device = await self.data("POST", f"{self._project()}/devices/{device_id}/token")
-        return str(device["metadata"]["device_token"])
+        path = f"{self._project()}/devices/{device_id}/token"
+        device = await self.data(Envelope[DeviceOut], "POST", path)
+        return device.metadata.device_token or ""
 
-    async def devices(self, *, tag: str = "") -> AsyncIterator[dict[str, Any]]:
+    async def devices(self, *, tag: str = "") -> AsyncIterator[DeviceOut]:
         """Every device of the project (optionally with `tag`), a page of `limit` at a time,
         so that neither side holds the whole fleet's listing at once."""
         cursor = ""
         while True:
             params = {k: v for k, v in (("tag", tag), ("cursor", cursor)) if v}
             params["limit"] = str(DEVICE_PAGE)
-            body = await self.request("GET", f"{self._project()}/devices", params=params)
-            for device in body.get("data", []):
+            path = f"{self._project()}/devices"
+            page = await self.answer(Paged[DeviceOut], "GET", path, params=params)
+            for device in page.data:
                 yield device
-            cursor = body.get("next_cursor") or ""
+            cursor = page.next_cursor or ""
             if not cursor:
                 return
 
     async def upload_file(
         self, path: Path, *, type_: str = "firmware", description: str = ""
-    ) -> dict[str, Any]:
-        """`POST …/files`: `{name, description, size, time, sha256, type}`."""
+    ) -> FileOut:
+        """`POST …/files`: the stored file (`name`, `size`, `sha256`, …)."""
         with path.open("rb") as stream:
-            body: dict[str, Any] = await self.request(
+            return await self.data(
+                Envelope[FileOut],
                 "POST",
                 f"{self._project()}/files",
                 files={"file": (path.name, stream, "application/octet-stream")},
                 data={"type": type_, "description": description},
             )
-        return body
 
-    async def files(self, *, type_: str) -> list[dict[str, Any]]:
-        """`GET …/files?type=` (firmware or logo): the project's files of that type."""
-        body = await self.request("GET", f"{self._project()}/files", params={"type": type_})
-        files: list[dict[str, Any]] = body["files"]
-        return files
+    async def files(self, *, type_: str) -> list[FileListItem]:
+        """`GET …/files?type=` (firmware or logo): the project's files of that type (seed 000's
+        `{"files": [...]}`)."""
+        path = f"{self._project()}/files"
+        return (await self.answer(FileList, "GET", path, params={"type": type_})).files
 
-    async def send(self, device_id: str, command: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        """`POST …/communication/command`: `{command_id, topic}`."""
-        body = await self.request(
+    async def send(self, device_id: str, command: str, data: Mapping[str, Any]) -> CommandSent:
+        """`POST …/communication/command` (seed 000's answer): `{command_id, topic}`."""
+        sent = await self.answer(
+            CommandResponse,
             "POST",
             f"{self._project()}/devices/{device_id}/communication/command",
             json={"command": command, "data": dict(data)},
         )
-        sent: dict[str, Any] = body.get("data", {})
-        return sent
+        return sent.data
 
     # --- rollouts -------------------------------------------------------------------------
 
-    async def create_rollout(self, plan_text: str, *, dry_run: bool = False) -> dict[str, Any]:
-        """`POST …/rollouts` with a YAML or JSON plan; the rollout, or the dry run's preview."""
+    def _plan_post(self, plan_text: str, *, dry_run: bool) -> dict[str, Any]:
+        """The request options that post a YAML or JSON plan."""
         stripped = plan_text.lstrip()
         content_type = "application/json" if stripped.startswith("{") else "application/yaml"
-        body: dict[str, Any] = await self.request(
-            "POST",
-            f"{self._project()}/rollouts",
-            content=plan_text.encode(),
-            headers={"Content-Type": content_type},
-            params={"dry_run": "true"} if dry_run else {},
-        )
-        return body
+        return {
+            "content": plan_text.encode(),
+            "headers": {"Content-Type": content_type},
+            "params": {"dry_run": "true"} if dry_run else {},
+        }
 
-    async def rollouts(self, *, state: str = "") -> list[dict[str, Any]]:
+    async def create_rollout(self, plan_text: str) -> RolloutOut:
+        """`POST …/rollouts` with a YAML or JSON plan: the rollout, `pending`."""
+        options = self._plan_post(plan_text, dry_run=False)
+        path = f"{self._project()}/rollouts"
+        return await self.data(Envelope[RolloutOut], "POST", path, **options)
+
+    async def preview_rollout(self, plan_text: str) -> RolloutPreview:
+        """`POST …/rollouts?dry_run=true`: the waves and exclusions; nothing is started."""
+        options = self._plan_post(plan_text, dry_run=True)
+        path = f"{self._project()}/rollouts"
+        return await self.data(Envelope[RolloutPreview], "POST", path, **options)
+
+    async def rollouts(self, *, state: str = "") -> list[RolloutOut]:
         """`GET …/rollouts[?state=]`, newest first."""
         params = {"state": state} if state else {}
-        body = await self.request("GET", f"{self._project()}/rollouts", params=params)
-        rollouts: list[dict[str, Any]] = body["rollouts"]
-        return rollouts
+        path = f"{self._project()}/rollouts"
+        return await self.data(Envelope[list[RolloutOut]], "GET", path, params=params)
 
-    async def rollout(self, rollout_id: str) -> dict[str, Any]:
+    async def rollout(self, rollout_id: str) -> RolloutOut:
         """`GET …/rollouts/{id}`."""
-        body: dict[str, Any] = await self.request("GET", f"{self._project()}/rollouts/{rollout_id}")
-        return body
+        path = f"{self._project()}/rollouts/{rollout_id}"
+        return await self.data(Envelope[RolloutOut], "GET", path)
 
-    async def rollout_events(self, rollout_id: str) -> list[dict[str, Any]]:
+    async def rollout_events(self, rollout_id: str) -> list[RolloutEvent]:
         """`GET …/rollouts/{id}/events`, oldest first."""
-        body = await self.request("GET", f"{self._project()}/rollouts/{rollout_id}/events")
-        events: list[dict[str, Any]] = body["events"]
-        return events
+        path = f"{self._project()}/rollouts/{rollout_id}/events"
+        return await self.data(Envelope[list[RolloutEvent]], "GET", path)
 
-    async def rollout_action(
-        self, rollout_id: str, action: str, reason: str = ""
-    ) -> dict[str, Any]:
+    async def rollout_action(self, rollout_id: str, action: str, reason: str = "") -> RolloutOut:
         """`POST …/rollouts/{id}/{action}`: the rollout after it."""
-        body: dict[str, Any] = await self.request(
-            "POST",
-            f"{self._project()}/rollouts/{rollout_id}/{action}",
-            json={"reason": reason} if reason else None,
-        )
-        return body
+        path = f"{self._project()}/rollouts/{rollout_id}/{action}"
+        body = {"reason": reason} if reason else None
+        return await self.data(Envelope[RolloutOut], "POST", path, json=body)
 
     # --- deploy hooks ---------------------------------------------------------------------
 
-    async def create_hook(
-        self, name: str, plan_text: str, secret: str | None = None
-    ) -> dict[str, Any]:
+    async def create_hook(self, name: str, plan_text: str, secret: str | None = None) -> HookOut:
         """`POST …/hooks`: the hook with its delivery `url` and its `secret` (shown only here)."""
-        hook: dict[str, Any] = await self.data(
-            "POST",
-            f"{self._project()}/hooks",
-            json={"name": name, "plan": plan_text, "secret": secret},
-        )
-        return hook
+        body = {"name": name, "plan": plan_text, "secret": secret}
+        path = f"{self._project()}/hooks"
+        return await self.data(Envelope[HookOut], "POST", path, json=body)
 
-    async def hooks(self) -> list[dict[str, Any]]:
+    async def hooks(self) -> list[HookOut]:
         """`GET …/hooks`: the project's hooks (without their secrets)."""
-        hooks: list[dict[str, Any]] = await self.data("GET", f"{self._project()}/hooks")
-        return hooks
+        path = f"{self._project()}/hooks"
+        return await self.data(Envelope[list[HookOut]], "GET", path)
 
-    async def hook(self, hook_id: str) -> dict[str, Any]:
+    async def hook(self, hook_id: str) -> HookOut:
         """`GET …/hooks/{id}`: one hook (without its secret)."""
-        hook: dict[str, Any] = await self.data("GET", f"{self._project()}/hooks/{hook_id}")
-        return hook
+        path = f"{self._project()}/hooks/{hook_id}"
+        return await self.data(Envelope[HookOut], "GET", path)
 
-    async def delete_hook(self, hook_id: str) -> dict[str, Any]:
-        """`DELETE …/hooks/{id}`: the service's answer (`action`, `message`)."""
-        body: dict[str, Any] = await self.request("DELETE", f"{self._project()}/hooks/{hook_id}")
-        return body
+    async def delete_hook(self, hook_id: str) -> Done:
+        """`DELETE …/hooks/{id}`: the seed's delete answer (`action`, `message`)."""
+        return await self.answer(Done, "DELETE", f"{self._project()}/hooks/{hook_id}")
 
-    async def hook_deliveries(self, hook_id: str) -> list[dict[str, Any]]:
+    async def hook_deliveries(self, hook_id: str) -> list[HookDeliveryOut]:
         """`GET …/hooks/{id}/deliveries`: what each delivery asked for and started, newest first."""
-        deliveries: list[dict[str, Any]] = await self.data(
-            "GET", f"{self._project()}/hooks/{hook_id}/deliveries"
-        )
-        return deliveries
+        path = f"{self._project()}/hooks/{hook_id}/deliveries"
+        return await self.data(Envelope[list[HookDeliveryOut]], "GET", path)
 
     # --- notifications --------------------------------------------------------------------
 
     async def create_notification(
         self, url: str, events: list[str] | None = None, secret: str | None = None
-    ) -> dict[str, Any]:
+    ) -> NotificationOut:
         """`POST …/notifications` (`events` None: every event): the subscription and its secret."""
-        subscription: dict[str, Any] = await self.data(
-            "POST",
-            f"{self._project()}/notifications",
-            json={"url": url, "events": events, "secret": secret},
-        )
-        return subscription
+        body = {"url": url, "events": events, "secret": secret}
+        path = f"{self._project()}/notifications"
+        return await self.data(Envelope[NotificationOut], "POST", path, json=body)
 
-    async def notifications(self) -> list[dict[str, Any]]:
+    async def notifications(self) -> list[NotificationOut]:
         """`GET …/notifications`: the project's subscriptions (without their secrets)."""
-        subscriptions: list[dict[str, Any]] = await self.data(
-            "GET", f"{self._project()}/notifications"
-        )
-        return subscriptions
+        path = f"{self._project()}/notifications"
+        return await self.data(Envelope[list[NotificationOut]], "GET", path)
 
-    async def delete_notification(self, notification_id: str) -> dict[str, Any]:
-        """`DELETE …/notifications/{id}`: the service's answer (`action`, `message`)."""
-        body: dict[str, Any] = await self.request(
-            "DELETE", f"{self._project()}/notifications/{notification_id}"
-        )
-        return body
+    async def delete_notification(self, notification_id: str) -> Done:
+        """`DELETE …/notifications/{id}`: the seed's delete answer (`action`, `message`)."""
+        path = f"{self._project()}/notifications/{notification_id}"
+        return await self.answer(Done, "DELETE", path)
 
-    async def notification_deliveries(self, notification_id: str) -> list[dict[str, Any]]:
+    async def notification_deliveries(self, notification_id: str) -> list[NoticeOut]:
         """`GET …/notifications/{id}/deliveries`: each notice and its attempts, newest first."""
-        notices: list[dict[str, Any]] = await self.data(
-            "GET", f"{self._project()}/notifications/{notification_id}/deliveries"
-        )
-        return notices
+        path = f"{self._project()}/notifications/{notification_id}/deliveries"
+        return await self.data(Envelope[list[NoticeOut]], "GET", path)
 
 
 def _error_message(method: str, path: str, response: httpx.Response) -> str:

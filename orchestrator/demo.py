@@ -19,8 +19,9 @@ from typing import Any
 
 from faststream.mqtt.utils import parse_mqtt_url
 from rich.console import Console
-from rich.table import Table
 
+from orchestrator.api.schemas import RolloutEvent, RolloutOut
+from orchestrator.cli.output import table
 from orchestrator.cli.progress import STATE_STYLE, counts_text, percent, watch
 from orchestrator.client import ApiClient
 from orchestrator.domain.auth import Scope
@@ -47,10 +48,10 @@ class DemoError(OrchestratorError):
 class DemoResult:
     """How the demo's rollout ended, and what it took."""
 
-    rollout: dict[str, Any]
+    rollout: RolloutOut
     seconds: float
     fleet: dict[str, Any] = field(default_factory=dict)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[RolloutEvent] = field(default_factory=list)
 
 
 def demo_settings(data_dir: Path) -> Settings:
@@ -134,19 +135,17 @@ async def _demo(
             await fleet.start(devices)
             started = time.monotonic()
             rollout = await api.create_rollout(plan_text)
-            console.print(
-                f"rollout [bold]{rollout['name']}[/] started on {rollout['total']} devices"
-            )
+            console.print(f"rollout [bold]{rollout.name}[/] started on {rollout.total} devices")
             try:
                 async with asyncio.timeout(timeout_s):
-                    rollout = await watch(api, rollout["id"], console)
+                    rollout = await watch(api, rollout.id, console)
             except TimeoutError:
                 raise DemoError(
                     f"the rollout did not end within {timeout_s:g} s; run again with a longer "
                     "--timeout, or fewer --devices"
                 ) from None
             seconds = time.monotonic() - started
-            events = await api.rollout_events(rollout["id"])
+            events = await api.rollout_events(rollout.id)
             stats = fleet.stats.as_dict()
     return DemoResult(rollout=rollout, seconds=seconds, fleet=stats, events=events)
 
@@ -154,20 +153,20 @@ async def _demo(
 def print_summary(result: DemoResult, console: Console) -> None:
     """Devices per state, time taken, and how the rollout got where it ended."""
     rollout = result.rollout
-    state = rollout["state"]
+    state = rollout.state
     console.print()
     console.print(
-        f"[bold]{rollout['name']}[/] ended [{STATE_STYLE.get(state, '')}]{state}[/] after "
-        f"{result.seconds:.1f} s: {rollout['total']} devices, failure rate "
-        f"{percent(rollout['failure_rate'])} (limit {percent(rollout['max_failure_rate'])})"
+        f"[bold]{rollout.name}[/] ended [{STATE_STYLE.get(state, '')}]{state}[/] after "
+        f"{result.seconds:.1f} s: {rollout.total} devices, failure rate "
+        f"{percent(rollout.failure_rate)} (limit {percent(rollout.max_failure_rate)})"
     )
-    console.print("devices by state: ", counts_text(rollout["counts"]))
-    table = Table(box=None, header_style="dim", title="what happened", title_justify="left")
-    for column in ("at", "by", "action", "why"):
-        table.add_column(column, overflow="fold")
+    console.print("devices by state: ", counts_text(rollout.counts))
+    happened = table(
+        ("at", "by", "action", "why"), fold=True, title="what happened", title_justify="left"
+    )
     for event in result.events:
-        table.add_row(event["at"], event["actor"], event["action"], event.get("reason", ""))
-    console.print(table)
+        happened.add_row(event.at, event.actor, event.action, event.reason)
+    console.print(happened)
     fleet = result.fleet
     if fleet:
         shown = ", ".join(f"{k} {v}" for k, v in fleet.items() if v and not isinstance(v, dict))

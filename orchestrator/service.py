@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import structlog
 import uvicorn
 
-from orchestrator.api import create_app
+from orchestrator.api.app import create_app
 from orchestrator.embedded import (
     BrokerTls,
     EmbeddedBroker,

@@ -15,6 +15,11 @@ def isoformat_z(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def iso_of_ms(ms: int) -> str:
+    """Epoch milliseconds as `isoformat_z` writes a time."""
+    return isoformat_z(datetime.fromtimestamp(ms / 1000, UTC))
+
+
 def epoch_ms(text: str) -> int | None:
     """Epoch milliseconds of an ISO 8601 time (naive means UTC); None when it is not one."""
     try:

@@ -1,5 +1,6 @@
-"""HTTP adapter: the seed device-communication API and the orchestrator's own routes."""
+"""HTTP adapter: the seed device-communication API and the orchestrator's own routes.
 
-from orchestrator.api.app import create_app
-
-__all__ = ["create_app"]
+The app is built by `orchestrator.api.app.create_app`. Importing this package loads nothing
+else, so the client and the CLI read the answer models (`orchestrator.api.schemas`) without
+loading the service.
+"""

@@ -1,6 +1,12 @@
-"""Firmware and logo files: upload (streamed), list (seed 000), delete."""
+"""Firmware and logo files: upload (streamed), list (seed 000), delete.
+
+The listing answers seed 000's `{"files": [...]}` and a delete the seed's delete body; an upload
+answers in the envelope.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
@@ -8,7 +14,7 @@ from orchestrator.api.auth import check_project, require
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, SCOPED, error_responses
 from orchestrator.api.listing import one_page, streamed
-from orchestrator.api.schemas import Done, FileList, FileListItem, FileOut
+from orchestrator.api.schemas import Done, Envelope, FileList, FileListItem, FileOut
 from orchestrator.api.uploads import MAX_FIELD_BYTES, read_upload
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.files import (
@@ -81,7 +87,7 @@ async def upload_file(
     request: Request,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.FILES_WRITE)),
-) -> FileOut:
+) -> Envelope[FileOut]:
     """Upload a firmware or logo file (multipart: file, type, description)."""
     await check_project(context, principal, project_id)
     limit = context.settings.max_file_size_bytes
@@ -133,45 +139,27 @@ async def upload_file(
     finally:
         if not committed:
             await writer.discard()
-    return FileOut(
-        name=stored.name,
-        description=stored.description,
-        size=stored.size,
-        time=stored.time,
-        sha256=stored.sha256,
-        type=stored.type.value,
-    )
-
-
-def _items(files: list[StoredFile]) -> FileList:
-    return FileList(
-        files=[
-            FileListItem(
-                description=f.description,
-                name=f.name,
-                size=f.size,
-                time=f.time,
-                sha256=f.sha256,
-                type=f.type.value,
-                project_id=f.project_id,
-            )
-            for f in files
-        ]
+    return Envelope(
+        status=201,
+        action="upload file",
+        message="File uploaded.",
+        data=FileOut.model_validate(stored, from_attributes=True),
     )
 
 
 async def _listed(files: list[StoredFile]) -> Response:
-    return await streamed(FileList(files=[]), "files", one_page(_items(files).files))
+    """Seed 000's listing of `files`."""
+    items = [FileListItem.model_validate(f, from_attributes=True) for f in files]
+    return await streamed(FileList(files=[]), "files", one_page(items))
 
 
 TYPE_QUERY = Query(description="'firmware' or 'logo'", json_schema_extra={"enum": FILE_TYPES})
+# Both listings are seed 000's "list files", per project and across the key's projects.
+LISTING: dict[str, Any] = {"name": "list_files", "response_model": FileList}
 
 
 @router.get(
-    "/v2/projects/{project_id}/files",
-    name="list_files",
-    response_model=FileList,
-    responses=error_responses(400, *IN_PROJECT),
+    "/v2/projects/{project_id}/files", **LISTING, responses=error_responses(400, *IN_PROJECT)
 )
 async def list_files(
     project_id: str,
@@ -185,12 +173,7 @@ async def list_files(
     return await _listed(await context.stores.files.of_type([project_id], file_type))
 
 
-@router.get(
-    "/v2/files",
-    name="list_files",
-    response_model=FileList,
-    responses=error_responses(400, *SCOPED),
-)
+@router.get("/v2/files", **LISTING, responses=error_responses(400, *SCOPED))
 async def list_all_files(
     type: str = TYPE_QUERY,
     context: AppContext = Depends(get_context),

@@ -15,40 +15,35 @@ import uuid
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, error_responses
-from orchestrator.api.listing import one_page, streamed
 from orchestrator.api.schemas import (
     DeployAccepted,
-    DeployEnvelope,
-    Done,
+    Envelope,
     HookCreate,
-    HookDeliveryListEnvelope,
     HookDeliveryOut,
-    HookEnvelope,
-    HookListEnvelope,
     HookOut,
 )
+from orchestrator.api.webhooks import WebhookKind, add_routes
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.hooks import (
     Deploy,
     Scheme,
     SignatureError,
-    check_secret,
     deploy_of,
-    new_secret,
     render,
+    secret_or_new,
     uses,
     verify,
 )
 from orchestrator.engine.launch import check_files
 from orchestrator.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized
-from orchestrator.store.hooks import DELIVERIES_KEPT, Delivery, Hook
+from orchestrator.store.hooks import Delivery, Hook
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -135,11 +130,25 @@ def _out(context: AppContext, hook: Hook, *, with_secret: bool = False) -> HookO
     )
 
 
-async def _hook(context: AppContext, project_id: str, hook_id: str) -> Hook:
-    hook = await context.stores.hooks.get(hook_id)
-    if hook is None or hook.project_id != project_id:
-        raise NotFound(f"hook {hook_id} not found in project {project_id}; ota hooks list")
-    return hook
+HOOKS = WebhookKind(
+    noun="hook",
+    title="Hook",
+    called="hook",
+    id_name="hook_id",
+    read=Scope.HOOKS_READ,
+    write=Scope.HOOKS_WRITE,
+    store=lambda stores: stores.hooks,
+    out=_out,
+    delivery_out=lambda delivery: HookDeliveryOut(**vars(delivery)),
+    answer=Envelope[HookOut],
+    answer_list=Envelope[list[HookOut]],
+    answer_deliveries=Envelope[list[HookDeliveryOut]],
+    delete_doc="Delete a hook: its URL answers 404 from now on.",
+    deliveries_doc=(
+        "The hook's accepted deliveries of the last 24 hours (the newest 1000 at most), "
+        "newest first, with their fate."
+    ),
+)
 
 
 @router.post(
@@ -153,13 +162,13 @@ async def create_hook(
     body: HookCreate,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.HOOKS_WRITE, Scope.ROLLOUTS_WRITE)),
-) -> HookEnvelope:
+) -> Envelope[HookOut]:
     """Register a plan template started by signed deliveries; the secret is shown only here.
 
     Needs rollouts:write besides hooks:write: whoever holds the secret starts rollouts.
     """
     await check_project(context, principal, project_id)
-    secret = check_secret(body.secret) if body.secret is not None else new_secret()
+    secret = secret_or_new(body.secret)
     await context.plans.parse_template(body.plan, source="plan")
     hook = await context.stores.hooks.create(
         project_id=project_id,
@@ -170,7 +179,7 @@ async def create_hook(
         by=principal.name,
     )
     log.info("hook created", hook_id=hook.id, project_id=project_id, actor=principal.name)
-    return HookEnvelope(
+    return Envelope(
         status=201,
         action="create hook",
         message="Hook created; post signed deliveries to data.url with data.secret.",
@@ -178,84 +187,7 @@ async def create_hook(
     )
 
 
-@router.get(
-    "/v2/projects/{project_id}/hooks",
-    name="list_hooks",
-    response_model=HookListEnvelope,
-    responses=error_responses(*IN_PROJECT),
-)
-async def list_hooks(
-    project_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_READ)),
-) -> Response:
-    """The project's hooks (without their secrets)."""
-    await check_project(context, principal, project_id)
-    hooks = await context.stores.hooks.of_project(project_id)
-    envelope = HookListEnvelope(status=200, action="list hooks", message="Hooks listed.", data=[])
-    return await streamed(envelope, "data", one_page([_out(context, hook) for hook in hooks]))
-
-
-@router.get(
-    "/v2/projects/{project_id}/hooks/{hook_id}",
-    name="get_hook",
-    responses=error_responses(*IN_PROJECT),
-)
-async def get_hook(
-    project_id: str,
-    hook_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_READ)),
-) -> HookEnvelope:
-    """One hook (without its secret)."""
-    await check_project(context, principal, project_id)
-    hook = await _hook(context, project_id, hook_id)
-    return HookEnvelope(
-        status=200, action="get hook", message="Hook found.", data=_out(context, hook)
-    )
-
-
-@router.delete(
-    "/v2/projects/{project_id}/hooks/{hook_id}",
-    name="delete_hook",
-    responses=error_responses(*IN_PROJECT),
-)
-async def delete_hook(
-    project_id: str,
-    hook_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE)),
-) -> Done:
-    """Delete a hook: its URL answers 404 from now on."""
-    await check_project(context, principal, project_id)
-    hook = await _hook(context, project_id, hook_id)
-    await context.stores.hooks.delete(hook)
-    log.info("hook deleted", hook_id=hook_id, actor=principal.name)
-    return Done(action="delete hook")
-
-
-@router.get(
-    "/v2/projects/{project_id}/hooks/{hook_id}/deliveries",
-    name="list_hook_deliveries",
-    response_model=HookDeliveryListEnvelope,
-    responses=error_responses(*IN_PROJECT),
-)
-async def list_hook_deliveries(
-    project_id: str,
-    hook_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_READ)),
-) -> Response:
-    """The hook's accepted deliveries of the last 24 hours (the newest 1000 at most), newest
-    first, with their fate."""
-    await check_project(context, principal, project_id)
-    await _hook(context, project_id, hook_id)
-    deliveries = await context.stores.hooks.deliveries(hook_id, limit=DELIVERIES_KEPT)
-    envelope = HookDeliveryListEnvelope(
-        status=200, action="list hook deliveries", message="Deliveries listed.", data=[]
-    )
-    items = [HookDeliveryOut(**vars(delivery)) for delivery in deliveries]
-    return await streamed(envelope, "data", one_page(items))
+add_routes(router, HOOKS)
 
 
 def _delivery_id(raw: str) -> str:
@@ -269,7 +201,9 @@ def _delivery_id(raw: str) -> str:
 
 
 def _answer(status: int, message: str, data: DeployAccepted) -> JSONResponse:
-    envelope = DeployEnvelope(status=status, action="deliver hook", message=message, data=data)
+    envelope = Envelope[DeployAccepted](
+        status=status, action="deliver hook", message=message, data=data
+    )
     return JSONResponse(envelope.model_dump(), status_code=status)
 
 
@@ -277,10 +211,13 @@ def _answer(status: int, message: str, data: DeployAccepted) -> JSONResponse:
     "/v2/hooks/{hook_id}",
     name="deliver_hook",
     status_code=202,
-    response_model=DeployEnvelope,
+    response_model=Envelope[DeployAccepted],
     openapi_extra=DELIVERY,
     responses={
-        200: {"model": DeployEnvelope, "description": "Signed, but nothing to deploy (a ping)"},
+        200: {
+            "model": Envelope[DeployAccepted],
+            "description": "Signed, but nothing to deploy (a ping)",
+        },
         **error_responses(400, 401, 404, 413, 503),
     },
 )

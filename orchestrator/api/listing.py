@@ -1,5 +1,8 @@
 """Listings answered as streamed JSON: the envelope's head, the items page by page, its tail.
 
+`listed` and `listed_page` answer a listing in the envelope, its items in `data`; `streamed`
+does it for any answer with a list field (the seed's file listing is `{"files": [...]}`).
+
 A listing without `limit` holds every item (Qubitro's SDK has no paging and expects them all),
 so its body is written while the store is read, a page at a time: the service holds one page,
 whatever the size of the fleet. The first page is read before the answer starts, so a bad
@@ -20,6 +23,7 @@ import structlog
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from orchestrator.api.schemas import Envelope, Paged
 from orchestrator.errors import OrchestratorError
 
 log = structlog.get_logger(__name__)
@@ -111,6 +115,20 @@ async def streamed(
         yield tail
 
     return StreamingResponse(body(), media_type="application/json")
+
+
+async def listed(action: str, message: str, items: AsyncGenerator[Page, None]) -> StreamingResponse:
+    """The envelope of a listing, `data` written from `items` as they are read."""
+    envelope = Envelope[list[BaseModel]](action=action, message=message, data=[])
+    return await streamed(envelope, "data", items)
+
+
+async def listed_page(
+    action: str, message: str, items: AsyncGenerator[Page, None], next_cursor: str | None
+) -> StreamingResponse:
+    """The envelope of a listing read a page at a time: `data`, and `next_cursor` after it."""
+    envelope = Paged[BaseModel](action=action, message=message, data=[], next_cursor=next_cursor)
+    return await streamed(envelope, "data", items)
 
 
 def _split(envelope: BaseModel, field: str) -> tuple[bytes, bytes]:

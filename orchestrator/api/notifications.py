@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpcore
 import httpx
 import structlog
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, error_responses
-from orchestrator.api.listing import one_page, streamed
 from orchestrator.api.schemas import (
-    Done,
+    Envelope,
     NoticeAttemptOut,
-    NoticeListEnvelope,
     NoticeOut,
     NotificationCreate,
-    NotificationEnvelope,
-    NotificationListEnvelope,
     NotificationOut,
 )
+from orchestrator.api.webhooks import WebhookKind, add_routes
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.destinations import (
     ALLOW_SETTING,
@@ -33,12 +29,12 @@ from orchestrator.domain.destinations import (
     masked_url,
     url_refusal,
 )
-from orchestrator.domain.hooks import check_secret, new_secret
+from orchestrator.domain.hooks import secret_or_new
 from orchestrator.domain.notices import Notice
 from orchestrator.engine.egress import RefusedDestination, checked_addresses
-from orchestrator.errors import InvalidInput, NotFound
-from orchestrator.store.notifications import NOTICES_KEPT, NoticeDelivery, Subscription
-from orchestrator.timeutil import isoformat_z, utc_now
+from orchestrator.errors import InvalidInput
+from orchestrator.store.notifications import NoticeDelivery, Subscription
+from orchestrator.timeutil import iso_of_ms, isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["notifications"], route_class=JSONRoute)
@@ -55,19 +51,15 @@ def _out(subscription: Subscription, *, with_secret: bool = False) -> Notificati
     )
 
 
-def _iso_ms(epoch_ms: int) -> str:
-    return isoformat_z(datetime.fromtimestamp(epoch_ms / 1000, tz=UTC))
-
-
 def _notice_out(notice: NoticeDelivery) -> NoticeOut:
     return NoticeOut(
         id=notice.id,
         type=notice.type,
         rollout_id=notice.rollout_id,
-        created_at=_iso_ms(notice.created_ms),
+        created_at=iso_of_ms(notice.created_ms),
         state=notice.state,
         attempts=[NoticeAttemptOut.model_validate(attempt) for attempt in notice.attempts],
-        next_attempt_at=_iso_ms(notice.next_attempt_ms)
+        next_attempt_at=iso_of_ms(notice.next_attempt_ms)
         if notice.state == "pending" and notice.next_attempt_ms
         else None,
     )
@@ -131,14 +123,25 @@ def check_events(events: list[str] | None) -> list[str]:
     return sorted(set(events or []))
 
 
-async def _subscription(context: AppContext, project_id: str, sid: str) -> Subscription:
-    subscription = await context.stores.notifications.get(sid)
-    if subscription is None or subscription.project_id != project_id:
-        raise NotFound(
-            f"notification subscription {sid} not found in project {project_id}; "
-            "ota notifications list"
-        )
-    return subscription
+NOTIFICATIONS = WebhookKind(
+    noun="notification",
+    title="Subscription",
+    called="notification subscription",
+    id_name="subscription_id",
+    read=Scope.NOTIFICATIONS_READ,
+    write=Scope.NOTIFICATIONS_WRITE,
+    store=lambda stores: stores.notifications,
+    out=lambda context, subscription: _out(subscription),
+    delivery_out=_notice_out,
+    answer=Envelope[NotificationOut],
+    answer_list=Envelope[list[NotificationOut]],
+    answer_deliveries=Envelope[list[NoticeOut]],
+    delete_doc="Stop sending events to this URL; notices still queued are given up.",
+    deliveries_doc=(
+        "The notices of the last 7 days (the newest 1000 at most), newest first, with every "
+        "attempt and the next one."
+    ),
+)
 
 
 @router.post(
@@ -152,12 +155,12 @@ async def create_notification(
     body: NotificationCreate,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.NOTIFICATIONS_WRITE)),
-) -> NotificationEnvelope:
+) -> Envelope[NotificationOut]:
     """Send the project's rollout events to a URL, signed (Standard Webhooks), with retries."""
     await check_project(context, principal, project_id)
     url = await check_url(body.url, context.settings.notify_allow)
     events = check_events(body.events)
-    secret = check_secret(body.secret) if body.secret is not None else new_secret()
+    secret = secret_or_new(body.secret)
     subscription = await context.stores.notifications.create(
         project_id=project_id,
         url=url,
@@ -171,7 +174,7 @@ async def create_notification(
         subscription_id=subscription.id,
         url=masked_url(url),
     )
-    return NotificationEnvelope(
+    return Envelope(
         status=201,
         action="create notification",
         message="Subscription created; verify deliveries with data.secret.",
@@ -179,84 +182,4 @@ async def create_notification(
     )
 
 
-@router.get(
-    "/v2/projects/{project_id}/notifications",
-    name="list_notifications",
-    response_model=NotificationListEnvelope,
-    responses=error_responses(*IN_PROJECT),
-)
-async def list_notifications(
-    project_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
-) -> Response:
-    """The project's subscriptions (without their secrets)."""
-    await check_project(context, principal, project_id)
-    found = await context.stores.notifications.of_project(project_id)
-    envelope = NotificationListEnvelope(
-        status=200, action="list notifications", message="Subscriptions listed.", data=[]
-    )
-    return await streamed(envelope, "data", one_page([_out(each) for each in found]))
-
-
-@router.get(
-    "/v2/projects/{project_id}/notifications/{subscription_id}",
-    name="get_notification",
-    responses=error_responses(*IN_PROJECT),
-)
-async def get_notification(
-    project_id: str,
-    subscription_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
-) -> NotificationEnvelope:
-    """One subscription (without its secret)."""
-    await check_project(context, principal, project_id)
-    subscription = await _subscription(context, project_id, subscription_id)
-    return NotificationEnvelope(
-        status=200,
-        action="get notification",
-        message="Subscription found.",
-        data=_out(subscription),
-    )
-
-
-@router.delete(
-    "/v2/projects/{project_id}/notifications/{subscription_id}",
-    name="delete_notification",
-    responses=error_responses(*IN_PROJECT),
-)
-async def delete_notification(
-    project_id: str,
-    subscription_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.NOTIFICATIONS_WRITE)),
-) -> Done:
-    """Stop sending events to this URL; notices still queued are given up."""
-    await check_project(context, principal, project_id)
-    subscription = await _subscription(context, project_id, subscription_id)
-    await context.stores.notifications.delete(subscription)
-    return Done(action="delete notification")
-
-
-@router.get(
-    "/v2/projects/{project_id}/notifications/{subscription_id}/deliveries",
-    name="list_notification_deliveries",
-    response_model=NoticeListEnvelope,
-    responses=error_responses(*IN_PROJECT),
-)
-async def list_notification_deliveries(
-    project_id: str,
-    subscription_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
-) -> Response:
-    """The notices of the last 7 days (the newest 1000 at most), newest first, with every
-    attempt and the next one."""
-    await check_project(context, principal, project_id)
-    await _subscription(context, project_id, subscription_id)
-    notices = await context.stores.notifications.notices(subscription_id, limit=NOTICES_KEPT)
-    envelope = NoticeListEnvelope(
-        status=200, action="list notification deliveries", message="Deliveries listed.", data=[]
-    )
-    return await streamed(envelope, "data", one_page([_notice_out(n) for n in notices]))
+add_routes(router, NOTIFICATIONS)

@@ -21,13 +21,13 @@ from urllib.parse import quote, urlencode
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import BaseModel
 from starlette.responses import Response
 
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.delivery_headers import identity_headers
 from orchestrator.api.errors import error_responses
 from orchestrator.api.ranges import delivered_span
+from orchestrator.api.schemas import DownloadReported, Envelope
 from orchestrator.errors import NotFound, Unauthorized
 from orchestrator.settings import Settings
 from orchestrator.store.download_keys import Claim
@@ -67,14 +67,6 @@ def accel_response(settings: Settings, stored: StoredFile, key: str, claim: Clai
     )
 
 
-class DownloadReported(BaseModel):
-    """What nginx's report did to the key."""
-
-    success: bool = True
-    key_state: str  # issued (resumable), spent, or lost (the claim had lapsed or was revoked)
-    bytes_delivered: int
-
-
 @router.post(
     REPORT_PATH,
     name="report_download",
@@ -94,7 +86,7 @@ async def report_download(
         "", alias="X-OTA-Completion", description="`$request_completion`: OK when complete"
     ),
     context: AppContext = Depends(get_context),
-) -> DownloadReported:
+) -> Envelope[DownloadReported]:
     """End an offloaded transfer with the bytes nginx sent: spend the key or leave it resumable.
 
     Only nginx calls this (its `post_action`), with the installation's secret.
@@ -123,4 +115,8 @@ async def report_download(
         nginx_status=status,
         bytes_sent=end - first,
     )
-    return DownloadReported(key_state=state, bytes_delivered=end - first)
+    return Envelope(
+        action="report download",
+        message=f"Download reported; the key is {state}.",
+        data=DownloadReported(key_state=state, bytes_delivered=end - first),
+    )

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 
 from orchestrator.api.schemas import (
     ExclusionOut,
     FirmwareOut,
-    RolloutDeviceList,
     RolloutDeviceOut,
     RolloutOut,
     RolloutPreview,
@@ -21,7 +19,7 @@ from orchestrator.domain.plans import Plan, format_duration, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import RolloutRecord
-from orchestrator.timeutil import isoformat_z
+from orchestrator.timeutil import iso_of_ms
 
 SCAN_CHUNK = 500  # cohort positions read per step while listing a rollout's devices
 SCAN_BUDGET = 20_000  # positions one listing request scans at most before it returns a cursor
@@ -102,7 +100,7 @@ def preview(plan: Plan, cohort: Cohort) -> RolloutPreview:
 def _iso_from_ms(value: str | None) -> str | None:
     if not value or not value.isdigit():
         return None
-    return isoformat_z(datetime.fromtimestamp(int(value) / 1000, tz=UTC))
+    return iso_of_ms(int(value))
 
 
 def device_out(
@@ -128,8 +126,9 @@ async def device_page(
     wanted: DeviceState | None,
     position: int,
     limit: int,
-) -> RolloutDeviceList:
-    """Up to `limit` devices (in `wanted` state) from cohort position `position` on.
+) -> tuple[list[RolloutDeviceOut], int | None]:
+    """Up to `limit` devices (in `wanted` state) from cohort position `position` on, and the
+    position the next page starts at (None: there is none).
 
     The cursor is a position in the cohort order, which a finished rollout's compaction keeps
     (store/rollout_archive.py): a cursor given before it pages on the same after it. A filtered
@@ -148,8 +147,7 @@ async def device_page(
             if not row:
                 continue
             if len(found) == limit:  # one more match: the next page starts here
-                return RolloutDeviceList(devices=found, next_cursor=str(at))
+                return found, at
             found.append(device_out(device_id, row, wave_names))
         position = stop
-    more = position < record.total
-    return RolloutDeviceList(devices=found, next_cursor=str(position) if more else None)
+    return found, position if position < record.total else None

@@ -1,7 +1,9 @@
 """`/v2/projects/{pid}/rollouts`: start a rollout from a plan (or dry-run it), read, act on it.
 
-The routes only record intent: a new rollout is `pending` and an operator action changes the
-state in Redis; the engine notices and does the work (dispatch, revoking keys, freeing devices).
+Every answer is the envelope, its `data` a rollout (`RolloutOut`), a dry run's preview, or a
+listing. The routes only record intent: a new rollout is `pending` and an operator action
+changes the state in Redis; the engine notices and does the work (dispatch, revoking keys,
+freeing devices).
 """
 
 from __future__ import annotations
@@ -20,22 +22,22 @@ from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.cursors import POSITION_CURSOR, position_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
-from orchestrator.api.listing import loaded, one_page, paged, streamed
+from orchestrator.api.listing import listed, listed_page, loaded, one_page, paged
 from orchestrator.api.openapi import PLAN_SCHEMA_NAME
 from orchestrator.api.rollout_views import device_page, load_rollout_out, preview
 from orchestrator.api.schemas import (
+    Envelope,
+    Paged,
     RolloutActionRequest,
-    RolloutDeviceList,
     RolloutDeviceOut,
     RolloutEvent,
-    RolloutEvents,
-    RolloutList,
     RolloutOut,
     RolloutPreview,
 )
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.plans import Plan
 from orchestrator.domain.states import (
+    OPERATOR_ACTIONS,
     DeviceState,
     RolloutAction,
     RolloutState,
@@ -126,9 +128,9 @@ async def _read_plan(request: Request, context: AppContext) -> Plan:
     name="create_rollout",
     status_code=201,
     openapi_extra=CREATE_BODY,
-    response_model=RolloutOut,
+    response_model=Envelope[RolloutOut],
     responses={
-        200: {"model": RolloutPreview, "description": "The dry run (?dry_run=true)"},
+        200: {"model": Envelope[RolloutPreview], "description": "The dry run (?dry_run=true)"},
         **error_responses(400, 409, 413, *IN_PROJECT),
     },
 )
@@ -138,14 +140,19 @@ async def create_rollout(
     dry_run: bool = Query(False, description="Resolve waves and exclusions; start nothing"),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.ROLLOUTS_WRITE)),
-) -> RolloutOut | JSONResponse:
+) -> Envelope[RolloutOut] | JSONResponse:
     """Start a rollout from a plan (YAML or JSON); it waits `pending` for the engine."""
     await check_project(context, principal, project_id)
     plan = await _read_plan(request, context)
     await check_files(context.stores, project_id, plan)
     cohort = await cohort_of(context.stores, project_id, plan)
     if dry_run:
-        return JSONResponse(preview(plan, cohort).model_dump(), status_code=200)
+        answer = Envelope[RolloutPreview](
+            action="create rollout",
+            message="Dry run: the waves and exclusions the plan resolves to; nothing started.",
+            data=preview(plan, cohort),
+        )
+        return JSONResponse(answer.model_dump(mode="json"), status_code=200)
     rollout_id, _ = await launch(
         context.stores, project_id, plan, cohort, created_by=principal.name
     )
@@ -162,7 +169,12 @@ async def create_rollout(
             wave_reach=record.reach,
             actor=principal.name,
         )
-    return await load_rollout_out(context.stores, record)
+    return Envelope(
+        status=201,
+        action="create rollout",
+        message="Rollout created; the engine starts it.",
+        data=await load_rollout_out(context.stores, record),
+    )
 
 
 async def _rollout(context: AppContext, project_id: str, rollout_id: str) -> RolloutRecord:
@@ -175,7 +187,7 @@ async def _rollout(context: AppContext, project_id: str, rollout_id: str) -> Rol
 @router.get(
     "/v2/projects/{project_id}/rollouts",
     name="list_rollouts",
-    response_model=RolloutList,
+    response_model=Envelope[list[RolloutOut]],
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_rollouts(
@@ -197,7 +209,7 @@ async def list_rollouts(
         return list(await asyncio.gather(*(load_rollout_out(stores, r) for r in chosen)))
 
     rollouts = loaded(await stores.rollouts.ids(project_id), load)
-    return await streamed(RolloutList(rollouts=[]), "rollouts", rollouts)
+    return await listed("list rollouts", "Rollouts listed.", rollouts)
 
 
 @router.get(
@@ -210,16 +222,21 @@ async def get_rollout(
     rollout_id: str,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
-) -> RolloutOut:
+) -> Envelope[RolloutOut]:
     """One rollout: state and reason, current wave, counts per wave and in all, failure rate."""
     await check_project(context, principal, project_id)
-    return await load_rollout_out(context.stores, await _rollout(context, project_id, rollout_id))
+    record = await _rollout(context, project_id, rollout_id)
+    return Envelope(
+        action="get rollout",
+        message="Rollout found.",
+        data=await load_rollout_out(context.stores, record),
+    )
 
 
 @router.get(
     "/v2/projects/{project_id}/rollouts/{rollout_id}/devices",
     name="list_rollout_devices",
-    response_model=RolloutDeviceList,
+    response_model=Paged[RolloutDeviceOut],
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_rollout_devices(
@@ -253,20 +270,19 @@ async def list_rollout_devices(
     record = await _rollout(context, project_id, rollout_id)
 
     async def fetch(start: int | None, size: int) -> tuple[list[RolloutDeviceOut], int | None]:
-        page = await device_page(context.stores, record, wanted, start or 0, size)
-        return page.devices, int(page.next_cursor) if page.next_cursor is not None else None
+        return await device_page(context.stores, record, wanted, start or 0, size)
 
     devices, more = await paged(fetch, position, limit)
     next_cursor = str(more) if more is not None else None
-    return await streamed(
-        RolloutDeviceList(devices=[], next_cursor=next_cursor), "devices", devices
+    return await listed_page(
+        "list rollout devices", "Rollout devices listed.", devices, next_cursor
     )
 
 
 @router.get(
     "/v2/projects/{project_id}/rollouts/{rollout_id}/events",
     name="list_rollout_events",
-    response_model=RolloutEvents,
+    response_model=Envelope[list[RolloutEvent]],
     responses=error_responses(*IN_PROJECT),
 )
 async def list_rollout_events(
@@ -280,7 +296,7 @@ async def list_rollout_events(
     await _rollout(context, project_id, rollout_id)
     events = await context.stores.rollouts.events(rollout_id)
     trail = [RolloutEvent.model_validate(event) for event in events]
-    return await streamed(RolloutEvents(events=[]), "events", one_page(trail))
+    return await listed("list rollout events", "Rollout events listed.", one_page(trail))
 
 
 async def act(
@@ -290,7 +306,7 @@ async def act(
     rollout_id: str,
     action: RolloutAction,
     body: RolloutActionRequest | None,
-) -> RolloutOut:
+) -> Envelope[RolloutOut]:
     """Apply an operator action: the transition table decides, the store applies atomically."""
     await check_project(context, principal, project_id)
     record = await _rollout(context, project_id, rollout_id)
@@ -325,16 +341,11 @@ async def act(
             max_failure_rate=view.max_failure_rate,
             counts={state: n for state, n in view.counts.items() if n},
         )
-    return view
-
-
-ACTION_DOCS = {
-    RolloutAction.PAUSE: "Stop sending to more devices (running → paused).",
-    RolloutAction.RESUME: "Carry on (paused or halted → running).",
-    RolloutAction.PROMOTE: "Start the wave waiting for approval (waiting_approval → running).",
-    RolloutAction.ABORT: "Stop for good; devices keep the firmware they have (→ aborted).",
-    RolloutAction.ROLLBACK: "Send the plan's rollback firmware (running or halted → rolling_back).",
-}
+    return Envelope(
+        action=f"{action} rollout",
+        message=f"{action.value.capitalize()} applied; the rollout is {view.state}.",
+        data=view,
+    )
 
 
 def _add_action_route(action: RolloutAction) -> None:
@@ -344,19 +355,19 @@ def _add_action_route(action: RolloutAction) -> None:
         body: RolloutActionRequest | None = None,
         context: AppContext = Depends(get_context),
         principal: Principal = Depends(require(Scope.ROLLOUTS_WRITE)),
-    ) -> RolloutOut:
+    ) -> Envelope[RolloutOut]:
         return await act(context, principal, project_id, rollout_id, action, body)
 
-    endpoint.__doc__ = ACTION_DOCS[action] + " 409 names the state when it does not allow it."
+    endpoint.__doc__ = OPERATOR_ACTIONS[action] + " 409 names the state when it does not allow it."
     router.add_api_route(
         f"/v2/projects/{{project_id}}/rollouts/{{rollout_id}}/{action.value}",
         endpoint,
         methods=["POST"],
         name=f"{action.value}_rollout",
-        response_model=RolloutOut,
+        response_model=Envelope[RolloutOut],
         responses=error_responses(400, 409, *IN_PROJECT),
     )
 
 
-for _action in ACTION_DOCS:
+for _action in OPERATOR_ACTIONS:
     _add_action_route(_action)

@@ -1,8 +1,16 @@
-"""Request and response bodies (pydantic at the edge)."""
+"""Request and response bodies (pydantic at the edge): what the API answers and the client reads.
+
+Every answer is an `Envelope[T]`: `{success, status, action, message, data}`, `data` the
+thing asked for (a list for a listing, with its paging fields such as `next_cursor` beside
+it). The seed's own shapes are the exceptions: the file listing (`FileList`), the command's
+answer (`CommandResponse`) and the answer to a delete (`Done`); and so are the probes
+(`Health`). This module imports only pydantic and the domain, so the client and the CLI
+read the same models without loading the service.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema, field_validator
 
@@ -37,13 +45,25 @@ class Reply(BaseModel):
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
 
-class Envelope(Reply):
-    """The seed's success wrapper."""
+T = TypeVar("T")
+
+
+class Envelope(Reply, Generic[T]):
+    """Every answer (seed 003's): the action in words, a sentence about it, and `data`."""
 
     success: Literal[True] = True
-    status: int
-    action: str
+    status: int = Field(default=200, description="The HTTP status, repeated")
+    action: str = Field(description="What was done, in words: the route's name")
     message: str
+    data: T
+
+
+class Paged(Envelope[list[T]], Generic[T]):
+    """A listing read a page at a time: `data` and where the next page starts."""
+
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null at the end"
+    )
 
 
 class ProjectCreate(Strict):
@@ -56,12 +76,8 @@ class ProjectOut(Reply):
     created_at: str
 
 
-class ProjectEnvelope(Envelope):
-    data: ProjectOut
-
-
-class ProjectListEnvelope(Envelope):
-    data: list[ProjectOut]
+ProjectEnvelope = Envelope[ProjectOut]
+ProjectListEnvelope = Envelope[list[ProjectOut]]
 
 
 class DeviceCreate(Strict):
@@ -117,15 +133,8 @@ class DeviceOut(Reply):
     metadata: DeviceMetadata
 
 
-class DeviceEnvelope(Envelope):
-    data: DeviceOut
-
-
-class DeviceListEnvelope(Envelope):
-    data: list[DeviceOut]
-    next_cursor: str | None = Field(
-        description="Pass as ?cursor= for the next page; null at the end"
-    )
+DeviceEnvelope = Envelope[DeviceOut]
+DeviceListEnvelope = Paged[DeviceOut]
 
 
 class Done(Reply):
@@ -213,6 +222,15 @@ class CommandResponse(Reply):
     data: CommandSent
 
 
+class DownloadReported(Reply):
+    """What nginx's report of an offloaded download did to the key."""
+
+    key_state: str = Field(
+        description="issued (resumable), spent, or lost (the claim had lapsed or was revoked)"
+    )
+    bytes_delivered: int
+
+
 class Health(Reply):
     status: Literal["ok", "unavailable"]
     redis: bool | None = None
@@ -279,10 +297,6 @@ class RolloutOut(Reply):
     actions: list[OperatorAction] = Field(description="The operator actions the state allows now")
 
 
-class RolloutList(Reply):
-    rollouts: list[RolloutOut]
-
-
 class WavePreview(Reply):
     name: str
     devices: int = Field(description="Devices this wave adds")
@@ -318,13 +332,6 @@ class RolloutDeviceOut(Reply):
     updated_at: str | None = Field(description="When the device's state last changed")
 
 
-class RolloutDeviceList(Reply):
-    devices: list[RolloutDeviceOut]
-    next_cursor: str | None = Field(
-        description="Pass as ?cursor= for the next page; null at the end"
-    )
-
-
 class RolloutEvent(Reply):
     """One entry of a rollout's audit trail (more fields may appear)."""
 
@@ -336,10 +343,9 @@ class RolloutEvent(Reply):
     from_state: str | None = Field(default=None, alias="from")
     to: str | None = None
     reason: str = ""
-
-
-class RolloutEvents(Reply):
-    events: list[RolloutEvent]
+    details: dict[str, JsonValue] | None = Field(
+        default=None, description="The figures behind the change (counts, rates), if any"
+    )
 
 
 class RolloutActionRequest(Strict):
@@ -384,14 +390,6 @@ class HookOut(Reply):
     secret: str | None = Field(None, description="Shown once, when the hook is created")
 
 
-class HookEnvelope(Envelope):
-    data: HookOut
-
-
-class HookListEnvelope(Envelope):
-    data: list[HookOut]
-
-
 class HookDeliveryOut(Reply):
     id: str
     received_at: str
@@ -403,18 +401,10 @@ class HookDeliveryOut(Reply):
     reason: str
 
 
-class HookDeliveryListEnvelope(Envelope):
-    data: list[HookDeliveryOut]
-
-
 class DeployAccepted(Reply):
     rollout_id: str | None = Field(description="The rollout the delivery starts (or started)")
     delivery_id: str
     duplicate: bool = Field(description="True when this delivery id was accepted before")
-
-
-class DeployEnvelope(Envelope):
-    data: DeployAccepted
 
 
 class NotificationCreate(Strict):
@@ -444,14 +434,6 @@ class NotificationOut(Reply):
     secret: str | None = Field(None, description="Shown once, when the subscription is made")
 
 
-class NotificationEnvelope(Envelope):
-    data: NotificationOut
-
-
-class NotificationListEnvelope(Envelope):
-    data: list[NotificationOut]
-
-
 class NoticeAttemptOut(Reply):
     at: str
     status_code: int | None
@@ -467,7 +449,3 @@ class NoticeOut(Reply):
     state: str = Field(description="pending, delivered or failed")
     attempts: list[NoticeAttemptOut]
     next_attempt_at: str | None
-
-
-class NoticeListEnvelope(Envelope):
-    data: list[NoticeOut]

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from orchestrator.cli.output import console
 from orchestrator.logs import configure_logging
 from orchestrator.simulator import parse_rate
 
@@ -50,11 +50,11 @@ def demo(
             f"{plan_path} does not exist; pass --plan with a plan file", param_hint="--plan"
         )
     configure_logging("console", "warning")  # the progress view is the output; problems only
-    console = Console(highlight=False)
+    out = console()
     result = run_demo(
-        devices=devices, fail_rate=rate, plan_path=plan_path, timeout_s=timeout, console=console
+        devices=devices, fail_rate=rate, plan_path=plan_path, timeout_s=timeout, console=out
     )
-    print_summary(result, console)
+    print_summary(result, out)
 
 
 def register(app: typer.Typer) -> None:

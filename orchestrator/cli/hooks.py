@@ -9,15 +9,16 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
+from orchestrator.api.schemas import HookDeliveryOut, HookOut
+from orchestrator.cli.output import console, print_json
 from orchestrator.cli.plans import Unreadable, read_plan_text
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, print_json, run, server
+from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, Server, run, server
+from orchestrator.cli.webhooks import Secret, WebhookVerbs, add_verbs
 from orchestrator.client import ApiError
 from orchestrator.domain.hooks import parse_template
 from orchestrator.errors import InvalidInput
@@ -27,20 +28,20 @@ hooks_app = typer.Typer(
     no_args_is_help=True,
 )
 
-HookId = Annotated[str, typer.Argument(help="The hook's id", metavar="ID")]
 DELIVERY_STYLE = {"accepted": "yellow", "started": "green", "failed": "red"}
 # The service locates template problems as `plan:LINE:COLUMN:`; the user knows it as a file.
 SERVICE_SOURCE = re.compile(r"\bplan:(\d+):(\d+):")
 SAMPLE_BODY = '{"version": "2.1.0", "file": "fw-2.1.0.bin"}'
 
 
-def _console() -> Console:
-    return Console(highlight=False)
-
-
 def delivery_url(url: str, api_url: str) -> str:
     """The hook's URL as a sender needs it: absolute, on the API's address if given as a path."""
     return api_url.rstrip("/") + url if url.startswith("/") else url
+
+
+def _absolute(target: Server, hook: HookOut) -> HookOut:
+    """The hook with its delivery URL as a sender needs it."""
+    return hook.model_copy(update={"url": delivery_url(hook.url, target.api_url)})
 
 
 def _template(path: Path) -> str:
@@ -95,13 +96,7 @@ def create_hook(
             show_default=False,
         ),
     ],
-    secret: Annotated[
-        str | None,
-        typer.Option(
-            help="The HMAC secret senders sign with (16+ characters); generated when left out",
-            show_default=False,
-        ),
-    ] = None,
+    secret: Secret = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     project: Project = None,
@@ -119,103 +114,68 @@ def create_hook(
         # A service whose checks differ from this CLI's: its `plan:` is this file.
         typer.echo(f"{plan}:{exc.message[located.start() + len('plan:') :]}", err=True)
         raise typer.Exit(1) from None
-    url = delivery_url(hook["url"], target.api_url)
+    hook = _absolute(target, hook)
     if as_json:
-        print_json({**hook, "url": url})
+        print_json(hook)
         return
-    console = _console()
-    console.print(f"hook    {hook['id']}  ({hook['name']})")
-    console.print(f"url     {url}")
-    console.print(f"secret  {hook['secret']}  (shown only now)")
-    console.print(
+    url, out = hook.url, console()
+    out.print(f"hook    {hook.id}  ({hook.name})")
+    out.print(f"url     {url}")
+    out.print(f"secret  {hook.secret}  (shown only now)")
+    out.print(
         f"GitHub: repository Settings → Webhooks → Add webhook: Payload URL {url}, Content type "
         "application/json, Secret as above, events: Releases.",
         style="dim",
         soft_wrap=True,
     )
-    console.print("Any other sender, signed the same way:", style="dim")
-    console.print(_curl(url, hook["secret"]), style="dim", soft_wrap=True, markup=False)
+    out.print("Any other sender, signed the same way:", style="dim")
+    out.print(_curl(url, hook.secret or ""), style="dim", soft_wrap=True, markup=False)
 
 
-@hooks_app.command("list")
-def list_hooks(
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
-) -> None:
-    """The project's hooks (their secrets are never shown again)."""
-    target = server(api_url, api_key, project)
-    hooks = [
-        {**hook, "url": delivery_url(hook["url"], target.api_url)}
-        for hook in run(lambda api: api.hooks(), target)
-    ]
-    if as_json:
-        print_json(hooks)
-        return
-    console = _console()
-    if not hooks:
-        console.print("no hooks; add one with: ota hooks create --name N --plan FILE")
-        return
-    table = Table(box=None, header_style="dim")
-    for column in ("id", "name", "url", "created"):
-        table.add_column(column, overflow="fold")
-    for hook in hooks:
-        table.add_row(hook["id"], hook["name"], hook["url"], hook.get("created_at", ""))
-    console.print(table)
-
-
-@hooks_app.command("delete")
-def delete_hook(
-    hook_id: HookId,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
-) -> None:
-    """Delete a hook: its URL answers 404 from now on; rollouts it started go on."""
-    answer = run(lambda api: api.delete_hook(hook_id), server(api_url, api_key, project))
-    if as_json:
-        print_json(answer)
-        return
-    typer.echo(f"deleted hook {hook_id}")
-
-
-@hooks_app.command("deliveries")
-def deliveries(
-    hook_id: HookId,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
-) -> None:
-    """The hook's deliveries of the last 24 hours, newest first, and what each one started."""
-    found: list[dict[str, Any]] = run(
-        lambda api: api.hook_deliveries(hook_id), server(api_url, api_key, project)
+def _delivery_row(delivery: HookDeliveryOut) -> tuple[str | Text, ...]:
+    return (
+        delivery.received_at,
+        delivery.id,
+        delivery.scheme,
+        delivery.version,
+        delivery.file,
+        Text(delivery.status, style=DELIVERY_STYLE.get(delivery.status, "")),
+        delivery.rollout_id,
+        delivery.reason,
     )
-    if as_json:
-        print_json(found)
-        return
-    console = _console()
-    if not found:
-        console.print(f"no deliveries to hook {hook_id} in the last 24 hours")
-        return
-    table = Table(box=None, header_style="dim")
-    for column in ("received", "id", "scheme", "version", "file", "status", "rollout", "reason"):
-        table.add_column(column, overflow="fold")
-    for delivery in found:
-        state = delivery.get("status", "")
-        table.add_row(
-            delivery.get("received_at", ""),
-            delivery.get("id", ""),
-            delivery.get("scheme", ""),
-            delivery.get("version", ""),
-            delivery.get("file") or "",
-            Text(state, style=DELIVERY_STYLE.get(state, "")),
-            delivery.get("rollout_id") or "",
-            delivery.get("reason") or "",
-        )
-    console.print(table)
+
+
+add_verbs(
+    hooks_app,
+    WebhookVerbs(
+        noun="hook",
+        id_help="The hook's id",
+        kept_for="24 hours",
+        list_doc="The project's hooks (their secrets are never shown again).",
+        delete_doc="Delete a hook: its URL answers 404 from now on; rollouts it started go on.",
+        deliveries_doc=(
+            "The hook's deliveries of the last 24 hours, newest first, and what each one started."
+        ),
+        none="no hooks; add one with: ota hooks create --name N --plan FILE",
+        records=lambda api: api.hooks(),
+        delete=lambda api, hook_id: api.delete_hook(hook_id),
+        deliveries=lambda api, hook_id: api.hook_deliveries(hook_id),
+        columns=("id", "name", "url", "created"),
+        row=lambda hook: (hook.id, hook.name, hook.url, hook.created_at),
+        delivery_columns=(
+            "received",
+            "id",
+            "scheme",
+            "version",
+            "file",
+            "status",
+            "rollout",
+            "reason",
+        ),
+        delivery_row=_delivery_row,
+        shown=_absolute,
+    ),
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,14 +7,15 @@ is kept.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, print_json, run, server
+from orchestrator.api.schemas import NoticeAttemptOut, NoticeOut, NotificationOut
+from orchestrator.cli.output import console, print_json
+from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, run, server
+from orchestrator.cli.webhooks import Secret, WebhookVerbs, add_verbs
 from orchestrator.domain.notices import Notice
 
 notifications_app = typer.Typer(
@@ -23,12 +24,7 @@ notifications_app = typer.Typer(
 )
 
 EVENTS = tuple(notice.value for notice in Notice)
-NotificationId = Annotated[str, typer.Argument(help="The subscription's id", metavar="ID")]
 STATE_STYLE = {"pending": "yellow", "delivered": "green", "failed": "red"}
-
-
-def _console() -> Console:
-    return Console(highlight=False)
 
 
 def checked_events(events: list[str] | None) -> list[str] | None:
@@ -50,14 +46,14 @@ def _events_text(events: list[str] | None) -> str:
     return ", ".join(events) if events else "every event"
 
 
-def _last_status(attempts: list[dict[str, Any]]) -> str:
+def _last_status(attempts: list[NoticeAttemptOut]) -> str:
     """The last attempt's HTTP status, or its error when there was no answer."""
     if not attempts:
         return ""
     last = attempts[-1]
-    if last.get("status_code") is not None:
-        return str(last["status_code"])
-    return str(last.get("error") or "")
+    if last.status_code is not None:
+        return str(last.status_code)
+    return last.error or ""
 
 
 @notifications_app.command("create")
@@ -70,13 +66,7 @@ def create_notification(
             show_default=False,
         ),
     ] = None,
-    secret: Annotated[
-        str | None,
-        typer.Option(
-            help="The HMAC secret deliveries are signed with; generated when left out",
-            show_default=False,
-        ),
-    ] = None,
+    secret: Secret = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     project: Project = None,
@@ -90,98 +80,64 @@ def create_notification(
     if as_json:
         print_json(created)
         return
-    console = _console()
-    console.print(f"notification  {created['id']}")
-    console.print(f"url           {created['url']}")
-    console.print(f"events        {_events_text(created.get('events'))}")
-    console.print(f"secret        {created['secret']}  (shown only now)")
+    out = console()
+    out.print(f"notification  {created.id}")
+    out.print(f"url           {created.url}")
+    out.print(f"events        {_events_text(created.events)}")
+    out.print(f"secret        {created.secret}  (shown only now)")
 
 
-@notifications_app.command("list")
-def list_notifications(
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
-) -> None:
-    """The project's notification subscriptions (their secrets are never shown again)."""
-    subscriptions = run(lambda api: api.notifications(), server(api_url, api_key, project))
-    if as_json:
-        print_json(subscriptions)
-        return
-    console = _console()
-    if not subscriptions:
-        console.print("no notifications; add one with: ota notifications create --url URL")
-        return
-    table = Table(box=None, header_style="dim")
-    for column in ("id", "url", "events", "created"):
-        table.add_column(column, overflow="fold")
-    for subscription in subscriptions:
-        table.add_row(
-            subscription["id"],
-            subscription["url"],
-            _events_text(subscription.get("events")),
-            subscription.get("created_at", ""),
-        )
-    console.print(table)
-
-
-@notifications_app.command("delete")
-def delete_notification(
-    notification_id: NotificationId,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
-) -> None:
-    """Delete a subscription; notices still queued for it are not sent."""
-    answer = run(
-        lambda api: api.delete_notification(notification_id), server(api_url, api_key, project)
+def _row(subscription: NotificationOut) -> tuple[str, ...]:
+    return (
+        subscription.id,
+        subscription.url,
+        _events_text(subscription.events),
+        subscription.created_at,
     )
-    if as_json:
-        print_json(answer)
-        return
-    typer.echo(f"deleted notification {notification_id}")
 
 
-@notifications_app.command("deliveries")
-def deliveries(
-    notification_id: NotificationId,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
-) -> None:
-    """The subscription's notices of the last 7 days, newest first, with their attempts."""
-    notices = run(
-        lambda api: api.notification_deliveries(notification_id),
-        server(api_url, api_key, project),
+def _delivery_row(notice: NoticeOut) -> tuple[str | Text, ...]:
+    return (
+        notice.created_at,
+        notice.type,
+        notice.rollout_id,
+        Text(notice.state, style=STATE_STYLE.get(notice.state, "")),
+        str(len(notice.attempts)),
+        _last_status(notice.attempts),
+        notice.next_attempt_at or "",
     )
-    if as_json:
-        print_json(notices)
-        return
-    console = _console()
-    if not notices:
-        console.print(f"no deliveries to notification {notification_id} in the last 7 days")
-        return
-    table = Table(box=None, header_style="dim")
-    for column in ("created", "event", "rollout", "state", "attempts", "last", "next attempt"):
-        table.add_column(
-            column, overflow="fold", justify="right" if column == "attempts" else "left"
-        )
-    for notice in notices:
-        attempts = notice.get("attempts") or []
-        state = notice.get("state", "")
-        table.add_row(
-            notice.get("created_at", ""),
-            notice.get("type", ""),
-            notice.get("rollout_id", ""),
-            Text(state, style=STATE_STYLE.get(state, "")),
-            str(len(attempts)),
-            _last_status(attempts),
-            notice.get("next_attempt_at") or "",
-        )
-    console.print(table)
+
+
+add_verbs(
+    notifications_app,
+    WebhookVerbs(
+        noun="notification",
+        id_help="The subscription's id",
+        kept_for="7 days",
+        list_doc="The project's notification subscriptions (their secrets are never shown again).",
+        delete_doc="Delete a subscription; notices still queued for it are not sent.",
+        deliveries_doc=(
+            "The subscription's notices of the last 7 days, newest first, with their attempts."
+        ),
+        none="no notifications; add one with: ota notifications create --url URL",
+        records=lambda api: api.notifications(),
+        delete=lambda api, subscription_id: api.delete_notification(subscription_id),
+        deliveries=lambda api, subscription_id: api.notification_deliveries(subscription_id),
+        columns=("id", "url", "events", "created"),
+        row=_row,
+        delivery_columns=(
+            "created",
+            "event",
+            "rollout",
+            "state",
+            "attempts",
+            "last",
+            "next attempt",
+        ),
+        delivery_row=_delivery_row,
+        right=("attempts",),
+    ),
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -13,6 +12,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.api.schemas import RolloutOut
 from orchestrator.client import ApiClient
 from orchestrator.domain.states import FINAL_DEVICE_STATES, TERMINAL_ROLLOUT_STATES, RolloutState
 
@@ -79,21 +79,21 @@ def _failure_bar(rate: float, limit: float) -> RenderableType:
     return table
 
 
-def render(rollout: Mapping[str, Any]) -> RenderableType:
+def render(rollout: RolloutOut) -> RenderableType:
     """One rollout as the API returns it, for the terminal."""
-    state = str(rollout["state"])
+    state = rollout.state
     title = Text()
-    title.append(str(rollout["name"]), style="bold")
-    title.append(f"  {rollout['id']}  ", style="dim")
+    title.append(rollout.name, style="bold")
+    title.append(f"  {rollout.id}  ", style="dim")
     title.append(state, style=STATE_STYLE.get(state, ""))
-    waves = rollout.get("waves", [])
+    waves = rollout.waves
     if state in ("running", "paused", "waiting_approval") and waves:
-        title.append(f"  wave {rollout['wave_index'] + 1} of {len(waves)} ({rollout['wave']})")
-    firmware = rollout.get("firmware") or {}
-    sub = Text(f"firmware {firmware.get('version') or '?'} ({firmware.get('file', '?')})")
-    if rollout.get("rollback"):
-        sub.append(f"  rollback {rollout['rollback'].get('version') or '?'}", style="dim")
-    sub.append(f"  {rollout.get('total', 0)} devices", style="dim")
+        title.append(f"  wave {rollout.wave_index + 1} of {len(waves)} ({rollout.wave})")
+    firmware = rollout.firmware
+    sub = Text(f"firmware {firmware.version or '?'} ({firmware.file})")
+    if rollout.rollback:
+        sub.append(f"  rollback {rollout.rollback.version or '?'}", style="dim")
+    sub.append(f"  {rollout.total} devices", style="dim")
 
     table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
     table.add_column("wave")
@@ -101,37 +101,35 @@ def render(rollout: Mapping[str, Any]) -> RenderableType:
     table.add_column("done", justify="right")
     table.add_column("devices by state")
     for index, wave in enumerate(waves):
-        counts: Mapping[str, int] = wave.get("counts", {})
+        counts = wave.counts
         size = sum(counts.values())
         done = sum(n for s, n in counts.items() if s in FINAL)
-        name = Text(str(wave["name"]), style="bold" if index == rollout.get("wave_index") else "")
+        name = Text(wave.name, style="bold" if index == rollout.wave_index else "")
         bar = ProgressBar(total=max(size, 1), completed=done if size else 0, width=24)
         table.add_row(name, bar, f"{done}/{size}", counts_text(counts))
 
     parts: list[RenderableType] = [title, sub, table]
-    parts.append(
-        _failure_bar(float(rollout.get("failure_rate", 0)), float(rollout["max_failure_rate"]))
-    )
-    parts.append(Text("all ").append_text(counts_text(rollout.get("counts", {}))))
-    if rollout.get("reason"):
-        parts.append(Text(f"reason: {rollout['reason']}", style="italic"))
+    parts.append(_failure_bar(rollout.failure_rate, rollout.max_failure_rate))
+    parts.append(Text("all ").append_text(counts_text(rollout.counts)))
+    if rollout.reason:
+        parts.append(Text(f"reason: {rollout.reason}", style="italic"))
     hint = HINTS.get(state)
     if hint:
-        parts.append(Text(hint.format(id=rollout["id"]), style="yellow"))
+        parts.append(Text(hint.format(id=rollout.id), style="yellow"))
     return Group(*parts)
 
 
-async def watch(api: ApiClient, rollout_id: str, console: Console) -> dict[str, Any]:
+async def watch(api: ApiClient, rollout_id: str, console: Console) -> RolloutOut:
     """Redraw the rollout every second until it ends (or halts); the last view read."""
     rollout = await api.rollout(rollout_id)
     with Live(render(rollout), console=console, refresh_per_second=4, transient=False) as live:
-        while rollout["state"] not in ENDED:
+        while rollout.state not in ENDED:
             await asyncio.sleep(POLL_S)
             rollout = await api.rollout(rollout_id)
             live.update(render(rollout))
     return rollout
 
 
-def exit_code(rollout: Mapping[str, Any]) -> int:
+def exit_code(rollout: RolloutOut) -> int:
     """0 for a completed rollout, 1 for any other end."""
-    return 0 if rollout["state"] == RolloutState.COMPLETED.value else 1
+    return 0 if rollout.state is RolloutState.COMPLETED else 1

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, print_json, run, server
+from orchestrator.api.schemas import DeviceOut, FileListItem
+from orchestrator.cli.output import console, print_json, table
+from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, run, server
 from orchestrator.client import ApiClient
 from orchestrator.errors import InvalidInput
 from orchestrator.jsonutil import loads
@@ -44,9 +44,8 @@ def create_device(
     if as_json:
         print_json(device)
         return
-    metadata = device.get("metadata", {})
-    typer.echo(f"device_id    {metadata.get('device_id', device.get('id'))}")
-    typer.echo(f"device_token {metadata.get('device_token', '')}  (shown only now)")
+    typer.echo(f"device_id    {device.metadata.device_id}")
+    typer.echo(f"device_token {device.metadata.device_token or ''}  (shown only now)")
 
 
 @devices_app.command("list")
@@ -59,27 +58,25 @@ def list_devices(
 ) -> None:
     """The project's devices."""
 
-    async def collect(api: ApiClient) -> list[dict[str, Any]]:
+    async def collect(api: ApiClient) -> list[DeviceOut]:
         return [device async for device in api.devices(tag=tag)]
 
     devices = run(collect, server(api_url, api_key, project))
     if as_json:
         print_json(devices)
         return
-    table = Table(box=None, header_style="dim")
-    for column in ("id", "name", "source", "brand", "model", "tags", "last seen"):
-        table.add_column(column)
+    listed = table(("id", "name", "source", "brand", "model", "tags", "last seen"))
     for device in devices:
-        table.add_row(
-            device["id"],
-            device["name"],
-            device["source"],
-            device["brand"],
-            device["model"],
-            ",".join(device.get("tags", [])),
-            device.get("last_seen", ""),
+        listed.add_row(
+            device.id,
+            device.name,
+            device.source,
+            device.brand,
+            device.model,
+            ",".join(device.tags),
+            device.last_seen,
         )
-    Console(highlight=False).print(table)
+    console().print(listed)
     typer.echo(f"{len(devices)} devices")
 
 
@@ -103,7 +100,7 @@ def upload_file(
     if as_json:
         print_json(stored)
         return
-    typer.echo(f"uploaded {stored['name']}  {stored['size']} bytes  sha256 {stored['sha256']}")
+    typer.echo(f"uploaded {stored.name}  {stored.size} bytes  sha256 {stored.sha256}")
 
 
 @files_app.command("list")
@@ -116,26 +113,19 @@ def list_files(
 ) -> None:
     """The project's files."""
 
-    async def collect(api: ApiClient) -> list[dict[str, Any]]:
-        kinds = [type_] if type_ else ["firmware", "logo"]  # the API lists one type at a time
-        return [{**f, "type": kind} for kind in kinds for f in await api.files(type_=kind)]
-
-    files = run(collect, server(api_url, api_key, project))
+    kinds = [type_] if type_ else ["firmware", "logo"]  # the API lists one type at a time
+    files = run(lambda api: _files_of(api, kinds), server(api_url, api_key, project))
     if as_json:
         print_json(files)
         return
-    table = Table(box=None, header_style="dim")
-    for column in ("name", "type", "size", "uploaded", "description"):
-        table.add_column(column, justify="right" if column == "size" else "left")
+    listed = table(("name", "type", "size", "uploaded", "description"), right=("size",))
     for stored in files:
-        table.add_row(
-            stored["name"],
-            stored.get("type", ""),
-            str(stored["size"]),
-            stored["time"],
-            stored.get("description", ""),
-        )
-    Console(highlight=False).print(table)
+        listed.add_row(stored.name, stored.type, str(stored.size), stored.time, stored.description)
+    console().print(listed)
+
+
+async def _files_of(api: ApiClient, kinds: list[str]) -> list[FileListItem]:
+    return [f for kind in kinds for f in await api.files(type_=kind)]
 
 
 def send(
@@ -166,7 +156,7 @@ def send(
     if as_json:
         print_json(sent)
         return
-    typer.echo(f"sent {command} to {device_id}: command_id {sent.get('command_id', '?')}")
+    typer.echo(f"sent {command} to {device_id}: command_id {sent.command_id}")
 
 
 def register(app: typer.Typer) -> None:

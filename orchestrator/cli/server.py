@@ -1,4 +1,4 @@
-"""What every server verb shares: --api-url/--api-key/--project, the client, JSON output.
+"""What every server verb shares: --api-url/--api-key/--project and the client.
 
 The three values come from the options, else from `OTA_API_URL`, `OTA_API_KEY` and
 `OTA_PROJECT`, else from the `credentials.env` that `ota serve` writes into its data directory
@@ -8,12 +8,11 @@ on first start (`.ota/credentials.env`), so a local service needs no setup at al
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -94,8 +93,3 @@ def run(work: Callable[[ApiClient], Awaitable[T]], target: Server) -> T:
             return await work(api)
 
     return asyncio.run(go())
-
-
-def print_json(value: Any) -> None:
-    """`value` as indented JSON on stdout."""
-    typer.echo(json.dumps(value, indent=2, ensure_ascii=False))

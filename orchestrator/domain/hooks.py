@@ -96,6 +96,11 @@ def check_secret(secret: str) -> str:
     return secret
 
 
+def secret_or_new(secret: str | None) -> str:
+    """The secret given, once checked (`check_secret`), or a new one when none is given."""
+    return new_secret() if secret is None else check_secret(secret)
+
+
 def _standard_key(secret: str) -> bytes:
     if secret.startswith(SECRET_PREFIX):
         return base64.b64decode(secret.removeprefix(SECRET_PREFIX))

@@ -68,15 +68,25 @@ class RolloutAction(StrEnum):
     ROLLBACK_INCOMPLETE = "rollback_incomplete"
 
 
-OPERATOR_ACTIONS = frozenset(
-    {
-        RolloutAction.PAUSE,
-        RolloutAction.RESUME,
-        RolloutAction.PROMOTE,
-        RolloutAction.ABORT,
-        RolloutAction.ROLLBACK,
-    }
-)
+# The actions a person takes (API routes, CLI verbs), in the order they are shown, with what
+# each does.
+OPERATOR_ACTIONS: dict[RolloutAction, str] = {
+    RolloutAction.PAUSE: (
+        "Stop sending to more devices; devices already sent go on (running → paused)."
+    ),
+    RolloutAction.RESUME: "Carry on sending (paused or halted → running).",
+    RolloutAction.PROMOTE: (
+        "Start the wave that waits for manual approval (waiting_approval → running)."
+    ),
+    RolloutAction.ABORT: (
+        "Stop for good: unused download keys are revoked, devices not yet sent are "
+        "cancelled, devices keep the firmware they have (→ aborted)."
+    ),
+    RolloutAction.ROLLBACK: (
+        "Send the plan's rollback firmware to every device that took the new one "
+        "(running or halted → rolling_back)."
+    ),
+}
 
 _R = RolloutState
 _A = RolloutAction
@@ -98,7 +108,7 @@ ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutAction], RolloutState] = {
 
 
 class InvalidTransition(Conflict):
-    """An action the rollout's state does not allow (HTTP 409, naming the state)."""
+    """An action the rollout's state does not allow (a Conflict, naming the state)."""
 
 
 def allowed_actions(state: RolloutState) -> list[RolloutAction]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import UTC, datetime
 
 import structlog
 
@@ -25,7 +24,7 @@ from orchestrator.store.download_keys import DownloadKey
 from orchestrator.store.files import StoredFile
 from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.supervisor import spawn
-from orchestrator.timeutil import isoformat_z, utc_now
+from orchestrator.timeutil import iso_of_ms, isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -173,8 +172,7 @@ class CommandSender:
         context = self._context
         public_url = context.settings.public_url
         expiry = {  # most batches share one expiry
-            ms: isoformat_z(datetime.fromtimestamp(ms / 1000, UTC))
-            for ms in {k.expires_at_ms for k in keys}
+            ms: iso_of_ms(ms) for ms in {k.expires_at_ms for k in keys}
         }
 
         async def publish_one(key: DownloadKey) -> str | None:

@@ -16,8 +16,7 @@ import dataclasses
 import resource
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import httpx
 import structlog
@@ -81,12 +80,7 @@ class Fleet:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
     @property
@@ -227,15 +221,13 @@ class Fleet:
 
     async def _still_registered(self, booked: list[DeviceIdentity]) -> list[DeviceIdentity]:
         """The booked devices the service still has, with the tags and names it has for them."""
-        registered: dict[str, dict[str, Any]] = {}
-        async for device in self.api.devices():
-            registered[device.get("metadata", {}).get("device_id") or device["id"]] = device
+        registered = {device.id: device async for device in self.api.devices()}
         kept = []
         for identity in booked:
             current = registered.get(identity.id)
             if current is not None:
-                tags = tuple(current.get("tags", identity.tags))
-                kept.append(dataclasses.replace(identity, name=current.get("name", ""), tags=tags))
+                tags = tuple(current.tags)
+                kept.append(dataclasses.replace(identity, name=current.name, tags=tags))
         if len(kept) < len(booked):
             log.info(
                 "devices deleted from the service left the book", count=len(booked) - len(kept)
@@ -263,13 +255,12 @@ class Fleet:
                 except Exception as exc:  # the first error ends the creation; it is raised below
                     failures.append(exc)
                     return
-                metadata = data["metadata"]
                 created.append(
                     DeviceIdentity(
-                        id=metadata["device_id"],
-                        token=metadata["device_token"],
-                        name=data.get("name", ""),
-                        tags=tuple(data.get("tags", tags)),
+                        id=data.id,
+                        token=data.metadata.device_token or "",
+                        name=data.name,
+                        tags=tuple(data.tags),
                     )
                 )
                 if self.book is not None and len(created) % SAVE_EVERY == 0:

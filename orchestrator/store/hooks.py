@@ -14,10 +14,12 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Self
 
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Redis, fields, load_script, members, translated
+from orchestrator.store.redis import Redis, load_script, translated
 from orchestrator.store.rollouts import now_ms
+from orchestrator.store.webhooks import Webhook, WebhookStore
 
 DELIVERY_TTL_S = 24 * 3600
 DELIVERIES_KEPT = 1000  # per hook, newest
@@ -25,16 +27,16 @@ REQUESTS_KEPT = 100_000  # deploy requests kept in the stream (approximately)
 
 
 @dataclass(frozen=True)
-class Hook:
+class Hook(Webhook):
     """A deploy hook: a plan template and the secret deliveries are signed with."""
 
-    id: str
-    project_id: str
     name: str
     plan: str
-    secret: str
-    created_at: str
-    created_by: str
+
+    @classmethod
+    def of_stored(cls, raw: Mapping[str, str]) -> Self:
+        """The hook from its hash fields."""
+        return cls(**cls._common(raw), name=raw["name"], plan=raw["plan"])
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class Delivery:
     reason: str
 
 
+DELIVERY_FIELDS = tuple(field.name for field in dataclasses.fields(Delivery) if field.name != "id")
+
+
 @dataclass(frozen=True)
 class DeployRequest:
     """An accepted delivery on its way to an engine."""
@@ -61,18 +66,6 @@ class DeployRequest:
     rollout_id: str
     plan: str  # the rendered plan text
     actor: str
-
-
-def _hook(raw: Mapping[str, str]) -> Hook:
-    return Hook(
-        id=raw["id"],
-        project_id=raw["project_id"],
-        name=raw["name"],
-        plan=raw["plan"],
-        secret=raw["secret"],
-        created_at=raw["created_at"],
-        created_by=raw.get("created_by", ""),
-    )
 
 
 def request_of(raw: Mapping[str, str]) -> DeployRequest:
@@ -87,53 +80,47 @@ def request_of(raw: Mapping[str, str]) -> DeployRequest:
     )
 
 
-class HookStore:
+class HookStore(WebhookStore[Hook, Delivery]):
     """Register hooks, accept deliveries once, record what each delivery started."""
 
+    record_type = Hook
+    kept = DELIVERIES_KEPT
+
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
-        self._redis = redis
-        self._keys = keys
+        super().__init__(redis, keys)
         self._accept = load_script(redis, "hook_accept")
         self._settle = load_script(redis, "hook_settle")
+
+    def _key(self, record_id: str) -> str:
+        return self._keys.hook(record_id)
+
+    def _index(self, project_id: str) -> str:
+        return self._keys.project_hooks(project_id)
+
+    def _deliveries_index(self, record_id: str) -> str:
+        return self._keys.hook_deliveries(record_id)
+
+    def _delivery_key(self, record_id: str, delivery_id: str) -> str:
+        return self._keys.hook_delivery(record_id, delivery_id)
+
+    def _delivery(self, delivery_id: str, raw: Mapping[str, str]) -> Delivery:
+        return Delivery(id=delivery_id, **{name: raw.get(name, "") for name in DELIVERY_FIELDS})
 
     @translated
     async def create(
         self, *, project_id: str, name: str, plan: str, secret: str, created_at: str, by: str
     ) -> Hook:
         """A new hook with a random id."""
-        hook = Hook(str(uuid.uuid4()), project_id, name, plan, secret, created_at, by)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._keys.hook(hook.id),
-                mapping={k: str(v) for k, v in dataclasses.asdict(hook).items()},
-            )
-            pipe.zadd(self._keys.project_hooks(project_id), {hook.id: 0})
-            await pipe.execute()
-        return hook
-
-    @translated
-    async def get(self, hook_id: str) -> Hook | None:
-        """The hook, or None."""
-        raw = fields(await self._redis.hgetall(self._keys.hook(hook_id)))
-        return _hook(raw) if raw else None
-
-    @translated
-    async def of_project(self, project_id: str) -> list[Hook]:
-        """The project's hooks, by id."""
-        ids = members(await self._redis.zrange(self._keys.project_hooks(project_id), 0, -1))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for hook_id in ids:
-                pipe.hgetall(self._keys.hook(hook_id))
-            replies = await pipe.execute()
-        return [_hook(fields(raw)) for raw in replies if raw]
-
-    @translated
-    async def delete(self, hook: Hook) -> None:
-        """Forget the hook; deliveries already accepted still start their rollouts."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keys.hook(hook.id), self._keys.hook_deliveries(hook.id))
-            pipe.zrem(self._keys.project_hooks(hook.project_id), hook.id)
-            await pipe.execute()
+        hook = Hook(
+            id=str(uuid.uuid4()),
+            project_id=project_id,
+            secret=secret,
+            created_at=created_at,
+            created_by=by,
+            name=name,
+            plan=plan,
+        )
+        return await self._add(hook)
 
     @translated
     async def accept(
@@ -194,31 +181,3 @@ class HookStore:
         await self._settle(
             keys=[self._keys.hook_delivery(hook_id, delivery_id)], args=[status, reason]
         )
-
-    @translated
-    async def deliveries(self, hook_id: str, limit: int = 100) -> list[Delivery]:
-        """The hook's deliveries of the last 24 hours, newest first."""
-        ids = members(
-            await self._redis.zrevrange(self._keys.hook_deliveries(hook_id), 0, limit - 1)
-        )
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for delivery_id in ids:
-                pipe.hgetall(self._keys.hook_delivery(hook_id, delivery_id))
-            replies = await pipe.execute()
-        found = []
-        for delivery_id, reply in zip(ids, replies, strict=True):
-            raw = fields(reply)
-            if raw:
-                found.append(
-                    Delivery(
-                        id=delivery_id,
-                        received_at=raw.get("received_at", ""),
-                        scheme=raw.get("scheme", ""),
-                        version=raw.get("version", ""),
-                        file=raw.get("file", ""),
-                        rollout_id=raw.get("rollout_id", ""),
-                        status=raw.get("status", ""),
-                        reason=raw.get("reason", ""),
-                    )
-                )
-        return found

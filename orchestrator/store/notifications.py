@@ -12,27 +12,33 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Redis, fields, load_script, members, translated
+from orchestrator.store.redis import Redis, load_script, translated
 from orchestrator.store.rollouts import now_ms
+from orchestrator.store.webhooks import Webhook, WebhookStore
 
 NOTICE_TTL_S = 7 * 24 * 3600
 NOTICES_KEPT = 1000  # per subscription, newest
 
 
 @dataclass(frozen=True)
-class Subscription:
+class Subscription(Webhook):
     """Where a project's rollout events go, which ones, and the secret they are signed with."""
 
-    id: str
-    project_id: str
     url: str
     events: tuple[str, ...]  # empty: every event
-    secret: str
-    created_at: str
-    created_by: str
+
+    def stored(self) -> dict[str, str]:
+        """The record's hash fields (the events as a JSON list)."""
+        return {**super().stored(), "events": json.dumps(list(self.events))}
+
+    @classmethod
+    def of_stored(cls, raw: Mapping[str, str]) -> Self:
+        """The subscription from its hash fields."""
+        events = tuple(json.loads(raw.get("events") or "[]"))
+        return cls(**cls._common(raw), url=raw["url"], events=events)
 
     def wants(self, notice: str) -> bool:
         """True when the subscription asked for this event (or for every event)."""
@@ -54,18 +60,6 @@ class NoticeDelivery:
     next_attempt_ms: int | None = None
 
 
-def _subscription(raw: Mapping[str, str]) -> Subscription:
-    return Subscription(
-        id=raw["id"],
-        project_id=raw["project_id"],
-        url=raw["url"],
-        events=tuple(json.loads(raw.get("events") or "[]")),
-        secret=raw["secret"],
-        created_at=raw["created_at"],
-        created_by=raw.get("created_by", ""),
-    )
-
-
 def _notice(raw: Mapping[str, str]) -> NoticeDelivery:
     next_ms = raw.get("next_attempt_ms", "")
     return NoticeDelivery(
@@ -81,15 +75,32 @@ def _notice(raw: Mapping[str, str]) -> NoticeDelivery:
     )
 
 
-class NotificationStore:
+class NotificationStore(WebhookStore[Subscription, NoticeDelivery]):
     """Subscriptions, and the notices queued, claimed and recorded for them."""
 
+    record_type = Subscription
+    kept = NOTICES_KEPT
+
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
-        self._redis = redis
-        self._keys = keys
+        super().__init__(redis, keys)
         self._enqueue = load_script(redis, "notice_enqueue")
         self._claim = load_script(redis, "notice_claim")
         self._record = load_script(redis, "notice_record")
+
+    def _key(self, record_id: str) -> str:
+        return self._keys.notification(record_id)
+
+    def _index(self, project_id: str) -> str:
+        return self._keys.project_notifications(project_id)
+
+    def _deliveries_index(self, record_id: str) -> str:
+        return self._keys.notification_deliveries(record_id)
+
+    def _delivery_key(self, record_id: str, delivery_id: str) -> str:
+        return self._keys.notice_delivery(delivery_id)
+
+    def _delivery(self, delivery_id: str, raw: Mapping[str, str]) -> NoticeDelivery:
+        return _notice(raw)
 
     @translated
     async def create(
@@ -104,49 +115,15 @@ class NotificationStore:
     ) -> Subscription:
         """A new subscription with a random id."""
         subscription = Subscription(
-            str(uuid.uuid4()), project_id, url, tuple(events), secret, created_at, by
+            id=str(uuid.uuid4()),
+            project_id=project_id,
+            secret=secret,
+            created_at=created_at,
+            created_by=by,
+            url=url,
+            events=tuple(events),
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._keys.notification(subscription.id),
-                mapping={
-                    "id": subscription.id,
-                    "project_id": project_id,
-                    "url": url,
-                    "events": json.dumps(list(events)),
-                    "secret": secret,
-                    "created_at": created_at,
-                    "created_by": by,
-                },
-            )
-            pipe.zadd(self._keys.project_notifications(project_id), {subscription.id: 0})
-            await pipe.execute()
-        return subscription
-
-    @translated
-    async def get(self, subscription_id: str) -> Subscription | None:
-        """The subscription, or None."""
-        raw = fields(await self._redis.hgetall(self._keys.notification(subscription_id)))
-        return _subscription(raw) if raw else None
-
-    @translated
-    async def of_project(self, project_id: str) -> list[Subscription]:
-        """The project's subscriptions, by id."""
-        index = self._keys.project_notifications(project_id)
-        ids = members(await self._redis.zrange(index, 0, -1))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for subscription_id in ids:
-                pipe.hgetall(self._keys.notification(subscription_id))
-            replies = await pipe.execute()
-        return [_subscription(fields(raw)) for raw in replies if raw]
-
-    @translated
-    async def delete(self, subscription: Subscription) -> None:
-        """Forget the subscription; its queued notices fail at their next attempt."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keys.notification(subscription.id))
-            pipe.zrem(self._keys.project_notifications(subscription.project_id), subscription.id)
-            await pipe.execute()
+        return await self._add(subscription)
 
     @translated
     async def enqueue(self, notices: Sequence[tuple[str, str, Mapping[str, str]]]) -> int:
@@ -182,14 +159,3 @@ class NotificationStore:
             keys=[self._keys.notice_delivery(notice_id), self._keys.notices_due()],
             args=[notice_id, json.dumps(dict(attempt)), state, "" if next_ms is None else next_ms],
         )
-
-    @translated
-    async def notices(self, subscription_id: str, limit: int = 100) -> list[NoticeDelivery]:
-        """The subscription's notices of the last 7 days, newest first."""
-        index = self._keys.notification_deliveries(subscription_id)
-        ids = members(await self._redis.zrevrange(index, 0, limit - 1))
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for notice_id in ids:
-                pipe.hgetall(self._keys.notice_delivery(notice_id))
-            replies = await pipe.execute()
-        return [_notice(fields(raw)) for raw in replies if raw]

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
+from tests.answers import data_of
 from tests.api.test_rollouts import YAML, fleet, rollouts_url, upload_firmware
 from tests.conftest import Service
 
@@ -71,8 +72,7 @@ async def test_healthz_answers_while_a_big_plan_starts_a_rollout(service: Servic
     known = await fleet(service, 2)
     await upload_firmware(service)
     response, answered = await post_while_polling(service, big_plan(known))
-    assert response.status_code == 201, response.text
-    view = response.json()
+    view = data_of(response, 201)
     assert view["total"] == 2
     assert [wave["target"] for wave in view["waves"]] == [1, 2]
     assert answered >= HEALTHZ_ANSWERS

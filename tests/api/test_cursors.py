@@ -82,7 +82,7 @@ async def test_an_empty_cursor_is_the_first_page(
 ) -> None:
     rollout = await service.client.get(rollout_devices_url, params={"cursor": ""})
     assert rollout.status_code == 200, rollout.text
-    assert len(rollout.json()["devices"]) == 3
+    assert len(rollout.json()["data"]) == 3
     devices = await service.client.get(devices_url(service), params={"cursor": ""})
     assert devices.status_code == 200, devices.text
     assert len(devices.json()["data"]) == 3
@@ -93,7 +93,14 @@ async def test_a_position_past_the_cohort_is_an_empty_last_page(
 ) -> None:
     response = await service.client.get(rollout_devices_url, params={"cursor": "9" * 15})
     assert response.status_code == 200, response.text
-    assert response.json() == {"devices": [], "next_cursor": None}
+    assert response.json() == {
+        "success": True,
+        "status": 200,
+        "action": "list rollout devices",
+        "message": "Rollout devices listed.",
+        "data": [],
+        "next_cursor": None,
+    }
 
 
 async def test_the_cursors_the_api_gives_page_on(
@@ -104,7 +111,7 @@ async def test_the_cursors_the_api_gives_page_on(
         rollout_devices_url, params={"limit": 2, "cursor": first["next_cursor"]}
     )
     assert rest.status_code == 200, rest.text
-    assert len(rest.json()["devices"]) == 1
+    assert len(rest.json()["data"]) == 1
     page = (await service.client.get(devices_url(service), params={"limit": 2})).json()
     more = await service.client.get(
         devices_url(service), params={"limit": 2, "cursor": page["next_cursor"]}

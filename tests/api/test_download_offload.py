@@ -230,8 +230,10 @@ async def test_a_forged_report_is_401_and_leaves_the_claim_alone(
     assert response.status_code == 200, response.text
     assert response.json() == {
         "success": True,
-        "key_state": "spent",
-        "bytes_delivered": len(download.content),
+        "status": 200,
+        "action": "report download",
+        "message": "Download reported; the key is spent.",
+        "data": {"key_state": "spent", "bytes_delivered": len(download.content)},
     }
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.settings import Settings
+from tests.answers import data_of
 from tests.conftest import Service
 
 SEED_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
@@ -50,8 +51,8 @@ def multipart(boundary: str, file_name: str, content: bytes, file_type: str) -> 
 async def test_upload_firmware_is_201_with_its_sha256(service: Service) -> None:
     content = bytes(range(256)) * 1000 + b"tail"
     response = await service.upload("firmware_v2.1.0.bin", content, "firmware", "Production")
-    assert response.status_code == 201, response.text
-    body = response.json()
+    assert response.json()["action"] == "upload file"
+    body = data_of(response, 201)
     assert set(body) == {"name", "description", "size", "time", "sha256", "type"}
     assert body["name"] == "firmware_v2.1.0.bin"
     assert body["description"] == "Production"
@@ -66,8 +67,7 @@ async def test_upload_firmware_is_201_with_its_sha256(service: Service) -> None:
 @pytest.mark.parametrize("name", ["logo.png", "splash.jpg", "eink.bmp"])
 async def test_each_logo_type_uploads(service: Service, name: str) -> None:
     response = await service.upload(name, b"\x89PNG fake", "logo")
-    assert response.status_code == 201, response.text
-    assert response.json()["type"] == "logo"
+    assert data_of(response, 201)["type"] == "logo"
 
 
 async def test_lists_are_seed_000s_shape_per_project_and_org_wide(service: Service) -> None:
@@ -277,8 +277,7 @@ class TestSizeLimit:
 
     async def test_a_file_at_the_limit_is_accepted(self, service: Service) -> None:
         response = await service.upload("fw.bin", b"x" * self.LIMIT)
-        assert response.status_code == 201, response.text
-        assert response.json()["size"] == self.LIMIT
+        assert data_of(response, 201)["size"] == self.LIMIT
 
     async def test_a_file_over_the_limit_is_413_and_no_partial_file_stays(
         self, service: Service
@@ -348,7 +347,6 @@ async def test_a_64_mib_streamed_upload_does_not_grow_the_servers_memory(
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     growth = rss_bytes() - before
-    assert response.status_code == 201, response.text
-    assert response.json()["size"] == size
-    assert response.json()["sha256"] == expected.hexdigest()
+    assert data_of(response, 201)["size"] == size
+    assert data_of(response, 201)["sha256"] == expected.hexdigest()
     assert growth < 32 * 1024 * 1024, f"RSS grew by {growth} bytes for a {size}-byte upload"

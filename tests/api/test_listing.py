@@ -26,10 +26,12 @@ from orchestrator import client
 from orchestrator.api import listing
 from orchestrator.api.app import ROUTE_MODULES
 from orchestrator.api.schemas import (
-    RolloutDeviceList,
+    Envelope,
+    FileList,
+    FileListItem,
+    Paged,
     RolloutDeviceOut,
     RolloutEvent,
-    RolloutEvents,
 )
 from orchestrator.client import ApiClient
 from orchestrator.domain.devices import DeviceSource
@@ -85,8 +87,10 @@ async def test_a_streamed_body_is_the_envelope_with_every_item_in_order(count: i
         RolloutEvent.model_validate({"from": "pending", "to": "running", "reason": "ça ✓", "n": i})
         for i in range(count)
     ]
-    whole = RolloutEvents(events=events)
-    response = await listing.streamed(RolloutEvents(events=[]), "events", in_pages(events, 2))
+    whole = Envelope[list[RolloutEvent]](
+        action="list rollout events", message="Listed.", data=events
+    )
+    response = await listing.listed("list rollout events", "Listed.", in_pages(events, 2))
     body = await body_of(response)
     assert body == JSONResponse(whole.model_dump(mode="json", by_alias=True)).body
 
@@ -104,12 +108,32 @@ async def test_the_envelopes_fields_before_and_after_the_items_are_kept() -> Non
         )
         for i in range(3)
     ]
-    envelope = RolloutDeviceList(devices=[], next_cursor="7")
-    body = await body_of(await listing.streamed(envelope, "devices", in_pages(outs, 2)))
-    assert body.startswith(b'{"devices":[{"device_id":"d0",')
+    response = await listing.listed_page("list", "Listed.", in_pages(outs, 2), next_cursor="7")
+    body = await body_of(response)
+    assert body.startswith(
+        b'{"success":true,"status":200,"action":"list","message":"Listed.","data":[{"device_id":'
+    )
     assert body.endswith(b'],"next_cursor":"7"}')
-    whole = RolloutDeviceList(devices=outs, next_cursor="7")
+    whole = Paged[RolloutDeviceOut](action="list", message="Listed.", data=outs, next_cursor="7")
     assert body == JSONResponse(whole.model_dump(mode="json")).body
+
+
+async def test_the_seeds_file_listing_streams_as_its_own_shape() -> None:
+    """`{"files": [...]}` (seed 000) is streamed through the same writer."""
+    items = [
+        FileListItem(
+            description="",
+            name=f"f{i}.bin",
+            size=i,
+            time="t",
+            sha256="s",
+            type="firmware",
+            project_id="p",
+        )
+        for i in range(3)
+    ]
+    body = await body_of(await listing.streamed(FileList(files=[]), "files", in_pages(items, 2)))
+    assert body == JSONResponse(FileList(files=items).model_dump(mode="json")).body
 
 
 async def test_pages_follow_the_cursor_until_it_runs_out() -> None:
@@ -203,7 +227,7 @@ async def test_the_clients_device_iteration_pages_with_limit(
     ids = await stored_fleet(service, 105)
     before = await commandstat_calls(service, "zrangebylex")
     async with ApiClient(service.base_url, service.admin_key, service.project_id) as api:
-        seen = [device["id"] async for device in api.devices()]
+        seen = [device.id async for device in api.devices()]
     assert seen == sorted(ids)
     assert await commandstat_calls(service, "zrangebylex") - before == 3  # one read a request
 
@@ -216,7 +240,7 @@ async def test_a_rollouts_devices_are_each_read_about_once(service: Service) -> 
     before = (await service.stores.redis.info("stats"))["keyspace_hits"]
     response = await service.client.get(url)
     hits = (await service.stores.redis.info("stats"))["keyspace_hits"] - before
-    assert len(response.json()["devices"]) == 3 * PAGE
+    assert len(response.json()["data"]) == 3 * PAGE
     assert hits < 3 * PAGE + 50, hits  # the key, project, rollout and its counters besides
 
 
@@ -371,9 +395,9 @@ LISTINGS = {
     "/v2/projects/{project_id}/devices": Listing("data", _devices),
     "/v2/projects/{project_id}/files": Listing("files", _files, FIRMWARE),
     "/v2/files": Listing("files", _files, FIRMWARE),
-    "/v2/projects/{project_id}/rollouts": Listing("rollouts", _rollouts),
-    "/v2/projects/{project_id}/rollouts/{rollout_id}/devices": Listing("devices", _rollout_devices),
-    "/v2/projects/{project_id}/rollouts/{rollout_id}/events": Listing("events", _rollout_events),
+    "/v2/projects/{project_id}/rollouts": Listing("data", _rollouts),
+    "/v2/projects/{project_id}/rollouts/{rollout_id}/devices": Listing("data", _rollout_devices),
+    "/v2/projects/{project_id}/rollouts/{rollout_id}/events": Listing("data", _rollout_events),
     "/v2/projects/{project_id}/hooks": Listing("data", _hooks),
     "/v2/projects/{project_id}/hooks/{hook_id}/deliveries": Listing("data", _hook_deliveries),
     "/v2/projects/{project_id}/notifications": Listing("data", _notifications),
@@ -393,6 +417,13 @@ def api_routes() -> list[APIRoute]:
     ]
 
 
+def route_named(path: str) -> APIRoute:
+    [route] = [
+        route for route in api_routes() if route.path == path and "GET" in (route.methods or ())
+    ]
+    return route
+
+
 def test_every_list_route_of_the_app_is_checked_here() -> None:
     """A new `list_…` route must join LISTINGS, so it is checked to list everything."""
     listed = {route.path for route in api_routes() if route.name.startswith("list_")}
@@ -409,6 +440,9 @@ async def test_every_list_route_without_limit_returns_every_item(
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body[listing.items]) == OVER_A_PAGE + listing.extra
+    if listing.items == "data":  # the envelope; the seed's file listing is its own shape
+        assert (body["success"], body["status"]) == (True, 200)
+        assert body["action"] == route_named(template).name.replace("_", " ")
     if "next_cursor" in body:
         assert body["next_cursor"] is None
 
@@ -426,7 +460,7 @@ async def test_events_keep_their_field_names_when_streamed(service: Service) -> 
     template = "/v2/projects/{project_id}/rollouts/{rollout_id}/events"
     await service.client.post(template.format(**ids).replace("events", "pause"))
     await service.client.post(template.format(**ids).replace("events", "abort"))
-    events = (await service.client.get(template.format(**ids))).json()["events"]
+    events = (await service.client.get(template.format(**ids))).json()["data"]
     assert events[-1]["from"] == "pending"
     assert events[-1]["to"] == "aborted"
 

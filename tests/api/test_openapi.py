@@ -302,3 +302,69 @@ async def test_bodies_carry_their_patterns_and_media_types(openapi: dict[str, An
         assert "ETag" in download[code]["headers"]
     assert head["parameters"] == ops[("GET", "/v2/device/download")]["parameters"]
     assert head["security"] == [{"DeviceToken": []}]
+
+
+# The answers that keep the seed's own shape (and the liveness probe's); every other JSON
+# answer is the envelope, and every delete answers the seed's delete body.
+OWN_SHAPES = {
+    ("GET", "/v2/projects/{project_id}/files"): "FileList",
+    ("GET", "/v2/files"): "FileList",
+    ("POST", "/v2/projects/{project_id}/devices/{device_id}/communication/command"): (
+        "CommandResponse"
+    ),
+    ("GET", "/healthz"): "Health",
+}
+
+
+async def test_every_json_answer_is_the_envelope_but_the_seeds_own_shapes(
+    openapi: dict[str, Any],
+) -> None:
+    schemas = openapi["components"]["schemas"]
+    enveloped = 0
+    for (method, path), operation in operations(openapi).items():
+        for code, response in operation["responses"].items():
+            schema = response.get("content", {}).get("application/json", {}).get("schema")
+            if not code.startswith("2") or not schema:
+                continue  # errors (checked above), binary bodies, /readyz's two shapes
+            name = schema["$ref"].rsplit("/", 1)[-1]
+            if method == "DELETE":
+                assert name == "Done", (method, path)
+            elif (method, path) in OWN_SHAPES:
+                assert name == OWN_SHAPES[(method, path)], (method, path)
+            else:
+                answer = schemas[name]
+                fields = ["success", "status", "action", "message", "data"]
+                assert list(answer["properties"])[:5] == fields, (method, path, name)
+                assert set(answer["required"]) >= set(fields), (method, path, name)
+                assert answer["properties"]["success"]["const"] is True
+                enveloped += 1
+    assert enveloped >= 25  # rollouts, hooks, notifications, devices, projects, uploads
+
+
+async def test_a_rollouts_answer_documents_its_data_and_a_listing_its_cursor(
+    openapi: dict[str, Any],
+) -> None:
+    schemas = openapi["components"]["schemas"]
+    ops = operations(openapi)
+
+    def answer(method: str, path: str, code: str = "200") -> dict[str, Any]:
+        content = ops[(method, path)]["responses"][code]["content"]
+        ref: str = content["application/json"]["schema"]["$ref"]
+        found: dict[str, Any] = schemas[ref.rsplit("/", 1)[-1]]
+        return found
+
+    one = "/v2/projects/{project_id}/rollouts/{rollout_id}"
+    rollout = {"$ref": "#/components/schemas/RolloutOut"}
+    assert answer("GET", one)["properties"]["data"] == rollout
+    assert answer("POST", f"{one}/pause")["properties"]["data"] == rollout
+    assert answer("POST", "/v2/projects/{project_id}/rollouts", "201")["properties"]["data"] == (
+        rollout
+    )
+    devices = answer("GET", f"{one}/devices")
+    assert devices["properties"]["data"]["items"] == {
+        "$ref": "#/components/schemas/RolloutDeviceOut"
+    }
+    assert "next_cursor" in devices["required"]
+    listing = answer("GET", "/v2/projects/{project_id}/rollouts")
+    assert listing["properties"]["data"]["items"] == rollout
+    assert "next_cursor" not in listing["properties"]

@@ -19,6 +19,7 @@ from orchestrator.domain.auth import Scope
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, ExclusionReason
 from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutState
 from orchestrator.store.rollouts import Dispatched, Grant
+from tests.answers import data_of
 from tests.conftest import Service
 
 YAML = {"Content-Type": "application/yaml"}
@@ -99,9 +100,9 @@ async def create(service: Service, plan: str, **params: Any) -> httpx.Response:
 
 async def created(service: Service, plan: str) -> dict[str, Any]:
     response = await create(service, plan)
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
+    assert response.json()["action"] == "create rollout"
+    view: dict[str, Any] = data_of(response, 201)
+    return view
 
 
 async def set_running(service: Service, rollout_id: str) -> None:
@@ -172,8 +173,7 @@ async def test_create_from_json_is_201_like_yaml(service: Service) -> None:
         "waves": [{"devices": 1}, {"percent": 100}],
     }
     response = await service.client.post(rollouts_url(service), json=plan)
-    assert response.status_code == 201, response.text
-    view = response.json()
+    view = data_of(response, 201)
     assert_view_adds_up(view)
     assert view["total"] == 3
     assert view["counts"]["pending"] == 3
@@ -185,8 +185,8 @@ async def test_dry_run_returns_waves_and_stores_nothing(service: Service) -> Non
     await fleet(service, 5)
     await upload_firmware(service)
     response = await create(service, plan_yaml(), dry_run="true")
-    assert response.status_code == 200, response.text
-    body = response.json()
+    assert response.json()["action"] == "create rollout"
+    body = data_of(response)
     assert body["dry_run"] is True
     assert body["name"] == "fw-2.0.0"
     assert body["total"] == 5
@@ -197,7 +197,7 @@ async def test_dry_run_returns_waves_and_stores_nothing(service: Service) -> Non
     ]
     assert body["exclusions"] == []
     listing = await service.client.get(rollouts_url(service))
-    assert listing.json() == {"rollouts": []}
+    assert data_of(listing) == []
     # nothing holds the devices either: the real rollout gets all five
     assert (await created(service, plan_yaml()))["total"] == 5
 
@@ -219,8 +219,7 @@ async def test_dry_run_reports_every_exclusion_with_its_reason(service: Service)
 
     plan = plan_yaml(target=f"tags: [lab]\nexclude: [{excluded}]")
     response = await create(service, plan, dry_run="true")
-    assert response.status_code == 200, response.text
-    body = response.json()
+    body = data_of(response)
     assert body["total"] == 1
     reasons = {e["device_id"]: (e["reason"], e["detail"], e["why"]) for e in body["exclusions"]}
     expected = {
@@ -276,7 +275,7 @@ async def test_endless_durations_and_huge_numbers_are_a_located_400(
     response = await create(service, plan_yaml() + policy)
     assert response.status_code == 400, response.text
     assert expected in response.json()["message"]
-    assert (await service.client.get(rollouts_url(service))).json() == {"rollouts": []}
+    assert data_of(await service.client.get(rollouts_url(service))) == []
 
 
 async def test_a_rollout_stored_with_a_value_over_a_maximum_still_shows_and_aborts(
@@ -300,13 +299,11 @@ async def test_a_rollout_stored_with_a_value_over_a_maximum_still_shows_and_abor
         created_by="test",
     )
     shown = await service.client.get(f"{rollouts_url(service)}/{rollout_id}")
-    assert shown.status_code == 200, shown.text
-    assert shown.json()["state"] == "pending"
+    assert data_of(shown)["state"] == "pending"
     listing = await service.client.get(rollouts_url(service))
-    assert [view["id"] for view in listing.json()["rollouts"]] == [rollout_id]
+    assert [view["id"] for view in data_of(listing)] == [rollout_id]
     aborted = await action(service, rollout_id, "abort")
-    assert aborted.status_code == 200, aborted.text
-    assert aborted.json()["state"] == "aborted"
+    assert data_of(aborted)["state"] == "aborted"
 
 
 async def test_syntax_error_in_json_is_a_located_400(service: Service) -> None:
@@ -393,7 +390,7 @@ async def test_overlapping_devices_is_409_naming_them(service: Service) -> None:
             assert "and 7 more" in message
             return
         assert loser.status_code == 400, loser.text
-        rid = winner.json()["id"]
+        rid = data_of(winner, 201)["id"]
         await action(service, rid, "abort")
         await service.stores.rollouts.release_devices(rid)
     pytest.fail("the two creates never overlapped in 30 tries")
@@ -410,15 +407,15 @@ async def test_list_is_newest_first_and_filters_by_state(service: Service) -> No
     await action(service, older["id"], "abort")
 
     response = await service.client.get(rollouts_url(service))
-    assert response.status_code == 200, response.text
-    listed = response.json()["rollouts"]
+    assert response.json()["action"] == "list rollouts"
+    listed = data_of(response)
     assert [r["id"] for r in listed] == [newer["id"], older["id"]]
     for view in listed:
         assert_view_adds_up(view)
     by_state = await service.client.get(rollouts_url(service), params={"state": "aborted"})
-    assert [r["id"] for r in by_state.json()["rollouts"]] == [older["id"]]
+    assert [r["id"] for r in data_of(by_state)] == [older["id"]]
     pending = await service.client.get(rollouts_url(service), params={"state": "pending"})
-    assert [r["id"] for r in pending.json()["rollouts"]] == [newer["id"]]
+    assert [r["id"] for r in data_of(pending)] == [newer["id"]]
 
 
 async def test_list_with_an_unknown_state_is_400_listing_the_states(service: Service) -> None:
@@ -434,8 +431,13 @@ async def test_get_returns_the_view(service: Service) -> None:
     await upload_firmware(service)
     view = await created(service, plan_yaml())
     response = await service.client.get(f"{rollouts_url(service)}/{view['id']}")
-    assert response.status_code == 200, response.text
-    assert response.json() == view
+    assert response.json() == {
+        "success": True,
+        "status": 200,
+        "action": "get rollout",
+        "message": "Rollout found.",
+        "data": view,
+    }
 
 
 async def test_get_unknown_or_other_projects_rollout_is_404(service: Service) -> None:
@@ -463,10 +465,10 @@ async def test_devices_listing_pages_in_cohort_order_and_filters_by_state(
     for _ in range(3):
         params: dict[str, str | int] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
         response = await service.client.get(url, params=params)
-        assert response.status_code == 200, response.text
         page = response.json()
-        assert len(page["devices"]) == (1 if len(seen) == 4 else 2)
-        seen += page["devices"]
+        assert page["action"] == "list rollout devices"
+        assert len(data_of(response)) == (1 if len(seen) == 4 else 2)
+        seen += page["data"]
         cursor = page["next_cursor"]
     assert cursor is None
     assert sorted(d["device_id"] for d in seen) == sorted(devices)
@@ -484,18 +486,18 @@ async def test_devices_listing_pages_in_cohort_order_and_filters_by_state(
     await set_running(service, view["id"])
     sent = await dispatch(service, view["id"], count=2, reach=3)
     by_state = await service.client.get(url, params={"state": "sent", "limit": 1})
-    first = by_state.json()
-    assert [d["device_id"] for d in first["devices"]] == [sent[0].device_id]
-    assert first["devices"][0]["command_id"] == sent[0].command_id
-    assert first["devices"][0]["attempts"] == 1
-    assert first["devices"][0]["updated_at"].endswith("Z")
+    first = data_of(by_state)
+    assert [d["device_id"] for d in first] == [sent[0].device_id]
+    assert first[0]["command_id"] == sent[0].command_id
+    assert first[0]["attempts"] == 1
+    assert first[0]["updated_at"].endswith("Z")
     rest = await service.client.get(
-        url, params={"state": "sent", "limit": 1, "cursor": first["next_cursor"]}
+        url, params={"state": "sent", "limit": 1, "cursor": by_state.json()["next_cursor"]}
     )
-    assert [d["device_id"] for d in rest.json()["devices"]] == [sent[1].device_id]
+    assert [d["device_id"] for d in data_of(rest)] == [sent[1].device_id]
     assert rest.json()["next_cursor"] is None
     pending = await service.client.get(url, params={"state": "pending"})
-    assert len(pending.json()["devices"]) == 3
+    assert len(data_of(pending)) == 3
     bad = await service.client.get(url, params={"state": "lost"})
     assert bad.status_code == 400, bad.text
     assert "succeeded" in bad.json()["message"]
@@ -513,7 +515,7 @@ async def test_counts_and_failure_rate_follow_the_devices(service: Service) -> N
     await service.stores.rollouts.transition(rid, bad, DeviceEvent.REJECTED)
 
     response = await service.client.get(f"{rollouts_url(service)}/{rid}")
-    view = response.json()
+    view = data_of(response)
     assert_view_adds_up(view)
     counts = {state: n for state, n in view["counts"].items() if n}
     assert counts == {"pending": 1, "sent": 1, "succeeded": 1, "rejected": 1}
@@ -528,8 +530,8 @@ async def test_events_start_with_the_create_event(service: Service) -> None:
     view = await created(service, plan_yaml())
     await action(service, view["id"], "abort", reason="wrong build")
     response = await service.client.get(f"{rollouts_url(service)}/{view['id']}/events")
-    assert response.status_code == 200, response.text
-    create_event, abort_event = response.json()["events"]
+    assert response.json()["action"] == "list rollout events"
+    create_event, abort_event = data_of(response)
     assert create_event["action"] == "create"
     assert create_event["to"] == "pending"
     assert create_event["actor"] == "admin"
@@ -569,8 +571,9 @@ async def test_abort_on_pending_frees_the_name_and_the_devices_at_once(service: 
     await upload_firmware(service)
     view = await created(service, plan_yaml())
     response = await action(service, view["id"], "abort")
-    assert response.status_code == 200, response.text
-    aborted = response.json()
+    assert response.json()["action"] == "abort rollout"
+    assert response.json()["message"] == "Abort applied; the rollout is aborted."
+    aborted = data_of(response)
     assert aborted["state"] == "aborted"
     assert aborted["reason"] == "abort by admin"
     assert aborted["actions"] == []
@@ -589,13 +592,13 @@ async def test_actions_on_a_running_rollout(service: Service) -> None:
     await set_running(service, rid)
 
     paused = await action(service, rid, "pause")
-    assert paused.status_code == 200, paused.text
-    assert paused.json()["state"] == "paused"
-    assert paused.json()["actions"] == ["resume", "abort"]
+    assert paused.json()["action"] == "pause rollout"
+    assert data_of(paused)["state"] == "paused"
+    assert data_of(paused)["actions"] == ["resume", "abort"]
     resumed = await action(service, rid, "resume", reason="fixed the broker")
-    assert resumed.status_code == 200, resumed.text
-    assert resumed.json()["state"] == "running"
-    assert resumed.json()["reason"] == "fixed the broker"
+    assert resumed.json()["action"] == "resume rollout"
+    assert data_of(resumed)["state"] == "running"
+    assert data_of(resumed)["reason"] == "fixed the broker"
 
     promote = await action(service, rid, "promote")
     assert promote.status_code == 409, promote.text
@@ -605,7 +608,7 @@ async def test_actions_on_a_running_rollout(service: Service) -> None:
     assert rollback.json()["action"] == "rollback rollout"
     assert "has no rollback section" in rollback.json()["message"]
     current = await service.client.get(f"{rollouts_url(service)}/{rid}")
-    assert current.json()["state"] == "running"
+    assert data_of(current)["state"] == "running"
 
 
 async def test_rollback_with_a_rollback_section_moves_to_rolling_back(service: Service) -> None:
@@ -615,9 +618,9 @@ async def test_rollback_with_a_rollback_section_moves_to_rolling_back(service: S
     assert view["rollback"] == {"file": OLD_FIRMWARE, "version": None}
     await set_running(service, view["id"])
     response = await action(service, view["id"], "rollback")
-    assert response.status_code == 200, response.text
-    assert response.json()["state"] == "rolling_back"
-    assert response.json()["actions"] == ["abort"]
+    assert response.json()["action"] == "rollback rollout"
+    assert data_of(response)["state"] == "rolling_back"
+    assert data_of(response)["actions"] == ["abort"]
 
 
 async def test_an_action_body_with_unknown_fields_is_400(service: Service) -> None:
@@ -627,7 +630,7 @@ async def test_an_action_body_with_unknown_fields_is_400(service: Service) -> No
     url = f"{rollouts_url(service)}/{rid}/abort"
     response = await service.client.post(url, json={"why": "x"})
     assert response.status_code == 400, response.text
-    assert (await service.client.get(f"{rollouts_url(service)}/{rid}")).json()["state"] == (
+    assert data_of(await service.client.get(f"{rollouts_url(service)}/{rid}"))["state"] == (
         "pending"
     )
 
@@ -667,7 +670,7 @@ async def test_read_scope_can_list_but_not_create(service: Service) -> None:
     )
     assert response.status_code == 403, response.text
     assert "rollouts:write" in response.json()["message"]
-    assert (await service.client.get(rollouts_url(service))).json() == {"rollouts": []}
+    assert data_of(await service.client.get(rollouts_url(service))) == []
 
 
 async def test_openapi_documents_the_plan_body_in_every_media_type_it_takes(

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from starlette.routing import BaseRoute, Match
 
-from orchestrator.api import create_app
+from orchestrator.api.app import create_app
 from orchestrator.engine.engine import STOP_GRACE_S
 from orchestrator.settings import Settings
 from tests.deploy import manifests

@@ -349,11 +349,11 @@ def test_the_compose_topology_completes_a_rollout_as_local_processes(
             headers={"Content-Type": "application/yaml"},
         )
         assert created.status_code == 201, created.text
-        rollout_url = f"/v2/projects/{project_id}/rollouts/{created.json()['id']}"
+        rollout_url = f"/v2/projects/{project_id}/rollouts/{created.json()['data']['id']}"
         seen: dict[str, Any] = {}
 
         def finished() -> bool:
-            seen.update(api.get(rollout_url).json())
+            seen.update(api.get(rollout_url).json()["data"])
             return seen["state"] not in ("pending", "running")
 
         wait_until(finished, "the rollout finishing", ROLLOUT_TIMEOUT_S)

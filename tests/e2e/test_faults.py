@@ -132,7 +132,7 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
             headers={"Content-Type": "application/yaml"},
         )
         assert response.status_code == 201, response.text
-        rollout_id = response.json()["id"]
+        rollout_id = response.json()["data"]["id"]
 
         faults = ["kill", "kill", "kill", "broker", "broker-wiped", "redis"]
         rng.shuffle(faults)

@@ -87,7 +87,7 @@ async def test_a_request_read_by_a_replica_that_died_is_started_by_another_once(
         server.should_exit = True
         await task
     rollouts = (await service.client.get(f"/v2/projects/{service.project_id}/rollouts")).json()
-    assert [r["id"] for r in rollouts["rollouts"]] == [rollout_id]
+    assert [r["id"] for r in rollouts["data"]] == [rollout_id]
     deliveries = await service.client.get(
         f"/v2/projects/{service.project_id}/hooks/{hook['id']}/deliveries"
     )

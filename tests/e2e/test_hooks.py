@@ -136,7 +136,7 @@ async def test_a_signed_delivery_starts_a_rollout_that_completes_and_a_repeat_st
     repeat = await deliver(service, hook, delivery)
     assert repeat == {**accepted, "duplicate": True}
     rollouts = await service.client.get(f"/v2/projects/{service.project_id}/rollouts")
-    assert [r["id"] for r in rollouts.json()["rollouts"]] == [accepted["rollout_id"]]
+    assert [r["id"] for r in rollouts.json()["data"]] == [accepted["rollout_id"]]
     for device in devices:
         sent = [c for c in fleet.devices[device.id].commands if c["command"] == "download_firmware"]
         assert len(sent) == 1

@@ -229,7 +229,7 @@ policy: {max_failure_rate: 50%}
         params={"state": "failed"},
     )
     assert response.status_code == 200, response.text
-    [failed] = response.json()["devices"]
+    [failed] = response.json()["data"]
     assert failed["device_id"] == wrong.id
     assert failed["failure"] == "wrong_version"
     assert moved(before, await ignored(service)) == {}  # a failure, not an ignored result

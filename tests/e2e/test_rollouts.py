@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.answers import data_of
 from tests.conftest import Service, wait_for
 from tests.e2e.fleet import Fleet
 
@@ -22,15 +23,13 @@ async def start(service: Service, plan: str) -> dict[str, Any]:
         content=plan,
         headers={"Content-Type": "application/yaml"},
     )
-    assert response.status_code == 201, response.text
-    view: dict[str, Any] = response.json()
+    view: dict[str, Any] = data_of(response, 201)
     return view
 
 
 async def view(service: Service, rollout_id: str) -> dict[str, Any]:
     response = await service.client.get(f"/v2/projects/{service.project_id}/rollouts/{rollout_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
+    body: dict[str, Any] = data_of(response)
     return body
 
 
@@ -98,7 +97,7 @@ policy: {max_failure_rate: 5%, min_devices: 2}
             await service.client.get(
                 f"/v2/projects/{service.project_id}/rollouts/{rollout['id']}/events"
             )
-        ).json()["events"]
+        ).json()["data"]
     ]
     assert actions[0] == "create"
     assert "start" in actions
@@ -130,7 +129,7 @@ policy: {max_failure_rate: 10%, min_devices: 2, max_in_flight: 4, on_failure: ha
         await service.client.get(
             f"/v2/projects/{service.project_id}/rollouts/{rollout['id']}/events"
         )
-    ).json()["events"]
+    ).json()["data"]
     halt = next(e for e in events if e["action"] == "halt")
     assert halt["actor"] == "engine"
     assert halt["details"]["failure_rate"] > 0.1
@@ -317,8 +316,7 @@ waves: [{devices: 2}, {percent: 100}]
 
     await wait_for(two_sent)
     response = await service.client.post(f"{base}/abort", json={"reason": "wrong build"})
-    assert response.status_code == 200, response.text
-    aborted = response.json()
+    aborted = data_of(response)
     assert aborted["state"] == "aborted"
     assert aborted["counts"]["cancelled"] == 4
     assert not any(aborted["counts"][state] for state in ("pending", "sent", "downloading"))
@@ -331,8 +329,7 @@ waves: [{devices: 2}, {percent: 100}]
         content="name: next\nfirmware: {file: fw_2.1.0.bin}\nwaves: [{percent: 100}]\n",
         headers={"Content-Type": "application/yaml"},
     )
-    assert dry_run.status_code == 200, dry_run.text
-    assert dry_run.json()["exclusions"] == [], dry_run.text
+    assert data_of(dry_run)["exclusions"] == [], dry_run.text
     final = await view(service, rollout["id"])
     assert final["counts"]["cancelled"] == 4
     for device in devices:
@@ -341,7 +338,7 @@ waves: [{devices: 2}, {percent: 100}]
             assert await service.stores.download_keys.get(key) is None  # revoked
     abort = [
         e
-        for e in (await service.client.get(f"{base}/events")).json()["events"]
+        for e in (await service.client.get(f"{base}/events")).json()["data"]
         if e["action"] == "abort"
     ]
     assert abort[0]["reason"] == "wrong build"
@@ -405,8 +402,7 @@ policy: {max_failure_rate: 10%, min_devices: 2, max_in_flight: 2}
     fleet.broken_files.clear()  # the person found the cause (say, a bad batch of devices)
     base = f"/v2/projects/{service.project_id}/rollouts/{rollout['id']}"
     response = await service.client.post(f"{base}/resume", json={"reason": "canary batch was bad"})
-    assert response.status_code == 200, response.text
-    assert response.json()["failure_rate"] == 0.0  # the two accepted failures are left out
+    assert data_of(response)["failure_rate"] == 0.0  # the two accepted failures are left out
     done = await wait_state(service, rollout["id"], "completed")
     assert done["counts"] == {**done["counts"], "failed": 2, "succeeded": 6}
 

@@ -55,7 +55,7 @@ async def test_a_url_httpx_refuses_is_a_failed_attempt_not_a_dead_sender(
     subscription_id = await queued_notice(stores, "http://[::1]x/")
     async with httpx.AsyncClient() as http:
         assert await Notifier(context).send_due(http) == 1
-    [notice] = await stores.notifications.notices(subscription_id)
+    [notice] = await stores.notifications.deliveries(subscription_id)
     assert notice.state == "failed"
     assert "InvalidURL" in notice.attempts[0]["error"]
 
@@ -107,7 +107,7 @@ async def send_once(settings: Settings, stores: Stores, url: str) -> dict[str, A
     subscription_id = await queued_notice(stores, url)
     async with checked_client(settings.notify_allow, timeout_s=10, user_agent="test") as http:
         assert await Notifier(context).send_due(http) == 1
-    [notice] = await stores.notifications.notices(subscription_id)
+    [notice] = await stores.notifications.deliveries(subscription_id)
     assert notice.state in ("delivered", "failed")
     attempt: dict[str, Any] = notice.attempts[0]
     return attempt

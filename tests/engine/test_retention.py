@@ -205,7 +205,7 @@ async def test_a_deleted_rollout_is_404_and_no_longer_listed(
     async def listed() -> list[str]:
         response = await service.client.get(base)
         assert response.status_code == 200
-        return [rollout["id"] for rollout in response.json()["rollouts"]]
+        return [rollout["id"] for rollout in response.json()["data"]]
 
     assert (await service.client.get(f"{base}/{rollout_id}")).status_code == 200
     assert await listed() == [rollout_id]
@@ -315,7 +315,7 @@ async def test_a_finished_rollouts_device_listing_is_the_same_after_its_compacti
         *({"state": state.value, "limit": 5} for state in DeviceState),
     ]
     before = [await listing(**query) for query in queries]
-    assert sum(len(page["devices"]) for page in before[1]) == 120
+    assert sum(len(page["data"]) for page in before[1]) == 120
     view = (await service.client.get(url)).json()
     cursor = before[0][3]["next_cursor"]  # given before the compaction
 

@@ -38,7 +38,7 @@ policy: {max_failure_rate: 10%, min_devices: 2, max_in_flight: 2, on_failure: ha
         await service.client.get(
             f"/v2/projects/{service.project_id}/rollouts/{rollout['id']}/events"
         )
-    ).json()["events"]
+    ).json()["data"]
     changes = [e for e in events if e.get("to")]
     assert [e["to"] for e in changes] == ["pending", "running", "halted", "aborted"]
     lines = [

@@ -142,8 +142,7 @@ async def upload(service: Service, content: bytes, name: str = "") -> str:
 
 async def send(api: ApiClient, device_id: str, command: str, **data: Any) -> str:
     sent = await api.send(device_id, command, data)
-    command_id: str = sent["command_id"]
-    return command_id
+    return sent.command_id
 
 
 # --- registration and the device book ------------------------------------------------------
