@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from fastapi import Request
 
 from orchestrator.blobs import BlobStore
+from orchestrator.domain.auth import Principal
 from orchestrator.engine.plan_reader import PlanReader
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
@@ -37,3 +39,16 @@ def get_context(request: Request) -> AppContext:
     """The app's context (FastAPI dependency)."""
     context: AppContext = request.app.state.context
     return context
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Found(Generic[R]):
+    """What a route's dependency found: the record its path names, in a project the caller
+    may use, with the context and the caller."""
+
+    context: AppContext
+    principal: Principal
+    record: R

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.bodies import JSONRoute, read_bounded
-from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.context import AppContext, Found, get_context
 from orchestrator.api.cursors import POSITION_CURSOR, position_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.listing import listed, listed_page, loaded, one_page, paged
@@ -184,6 +184,17 @@ async def _rollout(context: AppContext, project_id: str, rollout_id: str) -> Rol
     return record
 
 
+async def readable(
+    project_id: str,
+    rollout_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
+) -> Found[RolloutRecord]:
+    """The path's rollout (a dependency of the routes that only read it)."""
+    await check_project(context, principal, project_id)
+    return Found(context, principal, await _rollout(context, project_id, rollout_id))
+
+
 @router.get(
     "/v2/projects/{project_id}/rollouts",
     name="list_rollouts",
@@ -217,20 +228,10 @@ async def list_rollouts(
     name="get_rollout",
     responses=error_responses(*IN_PROJECT),
 )
-async def get_rollout(
-    project_id: str,
-    rollout_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
-) -> Envelope[RolloutOut]:
+async def get_rollout(found: Found[RolloutRecord] = Depends(readable)) -> Envelope[RolloutOut]:
     """One rollout: state and reason, current wave, counts per wave and in all, failure rate."""
-    await check_project(context, principal, project_id)
-    record = await _rollout(context, project_id, rollout_id)
-    return Envelope(
-        action="get rollout",
-        message="Rollout found.",
-        data=await load_rollout_out(context.stores, record),
-    )
+    view = await load_rollout_out(found.context.stores, found.record)
+    return Envelope(action="get rollout", message="Rollout found.", data=view)
 
 
 @router.get(
@@ -285,16 +286,9 @@ async def list_rollout_devices(
     response_model=Envelope[list[RolloutEvent]],
     responses=error_responses(*IN_PROJECT),
 )
-async def list_rollout_events(
-    project_id: str,
-    rollout_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
-) -> Response:
+async def list_rollout_events(found: Found[RolloutRecord] = Depends(readable)) -> Response:
     """The audit trail of the rollout's state changes, oldest first."""
-    await check_project(context, principal, project_id)
-    await _rollout(context, project_id, rollout_id)
-    events = await context.stores.rollouts.events(rollout_id)
+    events = await found.context.stores.rollouts.events(found.record.id)
     trail = [RolloutEvent.model_validate(event) for event in events]
     return await listed("list rollout events", "Rollout events listed.", one_page(trail))
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel
 
 from orchestrator.api.auth import check_project, require
-from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.context import AppContext, Found, get_context
 from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.listing import listed, one_page
 from orchestrator.api.schemas import Done, Envelope
@@ -66,15 +66,6 @@ class WebhookKind(Generic[W, D]):
                 f"ota {self.noun}s list"
             )
         return record
-
-
-@dataclass(frozen=True)
-class Found(Generic[W]):
-    """A route's record, found in its project, with who asked."""
-
-    context: AppContext
-    principal: Principal
-    record: W
 
 
 def add_routes(router: APIRouter, kind: WebhookKind[W, D]) -> None:
