@@ -17,7 +17,9 @@ DIRECT_RATIO_AIM = 0.5  # the service's own streaming, against nginx alone
 OFFLOAD_RATIO_AIM = 0.9  # the service with nginx offload, against nginx alone
 # Key kinds by what they hold, for the per-device breakdown.
 CATEGORIES = (
-    ("registry", ("device:{id}", "devtoken:{id}", "project:{id}:devices:index")),
+    # devtoken: only tokens made before tokens carried their device id; the project's id sets
+    # are cut in leaves (project:{id}:devices:index, …:index:{id}, …:bounds).
+    ("registry", ("device:{id}", "devtoken:{id}", "project:{id}:devices:", "project:{id}:tag:")),
     ("rollout state", ("rollout:", "device:{id}:rollout", "rollouts:")),
     ("download keys (TTL: OTA_DOWNLOAD_KEY_TTL)", ("dk:", "device:{id}:dkeys")),
     ("command records (TTL 24 h)", ("command:",)),

@@ -228,7 +228,7 @@ async def rotate_device_token(
     device = await context.stores.devices.get(project_id, device_id)
     if device is None:
         raise _not_found(project_id, device_id)
-    token = new_token()
+    token = new_token(device_id)
     if context.provisioner is not None and device.source is DeviceSource.MQTT:
         # Broker first: if it cannot take the password the old token keeps working everywhere.
         await context.provisioner.set_password(device_id, token)
