@@ -12,8 +12,10 @@ from fastapi.security.base import SecurityBase
 
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.devices import last_seen_due
 from orchestrator.errors import Forbidden, NotFound, Unauthorized
 from orchestrator.store.devices import Device
+from orchestrator.timeutil import utc_now
 
 DEVICE_CHALLENGE = 'Basic realm="devices"'
 
@@ -106,8 +108,19 @@ async def check_project(context: AppContext, principal: Principal, project_id: s
 
 
 async def current_device(request: Request, context: AppContext) -> Device:
-    """The device behind `Authorization: Basic {device_token}` or Basic `id:token` (base64)."""
-    header = request.headers.get("authorization", "").strip()
+    """The device behind `Authorization: Basic {device_token}` or Basic `id:token` (base64).
+
+    The service has heard from it: its last_seen moves to now, when it is due (at most one
+    write a minute per device; the record just read says whether one is due).
+    """
+    device = await _device_of(request.headers.get("authorization", ""), context)
+    if last_seen_due(device.last_seen_s, int(utc_now().timestamp())):
+        await context.stores.devices.touch(device.id)
+    return device
+
+
+async def _device_of(header: str, context: AppContext) -> Device:
+    header = header.strip()
     scheme, _, credential = header.partition(" ")
     credential = credential.strip()
     if scheme.lower() != "basic" or not credential:

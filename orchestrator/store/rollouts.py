@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from orchestrator.domain.devices import LAST_SEEN_EVERY_S
 from orchestrator.domain.plans import FailureType
 from orchestrator.domain.policy import Tally
 from orchestrator.domain.states import (
@@ -23,6 +24,7 @@ from orchestrator.domain.states import (
     RolloutState,
 )
 from orchestrator.store.commands import COMMAND_RECORD_TTL_S
+from orchestrator.store.devices import LAST_SEEN_FIELD
 from orchestrator.store.download_keys import new_download_key
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import (
@@ -698,7 +700,8 @@ class RolloutStore:
         rollout). When a result is about a rollout not in `rules`, nothing is written and
         `needed` names the rollouts to add. Otherwise every event is applied in order (as
         `transitions` applies them), each rollout heard from gets `last_result_ms = at_ms`,
-        and `outcomes` says what became of each result.
+        each device that answered a command sent to it gets its registry last_seen (at most
+        once every LAST_SEEN_EVERY_S), and `outcomes` says what became of each result.
         """
         if not results:
             return AppliedResults([], [])
@@ -710,6 +713,10 @@ class RolloutStore:
             keys.download_key(""),
             keys.command(""),
             json.dumps(reported, ensure_ascii=False),
+            # A result is word from its device: the registry's last_seen (store/devices.py).
+            keys.device(""),
+            LAST_SEEN_FIELD,
+            LAST_SEEN_EVERY_S,
         ]
         for rollout_id, rollout_rules in rules.items():
             args += (

@@ -8,7 +8,9 @@ from typing import Any, cast
 import httpx
 
 from orchestrator.domain.auth import Scope
+from orchestrator.domain.devices import NEVER_SEEN
 from orchestrator.store import Stores
+from orchestrator.timeutil import epoch_ms, isoformat_z, utc_now
 from tests.conftest import Service
 
 SEED_DATA_KEYS = {
@@ -332,3 +334,26 @@ async def test_device_tokens_and_api_keys_are_stored_only_as_hashes(
     for secret in (*tokens, *api_keys):
         assert secret not in dump
         assert secret.removeprefix("QB_") not in dump
+
+
+async def test_a_device_calling_with_its_token_is_seen_and_get_shows_when(
+    service: Service,
+) -> None:
+    device = await service.create_device()
+    url = devices_url(service, device["id"])
+    assert (await service.client.get(url)).json()["data"]["last_seen"] == NEVER_SEEN
+    before = epoch_ms(isoformat_z(utc_now()))
+    async with httpx.AsyncClient(base_url=service.base_url) as device_client:
+        answer = await device_client.get(
+            "/v2/device/download",
+            params={"key": "dk_" + "k" * 32},
+            headers={"Authorization": f"Basic {device['metadata']['device_token']}"},
+        )
+    assert answer.status_code == 401  # the key is unknown; the token was accepted
+    last_seen = (await service.client.get(url)).json()["data"]["last_seen"]
+    seen_ms = epoch_ms(last_seen)
+    assert before is not None
+    assert seen_ms is not None
+    assert before <= seen_ms <= before + 60_000
+    listed = (await service.client.get(devices_url(service))).json()["data"]
+    assert [d["last_seen"] for d in listed] == [last_seen]

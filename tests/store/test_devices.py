@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from orchestrator.domain.devices import DeviceSource
+from orchestrator.domain.devices import LAST_SEEN_EVERY_S, DeviceSource
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.devices import (
@@ -28,6 +28,7 @@ from orchestrator.store.devices import (
     token_device_id,
 )
 from orchestrator.store.redis import connect, members
+from tests.store.test_rollouts import Reported
 
 PROJECT = "proj-devices"
 LEAF_MAX = 128  # ids per leaf at most (devices.lua MAX: Redis's zset-max-listpack-entries)
@@ -383,3 +384,56 @@ async def test_a_device_without_tags_costs_at_most_the_budget_in_redis(
     async for key in stores.redis.scan_iter(match=f"{stores.keys.prefix}*", count=1000):
         total += int(await stores.redis.memory_usage(key, samples=0) or 0)
     assert total / n <= BUDGET_BYTES
+
+
+# --- last_seen ----------------------------------------------------------------------------------
+
+T = 1_900_000_000  # epoch seconds
+T_ISO = "2030-03-17T17:46:40Z"
+
+
+async def test_last_seen_is_written_at_most_once_a_minute(clean: Stores) -> None:
+    device, _ = await create(clean)
+    assert device.last_seen == "0001-01-01T00:00:00Z"
+    assert await clean.devices.touch(device.id, now_s=T)
+    assert not await clean.devices.touch(device.id, now_s=T + LAST_SEEN_EVERY_S - 1)
+    found = await clean.devices.by_id(device.id)
+    assert found is not None
+    assert found.last_seen == T_ISO
+    assert await clean.devices.touch(device.id, now_s=T + LAST_SEEN_EVERY_S)
+    assert found.last_seen_s == T
+
+
+async def test_hearing_from_a_deleted_device_writes_nothing(clean: Stores) -> None:
+    assert not await clean.devices.touch(str(uuid.uuid4()), now_s=T)
+    assert [key async for key in clean.redis.scan_iter(match=f"{clean.keys.prefix}*")] == []
+
+
+async def test_a_result_answering_a_command_marks_its_device_seen(clean: Stores) -> None:
+    """In the script that applies results: a result on the topic of the device the command
+    went to; not a result forged on another device's topic, nor one for an unknown command."""
+    device, _ = await create(clean, name="answers")
+    other, _ = await create(clean, name="forges")
+    await clean.commands.record(
+        "cmd-1", device_id=device.id, project_id=PROJECT, command="reboot", sent_at=T_ISO
+    )
+
+    async def report(device_id: str, at_s: int, command_id: str = "cmd-1") -> None:
+        applied = await clean.rollouts.apply_results(
+            [Reported(command_id, device_id, "received")], {}, at_ms=at_s * 1000
+        )
+        assert applied.needed == []
+
+    async def last_seen(device_id: str) -> int:
+        found = await clean.devices.by_id(device_id)
+        assert found is not None
+        return found.last_seen_s
+
+    await report(device.id, T)
+    await report(other.id, T)
+    await report(other.id, T, command_id="no-such-command")
+    assert (await last_seen(device.id), await last_seen(other.id)) == (T, 0)
+    await report(device.id, T + 10)
+    assert await last_seen(device.id) == T
+    await report(device.id, T + 10 + LAST_SEEN_EVERY_S)
+    assert await last_seen(device.id) == T + 10 + LAST_SEEN_EVERY_S
