@@ -60,7 +60,7 @@ def metadata_key_problem(key: str) -> str | None:
     if key == ALLOWED_COMMANDS_KEY:
         return "is not custom metadata; select devices by their custom keys"
     if not METADATA_KEY.fullmatch(key):
-        return f"must be a key of {_KEY_RULE}"
+        return f"must be {_KEY_RULE}"
     return None
 
 

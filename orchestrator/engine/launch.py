@@ -52,6 +52,7 @@ async def _device_pages(stores: Stores, project_id: str) -> AsyncIterator[list[D
                 model=device.model,
                 allowed_commands=tuple(device.allowed_commands),
                 active_rollout=holder,
+                metadata=device.metadata,
             )
             for device, holder in zip(page.devices, holders, strict=True)
         ]

@@ -41,6 +41,7 @@ from orchestrator.timeutil import epoch_ms, isoformat_z, utc_now
 
 TOKEN_SECRET_BYTES = 24
 TOKEN_CHARS = 54  # url-safe base64, unpadded, of 16 id bytes and TOKEN_SECRET_BYTES
+EARLIER_TOKEN_CHARS = 32  # secrets.token_urlsafe(24): tokens made by earlier versions
 SCAN_BUDGET = 5000  # ids a filtered listing looks at per script call (each call is short)
 TAG_SEPARATOR = ","  # tags never hold one (domain.devices.TAG)
 
@@ -95,6 +96,17 @@ class DevicePage:
 
     devices: list[Device]
     next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A device record to store (None: delete it), and the keys that change with it."""
+
+    device: Device | None
+    remove: Sequence[Sequence[str]] = ()  # id sets (base, bounds) the device leaves
+    add: Sequence[Sequence[str]] = ()  # id sets (base, bounds) the device joins
+    delete: Sequence[str] = ()  # keys deleted with it
+    download_keys: bool = False  # revoke the device's download keys
 
 
 # --- tokens -----------------------------------------------------------------------------------
@@ -221,11 +233,11 @@ class DeviceStore:
         self._keys = keys
         self._script = load_script(redis, "devices")
 
-    def _sets(self, project_id: str, tags: Sequence[str]) -> list[list[str]]:
+    def _sets(self, project_id: str, tags: Sequence[str]) -> list[tuple[str, str]]:
         """The id sets (base, bounds) that list a device of the project with these tags."""
         keys = self._keys
-        return [[keys.project_devices(project_id), keys.project_devices_bounds(project_id)]] + [
-            [keys.project_tag(project_id, tag), keys.project_tag_bounds(project_id, tag)]
+        return [(keys.project_devices(project_id), keys.project_devices_bounds(project_id))] + [
+            (keys.project_tag(project_id, tag), keys.project_tag_bounds(project_id, tag))
             for tag in tags
         ]
 
@@ -233,34 +245,40 @@ class DeviceStore:
         # KEYS only routes the call (Redis Cluster): every key shares the prefix's slot.
         return await self._script(keys=[route], args=[entry, json.dumps(args, ensure_ascii=False)])
 
-    async def _write(
-        self,
-        device_id: str,
-        expect: Mapping[str, str],
-        record: Mapping[str, str],
-        *,
-        remove: Sequence[list[str]] = (),
-        add: Sequence[list[str]] = (),
-        delete: Sequence[str] = (),
-        download_keys: bool = False,
-    ) -> bool:
-        """Replace the record if it still is `expect`; False when it changed meanwhile."""
+    async def _write(self, device_id: str, expect: Mapping[str, str], write: _Write) -> bool:
+        """Carry out `write` if the record still is `expect`; False when it changed meanwhile."""
         key = self._keys.device(device_id)
         args: dict[str, Any] = {
             "key": key,
             "id": device_id,
             "expect": expect,
-            "record": record,
-            "remove": list(remove),
-            "add": list(add),
-            "delete": list(delete),
+            "record": encode(write.device) if write.device is not None else {},
+            "remove": [list(ids) for ids in write.remove],
+            "add": [list(ids) for ids in write.add],
+            "delete": list(write.delete),
         }
-        if download_keys:
+        if write.download_keys:
             args["download_keys"] = [
                 self._keys.device_download_keys(device_id),
                 self._keys.download_key(""),
             ]
         return bool(await self._call("write", key, args) == "ok")
+
+    async def _replace(
+        self, project_id: str, device_id: str, change: Callable[[Device], _Write]
+    ) -> _Write | None:
+        """Read the device, work out `change`, and write it unless the record changed
+        meanwhile (then read again); None when the project has no such device."""
+        while True:
+            record = await self._read(device_id)
+            if not record:
+                return None
+            device = decode(device_id, record)
+            if device.project_id != project_id:
+                return None
+            write = change(device)
+            if await self._write(device_id, record, write):
+                return write
 
     async def _read(self, device_id: str) -> dict[str, str]:
         return fields(await self._redis.hgetall(self._keys.device(device_id)))
@@ -296,7 +314,7 @@ class DeviceStore:
             metadata=dict(metadata or {}),
             token_digest=token_digest(token),
         )
-        await self._write(device_id, {}, encode(device), add=self._sets(project_id, tags))
+        await self._write(device_id, {}, _Write(device, add=self._sets(project_id, tags)))
         return device, token
 
     @translated
@@ -309,6 +327,8 @@ class DeviceStore:
     async def by_token(self, token: str) -> Device | None:
         """The device whose token this is, or None."""
         device_id = token_device_id(token)
+        if device_id is None and len(token) != EARLIER_TOKEN_CHARS:
+            return None
         if device_id is None:  # a token of an earlier version: its own index key
             hex_digest = hashlib.sha256(token.encode()).hexdigest()
             found = await self._redis.get(self._keys.device_token(hex_digest))
@@ -390,13 +410,8 @@ class DeviceStore:
 
         `metadata` maps the device's custom metadata to the new one (it may raise to refuse).
         """
-        while True:
-            record = await self._read(device_id)
-            if not record:
-                return None
-            device = decode(device_id, record)
-            if device.project_id != project_id:
-                return None
+
+        def change(device: Device) -> _Write:
             changed = replace(
                 device,
                 name=device.name if name is None else name,
@@ -408,53 +423,39 @@ class DeviceStore:
                 metadata=device.metadata if metadata is None else metadata(device.metadata),
             )
             old_tags, new_tags = set(device.tags), set(changed.tags)
-            written = await self._write(
-                device_id,
-                record,
-                encode(changed),
+            return _Write(
+                changed,
                 remove=self._sets(project_id, sorted(old_tags - new_tags))[1:],
                 add=self._sets(project_id, sorted(new_tags - old_tags))[1:],
             )
-            if written:
-                return changed
+
+        written = await self._replace(project_id, device_id, change)
+        return written.device if written is not None else None
 
     @translated
     async def delete(self, project_id: str, device_id: str) -> bool:
         """Delete the device, its token and indexes, and revoke its download keys."""
-        while True:
-            record = await self._read(device_id)
-            if not record:
-                return False
-            device = decode(device_id, record)
-            if device.project_id != project_id:
-                return False
-            written = await self._write(
-                device_id,
-                record,
-                {},
+
+        def change(device: Device) -> _Write:
+            return _Write(
+                None,
                 remove=self._sets(project_id, device.tags),
                 delete=self._legacy_token_keys(device),
                 download_keys=True,
             )
-            if written:
-                return True
+
+        return await self._replace(project_id, device_id, change) is not None
 
     @translated
     async def rotate_token(self, project_id: str, device_id: str, token: str) -> Device | None:
         """Make `token` the device's only token (the old one stops working); None if gone."""
-        while True:
-            record = await self._read(device_id)
-            if not record:
-                return None
-            device = decode(device_id, record)
-            if device.project_id != project_id:
-                return None
+
+        def change(device: Device) -> _Write:
             rotated = replace(device, token_digest=token_digest(token))
-            written = await self._write(
-                device_id, record, encode(rotated), delete=self._legacy_token_keys(device)
-            )
-            if written:
-                return rotated
+            return _Write(rotated, delete=self._legacy_token_keys(device))
+
+        written = await self._replace(project_id, device_id, change)
+        return written.device if written is not None else None
 
     def _legacy_token_keys(self, device: Device) -> list[str]:
         """The `devtoken:` key a token of an earlier version may have (none for newer ones)."""

@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 from orchestrator.api.app import ROUTE_MODULES
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.commands import ALLOWED_COMMANDS, COMMAND_NAME
-from orchestrator.domain.devices import TAG
+from orchestrator.domain.devices import MAX_METADATA_ENTRIES, METADATA_KEY, TAG
 from orchestrator.domain.files import FILE_NAME
 from orchestrator.domain.notices import Notice
 from orchestrator.domain.states import DeviceState, RolloutState
@@ -108,7 +108,8 @@ async def test_the_error_body_schema_has_the_house_fields(openapi: dict[str, Any
 
 
 async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -> None:
-    """Seed 003's device body, seed 000's command body and the required file `type`."""
+    """Seed 003's device body (and metadata), seed 000's command body and the required file
+    `type`."""
     ops = operations(openapi)
     schemas = openapi["components"]["schemas"]
     create = ops[("POST", "/v2/projects/{project_id}/devices")]
@@ -123,6 +124,7 @@ async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -
         "tags",
         "brand",
         "model",
+        "metadata",
     }
     assert device_create["properties"]["source"]["enum"] == ["http", "mqtt"]
     assert set(device_create["required"]) == {"name", "source"}
@@ -278,8 +280,13 @@ async def test_bodies_carry_their_patterns_and_media_types(openapi: dict[str, An
     assert command["then"]["properties"]["data"]["required"] == ["file_name"]
     tag = {"type": "string", "pattern": TAG.pattern}
     assert schemas["DeviceCreate"]["properties"]["tags"]["items"] == tag
-    patch = schemas["DeviceMetadataPatch"]["properties"]["allowed_commands"]
-    assert patch["pattern"] == ALLOWED_COMMANDS.pattern
+    for body, nullable in (("DeviceCreate", False), ("DevicePatch", True)):
+        metadata = schemas[body]["properties"]["metadata"]
+        metadata = metadata["anyOf"][0] if nullable else metadata
+        allowed = metadata["properties"]["allowed_commands"]
+        assert allowed["pattern"] == ALLOWED_COMMANDS.pattern
+        assert metadata["propertyNames"]["pattern"] == METADATA_KEY.pattern
+        assert metadata["else"] == {"maxProperties": MAX_METADATA_ENTRIES}
     events = schemas["NotificationCreate"]["properties"]["events"]["anyOf"][0]["items"]
     assert events["enum"] == [notice.value for notice in Notice]
     assert schemas["RolloutOut"]["properties"]["state"] == {

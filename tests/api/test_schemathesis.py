@@ -71,7 +71,8 @@ DOOMED = {  # what the DELETE operations delete
 # - 400 where a body has rules JSON Schema cannot state (the message names the rule): a plan's
 #   cross-field rules and its files (rollouts, hook templates and deliveries), an upload's file
 #   name (in the part's header, not in a field), a URL's host, a secret's printable characters
-#   and base64 (notifications, hooks);
+#   and base64 (notifications, hooks), a device's custom metadata keys once a PATCH merges
+#   them into the stored ones (64 at most in all);
 # - 416 for a well-formed Range past the end of the file being downloaded.
 _SEMANTIC = ["2xx", 400, 401, 403, 404, 409, 413]
 ACCEPTED = {
@@ -80,6 +81,7 @@ ACCEPTED = {
     "POST /v2/projects/{project_id}/hooks": _SEMANTIC,
     "POST /v2/projects/{project_id}/notifications": _SEMANTIC,
     "POST /v2/hooks/{hook_id}": _SEMANTIC,
+    "PATCH /v2/projects/{project_id}/devices/{device_id}": _SEMANTIC,
     f"GET {DOWNLOAD}": ["2xx", 401, 403, 404, 409, 416],
 }
 

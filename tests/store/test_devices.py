@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from bench.run import create_devices
 from orchestrator.domain.devices import LAST_SEEN_EVERY_S, DeviceSource
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
@@ -38,10 +39,10 @@ BUDGET_BYTES = 360
 
 
 async def create(
-    stores: Stores, name: str = "d", tags: list[str] | None = None
+    stores: Stores, name: str = "d", tags: list[str] | None = None, project_id: str = PROJECT
 ) -> tuple[Device, str]:
     return await stores.devices.create(
-        PROJECT,
+        project_id,
         name=name,
         description="",
         source=DeviceSource.MQTT,
@@ -309,15 +310,7 @@ async def test_leaves_list_every_device_once_in_id_order_whatever_is_added_and_r
     for created, share, limit in steps:
         made = await asyncio.gather(
             *(
-                clean.devices.create(
-                    project_id,
-                    name="d",
-                    description="",
-                    source=DeviceSource.MQTT,
-                    brand="Custom",
-                    model="Custom",
-                    tags=["t"] if i % 2 else [],
-                )
+                create(clean, tags=["t"] if i % 2 else [], project_id=project_id)
                 for i in range(created)
             )
         )
@@ -365,21 +358,7 @@ async def test_a_device_without_tags_costs_at_most_the_budget_in_redis(
     stores = short_prefix_stores
     project = await stores.projects.create("memory")  # a real id: 36 characters in each record
     n = 1000
-    for start in range(0, n, 100):
-        await asyncio.gather(
-            *(
-                stores.devices.create(
-                    project.id,
-                    name=f"bench-{i}",
-                    description="",
-                    source=DeviceSource.MQTT,
-                    brand="bench",
-                    model="b1",
-                    tags=[],
-                )
-                for i in range(start, start + 100)
-            )
-        )
+    await create_devices(stores, project.id, n)  # the soak's devices
     total = 0
     async for key in stores.redis.scan_iter(match=f"{stores.keys.prefix}*", count=1000):
         total += int(await stores.redis.memory_usage(key, samples=0) or 0)
