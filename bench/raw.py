@@ -26,7 +26,8 @@ import zmqtt
 from faststream.mqtt import MQTTBroker
 
 from bench.fleet_client import FleetClient
-from orchestrator.transport.batched import batched_writes, open_batched
+from orchestrator.transport.batched import open_batched
+from orchestrator.transport.clients import zmqtt_client
 
 PUBLISH_BATCH = 500  # the engine's DISPATCH_BATCH: publishes in flight at once
 WAIT_S = 120.0
@@ -81,40 +82,55 @@ async def zmqtt_publish(
 ) -> Rate:
     """FastStream's MQTTBroker (zmqtt) publishing QoS 2, with CommandTransport's options.
 
-    `batched`: on the transport CommandTransport gives it (writes sent once per loop turn)
-    rather than zmqtt's own.
+    `batched`: zmqtt's client on the transport CommandTransport uses (writes sent once per
+    loop turn), as CommandTransport publishes, rather than FastStream's MQTTBroker.
     """
-    broker = MQTTBroker(
-        url,
-        client_id=f"bench-zmqtt-pub-{uuid.uuid4().hex[:8]}",
-        version="5.0",
-        reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
-        mqtt_connect_timeout=10.0,
-        logger=None,
-    )
-    if batched:
-        batched_writes(broker)
-    await broker.start()
+    client_id = f"bench-zmqtt-pub-{uuid.uuid4().hex[:8]}"
+    reconnect = zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0)
+    if batched:  # as CommandTransport does: zmqtt's client on the batched transport
+        client = zmqtt_client(
+            url,
+            client_id=client_id,
+            version="5.0",
+            reconnect=reconnect,
+            mqtt_connect_timeout=10.0,
+            transport_factory=open_batched,
+        )
+
+        async def publish(topic: str, body: bytes, command_id: str) -> None:
+            properties = zmqtt.PublishProperties(correlation_data=command_id.encode())
+            await client.publish(
+                topic, body, qos=zmqtt.QoS.EXACTLY_ONCE, retain=False, properties=properties
+            )
+
+        start_client, stop_client = client.connect, client.disconnect
+    else:
+        broker = MQTTBroker(
+            url,
+            client_id=client_id,
+            version="5.0",
+            reconnect=reconnect,
+            mqtt_connect_timeout=10.0,
+            logger=None,
+        )
+
+        async def publish(topic: str, body: bytes, command_id: str) -> None:
+            await broker.publish(
+                body, topic, qos=zmqtt.QoS.EXACTLY_ONCE, retain=False, correlation_id=command_id
+            )
+
+        start_client, stop_client = broker.start, broker.stop
+    await start_client()
     try:
         await fleet.call("expect", mode="count", n=len(messages))
         started = time.time()
         for start in range(0, len(messages), PUBLISH_BATCH):
-            await asyncio.gather(
-                *(
-                    broker.publish(
-                        body,
-                        topic,
-                        qos=zmqtt.QoS.EXACTLY_ONCE,
-                        retain=False,
-                        correlation_id=command_id,
-                    )
-                    for topic, body, command_id in messages[start : start + PUBLISH_BATCH]
-                )
-            )
+            batch = messages[start : start + PUBLISH_BATCH]
+            await asyncio.gather(*(publish(*message) for message in batch))
         published = time.time()
         seen = await fleet.call("wait", timeout_s=WAIT_S)
     finally:
-        await broker.stop()
+        await stop_client()
     return _publish_rate(len(messages), started, published, seen)
 
 

@@ -176,7 +176,7 @@ def report(results: Results, wall_s: float, command: str, redis_binary: str) -> 
             f"{ratio(results.aiomqtt_publish, zp):.2f} of zmqtt",
         ),
         (
-            "zmqtt raw publish through the engine's transport (FastStream MQTTBroker, its writes "
+            "zmqtt raw publish through the engine's transport (zmqtt's client, its writes "
             "sent once per loop turn)",
             _rate(results.zmqtt_batched_publish),
             f"{ratio(results.zmqtt_batched_publish, zp):.2f} of zmqtt",
@@ -245,9 +245,9 @@ def report(results: Results, wall_s: float, command: str, redis_binary: str) -> 
         "| --- | --- | --- |",
         *(f"| {a} | {b} | {c} |" for a, b, c in rows),
         "",
-        "Ratios: engine rate / zmqtt raw rate (the engine publishes with zmqtt through "
-        "FastStream's MQTTBroker and reads results with zmqtt directly, both on a transport of "
-        "its own that sends its writes once per loop turn); aiomqtt rows and the rows through "
+        "Ratios: engine rate / zmqtt raw rate through FastStream's MQTTBroker (the engine "
+        "publishes and reads results with zmqtt directly, on a transport of its own that sends "
+        "its writes once per loop turn); aiomqtt rows and the rows through "
         "the engine's transport: that rate / zmqtt's with its own transport. Bold: the "
         "summary line's numbers, each the median of "
         f"{len(results.rounds)} rounds; a round is the zmqtt baselines and then run 2, back to "

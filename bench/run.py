@@ -45,8 +45,10 @@ from bench.report import (
     per_device,
     report,
 )
+from orchestrator.domain import counters
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.devices import DeviceSource
+from orchestrator.domain.states import DeviceState
 from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port, mosquitto_binary
 from orchestrator.logs import configure_logging
 from orchestrator.service import run_on_service_loop, start_serving
@@ -57,6 +59,7 @@ from orchestrator.store.redis import Redis, connect
 from orchestrator.transport.clients import end_session
 from orchestrator.transport.results import results_client_id
 
+SUCCEEDED = counters.total(DeviceState.SUCCEEDED)
 POLL_S = 0.01  # how often the rollout's counters are read from Redis (one HGET)
 FIRMWARE = hashlib.sha256(b"bench").digest() * 128  # 4 KiB
 FIRMWARE_FILE = "fw_bench.bin"
@@ -262,7 +265,7 @@ async def run_interleaved(
     before = await command_stats(stores.redis)  # after creation: the engine only starts it later
     cpu_before = cpu_s()
     (succeeded_at, succeeded), seen = await asyncio.gather(
-        wait_count(stores, rollout_id, "all:succeeded", n),
+        wait_count(stores, rollout_id, SUCCEEDED, n),
         fleet.call("wait", timeout_s=RUN_TIMEOUT_S, stall_s=STALL_S),
     )
     results.cpu_busy["run 1, dispatch and ingest"] = (cpu_s() - cpu_before) / (
@@ -320,7 +323,7 @@ async def run_separate(
     results.redis_calls["dispatch only, per device"] = per_device(before, middle, n)
     cpu_before, clock = cpu_s(), time.time()
     released = await fleet.call("release")
-    succeeded_at, succeeded = await wait_count(stores, rollout_id, "all:succeeded", n)
+    succeeded_at, succeeded = await wait_count(stores, rollout_id, SUCCEEDED, n)
     burst_cpu_s = cpu_s() - cpu_before
     results.cpu_busy[f"{label}, ingest burst"] = burst_cpu_s / (succeeded_at - clock)
     measured.engine_cpu_us = burst_cpu_s / max(succeeded, 1) * 1e6

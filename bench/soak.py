@@ -1,5 +1,6 @@
-"""`make soak`: what a large fleet costs (Redis per device, service memory, time per wave) and how
-fast firmware goes out to many slow devices (the service, the service with nginx offload, nginx).
+"""`make soak`: what a large fleet costs (Redis per device, service memory, time per wave; Redis
+again once the finished rollout is compacted) and how fast firmware goes out to many slow
+devices (the service, the service with nginx offload, nginx).
 
 Everything runs on this machine, on servers of its own: a redis-server and a mosquitto on free
 ports in a temporary directory, the service as `python -m orchestrator serve` in a process of
@@ -36,7 +37,9 @@ from bench.report import log_problems
 from bench.run import FIRMWARE_FILE, create_devices, start_rollout, upload_firmware
 from bench.soak_downloads import run_downloads
 from bench.soak_report import RolloutFigures, SoakResults, Wave, report
+from orchestrator.domain import counters
 from orchestrator.domain.auth import Scope
+from orchestrator.domain.states import DeviceState
 from orchestrator.embedded import (
     EmbeddedBroker,
     EmbeddedRedis,
@@ -48,11 +51,13 @@ from orchestrator.service import run_on_service_loop
 from orchestrator.store import Stores
 from orchestrator.store.redis import Redis, connect
 
+SUCCEEDED = counters.total(DeviceState.SUCCEEDED)
 PREFIX = "soak:"
 WAVE_PERCENTS = (1, 10, 50, 100)  # cumulative, as a plan's waves are
 POLL_S = 0.1  # how often the rollout is read while it runs
 ROLLOUT_TIMEOUT_S = 900.0
 STALL_S = 30.0  # the rollout's counts have not moved for this long: it will not finish
+COMPACT_TIMEOUT_S = 120.0  # the engine lets go of a finished rollout within its lease (15 s)
 SCAN_BATCH = 1000  # keys per SCAN step and per pipeline of MEMORY USAGE
 SECRET = secrets.token_hex(32)  # the offload secret of this run's service and nginx
 _ID = re.compile(r"^(?:dk_)?[A-Za-z0-9_-]{16,}$")  # a key segment that is an id, not a word
@@ -179,8 +184,9 @@ async def run_rollout(
     fleet: FleetClient,
     project_id: str,
     figures: RolloutFigures,
-) -> None:
-    """The rollout of every device, answered at once by the fleet; times and RSS per wave."""
+) -> str:
+    """The rollout of every device, answered at once by the fleet; times and RSS per wave.
+    Returns the rollout's id."""
     n = figures.devices
     await fleet.call("expect", mode="reply", n=n)
     rollout_id = await start_rollout(client, project_id, soak_plan())
@@ -206,9 +212,7 @@ async def run_rollout(
             wave_index, wave_started = record.wave, now
         if finished:
             break
-        count = int(
-            await stores.redis.hget(stores.keys.rollout_counts(rollout_id), "all:succeeded") or 0
-        )
+        count = int(await stores.redis.hget(stores.keys.rollout_counts(rollout_id), SUCCEEDED) or 0)
         if count != last_count:
             last_count, last_change = count, now
         elif now - last_change > STALL_S:
@@ -218,9 +222,28 @@ async def run_rollout(
     figures.rollout_s = time.time() - started
     figures.state = record.state.value if record else "?"
     counts = await stores.rollouts.counts(rollout_id)
-    figures.succeeded = int(counts.get("all:succeeded", 0))
+    figures.succeeded = int(counts.get(SUCCEEDED, 0))
     seen = await fleet.call("wait", timeout_s=30, stall_s=5)
     figures.commands_received = int(seen["received"])
+    return rollout_id
+
+
+async def compact_rollout(stores: Stores, rollout_id: str, figures: RolloutFigures) -> None:
+    """Compact the finished rollout now, as the engine's sweep does a minute after its end
+    (store/rollout_archive.py); waits for the engine to let go of it first."""
+    started = time.time()
+    while time.time() - started < COMPACT_TIMEOUT_S:
+        compacted = await stores.archive.compact(
+            rollout_id, max_devices=figures.devices, at_ms=int(time.time() * 1000)
+        )
+        if compacted.outcome == "done":
+            figures.compact_s = time.time() - started
+            return
+        if compacted.outcome != "leased" and compacted.outcome != "more":
+            figures.notes.append(f"the rollout was not compacted: {compacted.outcome}")
+            return
+        await asyncio.sleep(POLL_S)
+    figures.notes.append(f"the rollout was not compacted within {COMPACT_TIMEOUT_S:.0f} s")
 
 
 # --- the whole soak --------------------------------------------------------------------------
@@ -277,12 +300,15 @@ async def soak(redis_url: str, broker: EmbeddedBroker, work: Path, results: Soak
         async with admin_client(service.base_url, admin_key) as client:
             await upload_firmware(client, project.id)
             figures.service_rss_before_rollout = service.rss_bytes()
-            await run_rollout(service, stores, client, fleet, project.id, figures)
+            rollout_id = await run_rollout(service, stores, client, fleet, project.id, figures)
             figures.service_rss_end = service.rss_bytes()
             figures.redis_after = await used_memory(redis)
             clock = time.time()
             figures.memory = await memory_by_kind(redis)
             figures.scan_s = time.time() - clock
+            await compact_rollout(stores, rollout_id, figures)
+            figures.redis_compacted = await used_memory(redis)
+            figures.memory_compacted = await memory_by_kind(redis)
             if results.downloads.clients:
                 chosen = list(tokens.items())[: results.downloads.clients]
                 await run_downloads(

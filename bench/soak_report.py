@@ -15,12 +15,22 @@ MIB = 1024 * 1024
 RSS_GROWTH_AIM_MB = 100.0  # service memory growth while serving the downloads, at most
 DIRECT_RATIO_AIM = 0.5  # the service's own streaming, against nginx alone
 OFFLOAD_RATIO_AIM = 0.9  # the service with nginx offload, against nginx alone
-# Key kinds by what they hold, for the per-device breakdown.
+# Key kinds by what they hold, for the per-device breakdown. A finished rollout's compacted
+# records (`rollout:{id}:archive`, and the `rollouts:archived` index) are rollout state too.
 CATEGORIES = (
     # devtoken: only tokens made before tokens carried their device id; the project's id sets
     # are cut in leaves (project:{id}:devices:index, …:index:{id}, …:bounds).
     ("registry", ("device:{id}", "devtoken:{id}", "project:{id}:devices:", "project:{id}:tag:")),
-    ("rollout state", ("rollout:", "device:{id}:rollout", "rollouts:")),
+    (
+        "rollout state",
+        (
+            "rollout:",
+            "rollout:{id}:archive",
+            "device:{id}:rollout",
+            "rollouts:",
+            "rollouts:archived",
+        ),
+    ),
     ("download keys (TTL: OTA_DOWNLOAD_KEY_TTL)", ("dk:", "device:{id}:dkeys")),
     ("command records (TTL 24 h)", ("command:",)),
     ("event streams (capped)", ("events:",)),
@@ -56,12 +66,20 @@ class RolloutFigures:
     redis_after: int = 0
     memory: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind: (keys, bytes)
     scan_s: float = 0.0
+    compact_s: float = 0.0  # compacting the finished rollout (store/rollout_archive.py)
+    redis_compacted: int = 0  # used_memory once it is compacted
+    memory_compacted: dict[str, tuple[int, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def bytes_per_device(self) -> float:
         """Redis used_memory after the rollout, less before the devices, per device."""
         return (self.redis_after - self.redis_before) / self.devices
+
+    @property
+    def bytes_per_device_compacted(self) -> float:
+        """Redis used_memory once the rollout is compacted, less before the devices, per device."""
+        return (self.redis_compacted - self.redis_before) / self.devices
 
     @property
     def rss_growth_mb(self) -> float:
@@ -190,15 +208,35 @@ def _rollout_tables(figures: RolloutFigures) -> list[str]:
         f"| Redis used_memory after the rollout | {_mib(figures.redis_after)} |",
         f"| **Redis per device** (after the rollout − before the devices) | "
         f"**{figures.bytes_per_device:,.0f} B** |",
+        f"| Redis used_memory once the rollout is compacted ({figures.compact_s:.1f} s) | "
+        f"{_mib(figures.redis_compacted)} |",
+        f"| **Redis per device, compacted** (then − before the devices) | "
+        f"**{figures.bytes_per_device_compacted:,.0f} B** |",
         "",
         f"Redis keys by kind after the rollout (MEMORY USAGE of every key, read in "
         f"{figures.scan_s:.1f} s; the sum is below used_memory, which also counts Redis's own "
         "tables):",
         "",
+        *_kind_tables(figures.memory, n),
+    ]
+    if figures.memory_compacted:
+        lines += [
+            "",
+            "The same once the finished rollout is compacted (as the engine's sweep does a "
+            "minute after its end):",
+            "",
+            *_kind_tables(figures.memory_compacted, n),
+        ]
+    return lines
+
+
+def _kind_tables(memory: dict[str, tuple[int, int]], n: int) -> list[str]:
+    """Keys and bytes by kind, then bytes per device by part."""
+    lines = [
         "| part | key kind | keys | bytes | bytes/device |",
         "| --- | --- | --- | --- | --- |",
     ]
-    ranked = sorted(figures.memory.items(), key=lambda item: (category(item[0]), -item[1][1]))
+    ranked = sorted(memory.items(), key=lambda item: (category(item[0]), -item[1][1]))
     totals: dict[str, int] = {}
     for kind, (keys, size) in ranked:
         totals[category(kind)] = totals.get(category(kind), 0) + size
@@ -260,6 +298,7 @@ def summary_line(results: SoakResults) -> str:
     )
     return (
         f"devices={rollout.devices} redis_bytes_per_device={rollout.bytes_per_device:.0f} "
+        f"compacted_bytes_per_device={rollout.bytes_per_device_compacted:.0f} "
         f"service_rss_growth_mb={rollout.rss_growth_mb:.1f} "
         f"download_mb_s={best.mb_s if best else 0:.0f} nginx_mb_s={nginx.mb_s if nginx else 0:.0f} "
         f"download_ratio={ratio:.2f} download_rss_growth_mb={growth:.1f}"

@@ -18,6 +18,7 @@ import httpx
 from orchestrator.errors import OrchestratorError
 
 DEFAULT_TIMEOUT_S = 30.0
+DEVICE_PAGE = 1000  # devices per request when iterating a project's devices (the API's most)
 
 
 class ApiError(OrchestratorError):
@@ -111,10 +112,12 @@ class ApiClient:
         return str(device["metadata"]["device_token"])
 
     async def devices(self, *, tag: str = "") -> AsyncIterator[dict[str, Any]]:
-        """Every device of the project (optionally with `tag`), page after page."""
+        """Every device of the project (optionally with `tag`), a page of `limit` at a time,
+        so that neither side holds the whole fleet's listing at once."""
         cursor = ""
         while True:
             params = {k: v for k, v in (("tag", tag), ("cursor", cursor)) if v}
+            params["limit"] = str(DEVICE_PAGE)
             body = await self.request("GET", f"{self._project()}/devices", params=params)
             for device in body.get("data", []):
                 yield device

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import quote
@@ -95,6 +96,17 @@ asyncio.run(main())
 
 class EmbeddedError(RuntimeError):
     """An embedded server could not be found, started or reached; the message says why."""
+
+
+def port_taken(host: str, port: int) -> bool:
+    """True when something listens on host:port already (binding it fails)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -497,12 +509,27 @@ class EmbeddedRedis(_Server):
         ]
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener for the embedded broker: where, and the PEM certificate and key."""
+
+    cert: Path
+    key: Path
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port, chosen at start
+
+
 class EmbeddedBroker(_Server):
     """An MQTT broker child process: Mosquitto when installed (MQTT 5), else amqtt (3.1.1).
 
     With `dynsec=True`, Mosquitto loads its dynamic-security plugin: anonymous clients are
     refused, the service connects as `dynsec_username` with a password made for this run (in
     `url`), with admin rights on the plugin, and devices are the plugin's clients.
+
+    With `tls` (a PEM certificate and key), Mosquitto also listens with TLS on
+    `tls.host`:`tls.port` (a free port for 0), for devices; the plain listener stays on `host`
+    for the service. Authentication is global (`per_listener_settings false`), so dynamic
+    security decides on both listeners alike.
     """
 
     _scheme = "mqtt"
@@ -517,11 +544,20 @@ class EmbeddedBroker(_Server):
         dynsec: bool = False,
         dynsec_username: str = "ota-service",
         dynsec_password: str | None = None,
+        tls: BrokerTls | None = None,
     ) -> None:
         self._mosquitto = mosquitto_binary()
         auto: Literal["mosquitto", "amqtt"] = "amqtt" if self._mosquitto is None else "mosquitto"
         self.kind: Literal["mosquitto", "amqtt"] = auto if kind == "auto" else kind
         super().__init__(self.kind, data_dir, host)
+        if tls is not None and self.kind != "mosquitto":
+            raise EmbeddedError(
+                "a TLS listener (OTA_MQTT_TLS_CERT, OTA_MQTT_TLS_KEY) needs Mosquitto, but the "
+                f"embedded broker would be {self.kind}; install the mosquitto package, or unset "
+                "both to run without TLS"
+            )
+        self.tls = tls
+        self._tls_port: int | None = None
         self.dynsec = dynsec
         self.dynsec_username = dynsec_username
         self.dynsec_password = dynsec_password or secrets.token_urlsafe(24)
@@ -553,16 +589,39 @@ class EmbeddedBroker(_Server):
         return f"{scheme}://{user}:{quote(self.dynsec_password, safe='')}@{rest}"
 
     @property
+    def tls_port(self) -> int | None:
+        """The port of the TLS listener while the broker runs with one, else None."""
+        return self._tls_port if self._port is not None else None
+
+    @property
     def mqtt_version(self) -> Literal["5.0", "3.1.1"]:
         """The newest MQTT protocol version the broker speaks (amqtt is 3.1.1 only)."""
         return "5.0" if self.kind == "mosquitto" else "3.1.1"
 
     def start(self, timeout_s: float = 15.0) -> Self:
         """Start the broker on a free port (writing the dynamic-security config first)."""
-        if self.dynsec and self._port is None:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            write_dynsec_config(self.dynsec_config_path, self.dynsec_username, self.dynsec_password)
+        if self._port is None:
+            if self.dynsec:
+                self.data_dir.mkdir(parents=True, exist_ok=True)
+                write_dynsec_config(
+                    self.dynsec_config_path, self.dynsec_username, self.dynsec_password
+                )
+            if self.tls is not None:
+                self._tls_port = self._free_tls_port(self.tls)
         return super().start(timeout_s)
+
+    @staticmethod
+    def _free_tls_port(tls: BrokerTls) -> int:
+        """The TLS listener's port: the one asked for, which must be free, or any free one."""
+        if not tls.port:
+            return free_port(tls.host)
+        if port_taken(tls.host, tls.port):
+            raise EmbeddedError(
+                f"The embedded broker cannot listen with TLS on {tls.host}:{tls.port}: "
+                "something else listens there. Stop it, or set OTA_MQTT_TLS_PORT to a free "
+                "port (0 picks one)."
+            )
+        return tls.port
 
     def _argv(self, port: int) -> list[str]:
         if self.kind == "amqtt":
@@ -607,6 +666,16 @@ class EmbeddedBroker(_Server):
             lines.append("allow_anonymous true")
         if os.geteuid() == 0:  # else Mosquitto switches to user `mosquitto`, who can't write here
             lines.append("user root")
+        if self.tls is not None and self._tls_port is not None:
+            # Last: certfile and keyfile belong to the listener line before them. The security
+            # options above are global (per_listener_settings false, the default, said at the
+            # top), so the plugin and allow_anonymous decide on this listener too.
+            lines = ["per_listener_settings false", *lines]
+            lines += [
+                f"listener {self._tls_port} {self.tls.host}",
+                f"certfile {self.tls.cert.resolve()}",
+                f"keyfile {self.tls.key.resolve()}",
+            ]
         config_path.write_text("\n".join(lines) + "\n")
         return [self._mosquitto, "-c", str(config_path.resolve())]
 

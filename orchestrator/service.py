@@ -6,22 +6,24 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import structlog
 import uvicorn
 
 from orchestrator.api import create_app
 from orchestrator.embedded import (
+    BrokerTls,
     EmbeddedBroker,
     EmbeddedRedis,
     embedded_dynsec_missing,
     free_port,
+    port_taken,
 )
 from orchestrator.settings import MqttProvision, Settings
 from orchestrator.transport.clients import without_credentials
@@ -84,9 +86,19 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
             yield resolved
             return
         provision, open_because = embedded_broker_security(resolved.mqtt_provision)
-        broker = EmbeddedBroker(resolved.broker_data_dir, dynsec=provision == "dynsec")
+        broker = EmbeddedBroker(
+            resolved.broker_data_dir, dynsec=provision == "dynsec", tls=broker_tls(resolved)
+        )
         with broker.start():
             url = without_credentials(broker.url)
+            tls_port = broker.tls_port or 0
+            if tls_port:
+                log.info(
+                    "embedded mqtt broker listens with TLS for devices",
+                    url=device_mqtt_url(resolved, tls_port),
+                    listen=f"{resolved.http_host}:{tls_port}",
+                    certificate=resolved.mqtt_tls_cert,
+                )
             if open_because:
                 log.warning(
                     f"the embedded MQTT broker accepts anonymous clients ({open_because}): "
@@ -107,23 +119,36 @@ def embedded_servers(settings: Settings) -> Iterator[Settings]:
                     "mqtt_url": broker.url,
                     "mqtt_version": broker.mqtt_version,
                     "mqtt_provision": provision,
+                    "mqtt_tls_port": tls_port,
                 }
             )
 
 
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
+def broker_tls(settings: Settings) -> BrokerTls | None:
+    """The embedded broker's TLS listener for devices, on OTA_HTTP_HOST (None without a cert).
+
+    OTA_MQTT_TLS_PORT kept when set; its default 8883 too, unless something else listens
+    there, then a free port (with a warning: devices must be told it).
+    """
+    if not settings.mqtt_tls:
+        return None
+    host, port = settings.http_host, settings.mqtt_tls_port
+    if port and "mqtt_tls_port" not in settings.model_fields_set and port_taken(host, port):
+        log.warning("mqtt tls port taken, using a free one", wanted=port)
+        port = 0
+    return BrokerTls(Path(settings.mqtt_tls_cert), Path(settings.mqtt_tls_key), host, port)
+
+
+def device_mqtt_url(settings: Settings, tls_port: int) -> str:
+    """Where devices connect with TLS: OTA_PUBLIC_URL's host (as for downloads), the TLS port."""
+    host = urlsplit(settings.public_url).hostname or settings.http_host
+    return f"mqtts://{f'[{host}]' if ':' in host else host}:{tls_port}"
 
 
 def choose_http_port(settings: Settings) -> Settings:
     """Keep the configured port; move an unconfigured, taken default to a free port."""
     explicit = "OTA_HTTP_PORT" in os.environ
-    if settings.http_port and (explicit or not _port_taken(settings.http_host, settings.http_port)):
+    if settings.http_port and (explicit or not port_taken(settings.http_host, settings.http_port)):
         return settings
     port = free_port(settings.http_host)
     log.warning("http port taken, using a free one", wanted=settings.http_port, port=port)
@@ -231,6 +256,12 @@ def print_banner(settings: Settings, *, embedded_redis: bool, embedded_broker: b
         f"  Redis: {settings.redis_url}{'  (embedded)' if embedded_redis else ''}",
         f"  MQTT:  {mqtt_url}{f'  (embedded; {note})' if note else ''}",
     ]
+    if embedded_broker and settings.mqtt_tls and settings.mqtt_tls_port:
+        port = settings.mqtt_tls_port
+        lines.append(
+            f"  MQTT for devices, TLS: {device_mqtt_url(settings, port)}  (listening on "
+            f"{settings.http_host}:{port}, certificate {settings.mqtt_tls_cert})"
+        )
     credentials = settings.data_dir / "credentials.env"
     if embedded_redis and credentials.exists():
         lines += [

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.domain.destinations import AllowList, parse_allow_list
@@ -25,6 +27,7 @@ _OFFLOAD_PREFIX = re.compile(r"/(?:[A-Za-z0-9._-]+/)+")
 #   none   no device accounts: the embedded broker lets in anyone, anonymous clients included.
 MqttProvision = Literal["", "dynsec", "none"]
 
+MQTT_TLS_PORT = 8883  # the IANA port of MQTT over TLS, where devices look first
 DAY_S = 86_400
 _DAYS = re.compile(r"(\d+(?:\.\d+)?)d(.*)")
 KEEP_FOREVER = "forever"
@@ -59,7 +62,8 @@ class Settings(BaseSettings):
     """Everything the service reads from its environment; empty URLs mean embedded servers."""
 
     # validate_by_name: a field read from a differently named variable (rollout_retention_s
-    # from OTA_ROLLOUT_RETENTION) can still be given by its name, as tests do.
+    # from OTA_ROLLOUT_RETENTION: names carry their unit, variables keep theirs) can still be
+    # given by its name, as tests do.
     model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore", validate_by_name=True)
 
     redis_url: str = ""
@@ -72,13 +76,22 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     public_url: str = ""
     data_dir: Path = Path(".ota")
-    download_key_ttl: int = Field(default=1800, gt=0)  # seconds
+    download_key_ttl_s: int = Field(default=1800, gt=0, validation_alias="ota_download_key_ttl")
     log_format: LogFormat = Field(default_factory=_default_log_format)
     log_level: str = "info"
-    max_file_size: int = Field(default=268_435_456, gt=0)  # bytes
+    max_file_size_bytes: int = Field(
+        default=268_435_456, gt=0, validation_alias="ota_max_file_size"
+    )
     instance_id: str = Field(default_factory=_default_instance_id)
     role: Literal["all", "api", "engine"] = "all"  # engine = the rollout engine runs here
     mqtt_provision: MqttProvision = ""
+    # With both, the embedded broker also listens with TLS for devices (docs: README "TLS for
+    # devices"), on OTA_HTTP_HOST, where devices reach the API too. PEM files.
+    mqtt_tls_cert: str = ""
+    mqtt_tls_key: str = ""
+    # 8883 by default, or a free port (with a warning) when 8883 is taken and this is unset;
+    # 0: a free port
+    mqtt_tls_port: int = Field(default=MQTT_TLS_PORT, ge=0, le=65535)
     download_offload: Literal["", "x-accel"] = ""
     # The nginx location (internal) that serves OTA_DATA_DIR/files; X-Accel-Redirect points there.
     download_offload_prefix: str = "/_ota_files/"
@@ -87,9 +100,9 @@ class Settings(BaseSettings):
     # when set, GET /metrics wants `Authorization: Bearer <this token>` (401 otherwise)
     metrics_token: str = ""
     # seconds a finished rollout stays in the rollout gauges after its last change
-    metrics_retention: int = Field(default=3600, ge=0)
+    metrics_retention_s: int = Field(default=3600, ge=0, validation_alias="ota_metrics_retention")
     # seconds before a failed notification is tried again, doubling each time (to 1 h at most)
-    notify_retry: float = Field(default=5.0, gt=0)
+    notify_retry_s: float = Field(default=5.0, gt=0, validation_alias="ota_notify_retry")
     notify_attempts: int = Field(default=12, ge=1)  # then the notification is given up
     # host names and CIDRs notifications may go to although not public (docs/hooks.md)
     notify_allow_hosts: str = ""
@@ -130,6 +143,57 @@ class Settings(BaseSettings):
                 f"device accounts: the embedded broker accepts anonymous clients), got {value!r}"
             )
         return value
+
+    @field_validator("mqtt_tls_cert", "mqtt_tls_key")
+    @classmethod
+    def _readable(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value
+        name = f"OTA_{str(info.field_name).upper()}"
+        what = "certificate" if info.field_name == "mqtt_tls_cert" else "private key"
+        path = Path(value)
+        if not path.is_file():
+            why = "does not exist" if not path.exists() else "is not a file"
+        elif not os.access(path, os.R_OK):
+            why = "cannot be read by this user"
+        else:
+            return value
+        raise ValueError(
+            f"{name}={value} {why}; give the path of the PEM {what} the embedded broker's TLS "
+            "listener presents to devices, readable by the user that runs the service"
+        )
+
+    @model_validator(mode="after")
+    def _mqtt_tls(self) -> Settings:
+        cert, key = self.mqtt_tls_cert, self.mqtt_tls_key
+        if not cert and not key:
+            return self
+        if not (cert and key):
+            given, missing = (
+                ("OTA_MQTT_TLS_CERT", "OTA_MQTT_TLS_KEY")
+                if cert
+                else ("OTA_MQTT_TLS_KEY", "OTA_MQTT_TLS_CERT")
+            )
+            raise ValueError(
+                f"{given} is set but {missing} is not: the broker's TLS listener needs both the "
+                "certificate (PEM) and its private key (PEM, without a passphrase); set both, "
+                "or neither for no TLS listener"
+            )
+        if self.mqtt_url:
+            raise ValueError(
+                "OTA_MQTT_TLS_CERT and OTA_MQTT_TLS_KEY give the embedded broker a TLS "
+                f"listener, but OTA_MQTT_URL={self.mqtt_url.split('@')[-1]} names your own "
+                "broker: configure TLS on that broker, and unset these two"
+            )
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                f"OTA_MQTT_TLS_CERT={cert} and OTA_MQTT_TLS_KEY={key} are not a PEM certificate "
+                f"and its private key ({exc}); the key must match the certificate and have no "
+                "passphrase (the broker starts unattended)"
+            ) from None
+        return self
 
     @field_validator("rollout_retention_s", mode="before")
     @classmethod
@@ -208,6 +272,11 @@ class Settings(BaseSettings):
     def notify_allow(self) -> AllowList:
         """The hosts and ranges notifications may go to although they are not public."""
         return parse_allow_list(self.notify_allow_hosts)
+
+    @property
+    def mqtt_tls(self) -> bool:
+        """Whether the embedded broker listens with TLS for devices."""
+        return bool(self.mqtt_tls_cert)
 
     @property
     def files_dir(self) -> Path:

@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client import CollectorRegistry
 
 from orchestrator import __version__
@@ -33,6 +33,7 @@ from orchestrator.api.context import AppContext
 from orchestrator.api.errors import install_error_handlers
 from orchestrator.api.http_metrics import HttpMetricsMiddleware
 from orchestrator.api.openapi import build_document
+from orchestrator.api.query_params import refuse_unknown_query
 from orchestrator.blobs import BlobStore
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.engine import Engine
@@ -67,7 +68,9 @@ ENGINE_ROUTE_MODULES = (health, metrics_route)
 DESCRIPTION = """
 Ship firmware to device fleets safely. Users authenticate with `Authorization: Bearer QB_…`
 (the bare key is accepted too); devices download with `Authorization: Basic {device_token}`.
-Every error has the body `{success, status, action, message, errors}`; invalid input is 400.
+Every error has the body `{success, status, action, message, errors}`; invalid input is 400,
+and so is a query parameter the operation does not list. A listing without `limit` holds every
+item (its `next_cursor`, if it has one, is null); with `limit`, it pages with `next_cursor`.
 """
 
 
@@ -164,6 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unknown_query)],
     )
     modules = ENGINE_ROUTE_MODULES if settings.role == "engine" else ROUTE_MODULES
     install_error_handlers(app, [route for module in modules for route in module.router.routes])

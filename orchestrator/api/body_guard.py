@@ -78,7 +78,7 @@ class BodyGuard:
         context: AppContext | None = getattr(request.app.state, "context", None)
         limit = BODY_LIMIT_BYTES
         if name == UPLOAD and context is not None:
-            limit = context.settings.max_file_size + UPLOAD_OVERHEAD_BYTES
+            limit = context.settings.max_file_size_bytes + UPLOAD_OVERHEAD_BYTES
         too_large = PayloadTooLarge(
             f"the request body is over {limit} bytes, the limit for this route; "
             + (

@@ -62,7 +62,7 @@ async def send_command(
         payload = await file_command_payload(
             context.stores,
             public_url=context.settings.public_url,
-            key_ttl_s=context.settings.download_key_ttl,
+            key_ttl_s=context.settings.download_key_ttl_s,
             project_id=project_id,
             device_id=device_id,
             command=command,

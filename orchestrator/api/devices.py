@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.cursors import DEVICE_CURSOR, device_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
+from orchestrator.api.listing import paged, streamed
 from orchestrator.api.schemas import (
     MAX_ALLOWED_COMMANDS_CHARS,
     DeviceCreate,
@@ -156,6 +157,7 @@ async def create_device(
 @router.get(
     "/v2/projects/{project_id}/devices",
     name="list_devices",
+    response_model=DeviceListEnvelope,
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_devices(
@@ -173,24 +175,35 @@ async def list_devices(
         description="next_cursor of the previous page; leave it out for the first page",
         json_schema_extra={"pattern": DEVICE_CURSOR},
     ),
-    limit: int = Query(default=100, ge=1, le=1000),
+    limit: int | None = Query(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Devices per page; without it, every device (from the cursor on)",
+    ),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.DEVICES_READ)),
-) -> DeviceListEnvelope:
-    """Devices of the project in id order, a page at a time."""
+) -> Response:
+    """Devices of the project in id order: all of them, or a page of `limit` at a time."""
     after = device_cursor(cursor)
     wanted = parse_metadata_filters(metadata or [])
     await check_project(context, principal, project_id)
-    page = await context.stores.devices.page(
-        project_id, tag=tag, metadata=wanted, cursor=after, limit=limit
-    )
-    return DeviceListEnvelope(
+
+    async def fetch(start: str | None, size: int) -> tuple[list[DeviceOut], str | None]:
+        page = await context.stores.devices.page(
+            project_id, tag=tag, metadata=wanted, cursor=start, limit=size
+        )
+        return [device_out(device) for device in page.devices], page.next_cursor
+
+    devices, next_cursor = await paged(fetch, after, limit)
+    envelope = DeviceListEnvelope(
         status=200,
         action="list devices",
         message="Devices listed.",
-        data=[device_out(device) for device in page.devices],
-        next_cursor=page.next_cursor,
+        data=[],
+        next_cursor=next_cursor,
     )
+    return await streamed(envelope, "data", devices)
 
 
 @router.get(

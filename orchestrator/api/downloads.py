@@ -1,8 +1,12 @@
-"""`GET /v2/device/download?key=`: a device fetches its file with a one-delivery key."""
+"""`GET /v2/device/download?key=`: a device fetches its file with a one-delivery key.
+
+`HEAD` on the same URL answers what GET would, without a body and without using the key.
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -14,9 +18,10 @@ from starlette.types import Message, Receive, Scope, Send
 
 from orchestrator.api.auth import DEVICE_TOKEN, current_device
 from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.delivery_headers import etag, file_headers
 from orchestrator.api.errors import error_responses
 from orchestrator.api.offload import accel_response, offloading
-from orchestrator.api.ranges import parse_range
+from orchestrator.api.ranges import requested_range
 from orchestrator.blobs import BlobStore
 from orchestrator.domain.downloads import delivery_budget_bytes
 from orchestrator.errors import (
@@ -56,9 +61,17 @@ def _file_headers(*extra: str) -> dict[str, Any]:
         "Content-Length": "Bytes in this response",
         "Accept-Ranges": "`bytes`: a broken transfer resumes with Range",
         "X-Content-SHA256": "The whole file's sha256, hex",
+        "ETag": "The whole file's sha256, hex, quoted: a strong entity tag (If-Range takes it)",
         "Content-Range": "`bytes {first}-{last}/{size}`",
     }
-    names = ["Content-Disposition", "Content-Length", "Accept-Ranges", "X-Content-SHA256", *extra]
+    names = [
+        "Content-Disposition",
+        "Content-Length",
+        "Accept-Ranges",
+        "X-Content-SHA256",
+        "ETag",
+        *extra,
+    ]
     return {
         name: {"description": described[name], "required": True, "schema": {"type": "string"}}
         for name in names
@@ -76,7 +89,16 @@ DOWNLOAD = {
                 "`bytes={first}-[{last}]` or `bytes=-{suffix}` to resume (206); a range past "
                 "the end is 416; other forms are ignored"
             ),
-        }
+        },
+        {
+            "name": "If-Range",
+            "in": "header",
+            "schema": {"type": "string"},
+            "description": (
+                "The ETag of the file the device holds part of: Range is honoured only when "
+                "it is this file's; otherwise the whole file is sent (200)"
+            ),
+        },
     ]
 }
 
@@ -118,19 +140,8 @@ class KeyedFileResponse(Response):
         self._metrics = metrics
 
     def _response_headers(self) -> list[tuple[bytes, bytes]]:
-        headers = [
-            (b"content-type", b"application/octet-stream"),
-            # Seed 000's form, unquoted: file names are RFC 9110 tokens ([A-Za-z0-9._-]).
-            (b"content-disposition", f"attachment; filename={self._stored.name}".encode()),
-            (b"content-length", str(self._end - self._first).encode()),
-            (b"accept-ranges", b"bytes"),
-            (b"cache-control", b"no-store"),
-            (b"x-content-sha256", self._stored.sha256.encode()),
-        ]
-        if self._partial:
-            span = f"bytes {self._first}-{self._end - 1}/{self._stored.size}"
-            headers.append((b"content-range", span.encode()))
-        return headers
+        headers = file_headers(self._stored, self._first, self._end, partial=self._partial)
+        return [(name.lower().encode(), value.encode()) for name, value in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sent = self._first
@@ -221,51 +232,43 @@ class KeyedFileResponse(Response):
         # connection, which is how the device learns to come back with Range.
 
 
-@router.get(
-    "/v2/device/download",
-    name="download_file",
-    status_code=200,
-    response_class=KeyedFileResponse,
-    dependencies=[Security(DEVICE_TOKEN)],
-    openapi_extra=DOWNLOAD,
-    responses={
-        200: {"description": "The file", "content": _FILE, "headers": _file_headers()},
-        206: {
-            "description": "The requested range of the file (resume)",
-            "content": _FILE,
-            "headers": _file_headers("Content-Range"),
-        },
-        **error_responses(400, 401, 403, 404, 409, 416, 503),
-    },
+_KEY_QUERY = Query(
+    description="The download key from the command payload; unknown, expired or spent keys are 401",
+    json_schema_extra={"pattern": KEY_PATTERN},
 )
-async def download_file(
-    request: Request,
-    key: str = Query(
-        description=(
-            "The download key from the command payload; unknown, expired or spent keys are 401"
-        ),
-        json_schema_extra={"pattern": KEY_PATTERN},
-    ),
-    context: AppContext = Depends(get_context),
-) -> Response:
-    """Stream the file bound to `key` to the device the key was issued to.
 
-    With OTA_DOWNLOAD_OFFLOAD=x-accel, a request nginx forwarded gets, after the same checks,
-    an `X-Accel-Redirect` answer, and nginx sends the bytes.
-    """
-    rejected = context.metrics.download_keys_rejected
 
-    def refuse(reason: str, error: OrchestratorError) -> OrchestratorError:
-        rejected.labels(reason).inc()
+@dataclass(frozen=True)
+class _Asked:
+    """A download request that passed every check before the key's use: who, what, which bytes."""
+
+    device_id: str
+    stored: StoredFile
+    first: int
+    end: int
+    partial: bool
+
+
+class _Refusals:
+    """Counts each refusal by reason (`ota_download_keys_rejected_total`) and returns it."""
+
+    def __init__(self, context: AppContext) -> None:
+        self._rejected = context.metrics.download_keys_rejected
+
+    def __call__(self, reason: str, error: OrchestratorError) -> OrchestratorError:
+        self._rejected.labels(reason).inc()
         return error
 
+
+async def _check_request(
+    request: Request, key: str, context: AppContext, refuse: _Refusals
+) -> _Asked:
+    """The device, the key's binding, the file and the Range, checked without using the key."""
     try:
         device = await current_device(request, context)
-    except Unauthorized:
-        rejected.labels("device_auth").inc()
-        raise
-    keys = context.stores.download_keys
-    record = await keys.get(key)
+    except Unauthorized as exc:
+        raise refuse("device_auth", exc) from None
+    record = await context.stores.download_keys.get(key)
     if record is None:
         raise refuse("unknown", Unauthorized(_DEAD_KEY))
     if record.device_id != device.id:
@@ -287,22 +290,19 @@ async def download_file(
             ),
         )
     try:
-        byte_range = parse_range(request.headers.get("range"), stored.size)
-    except RangeNotSatisfiable:
-        rejected.labels("bad_range").inc()
-        raise
+        byte_range = requested_range(
+            request.headers.get("range"), request.headers.get("if-range"), stored.size, etag(stored)
+        )
+    except RangeNotSatisfiable as exc:
+        raise refuse("bad_range", exc) from None
     first, end = byte_range or (0, stored.size)
-    offloaded = offloading(request, context.settings)
-    # The service cannot renew a claim while nginx sends, so an offloaded claim is held as long
-    # as one of the service's own transfers may run; nginx's report ends it (almost always)
-    # sooner, and only a report that never comes (nginx killed) leaves it to lapse.
-    lease_ms = TRANSFER_LIMIT_S * 1000 if offloaded else None
-    budget = delivery_budget_bytes(stored.size)
-    verdict, claim = await keys.claim(
-        key, device.id, span_bytes=end - first, budget_bytes=budget, lease_ms=lease_ms
-    )
+    return _Asked(device.id, stored, first, end, partial=byte_range is not None)
+
+
+def _refusal(verdict: ClaimVerdict, asked: _Asked, budget: int, refuse: _Refusals) -> Exception:
+    """The error for a key that may not be used now (any verdict but OK)."""
     if verdict is ClaimVerdict.BUSY:
-        raise refuse(
+        return refuse(
             "busy",
             Conflict(
                 "another transfer is using this download key; when it ends, resume with a "
@@ -310,21 +310,63 @@ async def download_file(
             ),
         )
     if verdict is ClaimVerdict.EXHAUSTED:
-        raise refuse(
+        return refuse(
             "exhausted",
             Unauthorized(
                 f"this download key may send at most {budget} bytes in all (twice the "
-                f"{stored.size}-byte file) and this request for {end - first} bytes would go "
-                "past that; resume only from where the transfer broke off (Range: bytes=N-), "
-                "or ask for a new key by sending the download command again"
+                f"{asked.stored.size}-byte file) and this request for {asked.end - asked.first} "
+                "bytes would go past that; resume only from where the transfer broke off "
+                "(Range: bytes=N-), or ask for a new key by sending the download command again"
             ),
         )
     if verdict is ClaimVerdict.WRONG_DEVICE:
-        raise refuse("wrong_device", Forbidden(_OTHER_DEVICE))
+        return refuse("wrong_device", Forbidden(_OTHER_DEVICE))
+    return refuse("spent" if verdict is ClaimVerdict.SPENT else "unknown", Unauthorized(_DEAD_KEY))
+
+
+_DOWNLOAD_ERRORS = (400, 401, 403, 404, 409, 416, 503)
+
+
+@router.get(
+    "/v2/device/download",
+    name="download_file",
+    status_code=200,
+    response_class=KeyedFileResponse,
+    dependencies=[Security(DEVICE_TOKEN)],
+    openapi_extra=DOWNLOAD,
+    responses={
+        200: {"description": "The file", "content": _FILE, "headers": _file_headers()},
+        206: {
+            "description": "The requested range of the file (resume)",
+            "content": _FILE,
+            "headers": _file_headers("Content-Range"),
+        },
+        **error_responses(*_DOWNLOAD_ERRORS),
+    },
+)
+async def download_file(
+    request: Request, key: str = _KEY_QUERY, context: AppContext = Depends(get_context)
+) -> Response:
+    """Stream the file bound to `key` to the device the key was issued to.
+
+    With OTA_DOWNLOAD_OFFLOAD=x-accel, a request nginx forwarded gets, after the same checks,
+    an `X-Accel-Redirect` answer, and nginx sends the bytes.
+    """
+    refuse = _Refusals(context)
+    asked = await _check_request(request, key, context, refuse)
+    stored, first, end = asked.stored, asked.first, asked.end
+    offloaded = offloading(request, context.settings)
+    # The service cannot renew a claim while nginx sends, so an offloaded claim is held as long
+    # as one of the service's own transfers may run; nginx's report ends it (almost always)
+    # sooner, and only a report that never comes (nginx killed) leaves it to lapse.
+    lease_ms = TRANSFER_LIMIT_S * 1000 if offloaded else None
+    budget = delivery_budget_bytes(stored.size)
+    keys = context.stores.download_keys
+    verdict, claim = await keys.claim(
+        key, asked.device_id, span_bytes=end - first, budget_bytes=budget, lease_ms=lease_ms
+    )
     if claim is None:
-        raise refuse(
-            "spent" if verdict is ClaimVerdict.SPENT else "unknown", Unauthorized(_DEAD_KEY)
-        )
+        raise _refusal(verdict, asked, budget, refuse)
     if offloaded:  # nginx sends the bytes and reports them (orchestrator/api/offload.py)
         return accel_response(context.settings, stored, key, claim)
     return KeyedFileResponse(
@@ -335,6 +377,55 @@ async def download_file(
         stored=stored,
         first=first,
         end=end,
-        partial=byte_range is not None,
+        partial=asked.partial,
         metrics=context.metrics,
+    )
+
+
+def _bodiless(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """The same responses, documented without their bodies (a HEAD answer carries none)."""
+    return {
+        code: {name: value for name, value in entry.items() if name != "content"}
+        for code, entry in responses.items()
+    }
+
+
+@router.head(
+    "/v2/device/download",
+    name="download_file",  # errors name the same action as GET's, byte for byte
+    status_code=200,
+    response_class=Response,
+    dependencies=[Security(DEVICE_TOKEN)],
+    openapi_extra=DOWNLOAD,
+    responses=_bodiless(
+        {
+            200: {"description": "What GET would send", "headers": _file_headers()},
+            206: {
+                "description": "What GET would send for this Range",
+                "headers": _file_headers("Content-Range"),
+            },
+            **error_responses(*_DOWNLOAD_ERRORS),
+        }
+    ),
+)
+async def check_download(
+    request: Request, key: str = _KEY_QUERY, context: AppContext = Depends(get_context)
+) -> Response:
+    """GET's status and headers, without a body, and without claiming or spending `key`.
+
+    The same checks as GET and the same errors (without their bodies): a device may ask how
+    big its file is, or whether its key still works, as often as it likes.
+    """
+    refuse = _Refusals(context)
+    asked = await _check_request(request, key, context, refuse)
+    stored = asked.stored
+    budget = delivery_budget_bytes(stored.size)
+    verdict = await context.stores.download_keys.check(
+        key, asked.device_id, span_bytes=asked.end - asked.first, budget_bytes=budget
+    )
+    if verdict is not ClaimVerdict.OK:
+        raise _refusal(verdict, asked, budget, refuse)
+    return Response(
+        status_code=206 if asked.partial else 200,
+        headers=file_headers(stored, asked.first, asked.end, partial=asked.partial),
     )

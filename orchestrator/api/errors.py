@@ -176,7 +176,8 @@ def _error_content() -> dict[str, Any]:
 
 
 _DESCRIPTIONS = {
-    400: "Invalid body or parameter; `errors` says where",
+    400: "Invalid body or parameter, or a query parameter the operation does not list; "
+    "`errors` says where",
     401: "Missing or unknown credentials",
     403: "Not allowed: the key lacks the scope or the project, or the device refuses the command",
     404: "Not found",

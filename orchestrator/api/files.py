@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, SCOPED, error_responses
+from orchestrator.api.listing import one_page, streamed
 from orchestrator.api.schemas import Done, FileList, FileListItem, FileOut
 from orchestrator.api.uploads import MAX_FIELD_BYTES, read_upload
 from orchestrator.domain.auth import Principal, Scope
@@ -83,7 +84,7 @@ async def upload_file(
 ) -> FileOut:
     """Upload a firmware or logo file (multipart: file, type, description)."""
     await check_project(context, principal, project_id)
-    limit = context.settings.max_file_size
+    limit = context.settings.max_file_size_bytes
     declared = whole_number(request.headers.get("content-length", ""))
     if declared is not None and declared > limit + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(
@@ -104,7 +105,7 @@ async def upload_file(
             request.headers.get("content-type", ""),
             request.stream(),
             writer,
-            max_file_size=limit,
+            max_file_size_bytes=limit,
             on_file_name=check_name,
         )
         if form.file_name is None:
@@ -159,12 +160,17 @@ def _items(files: list[StoredFile]) -> FileList:
     )
 
 
+async def _listed(files: list[StoredFile]) -> Response:
+    return await streamed(FileList(files=[]), "files", one_page(_items(files).files))
+
+
 TYPE_QUERY = Query(description="'firmware' or 'logo'", json_schema_extra={"enum": FILE_TYPES})
 
 
 @router.get(
     "/v2/projects/{project_id}/files",
     name="list_files",
+    response_model=FileList,
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_files(
@@ -172,23 +178,28 @@ async def list_files(
     type: str = TYPE_QUERY,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.FILES_READ)),
-) -> FileList:
+) -> Response:
     """Files of one type in this project, by name."""
     file_type = parse_file_type(type)
     await check_project(context, principal, project_id)
-    return _items(await context.stores.files.of_type([project_id], file_type))
+    return await _listed(await context.stores.files.of_type([project_id], file_type))
 
 
-@router.get("/v2/files", name="list_files", responses=error_responses(400, *SCOPED))
+@router.get(
+    "/v2/files",
+    name="list_files",
+    response_model=FileList,
+    responses=error_responses(400, *SCOPED),
+)
 async def list_all_files(
     type: str = TYPE_QUERY,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.FILES_READ)),
-) -> FileList:
+) -> Response:
     """Files of one type in every project this API key may use."""
     file_type = parse_file_type(type)
     scope = sorted(principal.projects) if principal.projects else None
-    return _items(await context.stores.files.of_type(scope, file_type))
+    return await _listed(await context.stores.files.of_type(scope, file_type))
 
 
 async def _refuse_if_in_use(context: AppContext, project_id: str, name: str) -> None:

@@ -15,13 +15,14 @@ import uuid
 from typing import Any
 
 import structlog
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, error_responses
+from orchestrator.api.listing import one_page, streamed
 from orchestrator.api.schemas import (
     DeployAccepted,
     DeployEnvelope,
@@ -47,7 +48,7 @@ from orchestrator.domain.hooks import (
 )
 from orchestrator.engine.launch import check_files
 from orchestrator.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized
-from orchestrator.store.hooks import Delivery, Hook
+from orchestrator.store.hooks import DELIVERIES_KEPT, Delivery, Hook
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -180,22 +181,19 @@ async def create_hook(
 @router.get(
     "/v2/projects/{project_id}/hooks",
     name="list_hooks",
+    response_model=HookListEnvelope,
     responses=error_responses(*IN_PROJECT),
 )
 async def list_hooks(
     project_id: str,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.HOOKS_READ)),
-) -> HookListEnvelope:
+) -> Response:
     """The project's hooks (without their secrets)."""
     await check_project(context, principal, project_id)
     hooks = await context.stores.hooks.of_project(project_id)
-    return HookListEnvelope(
-        status=200,
-        action="list hooks",
-        message="Hooks listed.",
-        data=[_out(context, hook) for hook in hooks],
-    )
+    envelope = HookListEnvelope(status=200, action="list hooks", message="Hooks listed.", data=[])
+    return await streamed(envelope, "data", one_page([_out(context, hook) for hook in hooks]))
 
 
 @router.get(
@@ -239,6 +237,7 @@ async def delete_hook(
 @router.get(
     "/v2/projects/{project_id}/hooks/{hook_id}/deliveries",
     name="list_hook_deliveries",
+    response_model=HookDeliveryListEnvelope,
     responses=error_responses(*IN_PROJECT),
 )
 async def list_hook_deliveries(
@@ -246,17 +245,17 @@ async def list_hook_deliveries(
     hook_id: str,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.HOOKS_READ)),
-) -> HookDeliveryListEnvelope:
-    """The hook's accepted deliveries of the last 24 hours, newest first, with their fate."""
+) -> Response:
+    """The hook's accepted deliveries of the last 24 hours (the newest 1000 at most), newest
+    first, with their fate."""
     await check_project(context, principal, project_id)
     await _hook(context, project_id, hook_id)
-    deliveries = await context.stores.hooks.deliveries(hook_id)
-    return HookDeliveryListEnvelope(
-        status=200,
-        action="list hook deliveries",
-        message="Deliveries listed.",
-        data=[HookDeliveryOut(**vars(delivery)) for delivery in deliveries],
+    deliveries = await context.stores.hooks.deliveries(hook_id, limit=DELIVERIES_KEPT)
+    envelope = HookDeliveryListEnvelope(
+        status=200, action="list hook deliveries", message="Deliveries listed.", data=[]
     )
+    items = [HookDeliveryOut(**vars(delivery)) for delivery in deliveries]
+    return await streamed(envelope, "data", one_page(items))
 
 
 def _delivery_id(raw: str) -> str:

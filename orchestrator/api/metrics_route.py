@@ -134,7 +134,9 @@ async def read_metrics(request: Request, context: AppContext = Depends(get_conte
             redis_up = await context.stores.ping()
             metrics.redis_up.set(1 if redis_up else 0)
             if redis_up:
-                samples = await rollout_samples(context.stores, context.settings.metrics_retention)
+                samples = await rollout_samples(
+                    context.stores, context.settings.metrics_retention_s
+                )
     except (StoreUnavailable, TimeoutError) as exc:
         # Answer anyway: ota_redis_up 0 is what pages someone; the rollout gauges go stale.
         metrics.redis_up.set(0)

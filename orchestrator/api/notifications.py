@@ -8,12 +8,13 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 import structlog
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from orchestrator.api.auth import check_project, require
 from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, error_responses
+from orchestrator.api.listing import one_page, streamed
 from orchestrator.api.schemas import (
     Done,
     NoticeAttemptOut,
@@ -36,8 +37,7 @@ from orchestrator.domain.hooks import check_secret, new_secret
 from orchestrator.domain.notices import Notice
 from orchestrator.engine.egress import RefusedDestination, checked_addresses
 from orchestrator.errors import InvalidInput, NotFound
-from orchestrator.store.notifications import Notice as QueuedNotice
-from orchestrator.store.notifications import Subscription
+from orchestrator.store.notifications import NOTICES_KEPT, NoticeDelivery, Subscription
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -59,7 +59,7 @@ def _iso_ms(epoch_ms: int) -> str:
     return isoformat_z(datetime.fromtimestamp(epoch_ms / 1000, tz=UTC))
 
 
-def _notice_out(notice: QueuedNotice) -> NoticeOut:
+def _notice_out(notice: NoticeDelivery) -> NoticeOut:
     return NoticeOut(
         id=notice.id,
         type=notice.type,
@@ -182,22 +182,21 @@ async def create_notification(
 @router.get(
     "/v2/projects/{project_id}/notifications",
     name="list_notifications",
+    response_model=NotificationListEnvelope,
     responses=error_responses(*IN_PROJECT),
 )
 async def list_notifications(
     project_id: str,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
-) -> NotificationListEnvelope:
+) -> Response:
     """The project's subscriptions (without their secrets)."""
     await check_project(context, principal, project_id)
     found = await context.stores.notifications.of_project(project_id)
-    return NotificationListEnvelope(
-        status=200,
-        action="list notifications",
-        message="Subscriptions listed.",
-        data=[_out(subscription) for subscription in found],
+    envelope = NotificationListEnvelope(
+        status=200, action="list notifications", message="Subscriptions listed.", data=[]
     )
+    return await streamed(envelope, "data", one_page([_out(each) for each in found]))
 
 
 @router.get(
@@ -243,6 +242,7 @@ async def delete_notification(
 @router.get(
     "/v2/projects/{project_id}/notifications/{subscription_id}/deliveries",
     name="list_notification_deliveries",
+    response_model=NoticeListEnvelope,
     responses=error_responses(*IN_PROJECT),
 )
 async def list_notification_deliveries(
@@ -250,14 +250,13 @@ async def list_notification_deliveries(
     subscription_id: str,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.NOTIFICATIONS_READ)),
-) -> NoticeListEnvelope:
-    """The notices of the last 7 days, newest first, with every attempt and the next one."""
+) -> Response:
+    """The notices of the last 7 days (the newest 1000 at most), newest first, with every
+    attempt and the next one."""
     await check_project(context, principal, project_id)
     await _subscription(context, project_id, subscription_id)
-    notices = await context.stores.notifications.notices(subscription_id)
-    return NoticeListEnvelope(
-        status=200,
-        action="list notification deliveries",
-        message="Deliveries listed.",
-        data=[_notice_out(notice) for notice in notices],
+    notices = await context.stores.notifications.notices(subscription_id, limit=NOTICES_KEPT)
+    envelope = NoticeListEnvelope(
+        status=200, action="list notification deliveries", message="Deliveries listed.", data=[]
     )
+    return await streamed(envelope, "data", one_page([_notice_out(n) for n in notices]))

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.delivery_headers import identity_headers
 from orchestrator.api.errors import error_responses
 from orchestrator.api.ranges import delivered_span
 from orchestrator.errors import NotFound, Unauthorized
@@ -62,13 +63,7 @@ def accel_response(settings: Settings, stored: StoredFile, key: str, claim: Clai
     return Response(
         status_code=200,
         media_type="application/octet-stream",
-        headers={
-            "X-Accel-Redirect": target,
-            # Seed 000's form, unquoted: file names are RFC 9110 tokens ([A-Za-z0-9._-]).
-            "Content-Disposition": f"attachment; filename={stored.name}",
-            "Cache-Control": "no-store",
-            "X-Content-Sha256": stored.sha256,
-        },
+        headers={"X-Accel-Redirect": target, **identity_headers(stored)},
     )
 
 

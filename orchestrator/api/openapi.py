@@ -1,8 +1,9 @@
 """The OpenAPI document the app serves at /openapi.json, finished to say what the routes do.
 
 FastAPI writes most of it from the routes. This adds what it cannot know: the house error
-body in place of its 422, that a query parameter is a string or absent (never null), and the
-rollout plan's JSON Schema that the YAML body refers to.
+body in place of its 422, the 400 every operation answers to a query parameter it does not
+list (api/query_params.py), that a query parameter is a string or absent (never null), and
+the rollout plan's JSON Schema that the YAML body refers to.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from orchestrator.api.errors import ErrorBody
+from orchestrator.api.errors import ErrorBody, error_responses
 from orchestrator.domain.plans import Plan
 
 PLAN_SCHEMA_NAME = "RolloutPlan"
@@ -34,6 +35,7 @@ def build_document(app: FastAPI) -> dict[str, Any]:
     for item in document.get("paths", {}).values():
         for operation in item.values():
             operation.get("responses", {}).pop("422", None)
+            operation.setdefault("responses", {}).setdefault("400", error_responses(400)[400])
             for parameter in operation.get("parameters", []):
                 _never_null(parameter)
     plan = Plan.model_json_schema(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+import asyncio
+from collections.abc import Sequence
+
+from fastapi import APIRouter, Depends, Response
 
 from orchestrator.api.auth import check_project, current_principal, require
 from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, KEYED, SCOPED, error_responses
+from orchestrator.api.listing import loaded, streamed
 from orchestrator.api.schemas import ProjectCreate, ProjectEnvelope, ProjectListEnvelope, ProjectOut
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.errors import Forbidden, NotFound
@@ -41,21 +45,28 @@ async def create_project(
     )
 
 
-@router.get("/v2/projects", name="list_projects", responses=error_responses(*KEYED))
+@router.get(
+    "/v2/projects",
+    name="list_projects",
+    response_model=ProjectListEnvelope,
+    responses=error_responses(*KEYED),
+)
 async def list_projects(
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(current_principal),
-) -> ProjectListEnvelope:
+) -> Response:
     """The projects this API key may use."""
-    projects = []
-    for project_id in await context.stores.projects.ids():
-        if principal.can_access(project_id):
-            project = await context.stores.projects.get(project_id)
-            if project is not None:
-                projects.append(ProjectOut(**vars(project)))
-    return ProjectListEnvelope(
-        status=200, action="list projects", message="Projects listed.", data=projects
+    store = context.stores.projects
+
+    async def load(ids: Sequence[str]) -> list[ProjectOut]:
+        found = await asyncio.gather(*(store.get(project_id) for project_id in ids))
+        return [ProjectOut(**vars(project)) for project in found if project is not None]
+
+    usable = [project_id for project_id in await store.ids() if principal.can_access(project_id)]
+    envelope = ProjectListEnvelope(
+        status=200, action="list projects", message="Projects listed.", data=[]
     )
+    return await streamed(envelope, "data", loaded(usable, load))
 
 
 @router.get("/v2/projects/{project_id}", name="get_project", responses=error_responses(*IN_PROJECT))

@@ -1,4 +1,5 @@
-"""The one `Range: bytes=…` form a resuming device sends, and what a proxy says it sent."""
+"""The one `Range: bytes=…` form a resuming device sends (with its If-Range), and what a proxy
+says it sent."""
 
 from __future__ import annotations
 
@@ -39,6 +40,20 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first >= size:
         raise _unsatisfiable(header, size)
     return first, size if last is None else min(last, size - 1) + 1
+
+
+def requested_range(
+    header: str | None, if_range: str | None, size: int, entity_tag: str
+) -> tuple[int, int] | None:
+    """`parse_range`, unless an If-Range names another version of the file than `entity_tag`.
+
+    Then the Range is ignored and the whole file is sent (RFC 9110 §13.1.5): the bytes the
+    client holds belong to something else. Only the entity tag can match (strong comparison);
+    the service sends no Last-Modified, so a date in If-Range never does.
+    """
+    if if_range is not None and if_range.strip() != entity_tag:
+        return None
+    return parse_range(header, size)
 
 
 def _unsatisfiable(header: str, size: int) -> RangeNotSatisfiable:

@@ -16,10 +16,11 @@ from orchestrator.api.schemas import (
     WavePreview,
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
+from orchestrator.domain.counters import by_state, tally_of
 from orchestrator.domain.plans import Plan, format_duration, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import RolloutRecord, tally_of
+from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.timeutil import isoformat_z
 
 SCAN_CHUNK = 500  # cohort positions read per step while listing a rollout's devices
@@ -31,11 +32,6 @@ def stored_plan(record: RolloutRecord) -> Plan:
     return shown_plan(record.plan)
 
 
-def state_counts(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
-    """`{state: n}` for every device state from the `{prefix}:{state}` counters."""
-    return {state.value: counters.get(f"{prefix}:{state.value}", 0) for state in DeviceState}
-
-
 def _firmware(file: str, version: str | None) -> FirmwareOut:
     return FirmwareOut(file=file, version=version)
 
@@ -45,7 +41,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
     plan = stored_plan(record)
     index = min(max(record.wave, 0), len(plan.waves) - 1)
     waves = [
-        WaveOut(name=wave.name, target=reach, counts=state_counts(counters, str(i)))
+        WaveOut(name=wave.name, target=reach, counts=by_state(counters, i))
         for i, (wave, reach) in enumerate(zip(plan.waves, record.reach, strict=False))
     ]
     return RolloutOut(
@@ -56,7 +52,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         wave=plan.waves[index].name,
         wave_index=index,
         waves=waves,
-        counts=state_counts(counters, "all"),
+        counts=by_state(counters),
         failure_rate=tally_of(counters).failure_rate,
         max_failure_rate=plan.policy.max_failure_rate,
         created_at=record.created_at,
@@ -135,22 +131,25 @@ async def device_page(
 ) -> RolloutDeviceList:
     """Up to `limit` devices (in `wanted` state) from cohort position `position` on.
 
-    The cursor is a position in the cohort order. A filtered page scans at most SCAN_BUDGET
-    positions, so it may hold fewer than `limit` devices while next_cursor is not null.
+    The cursor is a position in the cohort order, which a finished rollout's compaction keeps
+    (store/rollout_archive.py): a cursor given before it pages on the same after it. A filtered
+    page scans at most SCAN_BUDGET positions, so it may hold fewer than `limit` devices while
+    next_cursor is not null.
     """
     wave_names = [wave.name for wave in stored_plan(record).waves]
     found: list[RolloutDeviceOut] = []
     end = min(record.total, position + SCAN_BUDGET)
+    # Unfiltered, every position is a device of the page (or the next page's first).
+    step = SCAN_CHUNK if wanted is not None else min(SCAN_CHUNK, limit + 1)
     while position < end:
-        stop = min(position + SCAN_CHUNK, end)
-        ids = await stores.rollouts.order_slice(record.id, position, stop)
-        rows = await stores.rollouts.device_states(record.id, ids)
-        for offset, (device_id, row) in enumerate(zip(ids, rows, strict=True)):
-            if not row or (wanted is not None and row.get("state") != wanted.value):
+        stop = min(position + step, end)
+        state = "" if wanted is None else wanted.value
+        for at, device_id, row in await stores.archive.rows(record.id, position, stop, state=state):
+            if not row:
                 continue
             if len(found) == limit:  # one more match: the next page starts here
-                return RolloutDeviceList(devices=found, next_cursor=str(position + offset))
+                return RolloutDeviceList(devices=found, next_cursor=str(at))
             found.append(device_out(device_id, row, wave_names))
-        position = stop if ids else end
+        position = stop
     more = position < record.total
     return RolloutDeviceList(devices=found, next_cursor=str(position) if more else None)

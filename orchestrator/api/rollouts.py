@@ -7,11 +7,12 @@ state in Redis; the engine notices and does the work (dispatch, revoking keys, f
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any, TypeVar
 
 import structlog
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.auth import check_project, require
@@ -19,11 +20,13 @@ from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.cursors import POSITION_CURSOR, position_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
+from orchestrator.api.listing import loaded, one_page, paged, streamed
 from orchestrator.api.openapi import PLAN_SCHEMA_NAME
-from orchestrator.api.rollout_views import device_page, load_rollout_out, preview, stored_plan
+from orchestrator.api.rollout_views import device_page, load_rollout_out, preview
 from orchestrator.api.schemas import (
     RolloutActionRequest,
     RolloutDeviceList,
+    RolloutDeviceOut,
     RolloutEvent,
     RolloutEvents,
     RolloutList,
@@ -33,17 +36,15 @@ from orchestrator.api.schemas import (
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.plans import Plan
 from orchestrator.domain.states import (
-    TERMINAL_ROLLOUT_STATES,
     DeviceState,
     RolloutAction,
     RolloutState,
     allowed_actions,
-    next_rollout_state,
 )
+from orchestrator.engine import actions
 from orchestrator.engine.launch import check_files, cohort_of, launch
 from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from orchestrator.store.rollouts import RolloutRecord
-from orchestrator.timeutil import isoformat_z, utc_now
 
 S = TypeVar("S", bound=StrEnum)
 log = structlog.get_logger(__name__)
@@ -174,6 +175,7 @@ async def _rollout(context: AppContext, project_id: str, rollout_id: str) -> Rol
 @router.get(
     "/v2/projects/{project_id}/rollouts",
     name="list_rollouts",
+    response_model=RolloutList,
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_rollouts(
@@ -183,15 +185,19 @@ async def list_rollouts(
     ),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
-) -> RolloutList:
+) -> Response:
     """The project's rollouts, newest first."""
     wanted = _state(RolloutState, state, "rollout")
     await check_project(context, principal, project_id)
-    ids = await context.stores.rollouts.ids(project_id)
-    records = await asyncio.gather(*(context.stores.rollouts.get(rid) for rid in ids))
-    chosen = [r for r in records if r is not None and (wanted is None or r.state is wanted)]
-    views = await asyncio.gather(*(load_rollout_out(context.stores, r) for r in chosen))
-    return RolloutList(rollouts=list(views))
+    stores = context.stores
+
+    async def load(ids: Sequence[str]) -> list[RolloutOut]:
+        records = await asyncio.gather(*(stores.rollouts.get(rid) for rid in ids))
+        chosen = [r for r in records if r is not None and (wanted is None or r.state is wanted)]
+        return list(await asyncio.gather(*(load_rollout_out(stores, r) for r in chosen)))
+
+    rollouts = loaded(await stores.rollouts.ids(project_id), load)
+    return await streamed(RolloutList(rollouts=[]), "rollouts", rollouts)
 
 
 @router.get(
@@ -213,6 +219,7 @@ async def get_rollout(
 @router.get(
     "/v2/projects/{project_id}/rollouts/{rollout_id}/devices",
     name="list_rollout_devices",
+    response_model=RolloutDeviceList,
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_rollout_devices(
@@ -226,25 +233,40 @@ async def list_rollout_devices(
         description="next_cursor of the previous page; leave it out for the first page",
         json_schema_extra={"pattern": POSITION_CURSOR},
     ),
-    limit: int = Query(100, ge=1, le=1000),
+    limit: int | None = Query(
+        None,
+        ge=1,
+        le=1000,
+        description="Devices per page; without it, every device (from the cursor on)",
+    ),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
-) -> RolloutDeviceList:
-    """The rollout's devices in cohort (wave) order, a page at a time.
+) -> Response:
+    """The rollout's devices in cohort (wave) order: all of them, or a page at a time.
 
-    A page may hold fewer than `limit` devices while next_cursor is not null: a filtered
+    With `limit`, a page may hold fewer devices while next_cursor is not null: a filtered
     listing scans a bounded stretch of the cohort per request.
     """
     wanted = _state(DeviceState, state, "device")
     position = position_cursor(cursor)
     await check_project(context, principal, project_id)
     record = await _rollout(context, project_id, rollout_id)
-    return await device_page(context.stores, record, wanted, position, limit)
+
+    async def fetch(start: int | None, size: int) -> tuple[list[RolloutDeviceOut], int | None]:
+        page = await device_page(context.stores, record, wanted, start or 0, size)
+        return page.devices, int(page.next_cursor) if page.next_cursor is not None else None
+
+    devices, more = await paged(fetch, position, limit)
+    next_cursor = str(more) if more is not None else None
+    return await streamed(
+        RolloutDeviceList(devices=[], next_cursor=next_cursor), "devices", devices
+    )
 
 
 @router.get(
     "/v2/projects/{project_id}/rollouts/{rollout_id}/events",
     name="list_rollout_events",
+    response_model=RolloutEvents,
     responses=error_responses(*IN_PROJECT),
 )
 async def list_rollout_events(
@@ -252,12 +274,13 @@ async def list_rollout_events(
     rollout_id: str,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
-) -> RolloutEvents:
+) -> Response:
     """The audit trail of the rollout's state changes, oldest first."""
     await check_project(context, principal, project_id)
     await _rollout(context, project_id, rollout_id)
     events = await context.stores.rollouts.events(rollout_id)
-    return RolloutEvents(events=[RolloutEvent.model_validate(event) for event in events])
+    trail = [RolloutEvent.model_validate(event) for event in events]
+    return await streamed(RolloutEvents(events=[]), "events", one_page(trail))
 
 
 async def act(
@@ -271,26 +294,15 @@ async def act(
     """Apply an operator action: the transition table decides, the store applies atomically."""
     await check_project(context, principal, project_id)
     record = await _rollout(context, project_id, rollout_id)
-    target = next_rollout_state(record.state, action)
-    if action is RolloutAction.ROLLBACK and stored_plan(record).rollback is None:
-        raise Conflict(
-            f"rollout {rollout_id} has no rollback section, so there is no firmware to send "
-            "back; abort it to stop it (devices keep the firmware they have), or start a "
-            "new rollout of the previous firmware"
-        )
-    old, changed = await context.stores.rollouts.change_state(
-        rollout_id,
-        allowed_from=[record.state],
-        to=target,
-        reason=body.reason if body and body.reason else f"{action} by {principal.name}",
+    applied = await actions.apply(
+        context.stores,
+        record,
+        action,
         actor=principal.name,
-        action=action.value,
-        at=isoformat_z(utc_now()),
-        terminal=target in TERMINAL_ROLLOUT_STATES,
-        # Resuming a halt accepts the failures so far: judge only what finishes from now on.
-        rebase_policy=record.state is RolloutState.HALTED and target is RolloutState.RUNNING,
+        reason=body.reason if body and body.reason else f"{action} by {principal.name}",
     )
-    if not changed:
+    old, target = applied.old, applied.new
+    if not applied.changed:
         if not old:
             raise NotFound(f"rollout {rollout_id} not found in project {project_id}")
         valid = ", ".join(allowed_actions(RolloutState(old))) or "none (it is finished)"

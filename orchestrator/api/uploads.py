@@ -40,7 +40,7 @@ async def read_upload(
     body: AsyncIterator[bytes],
     writer: BlobWriter,
     *,
-    max_file_size: int,
+    max_file_size_bytes: int,
     on_file_name: Callable[[str], Awaitable[None]],
 ) -> UploadForm:
     """Stream the form's `file` part into `writer`; other parts become text fields.
@@ -136,9 +136,9 @@ async def read_upload(
                     await on_file_name(part.file_name)
             elif kind == "data":
                 if part.name == "file" and part.file_name is not None:
-                    if writer.size + len(data) > max_file_size:
+                    if writer.size + len(data) > max_file_size_bytes:
                         raise PayloadTooLarge(
-                            f"the file is larger than the limit of {max_file_size} bytes "
+                            f"the file is larger than the limit of {max_file_size_bytes} bytes "
                             "(OTA_MAX_FILE_SIZE); raise the limit or upload a smaller image"
                         )
                     await writer.write(data)

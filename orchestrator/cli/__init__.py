@@ -8,6 +8,7 @@ import typer
 from pydantic import ValidationError
 
 from orchestrator.cli import admin, demo, hooks, notifications, plans, rollouts, seedapi, simulate
+from orchestrator.embedded import EmbeddedError
 from orchestrator.errors import OrchestratorError
 
 app = typer.Typer(
@@ -39,6 +40,9 @@ def main() -> None:
         raise SystemExit(2) from None
     except OrchestratorError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except EmbeddedError as exc:  # an embedded Redis or broker that could not start
+        print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -39,6 +39,7 @@ from orchestrator.domain.devices import (
 )
 from orchestrator.domain.files import EXTENSIONS, FILE_NAME, FileType
 from orchestrator.domain.yaml_locations import (
+    OTHER,
     LocatedYaml,
     Path,
     Position,
@@ -70,6 +71,10 @@ MAX_RATE_PER_S = 10_000  # policy.rate
 MAX_RETRIES = 10  # policy.retries
 # Validation context that leaves the maxima out (see stored_plan): {_MAXIMA: False}
 _MAXIMA = "maxima"
+# Defaults that give way to what the plan writes (docs/plans.md, "Defaults"): a default never
+# contradicts a written value; only two written values can conflict.
+ACK_TIMEOUT_S = 600.0  # or device_timeout, when that is written and shorter
+DEVICE_TIMEOUT_S = 1800.0  # or ack_timeout, when that is written and longer
 
 
 class FailureType(StrEnum):
@@ -393,12 +398,20 @@ class PolicySpec(_Spec):
     max_failure_rate_by_type: dict[FailureType, FailureRate] = Field(default_factory=dict)
     min_devices: Count = Field(1, description="Finished devices needed before judging mid-wave")
     ack_timeout_s: Timeout = Field(
-        600.0, alias="ack_timeout", description=f"No answer by then: timed_out; at most {_LONGEST}"
+        ACK_TIMEOUT_S,
+        alias="ack_timeout",
+        description=(
+            f"No answer by then: timed_out; at most {_LONGEST}. Default 10m, or device_timeout "
+            "when that is shorter"
+        ),
     )
     device_timeout_s: Timeout = Field(
-        1800.0,
+        DEVICE_TIMEOUT_S,
         alias="device_timeout",
-        description=f"Not final by then: timed_out; at most {_LONGEST}",
+        description=(
+            f"Not final by then: timed_out; at least ack_timeout, at most {_LONGEST}. Default "
+            "30m, or ack_timeout when that is longer"
+        ),
     )
     retries: Annotated[int, Strict(), Field(ge=0, le=MAX_RETRIES)] = 0
     rate_per_s: RatePerS | None = Field(
@@ -409,11 +422,28 @@ class PolicySpec(_Spec):
 
     @model_validator(mode="after")
     def _timeouts(self) -> Self:
-        if self.device_timeout_s < self.ack_timeout_s:
+        # The timeout left out adapts to the one written; only two written ones can conflict.
+        written = self.model_fields_set
+        if "ack_timeout_s" not in written:
+            _adapt(self, "ack_timeout_s", min(ACK_TIMEOUT_S, self.device_timeout_s))
+        elif "device_timeout_s" not in written:
+            _adapt(self, "device_timeout_s", max(DEVICE_TIMEOUT_S, self.ack_timeout_s))
+        elif self.device_timeout_s < self.ack_timeout_s:
             device, ack = map(format_duration, (self.device_timeout_s, self.ack_timeout_s))
-            detail = f"({device}) must be at least ack_timeout ({ack}), the longer of the two waits"
-            raise rule_error([(("device_timeout",), detail)])
+            detail = (
+                f"is {device}, shorter than {OTHER} of {ack}; device_timeout is the longer of "
+                "the two waits: lengthen it or shorten ack_timeout"
+            )
+            raise rule_error([(("device_timeout",), detail, ("ack_timeout",))])
         return self
+
+
+def _adapt(spec: _Spec, field: str, value: object) -> None:
+    """Give a field left out of the plan the default that fits what the plan wrote.
+
+    Inside the spec's own after-validator, before anyone holds the (frozen) instance.
+    """
+    object.__setattr__(spec, field, value)
 
 
 class RollbackSpec(_Spec):
@@ -440,8 +470,8 @@ class Plan(_Spec):
     @classmethod
     def _name_waves(cls, waves: list[WaveSpec]) -> list[WaveSpec]:
         return [
-            wave if wave.name else wave.model_copy(update={"name": f"wave-{number}"})
-            for number, wave in enumerate(waves, 1)
+            wave if wave.name else wave.model_copy(update={"name": name})
+            for wave, name in zip(waves, default_wave_names([w.name for w in waves]), strict=True)
         ]
 
     @model_validator(mode="after")
@@ -449,18 +479,20 @@ class Plan(_Spec):
         rules: list[Rule] = []
         named: dict[str, int] = {}
         for i, wave in enumerate(self.waves):
-            if wave.name in named:
-                detail = f"{wave.name!r} is already the name of waves[{named[wave.name]}]"
-                rules.append((("waves", i, "name"), detail + "; wave names must be unique"))
+            if wave.name in named:  # both written: a default name is never one written
+                detail = f"{wave.name!r} is already the name of {OTHER}; wave names must be unique"
+                rules.append((("waves", i, "name"), detail, ("waves", named[wave.name], "name")))
             named.setdefault(wave.name, i)
         for reach, unit in (("percent", "%"), ("devices", " devices")):
             top: tuple[int, float] | None = None
             for i, wave in enumerate(self.waves):
                 value = getattr(wave, reach)
                 if value is not None and top and value < top[1]:
-                    detail = f"is {show_value(value)} but waves[{top[0]}] already reached "
+                    detail = f"is {show_value(value)} but {OTHER} already reached "
                     detail += f"{show_value(top[1])}{unit}; waves are cumulative, so {reach} must "
-                    rules.append((("waves", i, reach), detail + "not decrease"))
+                    rules.append(
+                        (("waves", i, reach), detail + "not decrease", ("waves", top[0], reach))
+                    )
                 elif value is not None:
                     top = (i, value)
         last = len(self.waves) - 1
@@ -476,11 +508,26 @@ class Plan(_Spec):
             detail = "is rollback but the plan has no rollback section; add rollback: with the "
             rules.append((("policy", "on_failure"), detail + "file to go back to, or use halt"))
         if self.rollback and self.rollback.file == self.firmware.file:
-            detail = f"must differ from firmware.file; both are {self.rollback.file!r}"
-            rules.append((("rollback", "file"), detail))
+            detail = f"must differ from {OTHER}; both are {self.rollback.file!r}"
+            rules.append((("rollback", "file"), detail, ("firmware", "file")))
         if rules:
             raise rule_error(rules)
         return self
+
+
+def default_wave_names(written: list[str]) -> list[str]:
+    """Each wave's name: the one written, else `wave-N` (N its place from 1), or `wave-N-2`,
+    `wave-N-3`… when the plan wrote that name for another wave."""
+    taken = {name for name in written if name}
+    names = []
+    for number, name in enumerate(written, 1):
+        if not name:
+            name, again = f"wave-{number}", 2
+            while name in taken:
+                name, again = f"wave-{number}-{again}", again + 1
+            taken.add(name)
+        names.append(name)
+    return names
 
 
 # -- parsing and located errors ----------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from orchestrator.domain.plans import FailureType, PolicySpec
 
@@ -20,7 +21,7 @@ class Tally:
     succeeded: int = 0
     failures: Mapping[FailureType, int] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def failed(self) -> int:
         """All failures, whatever their type."""
         return sum(self.failures.values())
@@ -33,17 +34,46 @@ class Tally:
     @property
     def failure_rate(self) -> float:
         """failures / finished, 0 when nothing has finished."""
-        return self.failed / self.finished if self.finished else 0.0
+        finished = self.finished
+        return self.failed / finished if finished else 0.0
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The policy's answer: whether a limit was crossed, which, and the numbers."""
+    """The policy's answer: whether a limit was crossed, which, and the numbers.
+
+    The reason is written when it is read: the engine judges at every look, and reads it only
+    when something happens.
+    """
 
     breached: bool
     judged: bool  # False mid-wave while fewer than min_devices have finished
     failure_rate: float
-    reason: str
+    tally: Tally = field(repr=False)
+    policy: PolicySpec = field(repr=False)
+    over_type: FailureType | None = None  # the per-type limit crossed, when it is one
+
+    @cached_property
+    def reason(self) -> str:
+        """The verdict in words, with its numbers."""
+        tally, policy, rate = self.tally, self.policy, self.failure_rate
+        if not self.judged:
+            return f"{tally.finished} of min_devices {policy.min_devices} finished; not judged yet"
+        counts = f"{tally.failed} of {tally.finished} finished devices"
+        if self.over_type is not None:
+            kind = self.over_type
+            count = tally.failures.get(kind, 0)
+            limit = policy.max_failure_rate_by_type[kind]
+            return (
+                f"{kind} rate {_pct(count / tally.finished)} ({count} of {tally.finished} "
+                f"finished devices) is over max_failure_rate_by_type.{kind} {_pct(limit)}"
+            )
+        if self.breached:
+            return (
+                f"failure rate {_pct(rate)} ({counts}) is over max_failure_rate "
+                f"{_pct(policy.max_failure_rate)}"
+            )
+        return f"failure rate {_pct(rate)} ({counts}) is within {_pct(policy.max_failure_rate)}"
 
 
 def _pct(rate: float) -> str:
@@ -53,44 +83,16 @@ def _pct(rate: float) -> str:
 def judge(tally: Tally, policy: PolicySpec, *, end_of_wave: bool) -> Verdict:
     """Judge `tally` against `policy`; a limit is crossed when a rate is over it (not equal)."""
     rate = tally.failure_rate
-    if not end_of_wave and tally.finished < policy.min_devices:
-        return Verdict(
-            breached=False,
-            judged=False,
-            failure_rate=rate,
-            reason=f"{tally.finished} of min_devices {policy.min_devices} finished; not judged yet",
-        )
-    counts = f"{tally.failed} of {tally.finished} finished devices"
+    finished = tally.finished
+    if not end_of_wave and finished < policy.min_devices:
+        return Verdict(False, False, rate, tally, policy)
     if rate > policy.max_failure_rate:
-        return Verdict(
-            breached=True,
-            judged=True,
-            failure_rate=rate,
-            reason=(
-                f"failure rate {_pct(rate)} ({counts}) is over max_failure_rate "
-                f"{_pct(policy.max_failure_rate)}"
-            ),
-        )
+        return Verdict(True, True, rate, tally, policy)
     for failure_type, limit in sorted(policy.max_failure_rate_by_type.items()):
         count = tally.failures.get(failure_type, 0)
-        type_rate = count / tally.finished if tally.finished else 0.0
-        if type_rate > limit:
-            return Verdict(
-                breached=True,
-                judged=True,
-                failure_rate=rate,
-                reason=(
-                    f"{failure_type} rate {_pct(type_rate)} ({count} of {tally.finished} "
-                    f"finished devices) is over max_failure_rate_by_type.{failure_type} "
-                    f"{_pct(limit)}"
-                ),
-            )
-    return Verdict(
-        breached=False,
-        judged=True,
-        failure_rate=rate,
-        reason=f"failure rate {_pct(rate)} ({counts}) is within {_pct(policy.max_failure_rate)}",
-    )
+        if count and count / finished > limit:
+            return Verdict(True, True, rate, tally, policy, failure_type)
+    return Verdict(False, True, rate, tally, policy)
 
 
 RESENDS = 3  # times a silent device is sent the same command again before its deadline

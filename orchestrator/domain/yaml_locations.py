@@ -19,9 +19,11 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 Path = tuple[str | int, ...]
-# a cross-field problem found by a model validator: where (relative to the model), and what
-Rule = tuple[Path, str]
+# a cross-field problem found by a model validator: where (relative to the model), and what;
+# and the other value it conflicts with, if any, which the detail names as OTHER
+Rule = tuple[Path, str] | tuple[Path, str, Path]
 RULE_ERROR = "located_rule"
+OTHER = "{other}"  # in a rule's detail: the other value's name, and where it was written
 
 MERGE_TAG = "tag:yaml.org,2002:merge"
 STR_TAG = "tag:yaml.org,2002:str"
@@ -72,9 +74,23 @@ def rule_error(rules: list[Rule]) -> PydanticCustomError:
     """Raise this from a model validator: `explain` places each rule at its own path.
 
     The detail follows the path's name: `((\"device_timeout\",), "must be at least ...")`.
+    A rule between two written values names the other as OTHER in its detail and gives its
+    path third: `((\"device_timeout\",), f"must be at least {OTHER}", (\"ack_timeout\",))`.
     """
-    text = "; ".join(f"{render_path(path) or 'this'} {detail}" for path, detail in rules)
+    text = "; ".join(
+        f"{render_path(rule[0]) or 'this'} {_cite(rule, render_path(_other(rule)))}"
+        for rule in rules
+    )
     return PydanticCustomError(RULE_ERROR, "{text}", {"text": text, "rules": rules})
+
+
+def _other(rule: Rule) -> Path:
+    return rule[2] if len(rule) == 3 else ()
+
+
+def _cite(rule: Rule, other: str) -> str:
+    """The rule's detail with OTHER replaced by `other`."""
+    return rule[1].replace(OTHER, other)
 
 
 def close_match(word: str, choices: list[str]) -> str | None:
@@ -177,10 +193,12 @@ class LocatedYaml:
         kind = error["type"]
         if kind == RULE_ERROR:
             rules: list[Rule] = error.get("ctx", {}).get("rules", [])
-            paths = [((*loc, *path), detail) for path, detail in rules]
-            return [
-                YamlIssue(self.locate(p), p, f"{self._name(p)} {detail}") for p, detail in paths
-            ]
+            issues = []
+            for rule in rules:
+                path = (*loc, *rule[0])
+                detail = _cite(rule, self._written((*loc, *_other(rule))))
+                issues.append(YamlIssue(self.locate(path), path, f"{self._name(path)} {detail}"))
+            return issues
         if kind == "missing":
             message = f"{self._name(loc[:-1])} is missing the required key {loc[-1]!r}"
             return [YamlIssue(self.locate(loc[:-1]), loc, message)]
@@ -201,6 +219,13 @@ class LocatedYaml:
 
     def _name(self, path: Path) -> str:
         return render_path(path) or self.root
+
+    def _written(self, path: Path) -> str:
+        """`policy.ack_timeout (line 11, column 16)`: a value's name and where it was written
+        (the name alone for data read from storage, which has no text)."""
+        at = self.values.get(path)
+        where = f" (line {at.line}, column {at.column})" if at is not None else ""
+        return self._name(path) + where
 
 
 def _describe(error: ErrorDetails, keys_of: Callable[[Path], list[str]]) -> str:

@@ -1,88 +1,70 @@
-"""Drives one rollout while this replica holds its lease: waves, dispatch, deadlines, policy.
+"""Drives one rollout while this replica holds its lease: it carries out the steps the domain's
+step function (domain.progress.decide) chooses, and keeps deadlines.
 
 Every step re-reads the rollout from Redis, so a driver that crashes or loses its lease leaves
-nothing behind: the next holder continues from the same state. A device whose `sent` was
-written but whose publish may not have happened is re-published with the same command id.
+nothing behind: the next holder continues from the same state. Publishing, re-publishing what
+a crash left unsent and re-sending to silent devices is the CommandSender's (engine.sender).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from orchestrator.domain.notices import WAVE_PASSED
+from orchestrator.domain.audit import AuditAction
 from orchestrator.domain.plans import FailureType, Plan, PlanError, stored_plan
-from orchestrator.domain.policy import RESENDS, Tally, Verdict, judge, resend_after_s
+from orchestrator.domain.progress import (
+    DISPATCH_BATCH,
+    Advance,
+    Breach,
+    Bucket,
+    Complete,
+    Dispatch,
+    EndRollback,
+    Finished,
+    Look,
+    SendRollback,
+    Start,
+    Step,
+    Wait,
+    WaveDone,
+    decide,
+)
 from orchestrator.domain.states import (
     TERMINAL_ROLLOUT_STATES,
     DeviceEvent,
     DeviceState,
     RolloutAction,
     RolloutState,
-    next_rollout_state,
 )
-from orchestrator.engine.commands import download_payload
+from orchestrator.engine import actions
 from orchestrator.engine.context import EngineContext
-from orchestrator.errors import OrchestratorError, TransportUnavailable
+from orchestrator.engine.sender import COMMAND, CommandSender, changed_since_pinned
+from orchestrator.errors import OrchestratorError
 from orchestrator.store.download_keys import DownloadKey
-from orchestrator.store.files import StoredFile
-from orchestrator.store.rollouts import Grant, RolloutRecord, tally_of
-from orchestrator.supervisor import backoff_s, spawn
+from orchestrator.store.rollouts import Grant, RolloutRecord
+from orchestrator.supervisor import backoff_s
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
 
 TICK_S = 0.1  # how often a driver looks at its rollout
 LEASE_MS = 15_000  # a replica that stops renewing loses the rollout after this
-DISPATCH_BATCH = 500  # commands published per step at most
-PUBLISHING_BATCHES = 2  # batches being published while the next one is prepared
 SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
 ENGINE = "engine"
-COMMAND = "download_firmware"
-WORKING = (DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING)
-# A driver looks for silent devices every quarter of the silence allowed, and at most every
-# second: each look reads every device in flight, so a 10-minute ack_timeout looks every 37 s.
-RESEND_CHECKS_PER_SILENCE = 4
-RESEND_CHECK_MIN_MS = 1000
-# States whose command may not have arrived (a publish a crash cut short): sent again at once.
-UNACKNOWLEDGED = frozenset({DeviceState.SENT.value, DeviceState.ROLLBACK_SENT.value})
-# States in which a silent device is sent its command again (same command id).
-RESENDABLE = frozenset({*(state.value for state in WORKING), DeviceState.ROLLBACK_SENT.value})
 GIVE_UP_AFTER = 3  # unexpected step failures in a row before the engine gives up on a rollout
 MAX_FAILED_STEP_PAUSE_S = 5.0  # the longest pause before a failed step is tried again
-GAVE_UP = "engine_gave_up"  # audit action when the engine gives up without a state change
 ERROR_TEXT = 300  # characters of an exception's text kept in a rollout's reason
 
 
-def _figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
-    """The numbers behind a policy verdict, for the audit event and the log line."""
-    return {
-        "failure_rate": round(verdict.failure_rate, 6),
-        "finished": tally.finished,
-        "failed": tally.failed,
-        "failures": {t.value: n for t, n in tally.failures.items()},
-        "wave": wave,
-    }
-
-
-def _changed_since_pinned(record: RolloutRecord, stored: StoredFile) -> str | None:
-    """Why `stored` is not the file the rollout was made with, or None when it is."""
-    pin = record.pins.get(stored.name)
-    if pin is None or pin == (stored.sha256, stored.size):
-        return None
-    sha256, size = pin
-    return (
-        f"the firmware file {stored.name} now holds other bytes (sha256 {stored.sha256}, "
-        f"{stored.size} bytes) than when the rollout was created (sha256 {sha256}, {size} "
-        "bytes); upload the new image under a new name and start a new rollout"
-    )
+def _note(action: AuditAction) -> dict[str, Any]:
+    """An audit entry by the engine that records no state change."""
+    return {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": action}
 
 
 class RolloutDriver:
@@ -93,15 +75,11 @@ class RolloutDriver:
         self._context = context
         self._store = context.stores.rollouts
         self._owner = context.settings.instance_id
-        self._tokens = 0.0
-        self._last_ms = context.clock_ms()
+        self._bucket = Bucket(0.0, context.clock_ms())
         self._stopping = asyncio.Event()
-        self._missing_file_logged = False
         self._again = False  # more work is waiting: step again at once, without a tick
         self._plan: Plan | None = None
-        self._publishing: set[asyncio.Task[None]] = set()
-        self._in_flight: set[str] = set()  # devices whose publish is under way
-        self._next_resend_check_ms = 0
+        self._sender = CommandSender(rollout_id, context, halt=self._halt)
         self.log = log.bind(rollout_id=rollout_id)
 
     def stop(self) -> None:
@@ -158,7 +136,7 @@ class RolloutDriver:
         finally:
             # Publishes under way finish (each is bounded by the transport's timeout) before
             # the lease goes: the next holder must not re-send what is still on its way.
-            await asyncio.gather(*self._publishing, return_exceptions=True)
+            await self._sender.drain()
             with contextlib.suppress(OrchestratorError):
                 await self._store.release_lease(self.rollout_id, self._owner)
 
@@ -176,25 +154,33 @@ class RolloutDriver:
         if self._plan is None:  # a rollout's plan never changes
             self._plan = stored_plan(record.plan)
         plan = self._plan
-        await self._republish(record, plan)
+        await self._sender.republish(record, plan)
         await self._sweep(record, plan)
-        await self._resend_to_silent(record, plan)
-        if record.state is RolloutState.PENDING:
-            self._again = await self._change(record, RolloutAction.START, "started by the engine")
-            first = plan.waves[0]
-            if self._again and first.approval == "manual":
-                running = await self._store.get(self.rollout_id)
-                if running is not None:
-                    await self._change(
-                        running,
-                        RolloutAction.WAIT_APPROVAL,
-                        f"wave {first.name} needs approval; run: ota promote {self.rollout_id}",
-                    )
-        elif record.state is RolloutState.RUNNING:
-            await self._run_waves(record, plan)
-        elif record.state is RolloutState.ROLLING_BACK:
-            await self._roll_back(record, plan)
+        await self._sender.resend_to_silent(record, plan)
+        step = decide(plan, await self._look(record), rollout_id=self.rollout_id)
+        await self._carry_out(record, plan, step)
         return True
+
+    async def _look(self, record: RolloutRecord) -> Look:
+        """What the step function needs: the record, and the counters when they matter."""
+        judged = record.state in (RolloutState.RUNNING, RolloutState.ROLLING_BACK)
+        counts = await self._store.counts(self.rollout_id) if judged else {}
+        rollback_cursor = 0
+        if record.state is RolloutState.ROLLING_BACK:
+            rollback_cursor = await self._store.rollback_cursor(self.rollout_id)
+        return Look(
+            state=record.state,
+            wave=record.wave,
+            cursor=record.cursor,
+            reach=record.reach,
+            wave_done_at_ms=record.wave_done_at_ms,
+            counts=counts,
+            now_ms=self._context.clock_ms(),
+            bucket=self._bucket,
+            connected=self._context.transport.connected,
+            rollback_cursor=rollback_cursor,
+            reason=record.reason,
+        )
 
     async def give_up(self, why: str, *, fix: str = "") -> tuple[str, str] | None:
         """Stop driving a rollout the engine cannot drive, saying why and `fix`.
@@ -218,7 +204,7 @@ class RolloutDriver:
             reason += (
                 f"; {fix or 'fix the cause and act on it (the engine tries again), or abort it'}"
             )
-            event = {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": GAVE_UP}
+            event = _note(AuditAction.ENGINE_GAVE_UP)
             details = {"state": record.state.value}
             await self._store.add_event(
                 self.rollout_id,
@@ -237,18 +223,10 @@ class RolloutDriver:
         reason: str,
         details: Mapping[str, Any] | None = None,
     ) -> bool:
-        to = next_rollout_state(record.state, action)
-        _, changed = await self._store.change_state(
-            self.rollout_id,
-            allowed_from=[record.state],
-            to=to,
-            reason=reason,
-            actor=ENGINE,
-            action=action.value,
-            at=isoformat_z(utc_now()),
-            terminal=to in TERMINAL_ROLLOUT_STATES,
-            details=details,
+        applied = await actions.apply(
+            self._context.stores, record, action, actor=ENGINE, reason=reason, details=details
         )
+        changed, to = applied.changed, applied.new
         if changed:
             self.log.info(
                 "rollout state changed",
@@ -259,91 +237,58 @@ class RolloutDriver:
             )
         return changed
 
-    # --- waves ---------------------------------------------------------------------------
+    # --- carrying out the steps --------------------------------------------------------------
 
-    async def _run_waves(self, record: RolloutRecord, plan: Plan) -> None:
-        counts = await self._store.counts(self.rollout_id)
-        tally = tally_of(counts)
-        verdict = judge(tally, plan.policy, end_of_wave=False)
-        if verdict.breached:
-            await self._breach(record, plan, verdict, tally)
-            return
-        wave = record.wave
-        open_devices = sum(
-            counts.get(f"{wave}:{state.value}", 0) for state in (DeviceState.PENDING, *WORKING)
-        )
-        if record.cursor < record.reach[wave] or counts.get(f"{wave}:pending", 0):
-            await self._dispatch(record, plan, counts)
-            return
-        if open_devices:
-            return  # every device of the wave is sent: wait for results and deadlines
-        now = self._context.clock_ms()
-        wave_spec = plan.waves[wave]
-        if not record.wave_done_at_ms:
-            await self._store.add_event(
-                self.rollout_id,
-                {
-                    "at": isoformat_z(utc_now()),
-                    "actor": ENGINE,
-                    "action": "wave_done",
-                    "reason": f"wave {wave_spec.name}: every device is final; baking "
-                    f"{wave_spec.bake_s:g}s before judging",
-                },
-                fields={"wave_done_at_ms": now},
-            )
-            if wave_spec.bake_s:
-                return
-        elif now < record.wave_done_at_ms + wave_spec.bake_s * 1000:
-            return
-        verdict = judge(tally, plan.policy, end_of_wave=True)
-        if verdict.breached:
-            await self._breach(record, plan, verdict, tally)
-            return
-        figures = _figures(verdict, tally, wave_spec.name)
-        if wave == record.wave_count - 1:
-            await self._change(
-                record, RolloutAction.COMPLETE, f"every wave done; {verdict.reason}", figures
-            )
-            return
-        following = plan.waves[wave + 1]
-        await self._store.add_event(
-            self.rollout_id,
-            {
-                "at": isoformat_z(utc_now()),
-                "actor": ENGINE,
-                "action": WAVE_PASSED,
-                "reason": f"wave {wave_spec.name} passed ({verdict.reason}); "
-                f"wave {following.name} reaches {record.reach[wave + 1]} devices",
-                "details": figures,
-            },
-            fields={"wave": wave + 1, "wave_done_at_ms": 0},
-        )
-        if following.approval == "manual":
-            await self._change(
-                record,
-                RolloutAction.WAIT_APPROVAL,
-                f"wave {following.name} needs approval; run: ota promote {self.rollout_id}",
-                figures,
-            )
+    async def _halt(self, record: RolloutRecord, reason: str) -> bool:
+        return await self._change(record, RolloutAction.HALT, reason)
 
-    async def _dispatch(self, record: RolloutRecord, plan: Plan, counts: Mapping[str, int]) -> None:
-        if not self._context.transport.connected:
-            return
-        budget = DISPATCH_BATCH
-        policy = plan.policy
-        if policy.max_in_flight is not None:
-            in_flight = sum(counts.get(f"all:{state.value}", 0) for state in WORKING)
-            budget = min(budget, policy.max_in_flight - in_flight)
-        now = self._context.clock_ms()
-        if policy.rate_per_s is not None:
-            elapsed_s = max(0.0, (now - self._last_ms) / 1000)
-            self._tokens = min(
-                max(1.0, policy.rate_per_s), self._tokens + elapsed_s * policy.rate_per_s
-            )
-            budget = min(budget, int(self._tokens))
-        self._last_ms = now
-        if budget <= 0:
-            return
+    async def _carry_out(self, record: RolloutRecord, plan: Plan, step: Step) -> None:
+        match step:
+            case Start(approval=approval):
+                self._again = await self._change(
+                    record, RolloutAction.START, "started by the engine"
+                )
+                running = await self._store.get(self.rollout_id) if self._again else None
+                if approval and running is not None:
+                    await self._change(running, RolloutAction.WAIT_APPROVAL, approval)
+            case Dispatch():
+                await self._dispatch(record, plan, step)
+            case Wait(bucket=bucket):
+                if bucket is not None:
+                    self._bucket = bucket
+            case WaveDone(at_ms=at_ms, reason=reason, bake_s=bake_s):
+                event = _note(AuditAction.WAVE_DONE)
+                await self._store.add_event(
+                    self.rollout_id, {**event, "reason": reason}, fields={"wave_done_at_ms": at_ms}
+                )
+                self._again = not bake_s  # nothing to bake: judge at once
+            case Advance(wave=wave, reason=reason, figures=numbers, approval=approval):
+                event = _note(AuditAction.WAVE_STARTED)
+                await self._store.add_event(
+                    self.rollout_id,
+                    {**event, "reason": reason, "details": numbers},
+                    fields={"wave": wave, "wave_done_at_ms": 0},
+                )
+                if approval:
+                    await self._change(record, RolloutAction.WAIT_APPROVAL, approval, numbers)
+            case Breach(action=action, reason=reason, figures=numbers):
+                if not await self._change(record, action, reason, numbers):
+                    return
+                self._context.metrics.rollout_halts.inc()
+                if action is RolloutAction.ROLLBACK:
+                    self._context.metrics.rollbacks.inc()
+                await self._cancel_unstarted()
+            case Complete(reason=reason, figures=numbers):
+                await self._change(record, RolloutAction.COMPLETE, reason, numbers)
+            case SendRollback(start=start, stop=stop):
+                await self._send_rollback(record, plan, start, stop)
+            case EndRollback(action=action, reason=reason, figures=numbers):
+                await self._change(record, action, reason, numbers)
+            case Finished():
+                pass
+
+    async def _dispatch(self, record: RolloutRecord, plan: Plan, step: Dispatch) -> None:
+        self._bucket = step.bucket
         stored = await self._context.stores.files.get(record.project_id, plan.firmware.file)
         if stored is None:
             await self._change(
@@ -353,28 +298,27 @@ class RolloutDriver:
                 "again and start a new rollout",
             )
             return
-        changed = _changed_since_pinned(record, stored)
+        changed = changed_since_pinned(record, stored)
         if changed is not None:
             await self._change(record, RolloutAction.HALT, changed)
             return
-        if len(self._publishing) >= PUBLISHING_BATCHES:
-            await asyncio.wait(self._publishing, return_when=asyncio.FIRST_COMPLETED)
+        await self._sender.wait_for_room()
         sent = await self._store.dispatch(
             self.rollout_id,
-            count=budget,
-            reach=record.reach[record.wave],
-            ack_deadline_ms=now + int(policy.ack_timeout_s * 1000),
+            count=step.count,
+            reach=step.reach,
+            ack_deadline_ms=step.ack_deadline_ms,
             grant=Grant(
                 project_id=record.project_id,
                 file_name=stored.name,
                 size=stored.size,
                 sha256=stored.sha256,
-                key_ttl_s=self._context.settings.download_key_ttl,
+                key_ttl_s=self._context.settings.download_key_ttl_s,
                 command=COMMAND,
             ),
         )
         self._context.metrics.download_keys_issued.inc(len(sent))
-        self._tokens -= len(sent)
+        self._bucket = self._bucket.spend(len(sent))
         self._again = len(sent) == DISPATCH_BATCH
         keys = [
             DownloadKey(
@@ -390,227 +334,7 @@ class RolloutDriver:
             )
             for item in sent
         ]
-        self._start_sending(stored, plan.firmware.version, keys)
-
-    async def _publish(
-        self,
-        record: RolloutRecord,
-        plan: Plan,
-        sends: list[tuple[str, str]],
-        *,
-        rollback: bool = False,
-        reuse: list[DownloadKey] | None = None,
-    ) -> None:
-        """Send the (rollback) firmware to (device, command id) pairs, a few round trips for all.
-
-        Keys, device bookkeeping and command records are written in one round trip each before
-        anything is published; a device whose publish fails stays unpublished for _republish.
-        (A dispatch writes all of that in its own script.)
-        """
-        if not sends and not reuse:
-            return
-        context = self._context
-        stores = context.stores
-        firmware = plan.rollback if rollback and plan.rollback else plan.firmware
-        stored = await stores.files.get(record.project_id, firmware.file)
-        if stored is None:
-            if not self._missing_file_logged:
-                self.log.error(
-                    "the rollout's firmware file is gone; devices will time out",
-                    file_name=firmware.file,
-                )
-                self._missing_file_logged = True
-            return
-        changed = _changed_since_pinned(record, stored)
-        if changed is not None:
-            # Never announce other bytes than the rollout was made with; devices left without
-            # their command time out, and a rollout still sending its new firmware halts.
-            self.log.error("the rollout's firmware file changed; not sent", reason=changed)
-            if not rollback:
-                await self._change(record, RolloutAction.HALT, changed)
-            return
-        ttl_s = context.settings.download_key_ttl
-        fresh = await stores.download_keys.issue_many(
-            sends,
-            project_id=record.project_id,
-            file_name=stored.name,
-            size=stored.size,
-            ttl_s=ttl_s,
-            rollout_id=self.rollout_id,
-            sha256=stored.sha256,
-        )
-        context.metrics.download_keys_issued.inc(len(fresh))
-        keys = [*fresh, *(reuse or [])]
-        sent_at = isoformat_z(utc_now())
-        await asyncio.gather(
-            self._store.set_keys(
-                self.rollout_id,
-                "rollback_key" if rollback else "key",
-                {k.device_id: k.key for k in fresh},
-            ),
-            stores.commands.record_many(
-                [(k.device_id, k.command_id) for k in keys],
-                project_id=record.project_id,
-                command=COMMAND,
-                sent_at=sent_at,
-                rollout_id=self.rollout_id,
-                kind="rollback" if rollback else "update",
-            ),
-        )
-
-        self._start_sending(stored, firmware.version, keys)
-
-    def _start_sending(
-        self, stored: StoredFile, version: str | None, keys: list[DownloadKey]
-    ) -> None:
-        """Publish in the background: the next batch is prepared meanwhile."""
-        if not keys:
-            return
-        self._in_flight.update(k.device_id for k in keys)
-        task = spawn(
-            functools.partial(self._send, stored, version, keys),
-            name=f"publish-{self.rollout_id}",
-            restart=False,  # what a failed send left unpublished, _republish sends again
-        )
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
-
-    async def _send(self, stored: StoredFile, version: str | None, keys: list[DownloadKey]) -> None:
-        """Publish each device's command; what fails stays unpublished for _republish."""
-        context = self._context
-        public_url = context.settings.public_url
-        expiry = {  # most batches share one expiry
-            ms: isoformat_z(datetime.fromtimestamp(ms / 1000, UTC))
-            for ms in {k.expires_at_ms for k in keys}
-        }
-
-        async def publish_one(key: DownloadKey) -> str | None:
-            payload = download_payload(
-                stored,
-                key=key.key,
-                public_url=public_url,
-                expires_at=expiry[key.expires_at_ms],
-                command_id=key.command_id,
-                rollout_id=self.rollout_id,
-                version=version,
-            )
-            try:
-                await context.transport.publish_command(key.device_id, COMMAND, payload)
-            except TransportUnavailable as exc:
-                self.log.warning(
-                    "publish failed; will retry", device_id=key.device_id, error=exc.message
-                )
-                return None
-            return key.device_id
-
-        try:
-            published = [d for d in await asyncio.gather(*map(publish_one, keys)) if d]
-            await self._store.mark_published(self.rollout_id, *published)
-            context.metrics.commands_sent.labels(COMMAND).inc(len(published))
-        except OrchestratorError as exc:
-            self.log.warning("publish bookkeeping failed; will re-send", error=exc.message)
-        finally:
-            self._in_flight.difference_update(k.device_id for k in keys)
-
-    async def _republish(self, record: RolloutRecord, plan: Plan) -> None:
-        """Publish again, with the same command id, what a crash may have left unsent."""
-        if not self._context.transport.connected:
-            return
-        in_flight = self._in_flight
-        # A send that ends while the set is read marks its devices published, then takes them
-        # out of _in_flight: what was in flight before the read must be left out too.
-        was_in_flight = set(in_flight)
-        unpublished = await self._store.unpublished(self.rollout_id)
-        device_ids = [d for d in unpublished if d not in was_in_flight and d not in in_flight]
-        if not device_ids:
-            return
-        devices = await self._store.device_states(self.rollout_id, device_ids)
-        settled = await self._send_again(
-            record, plan, dict(zip(device_ids, devices, strict=True)), waiting=UNACKNOWLEDGED
-        )
-        await self._store.mark_published(self.rollout_id, *settled)
-
-    async def _resend_to_silent(self, record: RolloutRecord, plan: Plan) -> None:
-        """Send the same command again to devices in flight that have been silent too long.
-
-        A device that lost its command (a broker that lost its state, a clean session) gets it
-        again, and one that handled it answers with its last result again (ARCHITECTURE §5),
-        so a lost command or result is repaired before it becomes a timeout.
-        """
-        now = self._context.clock_ms()
-        if now < self._next_resend_check_ms or not self._context.transport.connected:
-            return
-        after_ms = int(resend_after_s(plan.policy) * 1000)
-        self._next_resend_check_ms = now + max(
-            RESEND_CHECK_MIN_MS, after_ms // RESEND_CHECKS_PER_SILENCE
-        )
-        was_in_flight = set(self._in_flight)
-        candidates = [
-            d for d in await self._store.with_deadlines(self.rollout_id) if d not in was_in_flight
-        ]
-        for start in range(0, len(candidates), SCAN_CHUNK):
-            ids = candidates[start : start + SCAN_CHUNK]
-            silent: dict[str, dict[str, str]] = {}
-            for device_id, device in zip(
-                ids, await self._store.device_states(self.rollout_id, ids), strict=True
-            ):
-                if device.get("state") not in RESENDABLE or device_id in self._in_flight:
-                    continue
-                if int(device.get("resends") or 0) >= RESENDS:
-                    continue  # the deadline decides now
-                last_ms = max(
-                    int(device.get(name) or 0) for name in ("seen_at", "sent_at", "resent_at")
-                )
-                if now - last_ms >= after_ms:
-                    silent[device_id] = device
-            if not silent:
-                continue
-            await self._store.note_resends(self.rollout_id, list(silent), at_ms=now)
-            await self._send_again(record, plan, silent, waiting=RESENDABLE)
-            self._context.metrics.commands_resent.labels(COMMAND).inc(len(silent))
-            self.log.info(
-                "command sent again to silent devices",
-                devices=len(silent),
-                silent_for_s=after_ms / 1000,
-            )
-
-    async def _send_again(
-        self,
-        record: RolloutRecord,
-        plan: Plan,
-        devices: Mapping[str, Mapping[str, str]],
-        *,
-        waiting: frozenset[str],
-    ) -> list[str]:
-        """Publish each device's current command again, same command id; the devices settled.
-
-        A device whose state is not in `waiting` (final, or moved on) is settled and skipped.
-        """
-        work: dict[bool, tuple[list[tuple[str, str]], list[DownloadKey]]] = {
-            False: ([], []),
-            True: ([], []),
-        }
-        settled: list[str] = []
-        for device_id, device in devices.items():
-            state = device.get("state")
-            if state not in waiting:
-                settled.append(device_id)
-                continue
-            rollback = state == DeviceState.ROLLBACK_SENT.value
-            command_id = device["rollback_command_id" if rollback else "command_id"]
-            new, reused = work[rollback]
-            # The device may have the command already and drop this copy as a duplicate, so
-            # it must find the same key working: re-send a live key, issue one only if it died.
-            old = await self._context.stores.download_keys.get(
-                device.get("rollback_key" if rollback else "key", "") or "-"
-            )
-            if old is not None and old.command_id == command_id:
-                reused.append(old)
-            else:
-                new.append((device_id, command_id))
-        for rollback, (new, reused) in work.items():
-            await self._publish(record, plan, new, rollback=rollback, reuse=reused)
-        return settled
+        self._sender.start_sending(stored, plan.firmware.version, keys)
 
     async def _revoke(self, key: str) -> None:
         if key:
@@ -643,22 +367,6 @@ class RolloutDriver:
 
     # --- halts and rollbacks -------------------------------------------------------------
 
-    async def _breach(
-        self, record: RolloutRecord, plan: Plan, verdict: Verdict, tally: Tally
-    ) -> None:
-        rollback = plan.policy.on_failure == "rollback" and plan.rollback is not None
-        action = RolloutAction.ROLLBACK if rollback else RolloutAction.HALT
-        details = {
-            **_figures(verdict, tally, plan.waves[record.wave].name),
-            "max_failure_rate": plan.policy.max_failure_rate,
-        }
-        if not await self._change(record, action, verdict.reason, details):
-            return
-        self._context.metrics.rollout_halts.inc()
-        if rollback:
-            self._context.metrics.rollbacks.inc()
-        await self._cancel_unstarted()
-
     async def _cancel_unstarted(self) -> None:
         """Revoke the keys no device has started to use; those devices become cancelled."""
         # Devices in `sent` all have a deadline, so the deadline set finds them.
@@ -672,63 +380,36 @@ class RolloutDriver:
             if result.applied:
                 await self._revoke(device.get("key", ""))
 
-    async def _roll_back(self, record: RolloutRecord, plan: Plan) -> None:
-        """Send the rollback firmware to every device that took the new one, then judge."""
-        raw = await self._context.stores.redis.hget(
-            self._context.stores.keys.rollout(self.rollout_id), "rollback_cursor"
-        )
-        position = int(raw or 0)
-        if position == 0:
+    async def _send_rollback(
+        self, record: RolloutRecord, plan: Plan, start: int, stop: int
+    ) -> None:
+        """Send the rollback firmware to the devices at order[start:stop] that took the new one."""
+        if start == 0:
             await self._cancel_unstarted()
-        if position < record.cursor:
-            stop = min(position + SCAN_CHUNK, record.cursor)
-            ids = await self._store.order_slice(self.rollout_id, position, stop)
-            devices = await self._store.device_states(self.rollout_id, ids)
-            deadline = self._context.clock_ms() + int(plan.policy.device_timeout_s * 1000)
-            sends: list[tuple[str, str]] = []
-            for device_id, device in zip(ids, devices, strict=True):
-                if device.get("downloaded") != "1":
-                    continue
-                command_id = uuid.uuid4().hex
-                result = await self._store.transition(
-                    self.rollout_id,
-                    device_id,
-                    DeviceEvent.ROLLBACK_SEND,
-                    deadline_ms=deadline,
-                    extra={
-                        "rollback_command_id": command_id,
-                        "seen_at": self._context.clock_ms(),
-                        "resends": 0,
-                    },
-                )
-                if result.applied:
-                    await self._store.mark_unpublished(self.rollout_id, device_id)
-                    sends.append((device_id, command_id))
-            await self._publish(record, plan, sends, rollback=True)
-            await self._store.set_fields(self.rollout_id, rollback_cursor=stop)
-            return
-        counts = await self._store.counts(self.rollout_id)
-        if counts.get("all:rollback_sent", 0):
-            return
-        failed = counts.get("all:rollback_failed", 0)
-        rolled = counts.get("all:rolled_back", 0)
-        # The rollback's own reason (the figures that crossed the threshold, or who asked)
-        # stays in the final one: the failure rate itself resets as devices roll back.
-        cause = f"; rolled back because {record.reason}" if record.reason else ""
-        if failed:
-            await self._change(
-                record,
-                RolloutAction.ROLLBACK_INCOMPLETE,
-                f"{failed} of {failed + rolled} devices did not take the rollback firmware{cause}",
-                {"rolled_back": rolled, "rollback_failed": failed},
+        ids = await self._store.order_slice(self.rollout_id, start, stop)
+        devices = await self._store.device_states(self.rollout_id, ids)
+        deadline = self._context.clock_ms() + int(plan.policy.device_timeout_s * 1000)
+        sends: list[tuple[str, str]] = []
+        for device_id, device in zip(ids, devices, strict=True):
+            if device.get("downloaded") != "1":
+                continue
+            command_id = uuid.uuid4().hex
+            result = await self._store.transition(
+                self.rollout_id,
+                device_id,
+                DeviceEvent.ROLLBACK_SEND,
+                deadline_ms=deadline,
+                extra={
+                    "rollback_command_id": command_id,
+                    "seen_at": self._context.clock_ms(),
+                    "resends": 0,
+                },
             )
-        else:
-            await self._change(
-                record,
-                RolloutAction.ROLLBACK_DONE,
-                f"{rolled} devices are back on the rollback firmware{cause}",
-                {"rolled_back": rolled},
-            )
+            if result.applied:
+                await self._store.mark_unpublished(self.rollout_id, device_id)
+                sends.append((device_id, command_id))
+        await self._sender.publish(record, plan, sends, rollback=True)
+        await self._store.set_fields(self.rollout_id, rollback_cursor=stop)
 
     # --- the end -------------------------------------------------------------------------
 

@@ -15,9 +15,9 @@ from orchestrator.engine.deploys import DeployStarter
 from orchestrator.engine.driver import RolloutDriver
 from orchestrator.engine.notifier import Notifier
 from orchestrator.engine.retention import RetentionSweeper
-from orchestrator.engine.streams import Handler, consume
 from orchestrator.engine.tracker import Tracker
 from orchestrator.errors import OrchestratorError
+from orchestrator.store.streams import EngineStream, Handler
 from orchestrator.supervisor import spawn
 from orchestrator.transport.results import ResultSubscriber, results_client_id
 
@@ -51,15 +51,17 @@ class Engine:
     async def start(self) -> None:
         """Subscribe to results, then schedule rollouts and read the engine's streams."""
         await self.results.start()
-        keys = self.context.stores.keys
         self._tasks = [
             spawn(self._schedule, name="engine-schedule"),
             # Key use from before any engine ran concerns no rollout it could still change.
             self._consume(
-                keys.download_events(), self._on_download_event, "download event", from_start=False
+                EngineStream.DOWNLOAD_EVENTS,
+                self._on_download_event,
+                "download event",
+                from_start=False,
             ),
-            self._consume(keys.deploy_requests(), self.deploys.on_request, "deploy request"),
-            self._consume(keys.rollout_notices(), self.notifier.on_entry, "rollout notice"),
+            self._consume(EngineStream.DEPLOY_REQUESTS, self.deploys.on_request, "deploy request"),
+            self._consume(EngineStream.ROLLOUT_NOTICES, self.notifier.on_entry, "rollout notice"),
             spawn(
                 functools.partial(self.notifier.send_forever, self._stopping), name="notify-send"
             ),
@@ -97,14 +99,13 @@ class Engine:
         rollouts = self.context.stores.rollouts
         # A new rollout is announced on a channel, so it starts at once; the poll finds the
         # rest (a takeover, an announcement missed while Redis was away).
-        created = self.context.stores.redis.pubsub(ignore_subscribe_messages=True)
+        created = rollouts.announcements()
         try:
             while not self._stopping.is_set():
                 try:
-                    # A command first: a cluster client learns its slots on the first one.
+                    # A command first (before wait subscribes): a cluster client learns its
+                    # slots on the first one.
                     active = await rollouts.active_ids()
-                    if not created.subscribed:
-                        await created.subscribe(self.context.stores.keys.rollouts_channel())
                     for rollout_id in active:
                         if rollout_id in self._drivers or self._stopping.is_set():
                             continue
@@ -114,26 +115,24 @@ class Engine:
                         task = spawn(driver.run, name=f"rollout-{rollout_id}")
                         self._drivers[rollout_id] = (driver, task)
                         task.add_done_callback(functools.partial(self._forget, rollout_id))
-                    await created.get_message(timeout=SCHEDULE_EVERY_S)
+                    await created.wait(SCHEDULE_EVERY_S)
                 except (OrchestratorError, RedisError) as exc:
                     log.warning("cannot list active rollouts", error=str(exc))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), SCHEDULE_EVERY_S)
         finally:
-            with contextlib.suppress(RedisError):
-                await created.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis-py 8.2
+            await created.close()
 
     def _forget(self, rollout_id: str, _: asyncio.Task[None]) -> None:
         self._drivers.pop(rollout_id, None)
 
     def _consume(
-        self, stream: str, handler: Handler, what: str, *, from_start: bool = True
+        self, stream: EngineStream, handler: Handler, what: str, *, from_start: bool = True
     ) -> asyncio.Task[None]:
         consumer = self.context.settings.instance_id
         return spawn(
             functools.partial(
-                consume,
-                self.context.stores.redis,
+                self.context.stores.consume,
                 stream,
                 consumer,
                 handler,

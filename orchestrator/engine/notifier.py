@@ -20,16 +20,16 @@ import httpx
 import structlog
 
 from orchestrator import __version__
+from orchestrator.domain.counters import by_state, tally_of
 from orchestrator.domain.destinations import masked_url
 from orchestrator.domain.hooks import sign_standard
 from orchestrator.domain.notices import Notice, cloudevent_type, notice_of
 from orchestrator.domain.plans import shown_plan
-from orchestrator.domain.states import DeviceState
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.egress import checked_client
 from orchestrator.errors import OrchestratorError
-from orchestrator.store.notifications import Notice as QueuedNotice
-from orchestrator.store.rollouts import RolloutRecord, tally_of
+from orchestrator.store.notifications import NoticeDelivery
+from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.timeutil import isoformat_z, utc_now
 
 log = structlog.get_logger(__name__)
@@ -57,7 +57,7 @@ def figures(record: RolloutRecord, counters: Mapping[str, int]) -> dict[str, Any
         "wave_index": index,
         "waves": len(plan.waves),
         "target": record.total,
-        "counts": {s.value: counters.get(f"all:{s.value}", 0) for s in DeviceState},
+        "counts": by_state(counters),
         "failure_rate": tally_of(counters).failure_rate,
         "max_failure_rate": plan.policy.max_failure_rate,
         "created_at": record.created_at,
@@ -179,7 +179,7 @@ class Notifier:
         await asyncio.gather(*(self._send(http, notice) for notice in claimed))
         return len(claimed)
 
-    async def _send(self, http: httpx.AsyncClient, notice: QueuedNotice) -> None:
+    async def _send(self, http: httpx.AsyncClient, notice: NoticeDelivery) -> None:
         stores = self._context.stores
         settings = self._context.settings
         subscription = await stores.notifications.get(notice.subscription_id)
@@ -231,7 +231,7 @@ class Notifier:
         elif tries >= settings.notify_attempts:
             state, next_ms, result = "failed", None, "failed"
         else:
-            delay_ms = int(backoff_s(tries, settings.notify_retry) * 1000)
+            delay_ms = int(backoff_s(tries, settings.notify_retry_s) * 1000)
             state, next_ms, result = "pending", self._context.clock_ms() + delay_ms, "retrying"
         await stores.notifications.record(notice.id, attempt, state=state, next_ms=next_ms)
         self._context.metrics.notices.labels(result).inc()

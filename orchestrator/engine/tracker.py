@@ -147,6 +147,9 @@ class Tracker:
         answered: Counter[tuple[str, str]] = Counter()  # (command, status)
         sent_ats: Counter[str] = Counter()
         heard_from: set[str] = set()
+        # A device of a compacted rollout has no hash left: its result is late, not unknown.
+        missing = {o.rollout_id for o in applied.outcomes if o.outcome == "missing"}
+        compacted = await self._context.stores.archive.archived(sorted(missing)) if missing else ()
         for result, outcome in zip(results, applied.outcomes, strict=True):
             if outcome.matched:
                 answered[outcome.command, result.status] += 1
@@ -154,7 +157,7 @@ class Tracker:
             if outcome.rollout_id:
                 heard_from.add(outcome.rollout_id)
             if outcome.outcome != "applied":
-                self._report(result, outcome)
+                self._report(result, outcome, compacted=outcome.rollout_id in compacted)
         for (command, status), count in answered.items():
             metrics.command_results.labels(command, status).inc(count)
         metrics.observe_result_latencies(sent_ats, utc_now())
@@ -166,8 +169,8 @@ class Tracker:
         while len(self._recent) > RECENT_ROLLOUTS:
             self._recent.popitem(last=False)
 
-    def _report(self, result: DeviceResult, outcome: ResultOutcome) -> None:
-        """Count and log a result that moved no device."""
+    def _report(self, result: DeviceResult, outcome: ResultOutcome, *, compacted: bool) -> None:
+        """Count and log a result that moved no device (`compacted`: its rollout is)."""
         ids = {"device_id": result.device_id, "command_id": result.command_id}
         match outcome.outcome:
             case "unknown_command":
@@ -180,6 +183,8 @@ class Tracker:
                 self._ignore("unknown_rollout", rollout_id=outcome.rollout_id, **ids)
             case "no_event":
                 pass  # progress of a rollback install: the deadline still applies
+            case "missing" if compacted:
+                self._ignore("late", trigger=outcome.event, rollout_id=outcome.rollout_id, **ids)
             case refused:
                 self._ignore(
                     self._why(outcome.detail, refused),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from orchestrator.store.api_keys import ApiKeyStore
@@ -15,7 +16,9 @@ from orchestrator.store.notifications import NotificationStore
 from orchestrator.store.projects import ProjectStore
 from orchestrator.store.redis import Redis, translated
 from orchestrator.store.retention import RetentionStore
+from orchestrator.store.rollout_archive import RolloutArchive
 from orchestrator.store.rollouts import RolloutStore
+from orchestrator.store.streams import EngineStream, Handler, consume
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Stores:
     download_keys: DownloadKeyStore
     commands: CommandStore
     rollouts: RolloutStore
+    archive: RolloutArchive
     hooks: HookStore
     notifications: NotificationStore
     retention: RetentionStore
@@ -49,9 +53,26 @@ class Stores:
             download_keys=DownloadKeyStore(redis, keys),
             commands=CommandStore(redis, keys),
             rollouts=RolloutStore(redis, keys),
+            archive=RolloutArchive(redis, keys),
             hooks=HookStore(redis, keys),
             notifications=NotificationStore(redis, keys),
             retention=RetentionStore(redis, keys),
+        )
+
+    async def consume(
+        self,
+        stream: EngineStream,
+        consumer: str,
+        handler: Handler,
+        stopping: asyncio.Event,
+        *,
+        what: str,
+        from_start: bool = True,
+    ) -> None:
+        """Hand each entry of `stream` to `handler` once, until `stopping` (see streams.consume)."""
+        key = getattr(self.keys, stream.value)()
+        await consume(
+            self.redis, key, consumer, handler, stopping, what=what, from_start=from_start
         )
 
     @translated

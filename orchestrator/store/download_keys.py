@@ -223,22 +223,49 @@ class DownloadKeyStore:
         """
         claim_id = secrets.token_hex(8)
         lease = self.claim_lease_ms if lease_ms is None else lease_ms
+        verdict, covered, delivered = await self._run_claim(
+            key, device_id, claim_id, lease, span_bytes, budget_bytes, check_only=False
+        )
+        if verdict is not ClaimVerdict.OK:
+            return verdict, None
+        return verdict, Claim(claim_id=claim_id, covered=covered, delivered=delivered)
+
+    @translated
+    async def check(
+        self, key: str, device_id: str, *, span_bytes: int = 0, budget_bytes: int | None = None
+    ) -> ClaimVerdict:
+        """The verdict `claim` would give now, with nothing claimed, spent or recorded (HEAD)."""
+        verdict, _, _ = await self._run_claim(
+            key, device_id, "", 0, span_bytes, budget_bytes, check_only=True
+        )
+        return verdict
+
+    async def _run_claim(
+        self,
+        key: str,
+        device_id: str,
+        claim_id: str,
+        lease_ms: int,
+        span_bytes: int,
+        budget_bytes: int | None,
+        *,
+        check_only: bool,
+    ) -> tuple[ClaimVerdict, int, int]:
+        # One script for both, so a check can never disagree with the claim it foretells.
         verdict, covered, delivered = await self._claim(
             keys=[self._keys.download_key(key), self._keys.download_events()],
             args=[
                 device_id,
                 claim_id,
                 _now_ms(),
-                lease,
+                lease_ms,
                 EVENTS_MAXLEN,
                 span_bytes,
                 -1 if budget_bytes is None else budget_bytes,
+                "1" if check_only else "0",
             ],
         )
-        result = ClaimVerdict(verdict)
-        if result is not ClaimVerdict.OK:
-            return result, None
-        return result, Claim(claim_id=claim_id, covered=int(covered), delivered=int(delivered))
+        return ClaimVerdict(verdict), int(covered), int(delivered)
 
     @translated
     async def renew(self, key: str, claim: Claim) -> bool:

@@ -108,6 +108,11 @@ class RedisKeys:
         """List: the cohort's device ids in wave order."""
         return f"{self.prefix}rollout:{rollout_id}:order"
 
+    def rollout_archive(self, rollout_id: str) -> str:
+        """Hash: a finished rollout's device records packed (store/rollout_archive.py): `meta`
+        (JSON), `c:{n}` chunks of records in cohort order, `b:{n}` lookup buckets."""
+        return f"{self.prefix}rollout:{rollout_id}:archive"
+
     def rollout_retry(self, rollout_id: str) -> str:
         """List: devices put back to pending for a retry, dispatched before new ones."""
         return f"{self.prefix}rollout:{rollout_id}:retry"
@@ -148,6 +153,11 @@ class RedisKeys:
         """Sorted set: terminal rollouts scored by when they finished (epoch ms); each is
         deleted with all its keys once OTA_ROLLOUT_RETENTION has passed (store/retention.py)."""
         return f"{self.prefix}rollouts:finished"
+
+    def archived_rollouts(self) -> str:
+        """Sorted set: finished rollouts whose device records are all packed, scored as in
+        finished_rollouts; a rollout leaves it when retention deletes it."""
+        return f"{self.prefix}rollouts:archived"
 
     def rollout_name(self, project_id: str, name: str) -> str:
         """String: the active rollout holding this name in the project."""

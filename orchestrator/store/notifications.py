@@ -40,7 +40,7 @@ class Subscription:
 
 
 @dataclass(frozen=True)
-class Notice:
+class NoticeDelivery:
     """One event queued for one subscriber, and its attempts so far."""
 
     id: str
@@ -66,9 +66,9 @@ def _subscription(raw: Mapping[str, str]) -> Subscription:
     )
 
 
-def _notice(raw: Mapping[str, str]) -> Notice:
+def _notice(raw: Mapping[str, str]) -> NoticeDelivery:
     next_ms = raw.get("next_attempt_ms", "")
-    return Notice(
+    return NoticeDelivery(
         id=raw["id"],
         subscription_id=raw["subscription_id"],
         type=raw.get("type", ""),
@@ -165,7 +165,7 @@ class NotificationStore:
         return int(await self._enqueue(keys=[self._keys.notices_due()], args=args))
 
     @translated
-    async def claim(self, *, now: int, visibility_ms: int, limit: int) -> list[Notice]:
+    async def claim(self, *, now: int, visibility_ms: int, limit: int) -> list[NoticeDelivery]:
         """Due notices, each hidden from other senders for `visibility_ms`."""
         rows = await self._claim(
             keys=[self._keys.notices_due()],
@@ -184,7 +184,7 @@ class NotificationStore:
         )
 
     @translated
-    async def notices(self, subscription_id: str, limit: int = 100) -> list[Notice]:
+    async def notices(self, subscription_id: str, limit: int = 100) -> list[NoticeDelivery]:
         """The subscription's notices of the last 7 days, newest first."""
         index = self._keys.notification_deliveries(subscription_id)
         ids = members(await self._redis.zrevrange(index, 0, limit - 1))

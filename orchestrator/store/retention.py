@@ -4,7 +4,9 @@ A rollout enters the finished index (`rollouts:finished`, scored by when it fini
 in the same script as its terminal state change (rollout_state.lua). Once the retention has
 passed, `purge` deletes it chunk by chunk (rollout_purge.lua): every key named after it, the
 per-device records, its entry in the project's rollout index and the device locks it still
-holds. Rollouts that finished before the index existed are put in it by `backfill`.
+holds. A compacted rollout (store/rollout_archive.py) goes the same way: its packed records
+are one key, deleted with the last chunk. Rollouts that finished before the index existed are
+put in it by `backfill`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class RetentionStore:
             keys.rollout_device_prefix(rollout_id),
             keys.device_rollout_prefix(),
             keys.rollout_order(rollout_id),
+            keys.archived_rollouts(),
             keys.rollout(rollout_id),
             keys.rollout_counts(rollout_id),
             keys.rollout_events(rollout_id),
@@ -88,6 +91,7 @@ class RetentionStore:
             keys.rollout_retry(rollout_id),
             keys.rollout_unpublished(rollout_id),
             keys.rollout_lease(rollout_id),
+            keys.rollout_archive(rollout_id),
         ]
         deleted = 0
         while True:

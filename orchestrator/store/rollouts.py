@@ -7,6 +7,7 @@ rollout's state change with its audit event.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -14,11 +15,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from redis.exceptions import RedisError
+
 from orchestrator.domain.devices import LAST_SEEN_EVERY_S
-from orchestrator.domain.plans import FailureType
-from orchestrator.domain.policy import Tally
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
+    TERMINAL_ROLLOUT_STATES,
     DeviceEvent,
     DeviceState,
     RolloutState,
@@ -35,6 +37,7 @@ from orchestrator.store.redis import (
     members,
     translated,
 )
+from orchestrator.store.rollout_archive import RolloutArchive
 from orchestrator.timeutil import epoch_ms, isoformat_z, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
@@ -279,6 +282,30 @@ def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
     )
 
 
+class Announcements:
+    """The channel on which a new rollout's id is published as it is created."""
+
+    def __init__(self, redis: Redis, channel: str) -> None:
+        self._channel = channel
+        self._pubsub = redis.pubsub(ignore_subscribe_messages=True)
+
+    async def wait(self, timeout_s: float) -> None:
+        """Return once a rollout is announced or `timeout_s` has passed.
+
+        Subscribes at the first call; call it after another command, since a cluster client
+        learns its slots from its first command.
+        """
+        if not self._pubsub.subscribed:
+            await self._pubsub.subscribe(self._channel)
+        await self._pubsub.get_message(timeout=timeout_s)
+
+    async def close(self) -> None:
+        """Unsubscribe and give the connection back."""
+        with contextlib.suppress(RedisError):
+            # untyped before redis-py 8.2
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+
+
 class RolloutStore:
     """Read and change rollouts atomically."""
 
@@ -291,6 +318,7 @@ class RolloutStore:
         self._hgetall_many = load_script(redis, "hgetall_many")
         self._state = load_script(redis, "rollout_state")
         self._release = load_script(redis, "rollout_release")
+        self._archive = RolloutArchive(redis, keys)  # where a finished rollout's devices go
         # Rules JSON by rollout id, for the rules object it was made from (sent with each batch).
         self._rules_json_cache: dict[str, tuple[ResultRules, str]] = {}
 
@@ -439,7 +467,6 @@ class RolloutStore:
         actor: str,
         action: str,
         at: str,
-        terminal: bool,
         details: Mapping[str, Any] | None = None,
         extra: Mapping[str, str | int] | None = None,
         rebase_policy: bool = False,
@@ -482,7 +509,7 @@ class RolloutStore:
                 reason,
                 json.dumps(event),
                 at,
-                "1" if terminal else "0",
+                "1" if to in TERMINAL_ROLLOUT_STATES else "0",
                 rollout_id,
                 json.dumps({k: str(v) for k, v in (extra or {}).items()}),
                 "1" if rebase_policy else "0",
@@ -731,8 +758,9 @@ class RolloutStore:
 
     @translated
     async def device(self, rollout_id: str, device_id: str) -> dict[str, str]:
-        """The device's record in the rollout ({} when it is not in it)."""
-        return fields(await self._redis.hgetall(self._keys.rollout_device(rollout_id, device_id)))
+        """The device's record in the rollout ({} when it is not in it), hash or packed."""
+        record = fields(await self._redis.hgetall(self._keys.rollout_device(rollout_id, device_id)))
+        return record or (await self._archive.find(rollout_id, [device_id]))[0]
 
     @translated
     async def set_device_fields(self, rollout_id: str, device_id: str, **values: str | int) -> None:
@@ -787,17 +815,28 @@ class RolloutStore:
         """Device ids at positions [start, stop) of the cohort order."""
         if stop <= start:
             return []
-        return members(
+        ids = members(
             await self._redis.lrange(self._keys.rollout_order(rollout_id), start, stop - 1)
         )
+        if ids:
+            return ids
+        # A compacted rollout has no order list: its packed records are in cohort order.
+        return [device_id for _, device_id, _ in await self._archive.rows(rollout_id, start, stop)]
 
     @translated
     async def device_states(
         self, rollout_id: str, device_ids: Sequence[str]
     ) -> list[dict[str, str]]:
-        """The records of these devices, in order, in one call."""
+        """The records of these devices, in order (hashes in one call, then any packed)."""
         keys = [self._keys.rollout_device(rollout_id, device_id) for device_id in device_ids]
-        return await hgetall_many(self._hgetall_many, keys)
+        rows = await hgetall_many(self._hgetall_many, keys)
+        # In this order: a compaction moves a record from its hash to the archive, never back.
+        missing = [i for i, row in enumerate(rows) if not row]
+        if missing:
+            found = await self._archive.find(rollout_id, [device_ids[i] for i in missing])
+            for i, row in zip(missing, found, strict=True):
+                rows[i] = row
+        return rows
 
     @translated
     async def events(self, rollout_id: str) -> list[dict[str, Any]]:
@@ -885,6 +924,21 @@ class RolloutStore:
         await self._redis.eval(script, 1, self._keys.rollout_lease(rollout_id), owner)
 
     @translated
+    async def lease_owner(self, rollout_id: str) -> str | None:
+        """The instance id of the replica that drives the rollout now, or None."""
+        owner = await self._redis.get(self._keys.rollout_lease(rollout_id))
+        return None if owner is None else str(owner)
+
+    @translated
+    async def rollback_cursor(self, rollout_id: str) -> int:
+        """How far along the rollout's order the rollback has sent its firmware."""
+        return int(await self._redis.hget(self._keys.rollout(rollout_id), "rollback_cursor") or 0)
+
+    def announcements(self) -> Announcements:
+        """New rollouts as they are created (to be closed by the listener)."""
+        return Announcements(self._redis, self._keys.rollouts_channel())
+
+    @translated
     async def is_active(self, rollout_id: str) -> bool:
         """True while the rollout is in the engine's active set."""
         return bool(await self._redis.sismember(self._keys.active_rollouts(), rollout_id))
@@ -908,19 +962,6 @@ class RolloutStore:
     async def with_deadlines(self, rollout_id: str) -> list[str]:
         """Every device that has a deadline (all those sent and not yet final)."""
         return members(await self._redis.zrange(self._keys.rollout_deadlines(rollout_id), 0, -1))
-
-
-def tally_of(counts: Mapping[str, int]) -> Tally:
-    """What the failure policy judges: finished devices since the last rebase (see change_state)."""
-
-    def since_base(name: str) -> int:
-        return max(0, counts.get(name, 0) - counts.get(f"base:{name}", 0))
-
-    failures = {kind: since_base(f"fail:{kind.value}") for kind in FailureType}
-    return Tally(
-        succeeded=since_base("all:succeeded"),
-        failures={kind: n for kind, n in failures.items() if n},
-    )
 
 
 def device_state(record: Mapping[str, str]) -> DeviceState | None:

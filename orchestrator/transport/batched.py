@@ -8,12 +8,12 @@ buffer goes out in one send at the next turn of the event loop, so a batch's PUB
 broker as one segment, in the order they were written. A write waits only while the stream
 holds more than HIGH_WATER_BYTES that the socket has not taken yet.
 
-zmqtt takes a transport through its public `transport_factory` option; FastStream's
-MQTTBroker, which the commands go through, gets it from `batched_writes`. Errors keep zmqtt's
-meaning: a lost or closed connection raises `MQTTDisconnectedError`, which sends zmqtt down its
-reconnect path. A write that fails once its turn comes marks the transport closed; the next
-read or write raises. Nothing is lost by that: an acknowledgement the broker never got only
-makes it send the result again when the session resumes.
+zmqtt takes a transport through its public `transport_factory` option; the command
+publisher (transport/mqtt.py) and the result subscriber (transport/results.py) both use it.
+Errors keep zmqtt's meaning: a lost or closed connection raises `MQTTDisconnectedError`,
+which sends zmqtt down its reconnect path. A write that fails once its turn comes marks the
+transport closed; the next read or write raises. Nothing is lost by that: an acknowledgement
+the broker never got only makes it send the result again when the session resumes.
 """
 
 from __future__ import annotations
@@ -21,9 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import Any
 
-from faststream.mqtt import MQTTBroker
 from zmqtt.client import Transport
 from zmqtt.errors import MQTTDisconnectedError
 
@@ -117,20 +115,3 @@ async def open_batched(host: str, port: int, tls: ssl.SSLContext | bool | None) 
     context = ssl.create_default_context() if tls is True else (tls or None)
     reader, writer = await asyncio.open_connection(host, port, ssl=context)
     return BatchedWriteTransport(reader, writer)
-
-
-def batched_writes(broker: MQTTBroker) -> MQTTBroker:
-    """`broker`, its zmqtt client to be built on `open_batched` at every connection.
-
-    FastStream's MQTTBroker has no option for zmqtt's `transport_factory`: it keeps the keyword
-    arguments it hands zmqtt.MQTTClient at each connection, and the factory is added to them.
-    FastStream is pinned; a version that keeps them elsewhere is refused here, at start.
-    """
-    options: Any = getattr(broker, "_connection_kwargs", None)
-    if not isinstance(options, dict) or "client_id" not in options:
-        raise RuntimeError(
-            "this FastStream's MQTTBroker keeps its zmqtt options elsewhere; pin the version in "
-            "pyproject.toml or update orchestrator/transport/batched.py"
-        )
-    options["transport_factory"] = open_batched
-    return broker

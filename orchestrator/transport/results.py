@@ -1,7 +1,7 @@
 """Device results in: the payload model, a pure parser, and the engine's persistent subscriber.
 
 Devices answer on `{device_id}/control/{command}/result` (ARCHITECTURE §5). The engine reads
-them with zmqtt (the client under FastStream's MQTTBroker) over a persistent session, so
+them with zmqtt (the MQTT client FastStream is built on) over a persistent session, so
 results published while it is down are queued by the broker and delivered when it comes back.
 
 Why zmqtt directly rather than a FastStream subscriber: FastStream calls a handler per message

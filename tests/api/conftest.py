@@ -50,6 +50,11 @@ class Download:
             URL, params={"key": self.key}, headers=self.headers if headers is None else headers
         )
 
+    async def head(self, headers: dict[str, str] | None = None) -> httpx.Response:
+        return await self.client.head(
+            URL, params={"key": self.key}, headers=self.headers if headers is None else headers
+        )
+
     def stream(
         self, headers: dict[str, str] | None = None
     ) -> AbstractAsyncContextManager[httpx.Response]:
@@ -86,7 +91,7 @@ async def issue_key(service: Service, device_id: str, name: str, size: int) -> s
         project_id=service.project_id,
         file_name=name,
         size=size,
-        ttl_s=service.settings.download_key_ttl,
+        ttl_s=service.settings.download_key_ttl_s,
         command_id=uuid.uuid4().hex,
     )
     return key.key
@@ -118,3 +123,10 @@ def assert_error(response: httpx.Response, status: int) -> None:
     assert body["success"] is False
     assert body["status"] == status
     assert body["action"] == "download file"
+
+
+def assert_head_error(response: httpx.Response, status: int) -> None:
+    """A HEAD refused as GET would be: the same status, and no body."""
+    assert response.request.method == "HEAD"
+    assert response.status_code == status, response.headers
+    assert response.content == b""

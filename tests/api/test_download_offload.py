@@ -18,7 +18,7 @@ import structlog
 from orchestrator.api.offload import REPORT_PATH, SECRET_HEADER
 from orchestrator.embedded import EmbeddedNginx
 from orchestrator.settings import Settings
-from tests.api.conftest import LARGE, CreateDownload, Download, assert_error
+from tests.api.conftest import LARGE, CreateDownload, Download, assert_error, assert_head_error
 from tests.conftest import Service
 
 SECRET = secrets.token_hex(32)
@@ -64,6 +64,63 @@ async def test_a_full_download_is_sent_by_nginx_matches_sha256_and_spends_the_ke
     await download.wait_state("spent")
     assert [entry["sent_by"] for entry in ended(logs)] == ["nginx"]
     assert_error(await download.get(), 401)
+
+
+SAME_FROM_BOTH = (
+    "content-type",
+    "content-length",
+    "content-disposition",
+    "cache-control",
+    "x-content-sha256",
+    "etag",
+    "content-range",
+)
+
+
+async def test_head_through_nginx_is_answered_by_the_service_and_uses_nothing(
+    create_download: CreateDownload, proxy: httpx.AsyncClient, logs: list[dict[str, Any]]
+) -> None:
+    """HEAD is never handed to nginx: GET's headers, no claim, no report; GET then delivers."""
+    download = (await create_download(100_000)).through(proxy)
+    ranged = {**download.headers, "Range": "bytes=1000-"}
+    heads = [await download.head(), await download.head(headers=ranged)]
+    assert [head.status_code for head in heads] == [200, 206]
+    assert all("x-accel-redirect" not in head.headers for head in heads)
+    assert await download.state() == "issued"
+    assert ended(logs) == []
+    partial = await download.get(headers=ranged)
+    assert partial.status_code == 206
+    await download.wait_state("issued")
+    whole = await download.get()
+    assert whole.status_code == 200
+    for head, get in zip(heads, (whole, partial), strict=True):
+        for name in SAME_FROM_BOTH:
+            assert head.headers.get(name) == get.headers.get(name), name
+    # nginx says Accept-Ranges on its 200s only; the service says it on its 206s too.
+    assert heads[0].headers["accept-ranges"] == whole.headers["accept-ranges"] == "bytes"
+    digest = hashlib.sha256(download.content).hexdigest()
+    assert whole.headers["etag"] == f'"{digest}"'
+    await download.wait_state("spent")
+    assert_head_error(await download.head(), 401)
+    assert_head_error(await download.head(headers={"Authorization": ""}), 401)
+
+
+async def test_if_range_with_the_etag_resumes_through_nginx_and_another_gets_the_file(
+    create_download: CreateDownload, proxy: httpx.AsyncClient
+) -> None:
+    download = (await create_download(100_000)).through(proxy)
+    tag = f'"{hashlib.sha256(download.content).hexdigest()}"'
+    same = await download.get(
+        headers={**download.headers, "Range": "bytes=99000-", "If-Range": tag}
+    )
+    assert same.status_code == 206, same.text
+    assert same.content == download.content[99000:]
+    await download.wait_state("issued")
+    other = {**download.headers, "Range": "bytes=99000-", "If-Range": '"other"'}
+    whole = await download.get(headers=other)
+    assert whole.status_code == 200, whole.text
+    assert whole.content == download.content
+    await download.wait_state("spent")
 
 
 async def test_a_download_broken_off_resumes_with_range_and_then_spends_the_key(

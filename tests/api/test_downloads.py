@@ -26,6 +26,7 @@ from tests.api.conftest import (
     Entry,
     MiB,
     assert_error,
+    assert_head_error,
     issue_key,
 )
 from tests.api.fleet import basic, device_inbox, payload_of, standard_basic
@@ -43,6 +44,7 @@ async def test_full_download_serves_the_exact_bytes_with_seed_headers(
     assert response.headers["content-disposition"] == f"attachment; filename={download.name}"
     assert response.headers["content-length"] == str(len(download.content))
     assert response.headers["x-content-sha256"] == hashlib.sha256(download.content).hexdigest()
+    assert response.headers["etag"] == f'"{hashlib.sha256(download.content).hexdigest()}"'
     assert "content-range" not in response.headers
 
 
@@ -108,6 +110,7 @@ async def test_file_deleted_after_the_command_is_404(create_download: CreateDown
     service = download.service
     assert await service.stores.files.delete(service.project_id, download.name) is not None
     assert_error(await download.get(), 404)
+    assert_head_error(await download.head(), 404)
 
 
 async def test_deleting_the_device_kills_its_download_keys(
@@ -267,7 +270,7 @@ class TestShortLivedKeys:
 
     @pytest.fixture
     def settings(self, settings: Settings) -> Settings:
-        return settings.model_copy(update={"download_key_ttl": 1})
+        return settings.model_copy(update={"download_key_ttl_s": 1})
 
     async def test_key_is_refused_after_its_ttl(
         self, service: Service, mqtt_broker: EmbeddedBroker
@@ -322,18 +325,29 @@ async def test_streaming_a_large_file_does_not_hold_it_in_memory(
     assert peak - before < size // 4, f"RSS grew by {(peak - before) / MiB:.1f} MiB"
 
 
-async def read_exactly_and_close(download: Download) -> bytes:
-    """A device that closes its connection the moment it holds Content-Length body bytes."""
+async def send_request(
+    download: Download, request_line: str, *headers: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the service with one request of the device written on it, raw."""
     service = download.service
     reader, writer = await asyncio.open_connection(
         service.settings.http_host, service.settings.http_port
     )
+    lines = [
+        request_line,
+        "Host: ota",
+        *headers,
+        f"Authorization: {download.headers['Authorization']}",
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def read_exactly_and_close(download: Download) -> bytes:
+    """A device that closes its connection the moment it holds Content-Length body bytes."""
+    reader, writer = await send_request(download, f"GET {URL}?key={download.key} HTTP/1.1")
     try:
-        writer.write(
-            f"GET {URL}?key={download.key} HTTP/1.1\r\nHost: ota\r\n"
-            f"Authorization: {download.headers['Authorization']}\r\n\r\n".encode()
-        )
-        await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 "), head
         length = next(
@@ -409,3 +423,154 @@ async def test_a_key_never_sends_more_than_twice_the_file_whatever_the_ranges(
         await download.wait_state("issued")
     assert 0 < served <= 2 * size
     assert_error(await download.get(), 401)  # the whole file would go past the budget too
+
+
+def described(response: httpx.Response) -> dict[str, str]:
+    """A response's headers but those that change from one response to the next."""
+    return {name: value for name, value in response.headers.items() if name not in {"date"}}
+
+
+async def key_events(download: Download) -> list[str]:
+    stores = download.service.stores
+    entries = cast(list[Entry], await stores.redis.xrange(stores.keys.download_events()))
+    return [event["event"] for _, event in entries if event["key"] == download.key]
+
+
+async def test_head_sends_gets_headers_without_a_body_and_never_uses_the_key(
+    create_download: CreateDownload,
+) -> None:
+    """Three HEADs, then exactly one GET delivers; afterwards both answer 401."""
+    download = await create_download(3 * CHUNK_SIZE + 123)
+    heads = [await download.head() for _ in range(3)]
+    for head in heads:
+        assert head.status_code == 200
+        assert head.content == b""
+        assert described(head) == described(heads[0])
+    assert await download.state() == "issued"
+    assert await key_events(download) == []
+
+    response = await download.get()
+    assert response.status_code == 200
+    assert response.content == download.content
+    assert described(heads[0]) == described(response)
+    digest = hashlib.sha256(download.content).hexdigest()
+    assert heads[0].headers["etag"] == f'"{digest}"'
+    assert heads[0].headers["content-length"] == str(len(download.content))
+    await download.wait_state("spent")
+    assert await key_events(download) == ["claimed", "delivered"]
+    assert_error(await download.get(), 401)
+    assert_head_error(await download.head(), 401)
+
+
+@pytest.mark.parametrize(
+    ("header", "span"), [("bytes=100-", "bytes 100-999/1000"), ("bytes=-10", "bytes 990-999/1000")]
+)
+async def test_head_with_a_range_sends_the_206_headers_get_would(
+    create_download: CreateDownload, header: str, span: str
+) -> None:
+    download = await create_download(1000)
+    ranged = {**download.headers, "Range": header}
+    head = await download.head(headers=ranged)
+    assert head.status_code == 206
+    assert head.headers["content-range"] == span
+    assert head.content == b""
+    response = await download.get(headers=ranged)
+    assert response.status_code == 206
+    assert described(head) == described(response)
+
+
+async def test_head_with_a_range_past_the_end_is_416_like_get(
+    create_download: CreateDownload,
+) -> None:
+    download = await create_download(1000)
+    past = {**download.headers, "Range": "bytes=1000-"}
+    head = await download.head(headers=past)
+    assert_head_error(head, 416)
+    assert head.headers["content-range"] == "bytes */1000"
+    get = await download.get(headers=past)
+    assert_error(get, 416)
+    assert described(head) == described(get)
+    assert await download.state() == "issued"
+
+
+async def test_head_is_refused_like_get_and_the_key_stays_for_its_device(
+    create_download: CreateDownload,
+) -> None:
+    download = await create_download()
+    other = await create_download()
+    client = download.service.client
+    for headers, status in (
+        ({"Authorization": ""}, 401),
+        (basic("not-a-token"), 401),
+        (standard_basic(download.device_id, other.token), 401),
+        (other.headers, 403),
+        (standard_basic(other.device_id, other.token), 403),
+    ):
+        head, get = await download.head(headers=headers), await download.get(headers=headers)
+        assert_head_error(head, status)
+        assert_error(get, status)
+        assert described(head) == described(get)
+    assert (
+        "basic"
+        in (await download.head(headers={"Authorization": ""})).headers["www-authenticate"].lower()
+    )
+    unknown = {"key": "dk_" + "x" * 32}
+    assert_head_error(await client.head(URL, params=unknown, headers=download.headers), 401)
+    assert_head_error(await client.head(URL, headers=download.headers), 400)
+    assert await download.state() == "issued"
+    assert (await download.get()).content == download.content
+
+
+async def test_head_while_a_transfer_holds_the_key_is_409_like_get(
+    create_download: CreateDownload,
+) -> None:
+    download = await create_download(LARGE)
+    async with download.stream() as response:
+        assert response.status_code == 200
+        chunks = response.aiter_raw()  # held: a dropped iterator would close the response
+        await anext(chunks)
+        assert_head_error(await download.head(), 409)
+        assert_error(await download.get(), 409)
+    await download.wait_state("issued")
+
+
+async def raw_exchange(download: Download, request_line: str) -> bytes:
+    """Everything the server writes for one request on a connection it then closes."""
+    reader, writer = await send_request(download, request_line, "Connection: close")
+    try:
+        async with asyncio.timeout(10):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+async def test_no_body_goes_on_the_wire_after_a_head_answer_or_refusal(
+    create_download: CreateDownload,
+) -> None:
+    """httpx never reads a HEAD body, so read the raw bytes: headers and nothing after them."""
+    download = await create_download()
+    for key, status in ((download.key, b"200"), ("dk_" + "x" * 32, b"401")):
+        answer = await raw_exchange(download, f"HEAD {URL}?key={key} HTTP/1.1")
+        head, _, rest = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status), head
+        assert rest == b""
+    assert await download.state() == "issued"
+
+
+async def test_if_range_with_the_files_etag_resumes_and_with_another_sends_the_whole_file(
+    create_download: CreateDownload,
+) -> None:
+    download = await create_download(1000)
+    tag = f'"{hashlib.sha256(download.content).hexdigest()}"'
+    same = await download.get(headers={**download.headers, "Range": "bytes=900-", "If-Range": tag})
+    assert same.status_code == 206
+    assert same.content == download.content[900:]
+    await download.wait_state("issued")
+    other = {**download.headers, "Range": "bytes=900-", "If-Range": '"' + "0" * 64 + '"'}
+    head = await download.head(headers=other)
+    assert head.status_code == 200
+    assert head.headers["content-length"] == "1000"
+    whole = await download.get(headers=other)
+    assert whole.status_code == 200
+    assert whole.content == download.content
+    await download.wait_state("spent")

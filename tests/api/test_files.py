@@ -273,7 +273,7 @@ class TestSizeLimit:
 
     @pytest.fixture
     def settings(self, settings: Settings) -> Settings:
-        return settings.model_copy(update={"max_file_size": self.LIMIT})
+        return settings.model_copy(update={"max_file_size_bytes": self.LIMIT})
 
     async def test_a_file_at_the_limit_is_accepted(self, service: Service) -> None:
         response = await service.upload("fw.bin", b"x" * self.LIMIT)

@@ -33,6 +33,7 @@ CONTRACT_ROUTES = {
     ("DELETE", "/v2/projects/{project_id}/files/{name}"),
     ("POST", "/v2/projects/{project_id}/devices/{device_id}/communication/command"),
     ("GET", "/v2/device/download"),
+    ("HEAD", "/v2/device/download"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("POST", "/v2/projects/{project_id}/hooks"),
@@ -188,7 +189,9 @@ def parameter(operation: dict[str, Any], name: str) -> dict[str, Any]:
 async def test_every_error_response_is_the_error_body(openapi: dict[str, Any]) -> None:
     for key, operation in operations(openapi).items():
         for code, response in operation["responses"].items():
-            if int(code) >= 400 and key != ("GET", "/readyz"):
+            if key[0] == "HEAD":  # GET's statuses and headers, never a body
+                assert "content" not in response, (key, code)
+            elif int(code) >= 400 and key != ("GET", "/readyz"):
                 assert response["content"]["application/json"]["schema"] == ERROR_BODY_REF, (
                     key,
                     code,
@@ -199,13 +202,11 @@ async def test_every_error_response_is_the_error_body(openapi: dict[str, Any]) -
 
 
 async def test_operations_document_the_errors_they_answer(openapi: dict[str, Any]) -> None:
-    """400 exactly where input is validated; 401/403 with an API key; 404 under a project."""
+    """400 everywhere (a query parameter the operation does not list); 401/403 with an API
+    key; 404 under a project."""
     for (method, path), operation in operations(openapi).items():
         codes = set(operation["responses"])
-        validated = "requestBody" in operation or any(
-            p["in"] == "query" for p in operation.get("parameters", [])
-        )
-        assert ("400" in codes) == validated, (method, path)
+        assert "400" in codes, (method, path)
         security = operation.get("security", [])
         if security:
             assert {"401", "503"} <= codes, (method, path)
@@ -301,3 +302,10 @@ async def test_bodies_carry_their_patterns_and_media_types(openapi: dict[str, An
     assert set(download) >= {"200", "206", "401", "403", "404", "409", "416"}
     assert download["206"]["headers"]["Content-Range"]["required"] is True
     assert "application/octet-stream" in download["200"]["content"]
+    head = ops[("HEAD", "/v2/device/download")]
+    assert set(head["responses"]) == set(download)
+    for code in ("200", "206"):
+        assert head["responses"][code]["headers"] == download[code]["headers"]
+        assert "ETag" in download[code]["headers"]
+    assert head["parameters"] == ops[("GET", "/v2/device/download")]["parameters"]
+    assert head["security"] == [{"DeviceToken": []}]

@@ -114,7 +114,6 @@ async def set_running(service: Service, rollout_id: str) -> None:
         actor="engine",
         action="start",
         at="2026-01-01T00:00:00Z",
-        terminal=False,
     )
     assert changed
 

@@ -83,6 +83,7 @@ ACCEPTED = {
     "POST /v2/hooks/{hook_id}": _SEMANTIC,
     "PATCH /v2/projects/{project_id}/devices/{device_id}": _SEMANTIC,
     f"GET {DOWNLOAD}": ["2xx", 401, 403, 404, 409, 416],
+    f"HEAD {DOWNLOAD}": ["2xx", 401, 403, 404, 409, 416],
 }
 
 DOCUMENT = create_app(

@@ -424,7 +424,8 @@ def test_the_last_wave_must_be_percent_100() -> None:
 def test_percents_must_not_decrease_and_the_message_names_both_waves() -> None:
     text = small_with("  - percent: 100", "  - percent: 50\n  - percent: 20\n  - percent: 100")
     assert only_problem(text) == (
-        "rollout.yaml:9:14: waves[2].percent is 20 but waves[1] already reached 50%; "
+        "rollout.yaml:9:14: waves[2].percent is 20 but waves[1].percent (line 8, column 14) "
+        "already reached 50%; "
         "waves are cumulative, so percent must not decrease"
     )
 
@@ -432,7 +433,8 @@ def test_percents_must_not_decrease_and_the_message_names_both_waves() -> None:
 def test_device_counts_must_not_decrease() -> None:
     text = small_with("  - percent: 100", "  - devices: 5\n  - percent: 100")
     assert only_problem(text) == (
-        "rollout.yaml:8:14: waves[1].devices is 5 but waves[0] already reached 10 devices; "
+        "rollout.yaml:8:14: waves[1].devices is 5 but waves[0].devices (line 6, column 14) "
+        "already reached 10 devices; "
         "waves are cumulative, so devices must not decrease"
     )
 
@@ -445,7 +447,8 @@ def test_a_percent_wave_after_a_devices_wave_is_fine_and_so_is_the_reverse() -> 
 def test_wave_names_must_be_unique() -> None:
     text = small_with("  - percent: 100", "  - name: canary\n    percent: 100")
     assert only_problem(text) == (
-        "rollout.yaml:8:11: waves[1].name 'canary' is already the name of waves[0]; "
+        "rollout.yaml:8:11: waves[1].name 'canary' is already the name of waves[0].name "
+        "(line 5, column 11); "
         "wave names must be unique"
     )
 
@@ -472,15 +475,17 @@ def test_rollback_on_failure_needs_a_rollback_section() -> None:
 
 def test_the_rollback_file_must_differ_from_the_firmware_file() -> None:
     assert only_problem(SMALL + "rollback:\n  file: fw_v2.bin\n") == (
-        "rollout.yaml:10:9: rollback.file must differ from firmware.file; both are 'fw_v2.bin'"
+        "rollout.yaml:10:9: rollback.file must differ from firmware.file (line 3, column 9); "
+        "both are 'fw_v2.bin'"
     )
 
 
 def test_device_timeout_must_be_at_least_ack_timeout() -> None:
     text = SMALL + "policy:\n  ack_timeout: 30m\n  device_timeout: 10m\n"
     assert only_problem(text) == (
-        "rollout.yaml:11:19: policy.device_timeout (10m) must be at least ack_timeout (30m), "
-        "the longer of the two waits"
+        "rollout.yaml:11:19: policy.device_timeout is 10m, shorter than policy.ack_timeout "
+        "(line 10, column 16) of 30m; device_timeout is the longer of the two waits: lengthen "
+        "it or shorten ack_timeout"
     )
 
 

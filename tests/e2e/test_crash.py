@@ -279,7 +279,6 @@ async def _running_with_unpublished(
         actor="test",
         action="start",
         at=isoformat_z(utc_now()),
-        terminal=False,
     )
     assert changed
     record = await rollouts.get(rollout["id"])

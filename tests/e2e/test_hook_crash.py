@@ -16,8 +16,8 @@ import pytest
 
 from orchestrator.domain.hooks import sign_standard
 from orchestrator.embedded import free_port
-from orchestrator.engine import streams
 from orchestrator.settings import Settings
+from orchestrator.store import streams
 from tests.conftest import Service, _serve, wait_for
 
 FIRMWARE = "fw-4.0.0.bin"

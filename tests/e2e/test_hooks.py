@@ -40,7 +40,7 @@ policy: {max_failure_rate: 10%, min_devices: 1}
 def settings(settings: Settings) -> Settings:
     """Failed notifications are tried again after 50 ms, doubling; the receiver on loopback
     is allowed explicitly (by default the service posts to public addresses only)."""
-    return settings.model_copy(update={"notify_retry": 0.05, "notify_allow_hosts": "127.0.0.1"})
+    return settings.model_copy(update={"notify_retry_s": 0.05, "notify_allow_hosts": "127.0.0.1"})
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Rollouts, hooks and notifications on a real three-node Redis Cluster.
+"""Rollouts, hooks, notifications and the compaction of finished rollouts on a real three-node
+Redis Cluster.
 
 Every key carries the prefix's hash tag (`{…}`), so each script and MULTI stays in one slot
 and Cluster runs it; the cluster adds failover, not sharding of one installation.
@@ -25,6 +26,11 @@ from tests.e2e.test_rollouts import (  # noqa: F401 - tests collected here again
     test_a_bad_firmware_halts_in_the_canary,
     test_a_good_firmware_completes_on_every_device_with_one_command_id_each,
     test_rollback_reaches_exactly_the_devices_that_took_the_bad_firmware,
+)
+from tests.store.conftest import replica  # noqa: F401 - a fixture of the tests below
+from tests.store.test_rollout_archive import (  # noqa: F401 - tests collected here again
+    test_a_compaction_cut_short_reads_the_same_and_another_replica_finishes_it,
+    test_compaction_keeps_every_read_and_drops_the_hashes_and_the_order_list,
 )
 
 NODES = 3
@@ -131,4 +137,4 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def settings(settings: Settings) -> Settings:
     """Notifications retried fast, to the test's receiver on loopback (which must be allowed);
     the test prefix is hash-tagged already: one slot."""
-    return settings.model_copy(update={"notify_retry": 0.05, "notify_allow_hosts": "127.0.0.1"})
+    return settings.model_copy(update={"notify_retry_s": 0.05, "notify_allow_hosts": "127.0.0.1"})

@@ -176,11 +176,10 @@ async def test_a_result_forged_on_another_devices_topic_is_ignored_and_changes_n
     await finish(service, fleet, state)
 
 
-async def test_a_second_final_result_after_success_is_ignored_as_late(
-    service: Service, fleet: Fleet
+async def assert_late_failure_ignored(
+    service: Service, fleet: Fleet, state: Held, device: Device
 ) -> None:
-    state = await held_rollout(service, fleet)
-    device = state.others[0]
+    """A `failed` result from a device that succeeded is counted as late and changes nothing."""
     [command] = download_commands(fleet, device.id)
     before = await ignored(service)
     await fleet.report(
@@ -189,6 +188,13 @@ async def test_a_second_final_result_after_success_is_ignored_as_late(
     await wait_ignored(service, before, "late")
     assert moved(before, await ignored(service)) == {"late": 1}
     assert await state_of(service, state.rollout_id, device.id) == "succeeded"
+
+
+async def test_a_second_final_result_after_success_is_ignored_as_late(
+    service: Service, fleet: Fleet
+) -> None:
+    state = await held_rollout(service, fleet)
+    await assert_late_failure_ignored(service, fleet, state, state.others[0])
     await finish(service, fleet, state)
 
 
@@ -227,3 +233,18 @@ policy: {max_failure_rate: 50%}
     assert failed["device_id"] == wrong.id
     assert failed["failure"] == "wrong_version"
     assert moved(before, await ignored(service)) == {}  # a failure, not an ignored result
+
+
+async def test_a_result_about_a_compacted_rollout_is_ignored_as_late(
+    service: Service, fleet: Fleet
+) -> None:
+    """Its devices have no hash left (store/rollout_archive.py): still late, not unknown."""
+    state = await held_rollout(service, fleet)
+    await finish(service, fleet, state)
+
+    async def compacted() -> bool:  # once the engine has let go of the finished rollout
+        done = await service.stores.archive.compact(state.rollout_id, max_devices=100, at_ms=0)
+        return done.outcome == "done"
+
+    await wait_for(compacted)
+    await assert_late_failure_ignored(service, fleet, state, state.others[0])

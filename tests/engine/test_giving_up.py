@@ -17,10 +17,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from orchestrator.domain.audit import AuditAction
 from orchestrator.domain.states import RolloutState
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.context import EngineContext
-from orchestrator.engine.driver import GAVE_UP, GIVE_UP_AFTER
+from orchestrator.engine.driver import GIVE_UP_AFTER
 from orchestrator.engine.engine import Engine
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
@@ -65,7 +66,8 @@ async def record_of(stores: Stores, rollout_id: str) -> RolloutRecord:
 
 
 async def gave_up(stores: Stores, rollout_id: str) -> list[dict[str, Any]]:
-    return [e for e in await stores.rollouts.events(rollout_id) if e.get("action") == GAVE_UP]
+    events = await stores.rollouts.events(rollout_id)
+    return [e for e in events if e.get("action") == AuditAction.ENGINE_GAVE_UP]
 
 
 async def lease_renewed_twice(stores: Stores, rollout_id: str) -> None:
@@ -101,9 +103,10 @@ async def test_a_rollout_whose_stored_plan_no_longer_validates_is_given_up_once_
         assert event["reason"] == record.reason
         assert event["details"] == {"state": "pending"}
         # A person aborts it: the engine finishes it like any other (no plan needed for that).
-        assert await move(
-            stores, rollout_id, RolloutState.PENDING, RolloutState.ABORTED, terminal=True
-        ) == ("pending", True)
+        assert await move(stores, rollout_id, RolloutState.PENDING, RolloutState.ABORTED) == (
+            "pending",
+            True,
+        )
         await wait_for(lambda: _not_driven(engine, rollout_id), timeout_s=WAIT_S)
     assert len(await gave_up(stores, rollout_id)) == 1
     assert [e for e in logs if e["event"].startswith("background task failed")] == []

@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry
 from orchestrator.domain.plans import Plan
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.context import EngineContext
-from orchestrator.engine.driver import RolloutDriver
+from orchestrator.engine.sender import CommandSender
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import Grant
+from orchestrator.store.rollouts import Grant, RolloutRecord
 from orchestrator.transport.mqtt import CommandTransport
 from tests.engine.conftest import WAIT_S, stored_rollout
 from tests.store.test_rollouts import start
@@ -62,6 +62,10 @@ async def commands_before_marker(
     raise AssertionError("the marker never came")
 
 
+async def never_halt(record: RolloutRecord, reason: str) -> bool:
+    raise AssertionError(f"the rollout was halted: {reason}")
+
+
 async def test_a_send_that_ends_while_the_unpublished_are_read_is_not_sent_again(
     settings: Settings,
     stores: Stores,
@@ -73,15 +77,15 @@ async def test_a_send_that_ends_while_the_unpublished_are_read_is_not_sent_again
     devices = [f"{run}-{i}" for i in range(3)]
     rollout_id = await sent_rollout(stores, devices)
     context = EngineContext(settings, stores, transport, Metrics(CollectorRegistry()))
-    driver = RolloutDriver(rollout_id, context)
-    driver._in_flight.update(devices)  # their publish is under way, as _start_sending leaves it
+    sender = CommandSender(rollout_id, context, halt=never_halt)
+    sender._in_flight.update(devices)  # their publish is under way, as start_sending leaves it
     read_unpublished = stores.rollouts.unpublished
 
     async def read_while_the_send_ends(rollout: str) -> list[str]:
         found = await read_unpublished(rollout)
         # The send ends now: its devices are published and leave _in_flight.
         await stores.rollouts.mark_published(rollout, *devices)
-        driver._in_flight.difference_update(devices)
+        sender._in_flight.difference_update(devices)
         return found
 
     monkeypatch.setattr(stores.rollouts, "unpublished", read_while_the_send_ends)
@@ -89,8 +93,8 @@ async def test_a_send_that_ends_while_the_unpublished_are_read_is_not_sent_again
     assert record is not None
 
     async def republish() -> None:
-        await driver._republish(record, Plan.model_validate(record.plan))
-        await asyncio.gather(*driver._publishing)  # sends run on in the background
+        await sender.republish(record, Plan.model_validate(record.plan))
+        await sender.drain()  # sends run on in the background
 
     stepping = asyncio.create_task(republish())
     arrived = await commands_before_marker(mqtt_broker, transport, run, stepping)
@@ -106,13 +110,13 @@ async def test_a_device_left_unpublished_is_sent_again_with_its_command_id(
     rollout_id = await sent_rollout(stores, devices)
     command_ids = {d: (await stores.rollouts.device(rollout_id, d))["command_id"] for d in devices}
     context = EngineContext(settings, stores, transport, Metrics(CollectorRegistry()))
-    driver = RolloutDriver(rollout_id, context)  # a new engine: nothing of its own in flight
+    sender = CommandSender(rollout_id, context, halt=never_halt)  # a new engine: nothing in flight
     record = await stores.rollouts.get(rollout_id)
     assert record is not None
     received: dict[str, str] = {}
     async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as device_side:
         await device_side.subscribe("+/control/+", qos=2)
-        await driver._republish(record, Plan.model_validate(record.plan))
+        await sender.republish(record, Plan.model_validate(record.plan))
         async with asyncio.timeout(WAIT_S):
             async for message in device_side.messages:
                 device_id = str(message.topic).split("/")[0]
@@ -120,7 +124,7 @@ async def test_a_device_left_unpublished_is_sent_again_with_its_command_id(
                     received[device_id] = json.loads(bytes(message.payload))["command_id"]
                 if len(received) == len(devices):
                     break
-        await asyncio.gather(*driver._publishing)  # the sends run on in the background
+        await sender.drain()  # the sends run on in the background
 
     assert received == command_ids
     assert await stores.rollouts.unpublished(rollout_id) == []

@@ -1,22 +1,31 @@
 """The engine's retention sweep on real Redis, with a short retention and an injected clock:
 what a pass deletes and keeps, its bound, two engines at once, a pass cut short, the start-up
-backfill, and what the API answers about a deleted rollout."""
+backfill, and what the API answers about a deleted rollout; what a pass compacts and leaves,
+and the device listing of a rollout before and after its compaction."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from orchestrator.domain.states import DeviceState
 from orchestrator.engine.context import EngineContext
-from orchestrator.engine.retention import RetentionSweeper, SweepReport, retention_cutoff_ms
+from orchestrator.engine.retention import (
+    ARCHIVE_AFTER_S,
+    RetentionSweeper,
+    SweepReport,
+    retention_cutoff_ms,
+)
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
 from orchestrator.store.retention import PURGE_CHUNK
+from orchestrator.store.rollout_archive import ARCHIVE_CHUNK, LEFT_OUT
 from orchestrator.transport.mqtt import CommandTransport
 from tests.conftest import Service, wait_for
 from tests.store.test_retention import (
@@ -26,6 +35,7 @@ from tests.store.test_retention import (
     finished_rollout,
     running_rollout,
 )
+from tests.store.test_rollout_archive import varied_rollout
 
 RETENTION_S = 3600
 HOUR_MS = 3_600_000
@@ -55,6 +65,15 @@ def sweeper_of(settings: Settings, clock: list[int]) -> SweeperOf:
         return RetentionSweeper(context)
 
     return build
+
+
+async def sweep_until_idle(sweeper: RetentionSweeper, **bounds: int) -> list[SweepReport]:
+    """Passes with these bounds until one is not busy (10 at most)."""
+    reports: list[SweepReport] = []
+    while not reports or reports[-1].busy:
+        assert len(reports) < 10
+        reports.append(await sweeper.sweep(**bounds))
+    return reports
 
 
 def test_the_cutoff_is_the_retention_before_now_and_none_keeps_everything() -> None:
@@ -109,11 +128,7 @@ async def test_a_pass_stops_near_its_bound_and_the_next_passes_finish_the_work(
     clean: Stores, sweeper_of: SweeperOf
 ) -> None:
     made = [await finished_rollout(clean, 700) for _ in range(3)]
-    sweeper = sweeper_of(clean)
-    reports: list[SweepReport] = []
-    while not reports or reports[-1].busy:
-        assert len(reports) < 10
-        reports.append(await sweeper.sweep(max_devices=1000))
+    reports = await sweep_until_idle(sweeper_of(clean), max_devices=1000)
 
     assert reports[0].busy
     assert all(report.devices <= 1000 + PURGE_CHUNK for report in reports)
@@ -202,3 +217,113 @@ async def test_a_deleted_rollout_is_404_and_no_longer_listed(
         assert response.status_code == 404, path
         assert response.json()["success"] is False
     assert await listed() == []
+
+
+# --- compaction -----------------------------------------------------------------------------
+
+SETTLED_MS = FINISHED_MS + int(ARCHIVE_AFTER_S * 1000)  # FINISHED_AT's rollouts have settled
+
+
+async def test_a_pass_compacts_settled_finished_rollouts_and_leaves_the_rest(
+    clean: Stores, sweeper_of: SweeperOf, clock: list[int]
+) -> None:
+    clock[0] = SETTLED_MS
+    settled, _ = await varied_rollout(clean, 200)
+    before = await clean.archive.rows(settled, 0, 200)
+    fresh, _ = await varied_rollout(clean, 20)
+    await clean.redis.zadd(clean.keys.finished_rollouts(), {fresh: FINISHED_MS + 1}, xx=True)
+    leased, _ = await finished_rollout(clean, 20)  # an engine's last step may still write
+    running, _ = await running_rollout(clean, 20)
+    kept = {rid: await dump(clean, rid) for rid in (fresh, leased, running)}
+
+    report = await sweeper_of(clean).sweep()
+
+    assert (report.compacted, report.packed, report.deleted, report.busy) == (
+        [settled],
+        200,
+        [],
+        False,
+    )
+    assert await clean.redis.exists(clean.keys.rollout_order(settled)) == 0
+    assert [
+        (at, device_id, {k: v for k, v in row.items() if k not in LEFT_OUT})
+        for at, device_id, row in before
+    ] == await clean.archive.rows(settled, 0, 200)
+    assert {rid: await dump(clean, rid) for rid in kept} == kept
+
+    clock[0] += 1  # the fresh one has settled too; nothing is done twice
+    report = await sweeper_of(clean).sweep()
+    assert (report.compacted, report.packed) == ([fresh], 20)
+
+
+async def test_compaction_passes_stop_near_their_bound_and_the_next_ones_finish(
+    clean: Stores, sweeper_of: SweeperOf, clock: list[int]
+) -> None:
+    clock[0] = SETTLED_MS
+    made = [(await varied_rollout(clean, 300))[0] for _ in range(3)]
+    reports = await sweep_until_idle(sweeper_of(clean), max_packed=400)
+
+    assert reports[0].busy
+    assert all(report.packed <= 400 + ARCHIVE_CHUNK for report in reports)
+    assert sum(report.packed for report in reports) == 3 * 300
+    assert sorted(rid for report in reports for rid in report.compacted) == sorted(made)
+
+
+async def test_a_rollout_past_its_retention_is_deleted_not_compacted_and_so_is_a_compacted_one(
+    clean: Stores, sweeper_of: SweeperOf, clock: list[int]
+) -> None:
+    clock[0] = SETTLED_MS
+    compacted, compacted_devices = await varied_rollout(clean, 50)
+    assert (await sweeper_of(clean).sweep()).compacted == [compacted]
+    old, old_devices = await varied_rollout(clean, 50)
+
+    clock[0] = PAST_RETENTION_MS
+    report = await sweeper_of(clean).sweep()
+
+    assert (sorted(report.deleted), report.compacted, report.packed) == (
+        sorted([compacted, old]),
+        [],
+        0,
+    )
+    await assert_gone(clean, compacted, compacted_devices)
+    await assert_gone(clean, old, old_devices)
+    assert await clean.redis.zcard(clean.keys.archived_rollouts()) == 0
+
+
+async def test_a_finished_rollouts_device_listing_is_the_same_after_its_compaction(
+    service: Service, sweeper_of: SweeperOf, clock: list[int]
+) -> None:
+    stores = service.stores
+    rollout_id, _ = await varied_rollout(stores, 120, project_id=service.project_id)
+    url = f"/v2/projects/{service.project_id}/rollouts/{rollout_id}"
+
+    async def listing(**params: str | int) -> list[dict[str, Any]]:
+        pages = []
+        cursor = None
+        while True:
+            query = {**params, **({"cursor": cursor} if cursor else {})}
+            response = await service.client.get(f"{url}/devices", params=query)
+            assert response.status_code == 200, response.text
+            pages.append(response.json())
+            cursor = response.json()["next_cursor"]
+            if cursor is None:
+                return pages
+
+    queries: list[dict[str, str | int]] = [
+        {"limit": 7},
+        {"limit": 1000},
+        *({"state": state.value, "limit": 5} for state in DeviceState),
+    ]
+    before = [await listing(**query) for query in queries]
+    assert sum(len(page["devices"]) for page in before[1]) == 120
+    view = (await service.client.get(url)).json()
+    cursor = before[0][3]["next_cursor"]  # given before the compaction
+
+    clock[0] = SETTLED_MS
+    assert (await sweeper_of(stores).sweep()).compacted == [rollout_id]
+
+    assert await stores.redis.exists(stores.keys.rollout_order(rollout_id)) == 0
+    assert [await listing(**query) for query in queries] == before
+    assert (await service.client.get(url)).json() == view
+    page = await service.client.get(f"{url}/devices", params={"limit": 7, "cursor": cursor})
+    assert page.json() == before[0][4]

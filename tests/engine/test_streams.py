@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 from structlog.testing import capture_logs
 
-from orchestrator.engine.streams import GROUP, consume
 from orchestrator.store import Stores
+from orchestrator.store.streams import GROUP, consume
 from tests.conftest import wait_for
 
 

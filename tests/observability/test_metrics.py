@@ -28,7 +28,7 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Finished rollouts leave the gauges after a few seconds rather than an hour."""
-    return settings.model_copy(update={"metrics_retention": RETENTION_S})
+    return settings.model_copy(update={"metrics_retention_s": RETENTION_S})
 
 
 def wave_sizes(rollout: dict[str, Any]) -> dict[str, int]:

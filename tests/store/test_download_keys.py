@@ -212,3 +212,29 @@ async def test_key_dies_at_its_ttl(stores: Stores) -> None:
 
     await wait_for(gone, timeout_s=5)
     assert await stores.download_keys.claim(key.key, "dev-1") == (ClaimVerdict.UNKNOWN, None)
+
+
+async def test_check_foretells_each_claim_verdict_and_changes_nothing(stores: Stores) -> None:
+    """`check` (HEAD) answers what `claim` would, and leaves the key and the events untouched."""
+    keys = stores.download_keys
+    key = await issue(stores)
+
+    async def snapshot() -> tuple[dict[str, str], int]:
+        record = await stores.redis.hgetall(stores.keys.download_key(key.key))
+        return cast(dict[str, str], record), await stores.redis.xlen(stores.keys.download_events())
+
+    async def check(device_id: str = "dev-1", span: int = SIZE) -> ClaimVerdict:
+        before = await snapshot()
+        verdict = await keys.check(key.key, device_id, span_bytes=span, budget_bytes=2 * SIZE)
+        assert await snapshot() == before
+        return verdict
+
+    assert await check() is ClaimVerdict.OK
+    assert await check("dev-2") is ClaimVerdict.WRONG_DEVICE
+    assert await check(span=2 * SIZE + 1) is ClaimVerdict.EXHAUSTED
+    assert await keys.check("dk_nope", "dev-1") is ClaimVerdict.UNKNOWN
+    claim = await claim_ok(stores, key.key)
+    assert await check() is ClaimVerdict.BUSY
+    assert await keys.claim(key.key, "dev-1") == (ClaimVerdict.BUSY, None)
+    assert await keys.release(key.key, claim.claim_id, first=0, end=SIZE) == "spent"
+    assert await check() is ClaimVerdict.SPENT

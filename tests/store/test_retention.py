@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
 from orchestrator.domain.states import DeviceEvent, RolloutState
-from orchestrator.settings import Settings
 from orchestrator.store import Stores
-from orchestrator.store.redis import connect
 from orchestrator.store.rollouts import Grant
 from orchestrator.timeutil import epoch_ms
 from tests.store.test_rollouts import RULES, Reported, move, start
@@ -91,19 +88,10 @@ async def finished_rollout(
         actor="engine",
         action="finish",
         at=at,
-        terminal=True,
     ) == ("running", True)
     if left_active:
         await stores.redis.sadd(stores.keys.active_rollouts(), rollout_id)
     return rollout_id, devices
-
-
-@pytest.fixture
-async def replica(clean: Stores, settings: Settings) -> AsyncIterator[Stores]:
-    """Stores of a second replica: the same prefix over its own connections."""
-    redis = connect(settings.redis_url)
-    yield Stores.build(redis, clean.keys.prefix)
-    await redis.aclose()
 
 
 async def assert_gone(stores: Stores, rollout_id: str, devices: list[str]) -> None:
@@ -148,7 +136,7 @@ async def test_a_rollback_end_indexes_the_rollout_and_the_states_before_it_do_no
     await move(clean, rollout_id, RolloutState.PAUSED, RolloutState.RUNNING)
     await move(clean, rollout_id, RolloutState.RUNNING, path[0])
     assert await clean.retention.finished_at(rollout_id) is None
-    await move(clean, rollout_id, path[0], path[1], terminal=True)
+    await move(clean, rollout_id, path[0], path[1])
     assert await clean.retention.finished_at(rollout_id) == epoch_ms("2030-01-02T03:04:05Z")
 
 
@@ -251,7 +239,7 @@ async def test_a_late_result_after_the_deletion_brings_no_key_back(clean: Stores
         device_id: (await clean.rollouts.device(rollout_id, device_id))["command_id"]
         for device_id in devices
     }
-    await move(clean, rollout_id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True)
+    await move(clean, rollout_id, RolloutState.RUNNING, RolloutState.ABORTED)
     assert (await clean.retention.purge(rollout_id, max_devices=100)).outcome == "deleted"
 
     # The tracker still has the rollout's rules; the command records live 24 h.

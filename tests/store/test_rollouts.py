@@ -78,13 +78,12 @@ async def start(stores: Stores, rollout_id: str) -> None:
         actor="engine",
         action="start",
         at=AT,
-        terminal=False,
     )
     assert (old, changed) == ("pending", True)
 
 
 async def move(
-    stores: Stores, rollout_id: str, frm: RolloutState, to: RolloutState, *, terminal: bool = False
+    stores: Stores, rollout_id: str, frm: RolloutState, to: RolloutState
 ) -> tuple[str, bool]:
     return await stores.rollouts.change_state(
         rollout_id,
@@ -94,7 +93,6 @@ async def move(
         actor="alice",
         action=str(to),
         at=AT,
-        terminal=terminal,
     )
 
 
@@ -260,9 +258,10 @@ async def test_a_terminal_state_frees_the_name_and_the_devices_in_the_same_step(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     first = await create_rollout(5, name="again", running=True)
-    assert await move(
-        stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True
-    ) == ("running", True)
+    assert await move(stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED) == (
+        "running",
+        True,
+    )
     assert await stores.redis.get(stores.keys.rollout_name(PROJECT, "again")) is None
     assert await stores.rollouts.device_rollouts(first.devices) == [None] * 5
     assert await stores.rollouts.active_ids() == []
@@ -284,9 +283,10 @@ async def test_a_terminal_state_cancels_every_device_not_final_and_revokes_its_k
     await stores.rollouts.transition(made.id, claimed, DeviceEvent.KEY_CLAIMED)
     await stores.rollouts.transition(made.id, delivered, DeviceEvent.KEY_DELIVERED)
     await stores.rollouts.transition(made.id, delivered, DeviceEvent.SUCCESS)
-    assert await move(
-        stores, made.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True
-    ) == ("running", True)
+    assert await move(stores, made.id, RolloutState.RUNNING, RolloutState.ABORTED) == (
+        "running",
+        True,
+    )
     assert await nonzero_counts(stores, made.id) == {
         "all:cancelled": 4,
         "0:cancelled": 4,
@@ -361,7 +361,6 @@ async def test_change_state_applies_from_an_allowed_state_and_records_who_and_wh
         actor="alice",
         action="start",
         at="2030-02-02T00:00:00Z",
-        terminal=False,
         details=details,
         extra={"wave": 1},
     )
@@ -422,8 +421,12 @@ async def test_only_a_terminal_change_frees_the_name_and_leaves_the_active_set(
 ) -> None:
     made = await create_rollout(2, [2], name="named", running=True)
     for frm, to in itertools.pairwise(path):
-        is_last = to == path[-1]
-        assert await move(stores, made.id, frm, to, terminal=terminal and is_last) == (frm, True)
+        assert await move(
+            stores,
+            made.id,
+            frm,
+            to,
+        ) == (frm, True)
     holder = await stores.redis.get(stores.keys.rollout_name(PROJECT, "named"))
     assert holder == (None if terminal else made.id)
     assert (made.id in await stores.rollouts.active_ids()) is not terminal
@@ -435,7 +438,7 @@ async def test_deactivate_takes_the_rollout_off_the_active_list_only(
 ) -> None:
     done = await create_rollout(2, [2], running=True)
     other = await create_rollout(2, [2])
-    await move(stores, done.id, RolloutState.RUNNING, RolloutState.COMPLETED, terminal=True)
+    await move(stores, done.id, RolloutState.RUNNING, RolloutState.COMPLETED)
     await stores.rollouts.deactivate(done.id)
     await stores.rollouts.deactivate(done.id)  # again: nothing more to do
     assert await stores.rollouts.active_ids() == [other.id]
@@ -1286,6 +1289,6 @@ async def test_device_rollouts_name_the_rollout_holding_each_device(
     assert await stores.rollouts.device_rollouts([]) == []
     assert await stores.rollouts.device_rollout(second.devices[0]) == second.id
     assert await stores.rollouts.device_rollout(free) is None
-    await move(stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED, terminal=True)
+    await move(stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED)
     await stores.rollouts.release_devices(first.id)
     assert await stores.rollouts.device_rollouts(query) == [None, second.id, None, None]

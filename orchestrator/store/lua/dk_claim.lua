@@ -3,7 +3,7 @@
 -- ARGV[1] device id, ARGV[2] claim id, ARGV[3] now (ms), ARGV[4] claim lease (ms),
 -- ARGV[5] events stream max length, ARGV[6] bytes this transfer would send,
 -- ARGV[7] the most bytes the key may send in all (domain/downloads.py: delivery_budget_bytes;
--- -1: no bound)
+-- -1: no bound), ARGV[8] '1' to only check: the verdict a claim would get, nothing written
 -- Returns {verdict, covered, delivered}: verdict is ok | unknown | wrong_device | spent | busy
 -- | exhausted (the transfer would take the key's delivered bytes past its budget).
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -25,6 +25,9 @@ local delivered = tonumber(f[8]) or 0
 local budget = tonumber(ARGV[7])
 if budget >= 0 and delivered + tonumber(ARGV[6]) > budget then
   return {'exhausted', tonumber(f[4]) or 0, delivered}
+end
+if ARGV[8] == '1' then
+  return {'ok', tonumber(f[4]) or 0, delivered}
 end
 redis.call('HSET', KEYS[1], 'state', 'claimed', 'claim_id', ARGV[2],
   'claim_until', now + tonumber(ARGV[4]))

@@ -5,8 +5,12 @@
 -- ARGV[1] rollout id, ARGV[2] terminal states (JSON list), ARGV[3] chunk (devices per call),
 -- ARGV[4] active rollouts set, ARGV[5] finished rollouts zset, ARGV[6] the project's rollout
 -- index ('' when unknown), ARGV[7] name key ('' when unknown), ARGV[8] device hash prefix,
--- ARGV[9] device lock prefix, ARGV[10] order list, ARGV[11..] the rollout's other keys
--- (hash, counts, events, deadlines, retry, unpublished, lease), deleted with the last chunk.
+-- ARGV[9] device lock prefix, ARGV[10] order list, ARGV[11] archived rollouts zset,
+-- ARGV[12..] the rollout's other keys (hash, counts, events, deadlines, retry, unpublished,
+-- lease, archive), deleted with the last chunk.
+-- A compacted rollout (store/rollout_archive.py) has no order list left, and a compaction cut
+-- short has packed a head of it (those hashes are gone): either way the archive hash goes with
+-- the last chunk.
 -- Returns {outcome, devices deleted}: 'active' (the engine still finishes it: nothing done),
 -- 'not_finished' (not terminal: only taken out of the finished index), 'more' or 'deleted'.
 local rid = ARGV[1]
@@ -14,7 +18,7 @@ if redis.call('SISMEMBER', ARGV[4], rid) == 1 then
   return {'active', 0}
 end
 -- No hash means an earlier call deleted it; an active rollout always has one.
-local state = redis.call('HGET', ARGV[11], 'state')
+local state = redis.call('HGET', ARGV[12], 'state')
 if state then
   local terminal = false
   for _, name in ipairs(cjson.decode(ARGV[2])) do
@@ -53,6 +57,7 @@ end
 if redis.call('LLEN', order) > 0 then
   return {'more', #ids}
 end
-redis.call('UNLINK', unpack(ARGV, 11))
+redis.call('UNLINK', unpack(ARGV, 12))
+redis.call('ZREM', ARGV[11], rid)
 redis.call('ZREM', ARGV[5], rid)
 return {'deleted', #ids}

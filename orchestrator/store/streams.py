@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
+from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -34,6 +35,14 @@ RECLAIM_EVERY_S = 15.0
 RECLAIM_IDLE_MS = 30_000
 
 Handler = Callable[[str, Mapping[str, str]], Awaitable[None]]
+
+
+class EngineStream(StrEnum):
+    """The streams the engine reads (each the name of its RedisKeys method)."""
+
+    DOWNLOAD_EVENTS = "download_events"  # download-key use, from the API
+    DEPLOY_REQUESTS = "deploy_requests"  # deploys accepted from webhooks
+    ROLLOUT_NOTICES = "rollout_notices"  # audit entries to notify subscribers of
 
 
 async def consume(
