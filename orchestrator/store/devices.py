@@ -1,7 +1,7 @@
 """Devices: records, the id sets that list them, and device tokens stored as digests.
 
 A record is a hash with one-letter field names, holding only what differs from the defaults
-(RECORD_FIELDS below): a device of the seed's defaults without tags costs about 230 B, where
+(listed below): a device of the seed's defaults without tags costs about 230 B, where
 the long field names of earlier versions took 424 B. Records written by earlier versions (long
 names, `id`, `created_at` as text, `token_digest` in hex, tags as JSON) are read as they are
 and rewritten in the short form by the next change.
@@ -45,20 +45,11 @@ EARLIER_TOKEN_CHARS = 32  # secrets.token_urlsafe(24): tokens made by earlier ve
 SCAN_BUDGET = 5000  # ids a filtered listing looks at per script call (each call is short)
 TAG_SEPARATOR = ","  # tags never hold one (domain.devices.TAG)
 
-# The short record: field -> what it holds. Absent means the default (in brackets).
-RECORD_FIELDS = {
-    "p": "project id",
-    "n": "name",
-    "d": "description ['']",
-    "s": "source [mqtt]",
-    "b": "brand [Custom]",
-    "m": "model [Custom]",
-    "t": "tags, comma-separated [none]",
-    "a": "allowed_commands, semicolon-separated [all allowed]",
-    "c": "created_at, epoch seconds",
-    "k": "token sha256, url-safe base64 unpadded",
-    "l": "last_seen, epoch seconds [never]",
-}
+# The short record, field by field (absent: the default in brackets):
+#   p project id, n name, d description [''], s source [mqtt], b brand [Custom],
+#   m model [Custom], t tags comma-separated [none], a allowed_commands semicolon-separated
+#   [every command], c created_at in epoch seconds, k the token's sha256 (url-safe base64,
+#   unpadded), l last_seen in epoch seconds [never], @{key} a custom metadata entry.
 METADATA_FIELD = "@"  # a custom metadata entry is the field `@{key}`
 LAST_SEEN_FIELD = "l"
 
@@ -175,7 +166,9 @@ def encode(device: Device) -> dict[str, str]:
     }
     record.update({METADATA_FIELD + key: value for key, value in device.metadata.items()})
     # "" is kept for a custom metadata value: it says the key is there.
-    return {name: value for name, value in record.items() if value or name[0] == METADATA_FIELD}
+    return {
+        name: value for name, value in record.items() if value or name.startswith(METADATA_FIELD)
+    }
 
 
 def decode(device_id: str, record: Mapping[str, str]) -> Device:
@@ -197,7 +190,9 @@ def decode(device_id: str, record: Mapping[str, str]) -> Device:
         allowed_commands=[c for c in record.get("a", "").split(";") if c],
         created_at=_iso(created) if created.isdigit() else created,
         last_seen=last_seen,
-        metadata={name[1:]: value for name, value in record.items() if name[0] == METADATA_FIELD},
+        metadata={
+            name[1:]: value for name, value in record.items() if name.startswith(METADATA_FIELD)
+        },
         token_digest=record.get("k", ""),
     )
 
@@ -298,24 +293,25 @@ class DeviceStore:
         metadata: Mapping[str, str] | None = None,
     ) -> tuple[Device, str]:
         """A new device and its token (plain text, returned once, stored as a digest)."""
-        device_id = str(uuid.uuid4())
-        token = new_token(device_id)
-        device = Device(
-            id=device_id,
-            project_id=project_id,
-            name=name,
-            description=description,
-            source=source,
-            brand=brand,
-            model=model,
-            tags=tags,
-            allowed_commands=list(allowed_commands),
-            created_at=isoformat_z(utc_now()),
-            metadata=dict(metadata or {}),
-            token_digest=token_digest(token),
-        )
-        await self._write(device_id, {}, _Write(device, add=self._sets(project_id, tags)))
-        return device, token
+        while True:  # a random id already taken (never seen) takes another
+            device_id = str(uuid.uuid4())
+            token = new_token(device_id)
+            device = Device(
+                id=device_id,
+                project_id=project_id,
+                name=name,
+                description=description,
+                source=source,
+                brand=brand,
+                model=model,
+                tags=tags,
+                allowed_commands=list(allowed_commands),
+                created_at=isoformat_z(utc_now()),
+                metadata=dict(metadata or {}),
+                token_digest=token_digest(token),
+            )
+            if await self._write(device_id, {}, _Write(device, add=self._sets(project_id, tags))):
+                return device, token
 
     @translated
     async def get(self, project_id: str, device_id: str) -> Device | None:
