@@ -1,4 +1,5 @@
-"""Rollouts under faults: engine kill -9s, broker and Redis restarts, garbage on result topics.
+"""Rollouts under faults: engine kill -9s, broker and Redis restarts, a device that stalls
+mid-download, garbage on result topics.
 
 One broker restart keeps its saved sessions and queues, another comes back without them (the
 file lost): the engine sends the same command again to devices that went silent, and devices
@@ -10,19 +11,27 @@ simulator: one persistent MQTT session each, results at QoS 1, downloads from th
 resume, a repeated command id answered with its last result (ARCHITECTURE §5). Redis (AOF on)
 and Mosquitto (persistence on) are the test's own, restarted in order on their ports.
 
-Each run is seeded: the order of the faults and the pauses between them follow the seed.
-CI runs one; `make soak` runs OTA_FAULT_RUNS of them (OTA_FAULT_DEVICES devices each).
+A device stalls mid-download: it stops reading part-way through the firmware and either holds
+its connection open or hangs up, for seconds. The service ends the stalled transfer and frees
+the key's claim without spending it; the device resumes with Range on the same key.
+
+Each run is seeded: the order of the faults and the pauses between them follow the seed, and
+so do which device stalls (its place in the rollout's order, so when), how far it gets, how
+long it stalls and whether it hangs up. CI runs one; `make soak` runs OTA_FAULT_RUNS of them
+(OTA_FAULT_DEVICES devices each).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import random
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import aiomqtt
 import httpx
@@ -30,10 +39,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.client import ApiClient
+from orchestrator.domain.cohorts import order_key
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.settings import Settings
-from orchestrator.simulator.behaviour import Behaviour
+from orchestrator.simulator.behaviour import Behaviour, Stall
+from orchestrator.simulator.device import SimulatedDevice
 from orchestrator.simulator.fleet import Fleet as SimulatedFleet
+from orchestrator.store import download_keys
 from tests.conftest import Service, wait_for
 from tests.e2e.engines import EngineProcess, Engines
 from tests.e2e.servers import RestartableRedis, own_redis, redis_url
@@ -45,9 +57,14 @@ pytestmark = pytest.mark.faults
 
 RUNS = int(os.environ.get("OTA_FAULT_RUNS", "1"))
 DEVICES = int(os.environ.get("OTA_FAULT_DEVICES", "30"))
-FIRMWARE = os.urandom(48 * 1024)
+# Socket buffers on loopback take about 5 MiB of a download whose device stops reading; with
+# 12 MiB and stalls at most 30% of the way, the service always has bytes left it cannot send.
+FIRMWARE = os.urandom(12 * 1024 * 1024)
+# The product's claim lease is 60 s: a transfer that sends nothing for half of it (30 s) is
+# ended and its key's claim freed. Here the lease is 2 s, so a stall is ended after 1 s.
+STALL_LEASE_MS = 2000
 PLAN = """
-name: under-faults-{seed}
+name: {name}
 firmware: {{file: fw_3.0.0.bin, version: 3.0.0}}
 waves: [{{name: canary, percent: 20}}, {{percent: 100}}]
 policy:
@@ -81,6 +98,17 @@ async def publish_garbage(broker: EmbeddedBroker, device_id: str) -> int:
     return len(GARBAGE)
 
 
+def seeded_stall(
+    seed: int, rollout_name: str, devices: Sequence[SimulatedDevice]
+) -> tuple[int, SimulatedDevice, Stall]:
+    """The device at a place in the rollout's order the seed picks, and how it stalls."""
+    rng = random.Random(f"{seed}:stall")  # its own draws: the other faults keep theirs
+    order = sorted(devices, key=lambda device: order_key(rollout_name, device.id))
+    position = rng.randrange(len(order))
+    stall = Stall(at=rng.uniform(0.1, 0.3), for_s=rng.uniform(3.0, 5.0), hangup=rng.random() < 0.5)
+    return position, order[position], stall
+
+
 def wipe_persistence(broker: EmbeddedBroker) -> None:
     """Delete the stopped broker's saved sessions and queues."""
     for saved in broker.data_dir.glob("*.db"):
@@ -92,16 +120,21 @@ def reconnections(engine: EngineProcess) -> int:
     return sum(1 for e in engine.log_events() if e.get("event") == "Successfully reconnected")
 
 
-async def ignored_results(engine: EngineProcess) -> dict[str, float]:
-    """The engine's ota_results_ignored_total by reason."""
+async def engine_counts(engine: EngineProcess, name: str, label: str) -> dict[str, float]:
+    """The engine's counter `name` by `label` (its non-zero samples)."""
     async with httpx.AsyncClient(base_url=engine.base_url, timeout=10) as client:
         exposition = (await client.get("/metrics")).text
     return {
-        sample.labels["reason"]: sample.value
+        sample.labels[label]: sample.value
         for family in text_string_to_metric_families(exposition)
         for sample in family.samples
-        if sample.name == "ota_results_ignored_total" and sample.value
+        if sample.name == name and sample.value
     }
+
+
+async def ignored_results(engine: EngineProcess) -> dict[str, float]:
+    """The engine's ota_results_ignored_total by reason."""
+    return await engine_counts(engine, "ota_results_ignored_total", "reason")
 
 
 @pytest.mark.timeout(300)
@@ -112,8 +145,11 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     mqtt_broker: EmbeddedBroker,
     own_redis: RestartableRedis,
     engines: Engines,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = random.Random(seed)
+    name = f"under-faults-{seed}"
+    monkeypatch.setattr(download_keys, "CLAIM_LEASE_MS", STALL_LEASE_MS)
     assert (await service.upload("fw_3.0.0.bin", FIRMWARE)).status_code == 201
     api = ApiClient(service.base_url, service.admin_key, service.project_id)
     fleet = SimulatedFleet(
@@ -125,10 +161,12 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     )
     async with api, fleet:
         await fleet.start(DEVICES)
+        position, stalled, stall = seeded_stall(seed, name, fleet.devices)
+        stalled.stall_next_download(stall)
         engine = await engines.start(f"fault-{seed}")
         response = await service.client.post(
             f"/v2/projects/{service.project_id}/rollouts",
-            content=PLAN.format(seed=seed),
+            content=PLAN.format(name=name),
             headers={"Content-Type": "application/yaml"},
         )
         assert response.status_code == 201, response.text
@@ -171,6 +209,7 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
 
     context: dict[str, Any] = {
         "faults": done_faults,
+        "stall": {"position": position, "device": stalled.id, **dataclasses.asdict(stall)},
         "reason": done["reason"],
         "counts": {state: n for state, n in done["counts"].items() if n},
         "fleet": {"commands": stats.commands, "duplicates": stats.duplicates},
@@ -185,6 +224,14 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     several = {r.get("command_id"): r.get("attempts") for r in records if r.get("attempts") != "1"}
     assert not several, f"devices given more than one command id: {several}; {context}"
     assert stats.commands == DEVICES, f"a device obeyed a command twice; {context}"
+    assert stats.stalled_downloads == 1, context
+    [stalled_record] = [r for d, r in zip(fleet.devices, records, strict=True) if d is stalled]
+    events = await key_events(service, stalled_record["key"])
+    # The service ended (or saw the end of) the stalled transfer without spending the key, and
+    # the device came back to it: a second claim, and at most one delivery (a Redis restart
+    # during the last transfer's release may leave it unspent; success revokes it then).
+    assert events.count("claimed") >= 2, {**context, "key events": events}
+    assert events.count("delivered") <= 1, {**context, "key events": events}
     ignored: dict[str, float] = {}
 
     async def garbage_counted() -> bool:
@@ -199,3 +246,87 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     assert ignored.get("unknown_command", 0) >= 2, {**context, "ignored": ignored}
     final = await view(service, rollout_id)
     assert final["counts"] == done["counts"], "the counts moved after the rollout ended"
+
+
+STALL_PLAN = """
+name: stalls
+firmware: {file: fw_3.1.0.bin, version: 3.1.0}
+waves: [{percent: 100}]
+policy:
+  max_failure_rate: 30%
+  min_devices: 4
+  ack_timeout: 4s
+  device_timeout: 4s
+"""
+
+
+async def key_events(service: Service, key: str) -> list[str]:
+    """The events of one download key (claimed, delivered), oldest first."""
+    stores = service.stores
+    entries: list[tuple[str, dict[str, str]]] = cast(
+        Any, await stores.redis.xrange(stores.keys.download_events())
+    )
+    return [entry["event"] for _, entry in entries if entry.get("key") == key]
+
+
+@pytest.mark.timeout(120)
+async def test_devices_that_stall_mid_download_resume_with_the_same_key_or_time_out(
+    service: Service,
+    mqtt_broker: EmbeddedBroker,
+    engines: Engines,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three of four devices stop reading a quarter of the way through the firmware: one holds
+    its connection open for 2.5 s, one hangs up and comes back after 2.5 s, one holds it open
+    for 5 s, past its device_timeout (4 s). The service ends the stalled transfers and frees
+    their keys, so the first two resume with Range on the same key, which is spent once, by the
+    transfer that completes; the third is timed_out, its key revoked, and its late answer
+    changes nothing."""
+    monkeypatch.setattr(download_keys, "CLAIM_LEASE_MS", STALL_LEASE_MS)
+    assert (await service.upload("fw_3.1.0.bin", FIRMWARE)).status_code == 201
+    api = ApiClient(service.base_url, service.admin_key, service.project_id)
+    fleet = SimulatedFleet(api, "127.0.0.1", mqtt_broker.port, name_prefix="stall")
+    async with api, fleet:
+        engine, _ = await asyncio.gather(engines.start("stall"), fleet.start(4))
+        held, hung_up, too_long, healthy = fleet.devices
+        held.stall_next_download(Stall(at=0.25, for_s=2.5))
+        hung_up.stall_next_download(Stall(at=0.25, for_s=2.5, hangup=True))
+        too_long.stall_next_download(Stall(at=0.25, for_s=5))
+        response = await service.client.post(
+            f"/v2/projects/{service.project_id}/rollouts",
+            content=STALL_PLAN,
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert response.status_code == 201, response.text
+        rollout_id = response.json()["id"]
+        done = await wait_state(service, rollout_id, "completed", "halted", timeout_s=60)
+
+        async def late_answer_handled() -> bool:
+            handled = await engine_counts(engine, "ota_command_results_total", "status")
+            return handled.get("failed", 0) >= 1
+
+        await wait_for(late_answer_handled, timeout_s=30, interval_s=0.2)
+        stats = fleet.stats
+
+    context = {"reason": done["reason"], "counts": done["counts"], "stats": stats.as_dict()}
+    assert done["state"] == "completed", context
+    assert {s: n for s, n in done["counts"].items() if n} == {"succeeded": 3, "timed_out": 1}
+    assert sum(done["counts"].values()) == done["total"] == 4
+    devices = [held, hung_up, too_long, healthy]
+    records = await service.stores.rollouts.device_states(rollout_id, [d.id for d in devices])
+    assert [r["state"] for r in records] == ["succeeded", "succeeded", "timed_out", "succeeded"]
+    assert [r.get("attempts") for r in records] == ["1"] * 4  # one command id each
+    assert stats.commands == 4, context  # nobody obeyed a command twice
+    assert stats.stalled_downloads == 3, context
+    assert stats.checksum_failures == stats.size_mismatches == 0, context
+    events = [await key_events(service, r["key"]) for r in records]
+    # Held open: the service ended the stalled transfer before the device read again (else the
+    # device would have read on to the end of it), so the resume claimed the key a second time.
+    assert events[0] == ["claimed", "claimed", "delivered"], events
+    assert events[1] == ["claimed", "claimed", "delivered"], events
+    assert events[2] == ["claimed"], events  # never delivered; revoked at the timeout
+    assert events[3] == ["claimed", "delivered"], events
+    # The late answer (its key was gone), published again for each copy of the command the
+    # engine sent while the device was silent.
+    assert stats.results["failed"] >= 1, context
+    assert (await view(service, rollout_id))["counts"] == done["counts"]  # and it moved nothing
