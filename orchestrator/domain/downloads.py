@@ -1,4 +1,5 @@
-"""What one download key may deliver: one file, with room to resume, never over and over."""
+"""What one download key may deliver (one file, with room to resume, never over and over), and
+when a transfer holding its claim renews it or is ended as stalled."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ the image is the one the command announced.
 A device told to stall stops reading part-way (`Stall`): it holds the connection open and
 reads nothing for a while, or hangs up and comes back later. The service ends a transfer that
 stops moving and frees its key's claim, so either way the device resumes with Range from what
-it has.
+it has (after a hang-up, only if the image is larger than the socket buffers: see below).
 
 A resume needs a key the service has not spent yet. The service counts bytes still in socket
 buffers as delivered, so an image small enough to sit whole in those buffers is spent at the

@@ -31,7 +31,7 @@ import json
 import os
 import random
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import aiomqtt
 import httpx
@@ -50,6 +50,7 @@ from tests.conftest import Service, wait_for
 from tests.e2e.engines import EngineProcess, Engines
 from tests.e2e.servers import RestartableRedis, own_redis, redis_url
 from tests.e2e.test_rollouts import view, wait_state
+from tests.e2e.test_stalls import FIRMWARE, STALL_LEASE_MS, key_events
 
 __all__ = ["own_redis", "redis_url"]  # every part of the service on the restartable Redis
 
@@ -57,12 +58,6 @@ pytestmark = pytest.mark.faults
 
 RUNS = int(os.environ.get("OTA_FAULT_RUNS", "1"))
 DEVICES = int(os.environ.get("OTA_FAULT_DEVICES", "30"))
-# Socket buffers on loopback take about 5 MiB of a download whose device stops reading; with
-# 12 MiB and stalls at most 30% of the way, the service always has bytes left it cannot send.
-FIRMWARE = os.urandom(12 * 1024 * 1024)
-# The product's claim lease is 60 s: a transfer that sends nothing for half of it (30 s) is
-# ended and its key's claim freed. Here the lease is 2 s, so a stall is ended after 1 s.
-STALL_LEASE_MS = 2000
 PLAN = """
 name: {name}
 firmware: {{file: fw_3.0.0.bin, version: 3.0.0}}
@@ -120,21 +115,16 @@ def reconnections(engine: EngineProcess) -> int:
     return sum(1 for e in engine.log_events() if e.get("event") == "Successfully reconnected")
 
 
-async def engine_counts(engine: EngineProcess, name: str, label: str) -> dict[str, float]:
-    """The engine's counter `name` by `label` (its non-zero samples)."""
+async def ignored_results(engine: EngineProcess) -> dict[str, float]:
+    """The engine's ota_results_ignored_total by reason."""
     async with httpx.AsyncClient(base_url=engine.base_url, timeout=10) as client:
         exposition = (await client.get("/metrics")).text
     return {
-        sample.labels[label]: sample.value
+        sample.labels["reason"]: sample.value
         for family in text_string_to_metric_families(exposition)
         for sample in family.samples
-        if sample.name == name and sample.value
+        if sample.name == "ota_results_ignored_total" and sample.value
     }
-
-
-async def ignored_results(engine: EngineProcess) -> dict[str, float]:
-    """The engine's ota_results_ignored_total by reason."""
-    return await engine_counts(engine, "ota_results_ignored_total", "reason")
 
 
 @pytest.mark.timeout(300)
@@ -246,87 +236,3 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     assert ignored.get("unknown_command", 0) >= 2, {**context, "ignored": ignored}
     final = await view(service, rollout_id)
     assert final["counts"] == done["counts"], "the counts moved after the rollout ended"
-
-
-STALL_PLAN = """
-name: stalls
-firmware: {file: fw_3.1.0.bin, version: 3.1.0}
-waves: [{percent: 100}]
-policy:
-  max_failure_rate: 30%
-  min_devices: 4
-  ack_timeout: 4s
-  device_timeout: 4s
-"""
-
-
-async def key_events(service: Service, key: str) -> list[str]:
-    """The events of one download key (claimed, delivered), oldest first."""
-    stores = service.stores
-    entries: list[tuple[str, dict[str, str]]] = cast(
-        Any, await stores.redis.xrange(stores.keys.download_events())
-    )
-    return [entry["event"] for _, entry in entries if entry.get("key") == key]
-
-
-@pytest.mark.timeout(120)
-async def test_devices_that_stall_mid_download_resume_with_the_same_key_or_time_out(
-    service: Service,
-    mqtt_broker: EmbeddedBroker,
-    engines: Engines,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Three of four devices stop reading a quarter of the way through the firmware: one holds
-    its connection open for 2.5 s, one hangs up and comes back after 2.5 s, one holds it open
-    for 5 s, past its device_timeout (4 s). The service ends the stalled transfers and frees
-    their keys, so the first two resume with Range on the same key, which is spent once, by the
-    transfer that completes; the third is timed_out, its key revoked, and its late answer
-    changes nothing."""
-    monkeypatch.setattr(download_keys, "CLAIM_LEASE_MS", STALL_LEASE_MS)
-    assert (await service.upload("fw_3.1.0.bin", FIRMWARE)).status_code == 201
-    api = ApiClient(service.base_url, service.admin_key, service.project_id)
-    fleet = SimulatedFleet(api, "127.0.0.1", mqtt_broker.port, name_prefix="stall")
-    async with api, fleet:
-        engine, _ = await asyncio.gather(engines.start("stall"), fleet.start(4))
-        held, hung_up, too_long, healthy = fleet.devices
-        held.stall_next_download(Stall(at=0.25, for_s=2.5))
-        hung_up.stall_next_download(Stall(at=0.25, for_s=2.5, hangup=True))
-        too_long.stall_next_download(Stall(at=0.25, for_s=5))
-        response = await service.client.post(
-            f"/v2/projects/{service.project_id}/rollouts",
-            content=STALL_PLAN,
-            headers={"Content-Type": "application/yaml"},
-        )
-        assert response.status_code == 201, response.text
-        rollout_id = response.json()["id"]
-        done = await wait_state(service, rollout_id, "completed", "halted", timeout_s=60)
-
-        async def late_answer_handled() -> bool:
-            handled = await engine_counts(engine, "ota_command_results_total", "status")
-            return handled.get("failed", 0) >= 1
-
-        await wait_for(late_answer_handled, timeout_s=30, interval_s=0.2)
-        stats = fleet.stats
-
-    context = {"reason": done["reason"], "counts": done["counts"], "stats": stats.as_dict()}
-    assert done["state"] == "completed", context
-    assert {s: n for s, n in done["counts"].items() if n} == {"succeeded": 3, "timed_out": 1}
-    assert sum(done["counts"].values()) == done["total"] == 4
-    devices = [held, hung_up, too_long, healthy]
-    records = await service.stores.rollouts.device_states(rollout_id, [d.id for d in devices])
-    assert [r["state"] for r in records] == ["succeeded", "succeeded", "timed_out", "succeeded"]
-    assert [r.get("attempts") for r in records] == ["1"] * 4  # one command id each
-    assert stats.commands == 4, context  # nobody obeyed a command twice
-    assert stats.stalled_downloads == 3, context
-    assert stats.checksum_failures == stats.size_mismatches == 0, context
-    events = [await key_events(service, r["key"]) for r in records]
-    # Held open: the service ended the stalled transfer before the device read again (else the
-    # device would have read on to the end of it), so the resume claimed the key a second time.
-    assert events[0] == ["claimed", "claimed", "delivered"], events
-    assert events[1] == ["claimed", "claimed", "delivered"], events
-    assert events[2] == ["claimed"], events  # never delivered; revoked at the timeout
-    assert events[3] == ["claimed", "delivered"], events
-    # The late answer (its key was gone), published again for each copy of the command the
-    # engine sent while the device was silent.
-    assert stats.results["failed"] >= 1, context
-    assert (await view(service, rollout_id))["counts"] == done["counts"]  # and it moved nothing
