@@ -18,7 +18,13 @@ from orchestrator.domain.files import (
     parse_file_type,
     validate_file_name,
 )
-from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from orchestrator.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ProjectDeleting,
+)
 from orchestrator.numerals import whole_number
 from orchestrator.store.files import StoredFile
 from orchestrator.timeutil import isoformat_z, utc_now
@@ -127,7 +133,12 @@ async def upload_file(
             time=isoformat_z(utc_now()),
             path=relative,
         )
-        if not await context.stores.files.create(stored):
+        try:
+            created = await context.stores.files.create(stored)
+        except ProjectDeleting:
+            await context.blobs.remove(relative)
+            raise
+        if not created:
             await context.blobs.remove(relative)
             raise _conflict(name)
     finally:

@@ -56,13 +56,34 @@ class Envelope(Reply):
 
 
 class ProjectCreate(Strict):
+    """The body of docs.qubitro.com's "Create a new project" (`description` optional here)."""
+
     name: str = Field(min_length=1, max_length=200)
+    description: str = Field(
+        default="", max_length=500, description="What the project is for (Qubitro's limit)"
+    )
+    tags: list[Tag] = Field(default_factory=list, max_length=100, description=TAGS_TEXT)
+
+
+class ProjectPatch(Strict):
+    """What to change; a field left out or null stays as it is."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=500)
+    tags: list[Tag] | None = Field(default=None, max_length=100, description=TAGS_TEXT)
 
 
 class ProjectOut(Reply):
     id: str
     name: str
+    description: str
+    tags: list[str]
     created_at: str
+    created: str = Field(description="The same as created_at (the Node.js SDK reads this name)")
+    deleting: bool = Field(
+        description="True while the project's deletion has begun and not finished; "
+        "DELETE it again to finish"
+    )
 
 
 class ProjectEnvelope(Envelope):

@@ -35,6 +35,7 @@ from orchestrator.domain.devices import (
     NEVER_SEEN,
     DeviceSource,
 )
+from orchestrator.errors import ProjectDeleting
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Redis, fields, load_script, translated
 from orchestrator.timeutil import epoch_ms, isoformat_z, utc_now
@@ -98,6 +99,7 @@ class _Write:
     add: Sequence[Sequence[str]] = ()  # id sets (base, bounds) the device joins
     delete: Sequence[str] = ()  # keys deleted with it
     download_keys: bool = False  # revoke the device's download keys
+    new_in: str = ""  # a project the device is made in: refused once its deletion has begun
 
 
 # --- tokens -----------------------------------------------------------------------------------
@@ -257,7 +259,12 @@ class DeviceStore:
                 self._keys.device_download_keys(device_id),
                 self._keys.download_key(""),
             ]
-        return bool(await self._call("write", key, args) == "ok")
+        if write.new_in:
+            args["unless"] = self._keys.project_deletion(write.new_in)
+        verdict = await self._call("write", key, args)
+        if verdict == "refused":
+            raise ProjectDeleting(write.new_in)
+        return bool(verdict == "ok")
 
     async def _replace(
         self, project_id: str, device_id: str, change: Callable[[Device], _Write]
@@ -292,7 +299,8 @@ class DeviceStore:
         allowed_commands: Sequence[str] = (),
         metadata: Mapping[str, str] | None = None,
     ) -> tuple[Device, str]:
-        """A new device and its token (plain text, returned once, stored as a digest)."""
+        """A new device and its token (plain text, returned once, stored as a digest);
+        ProjectDeleting once the project's deletion has begun."""
         while True:  # a random id already taken (never seen) takes another
             device_id = str(uuid.uuid4())
             token = new_token(device_id)
@@ -310,7 +318,8 @@ class DeviceStore:
                 metadata=dict(metadata or {}),
                 token_digest=token_digest(token),
             )
-            if await self._write(device_id, {}, _Write(device, add=self._sets(project_id, tags))):
+            made = _Write(device, add=self._sets(project_id, tags), new_in=project_id)
+            if await self._write(device_id, {}, made):
                 return device, token
 
     @translated

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestrator.store.keys import RedisKeys
+from orchestrator.store.projects import project_write
 from orchestrator.store.redis import Redis, fields, load_script, members, translated
 from orchestrator.store.rollouts import now_ms
 
@@ -100,15 +101,14 @@ class HookStore:
     async def create(
         self, *, project_id: str, name: str, plan: str, secret: str, created_at: str, by: str
     ) -> Hook:
-        """A new hook with a random id."""
+        """A new hook with a random id; ProjectDeleting once the project's deletion has begun."""
         hook = Hook(str(uuid.uuid4()), project_id, name, plan, secret, created_at, by)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with project_write(self._redis, self._keys, project_id) as pipe:
             pipe.hset(
                 self._keys.hook(hook.id),
                 mapping={k: str(v) for k, v in dataclasses.asdict(hook).items()},
             )
             pipe.zadd(self._keys.project_hooks(project_id), {hook.id: 0})
-            await pipe.execute()
         return hook
 
     @translated
@@ -129,10 +129,20 @@ class HookStore:
 
     @translated
     async def delete(self, hook: Hook) -> None:
-        """Forget the hook; deliveries already accepted still start their rollouts."""
+        """Forget the hook and the records of its deliveries; deliveries already accepted
+        still start their rollouts (their deploy requests are queued)."""
+        keys = self._keys
+        ids = members(await self._redis.zrange(keys.hook_deliveries(hook.id), 0, -1))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for delivery_id in ids:
+                pipe.hget(keys.hook_delivery(hook.id, delivery_id), "body_digest")
+            digests = await pipe.execute()
+        doomed = [keys.hook(hook.id), keys.hook_deliveries(hook.id)]
+        doomed += [keys.hook_delivery(hook.id, delivery_id) for delivery_id in ids]
+        doomed += [keys.hook_body(hook.id, str(d)) for d in digests if d]
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keys.hook(hook.id), self._keys.hook_deliveries(hook.id))
-            pipe.zrem(self._keys.project_hooks(hook.project_id), hook.id)
+            pipe.delete(*doomed)
+            pipe.zrem(keys.project_hooks(hook.project_id), hook.id)
             await pipe.execute()
 
     @translated
@@ -152,6 +162,7 @@ class HookStore:
             "file": delivery.file,
             "status": delivery.status,
             "reason": delivery.reason,
+            "body_digest": body_digest or "",  # so that `delete` finds the body's record
         }
         request = {
             "hook_id": hook.id,

@@ -17,12 +17,19 @@ class RedisKeys:
     prefix: str = "ota:"
 
     def project(self, project_id: str) -> str:
-        """Hash: id, name, created_at."""
+        """Hash: id, name, description, tags (JSON list), created_at."""
         return f"{self.prefix}project:{project_id}"
 
     def projects(self) -> str:
-        """Sorted set (lex) of every project id."""
+        """Sorted set of every project id scored by its creation (epoch µs; 0 for projects
+        made before the score was kept, whose `created_at` orders them)."""
         return f"{self.prefix}projects:index"
+
+    def project_deletion(self, project_id: str) -> str:
+        """Hash: the project's deletion (started_at, by, counts of what went, finished_at).
+        While it exists nothing new is made in the project; once finished it is the deletion's
+        audit record and expires (store/projects.py DELETION_KEPT_S)."""
+        return f"{self.prefix}project:{project_id}:deletion"
 
     def api_key(self, digest: str) -> str:
         """Hash by sha256 of the key: id, name, scopes (space-separated), projects, created_at."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.store.keys import RedisKeys
+from orchestrator.store.projects import project_write
 from orchestrator.store.redis import Redis, fields, load_script, members, translated
 from orchestrator.store.rollouts import now_ms
 
@@ -102,11 +103,12 @@ class NotificationStore:
         created_at: str,
         by: str,
     ) -> Subscription:
-        """A new subscription with a random id."""
+        """A new subscription with a random id; ProjectDeleting once the project's deletion
+        has begun."""
         subscription = Subscription(
             str(uuid.uuid4()), project_id, url, tuple(events), secret, created_at, by
         )
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with project_write(self._redis, self._keys, project_id) as pipe:
             pipe.hset(
                 self._keys.notification(subscription.id),
                 mapping={
@@ -120,7 +122,6 @@ class NotificationStore:
                 },
             )
             pipe.zadd(self._keys.project_notifications(project_id), {subscription.id: 0})
-            await pipe.execute()
         return subscription
 
     @translated
@@ -142,10 +143,19 @@ class NotificationStore:
 
     @translated
     async def delete(self, subscription: Subscription) -> None:
-        """Forget the subscription; its queued notices fail at their next attempt."""
+        """Forget the subscription and its notices, sent or not."""
+        keys = self._keys
+        index = keys.notification_deliveries(subscription.id)
+        ids = members(await self._redis.zrange(index, 0, -1))
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._keys.notification(subscription.id))
-            pipe.zrem(self._keys.project_notifications(subscription.project_id), subscription.id)
+            pipe.delete(
+                keys.notification(subscription.id),
+                index,
+                *(keys.notice_delivery(notice_id) for notice_id in ids),
+            )
+            pipe.zrem(keys.project_notifications(subscription.project_id), subscription.id)
+            if ids:
+                pipe.zrem(keys.notices_due(), *ids)
             await pipe.execute()
 
     @translated

@@ -92,6 +92,7 @@ class CreateOutcome:
     name_taken_by: str | None = None
     devices_taken: tuple[str, ...] = ()
     exists: bool = False  # a rollout with the given id was made already (a request redone)
+    project_deleting: bool = False  # the project's deletion has begun
 
 
 @dataclass(frozen=True)
@@ -377,6 +378,7 @@ class RolloutStore:
                 self._keys.active_rollouts(),
                 self._keys.rollout_name(project_id, name),
                 self._keys.rollout_events(rollout_id),
+                self._keys.project_deletion(project_id),
             ],
             args=[
                 rollout_id,
@@ -392,6 +394,8 @@ class RolloutStore:
         verdict = [str(part) for part in reply]
         if verdict[0] == "exists":
             return rollout_id, CreateOutcome(created=False, exists=True)
+        if verdict[0] == "project_deleting":
+            return rollout_id, CreateOutcome(created=False, project_deleting=True)
         if verdict[0] == "name_taken":
             return rollout_id, CreateOutcome(created=False, name_taken_by=verdict[1])
         if verdict[0] == "devices_taken":

@@ -17,7 +17,8 @@
 --   download key prefix]}: when the record at `key` is exactly `expect` ({} = no record), replace
 --   it with `record` ({} = delete it), take `id` out of the `remove` sets and put it in the `add`
 --   sets, delete the `delete` keys and the download keys listed in the set (and the set).
---   Returns 'ok', or 'changed' (nothing written: read the record again and retry).
+--   Returns 'ok', or 'changed' (nothing written: read the record again and retry), or, when
+--   the key `unless` is given and exists (a new device's project is being deleted), 'refused'.
 -- 'page' {"base", "bounds", "after", "want", "budget", "record" (prefix of record keys), "match":
 --   {field: value}}: the ids after `after` ('' = from the start) in order, at most `budget` of
 --   them looked at; those whose record holds every `match` field with that value, at most
@@ -79,6 +80,9 @@ local function remove(base, bounds, id)
 end
 
 local function write(a)
+  if a.unless and redis.call('EXISTS', a.unless) == 1 then
+    return 'refused'
+  end
   local current = redis.call('HGETALL', a.key)
   local left = 0
   for _ in pairs(a.expect) do
