@@ -96,10 +96,35 @@ class ApiClient:
 
     # --- projects, devices, files, commands (the seed API) --------------------------------
 
-    async def create_project(self, name: str) -> dict[str, Any]:
-        """`POST /v2/projects`: the project (`id`, `name`)."""
-        project: dict[str, Any] = await self.data("POST", "/v2/projects", json={"name": name})
+    async def create_project(
+        self, name: str, *, description: str = "", tags: list[str] | None = None
+    ) -> dict[str, Any]:
+        """`POST /v2/projects`: the project (`id`, `name`, `description`, `tags`, …)."""
+        body = {"name": name, "description": description, "tags": tags or []}
+        project: dict[str, Any] = await self.data("POST", "/v2/projects", json=body)
         return project
+
+    async def projects(self) -> list[dict[str, Any]]:
+        """`GET /v2/projects`: the projects the key may use, newest first."""
+        projects: list[dict[str, Any]] = await self.data("GET", "/v2/projects")
+        return projects
+
+    async def project(self, project_id: str) -> dict[str, Any]:
+        """`GET /v2/projects/{id}`: one project."""
+        project: dict[str, Any] = await self.data("GET", f"/v2/projects/{project_id}")
+        return project
+
+    async def update_project(self, project_id: str, **changes: Any) -> dict[str, Any]:
+        """`PATCH /v2/projects/{id}` with `name`, `description` or `tags`: the project."""
+        project: dict[str, Any] = await self.data(
+            "PATCH", f"/v2/projects/{project_id}", json=changes
+        )
+        return project
+
+    async def delete_project(self, project_id: str) -> dict[str, Any]:
+        """`DELETE /v2/projects/{id}` with everything in it: the answer (`action`, `message`)."""
+        body: dict[str, Any] = await self.request("DELETE", f"/v2/projects/{project_id}")
+        return body
 
     async def create_device(self, **fields: Any) -> dict[str, Any]:
         """`POST …/devices` (seed 003): the device, with `metadata.device_token`."""

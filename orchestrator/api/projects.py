@@ -22,7 +22,7 @@ from orchestrator.api.schemas import (
     ProjectPatch,
 )
 from orchestrator.domain.auth import Principal, Scope
-from orchestrator.domain.devices import validate_tags
+from orchestrator.domain.projects import validate_project_tags
 from orchestrator.errors import Forbidden, NotFound
 from orchestrator.store.projects import Project
 
@@ -59,7 +59,7 @@ async def create_project(
             "this API key is limited to some projects and cannot create new ones; "
             "use an admin key without --project"
         )
-    tags = validate_tags(body.tags)
+    tags = validate_project_tags(body.tags)
     project = await context.stores.projects.create(body.name, body.description, tags)
     return ProjectEnvelope(
         status=201,
@@ -123,7 +123,7 @@ async def update_project(
         project_id,
         name=body.name,
         description=body.description,
-        tags=validate_tags(body.tags) if body.tags is not None else None,
+        tags=validate_project_tags(body.tags) if body.tags is not None else None,
     )
     if project is None:
         raise NotFound(f"project {project_id} not found")

@@ -26,6 +26,7 @@ from orchestrator.domain.files import FileType
 from orchestrator.domain.hooks import MAX_SECRET
 from orchestrator.domain.notices import Notice
 from orchestrator.domain.plans import FailureType
+from orchestrator.domain.projects import MAX_DESCRIPTION, MAX_NAME, MAX_TAGS
 from orchestrator.domain.states import OPERATOR_ACTIONS, DeviceState, RolloutState
 
 
@@ -58,19 +59,19 @@ class Envelope(Reply):
 class ProjectCreate(Strict):
     """The body of docs.qubitro.com's "Create a new project" (`description` optional here)."""
 
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
     description: str = Field(
-        default="", max_length=500, description="What the project is for (Qubitro's limit)"
+        default="", max_length=MAX_DESCRIPTION, description="What the project is for"
     )
-    tags: list[Tag] = Field(default_factory=list, max_length=100, description=TAGS_TEXT)
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=TAGS_TEXT)
 
 
 class ProjectPatch(Strict):
     """What to change; a field left out or null stays as it is."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=500)
-    tags: list[Tag] | None = Field(default=None, max_length=100, description=TAGS_TEXT)
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS, description=TAGS_TEXT)
 
 
 class ProjectOut(Reply):

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.client import ApiClient, ApiError
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.devices import DeviceSource
 from orchestrator.domain.hooks import sign_github
@@ -497,6 +498,23 @@ async def test_deleting_an_unknown_project_is_404(service: Service) -> None:
     response = await service.client.delete(f"/v2/projects/{missing}")
     refused(response, 404, missing)
     assert response.json()["action"] == "delete project"
+
+
+async def test_the_client_creates_lists_reads_changes_and_deletes_projects(
+    service: Service,
+) -> None:
+    async with ApiClient(service.base_url, service.admin_key) as api:
+        made = await api.create_project("fleet", description="Fleet", tags=["eu_west"])
+        assert (made["description"], made["tags"]) == ("Fleet", ["eu_west"])
+        assert [p["id"] for p in await api.projects()] == [made["id"], service.project_id]
+        changed = await api.update_project(made["id"], tags=["us_east"])
+        assert changed == {**made, "tags": ["us_east"]}
+        assert await api.project(made["id"]) == changed
+        answer = await api.delete_project(made["id"])
+        assert answer["action"] == "delete project"
+        with pytest.raises(ApiError) as raised:
+            await api.project(made["id"])
+    assert raised.value.status == 404
 
 
 # --- 405 ----------------------------------------------------------------------------------
