@@ -167,7 +167,14 @@ async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -
     ("method", "path", "allow", "action"),
     [
         ("OPTIONS", "/v2/projects", "GET, POST", "request"),
+        ("DELETE", "/v2/projects", "GET, POST", "delete projects"),
+        ("PATCH", "/v2/projects", "GET, POST", "update projects"),
         ("PUT", "/v2/projects/{pid}", "DELETE, GET, PATCH", "replace project"),
+        ("POST", "/v2/projects/{pid}", "DELETE, GET, PATCH", "create project"),
+        ("OPTIONS", "/v2/projects/{pid}", "DELETE, GET, PATCH", "request"),
+        ("GET", "/v2/projects/{pid}/devices/d-1/token", "POST", "request"),
+        ("POST", "/v2/projects/{pid}/rollouts/r-1/devices", "GET", "create rollout device"),
+        ("PUT", "/v2/projects/{pid}/hooks/h-1/deliveries", "GET", "replace hook deliveries"),
         ("PUT", "/v2/projects/{pid}/devices/d-1", "DELETE, GET, PATCH", "replace device"),
         ("OPTIONS", "/v2/projects/{pid}/devices", "GET, POST", "request"),
         ("GET", "/v2/projects/{pid}/rollouts/r-1/pause", "POST", "request"),
@@ -182,7 +189,8 @@ async def test_a_method_the_path_lacks_is_405_with_allow_and_its_own_action(
 ) -> None:
     """405 lists every method of the path in Allow and names what the method would do to the
     path's resource, or the neutral 'request' where the path is no resource (an action, a
-    probe) or the method changes nothing."""
+    probe) or the method changes nothing; never another method's action (a DELETE of a project
+    was once 'get project')."""
     response = await service.client.request(method, path.format(pid=service.project_id))
     assert response.status_code == 405, response.text
     assert response.headers["allow"] == allow

@@ -3,7 +3,8 @@
 The Node.js SDK and code written from docs.qubitro.com send `Authorization: Bearer QB_…`, read
 `data` from the envelope (`id`, `name`, `description`, `created`; the docs add `created_at` and
 `tags`) and, on an error, `status` and `message`. Every test runs with the broker's dynamic
-security on, so a device is an MQTT account whose removal can be seen.
+security on, so a device is an MQTT account whose removal can be seen. The 405 of the project
+paths are in test_openapi.py with every other path's.
 """
 
 from __future__ import annotations
@@ -515,29 +516,3 @@ async def test_the_client_creates_lists_reads_changes_and_deletes_projects(
         with pytest.raises(ApiError) as raised:
             await api.project(made["id"])
     assert raised.value.status == 404
-
-
-# --- 405 ----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("method", "path", "allow", "action"),
-    [
-        ("PUT", "/v2/projects/{pid}", "DELETE, GET, PATCH", "replace project"),
-        ("POST", "/v2/projects/{pid}", "DELETE, GET, PATCH", "create project"),
-        ("DELETE", "/v2/projects", "GET, POST", "delete projects"),
-        ("PATCH", "/v2/projects", "GET, POST", "update projects"),
-        ("OPTIONS", "/v2/projects/{pid}", "DELETE, GET, PATCH", "request"),
-        ("GET", "/v2/projects/{pid}/devices/d-1/token", "POST", "request"),
-        ("POST", "/v2/projects/{pid}/rollouts/r-1/devices", "GET", "create rollout device"),
-        ("PUT", "/v2/projects/{pid}/hooks/h-1/deliveries", "GET", "replace hook deliveries"),
-    ],
-)
-async def test_a_405_names_what_the_method_would_do_to_the_resource_or_nothing(
-    service: Service, method: str, path: str, allow: str, action: str
-) -> None:
-    """Never the action of another method of the path (DELETE was once 'get project')."""
-    response = await service.client.request(method, path.format(pid=service.project_id))
-    refused(response, 405, method)
-    assert response.headers["allow"] == allow
-    assert response.json()["action"] == action
