@@ -121,7 +121,10 @@ async def upload_file(
             )
         file_type = parse_file_type(form.fields.get("type"))
         name = validate_file_name(form.file_name, file_type)
-        relative = await writer.commit()
+        try:
+            relative = await writer.commit()
+        except FileNotFoundError as exc:  # only a project's deletion removes its directory
+            raise ProjectDeleting(project_id) from exc
         committed = True
         stored = StoredFile(
             project_id=project_id,

@@ -9,8 +9,10 @@ paths are in test_openapi.py with every other path's.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -24,7 +26,7 @@ from orchestrator.embedded import EmbeddedBroker
 from orchestrator.errors import ProjectDeleting
 from orchestrator.settings import Settings
 from orchestrator.transport.dynsec import DynsecClient, device_role
-from tests.conftest import Service, on_dynsec, stored_device
+from tests.conftest import Service, on_dynsec, stored_device, wait_for
 
 # The body of docs.qubitro.com's "Create a new project".
 DOCS_BODY = {
@@ -492,6 +494,46 @@ async def test_a_deletion_cut_short_refuses_new_things_and_a_repeated_delete_fin
         assert await _client_of(dynsec_admin, device_id) == "Client not found"
     record = await service.stores.redis.hgetall(service.stores.keys.project_deletion(project))
     assert record["by"] == "crashed"  # who began it
+
+
+async def test_an_upload_under_way_when_the_project_is_deleted_is_409_and_leaves_nothing(
+    service: Service,
+) -> None:
+    """The upload passed its project check before the deletion began: its bytes lose their
+    directory and it is refused, with no file record left behind."""
+    project = (await create(service, {"name": "doomed"}))["id"]
+    boundary = "b0undary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="type"\r\n\r\nfirmware\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="late.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode() + b"x" * 4096
+    rest = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield head
+        await rest.wait()
+        yield b"y" * 4096 + f"\r\n--{boundary}--\r\n".encode()
+
+    upload = asyncio.create_task(
+        service.client.post(
+            f"/v2/projects/{project}/files",
+            content=body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    )
+    directory = service.settings.files_dir / project
+
+    async def streaming() -> bool:
+        return directory.is_dir() and any(directory.iterdir())
+
+    await wait_for(streaming)
+    deleted = await service.client.delete(f"/v2/projects/{project}")
+    assert deleted.status_code == 200, deleted.text
+    rest.set()
+    refused(await upload, 409, "being deleted")
+    assert not directory.exists()
+    assert await service.stores.files.get(project, "late.bin") is None
 
 
 async def test_deleting_an_unknown_project_is_404(service: Service) -> None:
