@@ -38,15 +38,17 @@ class ErrorBody(BaseModel):
     errors: list[ErrorItem] = []
 
 
+NEUTRAL_ACTION = "request"  # what any request is: the action when no route or resource is named
+
+
 def action_of(request: Request) -> str:
     """The route's action in words ('send command'), from its name ('send_command')."""
     route = request.scope.get("route")
     name = getattr(route, "name", None)
-    return name.replace("_", " ") if name else "request"
+    return name.replace("_", " ") if name else NEUTRAL_ACTION
 
 
 _VERBS = {"POST": "create", "PUT": "replace", "PATCH": "update", "DELETE": "delete"}
-NEUTRAL_ACTION = "request"  # what any request is: the action of a 405 that names no resource
 
 
 def _singular(noun: str) -> str:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from orchestrator.errors import NotFound
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.projects import project_write
 from orchestrator.store.redis import Redis, fields, load_script, members, translated
@@ -153,6 +154,7 @@ class HookStore:
 
         With `body_digest` (the sha256 hex of a body whose signature does not cover the
         delivery id), a body accepted in the last 24 hours is a repeat whatever its id.
+        NotFound when the hook was deleted meanwhile.
         """
         record = {
             "id": delivery.id,
@@ -187,8 +189,11 @@ class HookStore:
                 json.dumps(request),
                 DELIVERIES_KEPT,
                 REQUESTS_KEPT,
+                self._keys.hook(hook.id),
             ],
         )
+        if reply[1] == "gone":
+            raise NotFound(f"hook {hook.id} not found; it was deleted meanwhile")
         return str(reply[0]), str(reply[1]) == "1"
 
     @translated

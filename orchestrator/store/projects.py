@@ -78,7 +78,8 @@ async def project_write(redis: Redis, keys: RedisKeys, project_id: str) -> Async
     record = keys.project_deletion(project_id)
     async with redis.pipeline(transaction=True) as pipe:
         await pipe.watch(record)
-        if await pipe.exists(record):
+        # HLEN, not EXISTS: a Cluster pipeline splits EXISTS by slot and runs nothing at once.
+        if await pipe.hlen(record):
             raise ProjectDeleting(project_id)
         pipe.multi()  # type: ignore[no-untyped-call]
         yield pipe

@@ -43,7 +43,8 @@ waves:
   - percent: 100
 """
 YAML = {"Content-Type": "application/yaml"}
-HOOK_TEMPLATE = PLAN.replace("fw-2.0.0", "fw-${version}")
+# A delivery is accepted but starts nothing where an engine runs (tests/e2e): no device matches.
+HOOK_TEMPLATE = PLAN.replace("fw-2.0.0", "fw-${version}") + "target:\n  tags: [nowhere]\n"
 
 
 @pytest.fixture
@@ -297,7 +298,11 @@ async def _fill(service: Service, project_id: str) -> dict[str, Any]:
     )
     assert sent.status_code == 200, sent.text
     rollout = await made("rollouts", content=PLAN, headers=YAML)
-    aborted = await client.post(f"{prefix}/rollouts/{rollout['id']}/abort")
+    async with asyncio.timeout(10):  # where an engine runs it may start the rollout meanwhile
+        while (
+            aborted := await client.post(f"{prefix}/rollouts/{rollout['id']}/abort")
+        ).status_code == 409:
+            assert "meanwhile" in aborted.text, aborted.text
     assert aborted.status_code == 200, aborted.text
     hook = await made("hooks", json={"name": "release", "plan": HOOK_TEMPLATE})
     delivery = json.dumps({"version": "2.1.0", "file": FIRMWARE}).encode()
@@ -435,10 +440,11 @@ async def test_delete_is_409_naming_the_active_rollouts_and_changes_nothing(
 
 
 async def test_a_deletion_cut_short_refuses_new_things_and_a_repeated_delete_finishes_it(
-    service: Service, dynsec_admin: DynsecClient
+    service: Service,
 ) -> None:
     """As if the service died right after marking the project: nothing new can be made in it,
-    also by a request that checked the project before the mark; DELETE again completes it."""
+    also by a request that checked the project before the mark; DELETE again completes it.
+    (Also run on a Redis Cluster, by tests/e2e/test_redis_cluster.py.)"""
     project = (await create(service, DOCS_BODY))["id"]
     prefix = f"/v2/projects/{project}"
     made = await _fill(service, project)
@@ -490,8 +496,6 @@ async def test_a_deletion_cut_short_refuses_new_things_and_a_repeated_delete_fin
         if any(name in key for name in made["ids"])
     ]
     assert left == [service.stores.keys.project_deletion(project)]
-    for device_id in made["devices"]:
-        assert await _client_of(dynsec_admin, device_id) == "Client not found"
     record = await service.stores.redis.hgetall(service.stores.keys.project_deletion(project))
     assert record["by"] == "crashed"  # who began it
 

@@ -8,8 +8,9 @@ import dataclasses
 import pytest
 
 from orchestrator.domain.auth import Scope
-from orchestrator.errors import ProjectDeleting
+from orchestrator.errors import NotFound, ProjectDeleting
 from orchestrator.store import Stores
+from orchestrator.store.hooks import Delivery
 from orchestrator.store.projects import project_write
 
 
@@ -78,3 +79,26 @@ async def test_keys_limited_to_a_deleted_project_lose_it_and_the_ones_left_with_
         assert principal.projects == frozenset(projects)
     assert await clean.api_keys.count() == 3
     assert await clean.api_keys.unscope(doomed.id) == (0, 0)  # again: nothing more to do
+
+
+async def test_no_notice_is_queued_for_a_subscription_deleted_meanwhile(clean: Stores) -> None:
+    """The notifier read the subscriptions, then the subscription (or its project) went."""
+    subscription = await clean.notifications.create(
+        project_id="p-1", url="https://example.com/ota", events=[], secret="s", created_at="", by=""
+    )
+    await clean.notifications.delete(subscription)
+    notice = ("msg_late", subscription.id, {"type": "started"})
+    assert await clean.notifications.enqueue([notice]) == 0
+    assert [key async for key in clean.redis.scan_iter(match=f"{clean.keys.prefix}*")] == []
+
+
+async def test_no_delivery_is_accepted_for_a_hook_deleted_meanwhile(clean: Stores) -> None:
+    """The route found the hook, then the hook (or its project) went."""
+    hook = await clean.hooks.create(
+        project_id="p-1", name="h", plan="name: x", secret="s", created_at="", by=""
+    )
+    await clean.hooks.delete(hook)
+    delivery = Delivery("d-1", "", "github", "1.0", "fw.bin", "r-1", "accepted", "")
+    with pytest.raises(NotFound):
+        await clean.hooks.accept(hook, delivery, plan="name: x", actor="hook", body_digest="ab")
+    assert [key async for key in clean.redis.scan_iter(match=f"{clean.keys.prefix}*")] == []
