@@ -378,7 +378,9 @@ async def test_delete_takes_everything_of_the_project_with_it(
     for token in made["tokens"]:
         assert await stores.devices.by_token(token) is None
     assert not [m for m in await stores.redis.zrange(keys.all_files(), 0, -1) if doomed in m]
-    assert made["rollout"] not in await stores.redis.zrange(keys.finished_rollouts(), 0, -1)
+    for index in (keys.finished_rollouts(), keys.archived_rollouts()):
+        assert await stores.redis.zscore(index, made["rollout"]) is None
+    assert not await stores.redis.sismember(keys.active_rollouts(), made["rollout"])
     assert not await stores.redis.zrange(keys.notices_due(), 0, -1)
     assert not (service.settings.files_dir / doomed).exists()
     for device_id in made["devices"]:
