@@ -54,6 +54,7 @@ from orchestrator.logs import configure_logging
 from orchestrator.service import run_on_service_loop, start_serving
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
+from orchestrator.store.devices import Device
 from orchestrator.store.redis import Redis, connect
 from orchestrator.transport.clients import end_session
 from orchestrator.transport.results import results_client_id
@@ -109,21 +110,30 @@ async def start_service(settings: Settings, stores: Stores, admin_key: str) -> S
     return Service(settings, stores, client, server, task)
 
 
+async def create_device(
+    stores: Stores, project_id: str, i: int, *, tags: int = 0, metadata: int = 0
+) -> tuple[Device, str]:
+    """The bench's device number `i` (`bench-{i}`, brand `bench`, model `b1`), with `tags`
+    tags and `metadata` custom metadata keys."""
+    return await stores.devices.create(
+        project_id,
+        name=f"bench-{i}",
+        description="",
+        source=DeviceSource.MQTT,
+        brand="bench",
+        model="b1",
+        tags=[f"tag-{t}" for t in range(tags)],
+        metadata={f"key-{k}": f"value-{i % 10}" for k in range(metadata)},
+    )
+
+
 async def create_devices(stores: Stores, project_id: str, n: int) -> dict[str, str]:
     """`n` mqtt devices straight through the store (the HTTP API would take minutes); id: token."""
     tokens: dict[str, str] = {}
     for start in range(0, n, CREATE_BATCH):
         made = await asyncio.gather(
             *(
-                stores.devices.create(
-                    project_id,
-                    name=f"bench-{i}",
-                    description="",
-                    source=DeviceSource.MQTT,
-                    brand="bench",
-                    model="b1",
-                    tags=[],
-                )
+                create_device(stores, project_id, i)
                 for i in range(start, min(n, start + CREATE_BATCH))
             )
         )

@@ -18,7 +18,9 @@ OFFLOAD_RATIO_AIM = 0.9  # the service with nginx offload, against nginx alone
 # Key kinds by what they hold, for the per-device breakdown. A finished rollout's compacted
 # records (`rollout:{id}:archive`, and the `rollouts:archived` index) are rollout state too.
 CATEGORIES = (
-    ("registry", ("device:{id}", "devtoken:{id}", "project:{id}:devices:index")),
+    # devtoken: only tokens made before tokens carried their device id; the project's id sets
+    # are cut in leaves (project:{id}:devices:index, …:index:{id}, …:bounds).
+    ("registry", ("device:{id}", "devtoken:{id}", "project:{id}:devices:", "project:{id}:tag:")),
     (
         "rollout state",
         (
@@ -68,6 +70,17 @@ class RolloutFigures:
     redis_compacted: int = 0  # used_memory once it is compacted
     memory_compacted: dict[str, tuple[int, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+    def kept_bytes_per_device(self) -> float:
+        """What a device keeps costing once its rollout is compacted: registry + rollout state,
+        by MEMORY USAGE (command records and download-key sets expire within a day)."""
+        memory = self.memory_compacted or self.memory
+        kept = sum(
+            size
+            for kind, (_, size) in memory.items()
+            if category(kind) in ("registry", "rollout state")
+        )
+        return kept / self.devices
 
     @property
     def bytes_per_device(self) -> float:
@@ -295,8 +308,10 @@ def summary_line(results: SoakResults) -> str:
         (run.rss_growth_mb for run in downloads.runs if run.label != "nginx alone"), default=0.0
     )
     return (
-        f"devices={rollout.devices} redis_bytes_per_device={rollout.bytes_per_device:.0f} "
-        f"compacted_bytes_per_device={rollout.bytes_per_device_compacted:.0f} "
+        f"devices={rollout.devices} "
+        f"redis_bytes_per_device={rollout.kept_bytes_per_device():.0f} "
+        f"redis_used_bytes_per_device={rollout.bytes_per_device:.0f} "
+        f"compacted_used_bytes_per_device={rollout.bytes_per_device_compacted:.0f} "
         f"service_rss_growth_mb={rollout.rss_growth_mb:.1f} "
         f"download_mb_s={best.mb_s if best else 0:.0f} nginx_mb_s={nginx.mb_s if nginx else 0:.0f} "
         f"download_ratio={ratio:.2f} download_rss_growth_mb={growth:.1f}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -89,6 +90,13 @@ class BlobStore:
     async def remove(self, relative: str) -> None:
         """Delete a blob; a missing one is fine."""
         await anyio.Path(self.path(relative)).unlink(missing_ok=True)
+
+    async def remove_project(self, project_id: str) -> None:
+        """Delete every blob of a project, its partial uploads too; a missing one is fine."""
+        directory = self.root / project_id
+        if directory.parent != self.root or project_id in ("", ".", ".."):
+            raise ValueError(f"{project_id!r} is not a project id")
+        await anyio.to_thread.run_sync(lambda: shutil.rmtree(directory, ignore_errors=True))
 
     async def read(self, relative: str, first: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [first, end) of a blob, CHUNK_SIZE at a time."""

@@ -120,9 +120,29 @@ class ApiClient:
 
     # --- projects, devices, files, commands (the seed API) --------------------------------
 
-    async def create_project(self, name: str) -> ProjectOut:
-        """`POST /v2/projects`: the project."""
-        return await self.data(Envelope[ProjectOut], "POST", "/v2/projects", json={"name": name})
+    async def create_project(
+        self, name: str, *, description: str = "", tags: list[str] | None = None
+    ) -> ProjectOut:
+        """`POST /v2/projects`: the project (`id`, `name`, `description`, `tags`, …)."""
+        body = {"name": name, "description": description, "tags": tags or []}
+        return await self.data(Envelope[ProjectOut], "POST", "/v2/projects", json=body)
+
+    async def projects(self) -> list[ProjectOut]:
+        """`GET /v2/projects`: the projects the key may use, newest first."""
+        return await self.data(Envelope[list[ProjectOut]], "GET", "/v2/projects")
+
+    async def project(self, project_id: str) -> ProjectOut:
+        """`GET /v2/projects/{id}`: one project."""
+        return await self.data(Envelope[ProjectOut], "GET", f"/v2/projects/{project_id}")
+
+    async def update_project(self, project_id: str, **changes: Any) -> ProjectOut:
+        """`PATCH /v2/projects/{id}` with `name`, `description` or `tags`: the project."""
+        path = f"/v2/projects/{project_id}"
+        return await self.data(Envelope[ProjectOut], "PATCH", path, json=changes)
+
+    async def delete_project(self, project_id: str) -> Done:
+        """`DELETE /v2/projects/{id}` with everything in it: the seed's delete answer."""
+        return await self.answer(Done, "DELETE", f"/v2/projects/{project_id}")
 
     async def create_device(self, **fields: Any) -> DeviceOut:
         """`POST …/devices` (seed 003): the device, with `metadata.device_token`."""

@@ -9,6 +9,7 @@ OrchestratorError
 ├── TransportUnavailable      the MQTT broker cannot be reached or refused a publish
 ├── NotFound (LookupError)    a project, device, file or download key does not exist
 ├── Conflict                  the thing exists already or is busy
+│   └── ProjectDeleting       the project is being deleted: nothing new is made in it
 ├── Forbidden (PermissionError) authenticated but not allowed
 ├── Unauthorized              missing or bad credentials
 ├── InvalidInput (ValueError) a value the caller sent is wrong
@@ -46,6 +47,17 @@ class NotFound(OrchestratorError, LookupError):
 
 class Conflict(OrchestratorError):
     """The thing exists already, or is in a state that refuses this request."""
+
+
+class ProjectDeleting(Conflict):
+    """The project's deletion has begun: nothing new may be made in it."""
+
+    def __init__(self, project_id: str) -> None:
+        super().__init__(
+            f"project {project_id} is being deleted, so nothing can be made or changed in it; "
+            f"repeat DELETE /v2/projects/{project_id} to finish deleting it"
+        )
+        self.project_id = project_id
 
 
 class Forbidden(OrchestratorError, PermissionError):

@@ -34,6 +34,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.devices import Device
 from orchestrator.store.redis import connect
+from orchestrator.transport.dynsec import DynsecClient
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +53,31 @@ def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBr
     """A real mosquitto from the machine, on a free port."""
     with EmbeddedBroker(tmp_path_factory.mktemp("mqtt"), kind="mosquitto").start() as broker:
         yield broker
+
+
+@pytest.fixture(scope="module")
+def dynsec_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """Mosquitto with the dynamic-security plugin; the service account is in its `url`."""
+    data_dir = tmp_path_factory.mktemp("dynsec")
+    with EmbeddedBroker(data_dir, kind="mosquitto", dynsec=True).start() as broker:
+        yield broker
+
+
+def on_dynsec(settings: Settings, broker: EmbeddedBroker) -> Settings:
+    """`settings` on the dynamic-security broker, with provisioning on."""
+    return settings.model_copy(
+        update={"mqtt_url": broker.url, "mqtt_version": "5.0", "mqtt_provision": "dynsec"}
+    )
+
+
+@pytest.fixture
+async def dynsec_admin(dynsec_broker: EmbeddedBroker) -> AsyncIterator[DynsecClient]:
+    """A plugin client of the test's own, to look at what the service did on the broker."""
+    client = DynsecClient(dynsec_broker.url, client_id=f"test-admin-{uuid.uuid4().hex[:8]}")
+    await client.start()
+    assert await client.wait_ready(10.0)
+    yield client
+    await client.stop()
 
 
 @pytest.fixture

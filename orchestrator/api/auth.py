@@ -12,8 +12,11 @@ from fastapi.security.base import SecurityBase
 
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.domain.auth import Principal, Scope
-from orchestrator.errors import Forbidden, NotFound, Unauthorized
+from orchestrator.domain.devices import last_seen_due
+from orchestrator.errors import Forbidden, NotFound, ProjectDeleting, Unauthorized
 from orchestrator.store.devices import Device
+from orchestrator.store.projects import Project
+from orchestrator.timeutil import utc_now
 
 DEVICE_CHALLENGE = 'Basic realm="devices"'
 
@@ -97,17 +100,35 @@ def require(*scopes: Scope) -> Callable[..., Awaitable[Principal]]:
     return dependency
 
 
-async def check_project(context: AppContext, principal: Principal, project_id: str) -> None:
-    """NotFound for an unknown project, Forbidden for one outside the key's projects."""
-    if await context.stores.projects.get(project_id) is None:
+async def check_project(
+    context: AppContext, principal: Principal, project_id: str, *, deleting: bool = False
+) -> Project:
+    """The project; NotFound for an unknown one, Forbidden for one outside the key's projects,
+    ProjectDeleting for one being deleted (unless `deleting`: reading it, deleting it again)."""
+    project = await context.stores.projects.get(project_id)
+    if project is None:
         raise NotFound(f"project {project_id} not found; create it with POST /v2/projects")
     if not principal.can_access(project_id):
         raise Forbidden(f"this API key is not allowed to use project {project_id}")
+    if project.deleting and not deleting:
+        raise ProjectDeleting(project_id)
+    return project
 
 
 async def current_device(request: Request, context: AppContext) -> Device:
-    """The device behind `Authorization: Basic {device_token}` or Basic `id:token` (base64)."""
-    header = request.headers.get("authorization", "").strip()
+    """The device behind `Authorization: Basic {device_token}` or Basic `id:token` (base64).
+
+    The service has heard from it: its last_seen moves to now, when it is due (at most one
+    write a minute per device; the record just read says whether one is due).
+    """
+    device = await _device_of(request.headers.get("authorization", ""), context)
+    if last_seen_due(device.last_seen_s, int(utc_now().timestamp())):
+        await context.stores.devices.touch(device.id)
+    return device
+
+
+async def _device_of(header: str, context: AppContext) -> Device:
+    header = header.strip()
     scheme, _, credential = header.partition(" ")
     credential = credential.strip()
     if scheme.lower() != "basic" or not credential:

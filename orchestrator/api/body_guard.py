@@ -40,6 +40,7 @@ ACTIONS: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("POST", r"/v2/projects/[^/]+/hooks", "create_hook"),
         ("POST", r"/v2/projects/[^/]+/notifications", "create_notification"),
         ("POST", r"/v2/projects", "create_project"),
+        ("PATCH", r"/v2/projects/[^/]+", "update_project"),
     )
 )
 

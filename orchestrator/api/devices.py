@@ -10,6 +10,7 @@ and nothing is changed, so a retry is always safe.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 from fastapi import APIRouter, Depends, Query, Response
 
@@ -20,7 +21,11 @@ from orchestrator.api.cursors import DEVICE_CURSOR, device_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.listing import paged, streamed
 from orchestrator.api.schemas import (
+    MAX_ALLOWED_COMMANDS_CHARS,
     DeviceCreate,
+    DeviceCreated,
+    DeviceCreatedEnvelope,
+    DeviceCredentials,
     DeviceEnvelope,
     DeviceListEnvelope,
     DeviceMetadata,
@@ -30,15 +35,27 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.commands import parse_allowed_commands
-from orchestrator.domain.devices import DeviceSource, validate_tags
-from orchestrator.errors import NotFound, OrchestratorError
+from orchestrator.domain.devices import (
+    ALLOWED_COMMANDS_KEY,
+    METADATA_KEY,
+    RESERVED_METADATA_KEYS,
+    DeviceSource,
+    merge_metadata,
+    parse_metadata_filters,
+    validate_metadata,
+    validate_tags,
+)
+from orchestrator.errors import InvalidInput, NotFound, OrchestratorError
 from orchestrator.store.devices import Device, new_token
 
 router = APIRouter(tags=["devices"], route_class=JSONRoute)
+_RESERVED = "|".join((*RESERVED_METADATA_KEYS, ALLOWED_COMMANDS_KEY))
+# What ?metadata= takes: a custom key, ':', a value of at most 256 characters.
+METADATA_FILTER = rf"^(?!(?:{_RESERVED}):){METADATA_KEY.pattern.strip('^$')}:[\s\S]{{0,256}}$"
 
 
-def device_out(device: Device, token: str | None = None) -> DeviceOut:
-    """The seed's device object."""
+def device_out(device: Device) -> DeviceOut:
+    """The seed's device object (never with a token)."""
     return DeviceOut(
         id=device.id,
         name=device.name,
@@ -50,12 +67,42 @@ def device_out(device: Device, token: str | None = None) -> DeviceOut:
         tags=device.tags,
         source=device.source.value,
         created_at=device.created_at,
-        metadata=DeviceMetadata(
-            device_id=device.id,
-            device_token=token,
-            allowed_commands=";".join(device.allowed_commands),
+        metadata=DeviceMetadata.model_validate(
+            {
+                **device.metadata,
+                "device_id": device.id,
+                "allowed_commands": ";".join(device.allowed_commands),
+            }
         ),
     )
+
+
+def device_created(device: Device, token: str) -> DeviceCreated:
+    """The device with its new token: in metadata (seed 003) and in device_credentials."""
+    shown = device_out(device)
+    shown.metadata.device_token = token
+    return DeviceCreated(
+        **dict(shown),
+        device_credentials=DeviceCredentials(device_id=device.id, device_token=token),
+    )
+
+
+def _metadata(
+    given: Mapping[str, str | None] | None, *, removals: bool
+) -> tuple[list[str] | None, dict[str, str | None]]:
+    """A body's metadata as allowed_commands (None: not given) and the custom keys."""
+    custom = dict(given or {})
+    if ALLOWED_COMMANDS_KEY not in custom:
+        return None, validate_metadata(custom, removals=removals)
+    text = custom.pop(ALLOWED_COMMANDS_KEY)
+    if text is None or len(text) > MAX_ALLOWED_COMMANDS_CHARS:
+        got = "null" if text is None else f"{len(text)} characters"
+        raise InvalidInput(
+            f"metadata.allowed_commands must be command names separated by ';' in at most "
+            f'{MAX_ALLOWED_COMMANDS_CHARS} characters ("" allows every command), got {got}',
+            errors=[{"loc": "body.metadata.allowed_commands", "msg": "not a list of commands"}],
+        )
+    return parse_allowed_commands(text), validate_metadata(custom, removals=removals)
 
 
 def _not_found(project_id: str, device_id: str) -> NotFound:
@@ -73,8 +120,11 @@ async def create_device(
     body: DeviceCreate,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
-) -> DeviceEnvelope:
-    """Create a device; the response carries its device_token, shown this once."""
+) -> DeviceCreatedEnvelope:
+    """Create a device; the response carries its device_token (in data.metadata and in
+    data.device_credentials), shown this once."""
+    tags = validate_tags(body.tags)
+    allowed_commands, custom = _metadata(body.metadata, removals=False)
     await check_project(context, principal, project_id)
     device, token = await context.stores.devices.create(
         project_id,
@@ -83,7 +133,9 @@ async def create_device(
         source=DeviceSource(body.source),
         brand=body.brand or "Custom",
         model=body.model or "Custom",
-        tags=validate_tags(body.tags),
+        tags=tags,
+        allowed_commands=allowed_commands or [],
+        metadata={key: value for key, value in custom.items() if value is not None},
     )
     if context.provisioner is not None and device.source is DeviceSource.MQTT:
         try:
@@ -94,11 +146,11 @@ async def create_device(
             with contextlib.suppress(OrchestratorError):
                 await context.stores.devices.delete(project_id, device.id)
             raise
-    return DeviceEnvelope(
+    return DeviceCreatedEnvelope(
         status=201,
         action="create device",
         message="Device created successfully.",
-        data=device_out(device, token),
+        data=device_created(device, token),
     )
 
 
@@ -111,6 +163,13 @@ async def create_device(
 async def list_devices(
     project_id: str,
     tag: str | None = Query(default=None, description="Only devices carrying this tag"),
+    metadata: list[str] | None = Query(
+        default=None,
+        description="Only devices whose custom metadata holds this key with this value, "
+        "written key:value (the value may hold ':'); repeat it and every one must hold. A scan "
+        "of the project's (or the tag's) devices: a page may take longer to find",
+        json_schema_extra={"items": {"type": "string", "pattern": METADATA_FILTER}},
+    ),
     cursor: str | None = Query(
         default=None,
         description="next_cursor of the previous page; leave it out for the first page",
@@ -127,10 +186,13 @@ async def list_devices(
 ) -> Response:
     """Devices of the project in id order: all of them, or a page of `limit` at a time."""
     after = device_cursor(cursor)
+    wanted = parse_metadata_filters(metadata or [])
     await check_project(context, principal, project_id)
 
     async def fetch(start: str | None, size: int) -> tuple[list[DeviceOut], str | None]:
-        page = await context.stores.devices.page(project_id, tag=tag, cursor=start, limit=size)
+        page = await context.stores.devices.page(
+            project_id, tag=tag, metadata=wanted, cursor=start, limit=size
+        )
         return [device_out(device) for device in page.devices], page.next_cursor
 
     devices, next_cursor = await paged(fetch, after, limit)
@@ -177,17 +239,19 @@ async def update_device(
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
 ) -> DeviceEnvelope:
-    """Change name, description, tags or metadata.allowed_commands ("a;b;c")."""
+    """Change name, description, tags or metadata: allowed_commands ("a;b;c") and custom keys,
+    merged into the device's (a key set to null is removed)."""
+    tags = validate_tags(body.tags) if body.tags is not None else None
+    allowed_commands, custom = _metadata(body.metadata, removals=True)
     await check_project(context, principal, project_id)
     device = await context.stores.devices.update(
         project_id,
         device_id,
         name=body.name,
         description=body.description,
-        tags=validate_tags(body.tags) if body.tags is not None else None,
-        allowed_commands=(
-            parse_allowed_commands(body.metadata.allowed_commands) if body.metadata else None
-        ),
+        tags=tags,
+        allowed_commands=allowed_commands,
+        metadata=(lambda current: merge_metadata(current, custom)) if custom else None,
     )
     if device is None:
         raise _not_found(project_id, device_id)
@@ -231,8 +295,9 @@ async def rotate_device_token(
     device_id: str,
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
-) -> DeviceEnvelope:
-    """Give the device a new token (in data.metadata.device_token, shown this once).
+) -> DeviceCreatedEnvelope:
+    """Give the device a new token (in data.metadata.device_token and in
+    data.device_credentials, shown this once).
 
     The old token stops working at once, for downloads and (with dynamic security) on the
     broker, which disconnects the device so that it logs in again with the new one.
@@ -241,16 +306,16 @@ async def rotate_device_token(
     device = await context.stores.devices.get(project_id, device_id)
     if device is None:
         raise _not_found(project_id, device_id)
-    token = new_token()
+    token = new_token(device_id)
     if context.provisioner is not None and device.source is DeviceSource.MQTT:
         # Broker first: if it cannot take the password the old token keeps working everywhere.
         await context.provisioner.set_password(device_id, token)
     rotated = await context.stores.devices.rotate_token(project_id, device_id, token)
     if rotated is None:
         raise _not_found(project_id, device_id)
-    return DeviceEnvelope(
+    return DeviceCreatedEnvelope(
         status=200,
         action="rotate device token",
         message="Device token rotated; the old token no longer works.",
-        data=device_out(rotated, token),
+        data=device_created(rotated, token),
     )

@@ -23,7 +23,7 @@ from orchestrator.api.errors import error_responses
 from orchestrator.api.offload import accel_response, offloading
 from orchestrator.api.ranges import requested_range
 from orchestrator.blobs import BlobStore
-from orchestrator.domain.downloads import delivery_budget_bytes
+from orchestrator.domain.downloads import TransferCheck, check_transfer, delivery_budget_bytes
 from orchestrator.errors import (
     Conflict,
     Forbidden,
@@ -169,12 +169,22 @@ class KeyedFileResponse(Response):
                         # Renewed on its own clock, not between chunks: a send that waits on
                         # a slow device must not let the claim lapse while the response is
                         # open. A transfer that has not moved for stall_limit_s (well inside
-                        # the lease) is ended instead, so one stalled connection never holds
+                        # the lease) is ended then, so one stalled connection never holds
                         # the key for long and never outlives its claim.
                         nonlocal outcome
+                        renew_due = time.monotonic() + renew_every_s
                         while True:
-                            await anyio.sleep(renew_every_s)
-                            if time.monotonic() - last_progress > stall_limit_s:
+                            now = time.monotonic()
+                            check, look_at = check_transfer(
+                                now_s=now,
+                                last_progress_s=last_progress,
+                                renew_due_s=renew_due,
+                                stall_limit_s=stall_limit_s,
+                            )
+                            if check is TransferCheck.WAIT:
+                                await anyio.sleep(look_at - now)
+                                continue
+                            if check is TransferCheck.STALLED:
                                 outcome = "stalled"
                                 group.cancel_scope.cancel()
                                 return
@@ -182,6 +192,7 @@ class KeyedFileResponse(Response):
                                 outcome = "claim lost"
                                 group.cancel_scope.cancel()
                                 return
+                            renew_due = time.monotonic() + renew_every_s
 
                     group.start_soon(watch_disconnect)
                     group.start_soon(hold_claim)

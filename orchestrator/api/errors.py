@@ -72,14 +72,17 @@ def status_of(exc: OrchestratorError) -> int:
     return 500
 
 
+NEUTRAL_ACTION = "request"  # what any request is: the action when no route or resource is named
+
+
 def action_of(request: Request) -> str:
     """The route's action in words ('send command'), from its name ('send_command')."""
     route = request.scope.get("route")
     name = getattr(route, "name", None)
-    return name.replace("_", " ") if name else "request"
+    return name.replace("_", " ") if name else NEUTRAL_ACTION
 
 
-_VERBS = {"GET": "get", "POST": "create", "PUT": "replace", "PATCH": "update", "DELETE": "delete"}
+_VERBS = {"POST": "create", "PUT": "replace", "PATCH": "update", "DELETE": "delete"}
 
 
 def _singular(noun: str) -> str:
@@ -88,22 +91,26 @@ def _singular(noun: str) -> str:
     return noun[:-1] if noun.endswith("s") and not noun.endswith("ss") else noun
 
 
-def method_action(method: str, template: str) -> str:
-    """The action a method on a path template would be ('delete project'), for a 405.
+def method_action(method: str, routes: Sequence[Route]) -> str:
+    """The action `method` would be on the resource the path's `routes` serve, for a 405.
 
-    An item path (`…/devices/{device_id}`) names the item; any other path names its last
-    segment, listed by GET when it is plural and created (singular) by POST.
+    The resource and its noun come from the path's GET route: `get_project` (an item:
+    'delete project'), `list_hook_deliveries` (a collection: 'create hook delivery', 'replace
+    hook deliveries'). A path without one is not a resource but an action (`…/pause`) or a
+    probe (`/healthz`), and a method outside create, replace, update and delete does nothing
+    to a resource: the action is then NEUTRAL_ACTION, never another method's action.
     """
-    segments = [segment for segment in template.split("/") if segment]
-    verb = _VERBS.get(method, method.lower())
-    if len(segments) >= 2 and segments[-1].startswith("{"):
-        return f"{verb} {_singular(segments[-2])}"
-    noun = segments[-1] if segments else "root"
-    if method == "GET" and noun.endswith("s"):
-        return f"list {noun}"
-    if method == "POST":
-        return f"create {_singular(noun)}"
-    return f"{verb} {noun}"
+    verb = _VERBS.get(method)
+    for route in routes:
+        kind, _, noun = route.name.partition("_")
+        route_methods = route.methods or set()
+        if verb is None or not noun or kind not in ("get", "list") or "GET" not in route_methods:
+            continue
+        words = noun.split("_")
+        if kind == "list" and method == "POST":
+            words[-1] = _singular(words[-1])
+        return f"{verb} {' '.join(words)}"
+    return NEUTRAL_ACTION
 
 
 def routes_of_path(routes: Sequence[BaseRoute], scope: Scope) -> list[Route]:
@@ -194,8 +201,7 @@ def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
                 f"{request.method} is not allowed on {request.url.path}; use "
                 f"{' or '.join(allow)} (see /docs)"
             )
-            if matched:
-                action = method_action(request.method, matched[0].path)
+            action = method_action(request.method, matched)
         return error_response(
             request, exc.status_code, message, headers=headers or None, action=action
         )
@@ -243,10 +249,10 @@ _HEADERS: dict[int, dict[str, Any]] = {
 }
 
 # The errors routes share: an API key (401); with a scope (403); in a project the key may use,
-# which must exist (404); and Redis or the broker being away (503).
+# which must exist (404) and not be being deleted (409); and Redis or the broker away (503).
 KEYED = (401, 503)
 SCOPED = (401, 403, 503)
-IN_PROJECT = (401, 403, 404, 503)
+IN_PROJECT = (401, 403, 404, 409, 503)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

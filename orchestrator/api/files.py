@@ -24,7 +24,13 @@ from orchestrator.domain.files import (
     parse_file_type,
     validate_file_name,
 )
-from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from orchestrator.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ProjectDeleting,
+)
 from orchestrator.numerals import whole_number
 from orchestrator.store.files import StoredFile
 from orchestrator.timeutil import isoformat_z, utc_now
@@ -121,7 +127,10 @@ async def upload_file(
             )
         file_type = parse_file_type(form.fields.get("type"))
         name = validate_file_name(form.file_name, file_type)
-        relative = await writer.commit()
+        try:
+            relative = await writer.commit()
+        except FileNotFoundError as exc:  # only a project's deletion removes its directory
+            raise ProjectDeleting(project_id) from exc
         committed = True
         stored = StoredFile(
             project_id=project_id,
@@ -133,7 +142,12 @@ async def upload_file(
             time=isoformat_z(utc_now()),
             path=relative,
         )
-        if not await context.stores.files.create(stored):
+        try:
+            created = await context.stores.files.create(stored)
+        except ProjectDeleting:
+            await context.blobs.remove(relative)
+            raise
+        if not created:
             await context.blobs.remove(relative)
             raise _conflict(name)
     finally:

@@ -1,4 +1,4 @@
-"""`/v2/projects`: create and read projects."""
+"""`/v2/projects`: create, read, list, update and delete projects (docs.qubitro.com's shapes)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,34 @@ from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, KEYED, SCOPED, error_responses
 from orchestrator.api.listing import loaded, streamed
-from orchestrator.api.schemas import ProjectCreate, ProjectEnvelope, ProjectListEnvelope, ProjectOut
+from orchestrator.api.project_deletion import delete_project as delete_everything
+from orchestrator.api.schemas import (
+    Done,
+    ProjectCreate,
+    ProjectEnvelope,
+    ProjectListEnvelope,
+    ProjectOut,
+    ProjectPatch,
+)
 from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.projects import validate_project_tags
 from orchestrator.errors import Forbidden, NotFound
+from orchestrator.store.projects import Project
 
 router = APIRouter(tags=["projects"], route_class=JSONRoute)
+
+
+def project_out(project: Project) -> ProjectOut:
+    """The project as docs.qubitro.com shows it, with `created` for the Node.js SDK."""
+    return ProjectOut(
+        id=project.id,
+        name=project.name,
+        description=project.description,
+        tags=project.tags,
+        created_at=project.created_at,
+        created=project.created_at,
+        deleting=project.deleting,
+    )
 
 
 @router.post(
@@ -36,12 +59,13 @@ async def create_project(
             "this API key is limited to some projects and cannot create new ones; "
             "use an admin key without --project"
         )
-    project = await context.stores.projects.create(body.name)
+    tags = validate_project_tags(body.tags)
+    project = await context.stores.projects.create(body.name, body.description, tags)
     return ProjectEnvelope(
         status=201,
         action="create project",
         message="Project created successfully.",
-        data=ProjectOut(id=project.id, name=project.name, created_at=project.created_at),
+        data=project_out(project),
     )
 
 
@@ -55,12 +79,12 @@ async def list_projects(
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(current_principal),
 ) -> Response:
-    """The projects this API key may use."""
+    """The projects this API key may use, newest first."""
     store = context.stores.projects
 
     async def load(ids: Sequence[str]) -> list[ProjectOut]:
         found = await asyncio.gather(*(store.get(project_id) for project_id in ids))
-        return [ProjectOut(**vars(project)) for project in found if project is not None]
+        return [project_out(project) for project in found if project is not None]
 
     usable = [project_id for project_id in await store.ids() if principal.can_access(project_id)]
     envelope = ProjectListEnvelope(
@@ -75,11 +99,56 @@ async def get_project(
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(current_principal),
 ) -> ProjectEnvelope:
-    """One project."""
+    """One project (also while it is being deleted: `deleting` is then true)."""
+    project = await check_project(context, principal, project_id, deleting=True)
+    return ProjectEnvelope(
+        status=200, action="get project", message="Project found.", data=project_out(project)
+    )
+
+
+@router.patch(
+    "/v2/projects/{project_id}",
+    name="update_project",
+    responses=error_responses(400, *IN_PROJECT),
+)
+async def update_project(
+    project_id: str,
+    body: ProjectPatch,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.ADMIN)),
+) -> ProjectEnvelope:
+    """Change name, description or tags; what the body leaves out (or sends null) stays."""
     await check_project(context, principal, project_id)
-    project = await context.stores.projects.get(project_id)
+    project = await context.stores.projects.update(
+        project_id,
+        name=body.name,
+        description=body.description,
+        tags=validate_project_tags(body.tags) if body.tags is not None else None,
+    )
     if project is None:
         raise NotFound(f"project {project_id} not found")
     return ProjectEnvelope(
-        status=200, action="get project", message="Project found.", data=ProjectOut(**vars(project))
+        status=200, action="update project", message="Project updated.", data=project_out(project)
     )
+
+
+@router.delete(
+    "/v2/projects/{project_id}",
+    name="delete_project",
+    responses=error_responses(*IN_PROJECT),
+)
+async def delete_project(
+    project_id: str,
+    context: AppContext = Depends(get_context),
+    principal: Principal = Depends(require(Scope.ADMIN)),
+) -> Done:
+    """Delete the project with its devices (and their broker accounts and download keys),
+    files, hooks, notification subscriptions and finished rollouts; 409 naming the rollouts
+    still active. Keys limited to this project alone are deleted, others lose it.
+
+    A deletion cut short (503: the broker or Redis away) is finished by repeating the DELETE;
+    meanwhile nothing new can be made in the project (409).
+    """
+    await check_project(context, principal, project_id, deleting=True)
+    await delete_everything(context, project_id, by=principal.name)
+    return Done(action="delete project")

@@ -20,11 +20,21 @@ from orchestrator.domain.commands import (
     FILE_COMMANDS,
     SEED_COMMANDS,
 )
-from orchestrator.domain.devices import DEFAULT_BRAND, DEFAULT_MODEL, TAG
+from orchestrator.domain.devices import (
+    ALLOWED_COMMANDS_KEY,
+    DEFAULT_BRAND,
+    DEFAULT_MODEL,
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_VALUE_CHARS,
+    METADATA_KEY,
+    RESERVED_METADATA_KEYS,
+    TAG,
+)
 from orchestrator.domain.files import FileType
 from orchestrator.domain.hooks import MAX_SECRET
 from orchestrator.domain.notices import Notice
 from orchestrator.domain.plans import FailureType
+from orchestrator.domain.projects import MAX_DESCRIPTION, MAX_NAME, MAX_TAGS
 from orchestrator.domain.states import OPERATOR_ACTIONS, DeviceState, RolloutState
 
 
@@ -67,21 +77,73 @@ class Paged(Envelope[list[T]], Generic[T]):
 
 
 class ProjectCreate(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    """The body of docs.qubitro.com's "Create a new project" (`description` optional here)."""
+
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    description: str = Field(
+        default="", max_length=MAX_DESCRIPTION, description="What the project is for"
+    )
+    tags: list[Tag] = Field(default_factory=list, max_length=MAX_TAGS, description=TAGS_TEXT)
+
+
+class ProjectPatch(Strict):
+    """What to change; a field left out or null stays as it is."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=MAX_NAME)
+    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
+    tags: list[Tag] | None = Field(default=None, max_length=MAX_TAGS, description=TAGS_TEXT)
 
 
 class ProjectOut(Reply):
     id: str
     name: str
+    description: str
+    tags: list[str]
     created_at: str
+    created: str = Field(description="The same as created_at (the Node.js SDK reads this name)")
+    deleting: bool = Field(
+        description="True while the project's deletion has begun and not finished; "
+        "DELETE it again to finish"
+    )
 
 
 ProjectEnvelope = Envelope[ProjectOut]
 ProjectListEnvelope = Envelope[list[ProjectOut]]
 
 
+MAX_ALLOWED_COMMANDS_CHARS = 4000
+_ALLOWED_COMMANDS_JSON = {
+    "type": "string",
+    "maxLength": MAX_ALLOWED_COMMANDS_CHARS,
+    "pattern": ALLOWED_COMMANDS.pattern,
+    "description": 'Semicolon-separated command names, e.g. "configuration;reboot"; "" allows all',
+}
+_VALUE_JSON = {"type": "string", "maxLength": MAX_METADATA_VALUE_CHARS}
+METADATA_TEXT = (
+    f"allowed_commands, and custom keys: at most {MAX_METADATA_ENTRIES}, each of 1 to 64 "
+    f"characters without spaces or ':', with a text value of at most "
+    f"{MAX_METADATA_VALUE_CHARS} characters (checked in that order; the 400 names the key)"
+)
+
+
+def _metadata_json(value: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of a body's `metadata`: allowed_commands and the custom keys."""
+    return {
+        "type": "object",
+        "properties": {ALLOWED_COMMANDS_KEY: _ALLOWED_COMMANDS_JSON},
+        "additionalProperties": value,
+        "propertyNames": {
+            "pattern": METADATA_KEY.pattern,
+            "not": {"enum": list(RESERVED_METADATA_KEYS)},
+        },
+        "if": {"required": [ALLOWED_COMMANDS_KEY]},
+        "then": {"maxProperties": MAX_METADATA_ENTRIES + 1},
+        "else": {"maxProperties": MAX_METADATA_ENTRIES},
+    }
+
+
 class DeviceCreate(Strict):
-    """Seed 003's body."""
+    """Seed 003's body, and metadata (allowed_commands and custom keys)."""
 
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
@@ -89,6 +151,9 @@ class DeviceCreate(Strict):
     tags: list[Tag] = Field(default_factory=list, max_length=100, description=TAGS_TEXT)
     brand: str | None = Field(default=DEFAULT_BRAND, max_length=200)
     model: str | None = Field(default=DEFAULT_MODEL, max_length=200)
+    metadata: Annotated[dict[str, str], WithJsonSchema(_metadata_json(_VALUE_JSON))] = Field(
+        default_factory=dict, description=METADATA_TEXT
+    )
 
     @field_validator("brand", "model")
     @classmethod
@@ -96,22 +161,29 @@ class DeviceCreate(Strict):
         return value or "Custom"
 
 
-class DeviceMetadataPatch(Strict):
-    allowed_commands: str = Field(
-        description='Semicolon-separated command names, e.g. "configuration;reboot"; "" allows all',
-        max_length=4000,
-        json_schema_extra={"pattern": ALLOWED_COMMANDS.pattern},
-    )
-
-
 class DevicePatch(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     description: str | None = Field(default=None, max_length=2000)
     tags: list[Tag] | None = Field(default=None, max_length=100, description=TAGS_TEXT)
-    metadata: DeviceMetadataPatch | None = None
+    metadata: (
+        Annotated[
+            dict[str, str | None],
+            WithJsonSchema(_metadata_json({"anyOf": [_VALUE_JSON, {"type": "null"}]})),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description=METADATA_TEXT + "; merged into the device's: a key set to null is removed, "
+        "keys left out are kept",
+    )
 
 
 class DeviceMetadata(Reply):
+    """The seed's metadata: the device's id and token, allowed_commands, and custom keys."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, str] = Field(init=False)
+
     device_id: str
     device_token: str | None = Field(
         default=None, description="Only in the creation response; stored as a hash"
@@ -126,14 +198,31 @@ class DeviceOut(Reply):
     brand: str
     model: str
     avatar: str
-    last_seen: str
+    last_seen: str = Field(
+        description="When the service last heard from the device (a result of one of its "
+        "commands, a request with its token), to the minute; 0001-01-01T00:00:00Z: never"
+    )
     tags: list[str]
     source: Literal["http", "mqtt"]
     created_at: str
     metadata: DeviceMetadata
 
 
+class DeviceCredentials(Reply):
+    """What Qubitro's samples read from a creation: the id and the token (shown this once)."""
+
+    device_id: str
+    device_token: str
+
+
+class DeviceCreated(DeviceOut):
+    """A device with its new token, in data.metadata and in data.device_credentials."""
+
+    device_credentials: DeviceCredentials
+
+
 DeviceEnvelope = Envelope[DeviceOut]
+DeviceCreatedEnvelope = Envelope[DeviceCreated]
 DeviceListEnvelope = Paged[DeviceOut]
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, TypeVar
 import typer
 
 from orchestrator.domain.auth import Scope, parse_scopes
+from orchestrator.domain.projects import validate_description, validate_project_tags
 from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.logs import configure_logging
 from orchestrator.settings import Settings
@@ -92,13 +93,19 @@ def create_key(
 
 
 @projects_app.command("create")
-def create_project(name: Annotated[str, typer.Option(help="The project's name")]) -> None:
+def create_project(
+    name: Annotated[str, typer.Option(help="The project's name")],
+    description: Annotated[str, typer.Option(help="What the project is for")] = "",
+    tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable)")] = None,
+) -> None:
     """Create a project and print its id, alone, on stdout."""
     if not name.strip():
         raise InvalidInput("--name must not be empty")
+    description = validate_description(description)
+    tags = validate_project_tags(tag or [])
 
     async def create(stores: Stores) -> str:
-        return (await stores.projects.create(name.strip())).id
+        return (await stores.projects.create(name.strip(), description, tags)).id
 
     typer.echo(offline(create))
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
 
+from orchestrator.cli.output import console
 from orchestrator.cli.server import ApiKey, ApiUrl, Project, server
 from orchestrator.client import ApiClient
 from orchestrator.logs import configure_logging
@@ -29,6 +30,7 @@ from orchestrator.simulator import (
     parse_fail_version,
     parse_latency,
     parse_rate,
+    parse_stall,
 )
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
@@ -44,6 +46,10 @@ def behaviour_from_options(
     latency: str = "0",
     broken_download: str = "0",
     wrong_version: str = "0",
+    stall: str = "0",
+    stall_at: str = "50%",
+    stall_for: float = 60.0,
+    stall_hangup: bool = False,
     seed: int = 0,
 ) -> Behaviour:
     """The Behaviour the options spell; ValueError naming the option, the value and the fix."""
@@ -55,6 +61,8 @@ def behaviour_from_options(
         latency_s=parse_latency(latency),
         broken_download_rate=parse_rate(broken_download, "--broken-download"),
         wrong_version_rate=parse_rate(wrong_version, "--wrong-version"),
+        stall_rate=parse_rate(stall, "--stall"),
+        stall=parse_stall(stall_at, stall_for, hangup=stall_hangup),
         seed=seed,
     )
 
@@ -67,7 +75,8 @@ def status_line(stats: FleetStats, elapsed_s: float) -> str:
         f"{elapsed_s:6.0f}s  {stats.connected}/{stats.devices - stats.offline} connected"
         f" ({stats.offline} offline) · {stats.commands} commands · {results or 'no results'}"
         f" · {stats.downloads} downloads ({stats.resumed_downloads} resumed,"
-        f" {decimal(stats.bytes_downloaded)}) · {bad_images} bad images"
+        f" {stats.stalled_downloads} stalled, {decimal(stats.bytes_downloaded)})"
+        f" · {bad_images} bad images"
     )
 
 
@@ -88,6 +97,7 @@ def stats_table(stats: FleetStats) -> Table:
         *((f"results: {s}", stats.results[s]) for s in STATUSES),
         ("downloads", stats.downloads),
         ("resumed downloads", stats.resumed_downloads),
+        ("stalled downloads", stats.stalled_downloads),
         ("bytes downloaded", f"{stats.bytes_downloaded} ({decimal(stats.bytes_downloaded)})"),
         ("size mismatches", stats.size_mismatches),
         ("checksum failures", stats.checksum_failures),
@@ -125,6 +135,26 @@ def simulate(
     wrong_version: Annotated[
         str, typer.Option(help="Fraction of firmware successes that report another version")
     ] = "0",
+    stall: Annotated[
+        str,
+        typer.Option(
+            help="Fraction of downloads that stall once: stop reading at --stall-at for "
+            "--stall-for seconds, then go on or resume with Range"
+        ),
+    ] = "0",
+    stall_at: Annotated[
+        str, typer.Option(help="How far a stalling download gets first (0.3 or 30%)")
+    ] = "50%",
+    stall_for: Annotated[
+        float, typer.Option(help="Seconds a stalling download reads nothing")
+    ] = 60.0,
+    stall_hangup: Annotated[
+        bool,
+        typer.Option(
+            help="A stalling download closes its connection and comes back after --stall-for "
+            "(default: it holds the connection open)"
+        ),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of every random draw (same seed, same run)")] = 0,
     tags: Annotated[
         str, typer.Option(help="Comma-separated tags the devices carry (new ones get them)")
@@ -160,6 +190,10 @@ def simulate(
             latency=latency,
             broken_download=broken_download,
             wrong_version=wrong_version,
+            stall=stall,
+            stall_at=stall_at,
+            stall_for=stall_for,
+            stall_hangup=stall_hangup,
             seed=seed,
         )
     except ValueError as exc:
@@ -178,7 +212,7 @@ def simulate(
         _usage_error(f"--status-every must be a number of seconds above 0, got {status_every}")
     version: Literal["5.0", "3.1.1"] = "5.0" if mqtt_version == "5.0" else "3.1.1"
     configure_logging("console" if sys.stderr.isatty() else "json", "warning")
-    console = Console(stderr=json_output, highlight=False)
+    out = console(stderr=json_output)
     run = _Run(
         api=server(api_url, api_key, project).client(),
         broker=broker,
@@ -189,13 +223,13 @@ def simulate(
         tags=tuple(tag.strip() for tag in tags.split(",") if tag.strip()),
         duration_s=duration,
         status_every_s=status_every,
-        console=console,
+        console=out,
     )
     stats = asyncio.run(run.main())
     if json_output:
         typer.echo(json.dumps(stats.as_dict(), indent=2))
     else:
-        console.print(stats_table(stats))
+        out.print(stats_table(stats))
 
 
 @dataclass

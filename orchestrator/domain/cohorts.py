@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from orchestrator.domain.commands import is_allowed
+from orchestrator.domain.devices import metadata_matches
 from orchestrator.domain.plans import TargetSpec, WaveSpec
 
 ROLLOUT_COMMAND = "download_firmware"
@@ -31,6 +32,7 @@ class DeviceInfo:
     model: str
     allowed_commands: tuple[str, ...] = ()
     active_rollout: str | None = None  # the id of another active rollout holding the device
+    metadata: Mapping[str, str] = field(default_factory=dict)  # custom metadata
 
 
 class ExclusionReason(StrEnum):
@@ -80,6 +82,8 @@ def matches(target: TargetSpec, device: DeviceInfo, listed: frozenset[str] | Non
     if target.brand is not None and device.brand != target.brand:
         return False
     if target.model is not None and device.model != target.model:
+        return False
+    if target.metadata and not metadata_matches(device.metadata, target.metadata.items()):
         return False
     if listed is None:
         listed = frozenset(target.devices)

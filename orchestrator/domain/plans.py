@@ -28,7 +28,15 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.domain.devices import TAG
+from orchestrator.domain.devices import (
+    MAX_METADATA_ENTRIES,
+    MAX_METADATA_VALUE_CHARS,
+    METADATA_KEY,
+    RESERVED_METADATA_KEYS,
+    TAG,
+    metadata_key_problem,
+    metadata_value_problem,
+)
 from orchestrator.domain.files import EXTENSIONS, FILE_NAME, FileType
 from orchestrator.domain.yaml_locations import (
     OTHER,
@@ -263,6 +271,40 @@ Tag = Annotated[
     BeforeValidator(_text(64, TAG, _TAG_RULE)),
     _json({"type": "string", "pattern": TAG.pattern}),
 ]
+
+
+def _metadata_key(value: object) -> str:
+    problem = metadata_key_problem(value) if isinstance(value, str) else "must be text"
+    if problem is not None:
+        raise ValueError(f"{problem}, got {show_value(value)}")
+    return str(value)
+
+
+def _metadata_value(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be text, got {show_value(value)}")
+    problem = metadata_value_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+MetadataKey = Annotated[
+    str,
+    BeforeValidator(_metadata_key),
+    _json(
+        {
+            "type": "string",
+            "pattern": METADATA_KEY.pattern,
+            "not": {"enum": [*RESERVED_METADATA_KEYS, "allowed_commands"]},
+        }
+    ),
+]
+MetadataValue = Annotated[
+    str,
+    BeforeValidator(_metadata_value),
+    _json({"type": "string", "maxLength": MAX_METADATA_VALUE_CHARS}),
+]
 Count = Annotated[
     int,
     Strict(),
@@ -317,6 +359,11 @@ class TargetSpec(_Spec):
     model: Text | None = None
     devices: list[Text] = Field(default_factory=list, description="Only these device ids")
     exclude: list[Text] = Field(default_factory=list, description="Never these device ids")
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_ENTRIES,
+        description="The device's custom metadata holds every one of these keys and values",
+    )
 
 
 class WaveSpec(_Spec):
@@ -542,6 +589,7 @@ _TEXT_FIELDS = [
         "target.tags.*",
         "target.devices.*",
         "target.exclude.*",
+        "target.metadata.*",
         "waves.*.name",
     ]
 ]

@@ -162,7 +162,7 @@ class LocatedYaml:
     def keep_as_written(self, patterns: Iterable[tuple[str, ...]]) -> None:
         """Put back the text of plain scalars YAML typed (`2.10` read as 2.1) at these paths.
 
-        A pattern is a path whose `*` parts stand for any list index.
+        A pattern is a path whose `*` parts stand for any list index or mapping key.
         """
         for path, text in self.plain.items():
             if any(_fits(path, pattern) for pattern in patterns):
@@ -206,6 +206,10 @@ class LocatedYaml:
             parent, key = loc[:-1], str(loc[-1])
             message = f"unknown key {key!r} in {self._name(parent)}{suggest(key, keys_of(parent))}"
             return [YamlIssue(self.locate(loc, key=True), loc, message)]
+        if loc and loc[-1] == "[key]" and kind == "value_error":  # a free key broke its rule
+            key, parent = str(error.get("input")), loc[:-2]
+            message = f"{self._name(parent)} key {key!r} {_describe(error, keys_of)}"
+            return [YamlIssue(self.locate(loc[:-1], key=True), loc[:-1], message)]
         if loc and loc[-1] == "[key]":  # a dict's key failed its own type (an enum)
             key, parent = str(error.get("input")), loc[:-2]
             choices = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
@@ -256,7 +260,10 @@ def _describe(error: ErrorDetails, keys_of: Callable[[Path], list[str]]) -> str:
             else ("most", ctx.get("max_length"))
         )
         items = "item" if limit == 1 else "items"
-        return f"must have at {least} {limit} {items}, got {ctx.get('actual_length')}"
+        actual = ctx.get("actual_length")
+        if actual is None and isinstance(error.get("input"), dict | list):  # pydantic's dicts
+            actual = len(error["input"])
+        return f"must have at {least} {limit} {items}, got {actual}"
     if kind == "recursion_loop":
         return "refers to itself through a YAML alias; write the value out"
     return f"is not valid ({error['msg']}), got {got}"
@@ -265,10 +272,7 @@ def _describe(error: ErrorDetails, keys_of: Callable[[Path], list[str]]) -> str:
 def _fits(path: Path, pattern: tuple[str, ...]) -> bool:
     if len(path) != len(pattern):
         return False
-    return all(
-        p == part or (p == "*" and isinstance(part, int))
-        for part, p in zip(path, pattern, strict=True)
-    )
+    return all(p in {part, "*"} for part, p in zip(path, pattern, strict=True))
 
 
 def _child(parent: object, part: str | int) -> object:

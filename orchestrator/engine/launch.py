@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from orchestrator.domain.cohorts import Cohort, CohortBuilder, DeviceInfo, wave_reach
 from orchestrator.domain.files import FileType
 from orchestrator.domain.plans import Plan
-from orchestrator.errors import Conflict, InvalidInput
+from orchestrator.errors import Conflict, InvalidInput, ProjectDeleting
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import CreateOutcome
 from orchestrator.timeutil import isoformat_z, utc_now
@@ -52,6 +52,7 @@ async def _device_pages(stores: Stores, project_id: str) -> AsyncIterator[list[D
                 model=device.model,
                 allowed_commands=tuple(device.allowed_commands),
                 active_rollout=holder,
+                metadata=device.metadata,
             )
             for device, holder in zip(page.devices, holders, strict=True)
         ]
@@ -85,7 +86,8 @@ async def launch(
     created_by: str,
     rollout_id: str | None = None,
 ) -> tuple[str, CreateOutcome]:
-    """Create the rollout `pending` for the engine; InvalidInput or Conflict when it cannot.
+    """Create the rollout `pending` for the engine; InvalidInput or Conflict (ProjectDeleting
+    too) when it cannot.
 
     With `rollout_id`, a rollout already made under that id is not made twice (the outcome
     says `exists`).
@@ -122,6 +124,8 @@ async def launch(
         rollout_id=rollout_id,
         pins=pins,
     )
+    if outcome.project_deleting:
+        raise ProjectDeleting(project_id)
     if outcome.name_taken_by is not None:
         raise Conflict(
             f"rollout {outcome.name_taken_by} named {plan.name!r} is still active in this "

@@ -14,8 +14,11 @@ In-process use::
 
 - `Behaviour` (frozen dataclass): `fail_rate`, `fail_versions` (version → rate),
   `reject_rate`, `offline_rate`, `latency_s` (min, max), `broken_download_rate`,
-  `wrong_version_rate`, `seed`. Rates are fractions 0..1; `parse_rate`, `parse_latency` and
-  `parse_fail_version` read the CLI's spellings (`5%`, `0.1..0.5`, `1.2.0=0.5`).
+  `wrong_version_rate`, `stall_rate` with `stall` (a `Stall`: stop reading at a fraction of
+  the file for a while, the connection held open or hung up), `seed`. Rates are fractions
+  0..1; `parse_rate`, `parse_latency`, `parse_fail_version` and `parse_stall` read the CLI's
+  spellings (`5%`, `0.1..0.5`, `1.2.0=0.5`). `SimulatedDevice.stall_next_download(stall)`
+  makes one device's next download stall.
 - `Fleet(api, mqtt_host, mqtt_port, behaviour=None, *, state_path=None, mqtt_version="5.0",
   mqtt_tls=False, connect_batch=100, max_downloads=64, name_prefix="sim")`:
   `await start(n_devices, tags=())` returns once every online device has tried to connect
@@ -29,9 +32,11 @@ In-process use::
 
 from orchestrator.simulator.behaviour import (
     Behaviour,
+    Stall,
     parse_fail_version,
     parse_latency,
     parse_rate,
+    parse_stall,
 )
 from orchestrator.simulator.book import DEFAULT_BOOK_PATH, BookError, DeviceBook, DeviceIdentity
 from orchestrator.simulator.device import BrokerAddress, SimulatedDevice
@@ -48,7 +53,9 @@ __all__ = [
     "Fleet",
     "FleetStats",
     "SimulatedDevice",
+    "Stall",
     "parse_fail_version",
     "parse_latency",
     "parse_rate",
+    "parse_stall",
 ]

@@ -16,6 +16,30 @@ _RATE_HINT = "a fraction between 0 and 1, like 0.05 or 5%"
 
 
 @dataclass(frozen=True, slots=True)
+class Stall:
+    """A download that stops part-way, once: having read `at` of the file (a fraction), the
+    device reads nothing more for `for_s` seconds with the connection held open, or, with
+    `hangup`, closes the connection and comes back after `for_s` to resume with Range."""
+
+    at: float = 0.5
+    for_s: float = 60.0
+    hangup: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.at < 1.0:  # also refuses NaN
+            raise ValueError(
+                f"stall.at must be a fraction of the file from 0 up to 1 (not 1 itself: the "
+                f"download would be over), got {self.at}"
+            )
+        if not 0.0 <= self.for_s < math.inf:
+            raise ValueError(f"stall.for_s must be 0 or more seconds, got {self.for_s}")
+
+    def byte(self, size: int) -> int:
+        """The byte count after which a download of `size` bytes stalls."""
+        return int(size * self.at)
+
+
+@dataclass(frozen=True, slots=True)
 class Behaviour:
     """What the simulated devices do; the defaults make a healthy, instant fleet."""
 
@@ -26,6 +50,8 @@ class Behaviour:
     latency_s: tuple[float, float] = (0.0, 0.0)  # uniform pause before each result, seconds
     broken_download_rate: float = 0.0  # of downloads: the first attempt stops half-way
     wrong_version_rate: float = 0.0  # of firmware successes: another version is reported
+    stall_rate: float = 0.0  # of downloads: the first transfer stalls as `stall` says
+    stall: Stall = Stall()
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -35,6 +61,7 @@ class Behaviour:
             "offline_rate": self.offline_rate,
             "broken_download_rate": self.broken_download_rate,
             "wrong_version_rate": self.wrong_version_rate,
+            "stall_rate": self.stall_rate,
             **{f"fail_versions[{v!r}]": r for v, r in self.fail_versions.items()},
         }
         for name, rate in rates.items():
@@ -79,6 +106,19 @@ def parse_fail_version(text: str, option: str = "--fail-version") -> tuple[str, 
             f"{option} must be VERSION=RATE, like 1.2.0=0.5 or 1.2.0=50%, got {text!r}"
         )
     return version.strip(), parse_rate(rate, f"the rate in {option} {text}")
+
+
+def parse_stall(at: str, for_s: float, *, hangup: bool = False) -> Stall:
+    """`--stall-at 30%`, `--stall-for 90` → Stall; ValueError naming the option and the fix."""
+    fraction = parse_rate(at, "--stall-at")
+    if fraction >= 1.0:
+        raise ValueError(
+            f"--stall-at must be below 1 (100%), where the download would be over, like 30%, "
+            f"got {at!r}"
+        )
+    if not 0.0 <= for_s < math.inf:
+        raise ValueError(f"--stall-for must be 0 or more seconds, like 90, got {for_s}")
+    return Stall(at=fraction, for_s=for_s, hangup=hangup)
 
 
 def parse_latency(text: str, option: str = "--latency") -> tuple[float, float]:

@@ -40,7 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestrator.domain.commands import FILE_COMMANDS
-from orchestrator.simulator.behaviour import Behaviour, device_random
+from orchestrator.simulator.behaviour import Behaviour, Stall, device_random
 from orchestrator.simulator.book import DeviceIdentity
 from orchestrator.simulator.download import download
 from orchestrator.simulator.stats import FleetStats
@@ -99,6 +99,7 @@ class _Fate(NamedTuple):
     broken_download: float
     fail: float
     wrong_version: float
+    stall: float
 
 
 class SimulatedDevice:
@@ -134,6 +135,11 @@ class SimulatedDevice:
         # Results that could not go out (the connection was lost): sent first on reconnect, as
         # firmware keeps working while the broker is away and reports once it is back.
         self._outbox: list[tuple[str, ResultPayload]] = []
+        self._next_stall: Stall | None = None  # set by stall_next_download
+
+    def stall_next_download(self, stall: Stall) -> None:
+        """Make this device's next download stall once as `stall` says, whatever the rates."""
+        self._next_stall = stall
 
     async def run(self) -> None:
         """Connect, obey commands, and connect again after a loss, until cancelled."""
@@ -309,15 +315,20 @@ class SimulatedDevice:
         await self._report(client, command, command_id, "downloading")
         self._stats.downloads += 1
         broken = fate.broken_download < self._behaviour.broken_download_rate and file.size >= 2
+        stall, self._next_stall = self._next_stall, None
+        if stall is None and fate.stall < self._behaviour.stall_rate:
+            stall = self._behaviour.stall
         got = await download(
             self._http,
             file.url,
             self.identity.token,
             size=file.size,
             break_at=file.size // 2 if broken else None,
+            stall=stall,
             on_bytes=self._count_bytes,
         )
         self._stats.resumed_downloads += got.resumes
+        self._stats.stalled_downloads += int(got.stalled)
         error = got.error
         if not error and got.size != file.size:
             self._stats.size_mismatches += 1

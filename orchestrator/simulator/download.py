@@ -3,6 +3,11 @@
 The bytes are never stored: the device only needs their count and sha256 to decide whether
 the image is the one the command announced.
 
+A device told to stall stops reading part-way (`Stall`): it holds the connection open and
+reads nothing for a while, or hangs up and comes back later. The service ends a transfer that
+stops moving and frees its key's claim, so either way the device resumes with Range from what
+it has (after a hang-up, only if the image is larger than the socket buffers: see below).
+
 A resume needs a key the service has not spent yet. The service counts bytes still in socket
 buffers as delivered, so an image small enough to sit whole in those buffers is spent at the
 first transfer; a device that drops it answers `failed` with the service's 401 message (the
@@ -19,6 +24,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from orchestrator.simulator.behaviour import Stall
+
 MAX_BREAKS = 3  # transfers that may break off (network errors) before the download fails
 BUSY_RETRY_S = 10.0  # how long a 409 (a broken transfer letting go) or a 503 is retried
 _BACKOFF_S = (0.05, 1.0)  # first and largest pause between attempts
@@ -34,10 +41,15 @@ class Downloaded:
     sha256: str
     resumes: int  # requests sent with Range after a broken transfer
     error: str = ""  # empty when the transfer completed
+    stalled: bool = False  # it stalled (Stall) on the way
 
 
 class _BrokenOff(Exception):
-    """The transfer stopped before the end (on purpose or not); resume from `received`."""
+    """The transfer was dropped on purpose; resume from `received` after `pause_s`."""
+
+    def __init__(self, pause_s: float | None = None) -> None:
+        super().__init__()
+        self.pause_s = pause_s  # None: the usual backoff
 
 
 async def download(
@@ -47,9 +59,11 @@ async def download(
     *,
     size: int,
     break_at: int | None = None,
+    stall: Stall | None = None,
     on_bytes: Callable[[int], None] = lambda n: None,
 ) -> Downloaded:
-    """GET `url` with the device's `token`; `break_at` drops the first transfer at that byte.
+    """GET `url` with the device's `token`; `break_at` drops the first transfer at that byte,
+    `stall` makes the download stall once past `stall.byte(size)`.
 
     A transfer that breaks off is resumed with `Range: bytes={received}-`; the service may
     answer 409 for a moment while it notices the broken transfer, so that is retried too.
@@ -59,9 +73,15 @@ async def download(
     received = 0
     resumes = 0
     breaks = 0
+    stall_after = None if stall is None else stall.byte(size)  # None once it has stalled
     pause_s = _BACKOFF_S[0]
     loop = asyncio.get_running_loop()
     busy_until = loop.time() + BUSY_RETRY_S
+
+    def outcome(error: str = "") -> Downloaded:
+        stalled = stall is not None and stall_after is None
+        return Downloaded(received, hasher.hexdigest(), resumes, error, stalled)
+
     while True:
         headers = {"Authorization": f"Basic {token}"}
         if received:
@@ -73,21 +93,16 @@ async def download(
                 if (busy or response.status_code == 503) and loop.time() < busy_until:
                     await response.aclose()
                 elif response.status_code not in (200, 206):
-                    return Downloaded(
-                        received, hasher.hexdigest(), resumes, await _refusal(response)
-                    )
+                    return outcome(await _refusal(response))
                 else:
                     if received:
                         resumes += 1
                     if response.status_code == 200 and received:
                         hasher, received = hashlib.sha256(), 0  # the Range was ignored: start over
                     elif response.status_code == 206 and not _starts_at(response, received):
-                        return Downloaded(
-                            received,
-                            hasher.hexdigest(),
-                            resumes,
+                        return outcome(
                             f"download resumed at the wrong offset: asked for byte {received}, "
-                            f"got Content-Range {response.headers.get('content-range')!r}",
+                            f"got Content-Range {response.headers.get('content-range')!r}"
                         )
                     async for chunk in response.aiter_bytes():
                         if break_at is not None and received + len(chunk) >= break_at:
@@ -100,18 +115,22 @@ async def download(
                         if break_at is not None and received >= break_at:
                             break_at = None
                             raise _BrokenOff
-                    return Downloaded(received, hasher.hexdigest(), resumes)
+                        if stall is not None and stall_after is not None and received > stall_after:
+                            stall_after = None
+                            if stall.hangup:
+                                raise _BrokenOff(pause_s=stall.for_s)
+                            await asyncio.sleep(stall.for_s)  # the connection open, nothing read
+                    return outcome()
         except (httpx.TransportError, _BrokenOff) as exc:
             if isinstance(exc, httpx.TransportError):
                 breaks += 1
                 if breaks > MAX_BREAKS:
-                    return Downloaded(
-                        received,
-                        hasher.hexdigest(),
-                        resumes,
+                    return outcome(
                         f"download broke off {breaks} times, last: {exc.__class__.__name__} "
-                        f"{exc}".strip(),
+                        f"{exc}".strip()
                     )
+            elif exc.pause_s is not None:
+                await asyncio.sleep(exc.pause_s)  # hung up: away for a while
             busy_until = loop.time() + BUSY_RETRY_S
         await asyncio.sleep(pause_s)
         pause_s = min(pause_s * 2, _BACKOFF_S[1])

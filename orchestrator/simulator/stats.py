@@ -24,6 +24,7 @@ class FleetStats:
     results: Counter[str] = field(default_factory=Counter)  # results published, by status
     downloads: int = 0  # file downloads begun
     resumed_downloads: int = 0  # requests that resumed a download with Range
+    stalled_downloads: int = 0  # downloads that stalled on purpose (Behaviour.stall_rate)
     bytes_downloaded: int = 0
     size_mismatches: int = 0  # downloads whose byte count differed from the payload's size
     checksum_failures: int = 0  # downloads whose sha256 differed from the payload's sha256

@@ -8,7 +8,7 @@ import uuid
 
 from orchestrator.domain.auth import API_KEY_PREFIX, Principal, Scope
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Redis, fields, translated
+from orchestrator.store.redis import Redis, fields, load_script, translated
 from orchestrator.timeutil import isoformat_z, utc_now
 
 
@@ -23,6 +23,7 @@ class ApiKeyStore:
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
         self._redis = redis
         self._keys = keys
+        self._unscope = load_script(redis, "api_keys_unscope")
 
     @translated
     async def create(
@@ -66,3 +67,15 @@ class ApiKeyStore:
     async def count(self) -> int:
         """How many keys exist."""
         return int(await self._redis.zcard(self._keys.api_keys()))
+
+    @translated
+    async def unscope(self, project_id: str) -> tuple[int, int]:
+        """Take a deleted project out of the keys limited to it: (keys revoked, keys narrowed).
+
+        A key limited to that project alone is deleted (an empty limit would open every
+        project to it); a key limited to others too keeps those.
+        """
+        revoked, narrowed = await self._unscope(
+            keys=[self._keys.api_keys()], args=[self._keys.api_key(""), project_id]
+        )
+        return int(revoked), int(narrowed)

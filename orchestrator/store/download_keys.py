@@ -200,6 +200,13 @@ class DownloadKeyStore:
         ]
 
     @translated
+    async def revoke_for_file(self, project_id: str, name: str) -> None:
+        """Forget the keys issued for the file by commands (they die with the file)."""
+        index = self._keys.file_download_keys(project_id, name)
+        keys = members(await self._redis.smembers(index))
+        await self._redis.delete(index, *(self._keys.download_key(key) for key in keys))
+
+    @translated
     async def state(self, key: str) -> str | None:
         """`issued`, `claimed` or `spent`; None when the key is gone."""
         value = await self._redis.hget(self._keys.download_key(key), "state")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.domain.files import FileType
+from orchestrator.errors import ProjectDeleting
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Redis, fields, load_script, members, translated
 
@@ -54,7 +55,10 @@ class FileStore:
 
     @translated
     async def create(self, stored: StoredFile) -> bool:
-        """Register the file; False when a file of that name exists in the project."""
+        """Register the file; False when a file of that name exists in the project.
+
+        ProjectDeleting when the project's deletion has begun (the upload may have started
+        before it did)."""
         record = {
             "project_id": stored.project_id,
             "name": stored.name,
@@ -67,9 +71,14 @@ class FileStore:
         }
         pairs = [item for pair in record.items() for item in pair]
         created = await self._create(
-            keys=self._index_keys(stored.project_id, stored.name),
+            keys=[
+                *self._index_keys(stored.project_id, stored.name),
+                self._keys.project_deletion(stored.project_id),
+            ],
             args=[stored.name, stored.project_id, *pairs],
         )
+        if created == -1:
+            raise ProjectDeleting(stored.project_id)
         return bool(created)
 
     @translated

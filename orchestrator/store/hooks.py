@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Self
 
+from orchestrator.errors import NotFound
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Redis, load_script, translated
 from orchestrator.store.rollouts import now_ms
@@ -110,7 +111,7 @@ class HookStore(WebhookStore[Hook, Delivery]):
     async def create(
         self, *, project_id: str, name: str, plan: str, secret: str, created_at: str, by: str
     ) -> Hook:
-        """A new hook with a random id."""
+        """A new hook with a random id; ProjectDeleting once the project's deletion has begun."""
         hook = Hook(
             id=str(uuid.uuid4()),
             project_id=project_id,
@@ -122,6 +123,14 @@ class HookStore(WebhookStore[Hook, Delivery]):
         )
         return await self._add(hook)
 
+    async def _owned_besides(self, record: Hook, delivery_ids: list[str]) -> list[str]:
+        """The signed bodies recorded for the hook's deliveries."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for delivery_id in delivery_ids:
+                pipe.hget(self._keys.hook_delivery(record.id, delivery_id), "body_digest")
+            digests = await pipe.execute()
+        return [self._keys.hook_body(record.id, str(digest)) for digest in digests if digest]
+
     @translated
     async def accept(
         self, hook: Hook, delivery: Delivery, *, plan: str, actor: str, body_digest: str | None
@@ -130,6 +139,7 @@ class HookStore(WebhookStore[Hook, Delivery]):
 
         With `body_digest` (the sha256 hex of a body whose signature does not cover the
         delivery id), a body accepted in the last 24 hours is a repeat whatever its id.
+        NotFound when the hook was deleted meanwhile.
         """
         record = {
             "id": delivery.id,
@@ -139,6 +149,7 @@ class HookStore(WebhookStore[Hook, Delivery]):
             "file": delivery.file,
             "status": delivery.status,
             "reason": delivery.reason,
+            "body_digest": body_digest or "",  # so that `delete` finds the body's record
         }
         request = {
             "hook_id": hook.id,
@@ -163,8 +174,11 @@ class HookStore(WebhookStore[Hook, Delivery]):
                 json.dumps(request),
                 DELIVERIES_KEPT,
                 REQUESTS_KEPT,
+                self._keys.hook(hook.id),
             ],
         )
+        if reply[1] == "gone":
+            raise NotFound(f"hook {hook.id} not found; it was deleted meanwhile")
         return str(reply[0]), str(reply[1]) == "1"
 
     @translated

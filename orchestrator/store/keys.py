@@ -17,12 +17,19 @@ class RedisKeys:
     prefix: str = "ota:"
 
     def project(self, project_id: str) -> str:
-        """Hash: id, name, created_at."""
+        """Hash: id, name, description, tags (JSON list), created_at."""
         return f"{self.prefix}project:{project_id}"
 
     def projects(self) -> str:
-        """Sorted set (lex) of every project id."""
+        """Sorted set of every project id scored by its creation (epoch µs; 0 for projects
+        made before the score was kept, whose `created_at` orders them)."""
         return f"{self.prefix}projects:index"
+
+    def project_deletion(self, project_id: str) -> str:
+        """Hash: the project's deletion (started_at, by, counts of what went, finished_at).
+        While it exists nothing new is made in the project; once finished it is the deletion's
+        audit record and expires (store/projects.py DELETION_KEPT_S)."""
+        return f"{self.prefix}project:{project_id}:deletion"
 
     def api_key(self, digest: str) -> str:
         """Hash by sha256 of the key: id, name, scopes (space-separated), projects, created_at."""
@@ -33,20 +40,32 @@ class RedisKeys:
         return f"{self.prefix}apikeys:index"
 
     def device(self, device_id: str) -> str:
-        """Hash: the device record (tags as JSON, token as sha256)."""
+        """Hash: the device record (store/devices.py: short field names, or the long ones
+        earlier versions wrote); the token only as its sha256."""
         return f"{self.prefix}device:{device_id}"
 
     def device_token(self, digest: str) -> str:
-        """String: the device id owning the device token with this sha256."""
+        """String: the device id owning the device token with this sha256 (hex). Only tokens
+        made by earlier versions have one; newer tokens carry their device id."""
         return f"{self.prefix}devtoken:{digest}"
 
     def project_devices(self, project_id: str) -> str:
-        """Sorted set (lex) of the project's device ids."""
+        """Sorted set (lex): the project's device ids, the first leaf of an id set cut in leaves
+        of at most 128 ids (store/lua/devices.lua); the others are `{this key}:{first id}`."""
         return f"{self.prefix}project:{project_id}:devices:index"
 
+    def project_devices_bounds(self, project_id: str) -> str:
+        """Sorted set (lex): the first id of each further leaf of project_devices."""
+        return f"{self.prefix}project:{project_id}:devices:bounds"
+
     def project_tag(self, project_id: str, tag: str) -> str:
-        """Sorted set (lex) of the project's device ids carrying this tag."""
+        """Sorted set (lex): the project's device ids carrying this tag, first leaf of an id set
+        like project_devices."""
         return f"{self.prefix}project:{project_id}:tag:{tag}:index"
+
+    def project_tag_bounds(self, project_id: str, tag: str) -> str:
+        """Sorted set (lex): the first id of each further leaf of project_tag."""
+        return f"{self.prefix}project:{project_id}:tag:{tag}:bounds"
 
     def file_download_keys(self, project_id: str, name: str) -> str:
         """Set of the download keys issued for a file by commands (TTL: the newest key's)."""

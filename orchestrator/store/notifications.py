@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Redis, load_script, translated
+from orchestrator.store.redis import Pipeline, Redis, load_script, translated
 from orchestrator.store.rollouts import now_ms
 from orchestrator.store.webhooks import Webhook, WebhookStore
 
@@ -113,7 +113,8 @@ class NotificationStore(WebhookStore[Subscription, NoticeDelivery]):
         created_at: str,
         by: str,
     ) -> Subscription:
-        """A new subscription with a random id."""
+        """A new subscription with a random id; ProjectDeleting once the project's deletion
+        has begun."""
         subscription = Subscription(
             id=str(uuid.uuid4()),
             project_id=project_id,
@@ -124,6 +125,11 @@ class NotificationStore(WebhookStore[Subscription, NoticeDelivery]):
             events=tuple(events),
         )
         return await self._add(subscription)
+
+    def _unlist(self, pipe: Pipeline, delivery_ids: list[str]) -> None:
+        """Its notices are no longer due."""
+        if delivery_ids:
+            pipe.zrem(self._keys.notices_due(), *delivery_ids)
 
     @translated
     async def enqueue(self, notices: Sequence[tuple[str, str, Mapping[str, str]]]) -> int:

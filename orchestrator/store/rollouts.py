@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from redis.exceptions import RedisError
 
+from orchestrator.domain.devices import LAST_SEEN_EVERY_S
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
     TERMINAL_ROLLOUT_STATES,
@@ -25,6 +26,7 @@ from orchestrator.domain.states import (
     RolloutState,
 )
 from orchestrator.store.commands import COMMAND_RECORD_TTL_S
+from orchestrator.store.devices import LAST_SEEN_FIELD
 from orchestrator.store.download_keys import new_download_key
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import (
@@ -90,6 +92,7 @@ class CreateOutcome:
     name_taken_by: str | None = None
     devices_taken: tuple[str, ...] = ()
     exists: bool = False  # a rollout with the given id was made already (a request redone)
+    project_deleting: bool = False  # the project's deletion has begun
 
 
 @dataclass(frozen=True)
@@ -375,6 +378,7 @@ class RolloutStore:
                 self._keys.active_rollouts(),
                 self._keys.rollout_name(project_id, name),
                 self._keys.rollout_events(rollout_id),
+                self._keys.project_deletion(project_id),
             ],
             args=[
                 rollout_id,
@@ -390,6 +394,8 @@ class RolloutStore:
         verdict = [str(part) for part in reply]
         if verdict[0] == "exists":
             return rollout_id, CreateOutcome(created=False, exists=True)
+        if verdict[0] == "project_deleting":
+            return rollout_id, CreateOutcome(created=False, project_deleting=True)
         if verdict[0] == "name_taken":
             return rollout_id, CreateOutcome(created=False, name_taken_by=verdict[1])
         if verdict[0] == "devices_taken":
@@ -725,7 +731,8 @@ class RolloutStore:
         rollout). When a result is about a rollout not in `rules`, nothing is written and
         `needed` names the rollouts to add. Otherwise every event is applied in order (as
         `transitions` applies them), each rollout heard from gets `last_result_ms = at_ms`,
-        and `outcomes` says what became of each result.
+        each device that answered a command sent to it gets its registry last_seen (at most
+        once every LAST_SEEN_EVERY_S), and `outcomes` says what became of each result.
         """
         if not results:
             return AppliedResults([], [])
@@ -737,6 +744,10 @@ class RolloutStore:
             keys.download_key(""),
             keys.command(""),
             json.dumps(reported, ensure_ascii=False),
+            # A result is word from its device: the registry's last_seen (store/devices.py).
+            keys.device(""),
+            LAST_SEEN_FIELD,
+            LAST_SEEN_EVERY_S,
         ]
         for rollout_id, rollout_rules in rules.items():
             args += (

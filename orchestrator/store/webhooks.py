@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar
 
 from orchestrator.store.keys import RedisKeys
-from orchestrator.store.redis import Redis, fields, members, translated
+from orchestrator.store.projects import project_write
+from orchestrator.store.redis import Pipeline, Redis, fields, members, translated
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,22 @@ class WebhookStore(ABC, Generic[W, D]):
     def _delivery(self, delivery_id: str, raw: Mapping[str, str]) -> D:
         """One delivery from its hash fields."""
 
+    async def _owned_besides(self, record: W, delivery_ids: list[str]) -> list[str]:
+        """Keys the record's deliveries own besides their own records (none)."""
+        return []
+
+    def _unlist(self, pipe: Pipeline, delivery_ids: list[str]) -> None:
+        """Take the deliveries out of any index besides the record's own (none)."""
+
     async def _add(self, record: W) -> W:
-        """Store a new record and list it in its project, in one transaction."""
-        async with self._redis.pipeline(transaction=True) as pipe:
+        """Store a new record and list it in its project, in one transaction; ProjectDeleting
+        once the project's deletion has begun."""
+        async with project_write(self._redis, self._keys, record.project_id) as pipe:
             pipe.hset(
                 self._key(record.id),
                 mapping={name: value for name, value in record.stored().items()},
             )
             pipe.zadd(self._index(record.project_id), {record.id: 0})
-            await pipe.execute()
         return record
 
     @translated
@@ -114,11 +122,16 @@ class WebhookStore(ABC, Generic[W, D]):
 
     @translated
     async def delete(self, record: W) -> None:
-        """Forget the record and the index of its deliveries; the deliveries themselves end
-        with their TTL."""
+        """Forget the record with its deliveries and what they own, in one transaction."""
+        index = self._deliveries_index(record.id)
+        ids = members(await self._redis.zrange(index, 0, -1))
+        doomed = [self._key(record.id), index]
+        doomed += [self._delivery_key(record.id, delivery_id) for delivery_id in ids]
+        doomed += await self._owned_besides(record, ids)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key(record.id), self._deliveries_index(record.id))
+            pipe.delete(*doomed)
             pipe.zrem(self._index(record.project_id), record.id)
+            self._unlist(pipe, ids)
             await pipe.execute()
 
     @translated

@@ -364,15 +364,18 @@ class DeviceProvisioner:
             _check(commands[1:], replies[1:])
         log.info("device provisioned on the broker", device_id=device_id)
 
-    async def deprovision(self, device_id: str) -> None:
-        """Delete the device's client (the plugin disconnects it) and role; idempotent."""
-        commands: list[Command] = [
-            {"command": "deleteClient", "username": device_id},
-            {"command": "deleteRole", "rolename": device_role(device_id)},
-        ]
+    async def deprovision(self, *device_ids: str) -> None:
+        """Delete the devices' clients (the plugin disconnects them) and roles; idempotent."""
+        commands: list[Command] = []
+        for device_id in device_ids:
+            commands += [
+                {"command": "deleteClient", "username": device_id},
+                {"command": "deleteRole", "rolename": device_role(device_id)},
+            ]
         replies = await self.client.execute(commands)
         _check(commands, replies, "Client not found", "Role not found")
-        log.info("device removed from the broker", device_id=device_id)
+        for device_id in device_ids:
+            log.info("device removed from the broker", device_id=device_id)
 
     async def set_password(self, device_id: str, token: str) -> None:
         """Give the device a new password; the plugin disconnects it, so it must log in again."""

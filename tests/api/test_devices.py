@@ -8,7 +8,9 @@ from typing import Any, cast
 import httpx
 
 from orchestrator.domain.auth import Scope
+from orchestrator.domain.devices import NEVER_SEEN
 from orchestrator.store import Stores
+from orchestrator.timeutil import epoch_ms, isoformat_z, utc_now
 from tests.conftest import Service
 
 SEED_DATA_KEYS = {
@@ -332,3 +334,180 @@ async def test_device_tokens_and_api_keys_are_stored_only_as_hashes(
     for secret in (*tokens, *api_keys):
         assert secret not in dump
         assert secret.removeprefix("QB_") not in dump
+
+
+async def test_a_device_calling_with_its_token_is_seen_and_get_shows_when(
+    service: Service,
+) -> None:
+    device = await service.create_device()
+    url = devices_url(service, device["id"])
+    assert (await service.client.get(url)).json()["data"]["last_seen"] == NEVER_SEEN
+    before = epoch_ms(isoformat_z(utc_now()))
+    async with httpx.AsyncClient(base_url=service.base_url) as device_client:
+        answer = await device_client.get(
+            "/v2/device/download",
+            params={"key": "dk_" + "k" * 32},
+            headers={"Authorization": f"Basic {device['metadata']['device_token']}"},
+        )
+    assert answer.status_code == 401  # the key is unknown; the token was accepted
+    last_seen = (await service.client.get(url)).json()["data"]["last_seen"]
+    seen_ms = epoch_ms(last_seen)
+    assert before is not None
+    assert seen_ms is not None
+    assert before <= seen_ms <= before + 60_000
+    listed = (await service.client.get(devices_url(service))).json()["data"]
+    assert [d["last_seen"] for d in listed] == [last_seen]
+
+
+# --- custom metadata ------------------------------------------------------------------------
+
+
+async def test_create_takes_custom_metadata_next_to_allowed_commands_and_reads_return_it(
+    service: Service,
+) -> None:
+    metadata = {"site": "berlin", "floor": "2", "allowed_commands": "reboot;download_firmware"}
+    created = await service.create_device(name="m", metadata=metadata)
+    assert created["metadata"] == {
+        "device_id": created["id"],
+        "device_token": created["metadata"]["device_token"],
+        **metadata,
+    }
+    url = devices_url(service, created["id"])
+    read = (await service.client.get(url)).json()["data"]["metadata"]
+    assert read == {"device_id": created["id"], "device_token": None, **metadata}
+    [listed] = (await service.client.get(devices_url(service))).json()["data"]
+    assert listed["metadata"] == read
+
+
+async def test_patch_merges_metadata_and_null_removes_a_key(service: Service) -> None:
+    created = await service.create_device(
+        metadata={"site": "berlin", "floor": "2", "allowed_commands": "reboot"}
+    )
+    url = devices_url(service, created["id"])
+    response = await service.client.patch(
+        url, json={"metadata": {"site": "paris", "floor": None, "room": "1"}}
+    )
+    assert response.status_code == 200, response.text
+    expected = {
+        "device_id": created["id"],
+        "device_token": None,
+        "allowed_commands": "reboot",
+        "site": "paris",
+        "room": "1",
+    }
+    assert response.json()["data"]["metadata"] == expected
+    assert (await service.client.get(url)).json()["data"]["metadata"] == expected
+    renamed = await service.client.patch(url, json={"name": "other"})
+    assert renamed.json()["data"]["metadata"] == expected
+
+
+async def test_metadata_past_its_limits_is_400_naming_the_key_and_the_limit(
+    service: Service,
+) -> None:
+    refused: list[tuple[dict[str, Any], str, str]] = [
+        ({"k" * 65: "v"}, "k" * 65, "64 characters"),
+        ({"site": "v" * 257}, "site", "256 characters"),
+        ({f"key-{i}": "v" for i in range(65)}, "key-64", "64 keys"),
+        ({"device_token": "mine"}, "device_token", "set by the service"),
+        ({"has space": "v"}, "has space", "without spaces"),
+        ({"site": 7}, "site", "string"),
+    ]
+    for metadata, key, limit in refused:
+        response = await service.client.post(
+            devices_url(service), json={"name": "d", "source": "mqtt", "metadata": metadata}
+        )
+        assert response.status_code == 400, (metadata, response.text)
+        body = response.json()
+        assert key in body["message"], body
+        assert limit in body["message"] + str(body["errors"]), body
+    assert (await service.client.get(devices_url(service))).json()["data"] == []
+
+
+async def test_a_patch_that_would_hold_too_many_keys_is_400_and_changes_nothing(
+    service: Service,
+) -> None:
+    created = await service.create_device(metadata={f"key-{i}": "v" for i in range(60)})
+    url = devices_url(service, created["id"])
+    response = await service.client.patch(
+        url, json={"name": "new", "metadata": {f"more-{i}": "v" for i in range(5)}}
+    )
+    assert response.status_code == 400, response.text
+    assert "64" in response.json()["message"]
+    read = (await service.client.get(url)).json()["data"]
+    assert read["name"] == created["name"]
+    assert len(read["metadata"]) == 60 + 3  # device_id, device_token, allowed_commands
+
+
+async def test_list_filters_by_metadata_and_several_filters_must_all_hold(
+    service: Service,
+) -> None:
+    berlin_2 = await service.create_device(metadata={"site": "berlin", "floor": "2"}, tags=["t"])
+    berlin_3 = await service.create_device(metadata={"site": "berlin", "floor": "3"})
+    await service.create_device(metadata={"site": "paris", "floor": "2"}, tags=["t"])
+    await service.create_device()
+
+    async def listed(*filters: str, **params: Any) -> list[str]:
+        ids: list[str] = []
+        cursor = None
+        while True:
+            query = [("metadata", f) for f in filters] + list(params.items())
+            if cursor:
+                query.append(("cursor", cursor))
+            response = await service.client.get(devices_url(service), params=query)
+            assert response.status_code == 200, response.text
+            ids += [d["id"] for d in response.json()["data"]]
+            cursor = response.json()["next_cursor"]
+            if cursor is None:
+                return ids
+
+    assert sorted(await listed("site:berlin")) == sorted([berlin_2["id"], berlin_3["id"]])
+    assert await listed("site:berlin", limit=1) == sorted([berlin_2["id"], berlin_3["id"]])
+    assert await listed("site:berlin", "floor:2") == [berlin_2["id"]]
+    assert await listed("floor:2", tag="t") == sorted(
+        d["id"]
+        for d in (await service.client.get(devices_url(service), params={"tag": "t"})).json()[
+            "data"
+        ]
+    )
+    assert await listed("site:rome") == []
+    assert await listed("site:berlin:east") == []  # the value may hold ':'
+
+
+async def test_a_malformed_metadata_filter_is_400_naming_it(service: Service) -> None:
+    for bad in ("site", ":berlin", "device_id:x"):
+        response = await service.client.get(devices_url(service), params={"metadata": bad})
+        assert response.status_code == 400, response.text
+        assert repr(bad) in response.json()["message"]
+        assert response.json()["errors"][0]["loc"] == "query.metadata"
+
+
+async def test_a_device_without_metadata_stores_nothing_for_it(service: Service) -> None:
+    created = await service.create_device(metadata={})
+    record = await service.stores.redis.hgetall(service.stores.keys.device(created["id"]))
+    assert not [name for name in record if str(name).startswith("@")]
+    assert set(record) == {"p", "n", "c", "k"}
+
+
+# --- the credentials Qubitro clients read ---------------------------------------------------
+
+
+async def test_create_answers_device_credentials_and_reads_never_a_token(
+    service: Service,
+) -> None:
+    response = await service.client.post(devices_url(service), json={"name": "q", "source": "mqtt"})
+    data = response.json()["data"]
+    assert data["device_credentials"] == {
+        "device_id": data["id"],
+        "device_token": data["metadata"]["device_token"],
+    }
+    token = data["device_credentials"]["device_token"]
+    url = devices_url(service, data["id"])
+    read = await service.client.get(url)
+    assert "device_credentials" not in read.json()["data"]
+    assert token not in read.text
+    rotated = (await service.client.post(f"{url}/token")).json()["data"]
+    assert rotated["device_credentials"] == {
+        "device_id": data["id"],
+        "device_token": rotated["metadata"]["device_token"],
+    }
+    assert rotated["device_credentials"]["device_token"] != token

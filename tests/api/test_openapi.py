@@ -10,7 +10,7 @@ from fastapi.routing import APIRoute
 from orchestrator.api.app import ROUTE_MODULES
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.commands import ALLOWED_COMMANDS, COMMAND_NAME
-from orchestrator.domain.devices import TAG
+from orchestrator.domain.devices import MAX_METADATA_ENTRIES, METADATA_KEY, TAG
 from orchestrator.domain.files import FILE_NAME
 from orchestrator.domain.notices import Notice
 from orchestrator.domain.states import DeviceState, RolloutState
@@ -22,6 +22,8 @@ CONTRACT_ROUTES = {
     ("POST", "/v2/projects"),
     ("GET", "/v2/projects"),
     ("GET", "/v2/projects/{project_id}"),
+    ("PATCH", "/v2/projects/{project_id}"),
+    ("DELETE", "/v2/projects/{project_id}"),
     ("POST", "/v2/projects/{project_id}/devices"),
     ("GET", "/v2/projects/{project_id}/devices"),
     ("GET", "/v2/projects/{project_id}/devices/{device_id}"),
@@ -99,6 +101,26 @@ async def test_device_create_and_command_document_400_with_error_body(
         assert responses[code]["content"]["application/json"]["schema"] == ERROR_BODY_REF
 
 
+async def test_project_bodies_follow_the_qubitro_docs(openapi: dict[str, Any]) -> None:
+    """docs.qubitro.com's project: name, description, tags; `created` for the Node.js SDK."""
+    schemas = openapi["components"]["schemas"]
+    tag = {"type": "string", "pattern": TAG.pattern}
+    for body in ("ProjectCreate", "ProjectPatch"):
+        assert set(schemas[body]["properties"]) == {"name", "description", "tags"}
+    assert schemas["ProjectCreate"]["required"] == ["name"]
+    assert schemas["ProjectCreate"]["properties"]["tags"]["items"] == tag
+    assert schemas["ProjectCreate"]["properties"]["description"]["maxLength"] == 500
+    assert set(schemas["ProjectOut"]["required"]) == {
+        "id",
+        "name",
+        "description",
+        "tags",
+        "created_at",
+        "created",
+        "deleting",
+    }
+
+
 async def test_the_error_body_schema_has_the_house_fields(openapi: dict[str, Any]) -> None:
     schemas = openapi["components"]["schemas"]
     error_body = schemas["ErrorBody"]
@@ -109,7 +131,8 @@ async def test_the_error_body_schema_has_the_house_fields(openapi: dict[str, Any
 
 
 async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -> None:
-    """Seed 003's device body, seed 000's command body and the required file `type`."""
+    """Seed 003's device body (and metadata), seed 000's command body and the required file
+    `type`."""
     ops = operations(openapi)
     schemas = openapi["components"]["schemas"]
     create = ops[("POST", "/v2/projects/{project_id}/devices")]
@@ -124,6 +147,7 @@ async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -
         "tags",
         "brand",
         "model",
+        "metadata",
     }
     assert device_create["properties"]["source"]["enum"] == ["http", "mqtt"]
     assert set(device_create["required"]) == {"name", "source"}
@@ -142,20 +166,31 @@ async def test_bodies_and_parameters_follow_the_seeds(openapi: dict[str, Any]) -
 @pytest.mark.parametrize(
     ("method", "path", "allow", "action"),
     [
-        ("OPTIONS", "/v2/projects", "GET, POST", "options projects"),
-        ("DELETE", "/v2/projects/{pid}", "GET", "delete project"),
+        ("OPTIONS", "/v2/projects", "GET, POST", "request"),
+        ("DELETE", "/v2/projects", "GET, POST", "delete projects"),
+        ("PATCH", "/v2/projects", "GET, POST", "update projects"),
+        ("PUT", "/v2/projects/{pid}", "DELETE, GET, PATCH", "replace project"),
+        ("POST", "/v2/projects/{pid}", "DELETE, GET, PATCH", "create project"),
+        ("OPTIONS", "/v2/projects/{pid}", "DELETE, GET, PATCH", "request"),
+        ("GET", "/v2/projects/{pid}/devices/d-1/token", "POST", "request"),
+        ("POST", "/v2/projects/{pid}/rollouts/r-1/devices", "GET", "create rollout device"),
+        ("PUT", "/v2/projects/{pid}/hooks/h-1/deliveries", "GET", "replace hook deliveries"),
         ("PUT", "/v2/projects/{pid}/devices/d-1", "DELETE, GET, PATCH", "replace device"),
-        ("OPTIONS", "/v2/projects/{pid}/devices", "GET, POST", "options devices"),
-        ("GET", "/v2/projects/{pid}/rollouts/r-1/pause", "POST", "get pause"),
+        ("OPTIONS", "/v2/projects/{pid}/devices", "GET, POST", "request"),
+        ("GET", "/v2/projects/{pid}/rollouts/r-1/pause", "POST", "request"),
         ("POST", "/v2/files", "GET", "create file"),
-        ("DELETE", "/healthz", "GET", "delete healthz"),
-        ("OPTIONS", "/openapi.json", "GET, HEAD", "options openapi.json"),
+        ("DELETE", "/healthz", "GET", "request"),
+        ("POST", "/metrics", "GET", "request"),
+        ("OPTIONS", "/openapi.json", "GET, HEAD", "request"),
     ],
 )
 async def test_a_method_the_path_lacks_is_405_with_allow_and_its_own_action(
     service: Service, method: str, path: str, allow: str, action: str
 ) -> None:
-    """405 lists every method of the path in Allow and names the method+resource asked for."""
+    """405 lists every method of the path in Allow and names what the method would do to the
+    path's resource, or the neutral 'request' where the path is no resource (an action, a
+    probe) or the method changes nothing; never another method's action (a DELETE of a project
+    was once 'get project')."""
     response = await service.client.request(method, path.format(pid=service.project_id))
     assert response.status_code == 405, response.text
     assert response.headers["allow"] == allow
@@ -225,6 +260,8 @@ async def test_each_operation_names_its_credentials_and_scope(openapi: dict[str,
     expected = {
         ("POST", "/v2/projects"): {"ApiKey": ["admin"]},
         ("GET", "/v2/projects"): {"ApiKey": []},
+        ("PATCH", "/v2/projects/{project_id}"): {"ApiKey": ["admin"]},
+        ("DELETE", "/v2/projects/{project_id}"): {"ApiKey": ["admin"]},
         ("GET", "/v2/projects/{project_id}/devices"): {"ApiKey": ["devices:read"]},
         ("PATCH", "/v2/projects/{project_id}/devices/{device_id}"): {"ApiKey": ["devices:write"]},
         ("POST", "/v2/projects/{project_id}/files"): {"ApiKey": ["files:write"]},
@@ -279,8 +316,13 @@ async def test_bodies_carry_their_patterns_and_media_types(openapi: dict[str, An
     assert command["then"]["properties"]["data"]["required"] == ["file_name"]
     tag = {"type": "string", "pattern": TAG.pattern}
     assert schemas["DeviceCreate"]["properties"]["tags"]["items"] == tag
-    patch = schemas["DeviceMetadataPatch"]["properties"]["allowed_commands"]
-    assert patch["pattern"] == ALLOWED_COMMANDS.pattern
+    for body, nullable in (("DeviceCreate", False), ("DevicePatch", True)):
+        metadata = schemas[body]["properties"]["metadata"]
+        metadata = metadata["anyOf"][0] if nullable else metadata
+        allowed = metadata["properties"]["allowed_commands"]
+        assert allowed["pattern"] == ALLOWED_COMMANDS.pattern
+        assert metadata["propertyNames"]["pattern"] == METADATA_KEY.pattern
+        assert metadata["else"] == {"maxProperties": MAX_METADATA_ENTRIES}
     events = schemas["NotificationCreate"]["properties"]["events"]["anyOf"][0]["items"]
     assert events["enum"] == [notice.value for notice in Notice]
     assert schemas["RolloutOut"]["properties"]["state"] == {

@@ -7,7 +7,8 @@ codes, content types, headers and bodies as documented; schema-valid input accep
 schema-invalid input refused; credentials enforced; 405 with `Allow` for other methods.
 
 The path ids name a real project, device, rollout, hook and subscription (deletes get objects of
-their own), so every route runs past its lookups. Ids and credentials only exist once the
+their own, the project delete a project with a device, a file and a subscription), so every
+route runs past its lookups. Ids and credentials only exist once the
 service runs, after collection has built part of the cases, so cases carry marks that the test
 swaps for the real values when it sends them.
 """
@@ -66,12 +67,15 @@ DOOMED = {  # what the DELETE operations delete
     "subscription_id": "doomed-subscription",
     "name": "doomed-file",
 }
+DOOMED_PROJECT = "doomed-project"  # what DELETE /v2/projects/{project_id} deletes
+DELETE_PROJECT = "DELETE /v2/projects/{project_id}"
 
 # What schema-valid requests may get besides schemathesis's own list (2xx, 401, 403, 404, 409):
 # - 400 where a body has rules JSON Schema cannot state (the message names the rule): a plan's
 #   cross-field rules and its files (rollouts, hook templates and deliveries), an upload's file
 #   name (in the part's header, not in a field), a URL's host, a secret's printable characters
-#   and base64 (notifications, hooks);
+#   and base64 (notifications, hooks), a device's custom metadata keys once a PATCH merges
+#   them into the stored ones (64 at most in all);
 # - 416 for a well-formed Range past the end of the file being downloaded.
 _SEMANTIC = ["2xx", 400, 401, 403, 404, 409, 413]
 ACCEPTED = {
@@ -80,6 +84,7 @@ ACCEPTED = {
     "POST /v2/projects/{project_id}/hooks": _SEMANTIC,
     "POST /v2/projects/{project_id}/notifications": _SEMANTIC,
     "POST /v2/hooks/{hook_id}": _SEMANTIC,
+    "PATCH /v2/projects/{project_id}/devices/{device_id}": _SEMANTIC,
     f"GET {DOWNLOAD}": ["2xx", 401, 403, 404, 409, 416],
     f"HEAD {DOWNLOAD}": ["2xx", 401, 403, 404, 409, 416],
 }
@@ -97,8 +102,10 @@ CONFIG = schemathesis.Config.from_dict(
             "no-shrink": True,  # a failing run stays bounded; the report has the curl to replay
         },
         "parameters": {f"path.{name}": mark for name, mark in IDS.items()} | {"query.key": KEY},
+        # The first entry that sets an option wins: the project delete gets a project of its own.
         "operations": [
-            {"include-method": "DELETE", "parameters": {f"path.{n}": m for n, m in DOOMED.items()}}
+            {"include-name": DELETE_PROJECT, "parameters": {"path.project_id": DOOMED_PROJECT}},
+            {"include-method": "DELETE", "parameters": {f"path.{n}": m for n, m in DOOMED.items()}},
         ]
         + [
             {
@@ -214,6 +221,12 @@ def _seed(service: ServiceThread, client: httpx.Client, admin_key: str) -> Live:
     hooks = [made("hooks", {"name": f"h{n}", "plan": PLAN.format(n="${version}")}) for n in (1, 2)]
     url = {"url": "https://example.com/ota"}
     subscriptions = [made("notifications", url) for _ in range(2)]
+    doomed_project = _data(client.post("/v2/projects", json={"name": "doomed"}), 201)["id"]
+    in_doomed = f"/v2/projects/{doomed_project}"
+    _data(client.post(f"{in_doomed}/devices", json={"name": "d", "source": "mqtt"}), 201)
+    form = {"type": "firmware"}
+    _data(client.post(f"{in_doomed}/files", files={"file": (FIRMWARE, b"x" * 64)}, data=form), 201)
+    _data(client.post(f"{in_doomed}/notifications", json=url), 201)
     downloader = devices[-1]  # no operation's path names it: its token stays
     key = service.run(
         service.stores.download_keys.issue(
@@ -244,7 +257,8 @@ def _seed(service: ServiceThread, client: httpx.Client, admin_key: str) -> Live:
         device_token=downloader["metadata"]["device_token"],
         key=key.key,
         ids={IDS[name]: value for name, value in real.items()}
-        | {DOOMED[name]: value for name, value in doomed.items()},
+        | {DOOMED[name]: value for name, value in doomed.items()}
+        | {DOOMED_PROJECT: doomed_project},
     )
 
 

@@ -112,6 +112,35 @@ async def test_projects_create_prints_only_the_id(
     assert project.name == "fleet"
 
 
+async def test_projects_create_takes_a_description_and_tags(
+    redis_env: dict[str, str], stores: Stores
+) -> None:
+    result = run_ota(
+        "projects",
+        "create",
+        "--name",
+        "fleet",
+        "--description",
+        "Production fleet",
+        "--tag",
+        "production",
+        "--tag",
+        "eu_west",
+        env=redis_env,
+    )
+    assert result.returncode == 0, result.stderr
+    project = await stores.projects.get(result.stdout.strip())
+    assert project is not None
+    assert (project.description, project.tags) == ("Production fleet", ["production", "eu_west"])
+
+
+def test_projects_create_refuses_a_bad_tag_naming_it(redis_env: dict[str, str]) -> None:
+    result = run_ota("projects", "create", "--name", "x", "--tag", "a b", env=redis_env)
+    assert result.returncode != 0
+    assert "'a b'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_bad_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:
     result = run_ota("projects", "create", "--name", "x", env={"OTA_REDIS_URL": "http://nowhere"})
     assert result.returncode == 2

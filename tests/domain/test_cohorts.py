@@ -155,3 +155,17 @@ def test_a_cohort_built_a_page_at_a_time_is_the_cohort_selected_at_once() -> Non
         ExclusionReason.NOT_FOUND,
     }
     assert sum(e.reason == ExclusionReason.NOT_FOUND for e in at_once.exclusions) == 1250
+
+
+def test_a_metadata_target_takes_only_devices_holding_every_pair() -> None:
+    fleet = [
+        device("berlin-2", metadata={"site": "berlin", "floor": "2"}),
+        device("berlin-3", metadata={"site": "berlin", "floor": "3"}),
+        device("paris-2", metadata={"site": "paris", "floor": "2"}),
+        device("none"),
+    ]
+    berlin = TargetSpec(metadata={"site": "berlin"})
+    assert sorted(select("r", berlin, fleet).device_ids) == ["berlin-2", "berlin-3"]
+    both = TargetSpec(metadata={"site": "berlin", "floor": "2"}, brand="Acme")
+    assert select("r", both, fleet).device_ids == ["berlin-2"]
+    assert select("r", TargetSpec(metadata={"site": ""}), fleet).device_ids == []

@@ -20,7 +20,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from orchestrator.domain.devices import TAG
+from orchestrator.domain.devices import (
+    ALLOWED_COMMANDS_KEY,
+    MAX_METADATA_VALUE_CHARS,
+    RESERVED_METADATA_KEYS,
+    TAG,
+)
 from orchestrator.domain.plans import (
     ACK_TIMEOUT_S,
     DEVICE_TIMEOUT_S,
@@ -101,6 +106,20 @@ WRITTEN: dict[str, Key] = {
     "target.model": (TEXT, same),
     "target.devices": (st.lists(TEXT, max_size=4), same),
     "target.exclude": (st.lists(TEXT, max_size=4), same),
+    "target.metadata": (
+        st.dictionaries(
+            # printable ASCII keys (METADATA_KEY takes more) and values, so the dump is plain
+            st.from_regex(r"[!-9;-~]{1,64}", fullmatch=True).filter(
+                lambda key: key not in {*RESERVED_METADATA_KEYS, ALLOWED_COMMANDS_KEY}
+            ),
+            st.text(
+                st.characters(min_codepoint=0x20, max_codepoint=0x7E),
+                max_size=MAX_METADATA_VALUE_CHARS,
+            ),
+            max_size=4,
+        ),
+        same,
+    ),
     "waves": (st.just([{"percent": 100}]), None),
     "waves[].name": (names(64), same),
     "waves[].devices": (COUNTS, same),

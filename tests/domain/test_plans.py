@@ -908,3 +908,50 @@ def test_a_firmware_version_with_a_control_character_is_refused(version: str) ->
     """A trailing newline once slipped past the version check."""
     text = f"name: a\nfirmware: {{file: fw.bin, version: {version}}}\nwaves: [{{percent: 100}}]\n"
     assert "firmware.version" in only_problem(text)
+
+
+# -- target.metadata -----------------------------------------------------------------------------
+
+
+def test_a_target_selects_on_custom_metadata_and_keeps_values_as_written() -> None:
+    plan = parse_plan(SMALL + "target:\n  metadata: {site: berlin, floor: 2, rev: 2.10}\n")
+    assert plan.target.metadata == {"site": "berlin", "floor": "2", "rev": "2.10"}
+    assert parse_plan(SMALL).target.metadata == {}
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        (
+            "{site: [a, b]}",
+            "rollout.yaml:10:20: target.metadata.site must be text, got a list",
+        ),
+        (
+            "{site: " + "v" * 257 + "}",
+            "rollout.yaml:10:20: target.metadata.site must be at most 256 characters, got 257",
+        ),
+        (
+            "{'a b': x}",
+            "rollout.yaml:10:14: target.metadata key 'a b' must be 1 to 64 characters "
+            "without spaces or ':', got 'a b'",
+        ),
+        (
+            "{allowed_commands: reboot}",
+            "rollout.yaml:10:14: target.metadata key 'allowed_commands' is not custom metadata; "
+            "select devices by their custom keys, got 'allowed_commands'",
+        ),
+        ("{site: null}", "rollout.yaml:10:20: target.metadata.site must be text, got nothing"),
+        ("[site]", "rollout.yaml:10:13: target.metadata must be a mapping, got a list"),
+    ],
+)
+def test_bad_target_metadata_is_located_and_says_what_is_allowed(
+    metadata: str, expected: str
+) -> None:
+    assert only_problem(SMALL + f"target:\n  metadata: {metadata}\n") == expected
+
+
+def test_a_target_with_more_metadata_keys_than_devices_hold_is_refused() -> None:
+    pairs = ", ".join(f"k{i}: v" for i in range(65))
+    assert only_problem(SMALL + f"target:\n  metadata: {{{pairs}}}\n") == (
+        "rollout.yaml:10:13: target.metadata must have at most 64 items, got 65"
+    )

@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 
 from orchestrator.client import ApiClient
 from orchestrator.domain.auth import Scope
+from orchestrator.domain.devices import NEVER_SEEN
 from orchestrator.embedded import free_port
 from orchestrator.service import embedded_servers, start_serving
 from orchestrator.settings import Settings
@@ -188,6 +189,24 @@ async def test_a_device_logged_in_as_itself_gets_its_commands_at_qos_2_also_whil
     assert (message.topic.value, message.qos) == (f"{device_id}/control/reboot", 2)
     assert isinstance(message.payload, bytes)
     assert json.loads(message.payload)["command_id"] == queued
+
+
+async def test_a_device_answering_a_command_is_seen_by_the_service(edge: Service) -> None:
+    """Its token (54 characters, carrying its id) is its broker password, and its result on
+    the command's result topic moves its last_seen."""
+    device_id, token = await _new_device(edge)
+    url = f"/v2/projects/{edge.project_id}/devices/{device_id}"
+    assert (await edge.client.get(url)).json()["data"]["last_seen"] == NEVER_SEEN
+    async with _listening(edge, device_id, token) as device:
+        command_id = await _send(edge, device_id, "reboot")
+        await _next(device)
+        result = {"command_id": command_id, "status": "success"}
+        await device.publish(f"{device_id}/control/reboot/result", json.dumps(result), qos=1)
+
+    async def seen() -> bool:
+        return bool((await edge.client.get(url)).json()["data"]["last_seen"] != NEVER_SEEN)
+
+    await wait_for(seen)
 
 
 async def test_a_device_reads_nothing_of_another_device(edge: Service) -> None:

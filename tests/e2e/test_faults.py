@@ -1,4 +1,5 @@
-"""Rollouts under faults: engine kill -9s, broker and Redis restarts, garbage on result topics.
+"""Rollouts under faults: engine kill -9s, broker and Redis restarts, a device that stalls
+mid-download, garbage on result topics.
 
 One broker restart keeps its saved sessions and queues, another comes back without them (the
 file lost): the engine sends the same command again to devices that went silent, and devices
@@ -10,18 +11,26 @@ simulator: one persistent MQTT session each, results at QoS 1, downloads from th
 resume, a repeated command id answered with its last result (ARCHITECTURE §5). Redis (AOF on)
 and Mosquitto (persistence on) are the test's own, restarted in order on their ports.
 
-Each run is seeded: the order of the faults and the pauses between them follow the seed.
-CI runs one; `make soak` runs OTA_FAULT_RUNS of them (OTA_FAULT_DEVICES devices each).
+A device stalls mid-download: it stops reading part-way through the firmware and either holds
+its connection open or hangs up, for seconds. The service ends the stalled transfer and frees
+the key's claim without spending it; the device resumes with Range on the same key.
+
+Each run is seeded: the order of the faults and the pauses between them follow the seed, and
+so do which device stalls (its place in the rollout's order, so when), how far it gets, how
+long it stalls and whether it hangs up. CI runs one; `make soak` runs OTA_FAULT_RUNS of them
+(OTA_FAULT_DEVICES devices each).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
@@ -30,14 +39,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator.client import ApiClient
+from orchestrator.domain.cohorts import order_key
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.settings import Settings
-from orchestrator.simulator.behaviour import Behaviour
+from orchestrator.simulator.behaviour import Behaviour, Stall
+from orchestrator.simulator.device import SimulatedDevice
 from orchestrator.simulator.fleet import Fleet as SimulatedFleet
+from orchestrator.store import download_keys
 from tests.conftest import Service, wait_for
 from tests.e2e.engines import EngineProcess, Engines
 from tests.e2e.servers import RestartableRedis, own_redis, redis_url
 from tests.e2e.test_rollouts import view, wait_state
+from tests.e2e.test_stalls import FIRMWARE, STALL_LEASE_MS, key_events
 
 __all__ = ["own_redis", "redis_url"]  # every part of the service on the restartable Redis
 
@@ -45,9 +58,8 @@ pytestmark = pytest.mark.faults
 
 RUNS = int(os.environ.get("OTA_FAULT_RUNS", "1"))
 DEVICES = int(os.environ.get("OTA_FAULT_DEVICES", "30"))
-FIRMWARE = os.urandom(48 * 1024)
 PLAN = """
-name: under-faults-{seed}
+name: {name}
 firmware: {{file: fw_3.0.0.bin, version: 3.0.0}}
 waves: [{{name: canary, percent: 20}}, {{percent: 100}}]
 policy:
@@ -81,6 +93,17 @@ async def publish_garbage(broker: EmbeddedBroker, device_id: str) -> int:
     return len(GARBAGE)
 
 
+def seeded_stall(
+    seed: int, rollout_name: str, devices: Sequence[SimulatedDevice]
+) -> tuple[int, SimulatedDevice, Stall]:
+    """The device at a place in the rollout's order the seed picks, and how it stalls."""
+    rng = random.Random(f"{seed}:stall")  # its own draws: the other faults keep theirs
+    order = sorted(devices, key=lambda device: order_key(rollout_name, device.id))
+    position = rng.randrange(len(order))
+    stall = Stall(at=rng.uniform(0.1, 0.3), for_s=rng.uniform(3.0, 5.0), hangup=rng.random() < 0.5)
+    return position, order[position], stall
+
+
 def wipe_persistence(broker: EmbeddedBroker) -> None:
     """Delete the stopped broker's saved sessions and queues."""
     for saved in broker.data_dir.glob("*.db"):
@@ -112,8 +135,11 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     mqtt_broker: EmbeddedBroker,
     own_redis: RestartableRedis,
     engines: Engines,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     rng = random.Random(seed)
+    name = f"under-faults-{seed}"
+    monkeypatch.setattr(download_keys, "CLAIM_LEASE_MS", STALL_LEASE_MS)
     assert (await service.upload("fw_3.0.0.bin", FIRMWARE)).status_code == 201
     api = ApiClient(service.base_url, service.admin_key, service.project_id)
     fleet = SimulatedFleet(
@@ -125,10 +151,12 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     )
     async with api, fleet:
         await fleet.start(DEVICES)
+        position, stalled, stall = seeded_stall(seed, name, fleet.devices)
+        stalled.stall_next_download(stall)
         engine = await engines.start(f"fault-{seed}")
         response = await service.client.post(
             f"/v2/projects/{service.project_id}/rollouts",
-            content=PLAN.format(seed=seed),
+            content=PLAN.format(name=name),
             headers={"Content-Type": "application/yaml"},
         )
         assert response.status_code == 201, response.text
@@ -171,6 +199,7 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
 
     context: dict[str, Any] = {
         "faults": done_faults,
+        "stall": {"position": position, "device": stalled.id, **dataclasses.asdict(stall)},
         "reason": done["reason"],
         "counts": {state: n for state, n in done["counts"].items() if n},
         "fleet": {"commands": stats.commands, "duplicates": stats.duplicates},
@@ -185,6 +214,14 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     several = {r.get("command_id"): r.get("attempts") for r in records if r.get("attempts") != "1"}
     assert not several, f"devices given more than one command id: {several}; {context}"
     assert stats.commands == DEVICES, f"a device obeyed a command twice; {context}"
+    assert stats.stalled_downloads == 1, context
+    [stalled_record] = [r for d, r in zip(fleet.devices, records, strict=True) if d is stalled]
+    events = await key_events(service, stalled_record["key"])
+    # The service ended (or saw the end of) the stalled transfer without spending the key, and
+    # the device came back to it: a second claim, and at most one delivery (a Redis restart
+    # during the last transfer's release may leave it unspent; success revokes it then).
+    assert events.count("claimed") >= 2, {**context, "key events": events}
+    assert events.count("delivered") <= 1, {**context, "key events": events}
     ignored: dict[str, float] = {}
 
     async def garbage_counted() -> bool:

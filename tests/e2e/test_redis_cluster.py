@@ -1,5 +1,5 @@
-"""Rollouts, hooks, notifications and the compaction of finished rollouts on a real three-node
-Redis Cluster.
+"""Rollouts, hooks, notifications, the compaction of finished rollouts and project deletion
+on a real three-node Redis Cluster.
 
 Every key carries the prefix's hash tag (`{…}`), so each script and MULTI stays in one slot
 and Cluster runs it; the cluster adds failover, not sharding of one installation.
@@ -17,6 +17,9 @@ import pytest
 
 from orchestrator.embedded import free_port
 from orchestrator.settings import Settings
+from tests.api.test_projects import (  # noqa: F401 - tests collected here again
+    test_a_deletion_cut_short_refuses_new_things_and_a_repeated_delete_finishes_it,
+)
 from tests.e2e.test_hooks import (  # noqa: F401 - tests collected here again
     receiver,
     test_a_signed_delivery_starts_a_rollout_that_completes_and_a_repeat_starts_nothing,

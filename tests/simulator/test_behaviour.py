@@ -13,9 +13,11 @@ from orchestrator.simulator import (
     BookError,
     DeviceBook,
     DeviceIdentity,
+    Stall,
     parse_fail_version,
     parse_latency,
     parse_rate,
+    parse_stall,
 )
 from orchestrator.simulator.behaviour import device_random
 
@@ -54,6 +56,19 @@ def test_fail_version_is_version_equals_rate() -> None:
         parse_fail_version("1.2.0=3")
 
 
+def test_a_stall_is_where_for_how_long_and_whether_the_device_hangs_up() -> None:
+    assert parse_stall("30%", 90) == Stall(at=0.3, for_s=90.0)
+    assert parse_stall("0", 0, hangup=True) == Stall(at=0.0, for_s=0.0, hangup=True)
+    assert Stall(at=0.25).byte(1000) == 250
+    with pytest.raises(ValueError, match=r"--stall-at must be below 1 \(100%\).*got '100%'"):
+        parse_stall("100%", 90)
+    with pytest.raises(ValueError, match="--stall-at must be a fraction between 0 and 1"):
+        parse_stall("half", 90)
+    for seconds in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="--stall-for must be 0 or more seconds, like 90"):
+            parse_stall("30%", seconds)
+
+
 def test_behaviour_refuses_impossible_values() -> None:
     with pytest.raises(ValueError, match=r"fail_rate must be between 0 and 1, got 1\.5"):
         Behaviour(fail_rate=1.5)
@@ -61,6 +76,12 @@ def test_behaviour_refuses_impossible_values() -> None:
         Behaviour(fail_versions={"1.0": -1.0})
     with pytest.raises(ValueError, match="latency_s"):
         Behaviour(latency_s=(2.0, 1.0))
+    with pytest.raises(ValueError, match=r"stall_rate must be between 0 and 1, got 2\.0"):
+        Behaviour(stall_rate=2.0)
+    with pytest.raises(ValueError, match=r"stall\.at must be a fraction .*got 1\.0"):
+        Stall(at=1.0)
+    with pytest.raises(ValueError, match=r"stall\.for_s must be 0 or more seconds, got -1"):
+        Stall(for_s=-1)
 
 
 def test_a_version_rate_comes_on_top_of_the_fail_rate() -> None:

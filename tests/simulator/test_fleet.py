@@ -17,7 +17,8 @@ import pytest
 
 from orchestrator.client import ApiClient
 from orchestrator.embedded import EmbeddedBroker
-from orchestrator.simulator import Behaviour, DeviceBook, Fleet
+from orchestrator.simulator import Behaviour, DeviceBook, Fleet, FleetStats, Stall
+from orchestrator.store import download_keys
 from tests.conftest import Service, wait_for
 
 FINAL = {"success", "failed", "rejected"}
@@ -280,12 +281,17 @@ async def test_wrong_version_reports_success_with_another_version(
     assert results[-1]["version"] not in (None, "5.0.0")
 
 
-async def test_broken_download_resumes_with_range_and_still_verifies(
-    start_fleet: StartFleet, service: Service, api: ApiClient, watcher: Watcher
-) -> None:
-    fleet = await start_fleet(1, Behaviour(broken_download_rate=1.0))
-    content = os.urandom(LARGE)
-    name = await upload(service, content)
+async def take_large_firmware(
+    start_fleet: StartFleet,
+    behaviour: Behaviour,
+    service: Service,
+    api: ApiClient,
+    watcher: Watcher,
+) -> tuple[FleetStats, int]:
+    """One device that behaves so takes a LARGE firmware and succeeds; the fleet's stats and
+    how many transfers claimed the key, once the key is spent."""
+    fleet = await start_fleet(1, behaviour)
+    name = await upload(service, os.urandom(LARGE))
 
     command_id = await send(
         api, fleet.devices[0].id, "download_firmware", file_name=name, version="6.0.0"
@@ -293,17 +299,46 @@ async def test_broken_download_resumes_with_range_and_still_verifies(
     results = await watcher.final(command_id, timeout_s=30)
 
     assert statuses(results) == ["received", "downloading", "installing", "success"]
-    stats = fleet.stats
+    key = watcher.commands[command_id]["url"].rsplit("key=", 1)[1]
+    await key_spent(service, key)
+    claims = await service.stores.redis.hget(service.stores.keys.download_key(key), "claims")
+    assert claims is not None
+    return fleet.stats, int(claims)
+
+
+async def test_broken_download_resumes_with_range_and_still_verifies(
+    start_fleet: StartFleet, service: Service, api: ApiClient, watcher: Watcher
+) -> None:
+    behaviour = Behaviour(broken_download_rate=1.0)
+    stats, claims = await take_large_firmware(start_fleet, behaviour, service, api, watcher)
+
     assert stats.resumed_downloads == 1
     assert stats.bytes_downloaded == LARGE  # half, then the other half: nothing twice
     assert stats.checksum_failures == 0
     # The service handed the key out twice (the broken transfer, then the Range request)
     # and counts one whole delivery.
-    key = watcher.commands[command_id]["url"].rsplit("key=", 1)[1]
-    await key_spent(service, key)
-    claims = await service.stores.redis.hget(service.stores.keys.download_key(key), "claims")
-    assert claims is not None
-    assert int(claims) == 2
+    assert claims == 2
+
+
+@pytest.mark.parametrize("hangup", [False, True], ids=["held-open", "hung-up"])
+async def test_a_stalled_download_resumes_on_the_same_key_and_still_verifies(
+    hangup: bool,
+    start_fleet: StartFleet,
+    service: Service,
+    api: ApiClient,
+    watcher: Watcher,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The device stops reading a quarter of the way for 2 s; the service ends a transfer that
+    sends nothing for half its claim lease (0.75 s here), so the device comes back with Range."""
+    monkeypatch.setattr(download_keys, "CLAIM_LEASE_MS", 1500)
+    behaviour = Behaviour(stall_rate=1.0, stall=Stall(at=0.25, for_s=2.0, hangup=hangup))
+    stats, claims = await take_large_firmware(start_fleet, behaviour, service, api, watcher)
+
+    assert stats.stalled_downloads == 1
+    assert stats.resumed_downloads == 1
+    assert stats.checksum_failures == stats.size_mismatches == 0
+    assert claims == 2  # the stalled transfer, then the resume: one key, spent once
 
 
 async def test_download_logo_is_answered_like_firmware(

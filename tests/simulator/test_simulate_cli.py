@@ -55,6 +55,9 @@ def simulate_app() -> typer.Typer:
         (["--devices", "-1"], "error: --devices must be 0 or more, got -1"),
         (["--duration", "0"], "error: --duration must be a number of seconds above 0"),
         (["--mqtt-version", "4"], "error: --mqtt-version must be 5.0 or 3.1.1, got '4'"),
+        (["--stall", "-5%"], "error: --stall must be a fraction between 0 and 1"),
+        (["--stall-at", "100%"], "error: --stall-at must be below 1 (100%)"),
+        (["--stall-for", "-1"], "error: --stall-for must be 0 or more seconds, like 90, got -1"),
     ],
 )
 def test_a_bad_option_is_one_line_naming_the_value_and_exit_2(

@@ -13,7 +13,7 @@ import asyncio
 import json
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -36,35 +36,21 @@ from orchestrator.transport.dynsec import (
     device_role,
     reconciling,
 )
-from tests.conftest import Service, _serve, stored_device, wait_for
+from tests.conftest import Service, _serve, on_dynsec, stored_device, wait_for
 
 CUT_OFF_TIMEOUT_S = 10.0
-
-
-@pytest.fixture(scope="module")
-def dynsec_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    """Mosquitto with the dynamic-security plugin; the service account is in its `url`."""
-    data_dir = tmp_path_factory.mktemp("dynsec")
-    with EmbeddedBroker(data_dir, kind="mosquitto", dynsec=True).start() as broker:
-        yield broker
 
 
 @pytest.fixture
 def settings(settings: Settings, dynsec_broker: EmbeddedBroker) -> Settings:
     """The test's settings on the dynamic-security broker, with provisioning on."""
-    return settings.model_copy(
-        update={"mqtt_url": dynsec_broker.url, "mqtt_version": "5.0", "mqtt_provision": "dynsec"}
-    )
+    return on_dynsec(settings, dynsec_broker)
 
 
 @pytest.fixture
-async def admin(dynsec_broker: EmbeddedBroker) -> AsyncIterator[DynsecClient]:
-    """A plugin client of our own, to look at what the service did."""
-    client = DynsecClient(dynsec_broker.url, client_id=f"test-admin-{uuid.uuid4().hex[:8]}")
-    await client.start()
-    assert await client.wait_ready(10.0)
-    yield client
-    await client.stop()
+def admin(dynsec_admin: DynsecClient) -> DynsecClient:
+    """The plugin client of our own (tests/conftest.py), to look at what the service did."""
+    return dynsec_admin
 
 
 async def _get_client(admin: DynsecClient, username: str) -> DynsecReply:

@@ -1,7 +1,12 @@
--- Register an uploaded file unless its name is taken (firmware is immutable).
--- KEYS[1] file hash, KEYS[2] project files index, KEYS[3] all files index
+-- Register an uploaded file unless its name is taken (firmware is immutable) or the project's
+-- deletion has begun.
+-- KEYS[1] file hash, KEYS[2] project files index, KEYS[3] all files index, KEYS[4] the
+-- project's deletion record
 -- ARGV[1] name, ARGV[2] project id, ARGV[3..] field, value pairs
--- Returns 1 when registered, 0 when the name exists.
+-- Returns 1 when registered, 0 when the name exists, -1 when the project is being deleted.
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  return -1
+end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end

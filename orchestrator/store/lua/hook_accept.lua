@@ -6,11 +6,15 @@
 -- KEYS[4] (optional) the signed body's record
 -- ARGV[1] rollout id for a new delivery, ARGV[2] TTL s, ARGV[3] now ms, ARGV[4] delivery id,
 -- ARGV[5] delivery fields (JSON object), ARGV[6] request fields (JSON object, rollout_id is
--- added), ARGV[7] deliveries kept in the index, ARGV[8] stream entries kept (approximate)
--- Returns {rollout id, '1' when new or '0' for a repeat}
+-- added), ARGV[7] deliveries kept in the index, ARGV[8] stream entries kept (approximate),
+-- ARGV[9] the hook's hash (a hook deleted meanwhile, alone or with its project, takes none)
+-- Returns {rollout id, '1' when new or '0' for a repeat} or {'', 'gone'}
 local known = redis.call('HGET', KEYS[1], 'rollout_id')
 if known then
   return {known, '0'}
+end
+if redis.call('EXISTS', ARGV[9]) == 0 then
+  return {'', 'gone'}
 end
 if KEYS[4] then
   local signed = redis.call('GET', KEYS[4])

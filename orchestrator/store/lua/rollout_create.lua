@@ -1,13 +1,19 @@
--- Create a rollout with its cohort, atomically: the name and every device must be free.
+-- Create a rollout with its cohort, atomically: the name and every device must be free, and
+-- the project's deletion must not have begun.
 -- KEYS[1] rollout hash, KEYS[2] order list, KEYS[3] counts hash, KEYS[4] project rollouts zset,
--- KEYS[5] active rollouts set, KEYS[6] name key, KEYS[7] events list
+-- KEYS[5] active rollouts set, KEYS[6] name key, KEYS[7] events list, KEYS[8] the project's
+-- deletion record
 -- ARGV[1] rollout id, ARGV[2] device hash prefix, ARGV[3] device lock prefix, ARGV[4] created ms,
 -- ARGV[5] rollout fields (JSON object), ARGV[6] wave reach (JSON list), ARGV[7] event (JSON),
 -- ARGV[8..] device ids in wave order
--- Returns {'ok'} | {'exists'} | {'name_taken', other rollout id} | {'devices_taken', id, ...}
+-- Returns {'ok'} | {'exists'} | {'project_deleting'} | {'name_taken', other rollout id} |
+-- {'devices_taken', id, ...}
 local rid = ARGV[1]
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'exists'}
+end
+if redis.call('EXISTS', KEYS[8]) == 1 then
+  return {'project_deleting'}
 end
 local holder = redis.call('GET', KEYS[6])
 if holder then

@@ -19,8 +19,11 @@
 -- 'results': device results, each matched to its command record and turned into an event by
 -- its rollout's rules. ARGV[4] command record key prefix, ARGV[5] the results as one JSON list
 -- of [command id, device id, status, version ('' when none)] (one argument rather than four
--- per result: packing arguments is a large part of the caller's work), then pairs of (rollout
--- id, rules JSON, '' when there is no such rollout). Rules JSON:
+-- per result: packing arguments is a large part of the caller's work), ARGV[6] the registry's
+-- device record key prefix, ARGV[7] its last_seen field, ARGV[8] the seconds between two
+-- last_seen writes, then pairs of (rollout id, rules JSON, '' when there is no such rollout).
+-- A result on the topic of the device its command went to is word from that device: its
+-- registry record's last_seen becomes now (in seconds) when it is that much older. Rules JSON:
 --   {"keys": {"rollout", "device" (prefix of device hashes), "counts", "deadlines", "retry"},
 --    "events": {name: {"transitions", "deadline", "failure", "field", "extra", "retries"}},
 --    "kinds": {command kind: status rules}, "default": status rules}
@@ -182,11 +185,26 @@ local function events()
   return outcomes
 end
 
+-- The registry record of a device the service heard from (never made when missing).
+local function seen(key, field, now_s, every_s)
+  local at = redis.call('HGET', key, field)
+  if at then
+    if now_s - (tonumber(at) or 0) < every_s then
+      return
+    end
+  elseif redis.call('EXISTS', key) == 0 then
+    return
+  end
+  redis.call('HSET', key, field, now_s)
+end
+
 local function results()
   local command_prefix = ARGV[4]
   local reported = cjson.decode(ARGV[5])
+  local registry, seen_field, seen_every_s = ARGV[6], ARGV[7], tonumber(ARGV[8])
+  local now_s = math.floor(tonumber(now) / 1000)
   local given = {}  -- rollout id -> rules JSON ('' = no such rollout)
-  for at = 6, #ARGV, 2 do
+  for at = 9, #ARGV, 2 do
     given[ARGV[at]] = ARGV[at + 1]
   end
   -- Read every record first: a rollout without rules means no write at all.
@@ -217,6 +235,9 @@ local function results()
     local command_id, device_id, status, version = result[1], result[2], result[3], result[4]
     local sent_to, command, rollout_id = record[1], record[2] or '', record[3] or ''
     local sent_at = record[5] or ''
+    if sent_to == device_id then
+      seen(registry .. device_id, seen_field, now_s, seen_every_s)
+    end
     local reply
     if not (record[1] or record[2] or record[3] or record[4] or record[5]) then
       reply = {'unknown_command', '', '', '', '', ''}
