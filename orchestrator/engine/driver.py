@@ -47,7 +47,8 @@ from orchestrator.engine.context import EngineContext
 from orchestrator.engine.sender import COMMAND, CommandSender, changed_since_pinned
 from orchestrator.errors import OrchestratorError
 from orchestrator.store.download_keys import DownloadKey
-from orchestrator.store.rollouts import Grant, RolloutRecord
+from orchestrator.store.rollout_devices import Grant
+from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.supervisor import backoff_s
 from orchestrator.timeutil import isoformat_z, utc_now
 
@@ -74,6 +75,8 @@ class RolloutDriver:
         self.rollout_id = rollout_id
         self._context = context
         self._store = context.stores.rollouts
+        self._devices = context.stores.rollout_devices
+        self._leases = context.stores.leases
         self._owner = context.settings.instance_id
         self._bucket = Bucket(0.0, context.clock_ms())
         self._stopping = asyncio.Event()
@@ -98,7 +101,7 @@ class RolloutDriver:
         given_up: tuple[str, str] | None = None  # (state, updated_at) when the engine gave up
         try:
             while not self._stopping.is_set():
-                if not await self._store.acquire_lease(self.rollout_id, self._owner, LEASE_MS):
+                if not await self._leases.acquire(self.rollout_id, self._owner, LEASE_MS):
                     self.log.info("lease lost; another replica drives the rollout")
                     return
                 pause_s = TICK_S
@@ -138,7 +141,7 @@ class RolloutDriver:
             # the lease goes: the next holder must not re-send what is still on its way.
             await self._sender.drain()
             with contextlib.suppress(OrchestratorError):
-                await self._store.release_lease(self.rollout_id, self._owner)
+                await self._leases.release(self.rollout_id, self._owner)
 
     async def step(self) -> bool:
         """One look at the rollout; False once there is nothing left to do.
@@ -206,7 +209,7 @@ class RolloutDriver:
             )
             event = _note(AuditAction.ENGINE_GAVE_UP)
             details = {"state": record.state.value}
-            await self._store.add_event(
+            await self._context.stores.audit.add(
                 self.rollout_id,
                 {**event, "reason": reason, "details": details},
                 fields={"reason": reason},
@@ -258,13 +261,13 @@ class RolloutDriver:
                     self._bucket = bucket
             case WaveDone(at_ms=at_ms, reason=reason, bake_s=bake_s):
                 event = _note(AuditAction.WAVE_DONE)
-                await self._store.add_event(
+                await self._context.stores.audit.add(
                     self.rollout_id, {**event, "reason": reason}, fields={"wave_done_at_ms": at_ms}
                 )
                 self._again = not bake_s  # nothing to bake: judge at once
             case Advance(wave=wave, reason=reason, figures=numbers, approval=approval):
                 event = _note(AuditAction.WAVE_STARTED)
-                await self._store.add_event(
+                await self._context.stores.audit.add(
                     self.rollout_id,
                     {**event, "reason": reason, "details": numbers},
                     fields={"wave": wave, "wave_done_at_ms": 0},
@@ -303,7 +306,7 @@ class RolloutDriver:
             await self._change(record, RolloutAction.HALT, changed)
             return
         await self._sender.wait_for_room()
-        sent = await self._store.dispatch(
+        sent = await self._devices.dispatch(
             self.rollout_id,
             count=step.count,
             reach=step.reach,
@@ -344,14 +347,14 @@ class RolloutDriver:
 
     async def _sweep(self, record: RolloutRecord, plan: Plan) -> None:
         """Devices past their deadline time out (or fail their rollback)."""
-        due = await self._store.due(self.rollout_id, at_ms=self._context.clock_ms())
+        due = await self._devices.due(self.rollout_id, at_ms=self._context.clock_ms())
         for device_id in due:
-            device = await self._store.device(self.rollout_id, device_id)
+            device = await self._devices.device(self.rollout_id, device_id)
             if device.get("state") == DeviceState.ROLLBACK_SENT.value:
                 event, retries = DeviceEvent.ROLLBACK_FAILURE, -1
             else:
                 event, retries = DeviceEvent.TIMED_OUT, plan.policy.retries
-            result = await self._store.transition(
+            result = await self._devices.transition(
                 self.rollout_id,
                 device_id,
                 event,
@@ -360,7 +363,7 @@ class RolloutDriver:
                 retries=retries,
             )
             if not result.applied:
-                await self._store.drop_deadline(self.rollout_id, device_id)
+                await self._devices.drop_deadline(self.rollout_id, device_id)
                 continue
             self.log.info("device timed out", device_id=device_id, state=result.new)
             await self._revoke(device.get("key", ""))
@@ -370,11 +373,11 @@ class RolloutDriver:
     async def _cancel_unstarted(self) -> None:
         """Revoke the keys no device has started to use; those devices become cancelled."""
         # Devices in `sent` all have a deadline, so the deadline set finds them.
-        for device_id in await self._store.with_deadlines(self.rollout_id):
-            device = await self._store.device(self.rollout_id, device_id)
+        for device_id in await self._devices.with_deadlines(self.rollout_id):
+            device = await self._devices.device(self.rollout_id, device_id)
             if device.get("state") != DeviceState.SENT.value:
                 continue
-            result = await self._store.transition(
+            result = await self._devices.transition(
                 self.rollout_id, device_id, DeviceEvent.CANCEL, drop_deadline=True
             )
             if result.applied:
@@ -386,15 +389,15 @@ class RolloutDriver:
         """Send the rollback firmware to the devices at order[start:stop] that took the new one."""
         if start == 0:
             await self._cancel_unstarted()
-        ids = await self._store.order_slice(self.rollout_id, start, stop)
-        devices = await self._store.device_states(self.rollout_id, ids)
+        ids = await self._devices.order_slice(self.rollout_id, start, stop)
+        devices = await self._devices.device_states(self.rollout_id, ids)
         deadline = self._context.clock_ms() + int(plan.policy.device_timeout_s * 1000)
         sends: list[tuple[str, str]] = []
         for device_id, device in zip(ids, devices, strict=True):
             if device.get("downloaded") != "1":
                 continue
             command_id = uuid.uuid4().hex
-            result = await self._store.transition(
+            result = await self._devices.transition(
                 self.rollout_id,
                 device_id,
                 DeviceEvent.ROLLBACK_SEND,
@@ -406,7 +409,7 @@ class RolloutDriver:
                 },
             )
             if result.applied:
-                await self._store.mark_unpublished(self.rollout_id, device_id)
+                await self._devices.mark_unpublished(self.rollout_id, device_id)
                 sends.append((device_id, command_id))
         await self._sender.publish(record, plan, sends, rollback=True)
         await self._store.set_fields(self.rollout_id, rollback_cursor=stop)
@@ -416,11 +419,11 @@ class RolloutDriver:
     async def _cancel_pending(self, record: RolloutRecord) -> None:
         """Devices never sent a command become cancelled (the rollout will not reach them)."""
         for start in range(0, record.total, SCAN_CHUNK):
-            ids = await self._store.order_slice(self.rollout_id, start, start + SCAN_CHUNK)
-            devices = await self._store.device_states(self.rollout_id, ids)
+            ids = await self._devices.order_slice(self.rollout_id, start, start + SCAN_CHUNK)
+            devices = await self._devices.device_states(self.rollout_id, ids)
             await asyncio.gather(
                 *(
-                    self._store.transition(self.rollout_id, device_id, DeviceEvent.CANCEL)
+                    self._devices.transition(self.rollout_id, device_id, DeviceEvent.CANCEL)
                     for device_id, device in zip(ids, devices, strict=True)
                     if device.get("state") == DeviceState.PENDING.value
                 )
@@ -436,6 +439,6 @@ class RolloutDriver:
         if await self._store.is_active(self.rollout_id):
             await self._cancel_unstarted()
             await self._cancel_pending(record)
-            freed = await self._store.release_devices(self.rollout_id)
+            freed = await self._devices.release_devices(self.rollout_id)
             await self._store.deactivate(self.rollout_id)
         self.log.info("rollout finished", state=record.state.value, devices_freed_late=freed)
