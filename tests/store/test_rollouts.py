@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from orchestrator.domain import counters
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
     FAILED_DEVICE_STATES,
@@ -1149,10 +1150,10 @@ class Model:
     def counts(self) -> dict[str, int]:
         tally: Counter[str] = Counter()
         for state, wave, failure in zip(self.states, self.waves, self.failure, strict=True):
-            tally[f"all:{state.value}"] += 1
-            tally[f"{wave}:{state.value}"] += 1
+            tally[counters.total(state)] += 1
+            tally[counters.in_wave(wave, state)] += 1
             if failure:
-                tally[f"fail:{failure}"] += 1
+                tally[counters.failures(failure)] += 1
         return dict(tally)
 
 
@@ -1205,9 +1206,9 @@ async def test_counters_always_add_up_to_the_devices_whatever_the_events(
             )
             assert result == model.apply(step.device, step.event, step.retries, failure_type)
         counts = await stores.rollouts.counts(made.id)
-        assert sum(v for k, v in counts.items() if k.startswith("all:")) == n
+        assert sum(counters.by_state(counts).values()) == n
         for wave, size in enumerate(WAVE_SIZES):
-            assert sum(v for k, v in counts.items() if k.startswith(f"{wave}:")) == size
+            assert sum(counters.by_state(counts, wave).values()) == size
         assert {k: v for k, v in counts.items() if v} == model.counts()
         assert await retry_list(stores, made.id) == [made.devices[i] for i in model.retry]
     rows = await stores.rollout_devices.device_states(made.id, made.devices)
