@@ -6,7 +6,8 @@
 -- ARGV[4] event (JSON object; "from" is filled in here), ARGV[5] updated_at,
 -- ARGV[6] '1' when the new state is terminal, ARGV[7] rollout id, ARGV[8] more fields (JSON),
 -- ARGV[9] '1' to judge the policy from here on: the finished devices so far become the
--- baseline (`base:` counters) that the failure rate leaves out (a person resumed a halt),
+-- baseline (the counters ARGV[18] names) that the failure rate leaves out (a person resumed a
+-- halt),
 -- ARGV[10] notices kept in the stream (approximately), ARGV[11] {state: new state} for
 -- devices not final when the rollout ends (JSON, the domain's `end` event), ARGV[12] device
 -- hash prefix, ARGV[13] download key hash prefix, ARGV[14] device lock prefix, ARGV[15] now ms,
