@@ -278,7 +278,7 @@ async def list_rollout_events(
     """The audit trail of the rollout's state changes, oldest first."""
     await check_project(context, principal, project_id)
     await _rollout(context, project_id, rollout_id)
-    events = await context.stores.rollouts.events(rollout_id)
+    events = await context.stores.audit.events(rollout_id)
     trail = [RolloutEvent.model_validate(event) for event in events]
     return await streamed(RolloutEvents(events=[]), "events", one_page(trail))
 

@@ -19,7 +19,7 @@ from orchestrator.errors import NotFound
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.projects import project_write
 from orchestrator.store.redis import Redis, fields, load_script, members, translated
-from orchestrator.store.rollouts import now_ms
+from orchestrator.timeutil import now_ms
 
 DELIVERY_TTL_S = 24 * 3600
 DELIVERIES_KEPT = 1000  # per hook, newest

@@ -17,7 +17,7 @@ from typing import Any
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.projects import project_write
 from orchestrator.store.redis import Redis, fields, load_script, members, translated
-from orchestrator.store.rollouts import now_ms
+from orchestrator.timeutil import now_ms
 
 NOTICE_TTL_S = 7 * 24 * 3600
 NOTICES_KEPT = 1000  # per subscription, newest
