@@ -27,7 +27,7 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/ota serve
 
-## system-deps: redis-server, mosquitto, prometheus, openssl and nginx from the system packages, when missing
+## system-deps: redis-server, mosquitto, prometheus, openssl, nginx and node from the system packages, when missing
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
@@ -35,6 +35,7 @@ system-deps:
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v node >/dev/null 2>&1 || missing="$$missing nodejs"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

@@ -178,7 +178,7 @@ async def main(cases: list[str]) -> None:
                     for view in (await client.get(url)).json()["data"]:
                         if view["state"] != "aborted":
                             await client.post(f"{url}/{view['id']}/abort")
-                            await stores.rollouts.release_devices(view["id"])
+                            await stores.rollout_devices.release_devices(view["id"])
 
                 for case in cases:
                     headers = {"Content-Type": "application/yaml"}

@@ -27,8 +27,9 @@ from pathlib import Path
 from orchestrator.domain.states import DeviceEvent, RolloutState
 from orchestrator.embedded import EmbeddedRedis
 from orchestrator.store import Stores
+from orchestrator.store.device_events import TransitionRequest
 from orchestrator.store.redis import connect
-from orchestrator.store.rollouts import Grant, TransitionRequest
+from orchestrator.store.rollout_devices import Grant
 
 DEVICES = 1000
 PREFIX = "{bench}:"
@@ -68,10 +69,10 @@ async def finished_rollout(stores: Stores, n: int, *, project_id: str = "memory"
     )
     await _move(stores, rollout_id, RolloutState.PENDING, RolloutState.RUNNING)
     grant = Grant(project_id=project_id, file_name="fw_2.1.0.bin", size=4096, key_ttl_s=1800)
-    sent = await stores.rollouts.dispatch(
+    sent = await stores.rollout_devices.dispatch(
         rollout_id, count=n, reach=n, ack_deadline_ms=FAR_MS, grant=grant
     )
-    await stores.rollouts.mark_published(rollout_id, *(item.device_id for item in sent))
+    await stores.rollout_devices.mark_published(rollout_id, *(item.device_id for item in sent))
     requests = []
     for i, item in enumerate(sent):
         device_id, command_id = item.device_id, item.command_id
@@ -98,7 +99,7 @@ async def finished_rollout(stores: Stores, n: int, *, project_id: str = "memory"
                 failure_type=failure or ("timed_out" if event is DeviceEvent.TIMED_OUT else ""),
             )
         )
-    await stores.rollouts.transitions(requests)
+    await stores.rollout_devices.transitions(requests)
     await _move(stores, rollout_id, RolloutState.RUNNING, RolloutState.COMPLETED)
     return rollout_id
 

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 import httpx
 
 from bench.soak_report import DownloadFigures, DownloadRun
-from orchestrator.embedded import EmbeddedNginx, free_port, render_template
+from orchestrator.embedded import free_port
+from orchestrator.embedded_nginx import EmbeddedNginx, render_template
 from orchestrator.store import Stores
 
 TEMPLATE = Path(__file__).parents[1] / "deploy" / "nginx" / "ota-offload.conf.template"

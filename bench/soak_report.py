@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from bench.report import _mosquitto_version, _version
-from orchestrator.embedded import nginx_binary
+from orchestrator.embedded_nginx import nginx_binary
 
 MB = 1e6
 MIB = 1024 * 1024

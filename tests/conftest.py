@@ -21,14 +21,8 @@ import uvicorn
 
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.devices import DeviceSource
-from orchestrator.embedded import (
-    EmbeddedBroker,
-    EmbeddedNginx,
-    EmbeddedRedis,
-    free_port,
-    nginx_binary,
-    render_template,
-)
+from orchestrator.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from orchestrator.embedded_nginx import EmbeddedNginx, nginx_binary, render_template
 from orchestrator.service import start_serving
 from orchestrator.settings import Settings
 from orchestrator.store import Stores

@@ -67,6 +67,7 @@ def device_out(device: Device) -> DeviceOut:
         tags=device.tags,
         source=device.source.value,
         created_at=device.created_at,
+        project_id=device.project_id,
         metadata=DeviceMetadata.model_validate(
             {
                 **device.metadata,

@@ -30,7 +30,7 @@ router = APIRouter(tags=["projects"], route_class=JSONRoute)
 
 
 def project_out(project: Project) -> ProjectOut:
-    """The project as docs.qubitro.com shows it, with `created` for the Node.js SDK."""
+    """The project as docs.qubitro.com shows it, with `created` for early Node.js SDK versions."""
     return ProjectOut(
         id=project.id,
         name=project.name,

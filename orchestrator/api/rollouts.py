@@ -288,7 +288,7 @@ async def list_rollout_devices(
 )
 async def list_rollout_events(found: Found[RolloutRecord] = Depends(readable)) -> Response:
     """The audit trail of the rollout's state changes, oldest first."""
-    events = await found.context.stores.rollouts.events(found.record.id)
+    events = await found.context.stores.audit.events(found.record.id)
     trail = [RolloutEvent.model_validate(event) for event in events]
     return await listed("list rollout events", "Rollout events listed.", one_page(trail))
 

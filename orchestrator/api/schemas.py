@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, WithJsonSchema, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    WithJsonSchema,
+    computed_field,
+    field_validator,
+)
 
 from orchestrator.domain.commands import (
     ALLOWED_COMMANDS,
@@ -100,7 +108,9 @@ class ProjectOut(Reply):
     description: str
     tags: list[str]
     created_at: str
-    created: str = Field(description="The same as created_at (the Node.js SDK reads this name)")
+    created: str = Field(
+        description="The same as created_at (the name early versions of the Node.js SDK read)"
+    )
     deleting: bool = Field(
         description="True while the project's deletion has begun and not finished; "
         "DELETE it again to finish"
@@ -206,6 +216,17 @@ class DeviceOut(Reply):
     source: Literal["http", "mqtt"]
     created_at: str
     metadata: DeviceMetadata
+    project_id: str = Field(
+        serialization_alias="projectId",
+        description="The device's project (the Node.js SDK's Device deletes by this name)",
+    )
+
+    @computed_field(  # type: ignore[prop-decorator]
+        alias="lastSeen", description="The same as last_seen (the Node.js SDK's Device's name)"
+    )
+    @property
+    def sdk_last_seen(self) -> str:
+        return self.last_seen
 
 
 class DeviceCredentials(Reply):

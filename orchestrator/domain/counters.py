@@ -8,7 +8,8 @@ A rollout keeps one Redis hash of counters, moved by the same scripts that move 
 - `base:{counter}`: a counter's value when the failure policy was last rebased (resuming a
   halted rollout judges only what finished after that).
 
-The Lua scripts build the same names; `tests/store` checks they agree.
+The Lua scripts are given these families' prefixes (`store/script_rules.py`) rather than
+spelling them; `tests/store/test_counter_names.py` checks the names they build are these.
 """
 
 from __future__ import annotations
@@ -23,26 +24,27 @@ from orchestrator.domain.states import DeviceState
 ALL = "all"
 FAIL = "fail"
 BASE = "base"
+SEPARATOR = ":"  # between a family (or a wave number) and the name within it
 
 
 def total(state: str) -> str:
     """The counter of the rollout's devices in `state`."""
-    return f"{ALL}:{state}"
+    return f"{ALL}{SEPARATOR}{state}"
 
 
 def in_wave(wave: int, state: str) -> str:
     """The counter of wave number `wave`'s devices in `state`."""
-    return f"{wave}:{state}"
+    return f"{wave}{SEPARATOR}{state}"
 
 
 def failures(failure_type: FailureType | str) -> str:
     """The counter of failures of one type."""
-    return f"{FAIL}:{failure_type}"
+    return f"{FAIL}{SEPARATOR}{failure_type}"
 
 
 def base(counter: str) -> str:
     """Where `counter`'s value at the last rebase is kept."""
-    return f"{BASE}:{counter}"
+    return f"{BASE}{SEPARATOR}{counter}"
 
 
 def summed(counts: Mapping[str, int], names: Iterable[str]) -> int:
@@ -63,6 +65,8 @@ _SINCE_BASE = (
     *((failures(kind), base(failures(kind))) for kind in FailureType),
 )
 _KINDS = tuple(FailureType)
+# What a rebase keeps: each counter the failure policy judges, and where its value goes.
+REBASED: dict[str, str] = dict(_SINCE_BASE)
 
 
 def tally_of(counts: Mapping[str, int]) -> Tally:

@@ -145,6 +145,8 @@ class DeviceState(StrEnum):
 
 
 FAILED_DEVICE_STATES = frozenset({DeviceState.FAILED, DeviceState.REJECTED, DeviceState.TIMED_OUT})
+# A device that reaches one has its firmware: its download key has done its work.
+KEY_SPENT_DEVICE_STATES = frozenset({DeviceState.SUCCEEDED})
 FINISHED_DEVICE_STATES = FAILED_DEVICE_STATES | {DeviceState.SUCCEEDED}  # count in the failure rate
 FINAL_DEVICE_STATES = FINISHED_DEVICE_STATES | {
     DeviceState.CANCELLED,
@@ -232,9 +234,42 @@ FAILURE_TYPES: dict[DeviceEvent, FailureType] = {
 }
 
 
+# A failure the plan's retries allow goes where the retry event takes it: back to pending,
+# where it waits in the rollout's retry line to be dispatched again. Rejections are final.
+RETRIED_FAILURES: dict[DeviceState, DeviceState] = DEVICE_TRANSITIONS[DeviceEvent.RETRY]
+QUEUED_DEVICE_STATES = frozenset(RETRIED_FAILURES.values())  # entered: join the retry line
+
+
 def next_device_state(state: DeviceState, event: DeviceEvent) -> DeviceState | None:
     """The state after `event`, or None when the event changes nothing (late, duplicate)."""
     return DEVICE_TRANSITIONS[event].get(state)
+
+
+def sends_allowed(retries: int) -> int:
+    """How often a failing device may be sent its command: once and once per retry the plan
+    allows (`retries` -1: the event is never retried). Fewer sends so far: it is retried."""
+    return retries + 1 if retries >= 0 else 0
+
+
+def failure_of(reached: DeviceState, failure_type: str = "") -> str:
+    """The failure type of a device that reached the failed state `reached`: the type its
+    event gives, else the state's own name."""
+    return failure_type or reached.value
+
+
+def deadline_event(state: DeviceState) -> DeviceEvent:
+    """What a passed deadline means to a device in `state`: its rollback failed, or it timed out."""
+    if state is DeviceState.ROLLBACK_SENT:
+        return DeviceEvent.ROLLBACK_FAILURE
+    return DeviceEvent.TIMED_OUT
+
+
+# The transitions a passed deadline makes, whatever the device's state.
+DEADLINE_TRANSITIONS: dict[DeviceState, DeviceState] = {
+    state: after
+    for state in DeviceState
+    if (after := next_device_state(state, deadline_event(state))) is not None
+}
 
 
 def result_event(status: str, *, version: str | None, expected_version: str | None) -> DeviceEvent:

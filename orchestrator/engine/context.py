@@ -9,7 +9,7 @@ from orchestrator.engine.plan_reader import PlanReader
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import now_ms
+from orchestrator.timeutil import now_ms
 from orchestrator.transport.mqtt import CommandTransport
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from orchestrator.domain.audit import AuditAction
-from orchestrator.domain.plans import FailureType, Plan, PlanError, stored_plan
+from orchestrator.domain.plans import Plan, PlanError, stored_plan
 from orchestrator.domain.progress import (
     DISPATCH_BATCH,
     Advance,
@@ -46,8 +46,10 @@ from orchestrator.engine import actions
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.sender import COMMAND, CommandSender, changed_since_pinned
 from orchestrator.errors import OrchestratorError
+from orchestrator.store.device_events import TransitionRequest
 from orchestrator.store.download_keys import DownloadKey
-from orchestrator.store.rollouts import Grant, RolloutRecord
+from orchestrator.store.rollout_devices import EXPIRE_BATCH, Grant
+from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.supervisor import backoff_s
 from orchestrator.timeutil import isoformat_z, utc_now
 
@@ -55,7 +57,12 @@ log = structlog.get_logger(__name__)
 
 TICK_S = 0.1  # how often a driver looks at its rollout
 LEASE_MS = 15_000  # a replica that stops renewing loses the rollout after this
-SCAN_CHUNK = 500  # devices read per step when cancelling or rolling back
+SCAN_CHUNK = 500  # devices read, and moved in one script call, when cancelling
+SWEEP_BATCHES = 20  # batches of devices past their deadline dealt with per step, at most
+# A halt cancels the devices sent a command they have not started on; a rollout's end cancels
+# those never sent one.
+UNSTARTED = frozenset({DeviceState.SENT})
+NEVER_SENT = frozenset({DeviceState.PENDING})
 ENGINE = "engine"
 GIVE_UP_AFTER = 3  # unexpected step failures in a row before the engine gives up on a rollout
 MAX_FAILED_STEP_PAUSE_S = 5.0  # the longest pause before a failed step is tried again
@@ -74,6 +81,8 @@ class RolloutDriver:
         self.rollout_id = rollout_id
         self._context = context
         self._store = context.stores.rollouts
+        self._devices = context.stores.rollout_devices
+        self._leases = context.stores.leases
         self._owner = context.settings.instance_id
         self._bucket = Bucket(0.0, context.clock_ms())
         self._stopping = asyncio.Event()
@@ -98,7 +107,7 @@ class RolloutDriver:
         given_up: tuple[str, str] | None = None  # (state, updated_at) when the engine gave up
         try:
             while not self._stopping.is_set():
-                if not await self._store.acquire_lease(self.rollout_id, self._owner, LEASE_MS):
+                if not await self._leases.acquire(self.rollout_id, self._owner, LEASE_MS):
                     self.log.info("lease lost; another replica drives the rollout")
                     return
                 pause_s = TICK_S
@@ -138,7 +147,7 @@ class RolloutDriver:
             # the lease goes: the next holder must not re-send what is still on its way.
             await self._sender.drain()
             with contextlib.suppress(OrchestratorError):
-                await self._store.release_lease(self.rollout_id, self._owner)
+                await self._leases.release(self.rollout_id, self._owner)
 
     async def step(self) -> bool:
         """One look at the rollout; False once there is nothing left to do.
@@ -206,7 +215,7 @@ class RolloutDriver:
             )
             event = _note(AuditAction.ENGINE_GAVE_UP)
             details = {"state": record.state.value}
-            await self._store.add_event(
+            await self._context.stores.audit.add(
                 self.rollout_id,
                 {**event, "reason": reason, "details": details},
                 fields={"reason": reason},
@@ -258,13 +267,13 @@ class RolloutDriver:
                     self._bucket = bucket
             case WaveDone(at_ms=at_ms, reason=reason, bake_s=bake_s):
                 event = _note(AuditAction.WAVE_DONE)
-                await self._store.add_event(
+                await self._context.stores.audit.add(
                     self.rollout_id, {**event, "reason": reason}, fields={"wave_done_at_ms": at_ms}
                 )
                 self._again = not bake_s  # nothing to bake: judge at once
             case Advance(wave=wave, reason=reason, figures=numbers, approval=approval):
                 event = _note(AuditAction.WAVE_STARTED)
-                await self._store.add_event(
+                await self._context.stores.audit.add(
                     self.rollout_id,
                     {**event, "reason": reason, "details": numbers},
                     fields={"wave": wave, "wave_done_at_ms": 0},
@@ -303,7 +312,7 @@ class RolloutDriver:
             await self._change(record, RolloutAction.HALT, changed)
             return
         await self._sender.wait_for_room()
-        sent = await self._store.dispatch(
+        sent = await self._devices.dispatch(
             self.rollout_id,
             count=step.count,
             reach=step.reach,
@@ -336,78 +345,87 @@ class RolloutDriver:
         ]
         self._sender.start_sending(stored, plan.firmware.version, keys)
 
-    async def _revoke(self, key: str) -> None:
-        if key:
-            await self._context.stores.download_keys.revoke(key)
-
     # --- deadlines -----------------------------------------------------------------------
 
     async def _sweep(self, record: RolloutRecord, plan: Plan) -> None:
-        """Devices past their deadline time out (or fail their rollback)."""
-        due = await self._store.due(self.rollout_id, at_ms=self._context.clock_ms())
-        for device_id in due:
-            device = await self._store.device(self.rollout_id, device_id)
-            if device.get("state") == DeviceState.ROLLBACK_SENT.value:
-                event, retries = DeviceEvent.ROLLBACK_FAILURE, -1
-            else:
-                event, retries = DeviceEvent.TIMED_OUT, plan.policy.retries
-            result = await self._store.transition(
-                self.rollout_id,
-                device_id,
-                event,
-                drop_deadline=True,
-                failure_type=FailureType.TIMED_OUT.value if event is DeviceEvent.TIMED_OUT else "",
-                retries=retries,
+        """Devices past their deadline time out (or fail their rollback) and lose their key,
+        a batch per script call; what is left past SWEEP_BATCHES waits for the next step."""
+        at_ms = self._context.clock_ms()
+        for _ in range(SWEEP_BATCHES):
+            expired = await self._devices.expire(
+                self.rollout_id, at_ms=at_ms, retries=plan.policy.retries
             )
-            if not result.applied:
-                await self._store.drop_deadline(self.rollout_id, device_id)
-                continue
-            self.log.info("device timed out", device_id=device_id, state=result.new)
-            await self._revoke(device.get("key", ""))
+            for device_id, result in expired:
+                if result.applied:
+                    self.log.info("device timed out", device_id=device_id, state=result.new)
+            if len(expired) < EXPIRE_BATCH:
+                return
 
     # --- halts and rollbacks -------------------------------------------------------------
+
+    async def _cancel(
+        self, device_ids: list[str], only_from: frozenset[DeviceState], *, sent: bool
+    ) -> None:
+        """Cancel those of the devices in `only_from`, a script call per SCAN_CHUNK; with
+        `sent`, each loses its deadline and its download key in the same step."""
+        for start in range(0, len(device_ids), SCAN_CHUNK):
+            await self._devices.transitions(
+                [
+                    TransitionRequest(
+                        self.rollout_id,
+                        device_id,
+                        DeviceEvent.CANCEL,
+                        only_from=only_from,
+                        drop_deadline=sent,
+                        revoke_key=sent,
+                    )
+                    for device_id in device_ids[start : start + SCAN_CHUNK]
+                ]
+            )
 
     async def _cancel_unstarted(self) -> None:
         """Revoke the keys no device has started to use; those devices become cancelled."""
         # Devices in `sent` all have a deadline, so the deadline set finds them.
-        for device_id in await self._store.with_deadlines(self.rollout_id):
-            device = await self._store.device(self.rollout_id, device_id)
-            if device.get("state") != DeviceState.SENT.value:
-                continue
-            result = await self._store.transition(
-                self.rollout_id, device_id, DeviceEvent.CANCEL, drop_deadline=True
-            )
-            if result.applied:
-                await self._revoke(device.get("key", ""))
+        await self._cancel(
+            await self._devices.with_deadlines(self.rollout_id), UNSTARTED, sent=True
+        )
 
     async def _send_rollback(
         self, record: RolloutRecord, plan: Plan, start: int, stop: int
     ) -> None:
-        """Send the rollback firmware to the devices at order[start:stop] that took the new one."""
+        """Send the rollback firmware to the devices at order[start:stop] that took the new one.
+
+        The devices move to rollback_sent, marked unpublished, in one script call: a crash
+        before the publish leaves them for republish, and a step done again moves none twice.
+        """
         if start == 0:
             await self._cancel_unstarted()
-        ids = await self._store.order_slice(self.rollout_id, start, stop)
-        devices = await self._store.device_states(self.rollout_id, ids)
+        ids = await self._devices.order_slice(self.rollout_id, start, stop)
+        devices = await self._devices.device_states(self.rollout_id, ids)
         deadline = self._context.clock_ms() + int(plan.policy.device_timeout_s * 1000)
-        sends: list[tuple[str, str]] = []
-        for device_id, device in zip(ids, devices, strict=True):
-            if device.get("downloaded") != "1":
-                continue
-            command_id = uuid.uuid4().hex
-            result = await self._store.transition(
-                self.rollout_id,
-                device_id,
-                DeviceEvent.ROLLBACK_SEND,
-                deadline_ms=deadline,
-                extra={
-                    "rollback_command_id": command_id,
-                    "seen_at": self._context.clock_ms(),
-                    "resends": 0,
-                },
-            )
-            if result.applied:
-                await self._store.mark_unpublished(self.rollout_id, device_id)
-                sends.append((device_id, command_id))
+        now = self._context.clock_ms()
+        took = [
+            d for d, device in zip(ids, devices, strict=True) if device.get("downloaded") == "1"
+        ]
+        command_ids = [uuid.uuid4().hex for _ in took]
+        results = await self._devices.transitions(
+            [
+                TransitionRequest(
+                    self.rollout_id,
+                    device_id,
+                    DeviceEvent.ROLLBACK_SEND,
+                    deadline_ms=deadline,
+                    extra={"rollback_command_id": command_id, "seen_at": now, "resends": 0},
+                    unpublished=True,
+                )
+                for device_id, command_id in zip(took, command_ids, strict=True)
+            ]
+        )
+        sends = [
+            (device_id, command_id)
+            for device_id, command_id, result in zip(took, command_ids, results, strict=True)
+            if result.applied
+        ]
         await self._sender.publish(record, plan, sends, rollback=True)
         await self._store.set_fields(self.rollout_id, rollback_cursor=stop)
 
@@ -416,15 +434,8 @@ class RolloutDriver:
     async def _cancel_pending(self, record: RolloutRecord) -> None:
         """Devices never sent a command become cancelled (the rollout will not reach them)."""
         for start in range(0, record.total, SCAN_CHUNK):
-            ids = await self._store.order_slice(self.rollout_id, start, start + SCAN_CHUNK)
-            devices = await self._store.device_states(self.rollout_id, ids)
-            await asyncio.gather(
-                *(
-                    self._store.transition(self.rollout_id, device_id, DeviceEvent.CANCEL)
-                    for device_id, device in zip(ids, devices, strict=True)
-                    if device.get("state") == DeviceState.PENDING.value
-                )
-            )
+            ids = await self._devices.order_slice(self.rollout_id, start, start + SCAN_CHUNK)
+            await self._cancel(ids, NEVER_SENT, sent=False)
 
     async def _finish(self, record: RolloutRecord) -> None:
         """The rollout ended: say so, and clean up after a rollout an older version ended.
@@ -436,6 +447,6 @@ class RolloutDriver:
         if await self._store.is_active(self.rollout_id):
             await self._cancel_unstarted()
             await self._cancel_pending(record)
-            freed = await self._store.release_devices(self.rollout_id)
+            freed = await self._devices.release_devices(self.rollout_id)
             await self._store.deactivate(self.rollout_id)
         self.log.info("rollout finished", state=record.state.value, devices_freed_late=freed)

@@ -42,7 +42,7 @@ async def _device_pages(stores: Stores, project_id: str) -> AsyncIterator[list[D
     cursor: str | None = None
     while True:
         page = await stores.devices.page(project_id, cursor=cursor, limit=DEVICE_PAGE)
-        holders = await stores.rollouts.device_rollouts([d.id for d in page.devices])
+        holders = await stores.rollout_devices.device_rollouts([d.id for d in page.devices])
         yield [
             DeviceInfo(
                 id=device.id,

@@ -34,7 +34,7 @@ DRAIN_LIMIT_S = 300.0  # at most this long taking results
 
 async def _check_gone(stores: Stores, instance_id: str) -> None:
     for rollout_id in await stores.rollouts.active_ids():
-        owner = await stores.rollouts.lease_owner(rollout_id)
+        owner = await stores.leases.owner(rollout_id)
         if owner == instance_id:
             raise Conflict(
                 f"engine {instance_id!r} holds the lease of rollout {rollout_id}: it is running, "

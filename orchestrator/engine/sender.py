@@ -67,7 +67,7 @@ class CommandSender:
     ) -> None:
         self.rollout_id = rollout_id
         self._context = context
-        self._store = context.stores.rollouts
+        self._store = context.stores.rollout_devices
         self._halt = halt
         self._missing_file_logged = False
         self._publishing: set[asyncio.Task[None]] = set()

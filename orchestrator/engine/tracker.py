@@ -25,12 +25,8 @@ from orchestrator.domain.states import (
 )
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import StoreRefused, StoreUnavailable
-from orchestrator.store.rollouts import (
-    ResultOutcome,
-    ResultRules,
-    StatusRules,
-    TransitionRequest,
-)
+from orchestrator.store.device_events import ResultRules, StatusRules, TransitionRequest
+from orchestrator.store.rollout_devices import ResultOutcome
 from orchestrator.timeutil import utc_now
 from orchestrator.transport.results import DeviceResult, IgnoredReason, ParsedResult
 
@@ -138,11 +134,11 @@ class Tracker:
 
     async def _on_results(self, results: Sequence[DeviceResult]) -> None:
         rules: dict[str, ResultRules | None] = dict(self._recent)
-        applied = await self._context.stores.rollouts.apply_results(results, rules)
+        applied = await self._context.stores.rollout_devices.apply_results(results, rules)
         while applied.needed:  # a rollout seen for the first time: its rules, then again
             for rollout_id in applied.needed:
                 rules[rollout_id] = await self._result_rules(rollout_id)
-            applied = await self._context.stores.rollouts.apply_results(results, rules)
+            applied = await self._context.stores.rollout_devices.apply_results(results, rules)
         metrics = self._context.metrics
         answered: Counter[tuple[str, str]] = Counter()  # (command, status)
         sent_ats: Counter[str] = Counter()
@@ -260,7 +256,7 @@ class Tracker:
             deadline_after_sent_ms=None if final else int(plan.policy.device_timeout_s * 1000),
             drop_deadline=final,
             failure_type=failure.value if failure else "",
-            extra=TOOK_FIRMWARE_FIELDS if event in TOOK_FIRMWARE else None,
+            marks=TOOK_FIRMWARE_FIELDS if event in TOOK_FIRMWARE else None,
             retries=plan.policy.retries if failure else -1,
         )
         # Key claims and deliveries repeat what results already said: no noise when refused.
@@ -271,7 +267,7 @@ class Tracker:
         if not work:
             return
         stores = self._context.stores
-        outcomes = await stores.rollouts.transitions([item.request for item in work])
+        outcomes = await stores.rollout_devices.transitions([item.request for item in work])
         for item, outcome in zip(work, outcomes, strict=True):
             request = item.request
             if not outcome.applied:

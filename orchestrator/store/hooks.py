@@ -19,8 +19,8 @@ from typing import Self
 from orchestrator.errors import NotFound
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Redis, load_script, translated
-from orchestrator.store.rollouts import now_ms
 from orchestrator.store.webhooks import Webhook, WebhookStore
+from orchestrator.timeutil import now_ms
 
 DELIVERY_TTL_S = 24 * 3600
 DELIVERIES_KEPT = 1000  # per hook, newest

@@ -16,8 +16,8 @@ from typing import Any, Self
 
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Pipeline, Redis, load_script, translated
-from orchestrator.store.rollouts import now_ms
 from orchestrator.store.webhooks import Webhook, WebhookStore
+from orchestrator.timeutil import now_ms
 
 NOTICE_TTL_S = 7 * 24 * 3600
 NOTICES_KEPT = 1000  # per subscription, newest

@@ -89,6 +89,19 @@ async def test_create_answers_exactly_seed_003s_shape(service: Service) -> None:
     assert len(data["metadata"]["device_token"]) >= 24
 
 
+async def test_every_device_answer_has_the_node_sdks_projectid_and_lastseen(
+    service: Service,
+) -> None:
+    """The Node.js SDK's Device declares `projectId` and `lastSeen`, and its delete() builds
+    the URL from `projectId`: create, read and list answer both, beside `last_seen`."""
+    created = await service.create_device(name="a")
+    read = (await service.client.get(devices_url(service, created["id"]))).json()["data"]
+    listed = (await service.client.get(devices_url(service))).json()["data"]
+    for data in (created, read, *listed):
+        assert data["projectId"] == service.project_id
+        assert data["lastSeen"] == data["last_seen"] == "0001-01-01T00:00:00Z"
+
+
 async def test_brand_and_model_default_to_custom(service: Service) -> None:
     omitted = await service.create_device(name="a")
     assert (omitted["brand"], omitted["model"]) == ("Custom", "Custom")

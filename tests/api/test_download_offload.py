@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from orchestrator.api.offload import REPORT_PATH, SECRET_HEADER
-from orchestrator.embedded import EmbeddedNginx
+from orchestrator.embedded_nginx import EmbeddedNginx
 from orchestrator.settings import Settings
 from tests.api.conftest import LARGE, CreateDownload, Download, assert_error, assert_head_error
 from tests.conftest import Service

@@ -323,7 +323,7 @@ async def _rollout_devices(service: Service, count: int) -> dict[str, str]:
 async def _rollout_events(service: Service, count: int) -> dict[str, str]:
     rollout_id = await _rollout(service, [str(uuid.uuid4())])  # its first event: create
     for i in range(count - 1):
-        await service.stores.rollouts.add_event(rollout_id, {"action": "note", "reason": str(i)})
+        await service.stores.audit.add(rollout_id, {"action": "note", "reason": str(i)})
     return {"project_id": service.project_id, "rollout_id": rollout_id}
 
 

@@ -102,7 +102,7 @@ async def test_device_create_and_command_document_400_with_error_body(
 
 
 async def test_project_bodies_follow_the_qubitro_docs(openapi: dict[str, Any]) -> None:
-    """docs.qubitro.com's project: name, description, tags; `created` for the Node.js SDK."""
+    """docs.qubitro.com's project: name, description, tags; `created` for early SDK versions."""
     schemas = openapi["components"]["schemas"]
     tag = {"type": "string", "pattern": TAG.pattern}
     for body in ("ProjectCreate", "ProjectPatch"):

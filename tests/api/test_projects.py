@@ -1,10 +1,10 @@
 """`/v2/projects`: create, read, list, update and delete, driven the way Qubitro's clients do.
 
 The Node.js SDK and code written from docs.qubitro.com send `Authorization: Bearer QB_…`, read
-`data` from the envelope (`id`, `name`, `description`, `created`; the docs add `created_at` and
-`tags`) and, on an error, `status` and `message`. Every test runs with the broker's dynamic
-security on, so a device is an MQTT account whose removal can be seen. The 405 of the project
-paths are in test_openapi.py with every other path's.
+`data` from the envelope (`id`, `name`, `description`, `created_at`, `tags`; early SDK versions
+named it `created`) and, on an error, `status` and `message`. Every test runs with the broker's
+dynamic security on, so a device is an MQTT account whose removal can be seen. The 405 of the
+project paths are in test_openapi.py with every other path's.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ async def test_the_docs_body_is_created_and_answered_in_data(service: Service) -
     data = await create(service, DOCS_BODY)
     assert {name: data[name] for name in DOCS_BODY} == DOCS_BODY
     assert data["created_at"].endswith("Z")
-    assert data["created"] == data["created_at"]  # the Node.js SDK reads `created`
+    assert data["created"] == data["created_at"]  # early Node.js SDK versions read `created`
     assert data["deleting"] is False
 
 

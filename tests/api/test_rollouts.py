@@ -18,7 +18,7 @@ from orchestrator.api.rollouts import PLAN_MEDIA_TYPES
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, ExclusionReason
 from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutState
-from orchestrator.store.rollouts import Dispatched, Grant
+from orchestrator.store.rollout_devices import Dispatched, Grant
 from tests.answers import data_of
 from tests.conftest import Service
 
@@ -124,7 +124,7 @@ async def dispatch(
 ) -> list[Dispatched]:
     """What the engine's dispatch step does, without publishing."""
     grant = Grant(project_id=service.project_id, file_name=FIRMWARE, size=64, key_ttl_s=600)
-    return await service.stores.rollouts.dispatch(
+    return await service.stores.rollout_devices.dispatch(
         rollout_id, count=count, reach=reach, ack_deadline_ms=0, grant=grant
     )
 
@@ -392,7 +392,7 @@ async def test_overlapping_devices_is_409_naming_them(service: Service) -> None:
         assert loser.status_code == 400, loser.text
         rid = data_of(winner, 201)["id"]
         await action(service, rid, "abort")
-        await service.stores.rollouts.release_devices(rid)
+        await service.stores.rollout_devices.release_devices(rid)
     pytest.fail("the two creates never overlapped in 30 tries")
 
 
@@ -511,8 +511,8 @@ async def test_counts_and_failure_rate_follow_the_devices(service: Service) -> N
     await set_running(service, rid)
     sent = await dispatch(service, rid, count=3, reach=3)
     ok, bad = sent[0].device_id, sent[1].device_id
-    await service.stores.rollouts.transition(rid, ok, DeviceEvent.SUCCESS)
-    await service.stores.rollouts.transition(rid, bad, DeviceEvent.REJECTED)
+    await service.stores.rollout_devices.transition(rid, ok, DeviceEvent.SUCCESS)
+    await service.stores.rollout_devices.transition(rid, bad, DeviceEvent.REJECTED)
 
     response = await service.client.get(f"{rollouts_url(service)}/{rid}")
     view = data_of(response)
@@ -579,7 +579,7 @@ async def test_abort_on_pending_frees_the_name_and_the_devices_at_once(service: 
     assert aborted["actions"] == []
     assert aborted["counts"]["cancelled"] == 2
     # The abort freed the devices in its own step: nothing is left for the engine to release.
-    assert await service.stores.rollouts.release_devices(view["id"]) == 0
+    assert await service.stores.rollout_devices.release_devices(view["id"]) == 0
     again = await created(service, plan_yaml())
     assert again["id"] != view["id"]
     assert again["total"] == 2

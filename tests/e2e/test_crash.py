@@ -19,7 +19,7 @@ from orchestrator.domain.states import RolloutState
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.commands import file_command_payload
 from orchestrator.settings import Settings
-from orchestrator.store.rollouts import Grant
+from orchestrator.store.rollout_devices import Grant
 from orchestrator.timeutil import isoformat_z, utc_now
 from orchestrator.transport.topics import command_topic
 from tests.conftest import Service, wait_for
@@ -140,7 +140,7 @@ async def test_an_engine_killed_mid_wave_and_restarted_with_its_id_finishes_the_
     assert sum(done["counts"].values()) == done["total"] == 30
     assert sum(sum(w["counts"].values()) for w in done["waves"]) == 30
     assert_one_command_id_each(fleet)
-    assert await service.stores.rollouts.unpublished(rollout["id"]) == []
+    assert await service.stores.rollout_devices.unpublished(rollout["id"]) == []
     reported_since = sum(len(r) for r in fleet.results.values()) - reported_at_kill
     assert await restarted.results_handled() >= reported_since
     await wait_finished_by(restarted, rollout["id"])
@@ -169,7 +169,7 @@ async def test_another_replica_takes_the_rollout_over_once_the_dead_ones_lease_l
     await wait_mid_second_wave(service, rollout_id, pending=5, working=2)
 
     fleet.hold()
-    rollouts = service.stores.rollouts
+    rollout_devices = service.stores.rollout_devices
 
     async def every_result_applied() -> bool:
         """Each device's last published result is in Redis (a lost `received` is harmless)."""
@@ -177,7 +177,7 @@ async def test_another_replica_takes_the_rollout_over_once_the_dead_ones_lease_l
             reports = fleet.results.get(device.id)
             if not reports:
                 continue
-            state = (await rollouts.device(rollout_id, device.id)).get("state")
+            state = (await rollout_devices.device(rollout_id, device.id)).get("state")
             last = reports[-1]["status"]
             if last == "success" and state != "succeeded":
                 return False
@@ -285,7 +285,7 @@ async def _running_with_unpublished(
     assert record is not None
     stored = await service.stores.files.get(service.project_id, record.plan["firmware"]["file"])
     assert stored is not None
-    sent = await rollouts.dispatch(
+    sent = await service.stores.rollout_devices.dispatch(
         rollout["id"],
         count=count,
         reach=record.reach[0],
@@ -298,7 +298,9 @@ async def _running_with_unpublished(
         ),
     )
     assert len(sent) == count
-    assert set(await rollouts.unpublished(rollout["id"])) == {d.device_id for d in sent}
+    assert set(await service.stores.rollout_devices.unpublished(rollout["id"])) == {
+        d.device_id for d in sent
+    }
     return rollout["id"], [(d.device_id, d.command_id) for d in sent]
 
 
@@ -323,11 +325,11 @@ waves: [{percent: 100}]
     assert done["counts"]["succeeded"] == 6, done["counts"]
     assert sum(done["counts"].values()) == done["total"] == 6
     for device_id, command_id in sent:
-        stored = await service.stores.rollouts.device(rollout_id, device_id)
+        stored = await service.stores.rollout_devices.device(rollout_id, device_id)
         assert stored["command_id"] == command_id
         assert command_ids(fleet, device_id) == {command_id}
     assert_one_command_id_each(fleet)
-    assert await service.stores.rollouts.unpublished(rollout_id) == []
+    assert await service.stores.rollout_devices.unpublished(rollout_id) == []
 
 
 async def test_a_device_that_got_the_command_before_the_crash_can_still_download(
@@ -368,7 +370,7 @@ policy: {max_failure_rate: 100%}
         rollout_id=rollout_id,
         version="2.1.0",
     )
-    await stores.rollouts.set_device_fields(
+    await stores.rollout_devices.set_device_fields(
         rollout_id, device_id, key=payload["url"].rsplit("key=", 1)[1]
     )
     await stores.commands.record(

@@ -208,7 +208,7 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     assert done["counts"]["succeeded"] == DEVICES, context
     assert sum(done["counts"].values()) == done["total"] == DEVICES, context
     assert sum(sum(wave["counts"].values()) for wave in done["waves"]) == DEVICES, context
-    records = await service.stores.rollouts.device_states(
+    records = await service.stores.rollout_devices.device_states(
         rollout_id, [device.id for device in fleet.devices]
     )
     several = {r.get("command_id"): r.get("attempts") for r in records if r.get("attempts") != "1"}

@@ -77,7 +77,7 @@ async def test_each_replica_killed_in_turn_the_rollout_completes_with_one_comman
     assert done["counts"]["succeeded"] == 36, done["counts"]
     assert sum(done["counts"].values()) == done["total"] == 36
     assert_one_command_id_each(fleet)
-    assert await service.stores.rollouts.unpublished(rollout_id) == []
+    assert await service.stores.rollout_devices.unpublished(rollout_id) == []
     async with httpx.AsyncClient(timeout=10) as client:
         for engine in running.values():
             api = await client.get(f"{engine.base_url}/v2/projects")

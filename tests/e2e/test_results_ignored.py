@@ -111,7 +111,7 @@ async def finish(service: Service, fleet: Fleet, state: Held) -> dict[str, Any]:
 
 
 async def state_of(service: Service, rollout_id: str, device_id: str) -> str:
-    return (await service.stores.rollouts.device(rollout_id, device_id))["state"]
+    return (await service.stores.rollout_devices.device(rollout_id, device_id))["state"]
 
 
 async def test_a_result_that_is_not_json_is_ignored_as_malformed(
@@ -159,7 +159,7 @@ async def test_a_result_forged_on_another_devices_topic_is_ignored_and_changes_n
     state = await held_rollout(service, fleet)
     forger = state.others[0]
     before = await ignored(service)
-    record_before = await service.stores.rollouts.device(state.rollout_id, state.held.id)
+    record_before = await service.stores.rollout_devices.device(state.rollout_id, state.held.id)
     counts_before = (await view(service, state.rollout_id))["counts"]
     await fleet.publish_raw(
         forger.id,
@@ -170,7 +170,10 @@ async def test_a_result_forged_on_another_devices_topic_is_ignored_and_changes_n
     )
     await wait_ignored(service, before, "wrong_device")
     assert moved(before, await ignored(service)) == {"wrong_device": 1}
-    assert await service.stores.rollouts.device(state.rollout_id, state.held.id) == record_before
+    assert (
+        await service.stores.rollout_devices.device(state.rollout_id, state.held.id)
+        == record_before
+    )
     assert await state_of(service, state.rollout_id, forger.id) == "succeeded"
     assert (await view(service, state.rollout_id))["counts"] == counts_before
     await finish(service, fleet, state)

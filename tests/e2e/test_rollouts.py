@@ -321,7 +321,9 @@ waves: [{devices: 2}, {percent: 100}]
     assert aborted["counts"]["cancelled"] == 4
     assert not any(aborted["counts"][state] for state in ("pending", "sent", "downloading"))
     # No wait: whoever reads "aborted" may start the next release on the same devices.
-    assert await service.stores.rollouts.device_rollouts([d.id for d in devices]) == [None] * 4
+    assert (
+        await service.stores.rollout_devices.device_rollouts([d.id for d in devices]) == [None] * 4
+    )
     assert rollout["id"] not in await service.stores.rollouts.active_ids()
     dry_run = await service.client.post(
         f"/v2/projects/{service.project_id}/rollouts",

@@ -102,7 +102,9 @@ async def test_devices_that_stall_mid_download_resume_with_the_same_key_or_time_
     assert {s: n for s, n in done["counts"].items() if n} == {"succeeded": 3, "timed_out": 1}
     assert sum(done["counts"].values()) == done["total"] == 4
     devices = [held, hung_up, too_long, healthy]
-    records = await service.stores.rollouts.device_states(rollout_id, [d.id for d in devices])
+    records = await service.stores.rollout_devices.device_states(
+        rollout_id, [d.id for d in devices]
+    )
     assert [r["state"] for r in records] == ["succeeded", "succeeded", "timed_out", "succeeded"]
     assert [r.get("attempts") for r in records] == ["1"] * 4  # one command id each
     assert stats.commands == 4, context  # nobody obeyed a command twice

@@ -66,7 +66,7 @@ async def record_of(stores: Stores, rollout_id: str) -> RolloutRecord:
 
 
 async def gave_up(stores: Stores, rollout_id: str) -> list[dict[str, Any]]:
-    events = await stores.rollouts.events(rollout_id)
+    events = await stores.audit.events(rollout_id)
     return [e for e in events if e.get("action") == AuditAction.ENGINE_GAVE_UP]
 
 
@@ -133,7 +133,7 @@ async def test_a_running_rollout_whose_steps_keep_failing_is_halted_after_a_few_
         "(IndexError: list index out of range); the engine's log has the traceback; fix the "
         "cause, then resume it, or abort it"
     )
-    halts = [e for e in await stores.rollouts.events(rollout_id) if e.get("action") == "halt"]
+    halts = [e for e in await stores.audit.events(rollout_id) if e.get("action") == "halt"]
     assert [(e["from"], e["to"], e["actor"]) for e in halts] == [("running", "halted", "engine")]
     failed = [e for e in logs if e["event"] == "rollout step failed"]
     assert len(failed) == GIVE_UP_AFTER  # then it waits for a person: no more tries

@@ -21,7 +21,8 @@ from orchestrator.engine.sender import CommandSender
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import Grant, RolloutRecord
+from orchestrator.store.rollout_devices import Grant
+from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.transport.mqtt import CommandTransport
 from tests.engine.conftest import WAIT_S, stored_rollout
 from tests.store.test_rollouts import start
@@ -31,7 +32,7 @@ async def sent_rollout(stores: Stores, devices: list[str]) -> str:
     """A running rollout whose devices were all dispatched (sent, not yet marked published)."""
     rollout_id, project_id = await stored_rollout(stores, devices)
     await start(stores, rollout_id)
-    sent = await stores.rollouts.dispatch(
+    sent = await stores.rollout_devices.dispatch(
         rollout_id,
         count=len(devices),
         reach=len(devices),
@@ -79,16 +80,16 @@ async def test_a_send_that_ends_while_the_unpublished_are_read_is_not_sent_again
     context = EngineContext(settings, stores, transport, Metrics(CollectorRegistry()))
     sender = CommandSender(rollout_id, context, halt=never_halt)
     sender._in_flight.update(devices)  # their publish is under way, as start_sending leaves it
-    read_unpublished = stores.rollouts.unpublished
+    read_unpublished = stores.rollout_devices.unpublished
 
     async def read_while_the_send_ends(rollout: str) -> list[str]:
         found = await read_unpublished(rollout)
         # The send ends now: its devices are published and leave _in_flight.
-        await stores.rollouts.mark_published(rollout, *devices)
+        await stores.rollout_devices.mark_published(rollout, *devices)
         sender._in_flight.difference_update(devices)
         return found
 
-    monkeypatch.setattr(stores.rollouts, "unpublished", read_while_the_send_ends)
+    monkeypatch.setattr(stores.rollout_devices, "unpublished", read_while_the_send_ends)
     record = await stores.rollouts.get(rollout_id)
     assert record is not None
 
@@ -108,7 +109,9 @@ async def test_a_device_left_unpublished_is_sent_again_with_its_command_id(
     run = f"dev-{uuid.uuid4().hex[:8]}"
     devices = [f"{run}-{i}" for i in range(2)]
     rollout_id = await sent_rollout(stores, devices)
-    command_ids = {d: (await stores.rollouts.device(rollout_id, d))["command_id"] for d in devices}
+    command_ids = {
+        d: (await stores.rollout_devices.device(rollout_id, d))["command_id"] for d in devices
+    }
     context = EngineContext(settings, stores, transport, Metrics(CollectorRegistry()))
     sender = CommandSender(rollout_id, context, halt=never_halt)  # a new engine: nothing in flight
     record = await stores.rollouts.get(rollout_id)
@@ -127,4 +130,4 @@ async def test_a_device_left_unpublished_is_sent_again_with_its_command_id(
         await sender.drain()  # the sends run on in the background
 
     assert received == command_ids
-    assert await stores.rollouts.unpublished(rollout_id) == []
+    assert await stores.rollout_devices.unpublished(rollout_id) == []

@@ -106,7 +106,7 @@ async def test_a_pass_deletes_what_is_past_retention_and_keeps_newer_and_unfinis
         await dump(clean, unfinished) == kept[unfinished]
     )  # an older version ended it: the engine still cleans up
 
-    await clean.rollouts.release_devices(unfinished)
+    await clean.rollout_devices.release_devices(unfinished)
     await clean.rollouts.deactivate(unfinished)
     assert (await sweeper.sweep()).deleted == [unfinished]
     await assert_gone(clean, unfinished, unfinished_devices)
@@ -192,7 +192,7 @@ async def test_the_sweep_loop_first_indexes_rollouts_finished_before_the_index_t
         stopping.set()
         await asyncio.wait_for(task, 10)
     assert await clean.redis.keys(f"{clean.keys.prefix}*{rollout_id}*") == []
-    assert await clean.rollouts.device_rollouts(devices) == [None] * len(devices)
+    assert await clean.rollout_devices.device_rollouts(devices) == [None] * len(devices)
 
 
 async def test_a_deleted_rollout_is_404_and_no_longer_listed(

@@ -1,4 +1,4 @@
-"""What the store tests share: a second replica's stores."""
+"""What the store tests share: a second replica's stores, and the rollout factory."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import pytest
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
 from orchestrator.store.redis import connect
+from tests.store.test_rollouts import create_rollout
+
+__all__ = ["create_rollout", "replica"]  # create_rollout: the rollout factory, for every module
 
 
 @pytest.fixture

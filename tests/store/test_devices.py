@@ -398,7 +398,7 @@ async def test_a_result_answering_a_command_marks_its_device_seen(clean: Stores)
     )
 
     async def report(device_id: str, at_s: int, command_id: str = "cmd-1") -> None:
-        applied = await clean.rollouts.apply_results(
+        applied = await clean.rollout_devices.apply_results(
             [Reported(command_id, device_id, "received")], {}, at_ms=at_s * 1000
         )
         assert applied.needed == []

@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.domain.states import DeviceEvent, RolloutState
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import Grant
+from orchestrator.store.rollout_devices import Grant
 from orchestrator.timeutil import epoch_ms
 from tests.store.test_rollouts import RULES, Reported, move, start
 
@@ -54,16 +54,18 @@ async def running_rollout(
         created_by="alice",
     )
     await start(stores, rollout_id)
-    sent = await stores.rollouts.dispatch(
+    sent = await stores.rollout_devices.dispatch(
         rollout_id, count=n, reach=n, ack_deadline_ms=4_000_000_000_000, grant=GRANT
     )
-    await stores.rollouts.mark_published(rollout_id, *[item.device_id for item in sent[2:]])
-    await stores.rollouts.transition(
+    await stores.rollout_devices.mark_published(rollout_id, *[item.device_id for item in sent[2:]])
+    await stores.rollout_devices.transition(
         rollout_id, sent[0].device_id, DeviceEvent.SUCCESS, drop_deadline=True
     )
-    await stores.rollouts.transition(rollout_id, sent[1].device_id, DeviceEvent.FAILED, retries=1)
-    await stores.rollouts.add_event(rollout_id, {"at": FINISHED_AT, "action": "wave_done"})
-    assert await stores.rollouts.acquire_lease(rollout_id, "engine-a", 60_000)
+    await stores.rollout_devices.transition(
+        rollout_id, sent[1].device_id, DeviceEvent.FAILED, retries=1
+    )
+    await stores.audit.add(rollout_id, {"at": FINISHED_AT, "action": "wave_done"})
+    assert await stores.leases.acquire(rollout_id, "engine-a", 60_000)
     return rollout_id, devices
 
 
@@ -100,7 +102,7 @@ async def assert_gone(stores: Stores, rollout_id: str, devices: list[str]) -> No
     assert await stores.rollouts.get(rollout_id) is None
     assert rollout_id not in await stores.rollouts.ids(PROJECT)
     assert await stores.retention.finished_at(rollout_id) is None
-    assert await stores.rollouts.device_rollouts(devices) == [None] * len(devices)
+    assert await stores.rollout_devices.device_rollouts(devices) == [None] * len(devices)
 
 
 # --- the finished index ---------------------------------------------------------------------
@@ -165,7 +167,7 @@ async def test_purge_frees_a_device_lock_the_rollout_still_holds(clean: Stores) 
     rollout_id, devices = await finished_rollout(clean, 3)
     for device_id in devices:  # as if the release had been lost
         await clean.redis.set(clean.keys.device_rollout(device_id), rollout_id)
-    assert await clean.rollouts.device_rollouts(devices) == [rollout_id] * 3
+    assert await clean.rollout_devices.device_rollouts(devices) == [rollout_id] * 3
     assert (await clean.retention.purge(rollout_id, max_devices=100)).outcome == "deleted"
     await assert_gone(clean, rollout_id, devices)
 
@@ -202,7 +204,7 @@ async def test_a_purge_cut_short_is_unlisted_and_finished_by_the_next_one(clean:
     assert await clean.retention.finished_at(rollout_id) == FINISHED_MS  # the work still to do
     left = await clean.redis.llen(clean.keys.rollout_order(rollout_id))
     assert left == 650
-    records = await clean.rollouts.device_states(rollout_id, devices)
+    records = await clean.rollout_devices.device_states(rollout_id, devices)
     assert sum(1 for record in records if record) == 650  # those not yet deleted are intact
 
     second = await clean.retention.purge(rollout_id, max_devices=10_000, chunk=200)
@@ -236,14 +238,14 @@ async def test_two_replicas_purging_the_same_rollouts_at_once_delete_each_record
 async def test_a_late_result_after_the_deletion_brings_no_key_back(clean: Stores) -> None:
     rollout_id, devices = await running_rollout(clean, 3)
     commands = {
-        device_id: (await clean.rollouts.device(rollout_id, device_id))["command_id"]
+        device_id: (await clean.rollout_devices.device(rollout_id, device_id))["command_id"]
         for device_id in devices
     }
     await move(clean, rollout_id, RolloutState.RUNNING, RolloutState.ABORTED)
     assert (await clean.retention.purge(rollout_id, max_devices=100)).outcome == "deleted"
 
     # The tracker still has the rollout's rules; the command records live 24 h.
-    applied = await clean.rollouts.apply_results(
+    applied = await clean.rollout_devices.apply_results(
         [Reported(commands[device_id], device_id) for device_id in devices], {rollout_id: RULES}
     )
 

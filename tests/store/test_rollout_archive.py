@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from bench.rollout_memory import bytes_per_device, finished_rollout, rollout_bytes
 from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutState
 from orchestrator.store import Stores
+from orchestrator.store.device_events import TransitionRequest
 from orchestrator.store.rollout_archive import LEFT_OUT
-from orchestrator.store.rollouts import Grant, TransitionRequest
+from orchestrator.store.rollout_devices import Grant
 from tests.store.test_retention import (
     FINISHED_AT,
     FINISHED_MS,
@@ -78,7 +79,7 @@ async def varied_rollout(
         created_by="alice",
     )
     await start(stores, rollout_id)
-    sent = await stores.rollouts.dispatch(
+    sent = await stores.rollout_devices.dispatch(
         rollout_id, count=n - 10, reach=n, ack_deadline_ms=FAR_MS, grant=GRANT
     )
     steps: dict[int, list[tuple[DeviceEvent, dict[str, Any]]]] = {
@@ -105,7 +106,7 @@ async def varied_rollout(
         for i, item in enumerate(sent)
         for event, fields in steps[i % len(steps)]
     ]
-    assert all(t.applied for t in await stores.rollouts.transitions(requests))
+    assert all(t.applied for t in await stores.rollout_devices.transitions(requests))
     assert await abort(stores, rollout_id) == ("running", True)
     return rollout_id, devices
 
@@ -118,7 +119,7 @@ def kept(record: dict[str, str]) -> dict[str, str]:
 async def reads(stores: Stores, rollout_id: str, devices: list[str]) -> dict[str, Any]:
     """Every read of the rollout's devices, packed fields only: equal reads, equal views."""
     n = len(devices)
-    archive, rollouts = stores.archive, stores.rollouts
+    archive, rollouts, devices_of = stores.archive, stores.rollouts, stores.rollout_devices
     pages = [
         (at, device_id, kept(row))
         for start in range(0, n, 7)  # pages that cross chunks
@@ -134,12 +135,12 @@ async def reads(stores: Stores, rollout_id: str, devices: list[str]) -> dict[str
             for state in DeviceState
         },
         "found": [kept(row) for row in await archive.find(rollout_id, [*devices, "nobody"])],
-        "device_states": [kept(row) for row in await rollouts.device_states(rollout_id, devices)],
-        "device": [kept(await rollouts.device(rollout_id, d)) for d in devices[:20]],
-        "order": await rollouts.order_slice(rollout_id, 0, n),
+        "device_states": [kept(row) for row in await devices_of.device_states(rollout_id, devices)],
+        "device": [kept(await devices_of.device(rollout_id, d)) for d in devices[:20]],
+        "order": await devices_of.order_slice(rollout_id, 0, n),
         "record": await rollouts.get(rollout_id),
         "counts": await rollouts.counts(rollout_id),
-        "events": await rollouts.events(rollout_id),
+        "events": await stores.audit.events(rollout_id),
     }
 
 
@@ -250,12 +251,12 @@ async def test_compaction_leaves_a_rollout_an_engine_may_still_write_to_untouche
 ) -> None:
     if case == "running":
         rollout_id, _ = await running_rollout(clean, 5)
-        await clean.rollouts.release_lease(rollout_id, "engine-a")
+        await clean.leases.release(rollout_id, "engine-a")
         await clean.rollouts.deactivate(rollout_id)  # even off the active list
         outcome = "not_finished"
     elif case == "active":  # an older version ended it; the engine still cleans up
         rollout_id, _ = await aborted_rollout(clean, 5, left_active=True)
-        await clean.rollouts.release_lease(rollout_id, "engine-a")
+        await clean.leases.release(rollout_id, "engine-a")
         outcome = "active"
     else:  # the driver's last step may still be writing
         rollout_id, _ = await aborted_rollout(clean, 5)
@@ -335,8 +336,8 @@ async def test_a_packed_record_reads_back_exactly_as_its_hash_held_it(
     await abort(clean, rollout_id)
     for device_id, fields in records:
         if fields:
-            await clean.rollouts.set_device_fields(rollout_id, device_id, **fields)
-    before = await clean.rollouts.device_states(rollout_id, devices)
+            await clean.rollout_devices.set_device_fields(rollout_id, device_id, **fields)
+    before = await clean.rollout_devices.device_states(rollout_id, devices)
 
     assert (await compact(clean, rollout_id, chunk=4))[0] == "done"
 
@@ -350,12 +351,14 @@ async def test_a_packed_record_reads_back_exactly_as_its_hash_held_it(
 async def test_a_value_list_that_is_full_writes_further_values_out(clean: Stores) -> None:
     rollout_id, devices = await varied_rollout(clean, 40)
     for i, device_id in enumerate(devices):  # 400 short values, more than the list takes
-        await clean.rollouts.set_device_fields(
+        await clean.rollout_devices.set_device_fields(
             rollout_id, device_id, **{f"note{j}": f"n{i}-{j}" for j in range(10)}
         )
-    before = await clean.rollouts.device_states(rollout_id, devices)
+    before = await clean.rollout_devices.device_states(rollout_id, devices)
     assert await compact(clean, rollout_id, chunk=16) == ("done", 40)
-    assert await clean.rollouts.device_states(rollout_id, devices) == [kept(r) for r in before]
+    assert await clean.rollout_devices.device_states(rollout_id, devices) == [
+        kept(r) for r in before
+    ]
 
 
 # --- writers after the end -----------------------------------------------------------------
@@ -365,13 +368,13 @@ async def test_a_late_result_for_a_packed_device_is_refused_as_missing_and_write
     clean: Stores,
 ) -> None:
     rollout_id, devices = await running_rollout(clean, 3)
-    commands = [(await clean.rollouts.device(rollout_id, d))["command_id"] for d in devices]
+    commands = [(await clean.rollout_devices.device(rollout_id, d))["command_id"] for d in devices]
     await abort(clean, rollout_id)
-    await clean.rollouts.release_lease(rollout_id, "engine-a")
+    await clean.leases.release(rollout_id, "engine-a")
     assert await compact(clean, rollout_id) == ("done", 3)
     packed = await dump(clean, rollout_id)
 
-    applied = await clean.rollouts.apply_results(
+    applied = await clean.rollout_devices.apply_results(
         [
             Reported(command, device_id)
             for command, device_id in zip(commands, devices, strict=True)

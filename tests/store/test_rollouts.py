@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from orchestrator.domain import counters
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
     FAILED_DEVICE_STATES,
@@ -24,15 +25,9 @@ from orchestrator.domain.states import (
     RolloutState,
 )
 from orchestrator.store import Stores
-from orchestrator.store.rollouts import (
-    CreateOutcome,
-    Grant,
-    ResultOutcome,
-    ResultRules,
-    StatusRules,
-    Transition,
-    TransitionRequest,
-)
+from orchestrator.store.device_events import ResultRules, StatusRules, TransitionRequest
+from orchestrator.store.rollout_devices import Grant, ResultOutcome, Transition
+from orchestrator.store.rollouts import CreateOutcome
 from tests.conftest import wait_for
 
 PROJECT = "proj-1"
@@ -154,14 +149,14 @@ GRANT = Grant(project_id="p-test", file_name="fw_2.0.0.bin", size=4096, key_ttl_
 
 async def dispatch(stores: Stores, made: Made, count: int, reach: int) -> list[tuple[str, str]]:
     """(device id, command id) of each device sent."""
-    sent = await stores.rollouts.dispatch(
+    sent = await stores.rollout_devices.dispatch(
         made.id, count=count, reach=reach, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
     )
     return [(item.device_id, item.command_id) for item in sent]
 
 
 async def state_of(stores: Stores, rollout_id: str, device_id: str) -> str:
-    return (await stores.rollouts.device(rollout_id, device_id)).get("state", "")
+    return (await stores.rollout_devices.device(rollout_id, device_id)).get("state", "")
 
 
 # --- create ------------------------------------------------------------------------------
@@ -182,14 +177,14 @@ async def test_create_writes_a_pending_rollout_with_pending_devices_split_by_rea
         "1:pending": 3,
         "2:pending": 5,
     }
-    rows = await stores.rollouts.device_states(made.id, made.devices)
+    rows = await stores.rollout_devices.device_states(made.id, made.devices)
     assert [row["wave"] for row in rows] == ["0"] * 2 + ["1"] * 3 + ["2"] * 5
     assert {(row["state"], row["attempts"]) for row in rows} == {("pending", "0")}
-    assert await stores.rollouts.order_slice(made.id, 0, 10) == made.devices
+    assert await stores.rollout_devices.order_slice(made.id, 0, 10) == made.devices
     assert await stores.rollouts.ids(PROJECT) == [made.id]
     assert made.id in await stores.rollouts.active_ids()
-    assert await stores.rollouts.device_rollouts(made.devices) == [made.id] * 10
-    assert await stores.rollouts.events(made.id) == [
+    assert await stores.rollout_devices.device_rollouts(made.devices) == [made.id] * 10
+    assert await stores.audit.events(made.id) == [
         {
             "at": AT,
             "actor": "alice",
@@ -217,7 +212,7 @@ async def test_create_with_a_name_active_in_the_project_names_the_holder_and_wri
     assert outcome == CreateOutcome(created=False, name_taken_by=first.id)
     assert await keys_naming(stores, second) == []
     assert await stores.rollouts.get(second) is None
-    assert await stores.rollouts.device_rollouts(others) == [None] * 3
+    assert await stores.rollout_devices.device_rollouts(others) == [None] * 3
     assert await stores.rollouts.active_ids() == [first.id]
     assert await stores.rollouts.ids(PROJECT) == [first.id]
 
@@ -248,8 +243,8 @@ async def test_create_over_devices_of_an_active_rollout_lists_exactly_those_and_
         created=False, devices_taken=(first.devices[4], first.devices[1])
     )
     assert await keys_naming(stores, second) == []
-    assert await stores.rollouts.device_rollouts(fresh) == [None] * 4
-    assert await stores.rollouts.device_rollouts(first.devices) == [first.id] * 6
+    assert await stores.rollout_devices.device_rollouts(fresh) == [None] * 4
+    assert await stores.rollout_devices.device_rollouts(first.devices) == [first.id] * 6
     assert await stores.redis.get(stores.keys.rollout_name(PROJECT, "other")) is None
     assert await stores.rollouts.active_ids() == [first.id]
 
@@ -263,11 +258,11 @@ async def test_a_terminal_state_frees_the_name_and_the_devices_in_the_same_step(
         True,
     )
     assert await stores.redis.get(stores.keys.rollout_name(PROJECT, "again")) is None
-    assert await stores.rollouts.device_rollouts(first.devices) == [None] * 5
+    assert await stores.rollout_devices.device_rollouts(first.devices) == [None] * 5
     assert await stores.rollouts.active_ids() == []
-    assert await stores.rollouts.release_devices(first.id) == 0  # nothing left to release
+    assert await stores.rollout_devices.release_devices(first.id) == 0  # nothing left to release
     second = await create_rollout(name="again", devices=first.devices, reach=[5])
-    assert await stores.rollouts.device_rollouts(first.devices) == [second.id] * 5
+    assert await stores.rollout_devices.device_rollouts(first.devices) == [second.id] * 5
     assert await stores.rollouts.active_ids() == [second.id]
     assert set(await stores.rollouts.ids(PROJECT)) == {first.id, second.id}
 
@@ -276,13 +271,13 @@ async def test_a_terminal_state_cancels_every_device_not_final_and_revokes_its_k
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     made = await create_rollout(5, [5], running=True)
-    sent = await stores.rollouts.dispatch(
+    sent = await stores.rollout_devices.dispatch(
         made.id, count=3, reach=5, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
     )
     claimed, delivered, _ = (item.device_id for item in sent)
-    await stores.rollouts.transition(made.id, claimed, DeviceEvent.KEY_CLAIMED)
-    await stores.rollouts.transition(made.id, delivered, DeviceEvent.KEY_DELIVERED)
-    await stores.rollouts.transition(made.id, delivered, DeviceEvent.SUCCESS)
+    await stores.rollout_devices.transition(made.id, claimed, DeviceEvent.KEY_CLAIMED)
+    await stores.rollout_devices.transition(made.id, delivered, DeviceEvent.KEY_DELIVERED)
+    await stores.rollout_devices.transition(made.id, delivered, DeviceEvent.SUCCESS)
     assert await move(stores, made.id, RolloutState.RUNNING, RolloutState.ABORTED) == (
         "running",
         True,
@@ -296,7 +291,7 @@ async def test_a_terminal_state_cancels_every_device_not_final_and_revokes_its_k
     for item in sent:
         assert await stores.download_keys.get(item.key) is None
     assert await deadlines(stores, made.id) == {}
-    assert await stores.rollouts.unpublished(made.id) == []
+    assert await stores.rollout_devices.unpublished(made.id) == []
     assert await retry_list(stores, made.id) == []
     assert await state_of(stores, made.id, delivered) == "succeeded"  # final stays as it was
 
@@ -309,9 +304,13 @@ async def test_release_frees_only_the_locks_the_rollout_still_holds(
     for device_id in first.devices[:2]:
         await stores.redis.delete(stores.keys.device_rollout(device_id))
     second = await create_rollout(devices=first.devices[:2], reach=[2])
-    assert await stores.rollouts.release_devices(first.id) == 1
-    assert await stores.rollouts.release_devices(first.id) == 0
-    assert await stores.rollouts.device_rollouts(first.devices) == [second.id, second.id, None]
+    assert await stores.rollout_devices.release_devices(first.id) == 1
+    assert await stores.rollout_devices.release_devices(first.id) == 0
+    assert await stores.rollout_devices.device_rollouts(first.devices) == [
+        second.id,
+        second.id,
+        None,
+    ]
 
 
 async def test_concurrent_creates_over_the_same_devices_let_exactly_one_through(
@@ -336,7 +335,7 @@ async def test_concurrent_creates_over_the_same_devices_let_exactly_one_through(
     assert len(winners) == 1
     losers = [outcome for _, outcome in results if not outcome.created]
     assert all(outcome.devices_taken == tuple(shared) for outcome in losers)
-    assert await stores.rollouts.device_rollouts(shared) == winners * 8
+    assert await stores.rollout_devices.device_rollouts(shared) == winners * 8
     assert await stores.rollouts.active_ids() == winners
 
 
@@ -369,7 +368,7 @@ async def test_change_state_applies_from_an_allowed_state_and_records_who_and_wh
     assert record is not None
     assert (record.state, record.reason) == ("running", "operator said so")
     assert (record.updated_at, record.wave) == ("2030-02-02T00:00:00Z", 1)
-    assert (await stores.rollouts.events(made.id))[-1] == {
+    assert (await stores.audit.events(made.id))[-1] == {
         "from": "pending",
         "to": "running",
         "actor": "alice",
@@ -388,7 +387,7 @@ async def test_change_state_from_a_state_not_allowed_changes_nothing(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     made = await create_rollout(2, [2])
-    before = await stores.rollouts.events(made.id)
+    before = await stores.audit.events(made.id)
     assert await move(stores, made.id, RolloutState.RUNNING, RolloutState.PAUSED) == (
         "pending",
         False,
@@ -396,7 +395,7 @@ async def test_change_state_from_a_state_not_allowed_changes_nothing(
     record = await stores.rollouts.get(made.id)
     assert record is not None
     assert (record.state, record.updated_at) == ("pending", AT)
-    assert await stores.rollouts.events(made.id) == before
+    assert await stores.audit.events(made.id) == before
 
 
 async def test_change_state_of_an_unknown_rollout_changes_nothing(stores: Stores) -> None:
@@ -430,7 +429,7 @@ async def test_only_a_terminal_change_frees_the_name_and_leaves_the_active_set(
     holder = await stores.redis.get(stores.keys.rollout_name(PROJECT, "named"))
     assert holder == (None if terminal else made.id)
     assert (made.id in await stores.rollouts.active_ids()) is not terminal
-    assert [e["to"] for e in await stores.rollouts.events(made.id)] == ["pending", *path]
+    assert [e["to"] for e in await stores.audit.events(made.id)] == ["pending", *path]
 
 
 async def test_deactivate_takes_the_rollout_off_the_active_list_only(
@@ -464,7 +463,7 @@ async def test_dispatch_sends_nothing_unless_the_rollout_is_running(
     record = await stores.rollouts.get(made.id)
     assert record is not None
     assert record.cursor == 0
-    assert await stores.rollouts.unpublished(made.id) == []
+    assert await stores.rollout_devices.unpublished(made.id) == []
 
 
 async def test_dispatch_moves_at_most_count_devices_in_order_and_never_past_the_reach(
@@ -508,18 +507,18 @@ async def test_dispatch_marks_each_device_sent_with_its_own_command_and_ack_dead
     assert ids == made.devices[:3]
     assert len({command_id for _, command_id in sent}) == 3
     for device_id, command_id in sent:
-        record = await stores.rollouts.device(made.id, device_id)
+        record = await stores.rollout_devices.device(made.id, device_id)
         assert record["state"] == "sent"
         assert record["command_id"] == command_id
         assert record["attempts"] == "1"
         assert int(record["sent_at"]) > 0
-    assert await stores.rollouts.unpublished(made.id) == sorted(ids)
+    assert await stores.rollout_devices.unpublished(made.id) == sorted(ids)
     assert await deadlines(stores, made.id) == dict.fromkeys(ids, ACK_DEADLINE_MS)
-    await stores.rollouts.mark_published(made.id, ids[1])
-    assert await stores.rollouts.unpublished(made.id) == sorted([ids[0], ids[2]])
+    await stores.rollout_devices.mark_published(made.id, ids[1])
+    assert await stores.rollout_devices.unpublished(made.id) == sorted([ids[0], ids[2]])
     # A re-send (the rollback firmware) is unpublished again until its publish is confirmed.
-    await stores.rollouts.mark_unpublished(made.id, ids[1])
-    assert await stores.rollouts.unpublished(made.id) == sorted(ids)
+    await stores.rollout_devices.mark_unpublished(made.id, ids[1])
+    assert await stores.rollout_devices.unpublished(made.id) == sorted(ids)
 
 
 # --- transition --------------------------------------------------------------------------
@@ -531,21 +530,21 @@ async def test_a_pending_device_moves_only_by_dispatch_then_by_the_domain_table_
     made = await create_rollout(2, [2], running=True)
     device_id = made.devices[0]
     for event in (DeviceEvent.KEY_CLAIMED, DeviceEvent.SUCCESS, DeviceEvent.FAILED):
-        assert await stores.rollouts.transition(made.id, device_id, event) == Transition(
+        assert await stores.rollout_devices.transition(made.id, device_id, event) == Transition(
             old="pending", new="", refused="no_transition"
         )
     await dispatch(stores, made, 1, 2)
     # Sending happened by dispatch; SEND again is not a transition of a sent device.
-    assert (await stores.rollouts.transition(made.id, device_id, DeviceEvent.SEND)).refused == (
-        "no_transition"
-    )
+    assert (
+        await stores.rollout_devices.transition(made.id, device_id, DeviceEvent.SEND)
+    ).refused == ("no_transition")
     steps = [
         (DeviceEvent.KEY_CLAIMED, "sent", "downloading"),
         (DeviceEvent.KEY_DELIVERED, "downloading", "installing"),
         (DeviceEvent.SUCCESS, "installing", "succeeded"),
     ]
     for event, old, new in steps:
-        result = await stores.rollouts.transition(made.id, device_id, event)
+        result = await stores.rollout_devices.transition(made.id, device_id, event)
         assert result == Transition(old=old, new=new)
         assert result.applied
     assert await nonzero_counts(stores, made.id) == {
@@ -565,9 +564,9 @@ async def test_a_late_result_for_a_final_device_is_refused_and_changes_nothing(
     made = await create_rollout(1, [1], running=True)
     device_id = made.devices[0]
     await dispatch(stores, made, 1, 1)
-    await stores.rollouts.transition(made.id, device_id, DeviceEvent.SUCCESS)
+    await stores.rollout_devices.transition(made.id, device_id, DeviceEvent.SUCCESS)
     before = await stores.rollouts.counts(made.id)
-    result = await stores.rollouts.transition(made.id, device_id, event, retries=3)
+    result = await stores.rollout_devices.transition(made.id, device_id, event, retries=3)
     assert result == Transition(old="succeeded", new="", refused="no_transition")
     assert not result.applied
     assert await stores.rollouts.counts(made.id) == before
@@ -581,12 +580,12 @@ async def test_a_late_key_claim_still_marks_that_the_device_took_the_firmware(
     made = await create_rollout(1, [1], running=True)
     device_id = made.devices[0]
     await dispatch(stores, made, 1, 1)
-    await stores.rollouts.transition(made.id, device_id, DeviceEvent.FAILED)
-    late = await stores.rollouts.transition(
-        made.id, device_id, DeviceEvent.KEY_CLAIMED, extra={"downloaded": 1}
+    await stores.rollout_devices.transition(made.id, device_id, DeviceEvent.FAILED)
+    late = await stores.rollout_devices.transition(
+        made.id, device_id, DeviceEvent.KEY_CLAIMED, marks={"downloaded": 1}
     )
     assert late.refused == "no_transition"
-    device = await stores.rollouts.device(made.id, device_id)
+    device = await stores.rollout_devices.device(made.id, device_id)
     assert (device["state"], device.get("downloaded")) == ("failed", "1")
 
 
@@ -595,11 +594,11 @@ async def test_an_event_for_another_command_is_refused_as_command_mismatch(
 ) -> None:
     made = await create_rollout(1, [1], running=True)
     [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
-    stale = await stores.rollouts.transition(
+    stale = await stores.rollout_devices.transition(
         made.id, device_id, DeviceEvent.KEY_CLAIMED, command_id="an-old-command"
     )
     assert stale == Transition(old="sent", new="", refused="command_mismatch")
-    other_field = await stores.rollouts.transition(
+    other_field = await stores.rollout_devices.transition(
         made.id,
         device_id,
         DeviceEvent.KEY_CLAIMED,
@@ -608,7 +607,7 @@ async def test_an_event_for_another_command_is_refused_as_command_mismatch(
     )
     assert other_field.refused == "command_mismatch"
     assert await state_of(stores, made.id, device_id) == "sent"
-    assert await stores.rollouts.transition(
+    assert await stores.rollout_devices.transition(
         made.id, device_id, DeviceEvent.KEY_CLAIMED, command_id=command_id
     ) == Transition(old="sent", new="downloading")
 
@@ -618,9 +617,9 @@ async def test_an_event_for_a_device_not_in_the_rollout_is_refused_as_missing(
 ) -> None:
     made = await create_rollout(1, [1], running=True)
     before = await stores.rollouts.counts(made.id)
-    result = await stores.rollouts.transition(made.id, "dev-stranger", DeviceEvent.SUCCESS)
+    result = await stores.rollout_devices.transition(made.id, "dev-stranger", DeviceEvent.SUCCESS)
     assert result == Transition(old="", new="", refused="missing")
-    assert await stores.rollouts.device(made.id, "dev-stranger") == {}
+    assert await stores.rollout_devices.device(made.id, "dev-stranger") == {}
     assert await stores.rollouts.counts(made.id) == before
 
 
@@ -630,12 +629,12 @@ async def test_an_event_requiring_other_rollout_states_is_refused_as_rollout_sta
     made = await create_rollout(1, [1], running=True)
     [(device_id, _)] = await dispatch(stores, made, 1, 1)
     await move(stores, made.id, RolloutState.RUNNING, RolloutState.PAUSED)
-    refused = await stores.rollouts.transition(
+    refused = await stores.rollout_devices.transition(
         made.id, device_id, DeviceEvent.KEY_CLAIMED, rollout_states=[RolloutState.RUNNING]
     )
     assert refused == Transition(old="sent", new="", refused="rollout_state")
     assert await state_of(stores, made.id, device_id) == "sent"
-    applied = await stores.rollouts.transition(
+    applied = await stores.rollout_devices.transition(
         made.id,
         device_id,
         DeviceEvent.KEY_CLAIMED,
@@ -650,14 +649,14 @@ async def test_fail_counts_hold_the_devices_now_failed_by_failure_type(
     made = await create_rollout(4, [4], running=True)
     await dispatch(stores, made, 4, 4)
     wrong, failed, rejected, late = made.devices
-    rollouts = stores.rollouts
-    result = await rollouts.transition(
+    rollout_devices = stores.rollout_devices
+    result = await rollout_devices.transition(
         made.id, wrong, DeviceEvent.WRONG_VERSION, failure_type="wrong_version"
     )
     assert result == Transition(old="sent", new="failed")
-    await rollouts.transition(made.id, failed, DeviceEvent.FAILED)
-    await rollouts.transition(made.id, rejected, DeviceEvent.REJECTED)
-    await rollouts.transition(made.id, late, DeviceEvent.TIMED_OUT, failure_type="timed_out")
+    await rollout_devices.transition(made.id, failed, DeviceEvent.FAILED)
+    await rollout_devices.transition(made.id, rejected, DeviceEvent.REJECTED)
+    await rollout_devices.transition(made.id, late, DeviceEvent.TIMED_OUT, failure_type="timed_out")
     assert await nonzero_counts(stores, made.id) == {
         "all:failed": 2,
         "all:rejected": 1,
@@ -670,12 +669,12 @@ async def test_fail_counts_hold_the_devices_now_failed_by_failure_type(
         "fail:rejected": 1,
         "fail:timed_out": 1,
     }
-    assert (await rollouts.device(made.id, wrong))["failure"] == "wrong_version"
+    assert (await rollout_devices.device(made.id, wrong))["failure"] == "wrong_version"
     # Leaving a failed state (the rollback firmware goes out) takes it out of its fail count.
-    await rollouts.transition(made.id, wrong, DeviceEvent.ROLLBACK_SEND)
-    counts = await rollouts.counts(made.id)
+    await rollout_devices.transition(made.id, wrong, DeviceEvent.ROLLBACK_SEND)
+    counts = await stores.rollouts.counts(made.id)
     assert (counts["fail:wrong_version"], counts["all:rollback_sent"]) == (0, 1)
-    assert "failure" not in await rollouts.device(made.id, wrong)
+    assert "failure" not in await rollout_devices.device(made.id, wrong)
 
 
 @pytest.mark.parametrize("event", [DeviceEvent.FAILED, DeviceEvent.TIMED_OUT])
@@ -684,7 +683,7 @@ async def test_with_one_retry_the_first_failure_goes_back_to_pending_and_the_sec
 ) -> None:
     made = await create_rollout(4, [4], running=True)
     [(device_id, first_command), _] = await dispatch(stores, made, 2, 4)
-    retried = await stores.rollouts.transition(
+    retried = await stores.rollout_devices.transition(
         made.id, device_id, event, retries=1, drop_deadline=True
     )
     assert retried == Transition(old="sent", new="pending")
@@ -695,20 +694,20 @@ async def test_with_one_retry_the_first_failure_goes_back_to_pending_and_the_sec
         "0:sent": 1,
     }
     assert await retry_list(stores, made.id) == [device_id]
-    record = await stores.rollouts.device(made.id, device_id)
+    record = await stores.rollout_devices.device(made.id, device_id)
     assert (record["state"], record["last_failure"]) == ("pending", event.value)
     # The retried device goes before the next new one, as a new command.
     [(again, second_command)] = await dispatch(stores, made, 1, 4)
     assert again == device_id
     assert second_command != first_command
-    record = await stores.rollouts.device(made.id, device_id)
+    record = await stores.rollout_devices.device(made.id, device_id)
     assert (record["state"], record["attempts"], record["command_id"]) == (
         "sent",
         "2",
         second_command,
     )
     assert await retry_list(stores, made.id) == []
-    final = await stores.rollouts.transition(made.id, device_id, event, retries=1)
+    final = await stores.rollout_devices.transition(made.id, device_id, event, retries=1)
     assert final == Transition(old="sent", new=event.value)
     counts = await nonzero_counts(stores, made.id)
     assert (counts[f"all:{event.value}"], counts[f"fail:{event.value}"]) == (1, 1)
@@ -721,7 +720,9 @@ async def test_without_retries_the_first_failure_is_final(
 ) -> None:
     made = await create_rollout(1, [1], running=True)
     [(device_id, _)] = await dispatch(stores, made, 1, 1)
-    result = await stores.rollouts.transition(made.id, device_id, DeviceEvent.FAILED, retries=0)
+    result = await stores.rollout_devices.transition(
+        made.id, device_id, DeviceEvent.FAILED, retries=0
+    )
     assert result == Transition(old="sent", new="failed")
     assert await retry_list(stores, made.id) == []
 
@@ -729,7 +730,9 @@ async def test_without_retries_the_first_failure_is_final(
 async def test_a_rejection_is_never_retried(stores: Stores, create_rollout: CreateRollout) -> None:
     made = await create_rollout(1, [1], running=True)
     [(device_id, _)] = await dispatch(stores, made, 1, 1)
-    result = await stores.rollouts.transition(made.id, device_id, DeviceEvent.REJECTED, retries=5)
+    result = await stores.rollout_devices.transition(
+        made.id, device_id, DeviceEvent.REJECTED, retries=5
+    )
     assert result == Transition(old="sent", new="rejected")
     assert await retry_list(stores, made.id) == []
     assert (await nonzero_counts(stores, made.id))["fail:rejected"] == 1
@@ -740,8 +743,8 @@ async def test_the_retry_event_puts_a_failed_device_back_in_line_for_dispatch(
 ) -> None:
     made = await create_rollout(2, [2], running=True)
     [(device_id, _), _] = await dispatch(stores, made, 2, 2)
-    await stores.rollouts.transition(made.id, device_id, DeviceEvent.FAILED)
-    result = await stores.rollouts.transition(made.id, device_id, DeviceEvent.RETRY)
+    await stores.rollout_devices.transition(made.id, device_id, DeviceEvent.FAILED)
+    result = await stores.rollout_devices.transition(made.id, device_id, DeviceEvent.RETRY)
     assert result == Transition(old="failed", new="pending")
     assert (await stores.rollouts.counts(made.id))["fail:failed"] == 0
     assert await retry_list(stores, made.id) == [device_id]
@@ -753,12 +756,12 @@ async def test_dispatch_writes_each_device_its_download_key_and_command_record(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     made = await create_rollout(3, [3], running=True)
-    sent = await stores.rollouts.dispatch(
+    sent = await stores.rollout_devices.dispatch(
         made.id, count=2, reach=3, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
     )
     assert len({item.key for item in sent}) == 2
     for item in sent:
-        assert (await stores.rollouts.device(made.id, item.device_id))["key"] == item.key
+        assert (await stores.rollout_devices.device(made.id, item.device_id))["key"] == item.key
         key = await stores.download_keys.get(item.key)
         assert key is not None
         assert (key.device_id, key.command_id, key.rollout_id) == (
@@ -789,7 +792,7 @@ async def test_counters_add_up_when_one_call_moves_a_device_several_times(
     made = await create_rollout(3, [1, 3], running=True)
     await dispatch(stores, made, 3, 3)
     first, second, third = made.devices
-    outcomes = await stores.rollouts.transitions(
+    outcomes = await stores.rollout_devices.transitions(
         [
             TransitionRequest(made.id, first, DeviceEvent.KEY_CLAIMED),
             TransitionRequest(made.id, first, DeviceEvent.KEY_DELIVERED),
@@ -817,17 +820,17 @@ async def test_counters_add_up_when_one_call_moves_a_device_several_times(
         "fail:failed": 1,
         "fail:rejected": 1,
     }
-    assert (await stores.rollouts.device(made.id, third)).get("failure") is None
+    assert (await stores.rollout_devices.device(made.id, third)).get("failure") is None
 
 
 async def test_success_revokes_the_device_key_and_other_outcomes_keep_it(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     made = await create_rollout(2, [2], running=True)
-    done, failed = await stores.rollouts.dispatch(
+    done, failed = await stores.rollout_devices.dispatch(
         made.id, count=2, reach=2, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
     )
-    outcomes = await stores.rollouts.transitions(
+    outcomes = await stores.rollout_devices.transitions(
         [
             TransitionRequest(made.id, done.device_id, DeviceEvent.SUCCESS),
             TransitionRequest(made.id, failed.device_id, DeviceEvent.FAILED),
@@ -881,11 +884,11 @@ async def test_results_are_matched_to_their_commands_and_moved_by_the_rollouts_r
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     made = await create_rollout(4, [4], running=True)
-    sent = await stores.rollouts.dispatch(
+    sent = await stores.rollout_devices.dispatch(
         made.id, count=4, reach=4, ack_deadline_ms=ACK_DEADLINE_MS, grant=GRANT
     )
     good, wrong, busy, robbed = sent
-    applied = await stores.rollouts.apply_results(
+    applied = await stores.rollout_devices.apply_results(
         [
             Reported(good.command_id, good.device_id),
             Reported(wrong.command_id, wrong.device_id, version="9.9.9"),
@@ -927,7 +930,7 @@ async def test_results_are_matched_to_their_commands_and_moved_by_the_rollouts_r
         "0:sent": 1,
         "fail:wrong_version": 1,
     }
-    assert (await stores.rollouts.device(made.id, busy.device_id))["downloaded"] == "1"
+    assert (await stores.rollout_devices.device(made.id, busy.device_id))["downloaded"] == "1"
     assert await stores.download_keys.get(good.key) is None
     assert await stores.download_keys.get(wrong.key) is not None
     assert await deadlines(stores, made.id) == {
@@ -945,7 +948,7 @@ async def test_results_keep_any_text_of_ids_and_versions_intact(
     odd = f"dev-é-😀-{uuid.uuid4().hex[:6]}"
     made = await create_rollout(devices=[odd], reach=[1], running=True)
     [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
-    applied = await stores.rollouts.apply_results(
+    applied = await stores.rollout_devices.apply_results(
         [
             Reported('cmd-"quoted"\\back\nline\u0000nul', odd),
             Reported(command_id, device_id, version="2.1.0\u0000"),
@@ -970,14 +973,14 @@ async def test_results_about_a_rollout_without_rules_write_nothing_and_name_it(
     [(other_device, other_command)] = await dispatch(stores, other, 1, 1)
     before = await stores.rollouts.counts(made.id)
     results = [Reported(command_id, device_id), Reported(other_command, other_device)]
-    applied = await stores.rollouts.apply_results(results, {made.id: RULES})
+    applied = await stores.rollout_devices.apply_results(results, {made.id: RULES})
     assert (applied.outcomes, applied.needed) == ([], [other.id])
     assert await stores.rollouts.counts(made.id) == before
     assert await state_of(stores, made.id, device_id) == "sent"
     record = await stores.rollouts.get(made.id)
     assert record is not None
     assert record.last_result_ms == 0
-    applied = await stores.rollouts.apply_results(results, {made.id: RULES, other.id: RULES})
+    applied = await stores.rollout_devices.apply_results(results, {made.id: RULES, other.id: RULES})
     assert [o.outcome for o in applied.outcomes] == ["applied", "applied"]
 
 
@@ -989,7 +992,7 @@ async def test_results_outside_rollouts_or_about_a_gone_rollout_move_nothing(
     await stores.commands.record(
         "cmd-reboot", device_id=device_id, project_id=PROJECT, command="reboot", sent_at=AT
     )
-    applied = await stores.rollouts.apply_results(
+    applied = await stores.rollout_devices.apply_results(
         [Reported("cmd-reboot", device_id), Reported(command_id, device_id)], {made.id: None}
     )
     assert applied.outcomes == [
@@ -1006,9 +1009,11 @@ async def test_a_rollback_result_follows_the_rules_of_its_command_kind(
 ) -> None:
     made = await create_rollout(1, [1], running=True)
     [(device_id, _)] = await dispatch(stores, made, 1, 1)
-    await stores.rollouts.transition(made.id, device_id, DeviceEvent.SUCCESS)
-    await stores.rollouts.transition(made.id, device_id, DeviceEvent.ROLLBACK_SEND)
-    await stores.rollouts.set_device_fields(made.id, device_id, rollback_command_id="cmd-back")
+    await stores.rollout_devices.transition(made.id, device_id, DeviceEvent.SUCCESS)
+    await stores.rollout_devices.transition(made.id, device_id, DeviceEvent.ROLLBACK_SEND)
+    await stores.rollout_devices.set_device_fields(
+        made.id, device_id, rollback_command_id="cmd-back"
+    )
     await stores.commands.record(
         "cmd-back",
         device_id=device_id,
@@ -1018,7 +1023,7 @@ async def test_a_rollback_result_follows_the_rules_of_its_command_kind(
         rollout_id=made.id,
         kind="rollback",
     )
-    applied = await stores.rollouts.apply_results(
+    applied = await stores.rollout_devices.apply_results(
         [
             Reported("cmd-back", device_id, "installing", None),
             Reported("cmd-back", device_id, "success", "1.0.0"),
@@ -1042,7 +1047,7 @@ async def test_rules_giving_one_event_two_meanings_are_refused(
         mismatched={"success": template(DeviceEvent.SUCCESS, drop_deadline=True)},
     )
     with pytest.raises(ValueError, match="two meanings"):
-        await stores.rollouts.apply_results(
+        await stores.rollout_devices.apply_results(
             [Reported(command_id, device_id)], {made.id: ResultRules(default=twice)}
         )
 
@@ -1052,26 +1057,30 @@ async def test_deadlines_are_set_kept_or_dropped_by_the_transition_and_due_finds
 ) -> None:
     made = await create_rollout(4, [4], running=True)
     a, b, c, d = made.devices
-    await stores.rollouts.dispatch(made.id, count=4, reach=4, ack_deadline_ms=1_000, grant=GRANT)
+    await stores.rollout_devices.dispatch(
+        made.id, count=4, reach=4, ack_deadline_ms=1_000, grant=GRANT
+    )
     assert await deadlines(stores, made.id) == dict.fromkeys(made.devices, 1_000)
-    await stores.rollouts.transition(made.id, a, DeviceEvent.KEY_CLAIMED, deadline_ms=5_000)
-    await stores.rollouts.transition(made.id, b, DeviceEvent.KEY_CLAIMED)
-    await stores.rollouts.transition(made.id, c, DeviceEvent.SUCCESS, drop_deadline=True)
-    await stores.rollouts.transition(made.id, d, DeviceEvent.INSTALLING, deadline_ms=3_000)
+    await stores.rollout_devices.transition(made.id, a, DeviceEvent.KEY_CLAIMED, deadline_ms=5_000)
+    await stores.rollout_devices.transition(made.id, b, DeviceEvent.KEY_CLAIMED)
+    await stores.rollout_devices.transition(made.id, c, DeviceEvent.SUCCESS, drop_deadline=True)
+    await stores.rollout_devices.transition(made.id, d, DeviceEvent.INSTALLING, deadline_ms=3_000)
     assert await deadlines(stores, made.id) == {a: 5_000, b: 1_000, d: 3_000}
-    assert await stores.rollouts.due(made.id, at_ms=999) == []
-    assert await stores.rollouts.due(made.id, at_ms=1_000) == [b]
-    assert await stores.rollouts.due(made.id, at_ms=4_000) == [b, d]
-    assert await stores.rollouts.due(made.id, at_ms=9_000, limit=2) == [b, d]
-    assert await stores.rollouts.due(made.id, at_ms=9_000) == [b, d, a]
+    assert await stores.rollout_devices.due(made.id, at_ms=999) == []
+    assert await stores.rollout_devices.due(made.id, at_ms=1_000) == [b]
+    assert await stores.rollout_devices.due(made.id, at_ms=4_000) == [b, d]
+    assert await stores.rollout_devices.due(made.id, at_ms=9_000, limit=2) == [b, d]
+    assert await stores.rollout_devices.due(made.id, at_ms=9_000) == [b, d, a]
     # A refused transition leaves the deadline as it was.
-    refused = await stores.rollouts.transition(made.id, a, DeviceEvent.SEND, drop_deadline=True)
+    refused = await stores.rollout_devices.transition(
+        made.id, a, DeviceEvent.SEND, drop_deadline=True
+    )
     assert refused.refused == "no_transition"
     assert (await deadlines(stores, made.id))[a] == 5_000
-    assert await stores.rollouts.with_deadlines(made.id) == [b, d, a]
-    await stores.rollouts.drop_deadline(made.id, b)
-    assert await stores.rollouts.due(made.id, at_ms=9_000) == [d, a]
-    assert await stores.rollouts.with_deadlines(made.id) == [d, a]
+    assert await stores.rollout_devices.with_deadlines(made.id) == [b, d, a]
+    await stores.rollout_devices.drop_deadline(made.id, b)
+    assert await stores.rollout_devices.due(made.id, at_ms=9_000) == [d, a]
+    assert await stores.rollout_devices.with_deadlines(made.id) == [d, a]
 
 
 # --- counters under any sequence of events ----------------------------------------------
@@ -1141,10 +1150,10 @@ class Model:
     def counts(self) -> dict[str, int]:
         tally: Counter[str] = Counter()
         for state, wave, failure in zip(self.states, self.waves, self.failure, strict=True):
-            tally[f"all:{state.value}"] += 1
-            tally[f"{wave}:{state.value}"] += 1
+            tally[counters.total(state)] += 1
+            tally[counters.in_wave(wave, state)] += 1
             if failure:
-                tally[f"fail:{failure}"] += 1
+                tally[counters.failures(failure)] += 1
         return dict(tally)
 
 
@@ -1188,7 +1197,7 @@ async def test_counters_always_add_up_to_the_devices_whatever_the_events(
             assert [device_id for device_id, _ in sent] == [made.devices[i] for i in expected]
         else:
             failure_type = "wrong_version" if step.event is DeviceEvent.WRONG_VERSION else ""
-            result = await stores.rollouts.transition(
+            result = await stores.rollout_devices.transition(
                 made.id,
                 made.devices[step.device],
                 step.event,
@@ -1197,12 +1206,12 @@ async def test_counters_always_add_up_to_the_devices_whatever_the_events(
             )
             assert result == model.apply(step.device, step.event, step.retries, failure_type)
         counts = await stores.rollouts.counts(made.id)
-        assert sum(v for k, v in counts.items() if k.startswith("all:")) == n
+        assert sum(counters.by_state(counts).values()) == n
         for wave, size in enumerate(WAVE_SIZES):
-            assert sum(v for k, v in counts.items() if k.startswith(f"{wave}:")) == size
+            assert sum(counters.by_state(counts, wave).values()) == size
         assert {k: v for k, v in counts.items() if v} == model.counts()
         assert await retry_list(stores, made.id) == [made.devices[i] for i in model.retry]
-    rows = await stores.rollouts.device_states(made.id, made.devices)
+    rows = await stores.rollout_devices.device_states(made.id, made.devices)
     assert [row["state"] for row in rows] == [state.value for state in model.states]
     record = await stores.rollouts.get(made.id)
     assert record is not None
@@ -1219,7 +1228,7 @@ async def test_fifty_concurrent_copies_of_one_event_apply_exactly_once(
     [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
     results = await asyncio.gather(
         *(
-            stores.rollouts.transition(
+            stores.rollout_devices.transition(
                 made.id, device_id, DeviceEvent.KEY_CLAIMED, command_id=command_id
             )
             for _ in range(50)
@@ -1256,26 +1265,26 @@ async def test_a_lease_is_held_by_one_owner_who_can_renew_it_until_released(
 ) -> None:
     rollout_id = str(uuid.uuid4())
     lease = stores.keys.rollout_lease(rollout_id)
-    rollouts = stores.rollouts
-    assert await rollouts.acquire_lease(rollout_id, "A", 1_000)
-    assert not await rollouts.acquire_lease(rollout_id, "B", 60_000)
-    assert await rollouts.acquire_lease(rollout_id, "A", 60_000)
+    leases = stores.leases
+    assert await leases.acquire(rollout_id, "A", 1_000)
+    assert not await leases.acquire(rollout_id, "B", 60_000)
+    assert await leases.acquire(rollout_id, "A", 60_000)
     assert await stores.redis.pttl(lease) > 1_000  # renewed to the new ttl
-    await rollouts.release_lease(rollout_id, "B")  # not B's to give back
+    await leases.release(rollout_id, "B")  # not B's to give back
     assert await stores.redis.get(lease) == "A"
-    await rollouts.release_lease(rollout_id, "A")
-    assert await rollouts.acquire_lease(rollout_id, "B", 60_000)
-    assert not await rollouts.acquire_lease(rollout_id, "A", 60_000)
+    await leases.release(rollout_id, "A")
+    assert await leases.acquire(rollout_id, "B", 60_000)
+    assert not await leases.acquire(rollout_id, "A", 60_000)
 
 
 async def test_a_lapsed_lease_can_be_taken_by_another_owner(stores: Stores) -> None:
     rollout_id = str(uuid.uuid4())
-    rollouts = stores.rollouts
-    assert await rollouts.acquire_lease(rollout_id, "A", 150)
-    assert not await rollouts.acquire_lease(rollout_id, "B", 60_000)
-    await wait_for(lambda: rollouts.acquire_lease(rollout_id, "B", 60_000), timeout_s=5)
+    leases = stores.leases
+    assert await leases.acquire(rollout_id, "A", 150)
+    assert not await leases.acquire(rollout_id, "B", 60_000)
+    await wait_for(lambda: leases.acquire(rollout_id, "B", 60_000), timeout_s=5)
     assert await stores.redis.get(stores.keys.rollout_lease(rollout_id)) == "B"
-    assert not await rollouts.acquire_lease(rollout_id, "A", 60_000)
+    assert not await leases.acquire(rollout_id, "A", 60_000)
 
 
 async def test_device_rollouts_name_the_rollout_holding_each_device(
@@ -1285,10 +1294,15 @@ async def test_device_rollouts_name_the_rollout_holding_each_device(
     second = await create_rollout(2, [2])
     free = device_ids(1)[0]
     query = [first.devices[0], second.devices[1], free, first.devices[1]]
-    assert await stores.rollouts.device_rollouts(query) == [first.id, second.id, None, first.id]
-    assert await stores.rollouts.device_rollouts([]) == []
-    assert await stores.rollouts.device_rollout(second.devices[0]) == second.id
-    assert await stores.rollouts.device_rollout(free) is None
+    assert await stores.rollout_devices.device_rollouts(query) == [
+        first.id,
+        second.id,
+        None,
+        first.id,
+    ]
+    assert await stores.rollout_devices.device_rollouts([]) == []
+    assert await stores.rollout_devices.device_rollout(second.devices[0]) == second.id
+    assert await stores.rollout_devices.device_rollout(free) is None
     await move(stores, first.id, RolloutState.RUNNING, RolloutState.ABORTED)
-    await stores.rollouts.release_devices(first.id)
-    assert await stores.rollouts.device_rollouts(query) == [None, second.id, None, None]
+    await stores.rollout_devices.release_devices(first.id)
+    assert await stores.rollout_devices.device_rollouts(query) == [None, second.id, None, None]

@@ -5,10 +5,14 @@
 -- deletion record
 -- ARGV[1] rollout id, ARGV[2] device hash prefix, ARGV[3] device lock prefix, ARGV[4] created ms,
 -- ARGV[5] rollout fields (JSON object), ARGV[6] wave reach (JSON list), ARGV[7] event (JSON),
--- ARGV[8..] device ids in wave order
+-- ARGV[8] counter names (JSON: {"total": prefix, "wave": between wave number and state}, from
+-- domain/counters.py), ARGV[9] the state devices start in, ARGV[10..] device ids in wave order
 -- Returns {'ok'} | {'exists'} | {'project_deleting'} | {'name_taken', other rollout id} |
 -- {'devices_taken', id, ...}
 local rid = ARGV[1]
+local FIRST = 10
+local names = cjson.decode(ARGV[8])
+local state = ARGV[9]
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'exists'}
 end
@@ -20,7 +24,7 @@ if holder then
   return {'name_taken', holder}
 end
 local taken = {'devices_taken'}
-for i = 8, #ARGV do
+for i = FIRST, #ARGV do
   if redis.call('EXISTS', ARGV[3] .. ARGV[i] .. ':rollout') == 1 then
     table.insert(taken, ARGV[i])
   end
@@ -34,17 +38,17 @@ for name, value in pairs(fields) do
 end
 local reach = cjson.decode(ARGV[6])
 local wave = 0
-for i = 8, #ARGV do
-  local position = i - 8
+for i = FIRST, #ARGV do
+  local position = i - FIRST
   while wave < #reach - 1 and position >= reach[wave + 1] do
     wave = wave + 1
   end
-  redis.call('HSET', ARGV[2] .. ARGV[i], 'state', 'pending', 'wave', wave, 'attempts', 0)
+  redis.call('HSET', ARGV[2] .. ARGV[i], 'state', state, 'wave', wave, 'attempts', 0)
   redis.call('SET', ARGV[3] .. ARGV[i] .. ':rollout', rid)
-  redis.call('HINCRBY', KEYS[3], wave .. ':pending', 1)
+  redis.call('HINCRBY', KEYS[3], wave .. names.wave .. state, 1)
   redis.call('RPUSH', KEYS[2], ARGV[i])
 end
-redis.call('HSET', KEYS[3], 'all:pending', #ARGV - 7)
+redis.call('HSET', KEYS[3], names.total .. state, #ARGV - FIRST + 1)
 redis.call('SET', KEYS[6], rid)
 redis.call('ZADD', KEYS[4], ARGV[4], rid)
 redis.call('SADD', KEYS[5], rid)

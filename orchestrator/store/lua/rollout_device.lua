@@ -1,35 +1,48 @@
 -- Move devices of rollouts by one event each, with their counters, in one step, in order.
--- A device that reaches `succeeded` has its download key revoked: the key has done its work.
+-- The script holds no rule of its own: the caller compiles the domain's (store/script_rules.py)
+-- and each event's spec (store/device_events.py) into the arguments.
 -- An event that answers a command (command id given and matching) also records the device's
--- last sign of life (`seen_at`, and `resends` back to 0), applied or not.
+-- last sign of life (`seen_at`, and `resends` back to 0) and sets the spec's marks, applied or
+-- not.
 -- KEYS[1] only routes the call to the node of the prefix's slot (Redis Cluster).
--- ARGV[1] is the entry point, ARGV[2] now ms, ARGV[3] download key hash prefix.
+-- ARGV[1] the entry point: events | due | results, ARGV[2] now ms, ARGV[3] download key hash
+-- prefix, ARGV[4] the domain's rules (JSON):
+--   {"failed": {state: true}, "retried": {failed state: where a retry takes it},
+--    "queued": {state: true} (entering one queues the device in the retry list),
+--    "spent": {state: true} (reaching one revokes the device's download key),
+--    "counters": {"total": prefix, "wave": between wave number and state, "fail": prefix}}
+-- ARGV[5] the entry point's work (JSON, below), then pairs of (rollout id, rollout JSON, '' when
+-- there is no such rollout): {"keys": {"rollout", "device" (prefix of device hashes),
+-- "counts", "deadlines", "retry", "unpublished"}, ...}.
 --
--- 'events': then 14 values per event:
---   1 rollout hash, 2 device hash, 3 counts hash, 4 deadlines zset, 5 retry list,
---   6 device id, 7 transitions {from: to} (JSON), 8 rollout states required (JSON list, [] for
---   any), 9 deadline: '' keep, '-' drop, '+N' N ms after the device's sent_at (now when it has
---   none), else epoch ms, 10 failure type for a failed state ('' = the state's name),
---   11 command id the event answers ('' = no check), 12 the device field holding it,
---   13 more fields to set (JSON object), 14 retries the plan allows (-1: no retry for this
---   event)
--- Returns, per event, {old state, new state, the device's download key} when applied, or
+-- An event spec (JSON object):
+--   {"transitions": {from: to}, "states": rollout states required ([] for any),
+--    "deadline": '' keep | '-' drop | '+N' N ms after the device's sent_at (now when it has
+--    none) | epoch ms, "failure": the failure type of a failed state it reaches,
+--    "field": the device field holding the command id answered, "extra": fields set when
+--    applied, "marks": fields set when the command matches (applied or not), "attempts": sends
+--    a failing device may have had and still be retried, "revoke": true to revoke the device's
+--    download key when applied, "unpublished": true to mark its command unpublished when applied}
+-- An event's outcome: {old state, new state, the device's download key} when applied, or
 -- {old state, why not, ''}: missing | rollout_state | command_mismatch | no_transition
 --
--- 'results': device results, each matched to its command record and turned into an event by
--- its rollout's rules. ARGV[4] command record key prefix, ARGV[5] the results as one JSON list
--- of [command id, device id, status, version ('' when none)] (one argument rather than four
--- per result: packing arguments is a large part of the caller's work), ARGV[6] the registry's
--- device record key prefix, ARGV[7] its last_seen field, ARGV[8] the seconds between two
--- last_seen writes, then pairs of (rollout id, rules JSON, '' when there is no such rollout).
--- A result on the topic of the device its command went to is word from that device: its
--- registry record's last_seen becomes now (in seconds) when it is that much older. Rules JSON:
---   {"keys": {"rollout", "device" (prefix of device hashes), "counts", "deadlines", "retry"},
---    "events": {name: {"transitions", "deadline", "failure", "field", "extra", "retries"}},
---    "kinds": {command kind: status rules}, "default": status rules}
---   status rules: {"version": expected ('' = any), "matched": {status: event name},
---                  "mismatched": {status: event name}}  (mismatched: another version reported)
--- First every record is read; when a result names a rollout not among the K, nothing is
+-- 'events': ARGV[5] {"specs": [spec, ...], "events": [[rollout id, device id, spec index (from
+-- 0), command id it answers ('' = no check), fields set when applied (optional)], ...]}.
+-- Returns the outcome of each event.
+--
+-- 'due': ARGV[5] {"spec": spec, "at": epoch ms, "limit": n}, one rollout. Each device whose
+-- deadline is at or before `at`, soonest first, up to `limit`, gets the spec's event and loses its deadline,
+-- applied or not. Returns {device id, outcome...} for each.
+--
+-- 'results': ARGV[5] {"commands": command record key prefix, "results": [[command id, device
+-- id, status, version ('' when none)], ...], "registry": the registry's device record key
+-- prefix, "seen_field": its last_seen field, "seen_every_s": seconds between two last_seen
+-- writes}. A result on the topic of the device its command went to is word from that device:
+-- its registry record's last_seen becomes now (in seconds) when it is that much older. Each result is matched to its command record and turned into an event by its rollout's
+-- rules. The rollout JSON adds {"events": {name: spec}, "kinds": {command kind: status rules},
+-- "default": status rules}; status rules: {"version": expected ('' = any), "matched": {status:
+-- event name}, "mismatched": {status: event name}} (mismatched: another version reported).
+-- First every record is read; when a result names a rollout not among the pairs, nothing is
 -- written and the reply is {'needed', rollout id, ...}. Otherwise the events are applied in
 -- order, each rollout heard from gets `last_result_ms` = now, and the reply is, per result,
 -- {outcome, command, sent_at, rollout id, event, detail}; outcome: applied | unknown_command |
@@ -38,7 +51,9 @@
 local mode = ARGV[1]
 local now = ARGV[2]
 local key_prefix = ARGV[3]
-local failed_states = {failed = true, rejected = true, timed_out = true}
+local rules = cjson.decode(ARGV[4])
+local failed, retried, queued, spent = rules.failed, rules.retried, rules.queued, rules.spent
+local names = rules.counters
 
 -- Counter changes, summed over the call and written at its end: {counts hash: {field: delta}}.
 -- Nothing in the call reads the counters, and every field touched is written (even by 0).
@@ -60,26 +75,46 @@ local function write_counts()
   end
 end
 
--- e: rollout, device, counts, deadlines, retry (keys), device_id, transitions (table),
--- states (table or nil), deadline, failure, command_id, field, extra (table or nil), retries
-local function apply(e)
-  local device, counts, device_id = e.device, e.counts, e.device_id
+-- Append the fields of `fields` (a table, or nil) to the flat list `flat`.
+local function append(flat, fields)
+  if fields then
+    for name, value in pairs(fields) do
+      table.insert(flat, name)
+      table.insert(flat, tostring(value))
+    end
+  end
+  return flat
+end
+
+-- The rollouts named by the pairs after ARGV[5]: rollout id -> JSON text ('' = none).
+local function given_rollouts()
+  local given = {}
+  for at = 6, #ARGV, 2 do
+    given[ARGV[at]] = ARGV[at + 1]
+  end
+  return given
+end
+
+-- Apply `spec` to one device of the rollout with keys `k`; `extra`: more fields when applied.
+local function apply(k, device_id, spec, command_id, extra)
+  local device = k.device .. device_id
   local got = redis.call(
-    'HMGET', device, 'state', 'wave', 'key', 'sent_at', 'attempts', 'failure', e.field
+    'HMGET', device, 'state', 'wave', 'key', 'sent_at', 'attempts', 'failure', spec.field
   )
   local state = got[1]
   if not state then
     return {'', 'missing', ''}
   end
-  if e.extra and e.extra.downloaded and (e.command_id == '' or got[7] == e.command_id) then
-    -- That the device fetched the firmware stays true whatever the event does to its state:
-    -- a key claim heard after the device's failure must still bring it the rollback.
-    redis.call('HSET', device, 'downloaded', tostring(e.extra.downloaded))
+  local answers = command_id == '' or got[7] == command_id
+  if answers and next(spec.marks) then
+    -- What the marks say stays true whatever the event does to the state: a key claim heard
+    -- after the device's failure must still bring it the rollback.
+    redis.call('HSET', device, unpack(append({}, spec.marks)))
   end
-  if e.states then
-    local rollout_state = redis.call('HGET', e.rollout, 'state')
+  if #spec.states > 0 then
+    local rollout_state = redis.call('HGET', k.rollout, 'state')
     local allowed = false
-    for _, name in ipairs(e.states) do
+    for _, name in ipairs(spec.states) do
       if name == rollout_state then
         allowed = true
       end
@@ -88,102 +123,105 @@ local function apply(e)
       return {state, 'rollout_state', ''}
     end
   end
-  if e.command_id ~= '' and got[7] ~= e.command_id then
+  if not answers then
     return {state, 'command_mismatch', ''}
   end
-  if e.command_id ~= '' then
+  if command_id ~= '' then
     -- The device spoke about its command (a result, a key use): a sign of life, even when it
     -- moves nothing. The driver sends the command again only after a silence.
     redis.call('HSET', device, 'seen_at', now, 'resends', 0)
   end
-  local new = e.transitions[state]
+  local new = spec.transitions[state]
   if not new then
     return {state, 'no_transition', ''}
   end
   local changes = {}
-  if (new == 'failed' or new == 'timed_out') and e.retries >= 0 then
-    local attempts = tonumber(got[5] or '0')
-    if attempts <= e.retries then
-      table.insert(changes, 'last_failure')
-      table.insert(changes, e.failure ~= '' and e.failure or new)
-      new = 'pending'
-    end
+  local back = retried[new]
+  if back and tonumber(got[5] or '0') < spec.attempts then
+    table.insert(changes, 'last_failure')
+    table.insert(changes, spec.failure)
+    new = back
   end
-  if new == 'pending' then
-    -- Back to pending (a retry, or the retry event): the cursor has passed it, so queue it.
-    redis.call('RPUSH', e.retry, device_id)
+  if queued[new] then
+    -- The cursor has passed it: the retry list brings it back to dispatch.
+    redis.call('RPUSH', k.retry, device_id)
   end
   local wave = got[2]
-  count(counts, wave .. ':' .. state, -1)
-  count(counts, wave .. ':' .. new, 1)
-  count(counts, 'all:' .. state, -1)
-  count(counts, 'all:' .. new, 1)
-  if failed_states[state] then
+  count(k.counts, wave .. names.wave .. state, -1)
+  count(k.counts, wave .. names.wave .. new, 1)
+  count(k.counts, names.total .. state, -1)
+  count(k.counts, names.total .. new, 1)
+  if failed[state] then
     local previous = got[6]
     if previous then
-      count(counts, 'fail:' .. previous, -1)
+      count(k.counts, names.fail .. previous, -1)
       redis.call('HDEL', device, 'failure')
     end
   end
-  if failed_states[new] then
-    local failure = e.failure ~= '' and e.failure or new
+  if failed[new] then
     table.insert(changes, 'failure')
-    table.insert(changes, failure)
-    count(counts, 'fail:' .. failure, 1)
+    table.insert(changes, spec.failure)
+    count(k.counts, names.fail .. spec.failure, 1)
   end
   table.insert(changes, 'state')
   table.insert(changes, new)
   table.insert(changes, 'updated_at')
   table.insert(changes, now)
-  if e.extra then
-    for name, value in pairs(e.extra) do
-      table.insert(changes, name)
-      table.insert(changes, tostring(value))
-    end
-  end
-  redis.call('HSET', device, unpack(changes))
-  local deadline = e.deadline
+  redis.call('HSET', device, unpack(append(append(changes, spec.extra), extra)))
+  local deadline = spec.deadline
   if deadline == '-' then
-    redis.call('ZREM', e.deadlines, device_id)
+    redis.call('ZREM', k.deadlines, device_id)
   elseif string.sub(deadline, 1, 1) == '+' then
     local sent_at = tonumber(got[4] or now) or tonumber(now)
-    redis.call('ZADD', e.deadlines, sent_at + tonumber(string.sub(deadline, 2)), device_id)
+    redis.call('ZADD', k.deadlines, sent_at + tonumber(string.sub(deadline, 2)), device_id)
   elseif deadline ~= '' then
-    redis.call('ZADD', e.deadlines, deadline, device_id)
+    redis.call('ZADD', k.deadlines, deadline, device_id)
+  end
+  if spec.unpublished then
+    redis.call('SADD', k.unpublished, device_id)
   end
   local key = got[3] or ''
-  if new == 'succeeded' and key ~= '' then
+  if key ~= '' and (spec.revoke or spent[new]) then
     redis.call('DEL', key_prefix .. key)
   end
   return {state, new, key}
 end
 
 local function events()
+  local work = cjson.decode(ARGV[5])
+  local specs = work.specs
+  local keys = {}
+  for rollout_id, text in pairs(given_rollouts()) do
+    keys[rollout_id] = cjson.decode(text).keys
+  end
   local outcomes = {}
-  local width = 14
-  for first = 4, #ARGV, width do
-    local a = {}
-    for i = 1, width do
-      a[i] = ARGV[first + i - 1]
-    end
-    local extra = nil
-    if a[13] ~= '{}' then
-      extra = cjson.decode(a[13])
-    end
-    local states = nil
-    if a[8] ~= '[]' then
-      states = cjson.decode(a[8])
-    end
-    table.insert(outcomes, apply({
-      rollout = a[1], device = a[2], counts = a[3], deadlines = a[4], retry = a[5],
-      device_id = a[6], transitions = cjson.decode(a[7]), states = states, deadline = a[9],
-      failure = a[10], command_id = a[11], field = a[12], extra = extra,
-      retries = tonumber(a[14]),
-    }))
+  for n, e in ipairs(work.events) do
+    outcomes[n] = apply(keys[e[1]], e[2], specs[e[3] + 1], e[4], e[5])
   end
   write_counts()
   return outcomes
 end
+
+local function due()
+  local work = cjson.decode(ARGV[5])
+  local k = cjson.decode(ARGV[7]).keys
+  local late = redis.call(
+    'ZRANGEBYSCORE', k.deadlines, '-inf', work.at, 'LIMIT', 0, work.limit
+  )
+  local outcomes = {}
+  for n, device_id in ipairs(late) do
+    local done = apply(k, device_id, work.spec, '', nil)
+    -- Applied or not, the deadline has been dealt with (a device that moved on has no use for
+    -- it): the next call finds the next devices.
+    redis.call('ZREM', k.deadlines, device_id)
+    outcomes[n] = {device_id, done[1], done[2], done[3]}
+  end
+  write_counts()
+  return outcomes
+end
+
+local refusals = {missing = true, rollout_state = true, command_mismatch = true,
+  no_transition = true}
 
 -- The registry record of a device the service heard from (never made when missing).
 local function seen(key, field, now_s, every_s)
@@ -199,14 +237,11 @@ local function seen(key, field, now_s, every_s)
 end
 
 local function results()
-  local command_prefix = ARGV[4]
-  local reported = cjson.decode(ARGV[5])
-  local registry, seen_field, seen_every_s = ARGV[6], ARGV[7], tonumber(ARGV[8])
+  local work = cjson.decode(ARGV[5])
+  local command_prefix, reported = work.commands, work.results
+  local registry, seen_field, seen_every_s = work.registry, work.seen_field, work.seen_every_s
   local now_s = math.floor(tonumber(now) / 1000)
-  local given = {}  -- rollout id -> rules JSON ('' = no such rollout)
-  for at = 9, #ARGV, 2 do
-    given[ARGV[at]] = ARGV[at + 1]
-  end
+  local given = given_rollouts()
   -- Read every record first: a rollout without rules means no write at all.
   local found = {}
   local needed, needed_seen = {}, {}
@@ -227,7 +262,7 @@ local function results()
     table.insert(needed, 1, 'needed')
     return needed
   end
-  local rules = {}  -- rollout id -> decoded rules, or false
+  local decoded = {}  -- rollout id -> decoded rules, or false
   local heard = {}
   local outcomes = {}
   for n, result in ipairs(reported) do
@@ -246,35 +281,26 @@ local function results()
     elseif rollout_id == '' then
       reply = {'no_rollout', command, sent_at, '', '', ''}
     else
-      local spec = rules[rollout_id]
+      local spec = decoded[rollout_id]
       if spec == nil then
         spec = given[rollout_id] ~= '' and cjson.decode(given[rollout_id])
-        rules[rollout_id] = spec
+        decoded[rollout_id] = spec
       end
       if not spec then
         reply = {'unknown_rollout', command, sent_at, rollout_id, '', ''}
       else
         heard[rollout_id] = spec.keys.rollout
         local by_status = spec.kinds[record[4] or ''] or spec.default
-        local names = by_status.mismatched
+        local event_names = by_status.mismatched
         if by_status.version == '' or version == by_status.version then
-          names = by_status.matched
+          event_names = by_status.matched
         end
-        local name = names[status]
+        local name = event_names[status]
         if not name then
           reply = {'no_event', command, sent_at, rollout_id, '', ''}
         else
-          local event = spec.events[name]
-          local keys = spec.keys
-          local done = apply({
-            rollout = keys.rollout, device = keys.device .. device_id, counts = keys.counts,
-            deadlines = keys.deadlines, retry = keys.retry, device_id = device_id,
-            transitions = event.transitions, deadline = event.deadline,
-            failure = event.failure, command_id = command_id, field = event.field,
-            extra = next(event.extra) and event.extra or nil, retries = event.retries,
-          })
-          if done[2] == 'missing' or done[2] == 'rollout_state'
-              or done[2] == 'command_mismatch' or done[2] == 'no_transition' then
+          local done = apply(spec.keys, device_id, spec.events[name], command_id, nil)
+          if refusals[done[2]] then
             reply = {done[2], command, sent_at, rollout_id, name, done[1]}
           else
             reply = {'applied', command, sent_at, rollout_id, name, done[2]}
@@ -296,5 +322,7 @@ end
 
 if mode == 'results' then
   return results()
+elseif mode == 'due' then
+  return due()
 end
 return events()

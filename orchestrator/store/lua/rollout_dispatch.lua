@@ -7,14 +7,19 @@
 -- ARGV[6] device key-set prefix, ARGV[7] device key-set suffix, ARGV[8] command hash prefix,
 -- ARGV[9] key fields shared by the batch (JSON object: project_id, file_name, size,
 -- rollout_id), ARGV[10] key expiry (epoch ms), ARGV[11] key TTL s, ARGV[12] command fields
--- shared by the batch (JSON object), ARGV[13] command record TTL s,
--- ARGV[14..] (command id, download key) for each device to send
+-- shared by the batch (JSON object), ARGV[13] command record TTL s, ARGV[14] counter names
+-- (JSON: {"total": prefix, "wave": between wave number and state}, from domain/counters.py),
+-- ARGV[15] the send (JSON: {"rollout": the rollout state it needs, "from": device state,
+-- "to": device state}, from the domain's table), ARGV[16..] (command id, download key) for
+-- each device to send
 -- Retried devices go first, then the cohort from the cursor up to the wave's reach.
 -- Returns {device id, command id, key, device id, command id, key, ...}
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+local names = cjson.decode(ARGV[14])
+local rule = cjson.decode(ARGV[15])
+if redis.call('HGET', KEYS[1], 'state') ~= rule.rollout then
   return {}
 end
-local FIRST = 14
+local FIRST = 16
 local sent = {}
 local wanted = (#ARGV - FIRST + 1) / 2
 local count = 0
@@ -30,19 +35,19 @@ for name, value in pairs(cjson.decode(ARGV[12])) do
 end
 local function send(device_id)
   local device = ARGV[1] .. device_id
-  if redis.call('HGET', device, 'state') ~= 'pending' then
+  if redis.call('HGET', device, 'state') ~= rule.from then
     return
   end
   local command_id = ARGV[FIRST + 2 * count]
   local key = ARGV[FIRST + 2 * count + 1]
   local wave = redis.call('HGET', device, 'wave')
-  redis.call('HSET', device, 'state', 'sent', 'command_id', command_id, 'sent_at', ARGV[2],
+  redis.call('HSET', device, 'state', rule.to, 'command_id', command_id, 'sent_at', ARGV[2],
     'updated_at', ARGV[2], 'key', key, 'seen_at', ARGV[2], 'resends', 0)
   redis.call('HINCRBY', device, 'attempts', 1)
-  redis.call('HINCRBY', KEYS[4], wave .. ':pending', -1)
-  redis.call('HINCRBY', KEYS[4], wave .. ':sent', 1)
-  redis.call('HINCRBY', KEYS[4], 'all:pending', -1)
-  redis.call('HINCRBY', KEYS[4], 'all:sent', 1)
+  redis.call('HINCRBY', KEYS[4], wave .. names.wave .. rule.from, -1)
+  redis.call('HINCRBY', KEYS[4], wave .. names.wave .. rule.to, 1)
+  redis.call('HINCRBY', KEYS[4], names.total .. rule.from, -1)
+  redis.call('HINCRBY', KEYS[4], names.total .. rule.to, 1)
   redis.call('ZADD', KEYS[5], ARGV[3], device_id)
   redis.call('SADD', KEYS[6], device_id)
   -- The download key (as DownloadKeyStore writes it) and the command record.

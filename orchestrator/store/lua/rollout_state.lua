@@ -6,10 +6,14 @@
 -- ARGV[4] event (JSON object; "from" is filled in here), ARGV[5] updated_at,
 -- ARGV[6] '1' when the new state is terminal, ARGV[7] rollout id, ARGV[8] more fields (JSON),
 -- ARGV[9] '1' to judge the policy from here on: the finished devices so far become the
--- baseline (`base:` counters) that the failure rate leaves out (a person resumed a halt),
+-- baseline (the counters ARGV[18] names) that the failure rate leaves out (a person resumed a
+-- halt),
 -- ARGV[10] notices kept in the stream (approximately), ARGV[11] {state: new state} for
 -- devices not final when the rollout ends (JSON, the domain's `end` event), ARGV[12] device
--- hash prefix, ARGV[13] download key hash prefix, ARGV[14] device lock prefix, ARGV[15] now ms
+-- hash prefix, ARGV[13] download key hash prefix, ARGV[14] device lock prefix, ARGV[15] now ms,
+-- ARGV[17] counter names (JSON: {"total": prefix, "wave": between wave number and state}),
+-- ARGV[18] what a rebase keeps (JSON: {counter: where its value goes}); both from
+-- domain/counters.py
 -- Returns {old state, new state, devices ended} or {old state, ''} when the state did not
 -- allow it.
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -35,11 +39,10 @@ local event = '{"from":' .. cjson.encode(state) .. ',' .. string.sub(ARGV[4], 2)
 redis.call('RPUSH', KEYS[2], event)
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'rollout_id', ARGV[7], 'event', event)
 if ARGV[9] == '1' then
-  local counts = redis.call('HGETALL', KEYS[5])
-  for i = 1, #counts, 2 do
-    local name = counts[i]
-    if name == 'all:succeeded' or string.sub(name, 1, 5) == 'fail:' then
-      redis.call('HSET', KEYS[5], 'base:' .. name, counts[i + 1])
+  for name, base in pairs(cjson.decode(ARGV[18])) do
+    local value = redis.call('HGET', KEYS[5], name)
+    if value then
+      redis.call('HSET', KEYS[5], base, value)
     end
   end
 end
@@ -53,6 +56,7 @@ if ARGV[6] == '1' then
   end
   local ends = cjson.decode(ARGV[11])
   local device_prefix, key_prefix, lock_prefix, now = ARGV[12], ARGV[13], ARGV[14], ARGV[15]
+  local names = cjson.decode(ARGV[17])
   local deltas = {}
   local function count(name, delta)
     deltas[name] = (deltas[name] or 0) + delta
@@ -62,10 +66,10 @@ if ARGV[6] == '1' then
     local got = redis.call('HMGET', device, 'state', 'wave', 'key', 'rollback_key')
     local new = got[1] and ends[got[1]]
     if new then
-      count(got[2] .. ':' .. got[1], -1)
-      count(got[2] .. ':' .. new, 1)
-      count('all:' .. got[1], -1)
-      count('all:' .. new, 1)
+      count(got[2] .. names.wave .. got[1], -1)
+      count(got[2] .. names.wave .. new, 1)
+      count(names.total .. got[1], -1)
+      count(names.total .. new, 1)
       redis.call('HSET', device, 'state', new, 'updated_at', now)
       for _, key in ipairs({got[3], got[4]}) do
         if key and key ~= '' then
