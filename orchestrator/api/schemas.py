@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -218,6 +219,7 @@ class DeviceOut(Reply):
     metadata: DeviceMetadata
     project_id: str = Field(
         serialization_alias="projectId",
+        validation_alias=AliasChoices("projectId", "project_id"),  # the client reads it back
         description="The device's project (the Node.js SDK's Device deletes by this name)",
     )
 

@@ -88,21 +88,16 @@ class HookStore(WebhookStore[Hook, Delivery]):
     kept = DELIVERIES_KEPT
 
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
-        super().__init__(redis, keys)
+        super().__init__(
+            redis,
+            keys,
+            record=keys.hook,
+            index=keys.project_hooks,
+            deliveries=keys.hook_deliveries,
+            delivery=keys.hook_delivery,
+        )
         self._accept = load_script(redis, "hook_accept")
         self._settle = load_script(redis, "hook_settle")
-
-    def _key(self, record_id: str) -> str:
-        return self._keys.hook(record_id)
-
-    def _index(self, project_id: str) -> str:
-        return self._keys.project_hooks(project_id)
-
-    def _deliveries_index(self, record_id: str) -> str:
-        return self._keys.hook_deliveries(record_id)
-
-    def _delivery_key(self, record_id: str, delivery_id: str) -> str:
-        return self._keys.hook_delivery(record_id, delivery_id)
 
     def _delivery(self, delivery_id: str, raw: Mapping[str, str]) -> Delivery:
         return Delivery(id=delivery_id, **{name: raw.get(name, "") for name in DELIVERY_FIELDS})

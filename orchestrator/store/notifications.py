@@ -82,22 +82,17 @@ class NotificationStore(WebhookStore[Subscription, NoticeDelivery]):
     kept = NOTICES_KEPT
 
     def __init__(self, redis: Redis, keys: RedisKeys) -> None:
-        super().__init__(redis, keys)
+        super().__init__(
+            redis,
+            keys,
+            record=keys.notification,
+            index=keys.project_notifications,
+            deliveries=keys.notification_deliveries,
+            delivery=lambda _, notice_id: keys.notice_delivery(notice_id),
+        )
         self._enqueue = load_script(redis, "notice_enqueue")
         self._claim = load_script(redis, "notice_claim")
         self._record = load_script(redis, "notice_record")
-
-    def _key(self, record_id: str) -> str:
-        return self._keys.notification(record_id)
-
-    def _index(self, project_id: str) -> str:
-        return self._keys.project_notifications(project_id)
-
-    def _deliveries_index(self, record_id: str) -> str:
-        return self._keys.notification_deliveries(record_id)
-
-    def _delivery_key(self, record_id: str, delivery_id: str) -> str:
-        return self._keys.notice_delivery(delivery_id)
 
     def _delivery(self, delivery_id: str, raw: Mapping[str, str]) -> NoticeDelivery:
         return _notice(raw)

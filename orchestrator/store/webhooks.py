@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar
 
@@ -62,25 +62,25 @@ class WebhookStore(ABC, Generic[W, D]):
     record_type: type[W]
     kept: int  # deliveries kept per record, newest
 
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        *,
+        record: Callable[[str], str],
+        index: Callable[[str], str],
+        deliveries: Callable[[str], str],
+        delivery: Callable[[str, str], str],
+    ) -> None:
+        """`record(id)` names a record's hash, `index(project_id)` the sorted set of the
+        project's record ids, `deliveries(id)` the sorted set of a record's delivery ids by
+        time, `delivery(id, delivery_id)` one delivery's hash."""
         self._redis = redis
         self._keys = keys
-
-    @abstractmethod
-    def _key(self, record_id: str) -> str:
-        """The record's hash."""
-
-    @abstractmethod
-    def _index(self, project_id: str) -> str:
-        """The sorted set of the project's record ids."""
-
-    @abstractmethod
-    def _deliveries_index(self, record_id: str) -> str:
-        """The sorted set of the record's delivery ids, scored by time."""
-
-    @abstractmethod
-    def _delivery_key(self, record_id: str, delivery_id: str) -> str:
-        """The hash of one delivery."""
+        self._key = record
+        self._index = index
+        self._deliveries_index = deliveries
+        self._delivery_key = delivery
 
     @abstractmethod
     def _delivery(self, delivery_id: str, raw: Mapping[str, str]) -> D:
