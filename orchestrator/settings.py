@@ -292,3 +292,12 @@ class Settings(BaseSettings):
     def broker_data_dir(self) -> Path:
         """Where the embedded MQTT broker keeps its config, log and persistence."""
         return self.data_dir / "mqtt"
+
+
+def variable_names() -> frozenset[str]:
+    """The environment variable of every setting (`OTA_` and the name, or the field's alias)."""
+    names = set()
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        names.add(alias.upper() if isinstance(alias, str) else f"OTA_{name.upper()}")
+    return frozenset(names)

@@ -35,7 +35,9 @@ def main() -> None:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
-        name = f"OTA_{where.upper()}" if where else "a setting"
+        # A setting read from a variable named otherwise has that name (its alias) as `loc`.
+        name = where.upper() if where.startswith("ota_") else f"OTA_{where.upper()}"
+        name = name if where else "a setting"
         print(f"error: {name}: {first.get('msg')}", file=sys.stderr)
         raise SystemExit(2) from None
     except OrchestratorError as exc:

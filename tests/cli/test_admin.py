@@ -265,3 +265,12 @@ async def test_serve_on_embedded_defaults_starts_works_and_stops_cleanly(
 
     await wait_for(children_gone, timeout_s=10)
     assert not (data_dir / "redis" / "embedded.json").exists()
+
+
+@pytest.mark.parametrize(
+    "variable", ["OTA_DOWNLOAD_KEY_TTL", "OTA_MAX_FILE_SIZE", "OTA_ROLLOUT_RETENTION"]
+)
+def test_a_bad_setting_named_otherwise_inside_is_named_by_its_variable(variable: str) -> None:
+    result = run_ota("projects", "create", "--name", "x", env={variable: "abc"})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {variable}:"), result.stderr

@@ -21,11 +21,11 @@ from starlette.routing import BaseRoute, Match
 
 from orchestrator.api.app import create_app
 from orchestrator.engine.engine import STOP_GRACE_S
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, variable_names
 from tests.deploy import manifests
 from tests.deploy.manifests import DEPLOY, ROOT
 
-SETTING_NAMES = frozenset(f"OTA_{name.upper()}" for name in Settings.model_fields)
+SETTING_NAMES = variable_names()
 ROLES = frozenset(typing.get_args(Settings.model_fields["role"].annotation))
 OTA_NAME = re.compile(r"\bOTA_[A-Z0-9_]+\b")
 OTA_SERVICES = ("api", "engine-1", "engine-2")  # the compose services that run `ota serve`
