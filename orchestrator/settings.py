@@ -14,7 +14,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.domain.destinations import AllowList, parse_allow_list
-from orchestrator.domain.plans import parse_duration
+from orchestrator.domain.plan_values import parse_duration
 
 LogFormat = Literal["console", "json"]
 MIN_OFFLOAD_SECRET = 32  # characters of OTA_DOWNLOAD_OFFLOAD_SECRET, at least

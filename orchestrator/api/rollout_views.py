@@ -15,7 +15,8 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
 from orchestrator.domain.counters import by_state, tally_of
-from orchestrator.domain.plans import Plan, format_duration, shown_plan
+from orchestrator.domain.plan_values import format_duration
+from orchestrator.domain.plans import Plan, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import RolloutRecord

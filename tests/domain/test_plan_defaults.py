@@ -26,7 +26,7 @@ from orchestrator.domain.devices import (
     RESERVED_METADATA_KEYS,
     TAG,
 )
-from orchestrator.domain.plans import (
+from orchestrator.domain.plan_values import (
     ACK_TIMEOUT_S,
     DEVICE_TIMEOUT_S,
     MAX_DEVICES,
@@ -34,15 +34,17 @@ from orchestrator.domain.plans import (
     MAX_RATE_PER_S,
     MAX_RETRIES,
     NAME,
-    FailureType,
-    PlanError,
-    default_wave_names,
     format_duration,
     parse_duration,
     parse_failure_rate,
     parse_percent,
-    parse_plan,
     parse_rate,
+)
+from orchestrator.domain.plans import (
+    FailureType,
+    PlanError,
+    default_wave_names,
+    parse_plan,
     plan_json_schema,
     stored_plan,
 )

@@ -19,15 +19,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from orchestrator.domain import yaml_locations
-from orchestrator.domain.plans import (
-    MAX_DEVICES,
-    MAX_DURATION_S,
-    MAX_RATE_PER_S,
-    MAX_RETRIES,
-    Plan,
-    PlanError,
-    parse_plan,
-)
+from orchestrator.domain.plan_values import MAX_DEVICES, MAX_DURATION_S, MAX_RATE_PER_S, MAX_RETRIES
+from orchestrator.domain.plans import Plan, PlanError, parse_plan
 from orchestrator.domain.yaml_locations import LocatedYaml, YamlSyntaxError, load_yaml
 
 EXAMPLES = hypothesis_settings(

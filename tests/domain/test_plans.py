@@ -11,6 +11,13 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from orchestrator.domain.plan_values import (
+    format_duration,
+    parse_duration,
+    parse_failure_rate,
+    parse_percent,
+    parse_rate,
+)
 from orchestrator.domain.plans import (
     FailureType,
     FirmwareSpec,
@@ -21,12 +28,7 @@ from orchestrator.domain.plans import (
     RollbackSpec,
     TargetSpec,
     WaveSpec,
-    format_duration,
-    parse_duration,
-    parse_failure_rate,
-    parse_percent,
     parse_plan,
-    parse_rate,
     plan_json_schema,
     shown_plan,
     stored_plan,
