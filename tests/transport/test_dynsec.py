@@ -22,7 +22,7 @@ import aiomqtt
 import httpx
 import pytest
 
-from orchestrator import embedded
+from orchestrator import dynsec_config
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.devices import DeviceSource
 from orchestrator.embedded import EmbeddedBroker
@@ -364,7 +364,7 @@ async def test_embedded_broker_with_dynsec_refuses_anonymous_and_admits_the_serv
             reply = await _get_client(client, broker.dynsec_username)
             assert reply.error is None
             roles = {role["rolename"] for role in reply.data["client"]["roles"]}
-            assert roles == {embedded.DYNSEC_ADMIN_ROLE, embedded.DYNSEC_SERVICE_ROLE}
+            assert roles == {dynsec_config.DYNSEC_ADMIN_ROLE, dynsec_config.DYNSEC_SERVICE_ROLE}
         finally:
             await client.stop()
 
