@@ -217,6 +217,14 @@ class DeviceOut(Reply):
     source: Literal["http", "mqtt"]
     created_at: str
     metadata: DeviceMetadata
+    firmware_version: str | None = Field(
+        default=None,
+        description="The firmware version the device last reported (a success of a command "
+        "carrying a version); null: none yet. target.versions selects on it",
+    )
+    firmware_version_at: str | None = Field(
+        default=None, description="When the device reported firmware_version; null: never"
+    )
     project_id: str = Field(
         serialization_alias="projectId",
         validation_alias=AliasChoices("projectId", "project_id"),  # the client reads it back

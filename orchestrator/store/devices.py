@@ -81,6 +81,11 @@ class Device:
     firmware_version_at_s: int = 0  # when it reported it, epoch seconds (0 = never)
 
     @property
+    def firmware_version_at(self) -> str | None:
+        """When the device reported firmware_version (ISO 8601), None for never."""
+        return _iso(str(self.firmware_version_at_s)) if self.firmware_version_at_s else None
+
+    @property
     def last_seen_s(self) -> int:
         """last_seen in epoch seconds; 0 for never."""
         if self.last_seen == NEVER_SEEN:

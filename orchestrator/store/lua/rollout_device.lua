@@ -277,7 +277,7 @@ local function seen(key, field, now_s, every_s)
 end
 
 -- The firmware version a device reported, in its registry record (never made when missing).
-local function reported(key, work, version, now_s)
+local function record_version(key, work, version, now_s)
   local at = redis.call('HGET', key, work.version_at_field)
   if at then
     if (tonumber(at) or 0) > now_s then
@@ -327,7 +327,7 @@ local function results()
     if sent_to == device_id then
       seen(registry .. device_id, seen_field, now_s, seen_every_s)
       if version ~= '' and version_statuses[status] then
-        reported(registry .. device_id, work, version, now_s)
+        record_version(registry .. device_id, work, version, now_s)
       end
     end
     local reply
