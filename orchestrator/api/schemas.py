@@ -423,6 +423,10 @@ class WavePreview(Reply):
     reach: int = Field(description="Devices reached in total once this wave is done")
     approval: str = Field(description="manual: the wave waits for promote")
     bake: str = Field(description="How long to wait after the wave before judging it")
+    strata: dict[str, int] = Field(
+        default_factory=dict,
+        description="With policy.by: the devices this wave adds, by stratum (model=TH-300)",
+    )
 
 
 class ExclusionOut(Reply):
@@ -440,6 +444,16 @@ class RolloutPreview(Reply):
     total: int
     waves: list[WavePreview]
     exclusions: list[ExclusionOut]
+    versions: dict[str, int] = Field(
+        default_factory=dict,
+        description="The target's devices by the firmware version they last reported "
+        "((none): never reported one)",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the plan may not do as meant, such as a "
+        "stratum its first wave does not reach",
+    )
 
 
 class RolloutDeviceOut(Reply):

@@ -17,7 +17,7 @@ from enum import StrEnum
 from orchestrator.domain.commands import is_allowed
 from orchestrator.domain.devices import metadata_matches
 from orchestrator.domain.plans import TargetSpec, WaveSpec
-from orchestrator.domain.strata import labels, proportional_order, value_of
+from orchestrator.domain.strata import NONE, labels, proportional_order, value_of
 
 ROLLOUT_COMMAND = "download_firmware"
 
@@ -77,6 +77,15 @@ class Cohort:
     exclusions: list[Exclusion]
     strata: list[tuple[str, ...]] = field(default_factory=list)
     stratum_of: list[int] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)  # devices by last reported version
+
+    def strata_in(self, start: int, stop: int) -> dict[str, int]:
+        """Devices at positions [start, stop) of the order by stratum label ({} without)."""
+        found: dict[str, int] = {}
+        for index in self.stratum_of[start:stop]:
+            for label in self.strata[index]:
+                found[label] = found.get(label, 0) + 1
+        return dict(sorted(found.items()))
 
 
 def matches(target: TargetSpec, device: DeviceInfo, listed: frozenset[str] | None = None) -> bool:
@@ -134,6 +143,7 @@ class CohortBuilder:
         self._by = tuple(by)
         self._strata: dict[tuple[str, ...], int] = {}  # labels -> stratum index
         self._stratum_of: dict[str, int] = {}  # eligible device id -> stratum index
+        self._versions: dict[str, int] = {}  # eligible devices by last reported version
         self._listed = frozenset(target.devices)
         self._excluded = frozenset(target.exclude)
         self._seen: set[str] = set()
@@ -150,6 +160,8 @@ class CohortBuilder:
             reason, detail = _exclusion(device, self._excluded)
             if reason is None:
                 run.append(order_key(self._name, device.id) + device.id)
+                version = device.version or NONE
+                self._versions[version] = self._versions.get(version, 0) + 1
                 if self._by:
                     self._stratum_of[device.id] = self._stratum(device)
             else:
@@ -200,6 +212,7 @@ class CohortBuilder:
             ],
             strata=strata,
             stratum_of=stratum_of,
+            versions=dict(sorted(self._versions.items())),
         )
 
 
