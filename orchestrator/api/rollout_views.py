@@ -10,11 +10,12 @@ from orchestrator.api.schemas import (
     RolloutDeviceOut,
     RolloutOut,
     RolloutPreview,
+    StratumOut,
     WaveOut,
     WavePreview,
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
-from orchestrator.domain.counters import by_state, tally_of
+from orchestrator.domain.counters import by_state, strata_tallies, tally_of
 from orchestrator.domain.plan_values import format_duration
 from orchestrator.domain.plans import Plan, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
@@ -61,6 +62,15 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         rollback=_firmware(plan.rollback.file, plan.rollback.version) if plan.rollback else None,
         total=record.total,
         actions=[action.value for action in allowed_actions(record.state)],
+        strata=[
+            StratumOut(
+                stratum=label,
+                finished=tally.finished,
+                failed=tally.failed,
+                failure_rate=tally.failure_rate,
+            )
+            for label, tally in strata_tallies(counters).items()
+        ],
     )
 
 

@@ -395,6 +395,15 @@ OperatorAction = Annotated[
 ]
 
 
+class StratumOut(Reply):
+    """One stratum of a rollout with policy.by, as its failure policy judges it."""
+
+    stratum: str = Field(description="Its label: model=TH-300, tag:hw-=hw-rev2")
+    finished: int = Field(description="Its devices finished (succeeded or failed) so far")
+    failed: int = Field(description="Its failures so far, every type")
+    failure_rate: float = Field(description="failed / finished (0..1)")
+
+
 class RolloutOut(Reply):
     """A rollout: its state and why, the current wave, counts, and the failure rate."""
 
@@ -415,6 +424,11 @@ class RolloutOut(Reply):
     rollback: FirmwareOut | None = Field(description="The plan's rollback firmware, if any")
     total: int = Field(description="Devices in the rollout")
     actions: list[OperatorAction] = Field(description="The operator actions the state allows now")
+    strata: list[StratumOut] = Field(
+        default_factory=list,
+        description="With policy.by: each stratum with a finished device, as the policy judges "
+        "it (since the last resume of a halt, like failure_rate)",
+    )
 
 
 class WavePreview(Reply):

@@ -53,6 +53,13 @@ async def test_one_model_failing_halts_by_its_stratum_inside_the_stratified_cana
     assert halted["counts"]["succeeded"] == 18
     assert halted["counts"]["failed"] == 2
     assert halted["counts"]["pending"] == 20  # the next wave never started
+    assert halted["strata"] == [
+        {"stratum": "model=TH-200", "finished": 18, "failed": 0, "failure_rate": 0.0},
+        {"stratum": "model=TH-300", "finished": 2, "failed": 2, "failure_rate": 1.0},
+    ]
+    status = await ota(service, "status", rollout["id"])
+    assert "model=TH-300: 2 of 2 failed (100.0%)" in status.out
+    assert "model=TH-200: 0 of 18 failed (0.0%)" in status.out
     reached_bad = [d.id for d in bad if download_commands(fleet, d.id)]
     reached_good = [d.id for d in good if download_commands(fleet, d.id)]
     assert (len(reached_bad), len(reached_good)) == (2, 18)
