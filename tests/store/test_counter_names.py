@@ -28,6 +28,21 @@ def domain_names(strata: tuple[str, ...] = ()) -> set[str]:
     return names | set(counters.REBASED.values())
 
 
+async def halt_and_resume(stores: Stores, rollout_id: str) -> None:
+    """Halt the running rollout, then resume it as a person does: the policy is rebased."""
+    await move(stores, rollout_id, RolloutState.RUNNING, RolloutState.HALTED)
+    await stores.rollouts.change_state(
+        rollout_id,
+        allowed_from=[RolloutState.HALTED],
+        to=RolloutState.RUNNING,
+        reason="resumed",
+        actor="alice",
+        action="resume",
+        at="2030-01-02T03:04:05Z",
+        rebase_policy=True,
+    )
+
+
 async def test_each_script_writes_the_counters_the_domain_names_and_reads(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
@@ -68,17 +83,7 @@ async def test_each_script_writes_the_counters_the_domain_names_and_reads(
     assert [device_id for device_id, _ in expired] == [late]
     judged = counters.tally_of(await rollouts.counts(made.id))
     assert judged == Tally(succeeded=1, failures=dict.fromkeys(FailureType, 1))
-    await move(stores, made.id, RolloutState.RUNNING, RolloutState.HALTED)
-    await rollouts.change_state(  # rollout_state.lua: a rebase
-        made.id,
-        allowed_from=[RolloutState.HALTED],
-        to=RolloutState.RUNNING,
-        reason="resumed",
-        actor="alice",
-        action="resume",
-        at="2030-01-02T03:04:05Z",
-        rebase_policy=True,
-    )
+    await halt_and_resume(stores, made.id)  # rollout_state.lua: a rebase
     rebased = await rollouts.counts(made.id)
     assert {base: rebased[counter] for counter, base in counters.REBASED.items()} == {
         counters.base(counters.total(D.SUCCEEDED)): 1,
@@ -122,15 +127,5 @@ async def test_the_results_script_counts_each_stratum_by_the_domain_names_and_a_
         "model=A": Tally(1, {F.FAILED: 1}),
         "model=B": Tally(1, {F.REJECTED: 1, F.TIMED_OUT: 1}),
     }
-    await move(stores, made.id, RolloutState.RUNNING, RolloutState.HALTED)
-    await stores.rollouts.change_state(
-        made.id,
-        allowed_from=[RolloutState.HALTED],
-        to=RolloutState.RUNNING,
-        reason="resumed",
-        actor="alice",
-        action="resume",
-        at="2030-01-02T03:04:05Z",
-        rebase_policy=True,
-    )
+    await halt_and_resume(stores, made.id)
     assert counters.strata_tallies(await stores.rollouts.counts(made.id)) == {}
