@@ -17,7 +17,7 @@ from enum import StrEnum
 from orchestrator.domain.commands import is_allowed
 from orchestrator.domain.devices import metadata_matches
 from orchestrator.domain.plans import TargetSpec, WaveSpec
-from orchestrator.domain.strata import NONE, labels, proportional_order, value_of
+from orchestrator.domain.strata import NONE, labels, proportional_order, value_reader
 
 ROLLOUT_COMMAND = "download_firmware"
 
@@ -142,6 +142,8 @@ class CohortBuilder:
         self._target = target
         self._by = tuple(by)
         self._strata: dict[tuple[str, ...], int] = {}  # labels -> stratum index
+        self._by_values: dict[tuple[str, ...], int] = {}  # values under `by` -> stratum index
+        self._readers = [value_reader(entry) for entry in self._by]
         self._stratum_of: dict[str, int] = {}  # eligible device id -> stratum index
         self._versions: dict[str, int] = {}  # eligible devices by last reported version
         self._listed = frozenset(target.devices)
@@ -170,17 +172,12 @@ class CohortBuilder:
         self._runs.append(run)
 
     def _stratum(self, device: DeviceInfo) -> int:
-        values = [
-            value_of(
-                entry,
-                model=device.model,
-                brand=device.brand,
-                version=device.version,
-                tags=device.tags,
-            )
-            for entry in self._by
-        ]
-        return self._strata.setdefault(labels(self._by, values), len(self._strata))
+        values = tuple(read(device) for read in self._readers)
+        index = self._by_values.get(values)
+        if index is None:
+            index = self._by_values[values] = len(self._strata)
+            self._strata[labels(self._by, values)] = index
+        return index
 
     def cohort(self) -> Cohort:
         """The eligible devices in deterministic order, and the exclusions, with why.

@@ -10,7 +10,9 @@ when it has several). A device with no such value is in the stratum `{entry}=(no
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import heapq
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from orchestrator.domain.devices import TAG
 
@@ -38,16 +40,25 @@ def by_problem(entry: object) -> str | None:
     return f"must be {FORMS}"
 
 
-def value_of(entry: str, *, model: str, brand: str, version: str, tags: Iterable[str]) -> str:
-    """A device's value under one `by` entry (NONE when it has none)."""
-    if entry == "model":
-        return model or NONE
-    if entry == "brand":
-        return brand or NONE
-    if entry == "version":
-        return version or NONE
+class Stratified(Protocol):
+    """What a device must tell to be put in its strata (cohorts.DeviceInfo does)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def brand(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def tags(self) -> frozenset[str]: ...
+
+
+def value_reader(entry: str) -> Callable[[Stratified], str]:
+    """Reads a device's value under one `by` entry (NONE when it has none)."""
+    if entry in FIELDS:
+        return lambda device: getattr(device, entry) or NONE
     prefix = entry.removeprefix(TAG_PREFIX)
-    return min((tag for tag in tags if tag.startswith(prefix)), default=NONE)
+    return lambda device: min((t for t in device.tags if t.startswith(prefix)), default=NONE)
 
 
 def labels(by: Sequence[str], values: Sequence[str]) -> tuple[str, ...]:
@@ -61,16 +72,14 @@ def proportional_order(strata: Sequence[int]) -> list[int]:
     Each stratum keeps its own hash order; the k-th device of a stratum of s devices is placed
     at k/s of the way (ties in hash order), so every prefix of the result holds each stratum in
     proportion (within one device), and the first devices are one of each stratum: a first
-    wave of at least as many devices as there are strata reaches every stratum.
+    wave of at least as many devices as there are strata reaches every stratum. The strata are
+    merged in Python (heapq.merge), not by one long sort that would hold the GIL throughout.
     """
-    sizes: dict[int, int] = {}
-    for stratum in strata:
-        sizes[stratum] = sizes.get(stratum, 0) + 1
-    seen: dict[int, int] = {}
-    keyed: list[tuple[float, int]] = []
+    members: dict[int, list[int]] = {}
     for position, stratum in enumerate(strata):
-        rank = seen.get(stratum, 0)
-        seen[stratum] = rank + 1
-        keyed.append((rank / sizes[stratum], position))
-    keyed.sort()
-    return [position for _, position in keyed]
+        members.setdefault(stratum, []).append(position)
+    runs = [
+        [(rank / len(positions), position) for rank, position in enumerate(positions)]
+        for positions in members.values()
+    ]
+    return [position for _, position in heapq.merge(*runs)]
