@@ -39,6 +39,9 @@ def test_the_examples_show_what_their_names_promise() -> None:
     assert plans["rollback"].rollback is not None
     manual = plans["manual-approval"]
     assert [wave.approval for wave in manual.waves if wave.percent == 50] == ["manual"]
+    strata = plans["strata"]
+    assert strata.policy.by == ["model", "tag:hw-"]
+    assert strata.target.versions == ["2.1.0", "2.1.1"]
 
 
 RELEASE = {"version": "2.1.0", "file": "fw_2.1.0.bin"}

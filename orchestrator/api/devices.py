@@ -68,6 +68,8 @@ def device_out(device: Device) -> DeviceOut:
         source=device.source.value,
         created_at=device.created_at,
         project_id=device.project_id,
+        firmware_version=device.firmware_version or None,
+        firmware_version_at=device.firmware_version_at,
         metadata=DeviceMetadata.model_validate(
             {
                 **device.metadata,

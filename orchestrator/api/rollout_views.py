@@ -10,11 +10,12 @@ from orchestrator.api.schemas import (
     RolloutDeviceOut,
     RolloutOut,
     RolloutPreview,
+    StratumOut,
     WaveOut,
     WavePreview,
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
-from orchestrator.domain.counters import by_state, tally_of
+from orchestrator.domain.counters import by_state, strata_tallies, tally_of
 from orchestrator.domain.plan_values import format_duration
 from orchestrator.domain.plans import Plan, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
@@ -61,6 +62,15 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         rollback=_firmware(plan.rollback.file, plan.rollback.version) if plan.rollback else None,
         total=record.total,
         actions=[action.value for action in allowed_actions(record.state)],
+        strata=[
+            StratumOut(
+                stratum=label,
+                finished=tally.finished,
+                failed=tally.failed,
+                failure_rate=tally.failure_rate,
+            )
+            for label, tally in strata_tallies(counters).items()
+        ],
     )
 
 
@@ -83,9 +93,12 @@ def preview(plan: Plan, cohort: Cohort) -> RolloutPreview:
                 reach=reached,
                 approval=wave.approval,
                 bake=format_duration(wave.bake_s),
+                strata=cohort.strata_in(reached - size, reached),
             )
             for wave, size, reached in zip(plan.waves, sizes, reach, strict=True)
         ],
+        versions=cohort.versions,
+        warnings=unreached_strata(plan, cohort, reach[0] if reach else 0),
         exclusions=[
             ExclusionOut(
                 device_id=exclusion.device_id,
@@ -96,6 +109,25 @@ def preview(plan: Plan, cohort: Cohort) -> RolloutPreview:
             for exclusion in cohort.exclusions
         ],
     )
+
+
+def unreached_strata(plan: Plan, cohort: Cohort, first_reach: int) -> list[str]:
+    """A warning for each stratum the first wave holds no device of."""
+    everywhere = cohort.strata_in(0, len(cohort.device_ids))
+    first = cohort.strata_in(0, first_reach)
+    missed = [label for label in everywhere if label not in first]
+    if not missed:
+        return []
+    wave = plan.waves[0].name
+    fix = (
+        f"give wave {wave} at least {len(cohort.strata)} devices (one per stratum) to reach "
+        "every stratum"
+    )
+    return [
+        f"stratum {label} ({everywhere[label]} devices) has no device in the first wave {wave} "
+        f"({first_reach} devices); its failures are first judged in a later wave; {fix}"
+        for label in missed
+    ]
 
 
 def _iso_from_ms(value: str | None) -> str | None:

@@ -217,6 +217,14 @@ class DeviceOut(Reply):
     source: Literal["http", "mqtt"]
     created_at: str
     metadata: DeviceMetadata
+    firmware_version: str | None = Field(
+        default=None,
+        description="The firmware version the device last reported (a success of a command "
+        "carrying a version); null: none yet. target.versions selects on it",
+    )
+    firmware_version_at: str | None = Field(
+        default=None, description="When the device reported firmware_version; null: never"
+    )
     project_id: str = Field(
         serialization_alias="projectId",
         validation_alias=AliasChoices("projectId", "project_id"),  # the client reads it back
@@ -387,6 +395,15 @@ OperatorAction = Annotated[
 ]
 
 
+class StratumOut(Reply):
+    """One stratum of a rollout with policy.by, as its failure policy judges it."""
+
+    stratum: str = Field(description="Its label: model=TH-300, tag:hw-=hw-rev2")
+    finished: int = Field(description="Its devices finished (succeeded or failed) so far")
+    failed: int = Field(description="Its failures so far, every type")
+    failure_rate: float = Field(description="failed / finished (0..1)")
+
+
 class RolloutOut(Reply):
     """A rollout: its state and why, the current wave, counts, and the failure rate."""
 
@@ -407,6 +424,11 @@ class RolloutOut(Reply):
     rollback: FirmwareOut | None = Field(description="The plan's rollback firmware, if any")
     total: int = Field(description="Devices in the rollout")
     actions: list[OperatorAction] = Field(description="The operator actions the state allows now")
+    strata: list[StratumOut] = Field(
+        default_factory=list,
+        description="With policy.by: each stratum with a finished device, as the policy judges "
+        "it (since the last resume of a halt, like failure_rate)",
+    )
 
 
 class WavePreview(Reply):
@@ -415,6 +437,10 @@ class WavePreview(Reply):
     reach: int = Field(description="Devices reached in total once this wave is done")
     approval: str = Field(description="manual: the wave waits for promote")
     bake: str = Field(description="How long to wait after the wave before judging it")
+    strata: dict[str, int] = Field(
+        default_factory=dict,
+        description="With policy.by: the devices this wave adds, by stratum (model=TH-300)",
+    )
 
 
 class ExclusionOut(Reply):
@@ -432,6 +458,16 @@ class RolloutPreview(Reply):
     total: int
     waves: list[WavePreview]
     exclusions: list[ExclusionOut]
+    versions: dict[str, int] = Field(
+        default_factory=dict,
+        description="The target's devices by the firmware version they last reported "
+        "((none): never reported one)",
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What the plan may not do as meant, such as a "
+        "stratum its first wave does not reach",
+    )
 
 
 class RolloutDeviceOut(Reply):

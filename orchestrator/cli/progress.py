@@ -111,6 +111,11 @@ def render(rollout: RolloutOut) -> RenderableType:
     parts: list[RenderableType] = [title, sub, table]
     parts.append(_failure_bar(rollout.failure_rate, rollout.max_failure_rate))
     parts.append(Text("all ").append_text(counts_text(rollout.counts)))
+    for stratum in rollout.strata:
+        rate = f"{stratum.failure_rate * 100:.1f}%"
+        line = f"  {stratum.stratum}: {stratum.failed} of {stratum.finished} failed ({rate})"
+        over = stratum.failure_rate > rollout.max_failure_rate
+        parts.append(Text(line, style="red" if over else "dim"))
     if rollout.reason:
         parts.append(Text(f"reason: {rollout.reason}", style="italic"))
     hint = HINTS.get(state)

@@ -58,10 +58,20 @@ def plan(
         return
     out = console()
     out.print(f"[bold]{preview.name}[/]: {preview.total} devices, nothing started")
-    waves = table(("wave", "adds", "reaches", "approval", "bake"), right=("adds", "reaches"))
+    stratified = any(wave.strata for wave in preview.waves)
+    columns = ("wave", "adds", "reaches", "approval", "bake") + (("strata",) if stratified else ())
+    waves = table(columns, right=("adds", "reaches"))
     for wave in preview.waves:
-        waves.add_row(*_wave_row(wave))
+        row = _wave_row(wave)
+        if stratified:
+            row += (", ".join(f"{label} {n}" for label, n in wave.strata.items()),)
+        waves.add_row(*row)
     out.print(waves)
+    if preview.versions:
+        mix = ", ".join(f"{version} {n}" for version, n in preview.versions.items())
+        out.print(f"firmware versions: {mix}")
+    for warning in preview.warnings:
+        out.print(f"warning: {warning}", style="yellow")
     if not preview.exclusions:
         out.print("excluded: none")
         return

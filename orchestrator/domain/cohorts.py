@@ -17,6 +17,7 @@ from enum import StrEnum
 from orchestrator.domain.commands import is_allowed
 from orchestrator.domain.devices import metadata_matches
 from orchestrator.domain.plans import TargetSpec, WaveSpec
+from orchestrator.domain.strata import NONE, labels, proportional_order, value_reader
 
 ROLLOUT_COMMAND = "download_firmware"
 
@@ -33,6 +34,7 @@ class DeviceInfo:
     allowed_commands: tuple[str, ...] = ()
     active_rollout: str | None = None  # the id of another active rollout holding the device
     metadata: Mapping[str, str] = field(default_factory=dict)  # custom metadata
+    version: str = ""  # the firmware version it last reported ('' = none known)
 
 
 class ExclusionReason(StrEnum):
@@ -65,10 +67,25 @@ class Exclusion:
 
 @dataclass(frozen=True)
 class Cohort:
-    """The devices a rollout will update, in wave order, and those it leaves out."""
+    """The devices a rollout will update, in wave order, and those it leaves out.
+
+    With strata (`policy.by`), `strata` lists each stratum's labels once and `stratum_of`
+    gives each device's index into it, in device order (both empty without).
+    """
 
     device_ids: list[str]
     exclusions: list[Exclusion]
+    strata: list[tuple[str, ...]] = field(default_factory=list)
+    stratum_of: list[int] = field(default_factory=list)
+    versions: dict[str, int] = field(default_factory=dict)  # devices by last reported version
+
+    def strata_in(self, start: int, stop: int) -> dict[str, int]:
+        """Devices at positions [start, stop) of the order by stratum label ({} without)."""
+        found: dict[str, int] = {}
+        for index in self.stratum_of[start:stop]:
+            for label in self.strata[index]:
+                found[label] = found.get(label, 0) + 1
+        return dict(sorted(found.items()))
 
 
 def matches(target: TargetSpec, device: DeviceInfo, listed: frozenset[str] | None = None) -> bool:
@@ -84,6 +101,8 @@ def matches(target: TargetSpec, device: DeviceInfo, listed: frozenset[str] | Non
     if target.model is not None and device.model != target.model:
         return False
     if target.metadata and not metadata_matches(device.metadata, target.metadata.items()):
+        return False
+    if target.versions and device.version not in target.versions:
         return False
     if listed is None:
         listed = frozenset(target.devices)
@@ -118,9 +137,15 @@ class CohortBuilder:
     Python-level loops, fit for a thread.
     """
 
-    def __init__(self, rollout_name: str, target: TargetSpec) -> None:
+    def __init__(self, rollout_name: str, target: TargetSpec, by: Sequence[str] = ()) -> None:
         self._name = rollout_name
         self._target = target
+        self._by = tuple(by)
+        self._strata: dict[tuple[str, ...], int] = {}  # labels -> stratum index
+        self._by_values: dict[tuple[str, ...], int] = {}  # values under `by` -> stratum index
+        self._readers = [value_reader(entry) for entry in self._by]
+        self._stratum_of: dict[str, int] = {}  # eligible device id -> stratum index
+        self._versions: dict[str, int] = {}  # eligible devices by last reported version
         self._listed = frozenset(target.devices)
         self._excluded = frozenset(target.exclude)
         self._seen: set[str] = set()
@@ -137,14 +162,39 @@ class CohortBuilder:
             reason, detail = _exclusion(device, self._excluded)
             if reason is None:
                 run.append(order_key(self._name, device.id) + device.id)
+                version = device.version or NONE
+                self._versions[version] = self._versions.get(version, 0) + 1
+                if self._by:
+                    self._stratum_of[device.id] = self._stratum(device)
             else:
                 self._exclusions.append((reason, device.id, detail))
         run.sort()
         self._runs.append(run)
 
+    def _stratum(self, device: DeviceInfo) -> int:
+        values = tuple(read(device) for read in self._readers)
+        index = self._by_values.get(values)
+        if index is None:
+            index = self._by_values[values] = len(self._strata)
+            self._strata[labels(self._by, values)] = index
+        return index
+
     def cohort(self) -> Cohort:
-        """The eligible devices in deterministic order, and the exclusions, with why."""
+        """The eligible devices in deterministic order, and the exclusions, with why.
+
+        With strata, each stratum keeps its hash order and the waves take every stratum in
+        proportion (strata.proportional_order).
+        """
         eligible = [entry[KEY_CHARS:] for entry in heapq.merge(*self._runs)]
+        stratum_of: list[int] = []
+        strata = sorted(self._strata)  # numbered in label order, whatever order pages came in
+        if self._by:
+            renumbered = {self._strata[labels]: index for index, labels in enumerate(strata)}
+            of = self._stratum_of
+            in_hash_order = [renumbered[of[device_id]] for device_id in eligible]
+            order = proportional_order(in_hash_order)
+            eligible = [eligible[at] for at in order]
+            stratum_of = [in_hash_order[at] for at in order]
         missing = ExclusionReason.NOT_FOUND
         exclusions = self._exclusions + [
             (missing, device_id, "")
@@ -157,6 +207,9 @@ class CohortBuilder:
                 Exclusion(device_id, ExclusionReason(reason), detail)
                 for reason, device_id, detail in _sorted(exclusions)
             ],
+            strata=strata,
+            stratum_of=stratum_of,
+            versions=dict(sorted(self._versions.items())),
         )
 
 
@@ -173,9 +226,11 @@ def _exclusion(device: DeviceInfo, excluded: frozenset[str]) -> tuple[str | None
     return None, ""
 
 
-def select(rollout_name: str, target: TargetSpec, devices: Iterable[DeviceInfo]) -> Cohort:
+def select(
+    rollout_name: str, target: TargetSpec, devices: Iterable[DeviceInfo], by: Sequence[str] = ()
+) -> Cohort:
     """The eligible devices in deterministic order, and the matching ones excluded, with why."""
-    builder = CohortBuilder(rollout_name, target)
+    builder = CohortBuilder(rollout_name, target, by)
     builder.add(devices)
     return builder.cohort()
 

@@ -39,6 +39,9 @@ _KEY_RULE = f"1 to {MAX_METADATA_KEY_CHARS} characters without spaces or ':'"
 # The service writes a device's last_seen at most this often: a result or a download within
 # this long of the stored time changes nothing, so a chatty device costs no writes.
 LAST_SEEN_EVERY_S = 60
+# The result statuses whose `version` is the firmware the device runs: the registry records it
+# as the device's firmware version (`target.versions` and `policy.by: [version]` select on it).
+VERSION_REPORTS = ("success",)
 
 
 def validate_tags(tags: list[str]) -> list[str]:

@@ -24,6 +24,7 @@ from orchestrator.domain.devices import (
     metadata_value_problem,
 )
 from orchestrator.domain.files import EXTENSIONS, FILE_NAME, FileType
+from orchestrator.domain.strata import by_problem
 from orchestrator.domain.yaml_locations import show_value
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -299,4 +300,18 @@ RatePerS = Annotated[
     float,
     BeforeValidator(_rate),
     _json({**_ABOVE_0, "maximum": MAX_RATE_PER_S}, pattern=rf"^{_N}/[sm]$"),
+]
+
+
+def _stratum(value: object) -> str:
+    problem = by_problem(value)
+    if problem is not None:
+        raise ValueError(f"{problem}, got {show_value(value)}")
+    return str(value)
+
+
+Stratum = Annotated[
+    str,
+    BeforeValidator(_stratum),
+    _json({"type": "string", "pattern": rf"^(?:model|brand|version|tag:{TAG.pattern[1:-1]})$"}),
 ]

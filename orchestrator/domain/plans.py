@@ -40,6 +40,7 @@ from orchestrator.domain.plan_values import (
     Percent,
     PlanName,
     RatePerS,
+    Stratum,
     Tag,
     Text,
     Timeout,
@@ -47,6 +48,7 @@ from orchestrator.domain.plan_values import (
     WaveName,
     format_duration,
 )
+from orchestrator.domain.strata import MAX_BY
 from orchestrator.domain.yaml_locations import (
     OTHER,
     LocatedYaml,
@@ -99,6 +101,10 @@ class TargetSpec(_Spec):
         default_factory=dict,
         max_length=MAX_METADATA_ENTRIES,
         description="The device's custom metadata holds every one of these keys and values",
+    )
+    versions: list[Version] = Field(
+        default_factory=list,
+        description="The firmware version the device last reported is one of these",
     )
 
 
@@ -155,6 +161,24 @@ class PolicySpec(_Spec):
     )
     max_in_flight: Count | None = Field(None, description="Devices sent but not final, at most")
     on_failure: Literal["halt", "rollback"] = "halt"
+    by: list[Stratum] = Field(
+        default_factory=list,
+        max_length=MAX_BY,
+        description="Also judge each stratum (model, brand, version, tag:<prefix>) on its own",
+    )
+
+    @model_validator(mode="after")
+    def _unique_by(self) -> Self:
+        first: dict[str, int] = {}
+        rules: list[Rule] = []
+        for i, entry in enumerate(self.by):
+            if entry in first:
+                detail = f"repeats {entry!r}, already {OTHER}; list each stratum key once"
+                rules.append((("by", i), detail, ("by", first[entry])))
+            first.setdefault(entry, i)
+        if rules:
+            raise rule_error(rules)
+        return self
 
     @model_validator(mode="after")
     def _timeouts(self) -> Self:
@@ -326,6 +350,7 @@ _TEXT_FIELDS = [
         "target.devices.*",
         "target.exclude.*",
         "target.metadata.*",
+        "target.versions.*",
         "waves.*.name",
     ]
 ]

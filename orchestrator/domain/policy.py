@@ -95,6 +95,20 @@ def judge(tally: Tally, policy: PolicySpec, *, end_of_wave: bool) -> Verdict:
     return Verdict(False, True, rate, tally, policy)
 
 
+def judge_strata(
+    tallies: Mapping[str, Tally], policy: PolicySpec, *, end_of_wave: bool
+) -> tuple[str, Verdict] | None:
+    """Judge each stratum's tally (`counters.strata_tallies`) with the same limits as the
+    whole; the stratum crossing one with the highest failure rate (the first label on a tie)
+    and its verdict, or None when none crosses one."""
+    worst: tuple[str, Verdict] | None = None
+    for label, tally in tallies.items():
+        verdict = judge(tally, policy, end_of_wave=end_of_wave)
+        if verdict.breached and (worst is None or verdict.failure_rate > worst[1].failure_rate):
+            worst = (label, verdict)
+    return worst
+
+
 RESENDS = 3  # times a silent device is sent the same command again before its deadline
 RESEND_FLOOR_S = 1.0  # never sooner than this after the device's last sign of life
 

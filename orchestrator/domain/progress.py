@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.domain import counters
 from orchestrator.domain.plans import Plan
-from orchestrator.domain.policy import Tally, Verdict, judge
+from orchestrator.domain.policy import Tally, Verdict, judge, judge_strata
 from orchestrator.domain.states import (
     IN_FLIGHT_DEVICE_STATES,
     TERMINAL_ROLLOUT_STATES,
@@ -217,16 +217,34 @@ def decide(plan: Plan, look: Look, *, rollout_id: str = "ROLLOUT") -> Step:
     return Wait(why=f"the rollout is {state}")
 
 
-def _breach(plan: Plan, look: Look, verdict: Verdict, tally: Tally) -> Breach:
+def _breach(plan: Plan, look: Look, verdict: Verdict, tally: Tally, stratum: str = "") -> Breach:
     rollback = plan.policy.on_failure == "rollback" and plan.rollback is not None
-    return Breach(
-        RolloutAction.ROLLBACK if rollback else RolloutAction.HALT,
-        verdict.reason,
-        {
-            **figures(verdict, tally, plan.waves[look.wave].name),
-            "max_failure_rate": plan.policy.max_failure_rate,
-        },
-    )
+    numbers = {
+        **figures(verdict, tally, plan.waves[look.wave].name),
+        "max_failure_rate": plan.policy.max_failure_rate,
+    }
+    reason = verdict.reason
+    if stratum:
+        reason = f"{stratum}: {reason}"
+        whole = counters.tally_of(look.counts)
+        numbers |= {
+            "stratum": stratum,
+            "rollout_failure_rate": round(whole.failure_rate, 6),
+            "rollout_finished": whole.finished,
+        }
+    return Breach(RolloutAction.ROLLBACK if rollback else RolloutAction.HALT, reason, numbers)
+
+
+def _stratum_breach(plan: Plan, look: Look, *, end_of_wave: bool) -> Breach | None:
+    """With `policy.by`, the breach of a stratum judged on its own, if one crosses a limit."""
+    if not plan.policy.by:
+        return None
+    tallies = counters.strata_tallies(look.counts)
+    found = judge_strata(tallies, plan.policy, end_of_wave=end_of_wave)
+    if found is None:
+        return None
+    label, verdict = found
+    return _breach(plan, look, verdict, verdict.tally, label)
 
 
 def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
@@ -235,6 +253,9 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     verdict = judge(tally, plan.policy, end_of_wave=False)
     if verdict.breached:
         return _breach(plan, look, verdict, tally)
+    stratum_breach = _stratum_breach(plan, look, end_of_wave=False)
+    if stratum_breach is not None:
+        return stratum_breach
     wave = look.wave
     pending, not_final = _wave_names(wave)
     if look.cursor < look.reach[wave] or counts.get(pending):
@@ -252,6 +273,9 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     verdict = judge(tally, plan.policy, end_of_wave=True)
     if verdict.breached:
         return _breach(plan, look, verdict, tally)
+    stratum_breach = _stratum_breach(plan, look, end_of_wave=True)
+    if stratum_breach is not None:
+        return stratum_breach
     numbers = figures(verdict, tally, spec.name)
     if wave == len(look.reach) - 1:
         return Complete(f"every wave done; {verdict.reason}", numbers)

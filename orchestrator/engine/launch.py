@@ -53,6 +53,7 @@ async def _device_pages(stores: Stores, project_id: str) -> AsyncIterator[list[D
                 allowed_commands=tuple(device.allowed_commands),
                 active_rollout=holder,
                 metadata=device.metadata,
+                version=device.firmware_version,
             )
             for device, holder in zip(page.devices, holders, strict=True)
         ]
@@ -63,7 +64,7 @@ async def _device_pages(stores: Stores, project_id: str) -> AsyncIterator[list[D
 
 async def cohort_of(stores: Stores, project_id: str, plan: Plan) -> Cohort:
     """The plan's cohort among the project's devices now, with the exclusions."""
-    cohort = CohortBuilder(plan.name, plan.target)
+    cohort = CohortBuilder(plan.name, plan.target, plan.policy.by)
     async for page in _device_pages(stores, project_id):
         cohort.add(page)  # a page is a few milliseconds; what it keeps is only ids
     # Ordering 150,000 devices takes about a second of Python; in a thread the event loop gets
@@ -123,6 +124,8 @@ async def launch(
         created_by=created_by,
         rollout_id=rollout_id,
         pins=pins,
+        strata=cohort.strata,
+        stratum_of=cohort.stratum_of,
     )
     if outcome.project_deleting:
         raise ProjectDeleting(project_id)

@@ -50,9 +50,13 @@ TAG_SEPARATOR = ","  # tags never hold one (domain.devices.TAG)
 #   p project id, n name, d description [''], s source [mqtt], b brand [Custom],
 #   m model [Custom], t tags comma-separated [none], a allowed_commands semicolon-separated
 #   [every command], c created_at in epoch seconds, k the token's sha256 (url-safe base64,
-#   unpadded), l last_seen in epoch seconds [never], @{key} a custom metadata entry.
+#   unpadded), l last_seen in epoch seconds [never], v the firmware version the device last
+#   reported [none], w when it reported it, in epoch seconds [never], @{key} a custom metadata
+#   entry.
 METADATA_FIELD = "@"  # a custom metadata entry is the field `@{key}`
 LAST_SEEN_FIELD = "l"
+VERSION_FIELD = "v"
+VERSION_AT_FIELD = "w"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,13 @@ class Device:
     last_seen: str = NEVER_SEEN
     metadata: dict[str, str] = field(default_factory=dict)
     token_digest: str = field(default="", repr=False)  # sha256, url-safe base64 unpadded
+    firmware_version: str = ""  # the version it last reported ('' = none yet)
+    firmware_version_at_s: int = 0  # when it reported it, epoch seconds (0 = never)
+
+    @property
+    def firmware_version_at(self) -> str | None:
+        """When the device reported firmware_version (ISO 8601), None for never."""
+        return _iso(str(self.firmware_version_at_s)) if self.firmware_version_at_s else None
 
     @property
     def last_seen_s(self) -> int:
@@ -165,6 +176,8 @@ def encode(device: Device) -> dict[str, str]:
         "c": _epoch_s(device.created_at),
         "k": device.token_digest,
         LAST_SEEN_FIELD: str(device.last_seen_s or ""),
+        VERSION_FIELD: device.firmware_version,
+        VERSION_AT_FIELD: str(device.firmware_version_at_s or ""),
     }
     record.update({METADATA_FIELD + key: value for key, value in device.metadata.items()})
     # "" is kept for a custom metadata value: it says the key is there.
@@ -196,6 +209,8 @@ def decode(device_id: str, record: Mapping[str, str]) -> Device:
             name[1:]: value for name, value in record.items() if name.startswith(METADATA_FIELD)
         },
         token_digest=record.get("k", ""),
+        firmware_version=record.get(VERSION_FIELD, ""),
+        firmware_version_at_s=int(record.get(VERSION_AT_FIELD) or 0),
     )
 
 
@@ -479,6 +494,30 @@ class DeviceStore:
             "every": str(LAST_SEEN_EVERY_S),
         }
         return bool(await self._call("touch", key, args))
+
+    @translated
+    async def record_reported_versions(self, reports: Sequence[tuple[str, str, int]]) -> int:
+        """Devices reported the firmware they run: (device id, version, at epoch ms) each.
+
+        Each existing device's record keeps the version and when it was reported, unless it
+        holds a later report already. Returns how many records were written.
+        """
+        if not reports:
+            return 0
+        keys = self._keys
+        args = {
+            "reports": [
+                [keys.device(device_id), version, str(at_ms // 1000)]
+                for device_id, version, at_ms in reports
+            ],
+            "field": VERSION_FIELD,
+            "at_field": VERSION_AT_FIELD,
+        }
+        return int(await self._call("versions", keys.device(reports[0][0]), args))
+
+    async def record_reported_version(self, device_id: str, version: str, at_ms: int) -> bool:
+        """The device reported running `version` at `at_ms`; True when its record took it."""
+        return bool(await self.record_reported_versions([(device_id, version, at_ms)]))
 
     @translated
     async def mqtt_device_ids(self) -> list[str]:

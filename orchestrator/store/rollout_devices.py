@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.domain.devices import LAST_SEEN_EVERY_S
+from orchestrator.domain.devices import LAST_SEEN_EVERY_S, VERSION_REPORTS
 from orchestrator.domain.states import (
     DEADLINE_TRANSITIONS,
     FAILURE_TYPES,
@@ -30,7 +30,7 @@ from orchestrator.store.device_events import (
     rollout_keys,
     spec,
 )
-from orchestrator.store.devices import LAST_SEEN_FIELD
+from orchestrator.store.devices import LAST_SEEN_FIELD, VERSION_AT_FIELD, VERSION_FIELD
 from orchestrator.store.download_keys import new_download_key
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Redis, fields, hgetall_many, load_script, members, translated
@@ -336,6 +336,10 @@ class RolloutDeviceStore:
                     "registry": self._keys.device(""),
                     "seen_field": LAST_SEEN_FIELD,
                     "seen_every_s": LAST_SEEN_EVERY_S,
+                    # and, from a report of the firmware it runs, that version (devices.py).
+                    "version_field": VERSION_FIELD,
+                    "version_at_field": VERSION_AT_FIELD,
+                    "version_statuses": dict.fromkeys(VERSION_REPORTS, True),
                 },
                 ensure_ascii=False,
             )

@@ -26,6 +26,7 @@ from orchestrator.store.script_rules import (
     CREATED_STATE,
     END_TRANSITIONS,
     REBASED,
+    REBASED_PREFIXES,
 )
 from orchestrator.timeutil import epoch_ms, now_ms
 
@@ -145,11 +146,15 @@ class RolloutStore:
         created_by: str,
         rollout_id: str | None = None,
         pins: Mapping[str, tuple[str, int]] | None = None,
+        strata: Sequence[Sequence[str]] = (),
+        stratum_of: Sequence[int] = (),
     ) -> tuple[str, CreateOutcome]:
         """A new `pending` rollout over `device_ids` (in wave order); its id and the outcome.
 
         With `rollout_id` (a hook delivery promised it), a rollout already made under that id
-        is left as it is and reported as `exists`.
+        is left as it is and reported as `exists`. With strata (`policy.by`), `strata` lists
+        the label lists and `stratum_of` gives each device's index into it (in device order):
+        the results script counts each device's failures under its labels.
         """
         rollout_id = rollout_id or str(uuid.uuid4())
         record = {
@@ -171,6 +176,8 @@ class RolloutStore:
                 {name: {"sha256": sha, "size": size} for name, (sha, size) in (pins or {}).items()}
             ),
         }
+        if strata:
+            record["strata"] = json.dumps([list(labels) for labels in strata])
         event = {
             "at": created_at,
             "actor": created_by,
@@ -199,6 +206,7 @@ class RolloutStore:
                 json.dumps(event),
                 COUNTER_NAMES,
                 CREATED_STATE,
+                json.dumps(list(stratum_of)),
                 *device_ids,
             ],
         )
@@ -337,6 +345,7 @@ class RolloutStore:
                 finished_at_ms(at),
                 COUNTER_NAMES,
                 REBASED,
+                REBASED_PREFIXES,
             ],
         )
         return str(reply[0]), bool(reply[1])

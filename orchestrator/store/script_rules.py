@@ -39,12 +39,16 @@ TRANSITIONS: dict[DeviceEvent, dict[str, str]] = {
 }
 
 # Counter names as the scripts build them: total .. state, wave number .. wave .. state,
-# fail .. failure type (see domain/counters.py).
+# fail .. failure type, stratum .. state .. wave .. label for a state of `stratified`,
+# stratum_fail .. failure type .. wave .. label (see domain/counters.py).
 COUNTER_NAMES = json.dumps(
     {
         "total": counters.total(""),
         "wave": counters.SEPARATOR,
         "fail": counters.failures(""),
+        "stratum": counters.STRATUM + counters.SEPARATOR,
+        "stratum_fail": counters.STRATUM_FAIL + counters.SEPARATOR,
+        "stratified": {state.value: True for state in sorted(counters.STRATIFIED_STATES)},
     }
 )
 
@@ -60,6 +64,10 @@ DISPATCH = json.dumps(
 # rollout_state.lua: what a rollout's end does to devices not final, and what a rebase keeps.
 END_TRANSITIONS = json.dumps(TRANSITIONS[DeviceEvent.END])
 REBASED = json.dumps(counters.REBASED)
+# and the counters it keeps by the prefix of their names (the strata's), with where they go.
+REBASED_PREFIXES = json.dumps(
+    {"prefixes": list(counters.REBASED_PREFIXES), "base": counters.base("")}
+)
 
 # rollout_device.lua: what every device transition obeys, whoever asks for it.
 DEVICE_RULES = json.dumps(

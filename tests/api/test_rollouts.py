@@ -190,12 +190,35 @@ async def test_dry_run_returns_waves_and_stores_nothing(service: Service) -> Non
     assert body["dry_run"] is True
     assert body["name"] == "fw-2.0.0"
     assert body["total"] == 5
-    assert body["waves"] == [
-        {"name": "canary", "devices": 1, "reach": 1, "approval": "auto", "bake": "10m"},
-        {"name": "wave-2", "devices": 2, "reach": 3, "approval": "manual", "bake": "0s"},
-        {"name": "wave-3", "devices": 2, "reach": 5, "approval": "auto", "bake": "0s"},
+    assert body["waves"] == [  # without policy.by, no strata
+        {
+            "name": "canary",
+            "devices": 1,
+            "reach": 1,
+            "approval": "auto",
+            "bake": "10m",
+            "strata": {},
+        },
+        {
+            "name": "wave-2",
+            "devices": 2,
+            "reach": 3,
+            "approval": "manual",
+            "bake": "0s",
+            "strata": {},
+        },
+        {
+            "name": "wave-3",
+            "devices": 2,
+            "reach": 5,
+            "approval": "auto",
+            "bake": "0s",
+            "strata": {},
+        },
     ]
     assert body["exclusions"] == []
+    assert body["versions"] == {"(none)": 5}  # none has reported a version yet
+    assert body["warnings"] == []
     listing = await service.client.get(rollouts_url(service))
     assert data_of(listing) == []
     # nothing holds the devices either: the real rollout gets all five

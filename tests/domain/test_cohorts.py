@@ -169,3 +169,64 @@ def test_a_metadata_target_takes_only_devices_holding_every_pair() -> None:
     both = TargetSpec(metadata={"site": "berlin", "floor": "2"}, brand="Acme")
     assert select("r", both, fleet).device_ids == ["berlin-2"]
     assert select("r", TargetSpec(metadata={"site": ""}), fleet).device_ids == []
+
+
+# --- strata (policy.by) -----------------------------------------------------------------------
+
+
+def fleet_of_models(sizes: dict[str, int]) -> list[DeviceInfo]:
+    return [
+        device(f"{model}-{n}", model=model) for model, size in sizes.items() for n in range(size)
+    ]
+
+
+def test_without_by_the_order_is_the_hash_order_it_always_was() -> None:
+    fleet = fleet_of_models({"TH-200": 30, "TH-300": 5})
+    plain = select("r", TargetSpec(), fleet)
+    assert plain.device_ids == sorted((d.id for d in fleet), key=lambda i: order_key("r", i))
+    assert (plain.strata, plain.stratum_of) == ([], [])
+
+
+def test_waves_take_every_stratum_in_proportion_and_the_first_devices_one_of_each() -> None:
+    sizes = {"TH-100": 600, "TH-200": 300, "TH-300": 90, "TH-400": 10}
+    cohort = select("r", TargetSpec(), fleet_of_models(sizes), by=["model"])
+    models = [cohort.strata[i][0] for i in cohort.stratum_of]
+    assert sorted(models[:4]) == [f"model={m}" for m in sizes]
+    # Within one device of its share, but for the one device each stratum has first: a
+    # prefix may hold up to (strata - 1) devices fewer of a big stratum than its share.
+    for prefix in (4, 10, 50, 100, 333, 1000):
+        for model, size in sizes.items():
+            held = models[:prefix].count(f"model={model}")
+            share = prefix * size / 1000
+            assert held >= 1, (prefix, model)
+            assert share - (len(sizes) - 1) <= held <= share + 1, (prefix, model)
+    for model in sizes:  # each stratum keeps its own hash order
+        ids = [i for i in cohort.device_ids if i.startswith(model)]
+        assert ids == sorted(ids, key=lambda i: order_key("r", i))
+
+
+def test_stratified_order_is_deterministic_and_covers_the_same_devices() -> None:
+    fleet = fleet_of_models({"A": 7, "B": 3})
+    first = select("r", TargetSpec(), fleet, by=["model"])
+    again = select("r", TargetSpec(), list(reversed(fleet)), by=["model"])
+    assert first == again
+    assert sorted(first.device_ids) == sorted(d.id for d in fleet)
+
+
+def test_stratum_labels_of_every_kind_and_the_none_stratum() -> None:
+    fleet = [
+        device("a", tags=frozenset({"hw-2", "hw-1", "eu"}), version="2.0.3"),
+        device("b", tags=frozenset({"eu"}), brand="Zeta"),
+    ]
+    cohort = select("r", TargetSpec(), fleet, by=["brand", "tag:hw-", "version"])
+    by_id = dict(zip(cohort.device_ids, (cohort.strata[i] for i in cohort.stratum_of), strict=True))
+    assert by_id == {
+        "a": ("brand=Acme", "tag:hw-=hw-1", "version=2.0.3"),
+        "b": ("brand=Zeta", "tag:hw-=(none)", "version=(none)"),
+    }
+
+
+def test_a_target_selects_on_the_last_reported_version() -> None:
+    fleet = [device("old", version="2.0.3"), device("new", version="2.1.0"), device("never")]
+    cohort = select("r", TargetSpec(versions=["2.0.3", "2.0.4"]), fleet)
+    assert cohort.device_ids == ["old"]

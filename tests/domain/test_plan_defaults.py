@@ -49,6 +49,7 @@ from orchestrator.domain.plans import (
     stored_plan,
 )
 from orchestrator.domain.policy import resend_after_s
+from orchestrator.domain.strata import MAX_BY
 from tests.domain.test_plan_reference import schema_keys
 
 EXAMPLES = hypothesis_settings(
@@ -122,6 +123,7 @@ WRITTEN: dict[str, Key] = {
         ),
         same,
     ),
+    "target.versions": (st.lists(TEXT, max_size=4), same),
     "waves": (st.just([{"percent": 100}]), None),
     "waves[].name": (names(64), same),
     "waves[].devices": (COUNTS, same),
@@ -145,6 +147,17 @@ WRITTEN: dict[str, Key] = {
     "policy.rate": (RATES, parse_rate),
     "policy.max_in_flight": (COUNTS, same),
     "policy.on_failure": (st.sampled_from(["halt", "rollback"]), same),
+    "policy.by": (
+        st.lists(
+            st.one_of(
+                st.sampled_from(["model", "brand", "version"]),
+                st.from_regex(r"tag:[a-z0-9-]{1,8}", fullmatch=True),
+            ),
+            max_size=MAX_BY,
+            unique=True,
+        ),
+        same,
+    ),
     "rollback": (st.fixed_dictionaries({"file": FILES.filter(lambda f: f != "new.bin")}), None),
     "rollback.file": (FILES.filter(lambda name: name != "new.bin"), same),
     "rollback.version": (TEXT, same),

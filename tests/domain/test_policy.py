@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from orchestrator.domain import counters
 from orchestrator.domain.plans import FailureType, PolicySpec
-from orchestrator.domain.policy import Tally, judge
+from orchestrator.domain.policy import Tally, judge, judge_strata
 
 F = FailureType
 
@@ -56,3 +57,29 @@ def test_nothing_finished_is_a_zero_rate() -> None:
     verdict = judge(Tally(), PolicySpec(max_failure_rate=0.0), end_of_wave=True)
     assert verdict.failure_rate == 0.0
     assert not verdict.breached
+
+
+def test_each_stratum_is_judged_with_the_same_limits_and_the_worst_is_named() -> None:
+    tallies = counters.strata_tallies(
+        {
+            counters.in_stratum("model=A", "succeeded"): 9,
+            counters.stratum_failures("model=A", "failed"): 1,
+            counters.in_stratum("model=B", "succeeded"): 1,
+            counters.stratum_failures("model=B", "timed_out"): 3,
+            counters.stratum_failures("model=C", "failed"): 1,
+            counters.base(counters.stratum_failures("model=C", "failed")): 1,
+        }
+    )
+    assert tallies == {
+        "model=A": Tally(9, {FailureType.FAILED: 1}),
+        "model=B": Tally(1, {FailureType.TIMED_OUT: 3}),
+    }
+    policy = PolicySpec(max_failure_rate=0.2, min_devices=5)
+    assert judge_strata(tallies, policy, end_of_wave=False) is None  # B: 4 of min_devices 5
+    found = judge_strata(tallies, policy, end_of_wave=True)
+    assert found is not None
+    label, verdict = found
+    assert label == "model=B"
+    assert verdict.reason == (
+        "failure rate 75.0% (3 of 4 finished devices) is over max_failure_rate 20.0%"
+    )

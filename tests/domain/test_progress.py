@@ -249,6 +249,82 @@ def test_failures_before_a_rebase_are_not_judged_again() -> None:
     assert not isinstance(decide(plan(), look(cursor=10, counts=counts)), Breach)
 
 
+# --- strata (policy.by) -----------------------------------------------------------------------
+
+
+def in_strata(by_label: dict[str, tuple[int, int]]) -> dict[str, int]:
+    """Stratum counters: {label: (succeeded, failed)} as the results script keeps them."""
+    counts: dict[str, int] = {}
+    for label, (succeeded, failed) in by_label.items():
+        counts[counters.in_stratum(label, "succeeded")] = succeeded
+        counts[counters.stratum_failures(label, "failed")] = failed
+    return counts
+
+
+# A fleet of 100 finished devices: 4 of model TH-300, 3 of them failed; 3% fleet-wide.
+FLEET_UNDER_LIMIT = done(0, 97, failed=3) | in_strata(
+    {"model=TH-300": (1, 3), "model=TH-200": (96, 0)}
+)
+
+
+def test_a_stratum_over_the_limit_halts_while_the_whole_is_under_it() -> None:
+    by_model = plan("max_failure_rate: 5%, min_devices: 4, by: [model]")
+    step = decide(by_model, look(cursor=10, counts=FLEET_UNDER_LIMIT))
+    assert isinstance(step, Breach)
+    assert step.action is RolloutAction.HALT
+    assert step.reason == (
+        "model=TH-300: failure rate 75.0% (3 of 4 finished devices) is over max_failure_rate 5.0%"
+    )
+    assert step.figures["stratum"] == "model=TH-300"
+    assert (step.figures["finished"], step.figures["failed"]) == (4, 3)
+    assert step.figures["rollout_failure_rate"] == 0.03
+
+
+def test_without_by_the_same_counters_judge_only_the_whole() -> None:
+    whole_only = plan("max_failure_rate: 5%, min_devices: 4")
+    assert not isinstance(decide(whole_only, look(cursor=10, counts=FLEET_UNDER_LIMIT)), Breach)
+
+
+def test_mid_wave_a_stratum_waits_for_its_own_min_devices_and_a_wave_end_judges_it() -> None:
+    by_model = plan("max_failure_rate: 5%, min_devices: 5, by: [model]")
+    counts = done(0, 97, failed=3) | in_strata({"model=TH-300": (1, 3), "model=TH-200": (96, 0)})
+    mid = decide(by_model, look(cursor=100, reach=(100, 200), counts=counts))
+    assert not isinstance(mid, Breach)  # TH-300 has 4 of min_devices 5 finished
+    end = decide(by_model, look(cursor=100, reach=(100, 200), counts=counts, wave_done_at_ms=1))
+    assert isinstance(end, Breach)
+    assert end.reason.startswith("model=TH-300: ")
+
+
+def test_the_stratum_named_is_the_one_with_the_highest_rate() -> None:
+    by_model = plan("max_failure_rate: 5%, by: [model]")
+    counts = done(0, 8, failed=4) | in_strata(
+        {"model=A": (4, 1), "model=B": (2, 2), "model=C": (2, 1)}
+    )
+    counts[counters.failures("failed")] = 0  # only the strata are judged here
+    counts[counters.total("succeeded")] = 100
+    step = decide(by_model, look(cursor=10, counts=counts))
+    assert isinstance(step, Breach)
+    assert step.figures["stratum"] == "model=B"
+
+
+def test_stratum_failures_before_a_rebase_are_not_judged_again() -> None:
+    by_model = plan("max_failure_rate: 5%, min_devices: 4, by: [model]")
+    rebased = {
+        counters.base(name): value
+        for name, value in FLEET_UNDER_LIMIT.items()
+        if name.startswith(counters.REBASED_PREFIXES)
+    }
+    step = decide(by_model, look(cursor=10, counts=FLEET_UNDER_LIMIT | rebased))
+    assert not isinstance(step, Breach)
+
+
+def test_a_passing_wave_with_strata_advances() -> None:
+    by_model = plan("max_failure_rate: 50%, by: [model]")
+    counts = done(0, 9, failed=1) | in_strata({"model=A": (5, 0), "model=B": (4, 1)})
+    step = decide(by_model, look(cursor=10, counts=counts, wave_done_at_ms=1))
+    assert isinstance(step, Advance)
+
+
 # --- rolling back ----------------------------------------------------------------------------
 
 

@@ -12,15 +12,35 @@ from orchestrator.store.device_events import TransitionRequest
 from tests.store.test_rollouts import GRANT, CreateRollout, move
 
 D = DeviceState
+F = FailureType
 WAVES = 2
 
 
-def domain_names() -> set[str]:
-    """Every counter name the domain can give a rollout of WAVES waves."""
+def domain_names(strata: tuple[str, ...] = ()) -> set[str]:
+    """Every counter name the domain can give a rollout of WAVES waves (and these strata)."""
     names = {counters.total(state) for state in DeviceState}
     names |= {counters.in_wave(wave, state) for wave in range(WAVES) for state in DeviceState}
     names |= {counters.failures(kind) for kind in FailureType}
+    for label in strata:
+        names |= {counters.in_stratum(label, state) for state in counters.STRATIFIED_STATES}
+        names |= {counters.stratum_failures(label, kind) for kind in FailureType}
+    names |= {counters.base(name) for name in names if name.startswith(counters.REBASED_PREFIXES)}
     return names | set(counters.REBASED.values())
+
+
+async def halt_and_resume(stores: Stores, rollout_id: str) -> None:
+    """Halt the running rollout, then resume it as a person does: the policy is rebased."""
+    await move(stores, rollout_id, RolloutState.RUNNING, RolloutState.HALTED)
+    await stores.rollouts.change_state(
+        rollout_id,
+        allowed_from=[RolloutState.HALTED],
+        to=RolloutState.RUNNING,
+        reason="resumed",
+        actor="alice",
+        action="resume",
+        at="2030-01-02T03:04:05Z",
+        rebase_policy=True,
+    )
 
 
 async def test_each_script_writes_the_counters_the_domain_names_and_reads(
@@ -63,17 +83,7 @@ async def test_each_script_writes_the_counters_the_domain_names_and_reads(
     assert [device_id for device_id, _ in expired] == [late]
     judged = counters.tally_of(await rollouts.counts(made.id))
     assert judged == Tally(succeeded=1, failures=dict.fromkeys(FailureType, 1))
-    await move(stores, made.id, RolloutState.RUNNING, RolloutState.HALTED)
-    await rollouts.change_state(  # rollout_state.lua: a rebase
-        made.id,
-        allowed_from=[RolloutState.HALTED],
-        to=RolloutState.RUNNING,
-        reason="resumed",
-        actor="alice",
-        action="resume",
-        at="2030-01-02T03:04:05Z",
-        rebase_policy=True,
-    )
+    await halt_and_resume(stores, made.id)  # rollout_state.lua: a rebase
     rebased = await rollouts.counts(made.id)
     assert {base: rebased[counter] for counter, base in counters.REBASED.items()} == {
         counters.base(counters.total(D.SUCCEEDED)): 1,
@@ -87,3 +97,35 @@ async def test_each_script_writes_the_counters_the_domain_names_and_reads(
     assert sum(counters.by_state(final).values()) == 7
     # The device never sent and `ended`, both of the second wave.
     assert counters.by_state(final, 1)["cancelled"] == counters.by_state(final)["cancelled"] == 2
+
+
+async def test_the_results_script_counts_each_stratum_by_the_domain_names_and_a_rebase_keeps_them(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    """Each device's labels, fixed at creation, move its stratum's counters with its own."""
+    labels = (("brand=Acme", "model=A"), ("brand=Acme", "model=B"))
+    made = await create_rollout(6, [6], running=True, strata=labels, stratum_of=[0, 0, 0, 1, 1, 1])
+    devices = stores.rollout_devices
+    await devices.dispatch(made.id, count=6, reach=6, ack_deadline_ms=1_000, grant=GRANT)
+    a_ok, a_failed, a_retried, b_ok, b_rejected, _late = made.devices
+    await devices.transitions(
+        [
+            TransitionRequest(made.id, a_ok, DeviceEvent.SUCCESS, drop_deadline=True),
+            TransitionRequest(made.id, a_failed, DeviceEvent.FAILED, drop_deadline=True),
+            TransitionRequest(
+                made.id, a_retried, DeviceEvent.FAILED, drop_deadline=True, retries=1
+            ),
+            TransitionRequest(made.id, b_ok, DeviceEvent.SUCCESS, drop_deadline=True),
+            TransitionRequest(made.id, b_rejected, DeviceEvent.REJECTED, drop_deadline=True),
+        ]
+    )
+    await devices.expire(made.id, at_ms=1_000, retries=0)  # b_late and a_retried's deadline
+    counts = await stores.rollouts.counts(made.id)
+    assert set(counts) <= domain_names(("brand=Acme", "model=A", "model=B"))
+    assert counters.strata_tallies(counts) == {
+        "brand=Acme": Tally(2, {F.FAILED: 1, F.REJECTED: 1, F.TIMED_OUT: 1}),
+        "model=A": Tally(1, {F.FAILED: 1}),
+        "model=B": Tally(1, {F.REJECTED: 1, F.TIMED_OUT: 1}),
+    }
+    await halt_and_resume(stores, made.id)
+    assert counters.strata_tallies(await stores.rollouts.counts(made.id)) == {}

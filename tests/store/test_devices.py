@@ -416,3 +416,53 @@ async def test_a_result_answering_a_command_marks_its_device_seen(clean: Stores)
     assert await last_seen(device.id) == T
     await report(device.id, T + 10 + LAST_SEEN_EVERY_S)
     assert await last_seen(device.id) == T + 10 + LAST_SEEN_EVERY_S
+
+
+# --- firmware version ---------------------------------------------------------------------------
+
+
+async def test_a_success_carrying_a_version_records_it_as_the_devices_firmware(
+    clean: Stores,
+) -> None:
+    """In the script that applies results, like last_seen: only a status that reports the
+    running firmware, only on the topic of the device the command went to."""
+    device, _ = await create(clean, name="reports")
+    other, _ = await create(clean, name="forges")
+    assert (device.firmware_version, device.firmware_version_at) == ("", None)
+    await clean.commands.record(
+        "cmd-v", device_id=device.id, project_id=PROJECT, command="reboot", sent_at=T_ISO
+    )
+
+    async def report(device_id: str, status: str, version: str | None, at_s: int) -> None:
+        applied = await clean.rollout_devices.apply_results(
+            [Reported("cmd-v", device_id, status, version)], {}, at_ms=at_s * 1000
+        )
+        assert applied.needed == []
+
+    async def firmware(device_id: str) -> tuple[str, str | None]:
+        found = await clean.devices.by_id(device_id)
+        assert found is not None
+        return found.firmware_version, found.firmware_version_at
+
+    await report(device.id, "received", "9.9.9", T)
+    await report(device.id, "success", None, T)
+    await report(other.id, "success", "6.6.6", T)
+    assert await firmware(device.id) == await firmware(other.id) == ("", None)
+    await report(device.id, "success", "2.0.4", T)
+    assert await firmware(device.id) == ("2.0.4", T_ISO)
+    assert await firmware(other.id) == ("", None)
+
+
+async def test_a_reported_version_is_kept_unless_a_later_report_is_held(clean: Stores) -> None:
+    device, _ = await create(clean)
+    versions = clean.devices
+    assert await versions.record_reported_version(device.id, "2.0.3", T * 1000)
+    assert not await versions.record_reported_version(device.id, "1.0.0", (T - 5) * 1000)
+    found = await versions.by_id(device.id)
+    assert found is not None
+    assert (found.firmware_version, found.firmware_version_at_s) == ("2.0.3", T)
+    assert await versions.record_reported_version(device.id, "2.1.0", (T + 5) * 1000)
+    renamed = await versions.update(PROJECT, device.id, name="kept")  # a rewrite keeps it
+    assert renamed is not None
+    assert (renamed.firmware_version, renamed.firmware_version_at_s) == ("2.1.0", T + 5)
+    assert not await versions.record_reported_version(str(uuid.uuid4()), "2.1.0", T * 1000)

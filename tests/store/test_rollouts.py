@@ -55,6 +55,8 @@ class CreateRollout(Protocol):
         project_id: str = PROJECT,
         devices: Sequence[str] | None = None,
         running: bool = False,
+        strata: Sequence[Sequence[str]] = (),
+        stratum_of: Sequence[int] = (),
     ) -> Made: ...
 
 
@@ -103,6 +105,8 @@ async def create_rollout(stores: Stores) -> AsyncIterator[CreateRollout]:
         project_id: str = PROJECT,
         devices: Sequence[str] | None = None,
         running: bool = False,
+        strata: Sequence[Sequence[str]] = (),
+        stratum_of: Sequence[int] = (),
     ) -> Made:
         ids = list(devices) if devices is not None else device_ids(n)
         rollout_id, outcome = await stores.rollouts.create(
@@ -113,6 +117,8 @@ async def create_rollout(stores: Stores) -> AsyncIterator[CreateRollout]:
             reach=reach,
             created_at=AT,
             created_by="alice",
+            strata=strata,
+            stratum_of=stratum_of,
         )
         assert outcome == CreateOutcome(created=True)
         if running:

@@ -26,6 +26,9 @@
 --   ...}, ...}}.
 -- 'touch' {"key", "field", "now", "every"}: the record's `field` becomes `now` when it is at
 --   least `every` older (or absent), and only when the record exists. Returns 1 when written.
+-- 'versions' {"reports": [[key, version, at], ...], "field", "at_field"}: each record's
+--   `field` becomes the version and `at_field` the time reported, when the record exists and
+--   its `at_field` is not later. Returns how many were written.
 local MAX = 128
 local PIECE = 64 -- ids per leaf after a split
 
@@ -193,6 +196,20 @@ local function touch(a)
   return 1
 end
 
+local function versions(a)
+  local written = 0
+  for _, report in ipairs(a.reports) do
+    local key, version, at = report[1], report[2], tonumber(report[3])
+    local stored = redis.call('HGET', key, a.at_field)
+    if (stored and (tonumber(stored) or 0) <= at)
+        or (not stored and redis.call('EXISTS', key) == 1) then
+      redis.call('HSET', key, a.field, version, a.at_field, report[3])
+      written = written + 1
+    end
+  end
+  return written
+end
+
 local entry, args = ARGV[1], cjson.decode(ARGV[2])
 if entry == 'write' then
   return write(args)
@@ -200,5 +217,7 @@ elseif entry == 'page' then
   return page(args)
 elseif entry == 'touch' then
   return touch(args)
+elseif entry == 'versions' then
+  return versions(args)
 end
 return redis.error_reply('unknown entry point ' .. tostring(entry))

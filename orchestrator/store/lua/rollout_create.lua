@@ -6,13 +6,15 @@
 -- ARGV[1] rollout id, ARGV[2] device hash prefix, ARGV[3] device lock prefix, ARGV[4] created ms,
 -- ARGV[5] rollout fields (JSON object), ARGV[6] wave reach (JSON list), ARGV[7] event (JSON),
 -- ARGV[8] counter names (JSON: {"total": prefix, "wave": between wave number and state}, from
--- domain/counters.py), ARGV[9] the state devices start in, ARGV[10..] device ids in wave order
+-- domain/counters.py), ARGV[9] the state devices start in, ARGV[10] each device's stratum
+-- index (JSON list in device order; [] without strata), ARGV[11..] device ids in wave order
 -- Returns {'ok'} | {'exists'} | {'project_deleting'} | {'name_taken', other rollout id} |
 -- {'devices_taken', id, ...}
 local rid = ARGV[1]
-local FIRST = 10
+local FIRST = 11
 local names = cjson.decode(ARGV[8])
 local state = ARGV[9]
+local strata = cjson.decode(ARGV[10])
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'exists'}
 end
@@ -44,6 +46,10 @@ for i = FIRST, #ARGV do
     wave = wave + 1
   end
   redis.call('HSET', ARGV[2] .. ARGV[i], 'state', state, 'wave', wave, 'attempts', 0)
+  local stratum = strata[position + 1]
+  if stratum then
+    redis.call('HSET', ARGV[2] .. ARGV[i], 'stratum', stratum)
+  end
   redis.call('SET', ARGV[3] .. ARGV[i] .. ':rollout', rid)
   redis.call('HINCRBY', KEYS[3], wave .. names.wave .. state, 1)
   redis.call('RPUSH', KEYS[2], ARGV[i])

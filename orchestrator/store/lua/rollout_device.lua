@@ -10,7 +10,12 @@
 --   {"failed": {state: true}, "retried": {failed state: where a retry takes it},
 --    "queued": {state: true} (entering one queues the device in the retry list),
 --    "spent": {state: true} (reaching one revokes the device's download key),
---    "counters": {"total": prefix, "wave": between wave number and state, "fail": prefix}}
+--    "counters": {"total": prefix, "wave": between wave number and state, "fail": prefix,
+--    "stratum": prefix, "stratum_fail": prefix, "stratified": {state: true} (counted per
+--    stratum)}}
+-- A device of a rollout with strata (`policy.by`) has the field `stratum`, an index (from 0)
+-- into the JSON list of label lists in its rollout hash's field `strata`; every counter change
+-- of a `stratified` state or of a failure type is made for each of its labels too.
 -- ARGV[5] the entry point's work (JSON, below), then pairs of (rollout id, rollout JSON, '' when
 -- there is no such rollout): {"keys": {"rollout", "device" (prefix of device hashes),
 -- "counts", "deadlines", "retry", "unpublished"}, ...}.
@@ -38,7 +43,10 @@
 -- id, status, version ('' when none)], ...], "registry": the registry's device record key
 -- prefix, "seen_field": its last_seen field, "seen_every_s": seconds between two last_seen
 -- writes}. A result on the topic of the device its command went to is word from that device:
--- its registry record's last_seen becomes now (in seconds) when it is that much older. Each result is matched to its command record and turned into an event by its rollout's
+-- its registry record's last_seen becomes now (in seconds) when it is that much older. With
+-- "version_field", "version_at_field" and "version_statuses" ({status: true}), such a result of
+-- one of those statuses carrying a version also records it in the registry record, and now (in
+-- seconds) as when, unless the record holds a later report. Each result is matched to its command record and turned into an event by its rollout's
 -- rules. The rollout JSON adds {"events": {name: spec}, "kinds": {command kind: status rules},
 -- "default": status rules}; status rules: {"version": expected ('' = any), "matched": {status:
 -- event name}, "mismatched": {status: event name}} (mismatched: another version reported).
@@ -54,6 +62,7 @@ local key_prefix = ARGV[3]
 local rules = cjson.decode(ARGV[4])
 local failed, retried, queued, spent = rules.failed, rules.retried, rules.queued, rules.spent
 local names = rules.counters
+local stratified = names.stratified or {}
 
 -- Counter changes, summed over the call and written at its end: {counts hash: {field: delta}}.
 -- Nothing in the call reads the counters, and every field touched is written (even by 0).
@@ -73,6 +82,21 @@ local function write_counts()
       redis.call('HINCRBY', counts, name, delta)
     end
   end
+end
+
+-- The stratum labels of a device of the rollout hash `rollout` ({} without strata), by the
+-- index its record holds; each rollout's label lists are read once per call.
+local strata_of = {}
+local function labels_of(rollout, index)
+  if not index or index == '' then
+    return {}
+  end
+  local lists = strata_of[rollout]
+  if not lists then
+    lists = cjson.decode(redis.call('HGET', rollout, 'strata') or '[]')
+    strata_of[rollout] = lists
+  end
+  return lists[tonumber(index) + 1] or {}
 end
 
 -- Append the fields of `fields` (a table, or nil) to the flat list `flat`.
@@ -99,7 +123,8 @@ end
 local function apply(k, device_id, spec, command_id, extra)
   local device = k.device .. device_id
   local got = redis.call(
-    'HMGET', device, 'state', 'wave', 'key', 'sent_at', 'attempts', 'failure', spec.field
+    'HMGET', device, 'state', 'wave', 'key', 'sent_at', 'attempts', 'failure', spec.field,
+    'stratum'
   )
   local state = got[1]
   if not state then
@@ -151,10 +176,22 @@ local function apply(k, device_id, spec, command_id, extra)
   count(k.counts, wave .. names.wave .. new, 1)
   count(k.counts, names.total .. state, -1)
   count(k.counts, names.total .. new, 1)
+  local labels = labels_of(k.rollout, got[8])
+  for _, label in ipairs(labels) do
+    if stratified[state] then
+      count(k.counts, names.stratum .. state .. names.wave .. label, -1)
+    end
+    if stratified[new] then
+      count(k.counts, names.stratum .. new .. names.wave .. label, 1)
+    end
+  end
   if failed[state] then
     local previous = got[6]
     if previous then
       count(k.counts, names.fail .. previous, -1)
+      for _, label in ipairs(labels) do
+        count(k.counts, names.stratum_fail .. previous .. names.wave .. label, -1)
+      end
       redis.call('HDEL', device, 'failure')
     end
   end
@@ -162,6 +199,9 @@ local function apply(k, device_id, spec, command_id, extra)
     table.insert(changes, 'failure')
     table.insert(changes, spec.failure)
     count(k.counts, names.fail .. spec.failure, 1)
+    for _, label in ipairs(labels) do
+      count(k.counts, names.stratum_fail .. spec.failure .. names.wave .. label, 1)
+    end
   end
   table.insert(changes, 'state')
   table.insert(changes, new)
@@ -236,10 +276,24 @@ local function seen(key, field, now_s, every_s)
   redis.call('HSET', key, field, now_s)
 end
 
+-- The firmware version a device reported, in its registry record (never made when missing).
+local function record_version(key, work, version, now_s)
+  local at = redis.call('HGET', key, work.version_at_field)
+  if at then
+    if (tonumber(at) or 0) > now_s then
+      return
+    end
+  elseif redis.call('EXISTS', key) == 0 then
+    return
+  end
+  redis.call('HSET', key, work.version_field, version, work.version_at_field, now_s)
+end
+
 local function results()
   local work = cjson.decode(ARGV[5])
   local command_prefix, reported = work.commands, work.results
   local registry, seen_field, seen_every_s = work.registry, work.seen_field, work.seen_every_s
+  local version_statuses = work.version_statuses or {}
   local now_s = math.floor(tonumber(now) / 1000)
   local given = given_rollouts()
   -- Read every record first: a rollout without rules means no write at all.
@@ -272,6 +326,9 @@ local function results()
     local sent_at = record[5] or ''
     if sent_to == device_id then
       seen(registry .. device_id, seen_field, now_s, seen_every_s)
+      if version ~= '' and version_statuses[status] then
+        record_version(registry .. device_id, work, version, now_s)
+      end
     end
     local reply
     if not (record[1] or record[2] or record[3] or record[4] or record[5]) then

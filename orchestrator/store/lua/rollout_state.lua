@@ -13,7 +13,8 @@
 -- hash prefix, ARGV[13] download key hash prefix, ARGV[14] device lock prefix, ARGV[15] now ms,
 -- ARGV[17] counter names (JSON: {"total": prefix, "wave": between wave number and state}),
 -- ARGV[18] what a rebase keeps (JSON: {counter: where its value goes}); both from
--- domain/counters.py
+-- domain/counters.py; ARGV[19] what else a rebase keeps (JSON: {"prefixes": [the prefix of the
+-- counters' names], "base": prefix of where each goes}), the strata's counters
 -- Returns {old state, new state, devices ended} or {old state, ''} when the state did not
 -- allow it.
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -43,6 +44,18 @@ if ARGV[9] == '1' then
     local value = redis.call('HGET', KEYS[5], name)
     if value then
       redis.call('HSET', KEYS[5], base, value)
+    end
+  end
+  local kept = cjson.decode(ARGV[19] or '{"prefixes": []}')
+  if #kept.prefixes > 0 then
+    local counts = redis.call('HGETALL', KEYS[5])
+    for at = 1, #counts, 2 do
+      local name = counts[at]
+      for _, prefix in ipairs(kept.prefixes) do
+        if string.sub(name, 1, #prefix) == prefix then
+          redis.call('HSET', KEYS[5], kept.base .. name, counts[at + 1])
+        end
+      end
     end
   end
 end
