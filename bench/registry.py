@@ -44,7 +44,7 @@ async def measure(url: str, devices: int, tags: int, metadata: int) -> None:
         elif project.id not in key or key == stores.keys.project(project.id):
             continue
         count, size = kinds.get(key_kind(key), (0, 0))
-        kinds[key_kind(key)] = (count + 1, size + int(await redis.memory_usage(key, samples=0)))
+        kinds[key_kind(key)] = (count + 1, size + (await redis.memory_usage(key, samples=0) or 0))
     await redis.aclose()
     print(f"{devices:,} devices, {tags} tags and {metadata} custom metadata keys each")
     print("| key kind | keys | bytes/device |")

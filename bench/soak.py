@@ -45,8 +45,8 @@ from orchestrator.embedded import (
     EmbeddedRedis,
     free_port,
     mosquitto_binary,
-    nginx_binary,
 )
+from orchestrator.embedded_nginx import nginx_binary
 from orchestrator.service import run_on_service_loop
 from orchestrator.store import Stores
 from orchestrator.store.redis import Redis, connect
