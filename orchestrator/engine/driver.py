@@ -43,6 +43,7 @@ from orchestrator.domain.states import (
     RolloutState,
 )
 from orchestrator.engine import actions
+from orchestrator.engine.commands import health_contract
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.sender import COMMAND, CommandSender, changed_since_pinned
 from orchestrator.errors import OrchestratorError
@@ -67,6 +68,13 @@ ENGINE = "engine"
 GIVE_UP_AFTER = 3  # unexpected step failures in a row before the engine gives up on a rollout
 MAX_FAILED_STEP_PAUSE_S = 5.0  # the longest pause before a failed step is tried again
 ERROR_TEXT = 300  # characters of an exception's text kept in a rollout's reason
+
+
+# What a passed deadline did, by the state it found the device in (else: it timed out).
+_DEADLINE_NOTES = {
+    DeviceState.VERIFYING.value: "device soak ended",
+    DeviceState.ROLLBACK_SENT.value: "device rollback timed out",
+}
 
 
 def _note(action: AuditAction) -> dict[str, Any]:
@@ -343,7 +351,9 @@ class RolloutDriver:
             )
             for item in sent
         ]
-        self._sender.start_sending(stored, plan.firmware.version, keys)
+        self._sender.start_sending(
+            stored, plan.firmware.version, keys, health=health_contract(plan)
+        )
 
     # --- deadlines -----------------------------------------------------------------------
 
@@ -357,7 +367,8 @@ class RolloutDriver:
             )
             for device_id, result in expired:
                 if result.applied:
-                    self.log.info("device timed out", device_id=device_id, state=result.new)
+                    what = _DEADLINE_NOTES.get(result.old, "device timed out")
+                    self.log.info(what, device_id=device_id, state=result.new)
             if len(expired) < EXPIRE_BATCH:
                 return
 

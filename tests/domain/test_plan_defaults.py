@@ -29,11 +29,13 @@ from orchestrator.domain.devices import (
 from orchestrator.domain.plan_values import (
     ACK_TIMEOUT_S,
     DEVICE_TIMEOUT_S,
+    HEARTBEAT_S,
     MAX_DEVICES,
     MAX_DURATION_S,
     MAX_RATE_PER_S,
     MAX_RETRIES,
     NAME,
+    SOAK_S,
     format_duration,
     parse_duration,
     parse_failure_rate,
@@ -145,6 +147,9 @@ WRITTEN: dict[str, Key] = {
     "policy.rate": (RATES, parse_rate),
     "policy.max_in_flight": (COUNTS, same),
     "policy.on_failure": (st.sampled_from(["halt", "rollback"]), same),
+    "policy.health": (st.just({}), None),
+    "policy.health.soak": (DURATIONS, parse_duration),
+    "policy.health.heartbeat": (DURATIONS, parse_duration),
     "rollback": (st.fixed_dictionaries({"file": FILES.filter(lambda f: f != "new.bin")}), None),
     "rollback.file": (FILES.filter(lambda name: name != "new.bin"), same),
     "rollback.version": (TEXT, same),
@@ -220,6 +225,21 @@ def test_ack_timeout_alone_lengthens_the_device_timeout_default() -> None:
     assert (policy.ack_timeout_s, policy.device_timeout_s) == (3600, 3600)
     defaults = parse_plan(yaml.safe_dump(BASE)).policy
     assert (defaults.ack_timeout_s, defaults.device_timeout_s) == (ACK_TIMEOUT_S, DEVICE_TIMEOUT_S)
+
+
+def test_health_keys_alone_adapt_the_other_default() -> None:
+    """A soak shorter than 5m shortens the heartbeat; a heartbeat over 30m lengthens the soak."""
+    health = parse_plan(yaml.safe_dump({**BASE, "policy": {"health": {"soak": "2m"}}})).policy
+    assert health.health is not None
+    assert (health.health.soak_s, health.health.heartbeat_s) == (120, 120)
+    longer = {"health": {"heartbeat": "1h"}}
+    health = parse_plan(yaml.safe_dump({**BASE, "policy": longer})).policy
+    assert health.health is not None
+    assert (health.health.soak_s, health.health.heartbeat_s) == (3600, 3600)
+    health = parse_plan(yaml.safe_dump({**BASE, "policy": {"health": {}}})).policy
+    assert health.health is not None
+    assert (health.health.soak_s, health.health.heartbeat_s) == (SOAK_S, HEARTBEAT_S)
+    assert parse_plan(yaml.safe_dump(BASE)).policy.health is None
 
 
 @pytest.mark.parametrize(
