@@ -117,6 +117,7 @@ def device_out(
         command_id=record.get("command_id") or None,
         attempts=int(record.get("attempts", "0") or 0),
         failure=record.get("failure") or None,
+        error=record.get("error") or None,
         updated_at=_iso_from_ms(record.get("updated_at")),
     )
 

@@ -441,6 +441,10 @@ class RolloutDeviceOut(Reply):
     command_id: str | None = Field(description="The command last sent to the device")
     attempts: int = Field(description="How many times the firmware was sent to the device")
     failure: FailureType | None = Field(description="How the device failed, if it did")
+    error: str | None = Field(
+        None,
+        description="The device's last error, in its words (`silent`: no health report in time)",
+    )
     updated_at: str | None = Field(description="When the device's state last changed")
 
 

@@ -93,6 +93,7 @@ class RolloutDriver:
         self._leases = context.stores.leases
         self._owner = context.settings.instance_id
         self._bucket = Bucket(0.0, context.clock_ms())
+        self._took_at_ms = context.clock_ms()  # when this replica began to drive the rollout
         self._stopping = asyncio.Event()
         self._again = False  # more work is waiting: step again at once, without a tick
         self._plan: Plan | None = None
@@ -361,9 +362,14 @@ class RolloutDriver:
         """Devices past their deadline time out (or fail their rollback) and lose their key,
         a batch per script call; what is left past SWEEP_BATCHES waits for the next step."""
         at_ms = self._context.clock_ms()
+        # Soaks are judged only once this replica has listened for a whole heartbeat: reports
+        # sent while no engine drove the rollout (queued by the broker, or gone to a replica that
+        # died) must not read as silence, nor a soak pass over an unhealthy report not yet read.
+        health = plan.policy.health
+        hold = health is not None and at_ms - self._took_at_ms < health.heartbeat_s * 1000
         for _ in range(SWEEP_BATCHES):
             expired = await self._devices.expire(
-                self.rollout_id, at_ms=at_ms, retries=plan.policy.retries
+                self.rollout_id, at_ms=at_ms, retries=plan.policy.retries, hold_soaks=hold
             )
             for device_id, result in expired:
                 if result.applied:

@@ -317,15 +317,22 @@ class RolloutDeviceStore:
 
     @translated
     async def expire(
-        self, rollout_id: str, *, at_ms: int, retries: int, limit: int = EXPIRE_BATCH
+        self,
+        rollout_id: str,
+        *,
+        at_ms: int,
+        retries: int,
+        limit: int = EXPIRE_BATCH,
+        hold_soaks: bool = False,
     ) -> list[tuple[str, Transition]]:
         """Deal with up to `limit` devices whose deadline is at or before `at_ms`, soonest
         first, in one step; (device id, what happened) for each.
 
         Each device gets the event its state gives a passed deadline (domain.states.
         deadline_event: it times out, with `retries`, or its rollback fails) and loses its
-        deadline and, when the event applies, its download key. Fewer than `limit` back: no
-        device was left past its deadline.
+        deadline and, when the event applies, its download key. A device in its soak soaked
+        (its deadline was the soak's end) or fell silent; with `hold_soaks` it is left for a
+        later call. Fewer than `limit` back: no device was left past its deadline.
         """
         request = TransitionRequest(
             rollout_id,
@@ -340,7 +347,7 @@ class RolloutDeviceStore:
             "spec": spec(request, table=DEADLINE_TRANSITIONS),
             "at": str(at_ms),
             "limit": limit,
-            "soak": _SOAK_DEADLINES,
+            "soak": {**_SOAK_DEADLINES, "hold": hold_soaks},
         }
         rollout = {"keys": rollout_keys(self._keys, rollout_id)}
         replies = await self._call_device(

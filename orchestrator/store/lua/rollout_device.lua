@@ -33,10 +33,11 @@
 -- Returns the outcome of each event.
 --
 -- 'due': ARGV[5] {"spec": spec, "at": epoch ms, "limit": n, "soak"?: {"states": {state:
--- true}, "field": name, "over": spec, "silent": spec}}, one rollout. Each device whose
--- deadline is at or before `at`, soonest first, up to `limit`, gets the spec's event and loses its deadline,
--- applied or not; a device in one of the soak's states gets `over` when its deadline was at or
--- after its `field` (the soak's end), else `silent`. Returns {device id, outcome...} for each.
+-- true}, "field": name, "over": spec, "silent": spec, "hold": bool}}, one rollout. Each device
+-- whose deadline is at or before `at`, soonest first, up to `limit`, gets the spec's event and
+-- loses its deadline, applied or not; a device in one of the soak's states gets `over` when its
+-- deadline was at or after its `field` (the soak's end), else `silent`, or, with `hold`, is
+-- left as it is, deadline included. Returns {device id, outcome...} for each device dealt with.
 --
 -- 'results': ARGV[5] {"commands": command record key prefix, "results": [[command id, device
 -- id, status, version ('' when none), error ('' when none)], ...], "registry": the registry's device record key
@@ -237,13 +238,18 @@ local function due()
       if got[1] and soak.states[got[1]] then
         local ends = tonumber(got[2] or '')
         spec = (ends and deadline >= ends) and soak.over or soak.silent
+        if soak.hold then
+          spec = nil
+        end
       end
     end
-    local done = apply(k, device_id, spec, '', nil)
-    -- Applied or not, the deadline has been dealt with (a device that moved on has no use for
-    -- it): the next call finds the next devices.
-    redis.call('ZREM', k.deadlines, device_id)
-    outcomes[n] = {device_id, done[1], done[2], done[3]}
+    if spec then
+      local done = apply(k, device_id, spec, '', nil)
+      -- Applied or not, the deadline has been dealt with (a device that moved on has no use
+      -- for it): the next call finds the next devices.
+      redis.call('ZREM', k.deadlines, device_id)
+      table.insert(outcomes, {device_id, done[1], done[2], done[3]})
+    end
   end
   write_counts()
   return outcomes
