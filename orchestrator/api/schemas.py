@@ -399,6 +399,10 @@ class RolloutOut(Reply):
     waves: list[WaveOut]
     counts: dict[str, int] = Field(description=COUNTS_TEXT + " to total")
     failure_rate: float = Field(description="Failures / finished devices so far (0..1)")
+    failures: dict[str, int] = Field(
+        default_factory=dict,
+        description="The failures the rate counts, by failure type (unhealthy, reverted…)",
+    )
     max_failure_rate: float = Field(description="The plan's policy.max_failure_rate (0..1)")
     created_at: str
     updated_at: str
