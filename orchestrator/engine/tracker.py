@@ -186,6 +186,9 @@ class Tracker:
                 log.info("command result", command=outcome.command, status=result.status, **ids)
             case "unknown_rollout":
                 self._ignore("unknown_rollout", rollout_id=outcome.rollout_id, **ids)
+            case "no_event" if result.status in HEALTH_EVENTS:
+                # A health report about a rollout without a soak (or about its rollback).
+                self._ignore("no_soak", rollout_id=outcome.rollout_id, **ids)
             case "no_event":
                 pass  # progress of a rollback install: the deadline still applies
             case "missing" if compacted:

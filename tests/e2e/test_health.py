@@ -23,6 +23,7 @@ waves:
   - percent: 100
 policy:
   max_failure_rate: {limit}
+  min_devices: 2
   on_failure: {on_failure}
   health: {{soak: 2s, heartbeat: 1s}}
 rollback: {{file: fw_2.0.3.bin, version: 2.0.3}}
@@ -179,3 +180,28 @@ policy: {max_failure_rate: 100%, health: {soak: 2s, heartbeat: 1s}}
     await wait_ignored(service, before, "malformed")
     again = await devices_of(service, rollout["id"], "failed")
     assert [d["failure"] for d in again] == ["unhealthy"]  # judged once
+
+
+async def test_a_health_report_about_a_rollout_without_a_soak_is_counted_and_ignored(
+    service: Service, fleet: Fleet
+) -> None:
+    await upload_both(service)
+    [device] = await fleet.add(1)
+    plan = """
+name: no-soak
+firmware: {file: fw_2.1.0.bin, version: 2.1.0}
+waves: [{percent: 100}]
+"""
+    rollout = await start(service, plan)
+    done = await wait_state(service, rollout["id"], "completed", timeout_s=30)
+    assert done["counts"]["succeeded"] == 1  # no soak: a success counts at once
+    [command] = download_commands(fleet, device.id)
+    assert "health" not in command
+    before = await ignored(service)
+    await fleet.report(
+        device,
+        "download_firmware",
+        {"command_id": command["command_id"], "status": "unhealthy", "version": "2.1.0"},
+    )
+    await wait_ignored(service, before, "no_soak")
+    assert (await view(service, rollout["id"]))["counts"]["succeeded"] == 1
