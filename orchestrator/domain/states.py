@@ -303,23 +303,15 @@ def deadline_event(state: DeviceState, *, soak_over: bool = False) -> DeviceEven
     return DeviceEvent.TIMED_OUT
 
 
-# The transitions a passed deadline makes, whatever the device's state; a device in its soak
-# has a deadline of its own meaning (deadline_event, soak_deadline_ms).
+# The transitions a passed deadline makes, whatever the device's state. A device in its soak
+# has a deadline of its own meaning: the sooner of its next heartbeat and its soak's end, so
+# passed at the soak's end it soaked, passed before it the device fell silent (deadline_event).
 DEADLINE_TRANSITIONS: dict[DeviceState, DeviceState] = {
     state: after
     for state in DeviceState
     if state not in SOAKING_DEVICE_STATES
     and (after := next_device_state(state, deadline_event(state))) is not None
 }
-
-
-def soak_deadline_ms(now_ms: int, heartbeat_s: float, soak_until_ms: int) -> int:
-    """The deadline of a device in its soak: its next heartbeat, or the soak's end if sooner.
-
-    Passed at the soak's end (deadline at or after `soak_until_ms`) the device has soaked;
-    passed before, it fell silent. rollout_device.lua computes the same ('h' deadlines).
-    """
-    return min(now_ms + int(heartbeat_s * 1000), soak_until_ms)
 
 
 def result_event(
@@ -333,13 +325,9 @@ def result_event(
     if soak:
         if other and event in (DeviceEvent.SUCCESS, *HEALTH_EVENTS.values()):
             return DeviceEvent.REVERTED
-        if event is DeviceEvent.SUCCESS:
-            return (
-                DeviceEvent.WRONG_VERSION
-                if expected_version and not version
-                else (DeviceEvent.VERIFY)
-            )
-        return event
+        if event is DeviceEvent.SUCCESS and expected_version and not version:
+            return DeviceEvent.WRONG_VERSION  # it must still say what it runs
+        return DeviceEvent.VERIFY if event is DeviceEvent.SUCCESS else event
     if event is DeviceEvent.SUCCESS and expected_version and version != expected_version:
         return DeviceEvent.WRONG_VERSION
     return event
