@@ -141,7 +141,8 @@ class AppliedResults:
 _REFUSALS = frozenset({"missing", "rollout_state", "command_mismatch", "no_transition"})
 _UNMATCHED = frozenset({"unknown_command", "wrong_device"})
 _TIMED_OUT = FAILURE_TYPES[DeviceEvent.TIMED_OUT].value
-SOAK_UNTIL_FIELD = "soak_until"  # of a device in its soak: when the soak ends (epoch ms)
+# Of a device in its soak: when the soak ends (epoch ms); the name rollout_device.lua writes.
+SOAK_UNTIL_FIELD = "soak_until"
 
 
 def _soak_deadlines() -> dict[str, Any]:
