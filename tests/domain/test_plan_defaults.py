@@ -325,3 +325,15 @@ def test_a_plan_read_back_keeps_its_adapted_defaults() -> None:
     """What a rollout stores (every value, defaults included) reads back as the same plan."""
     plan = parse_plan(yaml.safe_dump({**BASE, "policy": {"device_timeout": "90s"}}))
     assert stored_plan(plan.model_dump(mode="json", by_alias=True)) == plan
+
+
+def test_a_written_heartbeat_longer_than_the_written_soak_is_refused_at_both() -> None:
+    text = "name: t\nfirmware: {file: fw.bin}\nwaves: [{percent: 100}]\n"
+    text += "policy:\n  health:\n    soak: 5m\n    heartbeat: 10m\n"
+    with pytest.raises(PlanError) as raised:
+        parse_plan(text, "plan.yaml")
+    assert raised.value.message == (
+        "plan.yaml:8:16: policy.health.heartbeat is 10m, longer than policy.health.soak (line 7, "
+        "column 11) of 5m; a silence longer than the soak could never be noticed: shorten "
+        "heartbeat or lengthen soak"
+    )
