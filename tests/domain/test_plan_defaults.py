@@ -333,7 +333,7 @@ def test_a_written_heartbeat_longer_than_the_written_soak_is_refused_at_both() -
     with pytest.raises(PlanError) as raised:
         parse_plan(text, "plan.yaml")
     assert raised.value.message == (
-        "plan.yaml:8:16: policy.health.heartbeat is 10m, longer than policy.health.soak (line 7, "
+        "plan.yaml:7:16: policy.health.heartbeat is 10m, longer than policy.health.soak (line 6, "
         "column 11) of 5m; a silence longer than the soak could never be noticed: shorten "
         "heartbeat or lengthen soak"
     )
