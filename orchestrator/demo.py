@@ -38,6 +38,10 @@ from orchestrator.transport.clients import without_credentials
 
 FIRMWARE_BYTES = 256 * 1024  # size of each generated firmware image
 REPO_PLAN = Path(__file__).resolve().parents[1] / "rollouts" / "demo.yaml"
+# `ota demo --health`: a plan with a health soak, and an image that reverts on this share of
+# devices (their bootloader goes back to the old slot after the success)
+REPO_HEALTH_PLAN = REPO_PLAN.with_name("demo-health.yaml")
+HEALTH_REVERT_RATE = 0.3
 
 
 class DemoError(OrchestratorError):
@@ -70,9 +74,16 @@ def demo_settings(data_dir: Path) -> Settings:
 
 
 def run_demo(
-    *, devices: int, fail_rate: float, plan_path: Path, timeout_s: float, console: Console
+    *,
+    devices: int,
+    fail_rate: float,
+    plan_path: Path,
+    timeout_s: float,
+    console: Console,
+    revert_rate: float = 0.0,
 ) -> DemoResult:
-    """Set everything up, run the rollout to its end, tear everything down."""
+    """Set everything up, run the rollout to its end, tear everything down. `revert_rate`: the
+    share of devices whose health reports, under a soak, name the old version."""
     plan_text = plan_path.read_text()
     plan = parse_plan(plan_text, source=str(plan_path))
     with tempfile.TemporaryDirectory(prefix="ota-demo-") as tmp:
@@ -80,7 +91,9 @@ def run_demo(
         console.print("starting an embedded Redis and MQTT broker…", style="dim")
         with embedded_servers(settings) as resolved:
             return run_on_service_loop(
-                _demo(resolved, plan, plan_text, devices, fail_rate, timeout_s, console)
+                _demo(
+                    resolved, plan, plan_text, devices, fail_rate, timeout_s, console, revert_rate
+                )
             )
 
 
@@ -112,12 +125,14 @@ async def _demo(
     fail_rate: float,
     timeout_s: float,
     console: Console,
+    revert_rate: float = 0.0,
 ) -> DemoResult:
     key, project_id = await _admin(settings)
     behaviour = Behaviour(
         fail_versions={plan.firmware.version: fail_rate} if plan.firmware.version else {},
         fail_rate=0.0 if plan.firmware.version else fail_rate,
         latency_s=(0.05, 0.4),
+        revert_rate=revert_rate,
         seed=1,
     )
     broker = parse_mqtt_url(settings.mqtt_url)
@@ -161,6 +176,14 @@ def print_summary(result: DemoResult, console: Console) -> None:
         f"{percent(rollout.failure_rate)} (limit {percent(rollout.max_failure_rate)})"
     )
     console.print("devices by state: ", counts_text(rollout.counts))
+    if rollout.failures:
+        console.print("failures by type: ", counts_text(rollout.failures))
+    for event in result.events:  # what stopped it (a rollback resets the counts it shows)
+        failures = (event.details or {}).get("failures")
+        if event.action in ("halt", "rollback") and isinstance(failures, dict) and failures:
+            counts = {str(kind): int(n) for kind, n in failures.items() if isinstance(n, int)}
+            console.print(f"failures by type at the {event.action}: ", counts_text(counts))
+            break
     happened = table(
         ("at", "by", "action", "why"), fold=True, title="what happened", title_justify="left"
     )

@@ -9,14 +9,15 @@ reports the same numbers: aggregate them with `max by (...)`, never `sum`, acros
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.domain.states import RESULT_EVENTS, DeviceState, RolloutState
+from orchestrator.domain.plans import FailureType
+from orchestrator.domain.states import HEALTH_EVENTS, RESULT_EVENTS, DeviceState, RolloutState
 
 # Seconds from a command's send to a result about it: an acknowledgement within a second, a
 # firmware install within minutes, a slow cellular device within the 30-minute key lifetime.
@@ -70,6 +71,7 @@ class RolloutSample:
     failure_threshold: float
     last_result_at_s: float  # the latest result, or the latest state change when later
     waves: Sequence[WaveSample]
+    failures: Mapping[str, int] = field(default_factory=dict)  # judged failures by type
 
 
 def rollout_families(samples: Iterable[RolloutSample]) -> list[Metric]:
@@ -84,6 +86,12 @@ def rollout_families(samples: Iterable[RolloutSample]) -> list[Metric]:
         "ota_rollout_devices",
         "Devices of a rollout by wave and device state (read from Redis at scrape time)",
         labels=["project", "rollout", "wave", "state"],
+    )
+    failures = GaugeMetricFamily(
+        "ota_rollout_failures",
+        "Failures the failure policy counts, by failure type (unhealthy and reverted come from "
+        "the health soak), zeros included",
+        labels=["project", "rollout", "type"],
     )
     failure_rate = GaugeMetricFamily(
         "ota_rollout_failure_rate",
@@ -118,6 +126,8 @@ def rollout_families(samples: Iterable[RolloutSample]) -> list[Metric]:
                 devices.add_metric(
                     [*ids, wave.name, device_state.value], wave.counts.get(device_state.value, 0)
                 )
+        for kind in FailureType:
+            failures.add_metric([*ids, kind.value], sample.failures.get(kind.value, 0))
         failure_rate.add_metric(ids, sample.failure_rate)
         threshold.add_metric(ids, sample.failure_threshold)
         for rollout_state in RolloutState:
@@ -126,7 +136,7 @@ def rollout_families(samples: Iterable[RolloutSample]) -> list[Metric]:
             )
         last_result.add_metric(ids, sample.last_result_at_s)
         info.add_metric([*ids, sample.name, sample.project_name], 1)
-    return [devices, failure_rate, threshold, state, last_result, info]
+    return [devices, failures, failure_rate, threshold, state, last_result, info]
 
 
 class _Scrape(Collector):
@@ -178,7 +188,7 @@ class Metrics:
         # The rollout command's series exist from the start, so rate() sees its first batch.
         self.commands_sent.labels(ROLLOUT_COMMAND)
         self.commands_resent.labels(ROLLOUT_COMMAND)
-        for status in RESULT_EVENTS:
+        for status in (*RESULT_EVENTS, *HEALTH_EVENTS):  # health reports under a soak
             self.command_results.labels(ROLLOUT_COMMAND, status)
         self.result_latency = Histogram(
             "ota_result_latency_seconds",

@@ -42,6 +42,12 @@ def test_the_examples_show_what_their_names_promise() -> None:
     strata = plans["strata"]
     assert strata.policy.by == ["model", "tag:hw-"]
     assert strata.target.versions == ["2.1.0", "2.1.1"]
+    for soaked in (plans["health-soak"], plans["demo-health"]):
+        assert soaked.policy.health is not None
+        assert soaked.firmware.version  # a revert is a report of another version
+    assert plans["health-soak"].policy.health is not None
+    assert plans["health-soak"].policy.health.soak_s == 1800
+    assert set(plans["health-soak"].policy.max_failure_rate_by_type) == {"reverted", "unhealthy"}
 
 
 RELEASE = {"version": "2.1.0", "file": "fw_2.1.0.bin"}

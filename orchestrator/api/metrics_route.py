@@ -77,6 +77,7 @@ def _sample(record: RolloutRecord, counts: dict[str, int], project_name: str) ->
         failure_threshold=view.max_failure_rate,
         last_result_at_s=last_result_s,
         waves=[WaveSample(name=wave.name, counts=wave.counts) for wave in view.waves],
+        failures=view.failures,
     )
 
 

@@ -40,6 +40,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
     """The rollout view from its record and its raw counters."""
     plan = stored_plan(record)
     index = min(max(record.wave, 0), len(plan.waves) - 1)
+    tally = tally_of(counters)
     waves = [
         WaveOut(name=wave.name, target=reach, counts=by_state(counters, i))
         for i, (wave, reach) in enumerate(zip(plan.waves, record.reach, strict=False))
@@ -53,7 +54,8 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         wave_index=index,
         waves=waves,
         counts=by_state(counters),
-        failure_rate=tally_of(counters).failure_rate,
+        failure_rate=tally.failure_rate,
+        failures={kind.value: n for kind, n in tally.failures.items()},
         max_failure_rate=plan.policy.max_failure_rate,
         created_at=record.created_at,
         updated_at=record.updated_at,
@@ -149,6 +151,7 @@ def device_out(
         command_id=record.get("command_id") or None,
         attempts=int(record.get("attempts", "0") or 0),
         failure=record.get("failure") or None,
+        error=record.get("error") or None,
         updated_at=_iso_from_ms(record.get("updated_at")),
     )
 

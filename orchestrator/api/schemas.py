@@ -219,8 +219,8 @@ class DeviceOut(Reply):
     metadata: DeviceMetadata
     firmware_version: str | None = Field(
         default=None,
-        description="The firmware version the device last reported (a success of a command "
-        "carrying a version); null: none yet. target.versions selects on it",
+        description="The firmware version the device last reported (a success or a health "
+        "report carrying a version); null: none yet. target.versions selects on it",
     )
     firmware_version_at: str | None = Field(
         default=None, description="When the device reported firmware_version; null: never"
@@ -416,6 +416,10 @@ class RolloutOut(Reply):
     waves: list[WaveOut]
     counts: dict[str, int] = Field(description=COUNTS_TEXT + " to total")
     failure_rate: float = Field(description="Failures / finished devices so far (0..1)")
+    failures: dict[str, int] = Field(
+        default_factory=dict,
+        description="The failures the rate counts, by failure type (unhealthy, reverted…)",
+    )
     max_failure_rate: float = Field(description="The plan's policy.max_failure_rate (0..1)")
     created_at: str
     updated_at: str
@@ -477,6 +481,10 @@ class RolloutDeviceOut(Reply):
     command_id: str | None = Field(description="The command last sent to the device")
     attempts: int = Field(description="How many times the firmware was sent to the device")
     failure: FailureType | None = Field(description="How the device failed, if it did")
+    error: str | None = Field(
+        None,
+        description="The device's last error, in its words (`silent`: no health report in time)",
+    )
     updated_at: str | None = Field(description="When the device's state last changed")
 
 

@@ -39,12 +39,25 @@ def demo(
     timeout: Annotated[
         float, typer.Option(min=10, help="Give up if the rollout has not ended after this many s")
     ] = 600,
+    health: Annotated[
+        bool,
+        typer.Option(
+            help="Run a plan with a health soak (rollouts/demo-health.yaml) and an image that "
+            "reverts on some devices after their success: the soak stops the rollout"
+        ),
+    ] = False,
 ) -> None:
     """A staged rollout on a simulated fleet, on embedded Redis and MQTT; ends with a summary."""
-    from orchestrator.demo import REPO_PLAN, print_summary, run_demo
+    from orchestrator.demo import (
+        HEALTH_REVERT_RATE,
+        REPO_HEALTH_PLAN,
+        REPO_PLAN,
+        print_summary,
+        run_demo,
+    )
 
     rate = _rate(fail_rate)
-    plan_path = plan or REPO_PLAN
+    plan_path = plan or (REPO_HEALTH_PLAN if health else REPO_PLAN)
     if not plan_path.is_file():
         raise typer.BadParameter(
             f"{plan_path} does not exist; pass --plan with a plan file", param_hint="--plan"
@@ -52,7 +65,12 @@ def demo(
     configure_logging("console", "warning")  # the progress view is the output; problems only
     out = console()
     result = run_demo(
-        devices=devices, fail_rate=rate, plan_path=plan_path, timeout_s=timeout, console=out
+        devices=devices,
+        fail_rate=rate,
+        plan_path=plan_path,
+        timeout_s=timeout,
+        console=out,
+        revert_rate=HEALTH_REVERT_RATE if health else 0.0,
     )
     print_summary(result, out)
 

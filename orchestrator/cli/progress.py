@@ -33,6 +33,7 @@ STATE_STYLE = {
     "aborted": "red",
 }
 COUNT_STYLE = {
+    "verifying": "yellow",  # succeeded, watched through the health soak
     "succeeded": "green",
     "failed": "red",
     "rejected": "red",
@@ -111,6 +112,8 @@ def render(rollout: RolloutOut) -> RenderableType:
     parts: list[RenderableType] = [title, sub, table]
     parts.append(_failure_bar(rollout.failure_rate, rollout.max_failure_rate))
     parts.append(Text("all ").append_text(counts_text(rollout.counts)))
+    if rollout.failures:
+        parts.append(Text("failures ").append_text(counts_text(rollout.failures)))
     for stratum in rollout.strata:
         rate = f"{stratum.failure_rate * 100:.1f}%"
         line = f"  {stratum.stratum}: {stratum.failed} of {stratum.finished} failed ({rate})"

@@ -35,6 +35,7 @@ from orchestrator.simulator import (
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 STATUSES = ("received", "downloading", "installing", "success", "failed", "rejected")
+HEALTH_STATUSES = ("healthy", "unhealthy")  # health reports, under a soak (shown when sent)
 
 
 def behaviour_from_options(
@@ -50,6 +51,8 @@ def behaviour_from_options(
     stall_at: str = "50%",
     stall_for: float = 60.0,
     stall_hangup: bool = False,
+    revert: str = "0",
+    die_after_success: str = "0",
     seed: int = 0,
 ) -> Behaviour:
     """The Behaviour the options spell; ValueError naming the option, the value and the fix."""
@@ -63,13 +66,16 @@ def behaviour_from_options(
         wrong_version_rate=parse_rate(wrong_version, "--wrong-version"),
         stall_rate=parse_rate(stall, "--stall"),
         stall=parse_stall(stall_at, stall_for, hangup=stall_hangup),
+        revert_rate=parse_rate(revert, "--revert"),
+        die_after_success_rate=parse_rate(die_after_success, "--die-after-success"),
         seed=seed,
     )
 
 
 def status_line(stats: FleetStats, elapsed_s: float) -> str:
     """One line of progress: connections, commands, results by status, downloads."""
-    results = " ".join(f"{s} {stats.results[s]}" for s in STATUSES if stats.results[s])
+    shown = (*STATUSES, *HEALTH_STATUSES)
+    results = " ".join(f"{s} {stats.results[s]}" for s in shown if stats.results[s])
     bad_images = stats.size_mismatches + stats.checksum_failures
     return (
         f"{elapsed_s:6.0f}s  {stats.connected}/{stats.devices - stats.offline} connected"
@@ -95,6 +101,7 @@ def stats_table(stats: FleetStats) -> Table:
         ("duplicate commands dropped", stats.duplicates),
         ("malformed messages ignored", stats.malformed),
         *((f"results: {s}", stats.results[s]) for s in STATUSES),
+        *((f"results: {s}", stats.results[s]) for s in HEALTH_STATUSES if stats.results[s]),
         ("downloads", stats.downloads),
         ("resumed downloads", stats.resumed_downloads),
         ("stalled downloads", stats.stalled_downloads),
@@ -155,6 +162,20 @@ def simulate(
             "(default: it holds the connection open)"
         ),
     ] = False,
+    revert: Annotated[
+        str,
+        typer.Option(
+            help="Under a health soak: fraction of firmware successes whose health reports "
+            "then name the old version (the bootloader went back)"
+        ),
+    ] = "0",
+    die_after_success: Annotated[
+        str,
+        typer.Option(
+            help="Under a health soak: fraction of firmware successes followed by no health "
+            "report at all (the device bricked after its reboot)"
+        ),
+    ] = "0",
     seed: Annotated[int, typer.Option(help="Seed of every random draw (same seed, same run)")] = 0,
     tags: Annotated[
         str, typer.Option(help="Comma-separated tags the devices carry (new ones get them)")
@@ -194,6 +215,8 @@ def simulate(
             stall_at=stall_at,
             stall_for=stall_for,
             stall_hangup=stall_hangup,
+            revert=revert,
+            die_after_success=die_after_success,
             seed=seed,
         )
     except ValueError as exc:

@@ -41,7 +41,8 @@ _KEY_RULE = f"1 to {MAX_METADATA_KEY_CHARS} characters without spaces or ':'"
 LAST_SEEN_EVERY_S = 60
 # The result statuses whose `version` is the firmware the device runs: the registry records it
 # as the device's firmware version (`target.versions` and `policy.by: [version]` select on it).
-VERSION_REPORTS = ("success",)
+# A health report names the image running after the reboot (the old one, when it reverted).
+VERSION_REPORTS = ("success", "healthy", "unhealthy")
 
 
 def validate_tags(tags: list[str]) -> list[str]:

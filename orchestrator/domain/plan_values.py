@@ -49,6 +49,8 @@ MAXIMA = "maxima"
 # contradicts a written value; only two written values can conflict.
 ACK_TIMEOUT_S = 600.0  # or device_timeout, when that is written and shorter
 DEVICE_TIMEOUT_S = 1800.0  # or ack_timeout, when that is written and longer
+SOAK_S = 1800.0  # policy.health.soak, or heartbeat when that is written and longer
+HEARTBEAT_S = 300.0  # policy.health.heartbeat, or soak when that is written and shorter
 
 
 # -- values ------------------------------------------------------------------------------------

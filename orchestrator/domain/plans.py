@@ -27,10 +27,12 @@ from orchestrator.domain.devices import (
 from orchestrator.domain.plan_values import (
     ACK_TIMEOUT_S,
     DEVICE_TIMEOUT_S,
+    HEARTBEAT_S,
     LONGEST,
     MAX_RATE_PER_S,
     MAX_RETRIES,
     MAXIMA,
+    SOAK_S,
     Count,
     Duration,
     FailureRate,
@@ -73,6 +75,8 @@ class FailureType(StrEnum):
     REJECTED = "rejected"
     TIMED_OUT = "timed_out"
     WRONG_VERSION = "wrong_version"
+    UNHEALTHY = "unhealthy"  # during the health soak: reported unhealthy, or fell silent
+    REVERTED = "reverted"  # during the health soak: reported another version than firmware's
 
 
 # -- models ------------------------------------------------------------------------------------
@@ -133,6 +137,45 @@ class WaveSpec(_Spec):
         return self
 
 
+class HealthSpec(_Spec):
+    """The health soak: how long a device is watched after its success, and how often it must
+    report meanwhile (ARCHITECTURE §6b)."""
+
+    soak_s: Timeout = Field(
+        SOAK_S,
+        alias="soak",
+        description=(
+            f"How long a device is watched after it reports success; at most {LONGEST}. "
+            "Default 30m, or heartbeat when that is longer"
+        ),
+    )
+    heartbeat_s: Timeout = Field(
+        HEARTBEAT_S,
+        alias="heartbeat",
+        description=(
+            "The longest silence allowed during the soak; at most soak. Default 5m, or soak "
+            "when that is shorter"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat(self) -> Self:
+        # As the timeouts: the one left out adapts to the one written.
+        written = self.model_fields_set
+        if "heartbeat_s" not in written:
+            _adapt(self, "heartbeat_s", min(HEARTBEAT_S, self.soak_s))
+        elif "soak_s" not in written:
+            _adapt(self, "soak_s", max(SOAK_S, self.heartbeat_s))
+        elif self.heartbeat_s > self.soak_s:
+            heartbeat, soak = map(format_duration, (self.heartbeat_s, self.soak_s))
+            detail = (
+                f"is {heartbeat}, longer than {OTHER} of {soak}; a silence longer than the soak "
+                "could never be noticed: shorten heartbeat or lengthen soak"
+            )
+            raise rule_error([(("heartbeat",), detail, ("soak",))])
+        return self
+
+
 class PolicySpec(_Spec):
     """When to stop: failure thresholds, timeouts, retries and dispatch limits."""
 
@@ -161,6 +204,10 @@ class PolicySpec(_Spec):
     )
     max_in_flight: Count | None = Field(None, description="Devices sent but not final, at most")
     on_failure: Literal["halt", "rollback"] = "halt"
+    health: HealthSpec | None = Field(
+        None, description="Watch each device after its success before it counts (a soak)"
+    )
+
     by: list[Stratum] = Field(
         default_factory=list,
         max_length=MAX_BY,
@@ -333,6 +380,7 @@ _SECTIONS: dict[tuple[str, ...], type[BaseModel]] = {
     ("target",): TargetSpec,
     ("waves", "*"): WaveSpec,
     ("policy",): PolicySpec,
+    ("policy", "health"): HealthSpec,
     ("rollback",): RollbackSpec,
 }
 # YAML reads `version: 2.10` as the float 2.1; in these places the text as written is meant

@@ -20,6 +20,7 @@ from orchestrator.domain.plans import Plan
 from orchestrator.domain.policy import Tally, Verdict, judge, judge_strata
 from orchestrator.domain.states import (
     IN_FLIGHT_DEVICE_STATES,
+    SOAKING_DEVICE_STATES,
     TERMINAL_ROLLOUT_STATES,
     DeviceState,
     RolloutAction,
@@ -28,7 +29,12 @@ from orchestrator.domain.states import (
 
 DISPATCH_BATCH = 500  # devices dispatched by one step at most
 ROLLBACK_BATCH = 500  # devices looked at by one rollback step
-_OPEN = (DeviceState.PENDING, *sorted(IN_FLIGHT_DEVICE_STATES))
+# Not final: a wave is done only once none of its devices is in one (a soak holds it back).
+_OPEN = (
+    DeviceState.PENDING,
+    *sorted(IN_FLIGHT_DEVICE_STATES),
+    *sorted(SOAKING_DEVICE_STATES),
+)
 _IN_FLIGHT = tuple(counters.total(state) for state in sorted(IN_FLIGHT_DEVICE_STATES))
 
 

@@ -13,6 +13,9 @@ Device in a rollout:
 
     pending ─sent─▶ sent ─claimed─▶ downloading ─delivered─▶ installing ─▶ succeeded
     sent | downloading | installing ─▶ failed | rejected | timed_out
+    with policy.health, a success is watched first (the soak):
+    sent | downloading | installing ─verify─▶ verifying ─soaked─▶ succeeded
+    verifying ─unhealthy (or silent) | reverted─▶ failed
     pending | sent ─cancel─▶ cancelled
     (downloaded the new firmware) ─rollback_sent─▶ rollback_sent ─▶ rolled_back | rollback_failed
     any state not final ─end─▶ cancelled      (the rollout ended: completed, rolled back, aborted)
@@ -134,6 +137,7 @@ class DeviceState(StrEnum):
     SENT = "sent"
     DOWNLOADING = "downloading"
     INSTALLING = "installing"
+    VERIFYING = "verifying"  # reported success; watched until the health soak has passed
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REJECTED = "rejected"
@@ -146,7 +150,7 @@ class DeviceState(StrEnum):
 
 FAILED_DEVICE_STATES = frozenset({DeviceState.FAILED, DeviceState.REJECTED, DeviceState.TIMED_OUT})
 # A device that reaches one has its firmware: its download key has done its work.
-KEY_SPENT_DEVICE_STATES = frozenset({DeviceState.SUCCEEDED})
+KEY_SPENT_DEVICE_STATES = frozenset({DeviceState.SUCCEEDED, DeviceState.VERIFYING})
 FINISHED_DEVICE_STATES = FAILED_DEVICE_STATES | {DeviceState.SUCCEEDED}  # count in the failure rate
 FINAL_DEVICE_STATES = FINISHED_DEVICE_STATES | {
     DeviceState.CANCELLED,
@@ -156,6 +160,10 @@ FINAL_DEVICE_STATES = FINISHED_DEVICE_STATES | {
 IN_FLIGHT_DEVICE_STATES = frozenset(
     {DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING}
 )
+# Not final, and not in flight either: the device has installed the firmware and is watched
+# through the soak. max_in_flight does not count it (the soak would throttle dispatch for its
+# whole length), but its wave is not done until it is final.
+SOAKING_DEVICE_STATES = frozenset({DeviceState.VERIFYING})
 
 
 class DeviceEvent(StrEnum):
@@ -169,6 +177,11 @@ class DeviceEvent(StrEnum):
     INSTALLING = "installing"
     SUCCESS = "success"
     WRONG_VERSION = "wrong_version"
+    VERIFY = "verify"  # a success under a health soak: watched before it counts
+    HEALTHY = "healthy"  # a health report during the soak: the device is well
+    UNHEALTHY = "unhealthy"  # a health report of trouble, or silence past the heartbeat
+    REVERTED = "reverted"  # a report of another version than the firmware's during the soak
+    SOAKED = "soaked"  # the soak passed with the device well
     FAILED = "failed"
     REJECTED = "rejected"
     TIMED_OUT = "timed_out"
@@ -194,6 +207,13 @@ DEVICE_TRANSITIONS: dict[DeviceEvent, dict[DeviceState, DeviceState]] = {
     _E.KEY_DELIVERED: {_D.SENT: _D.INSTALLING, _D.DOWNLOADING: _D.INSTALLING},
     _E.INSTALLING: {_D.SENT: _D.INSTALLING, _D.DOWNLOADING: _D.INSTALLING},
     _E.SUCCESS: {state: _D.SUCCEEDED for state in _WORKING},
+    _E.VERIFY: {state: _D.VERIFYING for state in _WORKING},
+    # A health report keeps the state but moves the device's heartbeat deadline.
+    _E.HEALTHY: {_D.VERIFYING: _D.VERIFYING},
+    _E.UNHEALTHY: {_D.VERIFYING: _D.FAILED},
+    # Under a soak a success naming another version is the bootloader's fallback too.
+    _E.REVERTED: {state: _D.FAILED for state in (*_WORKING, _D.VERIFYING)},
+    _E.SOAKED: {_D.VERIFYING: _D.SUCCEEDED},
     _E.WRONG_VERSION: {state: _D.FAILED for state in _WORKING},
     _E.FAILED: {state: _D.FAILED for state in _WORKING},
     _E.REJECTED: {state: _D.REJECTED for state in _WORKING},
@@ -203,6 +223,7 @@ DEVICE_TRANSITIONS: dict[DeviceEvent, dict[DeviceState, DeviceState]] = {
     _E.ROLLBACK_SEND: {
         _D.DOWNLOADING: _D.ROLLBACK_SENT,
         _D.INSTALLING: _D.ROLLBACK_SENT,
+        _D.VERIFYING: _D.ROLLBACK_SENT,
         _D.SUCCEEDED: _D.ROLLBACK_SENT,
         _D.FAILED: _D.ROLLBACK_SENT,
         _D.TIMED_OUT: _D.ROLLBACK_SENT,
@@ -213,7 +234,14 @@ DEVICE_TRANSITIONS: dict[DeviceEvent, dict[DeviceState, DeviceState]] = {
     # cancelled in the same step as the terminal state, and a later result is ignored as late.
     _E.END: {
         state: _D.CANCELLED
-        for state in (_D.PENDING, _D.SENT, _D.DOWNLOADING, _D.INSTALLING, _D.ROLLBACK_SENT)
+        for state in (
+            _D.PENDING,
+            _D.SENT,
+            _D.DOWNLOADING,
+            _D.INSTALLING,
+            _D.VERIFYING,
+            _D.ROLLBACK_SENT,
+        )
     },
 }
 
@@ -225,12 +253,20 @@ RESULT_EVENTS: dict[str, DeviceEvent] = {
     "failed": DeviceEvent.FAILED,
     "rejected": DeviceEvent.REJECTED,
 }
+# Health reports (policy.health), on the same result topic as the command's results.
+HEALTH_EVENTS: dict[str, DeviceEvent] = {
+    "healthy": DeviceEvent.HEALTHY,
+    "unhealthy": DeviceEvent.UNHEALTHY,
+}
+SILENT = "silent"  # the error of a device that fell silent during its soak
 
 FAILURE_TYPES: dict[DeviceEvent, FailureType] = {
     DeviceEvent.FAILED: FailureType.FAILED,
     DeviceEvent.REJECTED: FailureType.REJECTED,
     DeviceEvent.TIMED_OUT: FailureType.TIMED_OUT,
     DeviceEvent.WRONG_VERSION: FailureType.WRONG_VERSION,
+    DeviceEvent.UNHEALTHY: FailureType.UNHEALTHY,
+    DeviceEvent.REVERTED: FailureType.REVERTED,
 }
 
 
@@ -257,24 +293,41 @@ def failure_of(reached: DeviceState, failure_type: str = "") -> str:
     return failure_type or reached.value
 
 
-def deadline_event(state: DeviceState) -> DeviceEvent:
-    """What a passed deadline means to a device in `state`: its rollback failed, or it timed out."""
+def deadline_event(state: DeviceState, *, soak_over: bool = False) -> DeviceEvent:
+    """What a passed deadline means to a device in `state`: its rollback failed, or it timed out;
+    in its soak (`soak_over`: the deadline was the soak's end) it soaked, or it fell silent."""
     if state is DeviceState.ROLLBACK_SENT:
         return DeviceEvent.ROLLBACK_FAILURE
+    if state in SOAKING_DEVICE_STATES:
+        return DeviceEvent.SOAKED if soak_over else DeviceEvent.UNHEALTHY
     return DeviceEvent.TIMED_OUT
 
 
-# The transitions a passed deadline makes, whatever the device's state.
+# The transitions a passed deadline makes, whatever the device's state. A device in its soak
+# has a deadline of its own meaning: the sooner of its next heartbeat and its soak's end, so
+# passed at the soak's end it soaked, passed before it the device fell silent (deadline_event).
 DEADLINE_TRANSITIONS: dict[DeviceState, DeviceState] = {
     state: after
     for state in DeviceState
-    if (after := next_device_state(state, deadline_event(state))) is not None
+    if state not in SOAKING_DEVICE_STATES
+    and (after := next_device_state(state, deadline_event(state))) is not None
 }
 
 
-def result_event(status: str, *, version: str | None, expected_version: str | None) -> DeviceEvent:
-    """The event a device's result means; a success with another version is a failure."""
-    event = RESULT_EVENTS[status]
+def result_event(
+    status: str, *, version: str | None, expected_version: str | None, soak: bool = False
+) -> DeviceEvent:
+    """The event a device's result (or health report) means; a success with another version is
+    a failure. With a soak (`soak`) a success is watched first, and any report naming another
+    version than the expected one means the device went back to another image (reverted)."""
+    event = RESULT_EVENTS.get(status) or HEALTH_EVENTS[status]
+    other = bool(expected_version) and version is not None and version != expected_version
+    if soak:
+        if other and event in (DeviceEvent.SUCCESS, *HEALTH_EVENTS.values()):
+            return DeviceEvent.REVERTED
+        if event is DeviceEvent.SUCCESS and expected_version and not version:
+            return DeviceEvent.WRONG_VERSION  # it must still say what it runs
+        return DeviceEvent.VERIFY if event is DeviceEvent.SUCCESS else event
     if event is DeviceEvent.SUCCESS and expected_version and version != expected_version:
         return DeviceEvent.WRONG_VERSION
     return event

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from orchestrator.domain.commands import FILE_COMMANDS
+from orchestrator.domain.plans import Plan
 from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.metrics import Metrics
 from orchestrator.store import Stores
@@ -68,6 +69,15 @@ async def file_command_payload(
         version=version,
         data=data,
     )
+
+
+def health_contract(plan: Plan) -> dict[str, float] | None:
+    """What the download_firmware payload tells firmware about the plan's health soak:
+    `{"soak_s", "heartbeat_s"}` (ARCHITECTURE §6b); None without one."""
+    health = plan.policy.health
+    if health is None:
+        return None
+    return {"soak_s": health.soak_s, "heartbeat_s": health.heartbeat_s}
 
 
 def download_payload(

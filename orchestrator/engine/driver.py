@@ -43,6 +43,7 @@ from orchestrator.domain.states import (
     RolloutState,
 )
 from orchestrator.engine import actions
+from orchestrator.engine.commands import health_contract
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.sender import COMMAND, CommandSender, changed_since_pinned
 from orchestrator.errors import OrchestratorError
@@ -69,6 +70,13 @@ MAX_FAILED_STEP_PAUSE_S = 5.0  # the longest pause before a failed step is tried
 ERROR_TEXT = 300  # characters of an exception's text kept in a rollout's reason
 
 
+# What a passed deadline did, by the state it found the device in (else: it timed out).
+_DEADLINE_NOTES = {
+    DeviceState.VERIFYING.value: "device soak ended",
+    DeviceState.ROLLBACK_SENT.value: "device rollback timed out",
+}
+
+
 def _note(action: AuditAction) -> dict[str, Any]:
     """An audit entry by the engine that records no state change."""
     return {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": action}
@@ -85,6 +93,7 @@ class RolloutDriver:
         self._leases = context.stores.leases
         self._owner = context.settings.instance_id
         self._bucket = Bucket(0.0, context.clock_ms())
+        self._took_at_ms = context.clock_ms()  # when this replica began to drive the rollout
         self._stopping = asyncio.Event()
         self._again = False  # more work is waiting: step again at once, without a tick
         self._plan: Plan | None = None
@@ -343,7 +352,9 @@ class RolloutDriver:
             )
             for item in sent
         ]
-        self._sender.start_sending(stored, plan.firmware.version, keys)
+        self._sender.start_sending(
+            stored, plan.firmware.version, keys, health=health_contract(plan)
+        )
 
     # --- deadlines -----------------------------------------------------------------------
 
@@ -351,13 +362,19 @@ class RolloutDriver:
         """Devices past their deadline time out (or fail their rollback) and lose their key,
         a batch per script call; what is left past SWEEP_BATCHES waits for the next step."""
         at_ms = self._context.clock_ms()
+        # Soaks are judged only once this replica has listened for a whole heartbeat: reports
+        # sent while no engine drove the rollout (queued by the broker, or gone to a replica that
+        # died) must not read as silence, nor a soak pass over an unhealthy report not yet read.
+        health = plan.policy.health
+        hold = health is not None and at_ms - self._took_at_ms < health.heartbeat_s * 1000
         for _ in range(SWEEP_BATCHES):
             expired = await self._devices.expire(
-                self.rollout_id, at_ms=at_ms, retries=plan.policy.retries
+                self.rollout_id, at_ms=at_ms, retries=plan.policy.retries, hold_soaks=hold
             )
             for device_id, result in expired:
                 if result.applied:
-                    self.log.info("device timed out", device_id=device_id, state=result.new)
+                    what = _DEADLINE_NOTES.get(result.old, "device timed out")
+                    self.log.info(what, device_id=device_id, state=result.new)
             if len(expired) < EXPIRE_BATCH:
                 return
 

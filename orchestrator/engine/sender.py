@@ -17,7 +17,7 @@ import structlog
 from orchestrator.domain.plans import Plan
 from orchestrator.domain.policy import RESENDS, resend_after_s
 from orchestrator.domain.states import DeviceState
-from orchestrator.engine.commands import download_payload
+from orchestrator.engine.commands import download_payload, health_contract
 from orchestrator.engine.context import EngineContext
 from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.store.download_keys import DownloadKey
@@ -150,26 +150,41 @@ class CommandSender:
             ),
         )
 
-        self.start_sending(stored, firmware.version, keys)
+        self.start_sending(
+            stored, firmware.version, keys, health=None if rollback else health_contract(plan)
+        )
 
     def start_sending(
-        self, stored: StoredFile, version: str | None, keys: list[DownloadKey]
+        self,
+        stored: StoredFile,
+        version: str | None,
+        keys: list[DownloadKey],
+        *,
+        health: Mapping[str, float] | None = None,
     ) -> None:
-        """Publish in the background: the next batch is prepared meanwhile."""
+        """Publish in the background: the next batch is prepared meanwhile. `health`: the soak's
+        contract the payload carries (health_contract)."""
         if not keys:
             return
         self._in_flight.update(k.device_id for k in keys)
         task = spawn(
-            functools.partial(self._send, stored, version, keys),
+            functools.partial(self._send, stored, version, keys, health),
             name=f"publish-{self.rollout_id}",
             restart=False,  # what a failed send left unpublished, _republish sends again
         )
         self._publishing.add(task)
         task.add_done_callback(self._publishing.discard)
 
-    async def _send(self, stored: StoredFile, version: str | None, keys: list[DownloadKey]) -> None:
+    async def _send(
+        self,
+        stored: StoredFile,
+        version: str | None,
+        keys: list[DownloadKey],
+        health: Mapping[str, float] | None,
+    ) -> None:
         """Publish each device's command; what fails stays unpublished for republish."""
         context = self._context
+        data = {"health": dict(health)} if health else None
         public_url = context.settings.public_url
         expiry = {  # most batches share one expiry
             ms: iso_of_ms(ms) for ms in {k.expires_at_ms for k in keys}
@@ -184,6 +199,7 @@ class CommandSender:
                 command_id=key.command_id,
                 rollout_id=self.rollout_id,
                 version=version,
+                data=data,
             )
             try:
                 await context.transport.publish_command(key.device_id, COMMAND, payload)

@@ -19,6 +19,7 @@ from orchestrator.domain.plans import Plan, PlanError, stored_plan
 from orchestrator.domain.states import (
     FAILURE_TYPES,
     FINAL_DEVICE_STATES,
+    HEALTH_EVENTS,
     RESULT_EVENTS,
     DeviceEvent,
     result_event,
@@ -53,8 +54,16 @@ TOOK_FIRMWARE = frozenset(
         DeviceEvent.INSTALLING,
         DeviceEvent.SUCCESS,
         DeviceEvent.WRONG_VERSION,
+        DeviceEvent.VERIFY,
+        DeviceEvent.REVERTED,
     }
 )
+# Under a health soak: a success starts the soak, a healthy report keeps it going; both set the
+# device's next heartbeat deadline (at most the soak's end) instead of dropping its deadline.
+SOAK_EVENTS = frozenset({DeviceEvent.VERIFY, DeviceEvent.HEALTHY})
+# Failures of a device that installed the firmware and then went wrong: sending it the same
+# firmware again would not change the verdict, so they are never retried.
+NOT_RETRIED = frozenset({DeviceEvent.UNHEALTHY, DeviceEvent.REVERTED})
 TOOK_FIRMWARE_FIELDS = {"downloaded": 1}  # set on a device that fetched or installed the firmware
 FINAL_STATE_VALUES = frozenset(state.value for state in FINAL_DEVICE_STATES)
 
@@ -177,6 +186,9 @@ class Tracker:
                 log.info("command result", command=outcome.command, status=result.status, **ids)
             case "unknown_rollout":
                 self._ignore("unknown_rollout", rollout_id=outcome.rollout_id, **ids)
+            case "no_event" if result.status in HEALTH_EVENTS:
+                # A health report about a rollout without a soak (or about its rollback).
+                self._ignore("no_soak", rollout_id=outcome.rollout_id, **ids)
             case "no_event":
                 pass  # progress of a rollback install: the deadline still applies
             case "missing" if compacted:
@@ -226,10 +238,33 @@ class Tracker:
         # another one, which these functions see as the absent version.
         firmware = plan.firmware.version
         back = plan.rollback.version if plan.rollback else None
+        kinds = {"rollback": StatusRules(back or "", rollback(back), rollback(None))}
+        if plan.policy.health is not None:
+            return ResultRules(default=self._soak_rules(rollout_id, plan), kinds=kinds)
         return ResultRules(
-            default=StatusRules(firmware or "", install(firmware), install(None)),
-            kinds={"rollback": StatusRules(back or "", rollback(back), rollback(None))},
+            default=StatusRules(firmware or "", install(firmware), install(None)), kinds=kinds
         )
+
+    def _soak_rules(self, rollout_id: str, plan: Plan) -> StatusRules:
+        """What install results and health reports mean under the plan's health soak: a report
+        naming another version than the firmware's is a revert; one naming none is judged by its
+        status alone (a success still needs the version, as without a soak)."""
+        expected = plan.firmware.version
+
+        def meaning(version: str | None) -> dict[str, TransitionRequest]:
+            return {
+                status: self._work(
+                    rollout_id,
+                    plan,
+                    "",
+                    result_event(status, version=version, expected_version=expected, soak=True),
+                    "",
+                ).request
+                for status in (*RESULT_EVENTS, *HEALTH_EVENTS)
+            }
+
+        other = f"{expected}+another"  # any version but the expected one
+        return StatusRules(expected or "", meaning(expected), meaning(other), meaning(None))
 
     @staticmethod
     def _rollback_event(plan: Plan, status: str, version: str | None) -> DeviceEvent | None:
@@ -245,7 +280,9 @@ class Tracker:
     def _work(
         rollout_id: str, plan: Plan, device_id: str, event: DeviceEvent, command_id: str
     ) -> Work:
-        final = event not in PROGRESS_EVENTS
+        health = plan.policy.health
+        soak = health is not None and event in SOAK_EVENTS
+        final = event not in PROGRESS_EVENTS and not soak
         failure = FAILURE_TYPES.get(event)
         request = TransitionRequest(
             rollout_id,
@@ -253,11 +290,15 @@ class Tracker:
             event,
             command_id=command_id,
             # A progress event keeps the device's deadline at device_timeout after its send.
-            deadline_after_sent_ms=None if final else int(plan.policy.device_timeout_s * 1000),
+            deadline_after_sent_ms=(
+                None if final or soak else int(plan.policy.device_timeout_s * 1000)
+            ),
+            heartbeat_ms=int(health.heartbeat_s * 1000) if soak and health else None,
+            soak_ms=int(health.soak_s * 1000) if health and event is DeviceEvent.VERIFY else 0,
             drop_deadline=final,
             failure_type=failure.value if failure else "",
             marks=TOOK_FIRMWARE_FIELDS if event in TOOK_FIRMWARE else None,
-            retries=plan.policy.retries if failure else -1,
+            retries=plan.policy.retries if failure and event not in NOT_RETRIED else -1,
         )
         # Key claims and deliveries repeat what results already said: no noise when refused.
         return Work(request, quiet=event in (DeviceEvent.KEY_CLAIMED, DeviceEvent.KEY_DELIVERED))

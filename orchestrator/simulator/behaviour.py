@@ -52,6 +52,10 @@ class Behaviour:
     wrong_version_rate: float = 0.0  # of firmware successes: another version is reported
     stall_rate: float = 0.0  # of downloads: the first transfer stalls as `stall` says
     stall: Stall = Stall()
+    # Under a health soak (the command's `health`), of firmware successes: the device then
+    # reports its old version (its bootloader went back), or sends no health report at all.
+    revert_rate: float = 0.0
+    die_after_success_rate: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +66,8 @@ class Behaviour:
             "broken_download_rate": self.broken_download_rate,
             "wrong_version_rate": self.wrong_version_rate,
             "stall_rate": self.stall_rate,
+            "revert_rate": self.revert_rate,
+            "die_after_success_rate": self.die_after_success_rate,
             **{f"fail_versions[{v!r}]": r for v, r in self.fail_versions.items()},
         }
         for name, rate in rates.items():

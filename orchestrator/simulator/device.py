@@ -8,6 +8,11 @@ a small device would. Each command is answered on `{device_id}/control/{command}
 - download_firmware / download_logo: received, downloading, (download, check size and
   sha256), installing, success with the payload's version; or failed with the reason.
 - any other command: received, success.
+- after a firmware success, when the command carries `health` (a soak, ARCHITECTURE §6b):
+  a health report (`healthy`, with the running version) every half heartbeat until the soak
+  has passed, from a task of its own so the device goes on obeying commands meanwhile. Seeded
+  draws make some devices report their old version instead (`revert_rate`) or none at all
+  (`die_after_success_rate`).
 
 A device whose login the broker refuses (one made before the broker kept per-device accounts:
 the service stores only digests of tokens, so it could not give the broker its password) asks
@@ -80,6 +85,15 @@ class _Command(BaseModel):
     command_id: str = Field(min_length=1, max_length=256)
 
 
+class _Health(BaseModel):
+    """The health soak a firmware command announces: how long, and how often to report."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    soak_s: float = Field(gt=0)
+    heartbeat_s: float = Field(gt=0)
+
+
 class _FileCommand(BaseModel):
     """The fields of download_firmware / download_logo a device needs (§5)."""
 
@@ -90,6 +104,7 @@ class _FileCommand(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$")
     file_name: str = ""
     version: str | None = None
+    health: _Health | None = None
 
 
 class _Fate(NamedTuple):
@@ -129,6 +144,10 @@ class SimulatedDevice:
         self.renewed = False  # its token was rotated after the broker refused its login
         self._rng = device_random(behaviour.seed, identity.id)
         self._latency_rng = device_random(behaviour.seed, identity.id, "latency")
+        # Draws of its own, so a soak changes none of the draws the install makes.
+        self._health_rng = device_random(behaviour.seed, identity.id, "health")
+        self._client_now: aiomqtt.Client | None = None  # while connected
+        self._soaks: set[asyncio.Task[None]] = set()  # health reports under way
         self.offline = self._rng.random() < behaviour.offline_rate  # first draw, always taken
         # command id → (command, the last result published about it; None before the first)
         self._seen: OrderedDict[str, tuple[str, ResultPayload | None]] = OrderedDict()
@@ -143,6 +162,13 @@ class SimulatedDevice:
 
     async def run(self) -> None:
         """Connect, obey commands, and connect again after a loss, until cancelled."""
+        try:
+            await self._run()
+        finally:
+            for task in self._soaks:
+                task.cancel()
+
+    async def _run(self) -> None:
         client = self._client()
         pause_s = RECONNECT_S[0]
         while True:
@@ -153,11 +179,13 @@ class SimulatedDevice:
                     await self._flush_outbox(client)
                     up = True
                     self._online(True)
+                    self._client_now = client
                     pause_s = RECONNECT_S[0]
                     try:
                         async for message in client.messages:
                             await self._on_message(client, message)
                     finally:
+                        self._client_now = None
                         self._online(False)
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc) or exc.__class__.__name__
@@ -351,9 +379,53 @@ class SimulatedDevice:
             return
         if firmware and fate.wrong_version < self._behaviour.wrong_version_rate:
             version = f"{version}-unexpected" if version else "unexpected"
+        old_version = self.version
         if firmware and version:
             self.version = version
         await self._report(client, command, command_id, "success", version=version)
+        if firmware and file.health is not None:
+            self._start_soak(command, command_id, file.health, version, old_version)
+
+    def _start_soak(
+        self,
+        command: str,
+        command_id: str,
+        health: _Health,
+        version: str | None,
+        old_version: str | None,
+    ) -> None:
+        """Report health through the soak, in the background (the device obeys on meanwhile)."""
+        dies, reverts = self._health_rng.random(), self._health_rng.random()
+        if dies < self._behaviour.die_after_success_rate:
+            log.info("device goes silent after its success", command_id=command_id)
+            return
+        if reverts < self._behaviour.revert_rate:
+            # The bootloader went back to the old slot: the device runs, and says, the old image.
+            version = old_version or f"{version or 'firmware'}-previous"
+            self.version = version
+        task = asyncio.create_task(self._soak(command, command_id, health, version))
+        self._soaks.add(task)
+        task.add_done_callback(self._soaks.discard)
+
+    async def _soak(
+        self, command: str, command_id: str, health: _Health, version: str | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        every_s = health.heartbeat_s / 2  # room for a lost report or a slow link
+        ends = loop.time() + health.soak_s
+        while loop.time() < ends:
+            await asyncio.sleep(min(every_s, max(0.0, ends - loop.time())))
+            result = ResultPayload(command_id=command_id, status="healthy", version=version)
+            if command_id in self._seen:
+                self._seen[command_id] = (command, result)
+            client = self._client_now
+            if client is None:
+                self._outbox.append((command, result))  # sent on reconnect
+                continue
+            try:
+                await self._publish_result(client, command, result)
+            except Exception:  # never let a report end the soak
+                log.exception("health report failed", command_id=command_id)
 
     def _count_bytes(self, count: int) -> None:
         self._stats.bytes_downloaded += count

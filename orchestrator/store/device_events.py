@@ -40,6 +40,9 @@ class TransitionRequest:
     rollout_states: Sequence[RolloutState] = ()
     deadline_ms: int | None = None  # a new deadline (epoch ms)
     deadline_after_sent_ms: int | None = None  # or a deadline this long after the device's send
+    # or the next heartbeat of a device in its soak: this long from now, at most its soak's end
+    heartbeat_ms: int | None = None
+    soak_ms: int = 0  # applied: the device's soak starts now and ends this long after
     drop_deadline: bool = False
     failure_type: str = ""  # of a failed state reached ('' = the state's name)
     command_id: str = ""  # the command the event answers ('' = no check)
@@ -58,6 +61,8 @@ class TransitionRequest:
             return "-"
         if self.deadline_after_sent_ms is not None:
             return f"+{self.deadline_after_sent_ms}"
+        if self.heartbeat_ms is not None:
+            return f"h{self.heartbeat_ms}"
         return "" if self.deadline_ms is None else str(self.deadline_ms)
 
     def spec_key(self) -> tuple[Any, ...]:
@@ -73,6 +78,7 @@ class TransitionRequest:
             self.retries,
             self.revoke_key,
             self.unpublished,
+            self.soak_ms,
         )
 
 
@@ -87,6 +93,8 @@ class StatusRules:
     expected_version: str  # a result reporting it (or any, when '') counts as matched
     matched: Mapping[str, TransitionRequest]  # status → event when the version matches
     mismatched: Mapping[str, TransitionRequest]  # status → event when it reports another
+    # status → event when it reports none (None: as mismatched)
+    unversioned: Mapping[str, TransitionRequest] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,7 @@ def spec(
         "attempts": sends_allowed(request.retries),
         "revoke": request.revoke_key,
         "unpublished": request.unpublished,
+        "soak": request.soak_ms,
     }
 
 
@@ -194,11 +203,14 @@ def encode_rules(keys: RedisKeys, rollout_id: str, rules: ResultRules) -> str:
         return {status: request.event.value for status, request in by_status.items()}
 
     def statuses(status_rules: StatusRules) -> dict[str, Any]:
-        return {
+        encoded = {
             "version": status_rules.expected_version,
             "matched": names(status_rules.matched),
             "mismatched": names(status_rules.mismatched),
         }
+        if status_rules.unversioned is not None:
+            encoded["unversioned"] = names(status_rules.unversioned)
+        return encoded
 
     encoded: dict[str, Any] = {
         "keys": rollout_keys(keys, rollout_id),

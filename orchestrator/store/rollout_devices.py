@@ -18,8 +18,11 @@ from orchestrator.domain.devices import LAST_SEEN_EVERY_S, VERSION_REPORTS
 from orchestrator.domain.states import (
     DEADLINE_TRANSITIONS,
     FAILURE_TYPES,
+    SILENT,
+    SOAKING_DEVICE_STATES,
     DeviceEvent,
     RolloutState,
+    deadline_event,
 )
 from orchestrator.store.commands import COMMAND_RECORD_TTL_S
 from orchestrator.store.device_events import (
@@ -40,6 +43,7 @@ from orchestrator.timeutil import isoformat_z, now_ms, utc_now
 
 RELEASE_CHUNK = 1000  # device locks freed per script call
 EXPIRE_BATCH = 500  # devices past their deadline handled per script call
+ERROR_CHARS = 200  # of a device's error, kept on its record
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,10 @@ class ReportedResult(Protocol):
     def version(self) -> str | None:
         """The firmware version the device reported, if any."""
 
+    @property
+    def error(self) -> str | None:
+        """What went wrong, in the device's words, if it said."""
+
 
 @dataclass(frozen=True, slots=True)
 class ResultOutcome:
@@ -133,6 +141,35 @@ class AppliedResults:
 _REFUSALS = frozenset({"missing", "rollout_state", "command_mismatch", "no_transition"})
 _UNMATCHED = frozenset({"unknown_command", "wrong_device"})
 _TIMED_OUT = FAILURE_TYPES[DeviceEvent.TIMED_OUT].value
+# Of a device in its soak: when the soak ends (epoch ms); the name rollout_device.lua writes.
+SOAK_UNTIL_FIELD = "soak_until"
+
+
+def _soak_deadlines() -> dict[str, Any]:
+    """What a passed deadline means to a device in its soak, as the 'due' entry takes it: at
+    or after its soak's end it soaked, before it the device fell silent (unhealthy, not
+    retried)."""
+    [state] = SOAKING_DEVICE_STATES
+    over, silent = (deadline_event(state, soak_over=over) for over in (True, False))
+    return {
+        "states": {soaking.value: True for soaking in SOAKING_DEVICE_STATES},
+        "field": SOAK_UNTIL_FIELD,
+        "over": spec(TransitionRequest("", "", over, drop_deadline=True)),
+        "silent": spec(
+            TransitionRequest(
+                "",
+                "",
+                silent,
+                drop_deadline=True,
+                failure_type=FAILURE_TYPES[silent].value,
+                extra={"error": SILENT},
+            ),
+            with_extra=True,
+        ),
+    }
+
+
+_SOAK_DEADLINES = _soak_deadlines()
 
 
 def _transition(reply: Sequence[Any]) -> Transition:
@@ -281,15 +318,22 @@ class RolloutDeviceStore:
 
     @translated
     async def expire(
-        self, rollout_id: str, *, at_ms: int, retries: int, limit: int = EXPIRE_BATCH
+        self,
+        rollout_id: str,
+        *,
+        at_ms: int,
+        retries: int,
+        limit: int = EXPIRE_BATCH,
+        hold_soaks: bool = False,
     ) -> list[tuple[str, Transition]]:
         """Deal with up to `limit` devices whose deadline is at or before `at_ms`, soonest
         first, in one step; (device id, what happened) for each.
 
         Each device gets the event its state gives a passed deadline (domain.states.
         deadline_event: it times out, with `retries`, or its rollback fails) and loses its
-        deadline and, when the event applies, its download key. Fewer than `limit` back: no
-        device was left past its deadline.
+        deadline and, when the event applies, its download key. A device in its soak soaked
+        (its deadline was the soak's end) or fell silent; with `hold_soaks` it is left for a
+        later call. Fewer than `limit` back: no device was left past its deadline.
         """
         request = TransitionRequest(
             rollout_id,
@@ -300,7 +344,12 @@ class RolloutDeviceStore:
             retries=retries,
             revoke_key=True,
         )
-        work = {"spec": spec(request, table=DEADLINE_TRANSITIONS), "at": str(at_ms), "limit": limit}
+        work = {
+            "spec": spec(request, table=DEADLINE_TRANSITIONS),
+            "at": str(at_ms),
+            "limit": limit,
+            "soak": {**_SOAK_DEADLINES, "hold": hold_soaks},
+        }
         rollout = {"keys": rollout_keys(self._keys, rollout_id)}
         replies = await self._call_device(
             "due", now_ms(), [json.dumps(work), rollout_id, json.dumps(rollout)]
@@ -326,7 +375,10 @@ class RolloutDeviceStore:
         """
         if not results:
             return AppliedResults([], [])
-        reported = [(r.command_id, r.device_id, r.status, r.version or "") for r in results]
+        reported = [
+            (r.command_id, r.device_id, r.status, r.version or "", (r.error or "")[:ERROR_CHARS])
+            for r in results
+        ]
         work = [
             json.dumps(
                 {

@@ -57,7 +57,16 @@ from orchestrator.transport.topics import (
 
 log = structlog.get_logger(__name__)
 
-ResultStatus = Literal["received", "downloading", "installing", "success", "failed", "rejected"]
+ResultStatus = Literal[
+    "received",
+    "downloading",
+    "installing",
+    "success",
+    "failed",
+    "rejected",
+    "healthy",  # a health report during a soak (policy.health)
+    "unhealthy",
+]
 
 STOP_TIMEOUT_S = 15.0  # how long stop() waits for the result in hand
 MAX_RESULT_BYTES = 64 * 1024  # of a result payload; a real one is about a hundred bytes

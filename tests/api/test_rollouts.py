@@ -36,6 +36,7 @@ VIEW_KEYS = {
     "waves",
     "counts",
     "failure_rate",
+    "failures",
     "max_failure_rate",
     "created_at",
     "updated_at",
@@ -503,6 +504,7 @@ async def test_devices_listing_pages_in_cohort_order_and_filters_by_state(
         "command_id": None,
         "attempts": 0,
         "failure": None,
+        "error": None,
         "updated_at": None,
     }
 

@@ -46,6 +46,14 @@ def test_a_failing_firmware_rolls_back_the_devices_that_took_it() -> None:
     assert "rolled_back " in ran.stdout.split("devices by state:")[1].splitlines()[0]
 
 
+def test_health_shows_a_reverting_image_stopped_by_the_soak() -> None:
+    ran = run_demo("--devices", "60", "--health")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "demo-health-2.1.0 ended rolled_back after" in ran.stdout
+    assert "failures by type at the rollback:  reverted " in ran.stdout
+    assert "Traceback" not in ran.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -29,11 +29,13 @@ from orchestrator.domain.devices import (
 from orchestrator.domain.plan_values import (
     ACK_TIMEOUT_S,
     DEVICE_TIMEOUT_S,
+    HEARTBEAT_S,
     MAX_DEVICES,
     MAX_DURATION_S,
     MAX_RATE_PER_S,
     MAX_RETRIES,
     NAME,
+    SOAK_S,
     format_duration,
     parse_duration,
     parse_failure_rate,
@@ -158,6 +160,9 @@ WRITTEN: dict[str, Key] = {
         ),
         same,
     ),
+    "policy.health": (st.just({}), None),
+    "policy.health.soak": (DURATIONS, parse_duration),
+    "policy.health.heartbeat": (DURATIONS, parse_duration),
     "rollback": (st.fixed_dictionaries({"file": FILES.filter(lambda f: f != "new.bin")}), None),
     "rollback.file": (FILES.filter(lambda name: name != "new.bin"), same),
     "rollback.version": (TEXT, same),
@@ -233,6 +238,21 @@ def test_ack_timeout_alone_lengthens_the_device_timeout_default() -> None:
     assert (policy.ack_timeout_s, policy.device_timeout_s) == (3600, 3600)
     defaults = parse_plan(yaml.safe_dump(BASE)).policy
     assert (defaults.ack_timeout_s, defaults.device_timeout_s) == (ACK_TIMEOUT_S, DEVICE_TIMEOUT_S)
+
+
+def test_health_keys_alone_adapt_the_other_default() -> None:
+    """A soak shorter than 5m shortens the heartbeat; a heartbeat over 30m lengthens the soak."""
+    health = parse_plan(yaml.safe_dump({**BASE, "policy": {"health": {"soak": "2m"}}})).policy
+    assert health.health is not None
+    assert (health.health.soak_s, health.health.heartbeat_s) == (120, 120)
+    longer = {"health": {"heartbeat": "1h"}}
+    health = parse_plan(yaml.safe_dump({**BASE, "policy": longer})).policy
+    assert health.health is not None
+    assert (health.health.soak_s, health.health.heartbeat_s) == (3600, 3600)
+    health = parse_plan(yaml.safe_dump({**BASE, "policy": {"health": {}}})).policy
+    assert health.health is not None
+    assert (health.health.soak_s, health.health.heartbeat_s) == (SOAK_S, HEARTBEAT_S)
+    assert parse_plan(yaml.safe_dump(BASE)).policy.health is None
 
 
 @pytest.mark.parametrize(
@@ -318,3 +338,15 @@ def test_a_plan_read_back_keeps_its_adapted_defaults() -> None:
     """What a rollout stores (every value, defaults included) reads back as the same plan."""
     plan = parse_plan(yaml.safe_dump({**BASE, "policy": {"device_timeout": "90s"}}))
     assert stored_plan(plan.model_dump(mode="json", by_alias=True)) == plan
+
+
+def test_a_written_heartbeat_longer_than_the_written_soak_is_refused_at_both() -> None:
+    text = "name: t\nfirmware: {file: fw.bin}\nwaves: [{percent: 100}]\n"
+    text += "policy:\n  health:\n    soak: 5m\n    heartbeat: 10m\n"
+    with pytest.raises(PlanError) as raised:
+        parse_plan(text, "plan.yaml")
+    assert raised.value.message == (
+        "plan.yaml:7:16: policy.health.heartbeat is 10m, longer than policy.health.soak (line 6, "
+        "column 11) of 5m; a silence longer than the soak could never be noticed: shorten "
+        "heartbeat or lengthen soak"
+    )

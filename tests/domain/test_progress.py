@@ -401,3 +401,81 @@ def test_a_whole_rollout_runs_on_the_step_function_alone() -> None:
     assert state is R.COMPLETED
     assert counts[counters.total("succeeded")] == 100
     assert 10_000 + 2_000 * 3 <= now <= 30_000  # a bake, three rounds of answers, 20 in flight
+
+
+# --- the health soak ---------------------------------------------------------------------------
+
+SOAK = "health: {soak: 30m, heartbeat: 5m}"
+
+
+def verifying(wave: int, n: int) -> dict[str, int]:
+    return {counters.total("verifying"): n, counters.in_wave(wave, "verifying"): n}
+
+
+def test_a_wave_whose_devices_are_verifying_is_not_done() -> None:
+    """The soak holds the wave back: no WaveDone, no next wave, while a device is verifying."""
+    counts = done(0, 8) | verifying(0, 2)
+    step = decide(plan(SOAK), look(cursor=10, counts=counts))
+    assert step == Wait(why="2 devices of the wave are not final")
+
+
+def test_a_wave_is_done_once_its_soaks_have_passed() -> None:
+    step = decide(plan(SOAK), look(cursor=10, counts=done(0, 10)))
+    assert isinstance(step, WaveDone)
+
+
+def test_verifying_devices_do_not_count_against_max_in_flight() -> None:
+    counts = verifying(0, 5) | {counters.total("sent"): 1, counters.in_wave(0, "sent"): 1}
+    step = decide(plan(f"max_in_flight: 3, {SOAK}"), look(cursor=6, counts=counts))
+    assert isinstance(step, Dispatch)
+    assert step.count == 2  # 3 in flight at most, 1 is
+
+
+def test_verifying_devices_are_not_judged_yet() -> None:
+    """A success under a soak is not a finished device: nothing to judge on verifying alone."""
+    counts = verifying(0, 5) | {
+        counters.total("failed"): 1,
+        counters.in_wave(0, "failed"): 1,
+        counters.failures("failed"): 1,
+    }
+    step = decide(plan(f"max_failure_rate: 40%, {SOAK}"), look(cursor=10, counts=counts))
+    assert isinstance(step, Breach)  # 1 of 1 finished: the verifying five do not dilute it
+    assert step.figures["finished"] == 1
+
+
+@pytest.mark.parametrize("kind", ["unhealthy", "reverted"])
+def test_soak_failures_count_in_the_failure_rate(kind: str) -> None:
+    counts = done(0, 8) | {
+        counters.total("failed"): 2,
+        counters.in_wave(0, "failed"): 2,
+        counters.failures(kind): 2,
+    }
+    step = decide(plan(f"max_failure_rate: 10%, {SOAK}"), look(cursor=10, counts=counts))
+    assert isinstance(step, Breach)
+    assert step.action is RolloutAction.HALT
+    assert step.figures["failures"] == {kind: 2}
+
+
+@pytest.mark.parametrize("kind", ["unhealthy", "reverted"])
+def test_soak_failures_have_limits_of_their_own_and_can_roll_back(kind: str) -> None:
+    counts = done(0, 19) | {
+        counters.total("failed"): 1,
+        counters.in_wave(0, "failed"): 1,
+        counters.failures(kind): 1,
+    }
+    policy = f"max_failure_rate: 50%, max_failure_rate_by_type: {{{kind}: 1%}}, "
+    policy += f"on_failure: rollback, {SOAK}"
+    step = decide(
+        plan(policy, extra="rollback: {file: old.bin}"),
+        look(cursor=20, reach=(20, 100), counts=counts),
+    )
+    assert isinstance(step, Breach)
+    assert step.action is RolloutAction.ROLLBACK
+    assert f"{kind} rate 5.0%" in step.reason
+
+
+def test_a_rollback_waits_for_nothing_that_verifies() -> None:
+    """Rolling back: devices still verifying are sent the rollback too (not waited for)."""
+    counts = verifying(0, 3)
+    step = decide(plan(SOAK), look(state=R.ROLLING_BACK, cursor=10, counts=counts))
+    assert step == SendRollback(0, 10)

@@ -7,9 +7,12 @@ import pytest
 from orchestrator.domain.plans import FailureType
 from orchestrator.domain.states import (
     ACTIVE_ROLLOUT_STATES,
+    DEADLINE_TRANSITIONS,
     DEVICE_TRANSITIONS,
     FAILURE_TYPES,
     FINAL_DEVICE_STATES,
+    IN_FLIGHT_DEVICE_STATES,
+    KEY_SPENT_DEVICE_STATES,
     TERMINAL_ROLLOUT_STATES,
     DeviceEvent,
     DeviceState,
@@ -17,6 +20,7 @@ from orchestrator.domain.states import (
     RolloutAction,
     RolloutState,
     allowed_actions,
+    deadline_event,
     next_device_state,
     next_rollout_state,
     result_event,
@@ -137,3 +141,74 @@ def test_a_success_with_another_version_is_a_wrong_version_failure() -> None:
 
 def test_every_event_has_a_transition_entry() -> None:
     assert set(DEVICE_TRANSITIONS) == set(DeviceEvent)
+
+
+# --- the health soak ------------------------------------------------------------------------
+
+V = DeviceState.VERIFYING
+
+
+@pytest.mark.parametrize(
+    "working", [DeviceState.SENT, DeviceState.DOWNLOADING, DeviceState.INSTALLING]
+)
+def test_under_a_soak_a_success_is_verifying_not_succeeded(working: DeviceState) -> None:
+    event = result_event("success", version="2.1.0", expected_version="2.1.0", soak=True)
+    assert event is DeviceEvent.VERIFY
+    assert next_device_state(working, event) is V
+    assert V not in FINAL_DEVICE_STATES
+    assert V not in IN_FLIGHT_DEVICE_STATES  # max_in_flight does not count it
+    assert V in KEY_SPENT_DEVICE_STATES
+
+
+@pytest.mark.parametrize(
+    ("status", "version", "event", "after", "failure"),
+    [
+        ("healthy", "2.1.0", DeviceEvent.HEALTHY, V, None),
+        ("healthy", None, DeviceEvent.HEALTHY, V, None),
+        ("unhealthy", "2.1.0", DeviceEvent.UNHEALTHY, DeviceState.FAILED, FailureType.UNHEALTHY),
+        ("unhealthy", None, DeviceEvent.UNHEALTHY, DeviceState.FAILED, FailureType.UNHEALTHY),
+        ("healthy", "2.0.3", DeviceEvent.REVERTED, DeviceState.FAILED, FailureType.REVERTED),
+        ("unhealthy", "2.0.3", DeviceEvent.REVERTED, DeviceState.FAILED, FailureType.REVERTED),
+        ("success", "2.0.3", DeviceEvent.REVERTED, DeviceState.FAILED, FailureType.REVERTED),
+    ],
+)
+def test_a_report_during_the_soak(
+    status: str,
+    version: str | None,
+    event: DeviceEvent,
+    after: DeviceState,
+    failure: FailureType | None,
+) -> None:
+    """healthy keeps it verifying, unhealthy fails it, another version is a revert."""
+    got = result_event(status, version=version, expected_version="2.1.0", soak=True)
+    assert got is event
+    assert next_device_state(V, got) is after
+    assert FAILURE_TYPES.get(got) is failure
+
+
+def test_under_a_soak_a_success_of_another_version_is_reverted_and_of_none_wrong_version() -> None:
+    other = result_event("success", version="2.0.3", expected_version="2.1.0", soak=True)
+    assert next_device_state(DeviceState.INSTALLING, other) is DeviceState.FAILED
+    assert FAILURE_TYPES[other] is FailureType.REVERTED
+    none = result_event("success", version=None, expected_version="2.1.0", soak=True)
+    assert none is DeviceEvent.WRONG_VERSION
+    anything = result_event("healthy", version="9.9.9", expected_version=None, soak=True)
+    assert anything is DeviceEvent.HEALTHY  # without firmware.version nothing is reverted
+
+
+def test_a_passed_soak_deadline_means_soaked_at_the_soaks_end_else_silent() -> None:
+    assert next_device_state(V, deadline_event(V, soak_over=True)) is DeviceState.SUCCEEDED
+    silent = deadline_event(V, soak_over=False)
+    assert next_device_state(V, silent) is DeviceState.FAILED
+    assert FAILURE_TYPES[silent] is FailureType.UNHEALTHY
+    assert V not in DEADLINE_TRANSITIONS  # its deadline has a meaning of its own
+
+
+def test_a_verifying_device_is_rolled_back_or_cancelled_and_ignores_install_results() -> None:
+    assert next_device_state(V, DeviceEvent.ROLLBACK_SEND) is DeviceState.ROLLBACK_SENT
+    assert next_device_state(V, DeviceEvent.END) is DeviceState.CANCELLED
+    assert next_device_state(V, DeviceEvent.CANCEL) is None  # a halt leaves it to its soak
+    assert next_device_state(V, DeviceEvent.VERIFY) is None  # a repeated success: no new soak
+    assert next_device_state(V, DeviceEvent.TIMED_OUT) is None
+    assert next_device_state(DeviceState.SUCCEEDED, DeviceEvent.UNHEALTHY) is None  # too late
+    assert next_device_state(DeviceState.SUCCEEDED, DeviceEvent.HEALTHY) is None

@@ -21,6 +21,10 @@ import httpx
 from tests.conftest import Service
 
 Behaviour = Literal["succeed", "fail", "reject", "silent", "wrong_version", "ack_only"]
+# After its success, under a health soak: report healthy every half heartbeat, report the old
+# version (the bootloader went back), report unhealthy, or say nothing more.
+Health = Literal["healthy", "revert", "unhealthy", "die"]
+OLD_VERSION = "2.0.3"
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Device:
     lose_first_copy: bool = False  # the first copy of each command never arrives (a lost publish)
     lose_final_result: bool = False  # its first final result never reaches the broker
     lost: list[str] = field(default_factory=list)  # command ids and statuses it lost, in order
+    health: Health = "healthy"
 
 
 class Fleet:
@@ -196,6 +201,34 @@ class Fleet:
         await self.report(
             device, command, {"command_id": command_id, "status": "success", "version": version}
         )
+        contract = payload.get("health")
+        if contract and command == "download_firmware":
+            await self._soak(device, command, command_id, version, contract)
+
+    async def _soak(
+        self,
+        device: Device,
+        command: str,
+        command_id: str,
+        version: str | None,
+        contract: dict[str, float],
+    ) -> None:
+        """The health contract: a report every half heartbeat until the soak has passed."""
+        if device.health == "die":
+            return
+        loop = asyncio.get_running_loop()
+        every_s = contract["heartbeat_s"] / 2
+        ends = loop.time() + contract["soak_s"]
+        while loop.time() < ends:
+            await asyncio.sleep(every_s)  # the device's own cadence, not a test wait
+            report = {"command_id": command_id, "status": "healthy", "version": version}
+            if device.health == "revert":
+                report["version"] = OLD_VERSION
+            elif device.health == "unhealthy":
+                report.update(status="unhealthy", error="watchdog reset")
+            await self.report(device, command, report)
+            if device.health != "healthy":
+                return
 
     @staticmethod
     async def _pause(device: Device) -> None:

@@ -513,3 +513,76 @@ async def test_an_unreachable_broker_is_one_clear_error(api: ApiClient, tmp_path
     with pytest.raises(TransportUnavailable, match=f"127.0.0.1:{port}.*--mqtt-url"):
         await fleet.start(2)
     assert fleet.stats.connected == 0
+
+
+# --- the health soak -------------------------------------------------------------------------
+
+SOAK = {"soak_s": 0.6, "heartbeat_s": 0.2}
+
+
+async def health_reports(watcher: Watcher, command_id: str, count: int) -> list[dict[str, Any]]:
+    """Once `count` health reports followed the command's success: those reports."""
+
+    async def reported() -> bool:
+        return len(watcher.results.get(command_id, [])) >= 4 + count
+
+    await wait_for(reported, timeout_s=10)
+    return watcher.results[command_id][4:]
+
+
+async def test_after_a_success_a_device_reports_its_health_through_the_soak(
+    start_fleet: StartFleet, service: Service, api: ApiClient, watcher: Watcher
+) -> None:
+    fleet = await start_fleet(1)
+    name = await upload(service, os.urandom(1000))
+    device = fleet.devices[0]
+    command_id = await send(
+        api, device.id, "download_firmware", file_name=name, version="2.1.0", health=SOAK
+    )
+    reports = await health_reports(watcher, command_id, 2)
+    assert statuses(watcher.results[command_id][:4]) == [
+        "received",
+        "downloading",
+        "installing",
+        "success",
+    ]
+    assert {(r["status"], r["version"]) for r in reports} == {("healthy", "2.1.0")}
+    # one report per half heartbeat at most, and none once the soak has passed
+
+    async def soaked() -> bool:
+        return not device._soaks
+
+    await wait_for(soaked, timeout_s=5)
+    sent = len(watcher.results[command_id]) - 4
+    assert 2 <= sent <= SOAK["soak_s"] / (SOAK["heartbeat_s"] / 2) + 1
+    assert fleet.stats.results["healthy"] == len(watcher.results[command_id]) - 4
+
+
+async def test_a_reverting_device_reports_its_old_version_and_a_dying_one_nothing(
+    start_fleet: StartFleet, service: Service, api: ApiClient, watcher: Watcher
+) -> None:
+    reverting = await start_fleet(1, Behaviour(revert_rate=1.0))
+    name = await upload(service, os.urandom(1000))
+    device = reverting.devices[0]
+    before = device.version
+    command_id = await send(
+        api, device.id, "download_firmware", file_name=name, version="2.1.0", health=SOAK
+    )
+    reports = await health_reports(watcher, command_id, 1)
+    assert watcher.results[command_id][3] == {
+        "command_id": command_id,
+        "status": "success",
+        "version": "2.1.0",
+    }
+    old = before or "2.1.0-previous"
+    assert reports[0]["version"] == old != "2.1.0"
+    assert device.version == old
+
+    dying = await start_fleet(1, Behaviour(die_after_success_rate=1.0))
+    silent = dying.devices[0]
+    silent_command = await send(
+        api, silent.id, "download_firmware", file_name=name, version="2.1.0", health=SOAK
+    )
+    final = await watcher.final(silent_command)
+    assert statuses(final)[-1] == "success"
+    assert not silent._soaks  # no health report will follow

@@ -47,23 +47,23 @@ async def test_each_script_writes_the_counters_the_domain_names_and_reads(
     stores: Stores, create_rollout: CreateRollout
 ) -> None:
     """Creation, dispatch, every kind of device event, a rebase and the rollout's end."""
-    made = await create_rollout(7, [2, 7], running=True)
+    made = await create_rollout(9, [2, 9], running=True)
     rollouts, devices = stores.rollouts, stores.rollout_devices
     created = await rollouts.counts(made.id)  # rollout_create.lua
     assert created == {
-        counters.total(D.PENDING): 7,
+        counters.total(D.PENDING): 9,
         counters.in_wave(0, D.PENDING): 2,
-        counters.in_wave(1, D.PENDING): 5,
+        counters.in_wave(1, D.PENDING): 7,
     }
     sent = await devices.dispatch(  # rollout_dispatch.lua
-        made.id, count=6, reach=7, ack_deadline_ms=1_000, grant=GRANT
+        made.id, count=8, reach=9, ack_deadline_ms=1_000, grant=GRANT
     )
     assert counters.by_state(await rollouts.counts(made.id)) == {
         **dict.fromkeys((state.value for state in DeviceState), 0),
         "pending": 1,
-        "sent": 6,
+        "sent": 8,
     }
-    ok, failed, rejected, wrong, late, ended = (item.device_id for item in sent)
+    ok, failed, rejected, wrong, late, ended, unwell, reverted = (item.device_id for item in sent)
     await devices.transitions(  # rollout_device.lua, 'events'
         [
             TransitionRequest(made.id, ok, DeviceEvent.SUCCESS, drop_deadline=True),
@@ -77,6 +77,26 @@ async def test_each_script_writes_the_counters_the_domain_names_and_reads(
                 failure_type=FailureType.WRONG_VERSION.value,
             ),
             TransitionRequest(made.id, ended, DeviceEvent.KEY_CLAIMED, deadline_ms=9_000),
+            TransitionRequest(
+                made.id, unwell, DeviceEvent.VERIFY, heartbeat_ms=60_000, soak_ms=60_000
+            ),
+            TransitionRequest(
+                made.id, reverted, DeviceEvent.VERIFY, heartbeat_ms=60_000, soak_ms=60_000
+            ),
+            TransitionRequest(
+                made.id,
+                unwell,
+                DeviceEvent.UNHEALTHY,
+                drop_deadline=True,
+                failure_type=FailureType.UNHEALTHY.value,
+            ),
+            TransitionRequest(
+                made.id,
+                reverted,
+                DeviceEvent.REVERTED,
+                drop_deadline=True,
+                failure_type=FailureType.REVERTED.value,
+            ),
         ]
     )
     expired = await devices.expire(made.id, at_ms=1_000, retries=0)  # rollout_device.lua, 'due'
@@ -94,7 +114,7 @@ async def test_each_script_writes_the_counters_the_domain_names_and_reads(
     final = await rollouts.counts(made.id)
     assert {name for name, n in final.items() if n} <= domain_names()
     assert set(final) <= domain_names()
-    assert sum(counters.by_state(final).values()) == 7
+    assert sum(counters.by_state(final).values()) == 9
     # The device never sent and `ended`, both of the second wave.
     assert counters.by_state(final, 1)["cancelled"] == counters.by_state(final)["cancelled"] == 2
 

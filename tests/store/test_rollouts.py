@@ -861,6 +861,7 @@ class Reported:
     device_id: str
     status: str = "success"
     version: str | None = "2.1.0"
+    error: str | None = None
 
 
 def template(event: DeviceEvent, **fields: Any) -> TransitionRequest:

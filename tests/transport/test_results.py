@@ -26,7 +26,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from orchestrator.domain.states import RESULT_EVENTS
+from orchestrator.domain.states import HEALTH_EVENTS, RESULT_EVENTS
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.transport.results import (
     MAX_RESULT_BYTES,
@@ -85,7 +85,7 @@ def test_parse_result_ignores_unknown_fields() -> None:
 
 
 def test_result_statuses_are_the_ones_the_domain_maps_to_events() -> None:
-    assert set(get_args(ResultStatus)) == set(RESULT_EVENTS)
+    assert set(get_args(ResultStatus)) == set(RESULT_EVENTS) | set(HEALTH_EVENTS)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +154,7 @@ def test_parse_result_accepts_exactly_the_contract(fields: dict[str, Any]) -> No
     valid = (
         isinstance(fields.get("command_id"), str)
         and fields["command_id"] != ""
-        and fields.get("status") in RESULT_EVENTS
+        and (fields.get("status") in RESULT_EVENTS or fields.get("status") in HEALTH_EVENTS)
         and all(isinstance(fields.get(k), str | None) for k in ("version", "error"))
     )
     assert isinstance(parsed, DeviceResult) is valid

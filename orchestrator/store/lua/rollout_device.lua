@@ -23,7 +23,9 @@
 -- An event spec (JSON object):
 --   {"transitions": {from: to}, "states": rollout states required ([] for any),
 --    "deadline": '' keep | '-' drop | '+N' N ms after the device's sent_at (now when it has
---    none) | epoch ms, "failure": the failure type of a failed state it reaches,
+--    none) | 'hN' N ms from now, but no later than the device's `soak_until` | epoch ms,
+--    "soak": N > 0 to set the device's `soak_until` to now + N ms when applied (before its
+--    deadline is set), "failure": the failure type of a failed state it reaches,
 --    "field": the device field holding the command id answered, "extra": fields set when
 --    applied, "marks": fields set when the command matches (applied or not), "attempts": sends
 --    a failing device may have had and still be retried, "revoke": true to revoke the device's
@@ -35,12 +37,15 @@
 -- 0), command id it answers ('' = no check), fields set when applied (optional)], ...]}.
 -- Returns the outcome of each event.
 --
--- 'due': ARGV[5] {"spec": spec, "at": epoch ms, "limit": n}, one rollout. Each device whose
--- deadline is at or before `at`, soonest first, up to `limit`, gets the spec's event and loses its deadline,
--- applied or not. Returns {device id, outcome...} for each.
+-- 'due': ARGV[5] {"spec": spec, "at": epoch ms, "limit": n, "soak"?: {"states": {state:
+-- true}, "field": name, "over": spec, "silent": spec, "hold": bool}}, one rollout. Each device
+-- whose deadline is at or before `at`, soonest first, up to `limit`, gets the spec's event and
+-- loses its deadline, applied or not; a device in one of the soak's states gets `over` when its
+-- deadline was at or after its `field` (the soak's end), else `silent`, or, with `hold`, is
+-- left as it is, deadline included. Returns {device id, outcome...} for each device dealt with.
 --
 -- 'results': ARGV[5] {"commands": command record key prefix, "results": [[command id, device
--- id, status, version ('' when none)], ...], "registry": the registry's device record key
+-- id, status, version ('' when none), error ('' when none)], ...], "registry": the registry's device record key
 -- prefix, "seen_field": its last_seen field, "seen_every_s": seconds between two last_seen
 -- writes}. A result on the topic of the device its command went to is word from that device:
 -- its registry record's last_seen becomes now (in seconds) when it is that much older. With
@@ -49,7 +54,9 @@
 -- seconds) as when, unless the record holds a later report. Each result is matched to its command record and turned into an event by its rollout's
 -- rules. The rollout JSON adds {"events": {name: spec}, "kinds": {command kind: status rules},
 -- "default": status rules}; status rules: {"version": expected ('' = any), "matched": {status:
--- event name}, "mismatched": {status: event name}} (mismatched: another version reported).
+-- event name}, "mismatched": {status: event name} (another version reported), "unversioned"?:
+-- {status: event name} (none reported; mismatched when absent)}. An applied result's error, if
+-- any, is kept in the device's `error`.
 -- First every record is read; when a result names a rollout not among the pairs, nothing is
 -- written and the reply is {'needed', rollout id, ...}. Otherwise the events are applied in
 -- order, each rollout heard from gets `last_result_ms` = now, and the reply is, per result,
@@ -124,7 +131,7 @@ local function apply(k, device_id, spec, command_id, extra)
   local device = k.device .. device_id
   local got = redis.call(
     'HMGET', device, 'state', 'wave', 'key', 'sent_at', 'attempts', 'failure', spec.field,
-    'stratum'
+    'stratum', 'soak_until'
   )
   local state = got[1]
   if not state then
@@ -203,6 +210,12 @@ local function apply(k, device_id, spec, command_id, extra)
       count(k.counts, names.stratum_fail .. spec.failure .. names.wave .. label, 1)
     end
   end
+  local soak_until = tonumber(got[9] or '')
+  if (spec.soak or 0) > 0 then
+    soak_until = tonumber(now) + spec.soak
+    table.insert(changes, 'soak_until')
+    table.insert(changes, soak_until)
+  end
   table.insert(changes, 'state')
   table.insert(changes, new)
   table.insert(changes, 'updated_at')
@@ -214,6 +227,12 @@ local function apply(k, device_id, spec, command_id, extra)
   elseif string.sub(deadline, 1, 1) == '+' then
     local sent_at = tonumber(got[4] or now) or tonumber(now)
     redis.call('ZADD', k.deadlines, sent_at + tonumber(string.sub(deadline, 2)), device_id)
+  elseif string.sub(deadline, 1, 1) == 'h' then
+    local at = tonumber(now) + tonumber(string.sub(deadline, 2))
+    if soak_until and soak_until < at then
+      at = soak_until
+    end
+    redis.call('ZADD', k.deadlines, at, device_id)
   elseif deadline ~= '' then
     redis.call('ZADD', k.deadlines, deadline, device_id)
   end
@@ -246,15 +265,30 @@ local function due()
   local work = cjson.decode(ARGV[5])
   local k = cjson.decode(ARGV[7]).keys
   local late = redis.call(
-    'ZRANGEBYSCORE', k.deadlines, '-inf', work.at, 'LIMIT', 0, work.limit
+    'ZRANGEBYSCORE', k.deadlines, '-inf', work.at, 'WITHSCORES', 'LIMIT', 0, work.limit
   )
+  local soak = work.soak
   local outcomes = {}
-  for n, device_id in ipairs(late) do
-    local done = apply(k, device_id, work.spec, '', nil)
-    -- Applied or not, the deadline has been dealt with (a device that moved on has no use for
-    -- it): the next call finds the next devices.
-    redis.call('ZREM', k.deadlines, device_id)
-    outcomes[n] = {device_id, done[1], done[2], done[3]}
+  for n = 1, #late / 2 do
+    local device_id, deadline = late[2 * n - 1], tonumber(late[2 * n])
+    local spec = work.spec
+    if soak then
+      local got = redis.call('HMGET', k.device .. device_id, 'state', soak.field)
+      if got[1] and soak.states[got[1]] then
+        local ends = tonumber(got[2] or '')
+        spec = (ends and deadline >= ends) and soak.over or soak.silent
+        if soak.hold then
+          spec = nil
+        end
+      end
+    end
+    if spec then
+      local done = apply(k, device_id, spec, '', nil)
+      -- Applied or not, the deadline has been dealt with (a device that moved on has no use
+      -- for it): the next call finds the next devices.
+      redis.call('ZREM', k.deadlines, device_id)
+      table.insert(outcomes, {device_id, done[1], done[2], done[3]})
+    end
   end
   write_counts()
   return outcomes
@@ -351,12 +385,19 @@ local function results()
         local event_names = by_status.mismatched
         if by_status.version == '' or version == by_status.version then
           event_names = by_status.matched
+        elseif version == '' and by_status.unversioned then
+          event_names = by_status.unversioned
         end
         local name = event_names[status]
         if not name then
           reply = {'no_event', command, sent_at, rollout_id, '', ''}
         else
-          local done = apply(spec.keys, device_id, spec.events[name], command_id, nil)
+          local error = result[5]
+          local extra = nil
+          if error and error ~= '' then
+            extra = {error = error}
+          end
+          local done = apply(spec.keys, device_id, spec.events[name], command_id, extra)
           if refusals[done[2]] then
             reply = {done[2], command, sent_at, rollout_id, name, done[1]}
           else
