@@ -451,6 +451,11 @@ async def test_a_success_carrying_a_version_records_it_as_the_devices_firmware(
     await report(device.id, "success", "2.0.4", T)
     assert await firmware(device.id) == ("2.0.4", T_ISO)
     assert await firmware(other.id) == ("", None)
+    # A health report names the image running after the reboot: the old one, when it reverted.
+    await report(device.id, "healthy", "2.0.3", T + 1)
+    assert (await firmware(device.id))[0] == "2.0.3"
+    await report(device.id, "unhealthy", "2.0.5", T + 2)
+    assert (await firmware(device.id))[0] == "2.0.5"
 
 
 async def test_a_reported_version_is_kept_unless_a_later_report_is_held(clean: Stores) -> None:
