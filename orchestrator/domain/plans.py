@@ -31,6 +31,7 @@ from orchestrator.domain.plan_values import (
     MAX_RATE_PER_S,
     MAX_RETRIES,
     MAXIMA,
+    Confidence,
     Count,
     Duration,
     FailureRate,
@@ -155,6 +156,14 @@ class PolicySpec(_Spec):
     )
     max_in_flight: Count | None = Field(None, description="Devices sent but not final, at most")
     on_failure: Literal["halt", "rollback"] = "halt"
+    confidence: Confidence | None = Field(
+        None,
+        description=(
+            "Judge the failure rates with a sequential test at this confidence (such as 95%): "
+            "a firmware failing at half a limit is halted with probability at most 1 - "
+            "confidence, one failing at twice it is stopped with probability at least confidence"
+        ),
+    )
 
     @model_validator(mode="after")
     def _timeouts(self) -> Self:

@@ -79,6 +79,9 @@ class Look:
     connected: bool = True  # commands can be published now
     rollback_cursor: int = 0  # devices of the order looked at by the rollback so far
     reason: str = ""  # the rollout's current reason (why it rolls back, while it does)
+    # The wave whose end was found inconclusive and put to a person (-1: none); running
+    # again at that wave's end means a person promoted it past the test.
+    inconclusive_wave: int = -1
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -139,6 +142,16 @@ class Breach:
 
 
 @dataclass(frozen=True, slots=True)
+class Inconclusive:
+    """The wave `wave` ended with its sequential test undecided and its rate over a limit:
+    wait for a person (promote to go on, or roll back / abort), the evidence in the reason."""
+
+    wave: int
+    reason: str
+    figures: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Complete:
     """Every wave passed."""
 
@@ -175,6 +188,7 @@ Step = (
     | WaveDone
     | Advance
     | Breach
+    | Inconclusive
     | Complete
     | SendRollback
     | EndRollback
@@ -186,14 +200,28 @@ Step = (
 
 
 def figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
-    """The numbers behind a policy verdict, for the audit event and the log line."""
-    return {
+    """The numbers behind a policy verdict, for the audit event and the log line; with
+    `policy.confidence`, the sequential test's evidence too."""
+    numbers: dict[str, Any] = {
         "failure_rate": round(verdict.failure_rate, 6),
         "finished": tally.finished,
         "failed": tally.failed,
         "failures": {t.value: n for t, n in tally.failures.items()},
         "wave": wave,
     }
+    if verdict.evidence is not None:
+        numbers["evidence"] = verdict.evidence.as_figures()
+    return numbers
+
+
+def inconclusive_reason(plan: Plan, wave_name: str, verdict: Verdict, rollout_id: str) -> str:
+    """Why the rollout waits at the end of wave `wave_name`, and what a person can do."""
+    stop = f"ota rollback {rollout_id}" if plan.rollback is not None else f"ota abort {rollout_id}"
+    undo = "roll back" if plan.rollback is not None else "abort"
+    return (
+        f"wave {wave_name}: {verdict.reason}; promote to continue or {undo} "
+        f"(ota promote {rollout_id} / {stop})"
+    )
 
 
 def approval_reason(wave_name: str, rollout_id: str) -> str:
@@ -253,11 +281,17 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     if verdict.breached:
         return _breach(plan, look, verdict, tally)
     numbers = figures(verdict, tally, spec.name)
+    passed = "passed"
+    if verdict.inconclusive:
+        if look.inconclusive_wave != wave:
+            reason = inconclusive_reason(plan, spec.name, verdict, rollout_id)
+            return Inconclusive(wave, reason, numbers)
+        passed = "was promoted past an inconclusive test"
     if wave == len(look.reach) - 1:
         return Complete(f"every wave done; {verdict.reason}", numbers)
     following = plan.waves[wave + 1]
     reason = (
-        f"wave {spec.name} passed ({verdict.reason}); "
+        f"wave {spec.name} {passed} ({verdict.reason}); "
         f"wave {following.name} reaches {look.reach[wave + 1]} devices"
     )
     manual = following.approval == "manual"

@@ -35,6 +35,7 @@ from orchestrator.domain.plan_values import (
     MAX_RETRIES,
     NAME,
     format_duration,
+    parse_confidence,
     parse_duration,
     parse_failure_rate,
     parse_percent,
@@ -145,6 +146,10 @@ WRITTEN: dict[str, Key] = {
     "policy.rate": (RATES, parse_rate),
     "policy.max_in_flight": (COUNTS, same),
     "policy.on_failure": (st.sampled_from(["halt", "rollback"]), same),
+    "policy.confidence": (
+        st.sampled_from(["50%", "90%", "95%", "99%", "99.9%", 0.5, 0.95]),
+        parse_confidence,
+    ),
     "rollback": (st.fixed_dictionaries({"file": FILES.filter(lambda f: f != "new.bin")}), None),
     "rollback.file": (FILES.filter(lambda name: name != "new.bin"), same),
     "rollback.version": (TEXT, same),

@@ -19,6 +19,7 @@ from orchestrator.domain.progress import (
     Dispatch,
     EndRollback,
     Finished,
+    Inconclusive,
     Look,
     SendRollback,
     Start,
@@ -325,3 +326,83 @@ def test_a_whole_rollout_runs_on_the_step_function_alone() -> None:
     assert state is R.COMPLETED
     assert counts[counters.total("succeeded")] == 100
     assert 10_000 + 2_000 * 3 <= now <= 30_000  # a bake, three rounds of answers, 20 in flight
+
+
+# --- policy.confidence --------------------------------------------------------------------------
+
+CONFIDENT = "confidence: 95%"
+TWENTY = "[{name: canary, devices: 20}, {name: rest, percent: 100}]"
+
+
+def test_with_confidence_a_single_early_failure_does_not_halt() -> None:
+    open_nine = {counters.in_wave(0, "sent"): 9}
+    without = decide(plan(), look(cursor=10, counts=done(0, 0, failed=1, **open_nine)))
+    assert isinstance(without, Breach)
+    step = decide(plan(CONFIDENT), look(cursor=10, counts=done(0, 0, failed=1, **open_nine)))
+    assert isinstance(step, Wait)
+
+
+def test_with_confidence_a_failing_canary_halts_mid_wave_with_the_evidence() -> None:
+    open_seven = {counters.in_wave(0, "sent"): 7}
+    step = decide(plan(CONFIDENT), look(cursor=10, counts=done(0, 0, failed=3, **open_seven)))
+    assert isinstance(step, Breach)
+    assert step.action is RolloutAction.HALT
+    assert "at 95% confidence" in step.reason
+    assert step.figures["evidence"]["decision"] == "halt"
+    assert step.figures["evidence"]["llr"] == 4.159
+
+
+def test_with_confidence_an_inconclusive_wave_end_waits_for_a_person() -> None:
+    gate = plan(CONFIDENT, waves=TWENTY)
+    at_end = look(cursor=20, reach=(20, 100), counts=done(0, 18, failed=2), wave_done_at_ms=1)
+    step = decide(gate, at_end, rollout_id="r7")
+    assert step == Inconclusive(
+        wave=0,
+        reason=(
+            "wave canary: 2 of 20 finished devices failed (10.0%, over max_failure_rate 5.0%); "
+            "the test cannot yet tell 2.5% from 10% at 95% (log-likelihood ratio 1.33; halts "
+            "at 3.00, passes at -3.00); promote to continue or abort "
+            "(ota promote r7 / ota abort r7)"
+        ),
+        figures=step.figures if isinstance(step, Inconclusive) else {},
+    )
+    assert isinstance(step, Inconclusive)
+    assert step.figures["evidence"]["decision"] == "undecided"
+    with_rollback = plan(CONFIDENT, waves=TWENTY, extra="rollback: {file: old.bin}\n")
+    rolls = decide(with_rollback, at_end, rollout_id="r7")
+    assert isinstance(rolls, Inconclusive)
+    assert rolls.reason.endswith(
+        "promote to continue or roll back (ota promote r7 / ota rollback r7)"
+    )
+
+
+def test_with_confidence_a_promoted_inconclusive_wave_advances() -> None:
+    gate = plan(CONFIDENT, waves=TWENTY)
+    promoted = look(
+        cursor=20,
+        reach=(20, 100),
+        counts=done(0, 18, failed=2),
+        wave_done_at_ms=1,
+        inconclusive_wave=0,
+    )
+    step = decide(gate, promoted)
+    assert isinstance(step, Advance)
+    assert step.wave == 1
+    assert step.reason.startswith("wave canary was promoted past an inconclusive test (")
+
+
+def test_with_confidence_a_promoted_inconclusive_last_wave_completes() -> None:
+    gate = plan(CONFIDENT, waves="[{percent: 100}]")
+    counts = done(0, 18, failed=2)
+    end = look(cursor=20, reach=(20,), counts=counts, wave_done_at_ms=1)
+    assert isinstance(decide(gate, end), Inconclusive)
+    assert isinstance(decide(gate, replace(end, inconclusive_wave=0)), Complete)
+
+
+def test_with_confidence_an_undecided_wave_end_within_the_limit_advances() -> None:
+    gate = plan(CONFIDENT, waves=TWENTY)
+    step = decide(
+        gate, look(cursor=20, reach=(20, 100), counts=done(0, 19, failed=1), wave_done_at_ms=1)
+    )
+    assert isinstance(step, Advance)
+    assert "the test at 95% is still undecided" in step.reason
