@@ -12,7 +12,8 @@ inconclusive (the engine asks a person); undecided with the rate within the limi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -190,6 +191,31 @@ def judge_tested(tally: Tally, policy: PolicySpec, *, end_of_wave: bool) -> Verd
         kind, evidence = undecided
         return Verdict(False, True, rate, tally, policy, kind, True, evidence)
     return Verdict(False, True, rate, tally, policy, evidence=overall)
+
+
+def fewest_failures_to_cross(
+    policy: PolicySpec, finished: int, types: Iterable[FailureType] = tuple(FailureType)
+) -> int:
+    """The fewest failures among `finished` devices, all of `types`, that can cross a limit
+    mid-wave (`finished + 1` when none can): a quick test that tells when a verdict need not
+    be asked for (the simulator's), never a verdict itself."""
+    if finished < policy.min_devices:
+        return finished + 1
+    fewest = finished + 1
+    kinds = set(types)
+    for kind, limit in _limits(policy):
+        if kind is not None and kind not in kinds:
+            continue
+        if policy.confidence is not None and applies(limit):
+            least = sprt_for(limit, policy.confidence).failures_to_halt(finished)
+        else:
+            least = math.floor(limit * finished) + 1
+            while least > 1 and (least - 1) / finished > limit:
+                least -= 1
+            while least <= finished and not least / finished > limit:
+                least += 1
+        fewest = min(fewest, least)
+    return fewest
 
 
 RESENDS = 3  # times a silent device is sent the same command again before its deadline
