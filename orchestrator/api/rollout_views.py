@@ -15,6 +15,7 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
 from orchestrator.domain.counters import by_state, tally_of
+from orchestrator.domain.gate_check import check_first_wave
 from orchestrator.domain.plan_values import format_duration
 from orchestrator.domain.plans import Plan, shown_plan
 from orchestrator.domain.states import DeviceState, allowed_actions
@@ -73,7 +74,9 @@ def preview(plan: Plan, cohort: Cohort) -> RolloutPreview:
     """The dry run's answer: devices per wave and every exclusion with its reason in words."""
     total = len(cohort.device_ids)
     reach, sizes = wave_reach(plan.waves, total), wave_sizes(plan.waves, total)
+    check = check_first_wave(plan, reach[0]) if total else None
     return RolloutPreview(
+        warnings=[check.warning()] if check is not None and check.too_small else [],
         name=plan.name,
         total=total,
         waves=[

@@ -424,6 +424,22 @@ class ExclusionOut(Reply):
     why: str = Field(description="The reason in words")
 
 
+class SimulationOut(Reply):
+    """The plan run many times against a synthetic fleet (`simulate=true`)."""
+
+    runs: int
+    devices: int = Field(description="The fleet's size: the devices the plan reaches now")
+    failure_rate: float = Field(description="The fleet's true failure rate")
+    p_halt: float = Field(description="Share of runs halted (or rolled back)")
+    p_complete: float
+    p_inconclusive_pause: float = Field(description="Share of runs paused at a wave's end")
+    reached_mean: float = Field(description="Devices sent the firmware, on average")
+    reached_p95: int
+    bad_installs_mean: float = Field(description="Reached devices the firmware fails on")
+    bad_installs_p95: int
+    duration_s_mean: float
+
+
 class RolloutPreview(Reply):
     """A dry run: the waves and exclusions the plan resolves to now; nothing is started."""
 
@@ -432,6 +448,13 @@ class RolloutPreview(Reply):
     total: int
     waves: list[WavePreview]
     exclusions: list[ExclusionOut]
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What may not work as meant, such as a first wave too small for its gate",
+    )
+    simulation: SimulationOut | None = Field(
+        None, description="With simulate=true: the plan's simulated outcomes"
+    )
 
 
 class RolloutDeviceOut(Reply):
