@@ -171,26 +171,33 @@ def judge_tested(tally: Tally, policy: PolicySpec, *, end_of_wave: bool) -> Verd
     rate, finished = tally.failure_rate, tally.finished
     if not end_of_wave and finished < policy.min_devices:
         return Verdict(False, False, rate, tally, policy)
-    undecided: tuple[FailureType | None, Evidence] | None = None
-    overall: Evidence | None = None
+    undecided: tuple[FailureType | None, int, float] | None = None
+    tested: tuple[FailureType | None, int, float] | None = None  # the overall limit's test
     for kind, limit in _limits(policy):
         count = tally.failed if kind is None else tally.failures.get(kind, 0)
         if not applies(limit):
             if finished and count / finished > limit:
                 return Verdict(True, True, rate, tally, policy, kind)
             continue
-        evidence = sprt_for(limit, confidence).evidence(finished, count)
+        test = sprt_for(limit, confidence)
+        decision = test.decision(finished, count)
         if kind is None:
-            overall = evidence
-        if evidence.decision is Decision.HALT:
+            tested = (kind, count, limit)
+        if decision is Decision.HALT:
+            evidence = test.evidence(finished, count)
             return Verdict(True, True, rate, tally, policy, kind, evidence=evidence)
         over = finished > 0 and count / finished > limit
-        if evidence.decision is Decision.UNDECIDED and over and undecided is None:
-            undecided = (kind, evidence)
+        if decision is Decision.UNDECIDED and over and undecided is None:
+            undecided = (kind, count, limit)
     if end_of_wave and undecided is not None:
-        kind, evidence = undecided
+        kind, count, limit = undecided
+        evidence = sprt_for(limit, confidence).evidence(finished, count)
         return Verdict(False, True, rate, tally, policy, kind, True, evidence)
-    return Verdict(False, True, rate, tally, policy, evidence=overall)
+    evidence = None
+    if tested is not None:
+        _, count, limit = tested
+        evidence = sprt_for(limit, confidence).evidence(finished, count)
+    return Verdict(False, True, rate, tally, policy, evidence=evidence)
 
 
 def fewest_failures_to_cross(

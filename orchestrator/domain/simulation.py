@@ -287,24 +287,15 @@ class _Simulator:
         succeeded = failed = timed_out = in_flight = 0
         open_in_wave = [0] * len(reach)  # devices of each wave sent and not final
         retry_line: list[int] = []  # devices back in the queue for another try
-        bad: dict[int, bool] = {}
-        attempts: dict[int, int] = {}
-        home: dict[int, int] = {}  # each device's wave
+        devices = self.fleet.devices
+        bad = [False] * devices  # the firmware fails on the device, every try
+        home = [0] * devices  # each device's wave
+        attempts: dict[int, int] = {}  # tries of the devices tried more than once
         heap: list[tuple[int, int, int]] = []  # (result at ms, device, _SUCCESS/_FAIL/_TIMEOUT)
         bad_installs = 0
         outcome: Outcome | None = None
         pending_names, sent_names = self.pending, self.sent
-
         heappush, heappop = heapq.heappush, heapq.heappop
-
-        def send(device: int) -> None:
-            latency = low_ms + span_ms * random_()
-            if latency > timeout_ms:
-                result, latency = _TIMEOUT, timeout_ms
-            else:
-                result = _FAIL if bad[device] else _SUCCESS
-            heappush(heap, (now + int(latency), device, result))
-            open_in_wave[home[device]] += 1
 
         while outcome is None:
             counts = {
@@ -335,22 +326,38 @@ class _Simulator:
                     sent = 0
                     while retry_line and sent < count:
                         device = retry_line.pop(0)
-                        attempts[device] += 1
-                        send(device)
+                        attempts[device] = attempts.get(device, 1) + 1
+                        latency = low_ms + span_ms * random_()
+                        if latency > timeout_ms:
+                            result, latency = _TIMEOUT, timeout_ms
+                        else:
+                            result = _FAIL if bad[device] else _SUCCESS
+                        heappush(heap, (now + int(latency), device, result))
+                        open_in_wave[home[device]] += 1
                         sent += 1
-                    while cursor < upto and sent < count:
-                        device = cursor
-                        cursor += 1
+                    first = cursor
+                    stop = min(upto, cursor + count - sent)
+                    for device in range(first, stop):
                         is_bad = random_() < (rate0 if single else self._rate_of(random_()))
-                        bad[device], attempts[device], home[device] = is_bad, 1, wave
-                        bad_installs += is_bad
-                        send(device)
-                        sent += 1
+                        latency = low_ms + span_ms * random_()
+                        if latency > timeout_ms:
+                            result, latency = _TIMEOUT, timeout_ms
+                        else:
+                            result = _FAIL if is_bad else _SUCCESS
+                        heappush(heap, (now + int(latency), device, result))
+                        if is_bad:
+                            bad[device] = True
+                            bad_installs += 1
+                    home[first:stop] = [wave] * (stop - first)
+                    open_in_wave[wave] += stop - first
+                    sent += stop - first
+                    cursor = stop
                     in_flight += sent
                     bucket = refilled.spend(sent)
                     if sent == DISPATCH_BATCH:
                         continue
-                    until_ms = now  # tokens or room are spent: look again a while later
+                    if not (refill and in_flight >= plan.policy.max_in_flight):  # type: ignore[operator]
+                        until_ms = now  # the tokens are spent: look again a while later
                 case Wait(until_ms=until_ms, bucket=refilled):
                     if refilled is not None:
                         bucket = refilled
@@ -389,7 +396,7 @@ class _Simulator:
                 seen += 1
                 if result == _SUCCESS:
                     succeeded += 1
-                elif attempts[device] <= retries:
+                elif attempts.get(device, 1) <= retries:
                     retry_line.append(device)
                     looked = True
                     break
