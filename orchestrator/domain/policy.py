@@ -193,11 +193,11 @@ def judge_tested(tally: Tally, policy: PolicySpec, *, end_of_wave: bool) -> Verd
         kind, count, limit = undecided
         evidence = sprt_for(limit, confidence).evidence(finished, count)
         return Verdict(False, True, rate, tally, policy, kind, True, evidence)
-    evidence = None
+    passing: Evidence | None = None
     if tested is not None:
         _, count, limit = tested
-        evidence = sprt_for(limit, confidence).evidence(finished, count)
-    return Verdict(False, True, rate, tally, policy, evidence=evidence)
+        passing = sprt_for(limit, confidence).evidence(finished, count)
+    return Verdict(False, True, rate, tally, policy, evidence=passing)
 
 
 def fewest_failures_to_cross(
