@@ -18,6 +18,7 @@ from orchestrator.domain.counters import by_state, tally_of
 from orchestrator.domain.gate_check import check_first_wave
 from orchestrator.domain.plan_values import format_duration
 from orchestrator.domain.plans import Plan, shown_plan
+from orchestrator.domain.policy import evidence_in_words
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import RolloutRecord
@@ -44,6 +45,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         WaveOut(name=wave.name, target=reach, counts=by_state(counters, i))
         for i, (wave, reach) in enumerate(zip(plan.waves, record.reach, strict=False))
     ]
+    tally = tally_of(counters)
     return RolloutOut(
         id=record.id,
         name=record.name,
@@ -53,8 +55,9 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         wave_index=index,
         waves=waves,
         counts=by_state(counters),
-        failure_rate=tally_of(counters).failure_rate,
+        failure_rate=tally.failure_rate,
         max_failure_rate=plan.policy.max_failure_rate,
+        evidence=evidence_in_words(plan.policy, tally.finished, tally.failed),
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,

@@ -400,6 +400,13 @@ class RolloutOut(Reply):
     counts: dict[str, int] = Field(description=COUNTS_TEXT + " to total")
     failure_rate: float = Field(description="Failures / finished devices so far (0..1)")
     max_failure_rate: float = Field(description="The plan's policy.max_failure_rate (0..1)")
+    evidence: str | None = Field(
+        None,
+        description=(
+            "With policy.confidence: where the sequential test of max_failure_rate stands, "
+            "in words (its log-likelihood ratio and bounds)"
+        ),
+    )
     created_at: str
     updated_at: str
     created_by: str = Field(description="The name of the API key that created it")

@@ -110,6 +110,8 @@ def render(rollout: RolloutOut) -> RenderableType:
 
     parts: list[RenderableType] = [title, sub, table]
     parts.append(_failure_bar(rollout.failure_rate, rollout.max_failure_rate))
+    if rollout.evidence:
+        parts.append(Text(f"sequential test {rollout.evidence}", style="dim"))
     parts.append(Text("all ").append_text(counts_text(rollout.counts)))
     if rollout.reason:
         parts.append(Text(f"reason: {rollout.reason}", style="italic"))

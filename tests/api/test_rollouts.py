@@ -37,6 +37,7 @@ VIEW_KEYS = {
     "counts",
     "failure_rate",
     "max_failure_rate",
+    "evidence",
     "created_at",
     "updated_at",
     "created_by",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from orchestrator.domain.plans import FailureType, PolicySpec
-from orchestrator.domain.policy import Tally, judge
+from orchestrator.domain.policy import Tally, evidence_in_words, judge
 
 F = FailureType
 
@@ -146,3 +146,15 @@ def test_with_confidence_min_devices_still_holds_mid_wave() -> None:
     policy = PolicySpec(max_failure_rate=0.05, confidence=0.95, min_devices=10)
     verdict = judge(Tally(failures={F.FAILED: 5}), policy, end_of_wave=False)
     assert not verdict.judged
+
+
+def test_the_evidence_in_words_for_a_rollout_s_view() -> None:
+    assert evidence_in_words(PolicySpec(), 20, 2) is None
+    assert evidence_in_words(TESTED, 20, 2) == (
+        "undecided: the test cannot yet tell 2.5% from 10% at 95% (log-likelihood ratio 1.33; "
+        "halts at 3.00, passes at -3.00)"
+    )
+    assert evidence_in_words(TESTED, 38, 0) == (
+        "pass: the test tells 2.5% from 10% at 95% (log-likelihood ratio -3.04; halts at "
+        "3.00, passes at -3.00)"
+    )

@@ -107,6 +107,7 @@ policy: {max_failure_rate: 5%, confidence: 95%, max_in_flight: 1}
         f"abort {rollout['id']})"
     )
     assert waiting["counts"]["pending"] == 20
+    assert waiting["evidence"].startswith("undecided: the test cannot yet tell 2.5% from 10%")
     response = await service.client.post(
         f"/v2/projects/{service.project_id}/rollouts/{rollout['id']}/promote"
     )
