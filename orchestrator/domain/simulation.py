@@ -57,6 +57,8 @@ _FAILED = counters.failures(FailureType.FAILED)
 _TIMED_OUT = counters.failures(FailureType.TIMED_OUT)
 _SUCCESS, _FAIL, _TIMEOUT = 0, 1, 2  # a result in the simulated fleet
 _SIMULATED_FAILURES = (FailureType.FAILED, FailureType.TIMED_OUT)
+_TIME_SHIFT = 26  # bits below a result's time: its device (24) and its kind (2)
+_DEVICE_MASK = (1 << _TIME_SHIFT) - 1
 
 
 class Outcome(StrEnum):
@@ -291,7 +293,8 @@ class _Simulator:
         bad = [False] * devices  # the firmware fails on the device, every try
         home = [0] * devices  # each device's wave
         attempts: dict[int, int] = {}  # tries of the devices tried more than once
-        heap: list[tuple[int, int, int]] = []  # (result at ms, device, _SUCCESS/_FAIL/_TIMEOUT)
+        # each result as one int, ordered by time: (at ms << _TIME_SHIFT) | (device << 2) | kind
+        heap: list[int] = []
         bad_installs = 0
         outcome: Outcome | None = None
         pending_names, sent_names = self.pending, self.sent
@@ -332,7 +335,8 @@ class _Simulator:
                             result, latency = _TIMEOUT, timeout_ms
                         else:
                             result = _FAIL if bad[device] else _SUCCESS
-                        heappush(heap, (now + int(latency), device, result))
+                        at = (now + int(latency)) << _TIME_SHIFT
+                        heappush(heap, at | (device << 2) | result)
                         open_in_wave[home[device]] += 1
                         sent += 1
                     first = cursor
@@ -344,7 +348,8 @@ class _Simulator:
                             result, latency = _TIMEOUT, timeout_ms
                         else:
                             result = _FAIL if is_bad else _SUCCESS
-                        heappush(heap, (now + int(latency), device, result))
+                        at = (now + int(latency)) << _TIME_SHIFT
+                        heappush(heap, at | (device << 2) | result)
                         if is_bad:
                             bad[device] = True
                             bad_installs += 1
@@ -386,8 +391,10 @@ class _Simulator:
             # results come in until the next look
             seen = 0
             looked = False
-            while heap and heap[0][0] <= until:
-                at, device, result = heappop(heap)
+            last = (int(until) + 1) << _TIME_SHIFT if until != math.inf else math.inf
+            while heap and heap[0] < last:
+                entry = heappop(heap)
+                at, device, result = entry >> _TIME_SHIFT, (entry & _DEVICE_MASK) >> 2, entry & 3
                 if at > now:
                     now = at
                 in_flight -= 1
