@@ -59,9 +59,10 @@ pytest: $(DEV_STAMP) system-deps
 test: system-deps lint typecheck pytest
 
 ## bench: a 10,000-device rollout on its own redis-server and mosquitto, next to the raw MQTT
-## rates (bench/README.md); BENCH_ARGS=--quick for 1,000 devices
+## rates (bench/README.md); BENCH_ARGS=--quick for 1,000 devices; then the plan simulator's speed
 bench: $(DEV_STAMP) system-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.simulation
 
 ## soak: the fault suite FAULT_RUNS times with other seeds (engine kills, broker and Redis
 ## restarts, garbage results), then a 100,000-device rollout (Redis per device, service memory,

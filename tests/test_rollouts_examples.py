@@ -37,6 +37,10 @@ def test_the_examples_show_what_their_names_promise() -> None:
     assert plans["rollback"].policy.on_failure == "rollback"
     assert plans["rollback"].policy.max_failure_rate_by_type
     assert plans["rollback"].rollback is not None
+    confident = plans["canary-confidence"]
+    assert confident.policy.confidence == 0.95
+    assert confident.waves == canary.waves
+    assert confident.policy.model_copy(update={"confidence": None}) == canary.policy
     manual = plans["manual-approval"]
     assert [wave.approval for wave in manual.waves if wave.percent == 50] == ["manual"]
     strata = plans["strata"]

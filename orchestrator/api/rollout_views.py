@@ -16,8 +16,10 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, Cohort, wave_reach, wave_sizes
 from orchestrator.domain.counters import by_state, strata_tallies, tally_of
+from orchestrator.domain.gate_check import check_first_wave
 from orchestrator.domain.plan_values import format_duration
 from orchestrator.domain.plans import Plan, shown_plan
+from orchestrator.domain.policy import evidence_in_words
 from orchestrator.domain.states import DeviceState, allowed_actions
 from orchestrator.store import Stores
 from orchestrator.store.rollouts import RolloutRecord
@@ -45,6 +47,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         WaveOut(name=wave.name, target=reach, counts=by_state(counters, i))
         for i, (wave, reach) in enumerate(zip(plan.waves, record.reach, strict=False))
     ]
+    tally = tally_of(counters)
     return RolloutOut(
         id=record.id,
         name=record.name,
@@ -57,6 +60,7 @@ def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOu
         failure_rate=tally.failure_rate,
         failures={kind.value: n for kind, n in tally.failures.items()},
         max_failure_rate=plan.policy.max_failure_rate,
+        evidence=evidence_in_words(plan.policy, tally.finished, tally.failed),
         created_at=record.created_at,
         updated_at=record.updated_at,
         created_by=record.created_by,
@@ -85,6 +89,8 @@ def preview(plan: Plan, cohort: Cohort) -> RolloutPreview:
     """The dry run's answer: devices per wave and every exclusion with its reason in words."""
     total = len(cohort.device_ids)
     reach, sizes = wave_reach(plan.waves, total), wave_sizes(plan.waves, total)
+    check = check_first_wave(plan, reach[0]) if total else None
+    gate = [check.warning()] if check is not None and check.too_small else []
     return RolloutPreview(
         name=plan.name,
         total=total,
@@ -100,7 +106,7 @@ def preview(plan: Plan, cohort: Cohort) -> RolloutPreview:
             for wave, size, reached in zip(plan.waves, sizes, reach, strict=True)
         ],
         versions=cohort.versions,
-        warnings=unreached_strata(plan, cohort, reach[0] if reach else 0),
+        warnings=[*unreached_strata(plan, cohort, reach[0] if reach else 0), *gate],
         exclusions=[
             ExclusionOut(
                 device_id=exclusion.device_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -33,9 +34,12 @@ from orchestrator.api.schemas import (
     RolloutEvent,
     RolloutOut,
     RolloutPreview,
+    SimulationOut,
 )
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.plans import Plan
+from orchestrator.domain.simulation import RUNS, Fleet, parse_fleet
+from orchestrator.domain.simulation import simulate as simulate_runs
 from orchestrator.domain.states import (
     OPERATOR_ACTIONS,
     DeviceState,
@@ -49,6 +53,7 @@ from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarg
 from orchestrator.store.rollouts import RolloutRecord
 
 S = TypeVar("S", bound=StrEnum)
+MAX_RUNS = 10_000  # simulated runs one dry run may ask for
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["rollouts"], route_class=JSONRoute)
 
@@ -138,6 +143,23 @@ async def create_rollout(
     project_id: str,
     request: Request,
     dry_run: bool = Query(False, description="Resolve waves and exclusions; start nothing"),
+    simulate: bool = Query(
+        False,
+        description=(
+            "With dry_run: also run the plan many times against a synthetic fleet of the "
+            "devices it reaches now, offline"
+        ),
+    ),
+    failure_rate: str | None = Query(
+        None, description="With simulate: the fleet's true failure rate, 2% or 0.02"
+    ),
+    runs: int = Query(RUNS, ge=1, le=MAX_RUNS, description="With simulate: how many runs"),
+    by_stratum: list[str] = Query(
+        [], description="With simulate: KEY=VALUE:RATE[@SHARE], a stratum's true rate"
+    ),
+    result_latency: str = Query(
+        "5s..1m", description="With simulate: a device's time to its result, a range"
+    ),
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(require(Scope.ROLLOUTS_WRITE)),
 ) -> Envelope[RolloutOut] | JSONResponse:
@@ -145,12 +167,20 @@ async def create_rollout(
     await check_project(context, principal, project_id)
     plan = await _read_plan(request, context)
     await check_files(context.stores, project_id, plan)
+    fleet = None
+    if simulate:
+        fleet = simulated_fleet(failure_rate, by_stratum, result_latency, dry_run=dry_run)
     cohort = await cohort_of(context.stores, project_id, plan)
     if dry_run:
+        shown = preview(plan, cohort)
+        if fleet is not None and shown.total:
+            fleet = replace(fleet, devices=shown.total)
+            summary = await asyncio.to_thread(simulate_runs, plan, fleet, runs=runs)
+            shown = shown.model_copy(update={"simulation": SimulationOut(**summary.as_json())})
         answer = Envelope[RolloutPreview](
             action="create rollout",
             message="Dry run: the waves and exclusions the plan resolves to; nothing started.",
-            data=preview(plan, cohort),
+            data=shown,
         )
         return JSONResponse(answer.model_dump(mode="json"), status_code=200)
     rollout_id, _ = await launch(
@@ -175,6 +205,27 @@ async def create_rollout(
         message="Rollout created; the engine starts it.",
         data=await load_rollout_out(context.stores, record),
     )
+
+
+def simulated_fleet(
+    failure_rate: str | None, strata: list[str], latency: str, *, dry_run: bool
+) -> Fleet:
+    """The synthetic fleet the query describes (its size comes from the cohort); 400 naming
+    the parameter otherwise."""
+    if not dry_run:
+        raise InvalidInput(
+            "simulate=true only goes with dry_run=true; add dry_run=true",
+            errors=[{"loc": "query.simulate", "msg": "needs dry_run=true"}],
+        )
+    if failure_rate is None:
+        raise InvalidInput(
+            "simulate=true needs failure_rate, the fleet's true failure rate (such as 2%)",
+            errors=[{"loc": "query.failure_rate", "msg": "missing"}],
+        )
+    try:
+        return parse_fleet(1, failure_rate, strata, latency)
+    except ValueError as exc:
+        raise InvalidInput(str(exc), errors=[{"loc": "query", "msg": str(exc)}]) from None
 
 
 async def _rollout(context: AppContext, project_id: str, rollout_id: str) -> RolloutRecord:

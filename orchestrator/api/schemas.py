@@ -421,6 +421,13 @@ class RolloutOut(Reply):
         description="The failures the rate counts, by failure type (unhealthy, reverted…)",
     )
     max_failure_rate: float = Field(description="The plan's policy.max_failure_rate (0..1)")
+    evidence: str | None = Field(
+        None,
+        description=(
+            "With policy.confidence: where the sequential test of max_failure_rate stands, "
+            "in words (its log-likelihood ratio and bounds)"
+        ),
+    )
     created_at: str
     updated_at: str
     created_by: str = Field(description="The name of the API key that created it")
@@ -454,6 +461,22 @@ class ExclusionOut(Reply):
     why: str = Field(description="The reason in words")
 
 
+class SimulationOut(Reply):
+    """The plan run many times against a synthetic fleet (`simulate=true`)."""
+
+    runs: int
+    devices: int = Field(description="The fleet's size: the devices the plan reaches now")
+    failure_rate: float = Field(description="The fleet's true failure rate")
+    p_halt: float = Field(description="Share of runs halted (or rolled back)")
+    p_complete: float
+    p_inconclusive_pause: float = Field(description="Share of runs paused at a wave's end")
+    reached_mean: float = Field(description="Devices sent the firmware, on average")
+    reached_p95: int
+    bad_installs_mean: float = Field(description="Reached devices the firmware fails on")
+    bad_installs_p95: int
+    duration_s_mean: float
+
+
 class RolloutPreview(Reply):
     """A dry run: the waves and exclusions the plan resolves to now; nothing is started."""
 
@@ -469,8 +492,11 @@ class RolloutPreview(Reply):
     )
     warnings: list[str] = Field(
         default_factory=list,
-        description="What the plan may not do as meant, such as a "
-        "stratum its first wave does not reach",
+        description="What the plan may not do as meant, such as a stratum its first wave does "
+        "not reach or a first wave too small for its gate",
+    )
+    simulation: SimulationOut | None = Field(
+        None, description="With simulate=true: the plan's simulated outcomes"
     )
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.domain.gate_check import check_first_wave
 from orchestrator.domain.hooks import is_template, parse_template
 from orchestrator.domain.plans import PlanError, parse_plan, plan_json_schema
 from orchestrator.errors import InvalidInput
@@ -41,7 +42,8 @@ def validate(
     """Check plan files offline: one line per problem, file:line:column (exit 1 if any).
 
     A file with ${version} placeholders is checked as a hook's plan template, filled in with
-    sample values.
+    sample values. A plan with policy.confidence whose first wave is too small for its gate
+    gets a warning (not a failure) with the chance and the size that would be enough.
     """
     failed = False
     for path in plans:
@@ -66,6 +68,9 @@ def validate(
         else:
             count = len(plan.waves)
             typer.echo(f"ok  {path}  ({kind}{plan.name}, {count} wave{'' if count == 1 else 's'})")
+            check = check_first_wave(plan)
+            if check is not None and check.too_small:
+                typer.echo(f"warning  {path}: {check.warning()}")
     if failed:
         raise typer.Exit(1)
 

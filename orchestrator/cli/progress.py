@@ -111,6 +111,8 @@ def render(rollout: RolloutOut) -> RenderableType:
 
     parts: list[RenderableType] = [title, sub, table]
     parts.append(_failure_bar(rollout.failure_rate, rollout.max_failure_rate))
+    if rollout.evidence:
+        parts.append(Text(f"sequential test {rollout.evidence}", style="dim"))
     parts.append(Text("all ").append_text(counts_text(rollout.counts)))
     if rollout.failures:
         parts.append(Text("failures ").append_text(counts_text(rollout.failures)))

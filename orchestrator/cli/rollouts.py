@@ -12,11 +12,24 @@ from rich.text import Text
 
 from orchestrator.api.schemas import ExclusionOut, RolloutEvent, RolloutOut, WavePreview
 from orchestrator.cli.output import console, print_json, show_records, table
+from orchestrator.cli.plan_simulation import (
+    DEFAULT_LATENCY,
+    ByStratum,
+    Devices,
+    FailureRate,
+    ResultLatency,
+    Runs,
+    Seed,
+    Simulate,
+    fleet_of,
+    simulate_plan,
+)
 from orchestrator.cli.plans import Unreadable, read_plan_text
 from orchestrator.cli.progress import STATE_STYLE, exit_code, percent, render, watch
 from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, run, server
 from orchestrator.client import ApiClient
 from orchestrator.domain.plans import PlanError, parse_plan
+from orchestrator.domain.simulation import RUNS
 from orchestrator.domain.states import OPERATOR_ACTIONS, RolloutAction
 
 SHOWN_EXCLUDED = 5
@@ -49,9 +62,25 @@ def plan(
     api_key: ApiKey = None,
     project: Project = None,
     as_json: Json = False,
+    simulated: Simulate = False,
+    devices: Devices = None,
+    failure_rate: FailureRate = None,
+    runs: Runs = RUNS,
+    by_stratum: ByStratum = None,
+    result_latency: ResultLatency = DEFAULT_LATENCY,
+    seed: Seed = 0,
 ) -> None:
-    """Dry run on the server: the devices each wave reaches, and who is left out and why."""
+    """Dry run on the server: the devices each wave reaches, and who is left out and why.
+
+    With --simulate, offline instead: the plan run --runs times against a synthetic fleet of
+    --devices whose true failure rate is --failure-rate; how often it halts, completes or
+    pauses, how many devices it reaches and how many bad installs it lets through.
+    """
     text = _checked_plan(path)
+    if simulated:
+        fleet = fleet_of(devices, failure_rate, by_stratum, result_latency)
+        simulate_plan(parse_plan(text), fleet, runs=runs, seed=seed, as_json=as_json)
+        return
     preview = run(lambda api: api.preview_rollout(text), server(api_url, api_key, project))
     if as_json:
         print_json(preview)
@@ -71,7 +100,7 @@ def plan(
         mix = ", ".join(f"{version} {n}" for version, n in preview.versions.items())
         out.print(f"firmware versions: {mix}")
     for warning in preview.warnings:
-        out.print(f"warning: {warning}", style="yellow")
+        out.print(f"[yellow]warning[/]: {warning}")
     if not preview.exclusions:
         out.print("excluded: none")
         return

@@ -160,6 +160,25 @@ def parse_failure_rate(value: object) -> float:
     return rate
 
 
+MIN_CONFIDENCE = 0.5  # below it a test would rather be wrong than right
+MAX_CONFIDENCE = 0.999  # above it the first wave must be thousands of devices
+
+
+def parse_confidence(value: object) -> float:
+    """A confidence 0.5..0.999 from "95%" or 0.95; ValueError naming both forms otherwise."""
+    try:
+        rate = parse_failure_rate(value)
+    except ValueError:
+        got = show_value(value)
+        raise ValueError(f"must be a confidence like 95% or 0.95, got {got}") from None
+    rate = round(rate, 9)  # 99.9% reads as 0.99900…01
+    if not MIN_CONFIDENCE <= rate <= MAX_CONFIDENCE:
+        raise ValueError(
+            f"must be between 50% and 99.9% (such as 90%, 95% or 99%), got {show_value(value)}"
+        )
+    return rate
+
+
 def parse_rate(value: object, maximum_per_s: float = math.inf) -> float:
     """Commands per second from "20/s", "600/m" or a number per second; ValueError else."""
     match = _RATE.fullmatch(value.strip()) if isinstance(value, str) else None
@@ -297,6 +316,11 @@ FailureRate = Annotated[
     float,
     BeforeValidator(parse_failure_rate),
     _json({"type": "number", "minimum": 0, "maximum": 1}, _PERCENT_TEXT),
+]
+Confidence = Annotated[
+    float,
+    BeforeValidator(parse_confidence),
+    _json({"type": "number", "minimum": MIN_CONFIDENCE, "maximum": MAX_CONFIDENCE}, _PERCENT_TEXT),
 ]
 RatePerS = Annotated[
     float,

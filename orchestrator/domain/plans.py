@@ -33,6 +33,7 @@ from orchestrator.domain.plan_values import (
     MAX_RETRIES,
     MAXIMA,
     SOAK_S,
+    Confidence,
     Count,
     Duration,
     FailureRate,
@@ -226,6 +227,15 @@ class PolicySpec(_Spec):
         if rules:
             raise rule_error(rules)
         return self
+
+    confidence: Confidence | None = Field(
+        None,
+        description=(
+            "Judge the failure rates with a sequential test at this confidence (such as 95%): "
+            "a firmware failing at half a limit is halted with probability at most 1 - "
+            "confidence, one failing at twice it is stopped with probability at least confidence"
+        ),
+    )
 
     @model_validator(mode="after")
     def _timeouts(self) -> Self:

@@ -85,6 +85,9 @@ class Look:
     connected: bool = True  # commands can be published now
     rollback_cursor: int = 0  # devices of the order looked at by the rollback so far
     reason: str = ""  # the rollout's current reason (why it rolls back, while it does)
+    # The wave whose end was found inconclusive and put to a person (-1: none); running
+    # again at that wave's end means a person promoted it past the test.
+    inconclusive_wave: int = -1
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -145,6 +148,16 @@ class Breach:
 
 
 @dataclass(frozen=True, slots=True)
+class Inconclusive:
+    """The wave `wave` ended with its sequential test undecided and its rate over a limit:
+    wait for a person (promote to go on, or roll back / abort), the evidence in the reason."""
+
+    wave: int
+    reason: str
+    figures: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Complete:
     """Every wave passed."""
 
@@ -181,6 +194,7 @@ Step = (
     | WaveDone
     | Advance
     | Breach
+    | Inconclusive
     | Complete
     | SendRollback
     | EndRollback
@@ -192,14 +206,32 @@ Step = (
 
 
 def figures(verdict: Verdict, tally: Tally, wave: str) -> dict[str, Any]:
-    """The numbers behind a policy verdict, for the audit event and the log line."""
-    return {
+    """The numbers behind a policy verdict, for the audit event and the log line; with
+    `policy.confidence`, the sequential test's evidence too."""
+    numbers: dict[str, Any] = {
         "failure_rate": round(verdict.failure_rate, 6),
         "finished": tally.finished,
         "failed": tally.failed,
         "failures": {t.value: n for t, n in tally.failures.items()},
         "wave": wave,
     }
+    if verdict.evidence is not None:
+        numbers["evidence"] = verdict.evidence.as_figures()
+    return numbers
+
+
+def inconclusive_reason(
+    plan: Plan, wave_name: str, verdict: Verdict, rollout_id: str, stratum: str = ""
+) -> str:
+    """Why the rollout waits at the end of wave `wave_name` (in `stratum`, when one stratum's
+    test is the undecided one), and what a person can do."""
+    stop = f"ota rollback {rollout_id}" if plan.rollback is not None else f"ota abort {rollout_id}"
+    undo = "roll back" if plan.rollback is not None else "abort"
+    where = f"{stratum}: " if stratum else ""
+    return (
+        f"wave {wave_name}: {where}{verdict.reason}; promote to continue or {undo} "
+        f"(ota promote {rollout_id} / {stop})"
+    )
 
 
 def approval_reason(wave_name: str, rollout_id: str) -> str:
@@ -253,6 +285,18 @@ def _stratum_breach(plan: Plan, look: Look, *, end_of_wave: bool) -> Breach | No
     return _breach(plan, look, verdict, verdict.tally, label)
 
 
+def _stratum_inconclusive(plan: Plan, look: Look) -> tuple[str, Verdict] | None:
+    """With `policy.by` and `confidence`, at a wave end: the first stratum (by label) whose
+    test is undecided with its rate over a limit, and its verdict; None when there is none."""
+    if not plan.policy.by or plan.policy.confidence is None:
+        return None
+    for label, tally in counters.strata_tallies(look.counts).items():
+        verdict = judge(tally, plan.policy, end_of_wave=True)
+        if verdict.inconclusive:
+            return label, verdict
+    return None
+
+
 def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     counts = look.counts
     tally = counters.tally_of(counts)
@@ -283,11 +327,21 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     if stratum_breach is not None:
         return stratum_breach
     numbers = figures(verdict, tally, spec.name)
+    passed = "passed"
+    undecided = ("", verdict) if verdict.inconclusive else _stratum_inconclusive(plan, look)
+    if undecided is not None:
+        if look.inconclusive_wave != wave:
+            stratum, judged = undecided
+            reason = inconclusive_reason(plan, spec.name, judged, rollout_id, stratum)
+            if stratum:
+                numbers = {**figures(judged, judged.tally, spec.name), "stratum": stratum}
+            return Inconclusive(wave, reason, numbers)
+        passed = "was promoted past an inconclusive test"
     if wave == len(look.reach) - 1:
         return Complete(f"every wave done; {verdict.reason}", numbers)
     following = plan.waves[wave + 1]
     reason = (
-        f"wave {spec.name} passed ({verdict.reason}); "
+        f"wave {spec.name} {passed} ({verdict.reason}); "
         f"wave {following.name} reaches {look.reach[wave + 1]} devices"
     )
     manual = following.approval == "manual"

@@ -87,7 +87,7 @@ OPERATOR_ACTIONS: dict[RolloutAction, str] = {
     ),
     RolloutAction.ROLLBACK: (
         "Send the plan's rollback firmware to every device that took the new one "
-        "(running or halted → rolling_back)."
+        "(running, halted or waiting_approval → rolling_back)."
     ),
 }
 
@@ -103,6 +103,8 @@ ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutAction], RolloutState] = {
     (_R.HALTED, _A.RESUME): _R.RUNNING,
     (_R.RUNNING, _A.ROLLBACK): _R.ROLLING_BACK,
     (_R.HALTED, _A.ROLLBACK): _R.ROLLING_BACK,
+    # an inconclusive wave end (policy.confidence) asks a person: go on, or roll back
+    (_R.WAITING_APPROVAL, _A.ROLLBACK): _R.ROLLING_BACK,
     (_R.ROLLING_BACK, _A.ROLLBACK_DONE): _R.ROLLED_BACK,
     (_R.ROLLING_BACK, _A.ROLLBACK_INCOMPLETE): _R.ROLLBACK_FAILED,
     (_R.RUNNING, _A.COMPLETE): _R.COMPLETED,

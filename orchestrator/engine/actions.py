@@ -38,11 +38,13 @@ async def apply(
     actor: str,
     reason: str,
     details: Mapping[str, Any] | None = None,
+    extra: Mapping[str, str | int] | None = None,
 ) -> Applied:
     """Move `record`'s rollout by `action` if it is still in the state `record` shows.
 
     InvalidTransition (409) when its state does not allow the action; Conflict when it asks
-    for a rollback the plan gives no firmware for.
+    for a rollback the plan gives no firmware for. `extra` fields of the rollout are set in
+    the same step.
     """
     new = next_rollout_state(record.state, action)
     if action is RolloutAction.ROLLBACK and shown_plan(record.plan).rollback is None:
@@ -60,6 +62,7 @@ async def apply(
         action=AuditAction.of(action),
         at=isoformat_z(utc_now()),
         details=details,
+        extra=extra,
         rebase_policy=rebases_policy(record.state, new),
     )
     return Applied(old, new, changed)

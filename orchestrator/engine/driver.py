@@ -27,6 +27,7 @@ from orchestrator.domain.progress import (
     Dispatch,
     EndRollback,
     Finished,
+    Inconclusive,
     Look,
     SendRollback,
     Start,
@@ -198,6 +199,7 @@ class RolloutDriver:
             connected=self._context.transport.connected,
             rollback_cursor=rollback_cursor,
             reason=record.reason,
+            inconclusive_wave=record.inconclusive_wave,
         )
 
     async def give_up(self, why: str, *, fix: str = "") -> tuple[str, str] | None:
@@ -240,9 +242,16 @@ class RolloutDriver:
         action: RolloutAction,
         reason: str,
         details: Mapping[str, Any] | None = None,
+        extra: Mapping[str, str | int] | None = None,
     ) -> bool:
         applied = await actions.apply(
-            self._context.stores, record, action, actor=ENGINE, reason=reason, details=details
+            self._context.stores,
+            record,
+            action,
+            actor=ENGINE,
+            reason=reason,
+            details=details,
+            extra=extra,
         )
         changed, to = applied.changed, applied.new
         if changed:
@@ -296,6 +305,15 @@ class RolloutDriver:
                 if action is RolloutAction.ROLLBACK:
                     self._context.metrics.rollbacks.inc()
                 await self._cancel_unstarted()
+            case Inconclusive(wave=wave, reason=reason, figures=numbers):
+                # The wave is noted with the pause, in one step: promoted, it passes.
+                await self._change(
+                    record,
+                    RolloutAction.WAIT_APPROVAL,
+                    reason,
+                    numbers,
+                    extra={"inconclusive_wave": wave},
+                )
             case Complete(reason=reason, figures=numbers):
                 await self._change(record, RolloutAction.COMPLETE, reason, numbers)
             case SendRollback(start=start, stop=stop):

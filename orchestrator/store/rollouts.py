@@ -56,6 +56,8 @@ class RolloutRecord:
     created_by: str
     wave_done_at_ms: int  # when the current wave's last device became final (0: not yet)
     last_result_ms: int = 0  # when a device last reported a result about it (0: never)
+    # the wave whose end a sequential test found inconclusive and put to a person (-1: none)
+    inconclusive_wave: int = -1
     # The bytes the rollout announces, pinned at creation: file name -> (sha256, size).
     pins: dict[str, tuple[str, int]] = field(default_factory=dict)
 
@@ -93,6 +95,7 @@ def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
         created_by=raw.get("created_by", ""),
         wave_done_at_ms=int(raw.get("wave_done_at_ms", "0")),
         last_result_ms=int(raw.get("last_result_ms", "0")),
+        inconclusive_wave=int(raw.get("inconclusive_wave", "-1")),
         pins={
             name: (str(pin["sha256"]), int(pin["size"]))
             for name, pin in json.loads(raw.get("pins") or "{}").items()

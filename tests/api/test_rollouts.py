@@ -38,6 +38,7 @@ VIEW_KEYS = {
     "failure_rate",
     "failures",
     "max_failure_rate",
+    "evidence",
     "created_at",
     "updated_at",
     "created_by",
@@ -224,6 +225,39 @@ async def test_dry_run_returns_waves_and_stores_nothing(service: Service) -> Non
     assert data_of(listing) == []
     # nothing holds the devices either: the real rollout gets all five
     assert (await created(service, plan_yaml()))["total"] == 5
+
+
+async def test_dry_run_simulates_the_plan_and_warns_of_a_small_canary(service: Service) -> None:
+    await fleet(service, 30)
+    await upload_firmware(service)
+    plan = plan_yaml() + "  confidence: 95%\n"
+    response = await create(
+        service, plan, dry_run="true", simulate="true", failure_rate="60%", runs="50"
+    )
+    body = data_of(response)
+    assert body["warnings"] == [
+        "canary of 1 with confidence 95%: a 10% failure rate is stopped in the canary with "
+        "probability 0.10; 76 devices give 0.95"
+    ]
+    simulation = body["simulation"]
+    assert simulation["runs"] == 50
+    assert simulation["devices"] == 30
+    assert simulation["failure_rate"] == 0.6
+    assert simulation["p_halt"] + simulation["p_inconclusive_pause"] > 0.9
+    plain = data_of(await create(service, plan_yaml(), dry_run="true"))
+    assert plain["warnings"] == []
+    assert plain["simulation"] is None
+
+
+async def test_a_simulation_without_a_failure_rate_is_refused(service: Service) -> None:
+    await fleet(service, 3)
+    await upload_firmware(service)
+    response = await create(service, plan_yaml(), dry_run="true", simulate="true")
+    assert response.status_code == 400
+    assert "simulate=true needs failure_rate" in response.json()["message"]
+    wrong = await create(service, plan_yaml(), dry_run="true", simulate="true", failure_rate="lots")
+    assert wrong.status_code == 400
+    assert "failure_rate must be a percentage" in wrong.json()["message"]
 
 
 async def test_dry_run_reports_every_exclusion_with_its_reason(service: Service) -> None:

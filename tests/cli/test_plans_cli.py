@@ -71,3 +71,63 @@ def test_validate_checks_a_hook_template_with_sample_values(tmp_path: Path) -> N
     assert refused.returncode == 1
     assert refused.stderr.startswith(f"{bad}:2:18: ${{release}} is not a placeholder")
     assert "Traceback" not in refused.stderr
+
+
+def test_validate_warns_of_a_first_wave_too_small_for_its_gate(tmp_path: Path) -> None:
+    small = tmp_path / "small.yaml"
+    small.write_text(
+        "name: small\nfirmware: {file: fw.bin}\nwaves: [{name: canary, devices: 5}, "
+        "{percent: 100}]\npolicy: {confidence: 95%}\n"
+    )
+    result = run_ota("validate", str(small))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == (
+        f"warning  {small}: canary of 5 with confidence 95%: a 10% failure rate is stopped in "
+        "the canary with probability 0.41; 76 devices give 0.95"
+    )
+
+
+def test_plan_simulate_prints_one_json_object_with_the_documented_keys() -> None:
+    result = run_ota(
+        "plan", "rollouts/canary.yaml", "--simulate", "--devices", "200", "--failure-rate",
+        "50%", "--runs", "20", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert list(summary) == [
+        "runs", "devices", "failure_rate", "p_halt", "p_complete", "p_inconclusive_pause",
+        "reached_mean", "reached_p95", "bad_installs_mean", "bad_installs_p95",
+        "duration_s_mean",
+    ]  # fmt: skip
+    assert summary["runs"] == 20
+    assert summary["devices"] == 200
+    assert summary["p_halt"] == 1.0
+
+
+def test_plan_simulate_prints_a_table_offline() -> None:
+    result = run_ota(
+        "plan", "rollouts/canary.yaml", "--simulate", "--devices", "100", "--failure-rate",
+        "1%", "--runs", "10", "--api-url", "http://127.0.0.1:9",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "10 simulated runs on 100 devices failing at 1%" in result.stdout
+    assert "paused as inconclusive" in result.stdout
+    assert "bad installs" in result.stdout
+
+
+def test_plan_simulate_refuses_a_wrong_option_by_name() -> None:
+    result = run_ota("plan", "rollouts/canary.yaml", "--simulate", "--devices", "10")
+    assert result.returncode == 2
+    assert "--simulate needs --devices N and --failure-rate R" in _unboxed(result.stderr)
+    stratum = run_ota(
+        "plan", "rollouts/canary.yaml", "--simulate", "--devices", "10", "--failure-rate",
+        "1%", "--by-stratum", "model:0.5",
+    )  # fmt: skip
+    assert stratum.returncode == 2
+    assert "must read KEY=VALUE:RATE or KEY=VALUE:RATE@SHARE" in _unboxed(stratum.stderr)
+    assert "Traceback" not in stratum.stderr
+
+
+def _unboxed(text: str) -> str:
+    """Typer's error box as one line of words."""
+    return " ".join(text.replace("│", " ").split())

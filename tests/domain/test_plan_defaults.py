@@ -37,6 +37,7 @@ from orchestrator.domain.plan_values import (
     NAME,
     SOAK_S,
     format_duration,
+    parse_confidence,
     parse_duration,
     parse_failure_rate,
     parse_percent,
@@ -163,6 +164,10 @@ WRITTEN: dict[str, Key] = {
     "policy.health": (st.just({}), None),
     "policy.health.soak": (DURATIONS, parse_duration),
     "policy.health.heartbeat": (DURATIONS, parse_duration),
+    "policy.confidence": (
+        st.sampled_from(["50%", "90%", "95%", "99%", "99.9%", 0.5, 0.95]),
+        parse_confidence,
+    ),
     "rollback": (st.fixed_dictionaries({"file": FILES.filter(lambda f: f != "new.bin")}), None),
     "rollback.file": (FILES.filter(lambda name: name != "new.bin"), same),
     "rollback.version": (TEXT, same),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from orchestrator.domain import counters
 from orchestrator.domain.plans import FailureType, PolicySpec
-from orchestrator.domain.policy import Tally, judge, judge_strata
+from orchestrator.domain.policy import Tally, evidence_in_words, judge, judge_strata
 
 F = FailureType
 
@@ -82,4 +82,106 @@ def test_each_stratum_is_judged_with_the_same_limits_and_the_worst_is_named() ->
     assert label == "model=B"
     assert verdict.reason == (
         "failure rate 75.0% (3 of 4 finished devices) is over max_failure_rate 20.0%"
+    )
+
+
+# --- policy.confidence: a sequential test per limit ------------------------------------------
+
+TESTED = PolicySpec(max_failure_rate=0.05, confidence=0.95)
+
+
+def test_with_confidence_one_early_failure_does_not_halt() -> None:
+    verdict = judge(Tally(failures={F.FAILED: 1}), TESTED, end_of_wave=False)
+    assert verdict.judged
+    assert not verdict.breached
+    assert verdict.evidence is not None
+    assert round(verdict.evidence.llr, 6) == 1.386294  # ln 4, short of ln 20
+
+
+def test_with_confidence_mid_wave_halts_once_the_test_accepts_twice_the_limit() -> None:
+    two = judge(Tally(failures={F.FAILED: 2}), TESTED, end_of_wave=False)
+    three = judge(Tally(failures={F.FAILED: 3}), TESTED, end_of_wave=False)
+    assert not two.breached
+    assert three.breached
+    assert three.reason == (
+        "failure rate 100.0% (3 of 3 finished devices failed) is over max_failure_rate 5.0% at "
+        "95% confidence: the test tells 10% from 2.5% (log-likelihood ratio 4.16; halts at "
+        "3.00, passes at -3.00)"
+    )
+
+
+def test_with_confidence_mid_wave_never_pauses() -> None:
+    verdict = judge(Tally(succeeded=18, failures={F.FAILED: 2}), TESTED, end_of_wave=False)
+    assert not verdict.breached
+    assert not verdict.inconclusive
+
+
+def test_with_confidence_an_undecided_wave_end_over_the_limit_is_inconclusive() -> None:
+    verdict = judge(Tally(succeeded=18, failures={F.FAILED: 2}), TESTED, end_of_wave=True)
+    assert not verdict.breached
+    assert verdict.inconclusive
+    assert verdict.reason == (
+        "2 of 20 finished devices failed (10.0%, over max_failure_rate 5.0%); the test cannot "
+        "yet tell 2.5% from 10% at 95% (log-likelihood ratio 1.33; halts at 3.00, passes at "
+        "-3.00)"
+    )
+
+
+def test_with_confidence_an_undecided_wave_end_within_the_limit_passes() -> None:
+    verdict = judge(Tally(succeeded=19, failures={F.FAILED: 1}), TESTED, end_of_wave=True)
+    assert not verdict.breached
+    assert not verdict.inconclusive
+    assert verdict.reason == (
+        "failure rate 5.0% (1 of 20 finished devices) is within 5.0%; the test at 95% is still "
+        "undecided (log-likelihood ratio -0.13; halts at 3.00, passes at -3.00)"
+    )
+
+
+def test_with_confidence_a_passed_test_says_so() -> None:
+    verdict = judge(Tally(succeeded=38), TESTED, end_of_wave=True)
+    assert not verdict.breached_or_inconclusive
+    assert "the test at 95% passes" in verdict.reason
+
+
+def test_with_confidence_per_type_limits_have_their_own_test() -> None:
+    policy = PolicySpec(
+        max_failure_rate=0.5, max_failure_rate_by_type={F.REJECTED: 0.02}, confidence=0.95
+    )
+    # 2 of 40 rejected: 5%, within 50% overall; p0 1%, p1 4% for rejections
+    tally = Tally(succeeded=38, failures={F.REJECTED: 2})
+    assert not judge(tally, policy, end_of_wave=False).breached
+    end = judge(tally, policy, end_of_wave=True)
+    assert end.inconclusive
+    assert end.over_type is F.REJECTED
+    assert end.reason.startswith(
+        "2 of 40 finished devices rejected (5.0%, over max_failure_rate_by_type.rejected 2.0%)"
+    )
+    many = judge(Tally(succeeded=30, failures={F.REJECTED: 6}), policy, end_of_wave=False)
+    assert many.breached
+    assert many.over_type is F.REJECTED
+
+
+def test_with_confidence_a_zero_limit_is_still_crossed_by_one_failure() -> None:
+    policy = PolicySpec(max_failure_rate_by_type={F.WRONG_VERSION: 0.0}, confidence=0.95)
+    tally = Tally(succeeded=99, failures={F.WRONG_VERSION: 1})
+    verdict = judge(tally, policy, end_of_wave=False)
+    assert verdict.breached
+    assert verdict.over_type is F.WRONG_VERSION
+
+
+def test_with_confidence_min_devices_still_holds_mid_wave() -> None:
+    policy = PolicySpec(max_failure_rate=0.05, confidence=0.95, min_devices=10)
+    verdict = judge(Tally(failures={F.FAILED: 5}), policy, end_of_wave=False)
+    assert not verdict.judged
+
+
+def test_the_evidence_in_words_for_a_rollout_s_view() -> None:
+    assert evidence_in_words(PolicySpec(), 20, 2) is None
+    assert evidence_in_words(TESTED, 20, 2) == (
+        "undecided: the test cannot yet tell 2.5% from 10% at 95% (log-likelihood ratio 1.33; "
+        "halts at 3.00, passes at -3.00)"
+    )
+    assert evidence_in_words(TESTED, 38, 0) == (
+        "pass: the test tells 2.5% from 10% at 95% (log-likelihood ratio -3.04; halts at "
+        "3.00, passes at -3.00)"
     )

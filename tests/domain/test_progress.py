@@ -19,6 +19,7 @@ from orchestrator.domain.progress import (
     Dispatch,
     EndRollback,
     Finished,
+    Inconclusive,
     Look,
     SendRollback,
     Start,
@@ -325,6 +326,32 @@ def test_a_passing_wave_with_strata_advances() -> None:
     assert isinstance(step, Advance)
 
 
+def test_with_confidence_a_stratum_is_judged_by_its_own_sequential_test() -> None:
+    """One failure in a stratum no longer halts; three in a row do, the stratum named."""
+    gated = plan("max_failure_rate: 5%, confidence: 95%, by: [model]")
+    one = done(0, 90, failed=1) | in_strata({"model=A": (90, 0), "model=TH-300": (0, 1)})
+    assert not isinstance(decide(gated, look(cursor=10, counts=one)), Breach)
+    three = done(0, 90, failed=3) | in_strata({"model=A": (90, 0), "model=TH-300": (0, 3)})
+    step = decide(gated, look(cursor=10, counts=three))
+    assert isinstance(step, Breach)
+    assert step.reason.startswith("model=TH-300: failure rate 100.0% (3 of 3 finished devices")
+    assert step.figures["stratum"] == "model=TH-300"
+
+
+def test_with_confidence_an_undecided_stratum_over_the_limit_pauses_the_wave_end() -> None:
+    """The whole passes its test (2 of 100), a stratum cannot yet tell (2 of 10, 20%)."""
+    gated = plan("max_failure_rate: 5%, confidence: 95%, by: [model]")
+    counts = done(0, 98, failed=2) | in_strata({"model=A": (90, 0), "model=TH-300": (8, 2)})
+    end = look(cursor=10, counts=counts, wave_done_at_ms=1)
+    step = decide(gated, end, rollout_id="r1")
+    assert isinstance(step, Inconclusive)
+    assert step.reason.startswith("wave wave-1: model=TH-300: 2 of 10 finished devices failed (20")
+    assert step.figures["stratum"] == "model=TH-300"
+    assert (step.figures["finished"], step.figures["failed"]) == (10, 2)
+    promoted = decide(gated, replace(end, inconclusive_wave=0), rollout_id="r1")
+    assert isinstance(promoted, Advance)
+
+
 # --- rolling back ----------------------------------------------------------------------------
 
 
@@ -479,3 +506,83 @@ def test_a_rollback_waits_for_nothing_that_verifies() -> None:
     counts = verifying(0, 3)
     step = decide(plan(SOAK), look(state=R.ROLLING_BACK, cursor=10, counts=counts))
     assert step == SendRollback(0, 10)
+
+
+# --- policy.confidence --------------------------------------------------------------------------
+
+CONFIDENT = "confidence: 95%"
+TWENTY = "[{name: canary, devices: 20}, {name: rest, percent: 100}]"
+
+
+def test_with_confidence_a_single_early_failure_does_not_halt() -> None:
+    open_nine = {counters.in_wave(0, "sent"): 9}
+    without = decide(plan(), look(cursor=10, counts=done(0, 0, failed=1, **open_nine)))
+    assert isinstance(without, Breach)
+    step = decide(plan(CONFIDENT), look(cursor=10, counts=done(0, 0, failed=1, **open_nine)))
+    assert isinstance(step, Wait)
+
+
+def test_with_confidence_a_failing_canary_halts_mid_wave_with_the_evidence() -> None:
+    open_seven = {counters.in_wave(0, "sent"): 7}
+    step = decide(plan(CONFIDENT), look(cursor=10, counts=done(0, 0, failed=3, **open_seven)))
+    assert isinstance(step, Breach)
+    assert step.action is RolloutAction.HALT
+    assert "at 95% confidence" in step.reason
+    assert step.figures["evidence"]["decision"] == "halt"
+    assert step.figures["evidence"]["llr"] == 4.159
+
+
+def test_with_confidence_an_inconclusive_wave_end_waits_for_a_person() -> None:
+    gate = plan(CONFIDENT, waves=TWENTY)
+    at_end = look(cursor=20, reach=(20, 100), counts=done(0, 18, failed=2), wave_done_at_ms=1)
+    step = decide(gate, at_end, rollout_id="r7")
+    assert step == Inconclusive(
+        wave=0,
+        reason=(
+            "wave canary: 2 of 20 finished devices failed (10.0%, over max_failure_rate 5.0%); "
+            "the test cannot yet tell 2.5% from 10% at 95% (log-likelihood ratio 1.33; halts "
+            "at 3.00, passes at -3.00); promote to continue or abort "
+            "(ota promote r7 / ota abort r7)"
+        ),
+        figures=step.figures if isinstance(step, Inconclusive) else {},
+    )
+    assert isinstance(step, Inconclusive)
+    assert step.figures["evidence"]["decision"] == "undecided"
+    with_rollback = plan(CONFIDENT, waves=TWENTY, extra="rollback: {file: old.bin}\n")
+    rolls = decide(with_rollback, at_end, rollout_id="r7")
+    assert isinstance(rolls, Inconclusive)
+    assert rolls.reason.endswith(
+        "promote to continue or roll back (ota promote r7 / ota rollback r7)"
+    )
+
+
+def test_with_confidence_a_promoted_inconclusive_wave_advances() -> None:
+    gate = plan(CONFIDENT, waves=TWENTY)
+    promoted = look(
+        cursor=20,
+        reach=(20, 100),
+        counts=done(0, 18, failed=2),
+        wave_done_at_ms=1,
+        inconclusive_wave=0,
+    )
+    step = decide(gate, promoted)
+    assert isinstance(step, Advance)
+    assert step.wave == 1
+    assert step.reason.startswith("wave canary was promoted past an inconclusive test (")
+
+
+def test_with_confidence_a_promoted_inconclusive_last_wave_completes() -> None:
+    gate = plan(CONFIDENT, waves="[{percent: 100}]")
+    counts = done(0, 18, failed=2)
+    end = look(cursor=20, reach=(20,), counts=counts, wave_done_at_ms=1)
+    assert isinstance(decide(gate, end), Inconclusive)
+    assert isinstance(decide(gate, replace(end, inconclusive_wave=0)), Complete)
+
+
+def test_with_confidence_an_undecided_wave_end_within_the_limit_advances() -> None:
+    gate = plan(CONFIDENT, waves=TWENTY)
+    step = decide(
+        gate, look(cursor=20, reach=(20, 100), counts=done(0, 19, failed=1), wave_done_at_ms=1)
+    )
+    assert isinstance(step, Advance)
+    assert "the test at 95% is still undecided" in step.reason

@@ -1,0 +1,425 @@
+"""The plan simulator: a plan run many times against a synthetic fleet, offline.
+
+Each run drives the engine's own step function (domain.progress.decide) on a simulated clock:
+the devices the steps dispatch finish after a latency drawn from the fleet's range and fail
+with the fleet's true rate (a device the firmware does not suit fails on every try, retries
+included). The summary says how often the plan halts, completes or pauses as inconclusive,
+how many devices it reaches, how many bad installs it lets through, and how long it takes.
+
+The simulator looks at the rollout less often than the engine (every 0.1 s): it calls decide
+at once when a result could cross a gate (the policy's fewest failures that can cross at that
+count, domain.policy.fewest_failures_to_cross), when a retry or a wave's last result comes in,
+at every time a step asks to be woken (a bake's end), once a tenth of `max_in_flight` has
+freed up, and otherwise at most once a simulated second (the rate's bucket holds one second's
+worth, so the rate is kept). Halts and pauses are therefore found at the result that causes
+them; dispatch after freed room may start up to that batch later than the engine would.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orchestrator.domain import counters
+from orchestrator.domain.cohorts import wave_reach
+from orchestrator.domain.plan_values import format_duration, parse_duration, parse_failure_rate
+from orchestrator.domain.plans import FailureType, Plan
+from orchestrator.domain.policy import fewest_failures_to_cross
+from orchestrator.domain.progress import (
+    DISPATCH_BATCH,
+    Advance,
+    Breach,
+    Bucket,
+    Complete,
+    Dispatch,
+    Inconclusive,
+    Look,
+    Start,
+    Wait,
+    WaveDone,
+    decide,
+)
+from orchestrator.domain.states import DeviceState, RolloutState
+
+RUNS = 2_000  # runs of a simulation unless told
+LATENCY_S = (5.0, 60.0)  # a device's time from its command to its result, unless told
+LOOK_MS = 1_000  # the longest the simulator lets pass between two looks while sending
+REFILL_SHARE = 0.1  # of max_in_flight freed before the simulator looks again to fill it
+START_MS = 1_000_000  # the simulated clock at a run's start (any value; durations count)
+
+_SUCCEEDED = counters.total(DeviceState.SUCCEEDED)
+_SENT = counters.total(DeviceState.SENT)
+_FAILED = counters.failures(FailureType.FAILED)
+_TIMED_OUT = counters.failures(FailureType.TIMED_OUT)
+_SUCCESS, _FAIL, _TIMEOUT = 0, 1, 2  # a result in the simulated fleet
+_SIMULATED_FAILURES = (FailureType.FAILED, FailureType.TIMED_OUT)
+_TIME_SHIFT = 26  # bits below a result's time: its device (24) and its kind (2)
+_DEVICE_MASK = (1 << _TIME_SHIFT) - 1
+
+
+class Outcome(StrEnum):
+    """How a simulated run ended."""
+
+    HALT = "halt"  # a limit was crossed: halted or rolled back
+    COMPLETE = "complete"
+    INCONCLUSIVE_PAUSE = "inconclusive_pause"  # a wave end waited for a person
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """Devices whose `key` is `value` (such as model=TH-300): their share and true rate."""
+
+    key: str
+    value: str
+    failure_rate: float
+    share: float | None = None  # of the fleet; None: an equal share with the other strata
+
+    def __str__(self) -> str:
+        share = "" if self.share is None else f"@{self.share:.4g}"
+        return f"{self.key}={self.value}:{self.failure_rate:.4g}{share}"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """A synthetic fleet: its size, true failure rate, latency range and strata."""
+
+    devices: int
+    failure_rate: float
+    latency_s: tuple[float, float] = LATENCY_S
+    strata: tuple[Stratum, ...] = ()
+
+    def groups(self) -> list[tuple[float, float]]:
+        """(share, true failure rate) of each stratum, then of the devices in none."""
+        named = [s.share for s in self.strata if s.share is not None]
+        unnamed = [s for s in self.strata if s.share is None]
+        left = max(0.0, 1.0 - sum(named))
+        equal = left / (len(unnamed) + 1) if unnamed else 0.0
+        groups = [(equal if s.share is None else s.share, s.failure_rate) for s in self.strata]
+        rest = left - equal * len(unnamed)
+        return [*groups, (rest, self.failure_rate)]
+
+    @property
+    def true_failure_rate(self) -> float:
+        """The fleet's failure rate over all its devices."""
+        return sum(share * rate for share, rate in self.groups())
+
+
+def parse_stratum(text: str) -> Stratum:
+    """`model=TH-300:0.8` or `model=TH-300:80%@10%` (its share of the fleet) as a Stratum;
+    ValueError naming the form otherwise."""
+    form = "KEY=VALUE:RATE or KEY=VALUE:RATE@SHARE, such as model=TH-300:0.8 or tag:hw=rev2:5%@10%"
+    named, _, numbers = text.rpartition(":")
+    key, equals, value = named.partition("=")
+    if not (equals and key.strip() and value.strip() and numbers.strip()):
+        raise ValueError(f"a stratum must read {form}, got {text!r}")
+    rate_text, at, share_text = numbers.partition("@")
+    try:
+        rate = parse_failure_rate(rate_text.strip())
+        share = parse_failure_rate(share_text.strip()) if at else None
+    except ValueError as exc:
+        raise ValueError(f"stratum {text!r}: its rate and share {exc}") from None
+    if share is not None and share <= 0:
+        raise ValueError(f"stratum {text!r}: its share must be more than 0%")
+    return Stratum(key.strip(), value.strip(), rate, share)
+
+
+def parse_latency(text: str) -> tuple[float, float]:
+    """`5s..60s` (or one duration, `30s`) as (shortest, longest) seconds; ValueError else."""
+    low_text, dots, high_text = text.partition("..")
+    try:
+        low = parse_duration(low_text.strip())
+        high = parse_duration(high_text.strip()) if dots else low
+    except ValueError as exc:
+        raise ValueError(f"a result latency must be a range like 5s..60s; its ends {exc}") from None
+    if high < low:
+        shown = f"{format_duration(low)}..{format_duration(high)}"
+        raise ValueError(f"a result latency range must not end before it starts, got {shown}")
+    return low, high
+
+
+def check_strata(strata: Sequence[Stratum]) -> None:
+    """ValueError when the strata's written shares add up to more than the whole fleet."""
+    total = sum(s.share for s in strata if s.share is not None)
+    if total > 1 + 1e-9:
+        raise ValueError(
+            f"the strata's shares add up to {total:.0%}, more than the whole fleet; lower them"
+        )
+
+
+def parse_fleet(devices: int, failure_rate: str, strata: Sequence[str], latency: str) -> Fleet:
+    """The fleet that the simulator's options describe; ValueError naming the one wrong."""
+    try:
+        rate = parse_failure_rate(failure_rate)
+    except ValueError as exc:
+        raise ValueError(f"failure_rate {exc}") from None
+    parsed = tuple(parse_stratum(text) for text in strata)
+    check_strata(parsed)
+    return Fleet(devices, rate, parse_latency(latency), parsed)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One simulated rollout."""
+
+    outcome: Outcome
+    reached: int  # devices sent the firmware
+    bad_installs: int  # of them, devices the firmware fails on
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What K runs of a plan against a fleet came to (the --json keys, in order)."""
+
+    runs: int
+    devices: int
+    failure_rate: float
+    p_halt: float
+    p_complete: float
+    p_inconclusive_pause: float
+    reached_mean: float
+    reached_p95: int
+    bad_installs_mean: float
+    bad_installs_p95: int
+    duration_s_mean: float
+
+    def as_json(self) -> dict[str, float | int]:
+        """The summary as one JSON object, with exactly the documented keys."""
+        return {
+            "runs": self.runs,
+            "devices": self.devices,
+            "failure_rate": self.failure_rate,
+            "p_halt": round(self.p_halt, 4),
+            "p_complete": round(self.p_complete, 4),
+            "p_inconclusive_pause": round(self.p_inconclusive_pause, 4),
+            "reached_mean": round(self.reached_mean, 1),
+            "reached_p95": self.reached_p95,
+            "bad_installs_mean": round(self.bad_installs_mean, 2),
+            "bad_installs_p95": self.bad_installs_p95,
+            "duration_s_mean": round(self.duration_s_mean, 1),
+        }
+
+
+def _p95(values: Sequence[int]) -> int:
+    """The 95th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def summarize(runs: Sequence[Run], fleet: Fleet) -> Summary:
+    """The summary of `runs`."""
+    count = len(runs)
+    outcomes = [run.outcome for run in runs]
+    reached = [run.reached for run in runs]
+    bad = [run.bad_installs for run in runs]
+    return Summary(
+        runs=count,
+        devices=fleet.devices,
+        failure_rate=round(fleet.true_failure_rate, 6),
+        p_halt=outcomes.count(Outcome.HALT) / count,
+        p_complete=outcomes.count(Outcome.COMPLETE) / count,
+        p_inconclusive_pause=outcomes.count(Outcome.INCONCLUSIVE_PAUSE) / count,
+        reached_mean=sum(reached) / count,
+        reached_p95=_p95(reached),
+        bad_installs_mean=sum(bad) / count,
+        bad_installs_p95=_p95(bad),
+        duration_s_mean=sum(run.duration_s for run in runs) / count,
+    )
+
+
+def simulate(plan: Plan, fleet: Fleet, *, runs: int = RUNS, seed: int = 0) -> Summary:
+    """Run `plan` `runs` times against `fleet`; the same seed gives the same summary."""
+    if fleet.devices < 1:
+        raise ValueError(f"a simulated fleet needs at least 1 device, got {fleet.devices}")
+    if runs < 1:
+        raise ValueError(f"a simulation needs at least 1 run, got {runs}")
+    sim = _Simulator(plan, fleet)
+    rng = random.Random(seed)  # noqa: S311 (a seeded simulation, not a secret)
+    return summarize([sim.run(rng) for _ in range(runs)], fleet)
+
+
+class _Simulator:
+    """What all runs of one plan against one fleet share: reach, gates, look rules."""
+
+    def __init__(self, plan: Plan, fleet: Fleet) -> None:
+        self.plan = plan
+        self.fleet = fleet
+        self.reach = tuple(wave_reach(plan.waves, fleet.devices))
+        policy = plan.policy
+        # fewest failures that could cross a gate mid-wave, by finished count
+        self.gate = [
+            fewest_failures_to_cross(policy, n, _SIMULATED_FAILURES)
+            for n in range(fleet.devices + 1)
+        ]
+        self.refill = (
+            max(1, int(policy.max_in_flight * REFILL_SHARE)) if policy.max_in_flight else 0
+        )
+        self.timeout_ms = int(policy.device_timeout_s * 1000)
+        low, high = fleet.latency_s
+        self.low_ms, self.span_ms = low * 1000, max(0.0, high - low) * 1000
+        cumulative, total = [], 0.0
+        for share, rate in fleet.groups():
+            total += share
+            cumulative.append((total, rate))
+        self.groups = cumulative
+        self.pending = [counters.in_wave(w, DeviceState.PENDING) for w in range(len(self.reach))]
+        self.sent = [counters.in_wave(w, DeviceState.SENT) for w in range(len(self.reach))]
+
+    def _rate_of(self, draw: float) -> float:
+        for edge, rate in self.groups:
+            if draw < edge:
+                return rate
+        return self.groups[-1][1]
+
+    def run(self, rng: random.Random) -> Run:
+        """One simulated rollout."""
+        plan, reach, gate = self.plan, self.reach, self.gate
+        random_ = rng.random
+        single = len(self.groups) == 1
+        rate0 = self.groups[0][1]
+        retries, refill = plan.policy.retries, self.refill
+        low_ms, span_ms, timeout_ms = self.low_ms, self.span_ms, self.timeout_ms
+        now = START_MS
+        state, wave, cursor, wave_done = RolloutState.PENDING, 0, 0, 0
+        bucket = Bucket(0.0, now)
+        succeeded = failed = timed_out = in_flight = 0
+        open_in_wave = [0] * len(reach)  # devices of each wave sent and not final
+        retry_line: list[int] = []  # devices back in the queue for another try
+        devices = self.fleet.devices
+        bad = [False] * devices  # the firmware fails on the device, every try
+        home = [0] * devices  # each device's wave
+        attempts: dict[int, int] = {}  # tries of the devices tried more than once
+        # each result as one int, ordered by time: (at ms << _TIME_SHIFT) | (device << 2) | kind
+        heap: list[int] = []
+        bad_installs = 0
+        outcome: Outcome | None = None
+        pending_names, sent_names = self.pending, self.sent
+        heappush, heappop = heapq.heappush, heapq.heappop
+
+        while outcome is None:
+            counts = {
+                _SUCCEEDED: succeeded,
+                _FAILED: failed,
+                _TIMED_OUT: timed_out,
+                _SENT: in_flight,
+                sent_names[wave]: open_in_wave[wave],
+                pending_names[wave]: sum(1 for d in retry_line if home[d] == wave),
+            }
+            look = Look(
+                state=state,
+                wave=wave,
+                cursor=cursor,
+                reach=reach,
+                wave_done_at_ms=wave_done,
+                counts=counts,
+                now_ms=now,
+                bucket=bucket,
+            )
+            step = decide(plan, look)
+            until_ms: int | None = None
+            match step:
+                case Start():
+                    state = RolloutState.RUNNING  # an approval asked for is given at once
+                    continue
+                case Dispatch(count=count, reach=upto, bucket=refilled):
+                    sent = 0
+                    while retry_line and sent < count:
+                        device = retry_line.pop(0)
+                        attempts[device] = attempts.get(device, 1) + 1
+                        latency = low_ms + span_ms * random_()
+                        if latency > timeout_ms:
+                            result, latency = _TIMEOUT, timeout_ms
+                        else:
+                            result = _FAIL if bad[device] else _SUCCESS
+                        at = (now + int(latency)) << _TIME_SHIFT
+                        heappush(heap, at | (device << 2) | result)
+                        open_in_wave[home[device]] += 1
+                        sent += 1
+                    first = cursor
+                    stop = min(upto, cursor + count - sent)
+                    for device in range(first, stop):
+                        is_bad = random_() < (rate0 if single else self._rate_of(random_()))
+                        latency = low_ms + span_ms * random_()
+                        if latency > timeout_ms:
+                            result, latency = _TIMEOUT, timeout_ms
+                        else:
+                            result = _FAIL if is_bad else _SUCCESS
+                        at = (now + int(latency)) << _TIME_SHIFT
+                        heappush(heap, at | (device << 2) | result)
+                        if is_bad:
+                            bad[device] = True
+                            bad_installs += 1
+                    home[first:stop] = [wave] * (stop - first)
+                    open_in_wave[wave] += stop - first
+                    sent += stop - first
+                    cursor = stop
+                    in_flight += sent
+                    bucket = refilled.spend(sent)
+                    if sent == DISPATCH_BATCH:
+                        continue
+                    if not (refill and in_flight >= plan.policy.max_in_flight):  # type: ignore[operator]
+                        until_ms = now  # the tokens are spent: look again a while later
+                case Wait(until_ms=until_ms, bucket=refilled):
+                    if refilled is not None:
+                        bucket = refilled
+                case WaveDone(at_ms=at_ms):
+                    wave_done = at_ms
+                    continue
+                case Advance(wave=following):
+                    wave, wave_done = following, 0  # an approval asked for is given at once
+                    continue
+                case Inconclusive():
+                    outcome = Outcome.INCONCLUSIVE_PAUSE
+                    break
+                case Breach():
+                    outcome = Outcome.HALT
+                    break
+                case Complete():
+                    outcome = Outcome.COMPLETE
+                    break
+                case _:
+                    raise AssertionError(f"the simulator cannot carry out {step!r}")
+            sending = bool(retry_line) or cursor < reach[wave]
+            until: float = math.inf
+            if until_ms is not None:
+                until = max(until_ms, now + LOOK_MS) if sending else until_ms
+            batch = refill if sending and refill else math.inf
+            # results come in until the next look
+            seen = 0
+            looked = False
+            last = (int(until) + 1) << _TIME_SHIFT if until != math.inf else math.inf
+            while heap and heap[0] < last:
+                entry = heappop(heap)
+                at, device, result = entry >> _TIME_SHIFT, (entry & _DEVICE_MASK) >> 2, entry & 3
+                if at > now:
+                    now = at
+                in_flight -= 1
+                wave_of = home[device]
+                open_in_wave[wave_of] -= 1
+                seen += 1
+                if result == _SUCCESS:
+                    succeeded += 1
+                elif attempts.get(device, 1) <= retries:
+                    retry_line.append(device)
+                    looked = True
+                    break
+                elif result == _FAIL:
+                    failed += 1
+                else:
+                    timed_out += 1
+                finished = succeeded + failed + timed_out
+                if failed + timed_out >= gate[finished] or not open_in_wave[wave_of]:
+                    looked = True
+                    break
+                if seen >= batch:
+                    looked = True
+                    break
+            if not looked:
+                if until == math.inf:
+                    raise AssertionError("the simulated rollout waits for nothing")
+                now = max(now, int(until))
+        return Run(outcome, cursor, bad_installs, (now - START_MS) / 1000)
