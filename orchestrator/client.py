@@ -10,7 +10,7 @@ cannot be reached is an `ApiUnreachable` naming the URL and the setting to check
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -155,13 +155,23 @@ class ApiClient:
         device = await self.data(Envelope[DeviceOut], "POST", path)
         return device.metadata.device_token or ""
 
-    async def devices(self, *, tag: str = "") -> AsyncIterator[DeviceOut]:
-        """Every device of the project (optionally with `tag`), a page of `limit` at a time,
-        so that neither side holds the whole fleet's listing at once."""
+    async def update_device(self, device_id: str, **changes: Any) -> DeviceOut:
+        """`PATCH …/devices/{id}` with `name`, `description`, `tags` or `metadata` (merged: a
+        key set to None is removed): the device."""
+        path = f"{self._project()}/devices/{device_id}"
+        return await self.data(Envelope[DeviceOut], "PATCH", path, json=changes)
+
+    async def devices(
+        self, *, tag: str = "", metadata: Sequence[str] = ()
+    ) -> AsyncIterator[DeviceOut]:
+        """Every device of the project (optionally with `tag`, and holding every `key:value`
+        of `metadata`), a page of `limit` at a time, so that neither side holds the whole
+        fleet's listing at once."""
         cursor = ""
         while True:
-            params = {k: v for k, v in (("tag", tag), ("cursor", cursor)) if v}
-            params["limit"] = str(DEVICE_PAGE)
+            params = [(k, v) for k, v in (("tag", tag), ("cursor", cursor)) if v]
+            params += [("metadata", wanted) for wanted in metadata]
+            params.append(("limit", str(DEVICE_PAGE)))
             path = f"{self._project()}/devices"
             page = await self.answer(Paged[DeviceOut], "GET", path, params=params)
             for device in page.data:

@@ -7,7 +7,17 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from orchestrator.cli import admin, demo, hooks, notifications, plans, rollouts, seedapi, simulate
+from orchestrator.cli import (
+    admin,
+    demo,
+    hooks,
+    notifications,
+    plans,
+    projects,
+    rollouts,
+    seedapi,
+    simulate,
+)
 from orchestrator.embedded import EmbeddedError
 from orchestrator.errors import OrchestratorError
 
@@ -19,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 admin.register(app)
+projects.register(app)
 plans.register(app)
 rollouts.register(app)
 seedapi.register(app)

@@ -18,7 +18,10 @@ from orchestrator.store import Stores
 T = TypeVar("T")
 
 keys_app = typer.Typer(help="API keys (offline, against OTA_REDIS_URL).", no_args_is_help=True)
-projects_app = typer.Typer(help="Projects (offline, against OTA_REDIS_URL).", no_args_is_help=True)
+projects_app = typer.Typer(
+    help="Projects: create offline (against OTA_REDIS_URL); list, update, delete through the API.",
+    no_args_is_help=True,
+)
 engines_app = typer.Typer(
     help="Engine replicas (offline, against OTA_REDIS_URL and OTA_MQTT_URL).", no_args_is_help=True
 )

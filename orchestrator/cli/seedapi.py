@@ -1,4 +1,4 @@
-"""The seed API from the shell: `ota devices create|list`, `ota files upload|list`, `ota send`."""
+"""The seed API from the shell: `ota devices create|list|update`, `ota files`, `ota send`."""
 
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ def create_device(
     brand: Annotated[str, typer.Option(help="Brand (for rollout targets)")] = "Custom",
     model: Annotated[str, typer.Option(help="Model (for rollout targets)")] = "Custom",
     description: Annotated[str, typer.Option(help="Free text")] = "",
+    metadata: Annotated[
+        list[str] | None, typer.Option(help="Custom metadata KEY=VALUE (repeatable)")
+    ] = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     project: Project = None,
@@ -39,6 +42,7 @@ def create_device(
         "tags": tag or [],
         "brand": brand,
         "model": model,
+        "metadata": _pairs(metadata or [], "--metadata"),
     }
     device = run(lambda api: api.create_device(**fields), server(api_url, api_key, project))
     if as_json:
@@ -48,9 +52,67 @@ def create_device(
     typer.echo(f"device_token {device.metadata.device_token or ''}  (shown only now)")
 
 
+def _pairs(given: list[str], option: str) -> dict[str, str]:
+    """`KEY=VALUE` options as a mapping; InvalidInput names the one without `=`."""
+    pairs: dict[str, str] = {}
+    for item in given:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise InvalidInput(f"{option} must be KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+@devices_app.command("update")
+def update_device(
+    device_id: Annotated[str, typer.Argument(help="The device's id")],
+    name: Annotated[str | None, typer.Option(help="A new name")] = None,
+    description: Annotated[str | None, typer.Option(help="A new description")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="The device's tags from now on (repeatable)")
+    ] = None,
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(help="Set custom metadata KEY=VALUE (repeatable; other keys are kept)"),
+    ] = None,
+    unset: Annotated[
+        list[str] | None, typer.Option(help="Remove the custom metadata KEY (repeatable)")
+    ] = None,
+    api_url: ApiUrl = None,
+    api_key: ApiKey = None,
+    project: Project = None,
+    as_json: Json = False,
+) -> None:
+    """Change a device's name, description, tags or custom metadata; the rest is kept."""
+    changed: dict[str, str | None] = {**_pairs(metadata or [], "--metadata")}
+    changed |= dict.fromkeys(unset or [])
+    changes: dict[str, object] = {
+        key: value
+        for key, value in (("name", name), ("description", description), ("tags", tag))
+        if value is not None
+    }
+    if changed:
+        changes["metadata"] = changed
+    if not changes:
+        raise InvalidInput(
+            "nothing to change: give --name, --description, --tag, --metadata or --unset"
+        )
+    device = run(
+        lambda api: api.update_device(device_id, **changes), server(api_url, api_key, project)
+    )
+    if as_json:
+        print_json(device)
+        return
+    typer.echo(f"updated {device.id}: {device.name}")
+
+
 @devices_app.command("list")
 def list_devices(
     tag: Annotated[str, typer.Option(help="Only devices with this tag")] = "",
+    metadata: Annotated[
+        list[str] | None,
+        typer.Option(help="Only devices whose custom metadata holds KEY:VALUE (repeatable)"),
+    ] = None,
     api_url: ApiUrl = None,
     api_key: ApiKey = None,
     project: Project = None,
@@ -59,13 +121,13 @@ def list_devices(
     """The project's devices."""
 
     async def collect(api: ApiClient) -> list[DeviceOut]:
-        return [device async for device in api.devices(tag=tag)]
+        return [device async for device in api.devices(tag=tag, metadata=metadata or [])]
 
     devices = run(collect, server(api_url, api_key, project))
     if as_json:
         print_json(devices)
         return
-    listed = table(("id", "name", "source", "brand", "model", "tags", "last seen"))
+    listed = table(("id", "name", "source", "brand", "model", "tags", "firmware", "last seen"))
     for device in devices:
         listed.add_row(
             device.id,
@@ -74,6 +136,7 @@ def list_devices(
             device.brand,
             device.model,
             ",".join(device.tags),
+            device.firmware_version or "",
             device.last_seen,
         )
     console().print(listed)

@@ -201,6 +201,62 @@ async def test_seed_verbs_create_list_upload_and_send(
     assert sent.json()["command_id"]
 
 
+async def test_device_metadata_is_set_filtered_changed_and_removed_from_the_shell(
+    service: Service,
+) -> None:
+    made = await ota(
+        service, "devices", "create", "--name", "meta-1", "--metadata", "site=north", "--json"
+    )
+    assert made.code == 0, made.err
+    device_id = made.json()["metadata"]["device_id"]
+    await ota(service, "devices", "create", "--name", "meta-2", "--metadata", "site=south")
+    north = await ota(service, "devices", "list", "--metadata", "site:north", "--json")
+    assert [d["id"] for d in north.json()] == [device_id]
+
+    changed = await ota(
+        service, "devices", "update", device_id, "--metadata", "rack=7", "--name", "m1", "--json"
+    )
+    assert changed.code == 0, changed.err
+    assert (changed.json()["name"], changed.json()["metadata"]["site"]) == ("m1", "north")
+    assert changed.json()["metadata"]["rack"] == "7"
+    removed = await ota(service, "devices", "update", device_id, "--unset", "site", "--json")
+    assert "site" not in removed.json()["metadata"]
+    assert (
+        await ota(service, "devices", "list", "--metadata", "site:north", "--json")
+    ).json() == []
+
+    unpaired = await ota(service, "devices", "create", "--name", "x", "--metadata", "site")
+    assert (unpaired.code, unpaired.err.strip()) == (
+        1,
+        "error: --metadata must be KEY=VALUE, got 'site'",
+    )
+    nothing = await ota(service, "devices", "update", device_id)
+    assert nothing.code == 1
+    assert "nothing to change" in nothing.err
+
+
+async def test_projects_are_listed_renamed_and_deleted_through_the_api(service: Service) -> None:
+    answer = await service.client.post("/v2/projects", json={"name": "cli-doomed"})
+    assert answer.status_code == 201, answer.text
+    doomed = answer.json()["data"]["id"]
+    listed = await ota(service, "projects", "list", "--json")
+    assert listed.code == 0, listed.err
+    assert doomed in [p["id"] for p in listed.json()]
+
+    renamed = await ota(service, "projects", "update", doomed, "--name", "cli-kept", "--tag", "x")
+    assert (renamed.code, renamed.out.strip()) == (0, f"updated {doomed}: cli-kept")
+    shown = (await service.client.get(f"/v2/projects/{doomed}")).json()["data"]
+    assert (shown["name"], shown["tags"]) == ("cli-kept", ["x"])
+
+    unasked = await ota(service, "projects", "delete", doomed)
+    assert unasked.code == 1
+    assert "--yes" in unasked.err
+    assert (await service.client.get(f"/v2/projects/{doomed}")).status_code == 200
+    deleted = await ota(service, "projects", "delete", doomed, "--yes")
+    assert (deleted.code, deleted.out.strip()) == (0, f"deleted {doomed}")
+    assert (await service.client.get(f"/v2/projects/{doomed}")).status_code == 404
+
+
 async def test_errors_are_one_line_with_the_fix(service: Service, tmp_path: Path) -> None:
     nobody = f"http://127.0.0.1:{free_port()}"
     unreachable = await ota(service, "list", env={"OTA_API_URL": nobody})
