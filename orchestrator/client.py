@@ -17,6 +17,7 @@ from typing import Any, Self, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from orchestrator.api.rollout_schemas import RolloutEvent, RolloutOut, RolloutPreview
 from orchestrator.api.schemas import (
     CommandResponse,
     CommandSent,
@@ -32,9 +33,6 @@ from orchestrator.api.schemas import (
     NotificationOut,
     Paged,
     ProjectOut,
-    RolloutEvent,
-    RolloutOut,
-    RolloutPreview,
 )
 from orchestrator.errors import OrchestratorError
 

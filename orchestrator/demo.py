@@ -20,7 +20,7 @@ from typing import Any
 from faststream.mqtt.utils import parse_mqtt_url
 from rich.console import Console
 
-from orchestrator.api.schemas import RolloutEvent, RolloutOut
+from orchestrator.api.rollout_schemas import RolloutEvent, RolloutOut
 from orchestrator.cli.output import table
 from orchestrator.cli.progress import STATE_STYLE, counts_text, percent, watch
 from orchestrator.client import ApiClient

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from orchestrator.api.schemas import (
+from orchestrator.api.rollout_schemas import (
     ExclusionOut,
     FirmwareOut,
     RolloutDeviceOut,

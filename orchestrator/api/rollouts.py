@@ -25,10 +25,7 @@ from orchestrator.api.cursors import POSITION_CURSOR, position_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.listing import listed, listed_page, loaded, one_page, paged
 from orchestrator.api.openapi import PLAN_SCHEMA_NAME
-from orchestrator.api.rollout_views import device_page, load_rollout_out, preview
-from orchestrator.api.schemas import (
-    Envelope,
-    Paged,
+from orchestrator.api.rollout_schemas import (
     RolloutActionRequest,
     RolloutDeviceOut,
     RolloutEvent,
@@ -36,6 +33,8 @@ from orchestrator.api.schemas import (
     RolloutPreview,
     SimulationOut,
 )
+from orchestrator.api.rollout_views import device_page, load_rollout_out, preview
+from orchestrator.api.schemas import Envelope, Paged
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.plans import Plan
 from orchestrator.domain.simulation import RUNS, Fleet, parse_fleet

@@ -12,7 +12,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.api.schemas import RolloutOut
+from orchestrator.api.rollout_schemas import RolloutOut
 from orchestrator.client import ApiClient
 from orchestrator.domain.states import FINAL_DEVICE_STATES, TERMINAL_ROLLOUT_STATES, RolloutState
 

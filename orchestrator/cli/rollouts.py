@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from orchestrator.api.schemas import ExclusionOut, RolloutEvent, RolloutOut, WavePreview
+from orchestrator.api.rollout_schemas import ExclusionOut, RolloutEvent, RolloutOut, WavePreview
 from orchestrator.cli.output import console, print_json, show_records, table
 from orchestrator.cli.plan_simulation import (
     DEFAULT_LATENCY,

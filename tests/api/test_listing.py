@@ -25,14 +25,8 @@ from fastapi.routing import APIRoute
 from orchestrator import client
 from orchestrator.api import listing
 from orchestrator.api.app import ROUTE_MODULES
-from orchestrator.api.schemas import (
-    Envelope,
-    FileList,
-    FileListItem,
-    Paged,
-    RolloutDeviceOut,
-    RolloutEvent,
-)
+from orchestrator.api.rollout_schemas import RolloutDeviceOut, RolloutEvent
+from orchestrator.api.schemas import Envelope, FileList, FileListItem, Paged
 from orchestrator.client import ApiClient
 from orchestrator.domain.devices import DeviceSource
 from orchestrator.domain.files import FileType

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from orchestrator.api.schemas import FirmwareOut, RolloutOut, WaveOut
+from orchestrator.api.rollout_schemas import FirmwareOut, RolloutOut, WaveOut
 from orchestrator.cli.progress import render
 
 
