@@ -39,6 +39,7 @@ VIEW_KEYS = {
     "failures",
     "max_failure_rate",
     "evidence",
+    "strata",
     "created_at",
     "updated_at",
     "created_by",

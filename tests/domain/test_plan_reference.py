@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from orchestrator.cli import app
 from orchestrator.domain.plans import PlanError, parse_plan, plan_json_schema
 
 REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "plans.md"
@@ -310,13 +312,26 @@ def _shape(value: object) -> dict[str, Any]:
     return {}
 
 
-def test_the_errors_shown_are_what_validate_prints() -> None:
-    """Each `$ ota validate FILE` block prints the problems of the yaml block before it."""
+def test_the_errors_shown_are_what_validate_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each `$ ota validate FILE` block prints the problems of the yaml block before it, or
+    (a valid plan) what `ota validate` itself prints for it."""
     blocks = _blocks(REFERENCE.read_text(encoding="utf-8"))
     shown = 0
+    monkeypatch.chdir(tmp_path)
     for (_, plan), (kind, output) in itertools.pairwise(blocks):
         command = re.match(r"\$ ota validate (\S+)\n", output)
         if kind != "text" or command is None:
+            continue
+        if output[command.end() :].startswith("ok  "):
+            (tmp_path / command.group(1)).write_text(plan, encoding="utf-8")
+            ran = CliRunner().invoke(app, ["validate", command.group(1)])
+            assert (ran.exit_code, ran.output) == (0, output[command.end() :]), (
+                f"{SHOWN}: the output shown for `ota validate {command.group(1)}` is not what "
+                f"it prints; paste the real output:\n{ran.output}"
+            )
+            shown += 1
             continue
         with pytest.raises(PlanError) as caught:
             parse_plan(plan, command.group(1))
