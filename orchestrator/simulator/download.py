@@ -88,9 +88,10 @@ async def download(
             headers["Range"] = f"bytes={received}-"
         try:
             async with http.stream("GET", url, headers=headers) as response:
-                busy = response.status_code == 409 and received
-                # 503: the service is up but its Redis is not (a restart, a failover): retry.
-                if (busy or response.status_code == 503) and loop.time() < busy_until:
+                # 409: a transfer of ours the service still counts (broken off, even before
+                # its first byte, and not yet noticed, or its release waiting for Redis).
+                # 503: the service is up but its Redis is not (a restart, a failover). Retry.
+                if response.status_code in (409, 503) and loop.time() < busy_until:
                     await response.aclose()
                 elif response.status_code not in (200, 206):
                     return outcome(await _refusal(response))
