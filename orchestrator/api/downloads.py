@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ from orchestrator.errors import (
     NotFound,
     OrchestratorError,
     RangeNotSatisfiable,
+    StoreRefused,
+    StoreUnavailable,
     Unauthorized,
 )
 from orchestrator.metrics import Metrics
@@ -40,11 +43,14 @@ from orchestrator.store.download_keys import (
     DownloadKeyStore,
 )
 from orchestrator.store.files import StoredFile
+from orchestrator.supervisor import spawn
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["device"])
 
 RENEW_EVERY_S = 10.0  # at most; also at most a sixth of the claim lease
+RELEASE_RETRY_S = (0.05, 1.0)  # first and largest pause between releases while Redis is away
+_RELEASES: set[asyncio.Task[None]] = set()  # releases waiting for Redis (held: not collected)
 TRANSFER_LIMIT_S = 15 * 60  # a slow cellular device gets 15 minutes per request, then resumes
 
 _DEAD_KEY = (
@@ -121,6 +127,7 @@ class KeyedFileResponse(Response):
         keys: DownloadKeyStore,
         blobs: BlobStore,
         key: str,
+        device_id: str,
         claim: Claim,
         stored: StoredFile,
         first: int,
@@ -132,6 +139,7 @@ class KeyedFileResponse(Response):
         self._keys = keys
         self._blobs = blobs
         self._key = key
+        self._device_id = device_id
         self._claim = claim
         self._stored = stored
         self._first = first
@@ -172,7 +180,8 @@ class KeyedFileResponse(Response):
                         # the lease) is ended then, so one stalled connection never holds
                         # the key for long and never outlives its claim.
                         nonlocal outcome
-                        renew_due = time.monotonic() + renew_every_s
+                        renewed_at = time.monotonic()  # the claim was taken just before
+                        renew_due = renewed_at + renew_every_s
                         while True:
                             now = time.monotonic()
                             check, look_at = check_transfer(
@@ -188,7 +197,18 @@ class KeyedFileResponse(Response):
                                 outcome = "stalled"
                                 group.cancel_scope.cancel()
                                 return
-                            if not await self._keys.renew(self._key, self._claim):
+                            try:
+                                held = await self._keys.renew(self._key, self._claim)
+                            except StoreRefused:
+                                raise
+                            except StoreUnavailable:
+                                # Redis away (a restart): the claim holds until its lease
+                                # ends, so stream on and renew at the next turn; end the
+                                # transfer only once half the lease has gone unrenewed.
+                                held = time.monotonic() - renewed_at < lease_s / 2
+                            else:
+                                renewed_at = time.monotonic()
+                            if not held:
                                 outcome = "claim lost"
                                 group.cancel_scope.cancel()
                                 return
@@ -226,21 +246,73 @@ class KeyedFileResponse(Response):
         finally:
             self._metrics.download_bytes.inc(sent - self._first)
             with anyio.CancelScope(shield=True):
-                state = await self._keys.release(
-                    self._key, self._claim.claim_id, first=self._first, end=sent
-                )
-            if state == "spent":  # exactly one release spends a key
-                self._metrics.download_keys_used.inc()
+                try:
+                    state = await self._release(sent)
+                except StoreRefused:
+                    raise
+                except StoreUnavailable as exc:
+                    # Redis away as the transfer ends: release once it answers, so the
+                    # device's resume is not refused as busy until the lease lapses.
+                    state = "release pending"
+                    self._release_later(sent, exc.message)
             log.info(
                 "download ended",
                 key_state=state,
                 # After a complete response uvicorn also answers receive() with a disconnect.
                 outcome="disconnected" if disconnected and outcome == "aborted" else outcome,
                 file_name=self._stored.name,
+                device_id=self._device_id,
+                first_byte=self._first,
                 bytes_sent=sent - self._first,
             )
         # An unfinished response (claim lost, stalled, time limit) makes uvicorn close the
         # connection, which is how the device learns to come back with Range.
+
+    async def _release(self, end: int) -> str:
+        """Free the claim with bytes [first, end) counted; the key's state after it."""
+        state = await self._keys.release(
+            self._key, self._claim.claim_id, first=self._first, end=end
+        )
+        if state == "spent":  # exactly one release spends a key
+            self._metrics.download_keys_used.inc()
+        return state
+
+    def _release_later(self, end: int, error: str) -> None:
+        """Release in the background, retrying while Redis is away, until the claim's lease
+        would have freed the key anyway."""
+        give_up_at = time.monotonic() + self._keys.claim_lease_ms / 1000
+
+        async def release_when_back() -> None:
+            pause_s = RELEASE_RETRY_S[0]
+            while True:
+                await anyio.sleep(pause_s)
+                try:
+                    state = await self._release(end)
+                except StoreRefused:
+                    raise
+                except StoreUnavailable as exc:
+                    if time.monotonic() + pause_s < give_up_at:
+                        pause_s = min(pause_s * 2, RELEASE_RETRY_S[1])
+                        continue
+                    log.warning(
+                        "download claim left to lapse: Redis stayed away",
+                        device_id=self._device_id,
+                        error=exc.message,
+                    )
+                    return
+                log.info(
+                    "download claim released after Redis came back",
+                    device_id=self._device_id,
+                    key_state=state,
+                )
+                return
+
+        log.warning(
+            "download claim release waits for Redis", device_id=self._device_id, error=error
+        )
+        task = spawn(release_when_back, name="download-release", restart=False)
+        _RELEASES.add(task)
+        task.add_done_callback(_RELEASES.discard)
 
 
 _KEY_QUERY = Query(
@@ -384,6 +456,7 @@ async def download_file(
         keys=keys,
         blobs=context.blobs,
         key=key,
+        device_id=asked.device_id,
         claim=claim,
         stored=stored,
         first=first,

@@ -72,6 +72,7 @@ def status_of(exc: OrchestratorError) -> int:
     return 500
 
 
+RETRY_AFTER_S = 2  # a 503's Retry-After: Redis or the broker away, as in a restart or failover
 NEUTRAL_ACTION = "request"  # what any request is: the action when no route or resource is named
 
 
@@ -149,6 +150,8 @@ def orchestrator_error_response(
         headers["WWW-Authenticate"] = exc.challenge
     if isinstance(exc, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{exc.size}"
+    if status_of(exc) == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_S)
     return error_response(request, status_of(exc), exc.message, exc.errors, headers)
 
 
@@ -237,6 +240,12 @@ _HEADERS: dict[int, dict[str, Any]] = {
     401: {
         "WWW-Authenticate": {
             "description": "The scheme to authenticate with",
+            "schema": {"type": "string"},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait before trying again",
             "schema": {"type": "string"},
         }
     },

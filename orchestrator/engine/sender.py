@@ -92,12 +92,16 @@ class CommandSender:
         *,
         rollback: bool = False,
         reuse: list[DownloadKey] | None = None,
+        waiting: frozenset[str] | None = None,
     ) -> None:
         """Send the (rollback) firmware to (device, command id) pairs, a few round trips for all.
 
         Keys, device bookkeeping and command records are written in one round trip each before
         anything is published; a device whose publish fails stays unpublished for republish.
-        (A dispatch writes all of that in its own script.)
+        (A dispatch writes all of that in its own script.) A new key is recorded only on a
+        device still in a `waiting` state (default: rollback_sent for a rollback, else the
+        states a command is re-sent in); one that finished meanwhile is sent nothing and its
+        new key is revoked.
         """
         if not sends and not reuse:
             return
@@ -132,22 +136,22 @@ class CommandSender:
             sha256=stored.sha256,
         )
         context.metrics.download_keys_issued.inc(len(fresh))
-        keys = [*fresh, *(reuse or [])]
+        if waiting is None:
+            waiting = frozenset({DeviceState.ROLLBACK_SENT.value}) if rollback else RESENDABLE
+        recorded = await self._store.set_keys(
+            self.rollout_id, fresh, rollback=rollback, waiting=waiting
+        )
+        for unused in {k.key for k in fresh} - {k.key for k in recorded}:
+            await stores.download_keys.revoke(unused)
+        keys = [*recorded, *(reuse or [])]
         sent_at = isoformat_z(utc_now())
-        await asyncio.gather(
-            self._store.set_keys(
-                self.rollout_id,
-                "rollback_key" if rollback else "key",
-                {k.device_id: k.key for k in fresh},
-            ),
-            stores.commands.record_many(
-                [(k.device_id, k.command_id) for k in keys],
-                project_id=record.project_id,
-                command=COMMAND,
-                sent_at=sent_at,
-                rollout_id=self.rollout_id,
-                kind="rollback" if rollback else "update",
-            ),
+        await stores.commands.record_many(
+            [(k.device_id, k.command_id) for k in keys],
+            project_id=record.project_id,
+            command=COMMAND,
+            sent_at=sent_at,
+            rollout_id=self.rollout_id,
+            kind="rollback" if rollback else "update",
         )
 
         self.start_sending(
@@ -316,5 +320,5 @@ class CommandSender:
             else:
                 new.append((device_id, command_id))
         for rollback, (new, reused) in work.items():
-            await self.publish(record, plan, new, rollback=rollback, reuse=reused)
+            await self.publish(record, plan, new, rollback=rollback, reuse=reused, waiting=waiting)
         return settled

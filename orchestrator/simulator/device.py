@@ -48,6 +48,7 @@ from orchestrator.domain.commands import FILE_COMMANDS
 from orchestrator.simulator.behaviour import Behaviour, Stall, device_random
 from orchestrator.simulator.book import DeviceIdentity
 from orchestrator.simulator.download import download
+from orchestrator.simulator.mqtt_client import Client
 from orchestrator.simulator.stats import FleetStats
 from orchestrator.transport.results import ResultPayload, ResultStatus
 from orchestrator.transport.topics import command_topic, result_topic
@@ -226,7 +227,7 @@ class SimulatedDevice:
         if v5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
-        return aiomqtt.Client(
+        return Client(
             self._broker.host,
             self._broker.port,
             identifier=self.id,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,6 +27,10 @@ import httpx
 
 from orchestrator.simulator.behaviour import Stall
 
+# A device reads its download through a receive buffer of its own size, as firmware does (a
+# few KiB to a few hundred): never one the kernel grows to tens of MiB, which would take the
+# rest of a firmware image while the device stalls, so the service would see no stall at all.
+RECEIVE_BUFFER_BYTES = 256 * 1024
 MAX_BREAKS = 3  # transfers that may break off (network errors) before the download fails
 BUSY_RETRY_S = 10.0  # how long a 409 (a broken transfer letting go) or a 503 is retried
 _BACKOFF_S = (0.05, 1.0)  # first and largest pause between attempts
@@ -42,6 +47,20 @@ class Downloaded:
     resumes: int  # requests sent with Range after a broken transfer
     error: str = ""  # empty when the transfer completed
     stalled: bool = False  # it stalled (Stall) on the way
+
+
+def device_http(timeout_s: float, max_connections: int) -> httpx.AsyncClient:
+    """The HTTP client devices download with: each connection with a fixed receive buffer
+    (RECEIVE_BUFFER_BYTES; setting it also turns off the kernel's growing of it)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, pool=None),  # no limit on queueing
+        transport=httpx.AsyncHTTPTransport(
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)],
+        ),
+    )
 
 
 class _BrokenOff(Exception):
@@ -88,9 +107,10 @@ async def download(
             headers["Range"] = f"bytes={received}-"
         try:
             async with http.stream("GET", url, headers=headers) as response:
-                busy = response.status_code == 409 and received
-                # 503: the service is up but its Redis is not (a restart, a failover): retry.
-                if (busy or response.status_code == 503) and loop.time() < busy_until:
+                # 409: a transfer of ours the service still counts (broken off, even before
+                # its first byte, and not yet noticed, or its release waiting for Redis).
+                # 503: the service is up but its Redis is not (a restart, a failover). Retry.
+                if response.status_code in (409, 503) and loop.time() < busy_until:
                     await response.aclose()
                 elif response.status_code not in (200, 206):
                     return outcome(await _refusal(response))

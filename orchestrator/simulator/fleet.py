@@ -26,6 +26,7 @@ from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.simulator.behaviour import Behaviour
 from orchestrator.simulator.book import DeviceBook, DeviceIdentity
 from orchestrator.simulator.device import BrokerAddress, SimulatedDevice
+from orchestrator.simulator.download import device_http
 from orchestrator.simulator.stats import FleetStats
 
 log = structlog.get_logger(__name__)
@@ -105,12 +106,7 @@ class Fleet:
             raise ValueError(f"n_devices must be 0 or more, got {n_devices}")
         self._started = True
         identities = await self._provision(n_devices, tuple(tags))
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(DOWNLOAD_TIMEOUT_S, pool=None),  # no limit on queueing
-            limits=httpx.Limits(
-                max_connections=self._max_downloads, max_keepalive_connections=self._max_downloads
-            ),
-        )
+        self._http = device_http(DOWNLOAD_TIMEOUT_S, self._max_downloads)
         self._devices = [
             SimulatedDevice(
                 identity,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,7 +34,7 @@ from orchestrator.store.device_events import (
     spec,
 )
 from orchestrator.store.devices import LAST_SEEN_FIELD, VERSION_AT_FIELD, VERSION_FIELD
-from orchestrator.store.download_keys import new_download_key
+from orchestrator.store.download_keys import DownloadKey, new_download_key
 from orchestrator.store.keys import RedisKeys
 from orchestrator.store.redis import Redis, fields, hgetall_many, load_script, members, translated
 from orchestrator.store.rollout_archive import RolloutArchive
@@ -189,6 +189,7 @@ class RolloutDeviceStore:
         self._device = load_script(redis, "rollout_device")
         self._hgetall_many = load_script(redis, "hgetall_many")
         self._release = load_script(redis, "rollout_release")
+        self._set_keys = load_script(redis, "rollout_set_keys")
         self._archive = RolloutArchive(redis, keys)  # where a finished rollout's devices go
         self._rules = EncodedRules(keys)
 
@@ -449,12 +450,38 @@ class RolloutDeviceStore:
         )
 
     @translated
-    async def set_keys(self, rollout_id: str, field: str, keys: Mapping[str, str]) -> None:
-        """Record each device's download key (`key` or `rollback_key`) in one round trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for device_id, key in keys.items():
-                pipe.hset(self._keys.rollout_device(rollout_id, device_id), field, key)
-            await pipe.execute()
+    async def set_keys(
+        self,
+        rollout_id: str,
+        keys: Sequence[DownloadKey],
+        *,
+        rollback: bool,
+        waiting: Collection[str],
+    ) -> list[DownloadKey]:
+        """Record each device's new download key (`key`, or `rollback_key`) where the device is
+        still in a `waiting` state for the key's command, in one step; the keys recorded.
+
+        A device that finished meanwhile (its success revoked the key it used) is left as it
+        is: the caller revokes the keys not recorded and sends nothing to those devices.
+        """
+        if not keys:
+            return []
+        field, command_field = (
+            ("rollback_key", "rollback_command_id")
+            if rollback
+            else (
+                "key",
+                "command_id",
+            )
+        )
+        args: list[str] = [field, command_field, json.dumps(sorted(waiting))]
+        for key in keys:
+            args += (key.command_id, key.key)
+        recorded = await self._set_keys(
+            keys=[self._keys.rollout_device(rollout_id, key.device_id) for key in keys],
+            args=args,
+        )
+        return [key for key, done in zip(keys, recorded, strict=True) if int(done)]
 
     @translated
     async def note_resends(self, rollout_id: str, device_ids: Sequence[str], *, at_ms: int) -> None:

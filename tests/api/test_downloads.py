@@ -16,8 +16,10 @@ import pytest
 from orchestrator.api import downloads
 from orchestrator.blobs import CHUNK_SIZE
 from orchestrator.embedded import EmbeddedBroker
+from orchestrator.errors import StoreUnavailable
 from orchestrator.settings import Settings
 from orchestrator.store import download_keys
+from orchestrator.store.download_keys import Claim, DownloadKeyStore
 from tests.api.conftest import (
     LARGE,
     URL,
@@ -186,6 +188,72 @@ async def test_dropped_transfer_resumes_with_range_and_then_the_key_is_spent(
     assert bytes(received) + resumed.content == download.content
     await download.wait_state("spent")
     assert_error(await download.get(), 401)
+
+
+async def test_a_transfer_that_ends_while_redis_is_away_frees_its_claim_once_redis_answers(
+    create_download: CreateDownload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis is away as a broken transfer ends (a restart): its claim is freed once Redis
+    answers again, not left to lapse with its lease (60 s), so the device's resume is not
+    refused as busy (409) meanwhile and the bytes it got are counted."""
+    download = await create_download(LARGE)
+    release = DownloadKeyStore.release
+    refused: list[str] = []
+
+    async def release_after_an_outage(
+        self: DownloadKeyStore, key: str, claim_id: str, *, first: int, end: int
+    ) -> str:
+        if not refused:
+            refused.append(key)
+            raise StoreUnavailable("Redis is unreachable (Connection refused)")
+        return await release(self, key, claim_id, first=first, end=end)
+
+    monkeypatch.setattr(DownloadKeyStore, "release", release_after_an_outage)
+    received = bytearray()
+    async with download.stream() as response:
+        assert response.status_code == 200
+        async for chunk in response.aiter_raw():
+            received += chunk
+            if len(received) >= 4 * CHUNK_SIZE:
+                break  # leaving the block closes the connection mid-body
+
+    await download.wait_state("issued")
+    assert refused == [download.key]
+    assert len(received) <= await download.covered() < LARGE
+    offset = len(received)
+    resumed = await download.get(headers={**download.headers, "Range": f"bytes={offset}-"})
+    assert resumed.status_code == 206, resumed.text
+    assert bytes(received) + resumed.content == download.content
+    await download.wait_state("spent")
+
+
+async def test_a_transfer_streams_on_when_one_renewal_of_its_claim_finds_redis_away(
+    create_download: CreateDownload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal that meets Redis away does not end a moving transfer: its claim still holds
+    until its lease ends, and the next renewal extends it."""
+    monkeypatch.setattr(download_keys, "CLAIM_LEASE_MS", 3000)  # renewed every 0.5 s
+    download = await create_download(LARGE)
+    renew = DownloadKeyStore.renew
+    refused: list[str] = []
+
+    async def renew_after_an_outage(self: DownloadKeyStore, key: str, claim: Claim) -> bool:
+        if not refused:
+            refused.append(key)
+            raise StoreUnavailable("Redis is unreachable (Connection refused)")
+        return await renew(self, key, claim)
+
+    monkeypatch.setattr(DownloadKeyStore, "renew", renew_after_an_outage)
+    received = bytearray()
+    async with download.stream() as response:
+        assert response.status_code == 200
+        async for chunk in response.aiter_raw():
+            received += chunk
+            if not refused:
+                await asyncio.sleep(0.01)  # slow until a renewal has met the outage
+    assert refused == [download.key]
+    assert bytes(received) == download.content
+    await download.wait_state("spent")
 
 
 @pytest.mark.xfail(

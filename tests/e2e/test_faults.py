@@ -33,7 +33,6 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-import aiomqtt
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,6 +44,7 @@ from orchestrator.settings import Settings
 from orchestrator.simulator.behaviour import Behaviour, Stall
 from orchestrator.simulator.device import SimulatedDevice
 from orchestrator.simulator.fleet import Fleet as SimulatedFleet
+from orchestrator.simulator.mqtt_client import Client
 from orchestrator.store import download_keys
 from tests.conftest import Service, wait_for
 from tests.e2e.engines import EngineProcess, Engines
@@ -86,7 +86,7 @@ def settings(settings: Settings) -> Settings:
 
 async def publish_garbage(broker: EmbeddedBroker, device_id: str) -> int:
     """Publish every kind of bad result once; how many were published."""
-    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=None) as client:
+    async with Client("127.0.0.1", broker.port, identifier=None) as client:
         for whose, payload in GARBAGE:
             owner = device_id if whose == "own" else "no-such-device"
             await client.publish(f"{owner}/control/download_firmware/result", payload, qos=1)

@@ -51,6 +51,7 @@ async def test_results_sent_while_redis_is_down_are_applied_when_it_is_back(
 
 
 async def view_fails(service: Service, rollout_id: str) -> bool:
-    """True when the API cannot read the rollout (503: Redis unreachable)."""
+    """True when the API cannot read the rollout: 503 (Redis unreachable), saying when to ask
+    again (Retry-After, in seconds)."""
     response = await service.client.get(f"/v2/projects/{service.project_id}/rollouts/{rollout_id}")
-    return response.status_code == 503
+    return response.status_code == 503 and response.headers.get("retry-after", "").isdigit()

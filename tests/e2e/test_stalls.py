@@ -22,9 +22,11 @@ from orchestrator.store import download_keys
 from tests.conftest import Service, wait_for
 from tests.e2e.test_rollouts import view, wait_state
 
-# Socket buffers on loopback take about 5 MiB (up to 6.5 seen) of a download whose device
-# stops reading; with 12 MiB and stalls at most 30% of the way, the service always has bytes
-# left that it cannot send, so a stall is a stall on both ends.
+# Socket buffers on loopback take at most about 4.5 MiB of a download whose device stops
+# reading: the service's send buffer (up to 4 MiB) and the simulated device's fixed receive
+# buffer (simulator.download.RECEIVE_BUFFER_BYTES; one the kernel grew took a whole image under
+# load, and the service saw no stall). With 12 MiB and stalls at most 30% of the way, the
+# service always has bytes left that it cannot send, so a stall is a stall on both ends.
 FIRMWARE = os.urandom(12 * 1024 * 1024)
 # The product's claim lease is 60 s: a transfer that sends nothing for half of it (30 s) is
 # ended and its key's claim freed. Here the lease is 2 s, so a stall is ended after 1 s.

@@ -15,12 +15,15 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from orchestrator.domain.plans import Plan
+from orchestrator.domain.states import DeviceState
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.context import EngineContext
-from orchestrator.engine.sender import CommandSender
+from orchestrator.engine.sender import RESENDABLE, CommandSender
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Stores
+from orchestrator.store.download_keys import DownloadKey
+from orchestrator.store.redis import members
 from orchestrator.store.rollout_devices import Grant
 from orchestrator.store.rollouts import RolloutRecord
 from orchestrator.transport.mqtt import CommandTransport
@@ -131,3 +134,47 @@ async def test_a_device_left_unpublished_is_sent_again_with_its_command_id(
 
     assert received == command_ids
     assert await stores.rollout_devices.unpublished(rollout_id) == []
+
+
+async def test_a_device_that_finishes_while_its_command_is_sent_again_keeps_its_key_record(
+    settings: Settings,
+    stores: Stores,
+    mqtt_broker: EmbeddedBroker,
+    transport: CommandTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A silent device is sent its command again; its success lands (which revokes its key)
+    after its state was read but before the sender looked at that key. The sender must not
+    give the finished device a new live key, nor write it over the key the device used."""
+    run = f"dev-{uuid.uuid4().hex[:8]}"
+    [device] = devices = [f"{run}-0"]
+    rollout_id = await sent_rollout(stores, devices)
+    before = await stores.rollout_devices.device(rollout_id, device)
+    context = EngineContext(settings, stores, transport, Metrics(CollectorRegistry()))
+    sender = CommandSender(rollout_id, context, halt=never_halt)
+    record = await stores.rollouts.get(rollout_id)
+    assert record is not None
+    get_key = stores.download_keys.get
+
+    async def success_lands_first(key: str) -> DownloadKey | None:
+        # What applying the device's success does to it: final, its key revoked.
+        await stores.redis.hset(
+            stores.keys.rollout_device(rollout_id, device), "state", DeviceState.SUCCEEDED.value
+        )
+        await stores.download_keys.revoke(key)
+        return await get_key(key)
+
+    monkeypatch.setattr(stores.download_keys, "get", success_lands_first)
+    await sender._send_again(
+        record, Plan.model_validate(record.plan), {device: before}, waiting=RESENDABLE
+    )
+    await sender.drain()
+
+    after = await stores.rollout_devices.device(rollout_id, device)
+    assert after["key"] == before["key"]
+    live = [
+        key
+        for key in members(await stores.redis.smembers(stores.keys.device_download_keys(device)))
+        if await stores.download_keys.state(key) is not None
+    ]
+    assert live == [], "a finished device was given a new live download key"
