@@ -18,9 +18,13 @@ them; dispatch after freed room may start up to that batch later than the engine
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+import multiprocessing
+import os
 import random
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -49,6 +53,8 @@ RUNS = 2_000  # runs of a simulation unless told
 LATENCY_S = (5.0, 60.0)  # a device's time from its command to its result, unless told
 LOOK_MS = 1_000  # the longest the simulator lets pass between two looks while sending
 REFILL_SHARE = 0.1  # of max_in_flight freed before the simulator looks again to fill it
+MIN_RUNS_PER_WORKER = 50  # fewer runs than this per process are not worth a process
+_METHODS = multiprocessing.get_all_start_methods()
 START_MS = 1_000_000  # the simulated clock at a run's start (any value; durations count)
 
 _SUCCEEDED = counters.total(DeviceState.SUCCEEDED)
@@ -231,15 +237,43 @@ def summarize(runs: Sequence[Run], fleet: Fleet) -> Summary:
     )
 
 
-def simulate(plan: Plan, fleet: Fleet, *, runs: int = RUNS, seed: int = 0) -> Summary:
-    """Run `plan` `runs` times against `fleet`; the same seed gives the same summary."""
+def simulate(
+    plan: Plan, fleet: Fleet, *, runs: int = RUNS, seed: int = 0, workers: int = 1
+) -> Summary:
+    """Run `plan` `runs` times against `fleet`; the same seed gives the same summary.
+
+    Run i draws from its own generator, seeded by (seed, i), so the summary is the same
+    whatever the number of `workers` (processes sharing the runs; 1: this process only).
+    """
     if fleet.devices < 1:
         raise ValueError(f"a simulated fleet needs at least 1 device, got {fleet.devices}")
     if runs < 1:
         raise ValueError(f"a simulation needs at least 1 run, got {runs}")
+    workers = max(1, min(workers, runs // MIN_RUNS_PER_WORKER))
+    if workers == 1:
+        return summarize(_runs(plan, fleet, seed, 0, runs), fleet)
+    bounds = [runs * k // workers for k in range(workers + 1)]
+    context = multiprocessing.get_context("fork" if "fork" in _METHODS else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        parts = pool.map(
+            _runs,
+            *zip(*((plan, fleet, seed, a, b) for a, b in itertools.pairwise(bounds)), strict=True),
+        )
+        return summarize([run for part in parts for run in part], fleet)
+
+
+def default_workers() -> int:
+    """The processes a simulation asked for at the command line shares its runs among."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _runs(plan: Plan, fleet: Fleet, seed: int, first: int, stop: int) -> list[Run]:
+    """Runs number `first` to `stop` - 1 of a simulation, each from its own seeded generator."""
     sim = _Simulator(plan, fleet)
-    rng = random.Random(seed)  # noqa: S311 (a seeded simulation, not a secret)
-    return summarize([sim.run(rng) for _ in range(runs)], fleet)
+    return [
+        sim.run(random.Random(f"{seed}:{index}"))  # noqa: S311 (a seeded simulation)
+        for index in range(first, stop)
+    ]
 
 
 class _Simulator:
