@@ -317,6 +317,7 @@ class _Simulator:
         rate0 = self.groups[0][1]
         retries, refill = plan.policy.retries, self.refill
         low_ms, span_ms, timeout_ms = self.low_ms, self.span_ms, self.timeout_ms
+        never_late = low_ms + span_ms < timeout_ms
         now = START_MS
         state, wave, cursor, wave_done = RolloutState.PENDING, 0, 0, 0
         bucket = Bucket(0.0, now)
@@ -368,14 +369,29 @@ class _Simulator:
                         if latency > timeout_ms:
                             result, latency = _TIMEOUT, timeout_ms
                         else:
-                            result = _FAIL if bad[device] else _SUCCESS
+                            result = _FAIL if never_late or bad[device] else _SUCCESS
                         at = (now + int(latency)) << _TIME_SHIFT
                         heappush(heap, at | (device << 2) | result)
                         open_in_wave[home[device]] += 1
                         sent += 1
                     first = cursor
                     stop = min(upto, cursor + count - sent)
-                    for device in range(first, stop):
+                    if never_late:  # no result can time out: a failure is a bad device's
+                        # each entry's kind is 1 (_FAIL) when the device is bad, else 0
+                        entries = [
+                            ((now + int(low_ms + span_ms * random_())) << _TIME_SHIFT)
+                            | (device << 2)
+                            | (random_() < (rate0 if single else self._rate_of(random_())))
+                            for device in range(first, stop)
+                        ]
+                        bad_installs += sum([entry & 1 for entry in entries])
+                        if len(entries) > len(heap):  # heapify then beats a push each
+                            heap += entries
+                            heapq.heapify(heap)
+                        else:
+                            for entry in entries:
+                                heappush(heap, entry)
+                    for device in range(first, stop) if not never_late else ():
                         is_bad = random_() < (rate0 if single else self._rate_of(random_()))
                         latency = low_ms + span_ms * random_()
                         if latency > timeout_ms:
