@@ -48,6 +48,7 @@ from orchestrator.domain.progress import (
     decide,
 )
 from orchestrator.domain.states import DeviceState, RolloutState
+from orchestrator.domain.strata import proportional_order
 
 RUNS = 2_000  # runs of a simulation unless told
 LATENCY_S = (5.0, 60.0)  # a device's time from its command to its result, unless told
@@ -63,6 +64,7 @@ _FAILED = counters.failures(FailureType.FAILED)
 _TIMED_OUT = counters.failures(FailureType.TIMED_OUT)
 _SUCCESS, _FAIL, _TIMEOUT = 0, 1, 2  # a result in the simulated fleet
 _SIMULATED_FAILURES = (FailureType.FAILED, FailureType.TIMED_OUT)
+_REST = "(rest)"  # with `policy.by`, the value of the devices in no stratum of the fleet
 _TIME_SHIFT = 26  # bits below a result's time: its device (24) and its kind (2)
 _DEVICE_MASK = (1 << _TIME_SHIFT) - 1
 
@@ -210,6 +212,17 @@ class Summary:
         }
 
 
+def _sizes(shares: Sequence[float], devices: int) -> list[int]:
+    """Devices of each share of a fleet of `devices`, adding up to it (largest remainders)."""
+    total = sum(shares) or 1.0
+    exact = [share / total * devices for share in shares]
+    sizes = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(shares)), key=lambda i: sizes[i] - exact[i])
+    for i in by_remainder[: devices - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
 def _p95(values: Sequence[int]) -> int:
     """The 95th percentile (nearest rank)."""
     ordered = sorted(values)
@@ -269,7 +282,7 @@ def default_workers() -> int:
 
 def _runs(plan: Plan, fleet: Fleet, seed: int, first: int, stop: int) -> list[Run]:
     """Runs number `first` to `stop` - 1 of a simulation, each from its own seeded generator."""
-    sim = _Simulator(plan, fleet)
+    sim = _Simulator(plan, fleet, seed)
     return [
         sim.run(random.Random(f"{seed}:{index}"))  # noqa: S311 (a seeded simulation)
         for index in range(first, stop)
@@ -279,7 +292,7 @@ def _runs(plan: Plan, fleet: Fleet, seed: int, first: int, stop: int) -> list[Ru
 class _Simulator:
     """What all runs of one plan against one fleet share: reach, gates, look rules."""
 
-    def __init__(self, plan: Plan, fleet: Fleet) -> None:
+    def __init__(self, plan: Plan, fleet: Fleet, seed: int = 0) -> None:
         self.plan = plan
         self.fleet = fleet
         self.reach = tuple(wave_reach(plan.waves, fleet.devices))
@@ -300,8 +313,41 @@ class _Simulator:
             total += share
             cumulative.append((total, rate))
         self.groups = cumulative
+        self._stratify(plan.policy.by, seed)
         self.pending = [counters.in_wave(w, DeviceState.PENDING) for w in range(len(self.reach))]
         self.sent = [counters.in_wave(w, DeviceState.SENT) for w in range(len(self.reach))]
+
+    def _stratify(self, by: Sequence[str], seed: int) -> None:
+        """With `policy.by`: each device's group (a stratum of the fleet, or the rest) in the
+        engine's stratified order, and the labels each group's devices are counted under."""
+        self.group_of: list[int] = []  # by device in order; empty: groups drawn by chance
+        self.labels_of: list[tuple[int, ...]] = []  # by group: its label numbers
+        self.label_counters: list[tuple[str, str, str]] = []  # by label: its counters' names
+        self.rate_in_order: list[float] = []  # by device in order, its group's true rate
+        if not by:
+            return
+        fleet = self.fleet
+        sizes = _sizes([share for share, _ in fleet.groups()], fleet.devices)
+        # the devices in hash order: the groups in an order as random as the engine's hash
+        in_hash_order = [group for group, size in enumerate(sizes) for _ in range(size)]
+        random.Random(f"{seed}:order").shuffle(in_hash_order)  # noqa: S311 (seeded)
+        names: dict[str, int] = {}
+        kinds = [(s.key, s.value) for s in fleet.strata] + [("", "")]
+        for key, value in kinds:
+            labels = tuple(f"{entry}={value if entry == key else _REST}" for entry in by)
+            self.labels_of.append(tuple(names.setdefault(label, len(names)) for label in labels))
+        # two groups with the same labels (strata of a key not in `by`) are one stratum
+        self.group_of = [in_hash_order[at] for at in proportional_order(in_hash_order)]
+        self.label_counters = [
+            (
+                counters.in_stratum(label, DeviceState.SUCCEEDED),
+                counters.stratum_failures(label, FailureType.FAILED),
+                counters.stratum_failures(label, FailureType.TIMED_OUT),
+            )
+            for label in names
+        ]
+        rates = [rate for _, rate in fleet.groups()]
+        self.rate_in_order = [rates[group] for group in self.group_of]
 
     def _rate_of(self, draw: float) -> float:
         for edge, rate in self.groups:
@@ -318,6 +364,20 @@ class _Simulator:
         retries, refill = plan.policy.retries, self.refill
         low_ms, span_ms, timeout_ms = self.low_ms, self.span_ms, self.timeout_ms
         never_late = low_ms + span_ms < timeout_ms
+        group_of, labels_of = self.group_of, self.labels_of
+        in_order, pick = self.rate_in_order, self._rate_of
+
+        def rates(first: int, stop: int) -> Sequence[float] | itertools.repeat[float]:
+            """The true failure rate of devices first to stop - 1 in order."""
+            if in_order:
+                return in_order[first:stop]
+            if single:
+                return itertools.repeat(rate0, stop - first)
+            return [pick(random_()) for _ in range(first, stop)]
+
+        label_counters = self.label_counters
+        # with `policy.by`, each label's successes, failures and time-outs
+        by_label = [[0, 0, 0] for _ in label_counters]
         now = START_MS
         state, wave, cursor, wave_done = RolloutState.PENDING, 0, 0, 0
         bucket = Bucket(0.0, now)
@@ -344,6 +404,8 @@ class _Simulator:
                 sent_names[wave]: open_in_wave[wave],
                 pending_names[wave]: sum(1 for d in retry_line if home[d] == wave),
             }
+            for names, numbers in zip(label_counters, by_label, strict=True):
+                counts.update(zip(names, numbers, strict=True))
             look = Look(
                 state=state,
                 wave=wave,
@@ -381,8 +443,10 @@ class _Simulator:
                         entries = [
                             ((now + int(low_ms + span_ms * random_())) << _TIME_SHIFT)
                             | (device << 2)
-                            | (random_() < (rate0 if single else self._rate_of(random_())))
-                            for device in range(first, stop)
+                            | (random_() < rate)
+                            for device, rate in zip(
+                                range(first, stop), rates(first, stop), strict=True
+                            )
                         ]
                         bad_installs += sum([entry & 1 for entry in entries])
                         if len(entries) > len(heap):  # heapify then beats a push each
@@ -391,18 +455,21 @@ class _Simulator:
                         else:
                             for entry in entries:
                                 heappush(heap, entry)
-                    for device in range(first, stop) if not never_late else ():
-                        is_bad = random_() < (rate0 if single else self._rate_of(random_()))
-                        latency = low_ms + span_ms * random_()
-                        if latency > timeout_ms:
-                            result, latency = _TIMEOUT, timeout_ms
-                        else:
-                            result = _FAIL if is_bad else _SUCCESS
-                        at = (now + int(latency)) << _TIME_SHIFT
-                        heappush(heap, at | (device << 2) | result)
-                        if is_bad:
-                            bad[device] = True
-                            bad_installs += 1
+                    else:
+                        for device, rate in zip(
+                            range(first, stop), rates(first, stop), strict=True
+                        ):
+                            is_bad = random_() < rate
+                            latency = low_ms + span_ms * random_()
+                            if latency > timeout_ms:
+                                result, latency = _TIMEOUT, timeout_ms
+                            else:
+                                result = _FAIL if is_bad else _SUCCESS
+                            at = (now + int(latency)) << _TIME_SHIFT
+                            heappush(heap, at | (device << 2) | result)
+                            if is_bad:
+                                bad[device] = True
+                                bad_installs += 1
                     home[first:stop] = [wave] * (stop - first)
                     open_in_wave[wave] += stop - first
                     sent += stop - first
@@ -461,6 +528,15 @@ class _Simulator:
                     failed += 1
                 else:
                     timed_out += 1
+                if group_of:  # count it under its stratum's labels, as the engine does
+                    crossed = False
+                    for label in labels_of[group_of[device]]:
+                        tally = by_label[label]
+                        tally[result] += 1  # [successes, failures, time-outs]
+                        crossed |= tally[1] + tally[2] >= gate[tally[0] + tally[1] + tally[2]]
+                    if crossed:
+                        looked = True
+                        break
                 finished = succeeded + failed + timed_out
                 if failed + timed_out >= gate[finished] or not open_in_wave[wave_of]:
                     looked = True
