@@ -17,12 +17,12 @@ them; dispatch after freed room may start up to that batch later than the engine
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 import multiprocessing
 import os
 import random
+from bisect import bisect_left, insort
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -382,6 +382,7 @@ class _Simulator:
         state, wave, cursor, wave_done = RolloutState.PENDING, 0, 0, 0
         bucket = Bucket(0.0, now)
         succeeded = failed = timed_out = in_flight = 0
+        bulk = not group_of  # successes counted in runs (one by one with strata)
         open_in_wave = [0] * len(reach)  # devices of each wave sent and not final
         retry_line: list[int] = []  # devices back in the queue for another try
         devices = self.fleet.devices
@@ -389,11 +390,11 @@ class _Simulator:
         home = [0] * devices  # each device's wave
         attempts: dict[int, int] = {}  # tries of the devices tried more than once
         # each result as one int, ordered by time: (at ms << _TIME_SHIFT) | (device << 2) | kind
-        heap: list[int] = []
+        line: list[int] = []  # the results to come, in time order from `head` on
+        head = 0
         bad_installs = 0
         outcome: Outcome | None = None
         pending_names, sent_names = self.pending, self.sent
-        heappush, heappop = heapq.heappush, heapq.heappop
 
         while outcome is None:
             counts = {
@@ -433,7 +434,7 @@ class _Simulator:
                         else:
                             result = _FAIL if never_late or bad[device] else _SUCCESS
                         at = (now + int(latency)) << _TIME_SHIFT
-                        heappush(heap, at | (device << 2) | result)
+                        insort(line, at | (device << 2) | result, head)
                         open_in_wave[home[device]] += 1
                         sent += 1
                     first = cursor
@@ -449,12 +450,10 @@ class _Simulator:
                             )
                         ]
                         bad_installs += sum([entry & 1 for entry in entries])
-                        if len(entries) > len(heap):  # heapify then beats a push each
-                            heap += entries
-                            heapq.heapify(heap)
-                        else:
-                            for entry in entries:
-                                heappush(heap, entry)
+                        del line[:head]
+                        head = 0
+                        line += entries
+                        line.sort()  # two sorted runs: merged in linear time
                     else:
                         for device, rate in zip(
                             range(first, stop), rates(first, stop), strict=True
@@ -466,7 +465,7 @@ class _Simulator:
                             else:
                                 result = _FAIL if is_bad else _SUCCESS
                             at = (now + int(latency)) << _TIME_SHIFT
-                            heappush(heap, at | (device << 2) | result)
+                            insort(line, at | (device << 2) | result, head)
                             if is_bad:
                                 bad[device] = True
                                 bad_installs += 1
@@ -509,8 +508,39 @@ class _Simulator:
             seen = 0
             looked = False
             last = (int(until) + 1) << _TIME_SHIFT if until != math.inf else math.inf
-            while heap and heap[0] < last:
-                entry = heappop(heap)
+            while head < len(line) and line[head] < last:
+                if bulk and open_in_wave[wave] == in_flight:
+                    # every result in flight is of this wave: the successes up to the next
+                    # failure, the batch's end or `last` change nothing a look would see
+                    # unless one crosses a gate or ends the wave; those are counted one by one
+                    upto = len(line) if last == math.inf else bisect_left(line, last, head)
+                    room = upto - head
+                    if batch != math.inf:
+                        room = min(room, int(batch) - seen)
+                    kinds = [entry & 3 for entry in line[head : head + room]]
+                    run = kinds.index(_FAIL) if _FAIL in kinds else room
+                    if _TIMEOUT in kinds:
+                        run = min(run, kinds.index(_TIMEOUT))
+                    finished = succeeded + failed + timed_out
+                    run = min(run, open_in_wave[wave] - 1)  # not the wave's last result
+                    failures = failed + timed_out
+                    if run > 0 and not (
+                        failures and failures >= min(gate[finished + 1 : finished + run + 1])
+                    ):
+                        head += run
+                        at = line[head - 1] >> _TIME_SHIFT
+                        if at > now:
+                            now = at
+                        succeeded += run
+                        in_flight -= run
+                        open_in_wave[wave] -= run
+                        seen += run
+                        if seen >= batch:
+                            looked = True
+                            break
+                        continue
+                entry = line[head]
+                head += 1
                 at, device, result = entry >> _TIME_SHIFT, (entry & _DEVICE_MASK) >> 2, entry & 3
                 if at > now:
                     now = at
