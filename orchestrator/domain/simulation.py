@@ -63,6 +63,7 @@ _SENT = counters.total(DeviceState.SENT)
 _FAILED = counters.failures(FailureType.FAILED)
 _TIMED_OUT = counters.failures(FailureType.TIMED_OUT)
 _SUCCESS, _FAIL, _TIMEOUT = 0, 1, 2  # a result in the simulated fleet
+_SOAKED = 3  # with policy.health: a success's soak is over, it counts (verifying -> succeeded)
 _SIMULATED_FAILURES = (FailureType.FAILED, FailureType.TIMED_OUT)
 _REST = "(rest)"  # with `policy.by`, the value of the devices in no stratum of the fleet
 _TIME_SHIFT = 26  # bits below a result's time: its device (24) and its kind (2)
@@ -382,7 +383,10 @@ class _Simulator:
         state, wave, cursor, wave_done = RolloutState.PENDING, 0, 0, 0
         bucket = Bucket(0.0, now)
         succeeded = failed = timed_out = in_flight = 0
-        bulk = not group_of  # successes counted in runs (one by one with strata)
+        health = plan.policy.health
+        soak_ms = int(health.soak_s * 1000) if health is not None else 0
+        # successes counted in runs (one by one with strata or a soak)
+        bulk = not group_of and not soak_ms
         open_in_wave = [0] * len(reach)  # devices of each wave sent and not final
         retry_line: list[int] = []  # devices back in the queue for another try
         devices = self.fleet.devices
@@ -402,6 +406,8 @@ class _Simulator:
                 _FAILED: failed,
                 _TIMED_OUT: timed_out,
                 _SENT: in_flight,
+                # the wave's devices not final (sent, or verifying in a soak), under `sent`:
+                # the step function reads only their sum
                 sent_names[wave]: open_in_wave[wave],
                 pending_names[wave]: sum(1 for d in retry_line if home[d] == wave),
             }
@@ -544,10 +550,21 @@ class _Simulator:
                 at, device, result = entry >> _TIME_SHIFT, (entry & _DEVICE_MASK) >> 2, entry & 3
                 if at > now:
                     now = at
-                in_flight -= 1
+                if result == _SUCCESS and soak_ms:  # verifying: no longer in flight, not final
+                    in_flight -= 1
+                    seen += 1
+                    insort(line, ((at + soak_ms) << _TIME_SHIFT) | (device << 2) | _SOAKED, head)
+                    if seen >= batch:
+                        looked = True
+                        break
+                    continue
                 wave_of = home[device]
                 open_in_wave[wave_of] -= 1
-                seen += 1
+                if result == _SOAKED:  # the soak is over: the success counts now
+                    result = _SUCCESS
+                else:
+                    in_flight -= 1
+                    seen += 1
                 if result == _SUCCESS:
                     succeeded += 1
                 elif attempts.get(device, 1) <= retries:

@@ -119,6 +119,16 @@ def test_bakes_and_latency_make_the_duration() -> None:
     assert summary.duration_s_mean == pytest.approx(600 + 5 + 5, abs=0.1)
 
 
+def test_a_health_soak_holds_each_wave_back() -> None:
+    """With `health.soak`, a success counts only once its soak is over: each wave lasts its
+    last result plus the soak, then its bake."""
+    waves = "[{devices: 10, bake: 10m}, {percent: 100}]"
+    soaked = plan("max_failure_rate: 5%, health: {soak: 30m, heartbeat: 5m}", waves)
+    summary = simulate(soaked, Fleet(20, 0.0, latency_s=(5.0, 5.0)), runs=3)
+    assert summary.duration_s_mean == pytest.approx(2 * (5 + 1800) + 600, abs=0.1)
+    assert summary.p_complete == 1.0
+
+
 def _bound(p: float, runs: int) -> float:
     """Three standard errors of an estimated probability p from `runs` runs."""
     return 3 * math.sqrt(p * (1 - p) / runs)
