@@ -63,6 +63,7 @@ _SENT = counters.total(DeviceState.SENT)
 _FAILED = counters.failures(FailureType.FAILED)
 _TIMED_OUT = counters.failures(FailureType.TIMED_OUT)
 _SUCCESS, _FAIL, _TIMEOUT = 0, 1, 2  # a result in the simulated fleet
+_SCAN = 64  # results looked at together for a run of successes (a longer run takes more)
 _SOAKED = 3  # with policy.health: a success's soak is over, it counts (verifying -> succeeded)
 _SIMULATED_FAILURES = (FailureType.FAILED, FailureType.TIMED_OUT)
 _REST = "(rest)"  # with `policy.by`, the value of the devices in no stratum of the fleet
@@ -520,7 +521,7 @@ class _Simulator:
                     # failure, the batch's end or `last` change nothing a look would see
                     # unless one crosses a gate or ends the wave; those are counted one by one
                     upto = len(line) if last == math.inf else bisect_left(line, last, head)
-                    room = upto - head
+                    room = min(upto - head, _SCAN)
                     if batch != math.inf:
                         room = min(room, int(batch) - seen)
                     kinds = [entry & 3 for entry in line[head : head + room]]
