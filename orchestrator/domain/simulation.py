@@ -13,6 +13,14 @@ at every time a step asks to be woken (a bake's end), once a tenth of `max_in_fl
 freed up, and otherwise at most once a simulated second (the rate's bucket holds one second's
 worth, so the rate is kept). Halts and pauses are therefore found at the result that causes
 them; dispatch after freed room may start up to that batch later than the engine would.
+Between two looks, a run of successes that crosses no gate and ends no wave is counted at once
+(the same counts as one by one).
+
+With `policy.by` the fleet has exactly each stratum's share, its devices labelled as the
+engine labels them and sent in the engine's stratified order, and each stratum's counters are
+in the look; with `policy.health` a success is verifying for the soak before it counts.
+Each run draws from its own generator seeded by (seed, its number), so runs can be shared
+among processes without changing the summary.
 """
 
 from __future__ import annotations
