@@ -13,6 +13,7 @@ from orchestrator.domain.simulation import (
     LATENCY_S,
     Fleet,
     Summary,
+    default_workers,
     parse_fleet,
     parse_latency,
     simulate,
@@ -83,7 +84,7 @@ def fleet_of(
 
 def simulate_plan(plan: Plan, fleet: Fleet, *, runs: int, seed: int, as_json: bool) -> None:
     """Run the simulation and print its summary: a table, or one JSON object."""
-    summary = simulate(plan, fleet, runs=runs, seed=seed)
+    summary = simulate(plan, fleet, runs=runs, seed=seed, workers=default_workers())
     if as_json:
         print_json(summary.as_json())
         return

@@ -81,8 +81,9 @@ def by_state(counts: Mapping[str, int], wave: int | None = None) -> dict[str, in
 
 
 _SUCCEEDED = total(DeviceState.SUCCEEDED)
+_SUCCEEDED_BASE = base(_SUCCEEDED)
 _SINCE_BASE = (
-    (_SUCCEEDED, base(_SUCCEEDED)),
+    (_SUCCEEDED, _SUCCEEDED_BASE),
     *((failures(kind), base(failures(kind))) for kind in FailureType),
 )
 _KINDS = tuple(FailureType)
@@ -90,14 +91,19 @@ _KINDS = tuple(FailureType)
 REBASED: dict[str, str] = dict(_SINCE_BASE)
 
 
+_FAILURES_SINCE_BASE = tuple(zip(_KINDS, _SINCE_BASE[1:], strict=True))
+
+
 def tally_of(counts: Mapping[str, int]) -> Tally:
     """What the failure policy judges: devices finished since the last rebase."""
     get = counts.get
-    succeeded, *by_kind = (max(0, get(name, 0) - get(rebased, 0)) for name, rebased in _SINCE_BASE)
-    return Tally(
-        succeeded=succeeded,
-        failures={kind: n for kind, n in zip(_KINDS, by_kind, strict=True) if n},
-    )
+    failures = {}
+    for kind, (name, rebased) in _FAILURES_SINCE_BASE:
+        n = get(name, 0) - get(rebased, 0)
+        if n > 0:
+            failures[kind] = n
+    succeeded = get(_SUCCEEDED, 0) - get(_SUCCEEDED_BASE, 0)
+    return Tally(succeeded=max(0, succeeded), failures=failures)
 
 
 _STRATUM_SUCCEEDED = in_stratum("", DeviceState.SUCCEEDED)

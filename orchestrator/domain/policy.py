@@ -12,6 +12,7 @@ inconclusive (the engine asks a person); undecided with the rate within the limi
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ class Tally:
     succeeded: int = 0
     failures: Mapping[FailureType, int] = field(default_factory=dict)
 
-    @cached_property
+    @property
     def failed(self) -> int:
         """All failures, whatever their type."""
         return sum(self.failures.values())
@@ -161,6 +162,8 @@ def judge_strata(
     and its verdict, or None when none crosses one."""
     worst: tuple[str, Verdict] | None = None
     for label, tally in tallies.items():
+        if not end_of_wave and not may_cross_mid_wave(tally, policy):
+            continue
         verdict = judge(tally, policy, end_of_wave=end_of_wave)
         if verdict.breached and (worst is None or verdict.failure_rate > worst[1].failure_rate):
             worst = (label, verdict)
@@ -241,21 +244,60 @@ def fewest_failures_to_cross(
     be asked for (the simulator's), never a verdict itself."""
     if finished < policy.min_devices:
         return finished + 1
-    fewest = finished + 1
     kinds = set(types)
-    for kind, limit in _limits(policy):
-        if kind is not None and kind not in kinds:
-            continue
-        if policy.confidence is not None and applies(limit):
-            least = sprt_for(limit, policy.confidence).failures_to_halt(finished)
+    limits = _gate_limits(policy)
+    fewest = _fewest_by_limit(limits, finished)
+    allowed = [True] + [kind in kinds for kind, _ in limits[1]]
+    return min([n for n, ok in zip(fewest, allowed, strict=True) if ok], default=finished + 1)
+
+
+def may_cross_mid_wave(tally: Tally, policy: PolicySpec) -> bool:
+    """Whether `tally` crosses a limit mid-wave: judge(tally, policy, end_of_wave=False)
+    .breached, found from counts alone, without building the verdict (the engine's step
+    function asks this at every look and builds the verdict only when it is True)."""
+    failures = tally.failures
+    if not failures:
+        return False
+    failed = sum(failures.values())
+    finished = tally.succeeded + failed
+    if finished < policy.min_devices:
+        return False
+    limits = _gate_limits(policy)
+    fewest = _fewest_by_limit(limits, finished)
+    if failed >= fewest[0]:
+        return True
+    for (kind, _), least in zip(limits[1], fewest[1:], strict=True):
+        if failures.get(kind, 0) >= least:
+            return True
+    return False
+
+
+_GateLimits = tuple[float, tuple[tuple[FailureType, float], ...], float | None]
+
+
+def _gate_limits(policy: PolicySpec) -> _GateLimits:
+    """What the fewest failures that cross each limit depend on (hashable, for the cache)."""
+    by_type = tuple(sorted(policy.max_failure_rate_by_type.items()))
+    return policy.max_failure_rate, by_type, policy.confidence
+
+
+@functools.lru_cache(maxsize=65_536)
+def _fewest_by_limit(limits: _GateLimits, finished: int) -> tuple[int, ...]:
+    """For each limit (the overall one, then each type's in order), the fewest failures of
+    its kind among `finished` devices that cross it (`finished + 1` when none can)."""
+    overall, by_type, confidence = limits
+    fewest = []
+    for limit in [overall, *(limit for _, limit in by_type)]:
+        if confidence is not None and applies(limit):
+            least = sprt_for(limit, confidence).failures_to_halt(finished)
         else:
             least = math.floor(limit * finished) + 1
             while least > 1 and (least - 1) / finished > limit:
                 least -= 1
             while least <= finished and not least / finished > limit:
                 least += 1
-        fewest = min(fewest, least)
-    return fewest
+        fewest.append(min(least, finished + 1))
+    return tuple(fewest)
 
 
 RESENDS = 3  # times a silent device is sent the same command again before its deadline

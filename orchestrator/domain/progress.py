@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.domain import counters
 from orchestrator.domain.plans import Plan
-from orchestrator.domain.policy import Tally, Verdict, judge, judge_strata
+from orchestrator.domain.policy import Tally, Verdict, judge, judge_strata, may_cross_mid_wave
 from orchestrator.domain.states import (
     IN_FLIGHT_DEVICE_STATES,
     SOAKING_DEVICE_STATES,
@@ -60,14 +60,14 @@ class Bucket:
     def refill(self, rate_per_s: float | None, now_ms: int) -> Bucket:
         """The bucket at `now_ms` (unchanged without a rate)."""
         if rate_per_s is None:
-            return replace(self, at_ms=now_ms)
+            return Bucket(self.tokens, now_ms)
         elapsed_s = max(0.0, (now_ms - self.at_ms) / 1000)
         tokens = min(max(1.0, rate_per_s), self.tokens + elapsed_s * rate_per_s)
         return Bucket(tokens, now_ms)
 
     def spend(self, count: int) -> Bucket:
         """The bucket once `count` devices were dispatched."""
-        return replace(self, tokens=self.tokens - count)
+        return Bucket(self.tokens - count, self.at_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,9 +300,10 @@ def _stratum_inconclusive(plan: Plan, look: Look) -> tuple[str, Verdict] | None:
 def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     counts = look.counts
     tally = counters.tally_of(counts)
-    verdict = judge(tally, plan.policy, end_of_wave=False)
-    if verdict.breached:
-        return _breach(plan, look, verdict, tally)
+    if may_cross_mid_wave(tally, plan.policy):
+        verdict = judge(tally, plan.policy, end_of_wave=False)
+        if verdict.breached:
+            return _breach(plan, look, verdict, tally)
     stratum_breach = _stratum_breach(plan, look, end_of_wave=False)
     if stratum_breach is not None:
         return stratum_breach

@@ -13,14 +13,26 @@ at every time a step asks to be woken (a bake's end), once a tenth of `max_in_fl
 freed up, and otherwise at most once a simulated second (the rate's bucket holds one second's
 worth, so the rate is kept). Halts and pauses are therefore found at the result that causes
 them; dispatch after freed room may start up to that batch later than the engine would.
+Between two looks, a run of successes that crosses no gate and ends no wave is counted at once
+(the same counts as one by one).
+
+With `policy.by` the fleet has exactly each stratum's share, its devices labelled as the
+engine labels them and sent in the engine's stratified order, and each stratum's counters are
+in the look; with `policy.health` a success is verifying for the soak before it counts.
+Each run draws from its own generator seeded by (seed, its number), so runs can be shared
+among processes without changing the summary.
 """
 
 from __future__ import annotations
 
-import heapq
+import itertools
 import math
+import multiprocessing
+import os
 import random
+from bisect import bisect_left, insort
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -44,11 +56,14 @@ from orchestrator.domain.progress import (
     decide,
 )
 from orchestrator.domain.states import DeviceState, RolloutState
+from orchestrator.domain.strata import proportional_order
 
 RUNS = 2_000  # runs of a simulation unless told
 LATENCY_S = (5.0, 60.0)  # a device's time from its command to its result, unless told
 LOOK_MS = 1_000  # the longest the simulator lets pass between two looks while sending
 REFILL_SHARE = 0.1  # of max_in_flight freed before the simulator looks again to fill it
+MIN_RUNS_PER_WORKER = 50  # fewer runs than this per process are not worth a process
+_METHODS = multiprocessing.get_all_start_methods()
 START_MS = 1_000_000  # the simulated clock at a run's start (any value; durations count)
 
 _SUCCEEDED = counters.total(DeviceState.SUCCEEDED)
@@ -56,7 +71,10 @@ _SENT = counters.total(DeviceState.SENT)
 _FAILED = counters.failures(FailureType.FAILED)
 _TIMED_OUT = counters.failures(FailureType.TIMED_OUT)
 _SUCCESS, _FAIL, _TIMEOUT = 0, 1, 2  # a result in the simulated fleet
+_SCAN = 64  # results looked at together for a run of successes (a longer run takes more)
+_SOAKED = 3  # with policy.health: a success's soak is over, it counts (verifying -> succeeded)
 _SIMULATED_FAILURES = (FailureType.FAILED, FailureType.TIMED_OUT)
+_REST = "(rest)"  # with `policy.by`, the value of the devices in no stratum of the fleet
 _TIME_SHIFT = 26  # bits below a result's time: its device (24) and its kind (2)
 _DEVICE_MASK = (1 << _TIME_SHIFT) - 1
 
@@ -204,6 +222,17 @@ class Summary:
         }
 
 
+def _sizes(shares: Sequence[float], devices: int) -> list[int]:
+    """Devices of each share of a fleet of `devices`, adding up to it (largest remainders)."""
+    total = sum(shares) or 1.0
+    exact = [share / total * devices for share in shares]
+    sizes = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(shares)), key=lambda i: sizes[i] - exact[i])
+    for i in by_remainder[: devices - sum(sizes)]:
+        sizes[i] += 1
+    return sizes
+
+
 def _p95(values: Sequence[int]) -> int:
     """The 95th percentile (nearest rank)."""
     ordered = sorted(values)
@@ -231,21 +260,49 @@ def summarize(runs: Sequence[Run], fleet: Fleet) -> Summary:
     )
 
 
-def simulate(plan: Plan, fleet: Fleet, *, runs: int = RUNS, seed: int = 0) -> Summary:
-    """Run `plan` `runs` times against `fleet`; the same seed gives the same summary."""
+def simulate(
+    plan: Plan, fleet: Fleet, *, runs: int = RUNS, seed: int = 0, workers: int = 1
+) -> Summary:
+    """Run `plan` `runs` times against `fleet`; the same seed gives the same summary.
+
+    Run i draws from its own generator, seeded by (seed, i), so the summary is the same
+    whatever the number of `workers` (processes sharing the runs; 1: this process only).
+    """
     if fleet.devices < 1:
         raise ValueError(f"a simulated fleet needs at least 1 device, got {fleet.devices}")
     if runs < 1:
         raise ValueError(f"a simulation needs at least 1 run, got {runs}")
-    sim = _Simulator(plan, fleet)
-    rng = random.Random(seed)  # noqa: S311 (a seeded simulation, not a secret)
-    return summarize([sim.run(rng) for _ in range(runs)], fleet)
+    workers = max(1, min(workers, runs // MIN_RUNS_PER_WORKER))
+    if workers == 1:
+        return summarize(_runs(plan, fleet, seed, 0, runs), fleet)
+    bounds = [runs * k // workers for k in range(workers + 1)]
+    context = multiprocessing.get_context("fork" if "fork" in _METHODS else "spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        parts = pool.map(
+            _runs,
+            *zip(*((plan, fleet, seed, a, b) for a, b in itertools.pairwise(bounds)), strict=True),
+        )
+        return summarize([run for part in parts for run in part], fleet)
+
+
+def default_workers() -> int:
+    """The processes a simulation asked for at the command line shares its runs among."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _runs(plan: Plan, fleet: Fleet, seed: int, first: int, stop: int) -> list[Run]:
+    """Runs number `first` to `stop` - 1 of a simulation, each from its own seeded generator."""
+    sim = _Simulator(plan, fleet, seed)
+    return [
+        sim.run(random.Random(f"{seed}:{index}"))  # noqa: S311 (a seeded simulation)
+        for index in range(first, stop)
+    ]
 
 
 class _Simulator:
     """What all runs of one plan against one fleet share: reach, gates, look rules."""
 
-    def __init__(self, plan: Plan, fleet: Fleet) -> None:
+    def __init__(self, plan: Plan, fleet: Fleet, seed: int = 0) -> None:
         self.plan = plan
         self.fleet = fleet
         self.reach = tuple(wave_reach(plan.waves, fleet.devices))
@@ -266,8 +323,41 @@ class _Simulator:
             total += share
             cumulative.append((total, rate))
         self.groups = cumulative
+        self._stratify(plan.policy.by, seed)
         self.pending = [counters.in_wave(w, DeviceState.PENDING) for w in range(len(self.reach))]
         self.sent = [counters.in_wave(w, DeviceState.SENT) for w in range(len(self.reach))]
+
+    def _stratify(self, by: Sequence[str], seed: int) -> None:
+        """With `policy.by`: each device's group (a stratum of the fleet, or the rest) in the
+        engine's stratified order, and the labels each group's devices are counted under."""
+        self.group_of: list[int] = []  # by device in order; empty: groups drawn by chance
+        self.labels_of: list[tuple[int, ...]] = []  # by group: its label numbers
+        self.label_counters: list[tuple[str, str, str]] = []  # by label: its counters' names
+        self.rate_in_order: list[float] = []  # by device in order, its group's true rate
+        if not by:
+            return
+        fleet = self.fleet
+        sizes = _sizes([share for share, _ in fleet.groups()], fleet.devices)
+        # the devices in hash order: the groups in an order as random as the engine's hash
+        in_hash_order = [group for group, size in enumerate(sizes) for _ in range(size)]
+        random.Random(f"{seed}:order").shuffle(in_hash_order)  # noqa: S311 (seeded)
+        names: dict[str, int] = {}
+        kinds = [(s.key, s.value) for s in fleet.strata] + [("", "")]
+        for key, value in kinds:
+            labels = tuple(f"{entry}={value if entry == key else _REST}" for entry in by)
+            self.labels_of.append(tuple(names.setdefault(label, len(names)) for label in labels))
+        # two groups with the same labels (strata of a key not in `by`) are one stratum
+        self.group_of = [in_hash_order[at] for at in proportional_order(in_hash_order)]
+        self.label_counters = [
+            (
+                counters.in_stratum(label, DeviceState.SUCCEEDED),
+                counters.stratum_failures(label, FailureType.FAILED),
+                counters.stratum_failures(label, FailureType.TIMED_OUT),
+            )
+            for label in names
+        ]
+        rates = [rate for _, rate in fleet.groups()]
+        self.rate_in_order = [rates[group] for group in self.group_of]
 
     def _rate_of(self, draw: float) -> float:
         for edge, rate in self.groups:
@@ -283,10 +373,29 @@ class _Simulator:
         rate0 = self.groups[0][1]
         retries, refill = plan.policy.retries, self.refill
         low_ms, span_ms, timeout_ms = self.low_ms, self.span_ms, self.timeout_ms
+        never_late = low_ms + span_ms < timeout_ms
+        group_of, labels_of = self.group_of, self.labels_of
+        in_order, pick = self.rate_in_order, self._rate_of
+
+        def rates(first: int, stop: int) -> Sequence[float] | itertools.repeat[float]:
+            """The true failure rate of devices first to stop - 1 in order."""
+            if in_order:
+                return in_order[first:stop]
+            if single:
+                return itertools.repeat(rate0, stop - first)
+            return [pick(random_()) for _ in range(first, stop)]
+
+        label_counters = self.label_counters
+        # with `policy.by`, each label's successes, failures and time-outs
+        by_label = [[0, 0, 0] for _ in label_counters]
         now = START_MS
         state, wave, cursor, wave_done = RolloutState.PENDING, 0, 0, 0
         bucket = Bucket(0.0, now)
         succeeded = failed = timed_out = in_flight = 0
+        health = plan.policy.health
+        soak_ms = int(health.soak_s * 1000) if health is not None else 0
+        # successes counted in runs (one by one with strata or a soak)
+        bulk = not group_of and not soak_ms
         open_in_wave = [0] * len(reach)  # devices of each wave sent and not final
         retry_line: list[int] = []  # devices back in the queue for another try
         devices = self.fleet.devices
@@ -294,11 +403,11 @@ class _Simulator:
         home = [0] * devices  # each device's wave
         attempts: dict[int, int] = {}  # tries of the devices tried more than once
         # each result as one int, ordered by time: (at ms << _TIME_SHIFT) | (device << 2) | kind
-        heap: list[int] = []
+        line: list[int] = []  # the results to come, in time order from `head` on
+        head = 0
         bad_installs = 0
         outcome: Outcome | None = None
         pending_names, sent_names = self.pending, self.sent
-        heappush, heappop = heapq.heappush, heapq.heappop
 
         while outcome is None:
             counts = {
@@ -306,9 +415,13 @@ class _Simulator:
                 _FAILED: failed,
                 _TIMED_OUT: timed_out,
                 _SENT: in_flight,
+                # the wave's devices not final (sent, or verifying in a soak), under `sent`:
+                # the step function reads only their sum
                 sent_names[wave]: open_in_wave[wave],
                 pending_names[wave]: sum(1 for d in retry_line if home[d] == wave),
             }
+            for names, numbers in zip(label_counters, by_label, strict=True):
+                counts.update(zip(names, numbers, strict=True))
             look = Look(
                 state=state,
                 wave=wave,
@@ -334,25 +447,43 @@ class _Simulator:
                         if latency > timeout_ms:
                             result, latency = _TIMEOUT, timeout_ms
                         else:
-                            result = _FAIL if bad[device] else _SUCCESS
+                            result = _FAIL if never_late or bad[device] else _SUCCESS
                         at = (now + int(latency)) << _TIME_SHIFT
-                        heappush(heap, at | (device << 2) | result)
+                        insort(line, at | (device << 2) | result, head)
                         open_in_wave[home[device]] += 1
                         sent += 1
                     first = cursor
                     stop = min(upto, cursor + count - sent)
-                    for device in range(first, stop):
-                        is_bad = random_() < (rate0 if single else self._rate_of(random_()))
-                        latency = low_ms + span_ms * random_()
-                        if latency > timeout_ms:
-                            result, latency = _TIMEOUT, timeout_ms
-                        else:
-                            result = _FAIL if is_bad else _SUCCESS
-                        at = (now + int(latency)) << _TIME_SHIFT
-                        heappush(heap, at | (device << 2) | result)
-                        if is_bad:
-                            bad[device] = True
-                            bad_installs += 1
+                    if never_late:  # no result can time out: a failure is a bad device's
+                        # each entry's kind is 1 (_FAIL) when the device is bad, else 0
+                        entries = [
+                            ((now + int(low_ms + span_ms * random_())) << _TIME_SHIFT)
+                            | (device << 2)
+                            | (random_() < rate)
+                            for device, rate in zip(
+                                range(first, stop), rates(first, stop), strict=True
+                            )
+                        ]
+                        bad_installs += sum([entry & 1 for entry in entries])
+                        del line[:head]
+                        head = 0
+                        line += entries
+                        line.sort()  # two sorted runs: merged in linear time
+                    else:
+                        for device, rate in zip(
+                            range(first, stop), rates(first, stop), strict=True
+                        ):
+                            is_bad = random_() < rate
+                            latency = low_ms + span_ms * random_()
+                            if latency > timeout_ms:
+                                result, latency = _TIMEOUT, timeout_ms
+                            else:
+                                result = _FAIL if is_bad else _SUCCESS
+                            at = (now + int(latency)) << _TIME_SHIFT
+                            insort(line, at | (device << 2) | result, head)
+                            if is_bad:
+                                bad[device] = True
+                                bad_installs += 1
                     home[first:stop] = [wave] * (stop - first)
                     open_in_wave[wave] += stop - first
                     sent += stop - first
@@ -392,15 +523,57 @@ class _Simulator:
             seen = 0
             looked = False
             last = (int(until) + 1) << _TIME_SHIFT if until != math.inf else math.inf
-            while heap and heap[0] < last:
-                entry = heappop(heap)
+            while head < len(line) and line[head] < last:
+                if bulk and open_in_wave[wave] == in_flight:
+                    # every result in flight is of this wave: the successes up to the next
+                    # failure, the batch's end or `last` change nothing a look would see
+                    # unless one crosses a gate or ends the wave; those are counted one by one
+                    upto = len(line) if last == math.inf else bisect_left(line, last, head)
+                    room = min(upto - head, _SCAN)
+                    if batch != math.inf:
+                        room = min(room, int(batch) - seen)
+                    kinds = [entry & 3 for entry in line[head : head + room]]
+                    run = kinds.index(_FAIL) if _FAIL in kinds else room
+                    if _TIMEOUT in kinds:
+                        run = min(run, kinds.index(_TIMEOUT))
+                    finished = succeeded + failed + timed_out
+                    run = min(run, open_in_wave[wave] - 1)  # not the wave's last result
+                    failures = failed + timed_out
+                    if run > 0 and not (
+                        failures and failures >= min(gate[finished + 1 : finished + run + 1])
+                    ):
+                        head += run
+                        at = line[head - 1] >> _TIME_SHIFT
+                        if at > now:
+                            now = at
+                        succeeded += run
+                        in_flight -= run
+                        open_in_wave[wave] -= run
+                        seen += run
+                        if seen >= batch:
+                            looked = True
+                            break
+                        continue
+                entry = line[head]
+                head += 1
                 at, device, result = entry >> _TIME_SHIFT, (entry & _DEVICE_MASK) >> 2, entry & 3
                 if at > now:
                     now = at
-                in_flight -= 1
+                if result == _SUCCESS and soak_ms:  # verifying: no longer in flight, not final
+                    in_flight -= 1
+                    seen += 1
+                    insort(line, ((at + soak_ms) << _TIME_SHIFT) | (device << 2) | _SOAKED, head)
+                    if seen >= batch:
+                        looked = True
+                        break
+                    continue
                 wave_of = home[device]
                 open_in_wave[wave_of] -= 1
-                seen += 1
+                if result == _SOAKED:  # the soak is over: the success counts now
+                    result = _SUCCESS
+                else:
+                    in_flight -= 1
+                    seen += 1
                 if result == _SUCCESS:
                     succeeded += 1
                 elif attempts.get(device, 1) <= retries:
@@ -411,6 +584,15 @@ class _Simulator:
                     failed += 1
                 else:
                     timed_out += 1
+                if group_of:  # count it under its stratum's labels, as the engine does
+                    crossed = False
+                    for label in labels_of[group_of[device]]:
+                        tally = by_label[label]
+                        tally[result] += 1  # [successes, failures, time-outs]
+                        crossed |= tally[1] + tally[2] >= gate[tally[0] + tally[1] + tally[2]]
+                    if crossed:
+                        looked = True
+                        break
                 finished = succeeded + failed + timed_out
                 if failed + timed_out >= gate[finished] or not open_in_wave[wave_of]:
                     looked = True

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from orchestrator.domain import counters
 from orchestrator.domain.plans import FailureType, PolicySpec
-from orchestrator.domain.policy import Tally, evidence_in_words, judge, judge_strata
+from orchestrator.domain.policy import (
+    Tally,
+    evidence_in_words,
+    judge,
+    judge_strata,
+    may_cross_mid_wave,
+)
 
 F = FailureType
 
@@ -185,3 +194,34 @@ def test_the_evidence_in_words_for_a_rollout_s_view() -> None:
         "pass: the test tells 2.5% from 10% at 95% (log-likelihood ratio -3.04; halts at "
         "3.00, passes at -3.00)"
     )
+
+
+_RATES = st.sampled_from([0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 1 / 3, 0.5, 0.9, 1.0])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    overall=_RATES,
+    typed=st.dictionaries(st.sampled_from(list(F)), _RATES, max_size=3),
+    confidence=st.sampled_from([None, 0.9, 0.95, 0.99]),
+    min_devices=st.integers(1, 30),
+    succeeded=st.integers(0, 400),
+    failures=st.dictionaries(st.sampled_from(list(F)), st.integers(1, 120), max_size=4),
+)
+def test_the_quick_mid_wave_check_agrees_with_the_verdict(
+    overall: float,
+    typed: dict[FailureType, float],
+    confidence: float | None,
+    min_devices: int,
+    succeeded: int,
+    failures: dict[FailureType, int],
+) -> None:
+    policy = PolicySpec(
+        max_failure_rate=overall,
+        max_failure_rate_by_type=typed,
+        confidence=confidence,
+        min_devices=min_devices,
+    )
+    tally = Tally(succeeded=succeeded, failures=failures)
+    verdict = judge(tally, policy, end_of_wave=False)
+    assert may_cross_mid_wave(tally, policy) == verdict.breached

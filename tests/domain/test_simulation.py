@@ -88,10 +88,45 @@ def test_strata_set_the_fleet_true_rate() -> None:
     assert 0.1 < summary.bad_installs_mean / 100 < 0.3
 
 
+def test_a_failing_stratum_is_caught_only_when_the_plan_judges_strata() -> None:
+    """One model, a tenth of the fleet, fails 80% of the time while the rest is healthy: with
+    `by: [model]` the stratified canary holds some of it and its own test halts nearly every
+    run; judged as a whole, the 8% it adds is mostly lost in the fleet."""
+    waves = "[{devices: 50, bake: 10m}, {percent: 50}, {percent: 100}]"
+    gate = "max_failure_rate: 10%, min_devices: 20, confidence: 95%, max_in_flight: 100"
+    fleet = Fleet(2000, 0.01, strata=(Stratum("model", "TH-300", 0.8, share=0.1),))
+    judged = simulate(plan(f"{gate}, by: [model]", waves), fleet, runs=100, seed=3)
+    whole = simulate(plan(gate, waves), fleet, runs=100, seed=3)
+    assert judged.p_halt >= 0.9
+    assert judged.reached_p95 == 50  # halted at the canary's end
+    assert whole.p_halt <= 0.6
+
+
+def test_with_strata_the_waves_take_every_stratum_in_proportion() -> None:
+    """A canary of 10 with `by: [model]` holds one of a 10% model that fails every time: it
+    is judged on its own at the wave end (1 of 1 failed), so every run halts there."""
+    waves = "[{devices: 10}, {percent: 100}]"
+    fleet = Fleet(1000, 0.0, strata=(Stratum("model", "TH-300", 1.0, share=0.1),))
+    summary = simulate(plan("max_failure_rate: 50%, by: [model]", waves), fleet, runs=20)
+    assert summary.p_halt == 1.0
+    assert summary.bad_installs_mean == 1.0
+    assert summary.reached_mean == 10
+
+
 def test_bakes_and_latency_make_the_duration() -> None:
     baked = plan("max_failure_rate: 5%", "[{devices: 10, bake: 10m}, {percent: 100}]")
     summary = simulate(baked, Fleet(20, 0.0, latency_s=(5.0, 5.0)), runs=3)
     assert summary.duration_s_mean == pytest.approx(600 + 5 + 5, abs=0.1)
+
+
+def test_a_health_soak_holds_each_wave_back() -> None:
+    """With `health.soak`, a success counts only once its soak is over: each wave lasts its
+    last result plus the soak, then its bake."""
+    waves = "[{devices: 10, bake: 10m}, {percent: 100}]"
+    soaked = plan("max_failure_rate: 5%, health: {soak: 30m, heartbeat: 5m}", waves)
+    summary = simulate(soaked, Fleet(20, 0.0, latency_s=(5.0, 5.0)), runs=3)
+    assert summary.duration_s_mean == pytest.approx(2 * (5 + 1800) + 600, abs=0.1)
+    assert summary.p_complete == 1.0
 
 
 def _bound(p: float, runs: int) -> float:
