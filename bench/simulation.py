@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from orchestrator.domain.plans import Plan, parse_plan
-from orchestrator.domain.simulation import Fleet, Summary, default_workers, simulate
+from orchestrator.domain.simulation import Summary, default_workers, simulate
+from orchestrator.domain.synthetic_fleet import Fleet
 
 CANARY = Path(__file__).resolve().parents[1] / "rollouts" / "canary.yaml"
 

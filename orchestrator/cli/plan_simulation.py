@@ -9,15 +9,8 @@ import typer
 from orchestrator.cli.output import console, print_json, table
 from orchestrator.domain.plan_values import format_duration, parse_failure_rate
 from orchestrator.domain.plans import Plan
-from orchestrator.domain.simulation import (
-    LATENCY_S,
-    Fleet,
-    Summary,
-    default_workers,
-    parse_fleet,
-    parse_latency,
-    simulate,
-)
+from orchestrator.domain.simulation import Summary, default_workers, simulate
+from orchestrator.domain.synthetic_fleet import LATENCY_S, Fleet, parse_fleet, parse_latency
 
 Simulate = Annotated[
     bool,

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from orchestrator.domain.plans import Plan, parse_plan
-from orchestrator.domain.simulation import Fleet, Outcome, Stratum, simulate
+from orchestrator.domain.simulation import Outcome, simulate
+from orchestrator.domain.synthetic_fleet import Fleet, Stratum
 
 KEYS = [
     "runs",

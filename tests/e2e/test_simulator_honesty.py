@@ -8,7 +8,8 @@ import math
 import random
 
 from orchestrator.domain.plans import parse_plan
-from orchestrator.domain.simulation import Fleet, Outcome, simulate
+from orchestrator.domain.simulation import Outcome, simulate
+from orchestrator.domain.synthetic_fleet import Fleet
 from tests.conftest import Service
 from tests.e2e.fleet import Fleet as DeviceFleet
 from tests.e2e.test_rollouts import start, upload_both, wait_state
