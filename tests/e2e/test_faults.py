@@ -129,6 +129,39 @@ async def ignored_results(engine: EngineProcess) -> dict[str, float]:
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("seed", range(RUNS))
+async def stacks_of_unfinished(
+    service: Service, rollout_id: str, fleet: SimulatedFleet
+) -> dict[str, str]:
+    """Where the task of each simulated device that did not succeed is waiting, for the report
+    of a failure: a device that never answers shows the await it is stuck in."""
+    ids = [device.id for device in fleet.devices]
+    records = await service.stores.rollout_devices.device_states(rollout_id, ids)
+    unfinished = {
+        device_id
+        for device_id, record in zip(ids, records, strict=True)
+        if record.get("state") != "succeeded"
+    }
+    return {
+        task.get_name().removeprefix("device "): awaiting(task.get_coro())
+        for task in fleet._tasks
+        if task.get_name().removeprefix("device ") in unfinished
+    }
+
+
+def awaiting(awaitable: object) -> str:
+    """The chain of awaits a suspended coroutine is in, outermost first (a task's own stack
+    shows only its outermost frame)."""
+    lines = []
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "ag_frame", None)
+        if frame is None:
+            lines.append(repr(awaitable)[:200])  # a future, a task or a generator-based await
+            break
+        lines.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
+    return "\n".join(lines)
+
+
 async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     seed: int,
     service: Service,
@@ -196,6 +229,7 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
             interval_s=0.1,
         )
         sent_garbage = await publish_garbage(mqtt_broker, fleet.devices[0].id)
+        waiting = await stacks_of_unfinished(service, rollout_id, fleet)
 
     context: dict[str, Any] = {
         "faults": done_faults,
@@ -203,6 +237,7 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
         "reason": done["reason"],
         "counts": {state: n for state, n in done["counts"].items() if n},
         "fleet": {"commands": stats.commands, "duplicates": stats.duplicates},
+        "where the devices that did not succeed wait": waiting,
     }
     assert done["state"] == "completed", context
     assert done["counts"]["succeeded"] == DEVICES, context
