@@ -127,8 +127,6 @@ async def ignored_results(engine: EngineProcess) -> dict[str, float]:
     }
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("seed", range(RUNS))
 async def stacks_of_unfinished(
     service: Service, rollout_id: str, fleet: SimulatedFleet
 ) -> dict[str, str]:
@@ -162,6 +160,8 @@ def awaiting(awaitable: object) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("seed", range(RUNS))
 async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
     seed: int,
     service: Service,
