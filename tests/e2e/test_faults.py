@@ -239,17 +239,18 @@ async def test_a_rollout_under_faults_ends_completed_with_every_result_counted(
         "fleet": {"commands": stats.commands, "duplicates": stats.duplicates},
         "where the devices that did not succeed wait": waiting,
     }
-    assert done["state"] == "completed", context
-    assert done["counts"]["succeeded"] == DEVICES, context
-    assert sum(done["counts"].values()) == done["total"] == DEVICES, context
-    assert sum(sum(wave["counts"].values()) for wave in done["waves"]) == DEVICES, context
+    shown = json.dumps(context, indent=1, default=str)  # whole: pytest cuts a dict's repr short
+    assert done["state"] == "completed", shown
+    assert done["counts"]["succeeded"] == DEVICES, shown
+    assert sum(done["counts"].values()) == done["total"] == DEVICES, shown
+    assert sum(sum(wave["counts"].values()) for wave in done["waves"]) == DEVICES, shown
     records = await service.stores.rollout_devices.device_states(
         rollout_id, [device.id for device in fleet.devices]
     )
     several = {r.get("command_id"): r.get("attempts") for r in records if r.get("attempts") != "1"}
-    assert not several, f"devices given more than one command id: {several}; {context}"
-    assert stats.commands == DEVICES, f"a device obeyed a command twice; {context}"
-    assert stats.stalled_downloads == 1, context
+    assert not several, f"devices given more than one command id: {several}; {shown}"
+    assert stats.commands == DEVICES, f"a device obeyed a command twice; {shown}"
+    assert stats.stalled_downloads == 1, shown
     [stalled_record] = [r for d, r in zip(fleet.devices, records, strict=True) if d is stalled]
     events = await key_events(service, stalled_record["key"])
     # The service ended (or saw the end of) the stalled transfer without spending the key, and
