@@ -15,6 +15,11 @@ from rich.table import Table
 R = TypeVar("R", bound=BaseModel)
 
 
+def given(**options: object) -> dict[str, object]:
+    """The options a verb was given (those not None): the fields a PATCH changes."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def console(*, stderr: bool = False) -> Console:
     """The console the CLI prints to (no guessed highlighting of numbers and ids)."""
     return Console(stderr=stderr, highlight=False)

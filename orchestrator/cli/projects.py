@@ -8,7 +8,7 @@ import typer
 
 from orchestrator.api.schemas import ProjectOut
 from orchestrator.cli.admin import projects_app
-from orchestrator.cli.output import console, print_json, table
+from orchestrator.cli.output import console, given, print_json, table
 from orchestrator.cli.server import ApiKey, ApiUrl, Json, run, server
 from orchestrator.errors import InvalidInput
 
@@ -48,11 +48,7 @@ def update_project(
     """Change a project's name, description or tags (through the API); the rest is kept."""
     if tag and no_tags:
         raise InvalidInput("give --tag or --no-tags, not both")
-    changes: dict[str, object] = {
-        key: value
-        for key, value in (("name", name), ("description", description), ("tags", tag))
-        if value is not None
-    }
+    changes = given(name=name, description=description, tags=tag)
     if no_tags:
         changes["tags"] = []
     if not changes:

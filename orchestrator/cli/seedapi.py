@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from orchestrator.api.schemas import DeviceOut, FileListItem
-from orchestrator.cli.output import console, print_json, table
+from orchestrator.cli.output import console, given, print_json, table
 from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, run, server
 from orchestrator.client import ApiClient
 from orchestrator.errors import InvalidInput
@@ -86,11 +86,7 @@ def update_device(
     """Change a device's name, description, tags or custom metadata; the rest is kept."""
     changed: dict[str, str | None] = {**_pairs(metadata or [], "--metadata")}
     changed |= dict.fromkeys(unset or [])
-    changes: dict[str, object] = {
-        key: value
-        for key, value in (("name", name), ("description", description), ("tags", tag))
-        if value is not None
-    }
+    changes = given(name=name, description=description, tags=tag)
     if changed:
         changes["metadata"] = changed
     if not changes:
