@@ -353,21 +353,32 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
 def _dispatch(plan: Plan, look: Look) -> Dispatch | Wait:
     if not look.connected:
         return Wait(why="the MQTT broker is not connected")
+    in_flight = counters.summed(look.counts, _IN_FLIGHT)
+    return dispatch_step(plan, look.reach[look.wave], in_flight, look.bucket, look.now_ms)
+
+
+def dispatch_step(
+    plan: Plan, reach: int, in_flight: int, bucket: Bucket, now_ms: int
+) -> Dispatch | Wait:
+    """What `decide` answers once it has found that the wave's next devices are to be sent
+    (the rollout running, no limit crossed, devices of the wave left, the broker connected):
+    as many as `max_in_flight` (with `in_flight` devices in flight) and the rate's bucket
+    allow, up to `reach` in the order. The simulator asks this directly at a look where it
+    knows that much already."""
     policy = plan.policy
     budget = DISPATCH_BATCH
     if policy.max_in_flight is not None:
-        in_flight = counters.summed(look.counts, _IN_FLIGHT)
         budget = min(budget, policy.max_in_flight - in_flight)
-    bucket = look.bucket.refill(policy.rate_per_s, look.now_ms)
+    refilled = bucket.refill(policy.rate_per_s, now_ms)
     if policy.rate_per_s is not None:
-        budget = min(budget, int(bucket.tokens))
+        budget = min(budget, int(refilled.tokens))
     if budget <= 0:
         until = None
-        if policy.rate_per_s is not None and bucket.tokens < 1:
-            until = look.now_ms + int((1 - bucket.tokens) / policy.rate_per_s * 1000) + 1
-        return Wait(until, bucket, why="max_in_flight or rate holds dispatch back")
-    deadline = look.now_ms + int(policy.ack_timeout_s * 1000)
-    return Dispatch(budget, look.reach[look.wave], deadline, bucket)
+        if policy.rate_per_s is not None and refilled.tokens < 1:
+            until = now_ms + int((1 - refilled.tokens) / policy.rate_per_s * 1000) + 1
+        return Wait(until, refilled, why="max_in_flight or rate holds dispatch back")
+    deadline = now_ms + int(policy.ack_timeout_s * 1000)
+    return Dispatch(budget, reach, deadline, refilled)
 
 
 def _rolling_back(look: Look) -> Step:

@@ -14,12 +14,18 @@ freed up, and otherwise at most once a simulated second (the rate's bucket holds
 worth, so the rate is kept). Halts and pauses are therefore found at the result that causes
 them; dispatch after freed room may start up to that batch later than the engine would.
 Between two looks, a run of successes that crosses no gate and ends no wave is counted at once
-(the same counts as one by one).
+(the same counts as one by one). At a look where no limit can be crossed and the wave has
+devices left to send, decide could only answer with its dispatch step, so the simulator asks
+that step (domain.progress.dispatch_step) directly; `check_steps` compares the two at every
+such look, and the tests do.
+
+Each device's first result (its latency, and whether the firmware fails on it) is drawn for
+the whole fleet at a run's start, with numpy; a retry's latency is drawn when it is sent.
 
 With `policy.by` the fleet has exactly each stratum's share, its devices labelled as the
 engine labels them and sent in the engine's stratified order, and each stratum's counters are
 in the look; with `policy.health` a success is verifying for the soak before it counts.
-Each run draws from its own generator seeded by (seed, its number), so runs can be shared
+Each run draws from its own generators seeded by (seed, its number), so runs can be shared
 among processes without changing the summary.
 """
 
@@ -30,11 +36,13 @@ import math
 import multiprocessing
 import os
 import random
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
+
+import numpy as np
 
 from orchestrator.domain import counters
 from orchestrator.domain.cohorts import wave_reach
@@ -50,9 +58,11 @@ from orchestrator.domain.progress import (
     Inconclusive,
     Look,
     Start,
+    Step,
     Wait,
     WaveDone,
     decide,
+    dispatch_step,
 )
 from orchestrator.domain.states import DeviceState, RolloutState
 from orchestrator.domain.strata import proportional_order
@@ -70,12 +80,13 @@ _SENT = counters.total(DeviceState.SENT)
 _FAILED = counters.failures(FailureType.FAILED)
 _TIMED_OUT = counters.failures(FailureType.TIMED_OUT)
 _SUCCESS, _FAIL, _TIMEOUT = 0, 1, 2  # a result in the simulated fleet
-_SCAN = 64  # results looked at together for a run of successes (a longer run takes more)
+_SCAN = 256  # results looked at together for a run of successes (a longer run takes more)
 _SOAKED = 3  # with policy.health: a success's soak is over, it counts (verifying -> succeeded)
 _SIMULATED_FAILURES = (FailureType.FAILED, FailureType.TIMED_OUT)
 _REST = "(rest)"  # with `policy.by`, the value of the devices in no stratum of the fleet
 _TIME_SHIFT = 26  # bits below a result's time: its device (24) and its kind (2)
 _DEVICE_MASK = (1 << _TIME_SHIFT) - 1
+_NEVER = 1 << 80  # later than any result's entry, more than any count
 
 
 class Outcome(StrEnum):
@@ -168,12 +179,20 @@ def summarize(runs: Sequence[Run], fleet: Fleet) -> Summary:
 
 
 def simulate(
-    plan: Plan, fleet: Fleet, *, runs: int = RUNS, seed: int = 0, workers: int = 1
+    plan: Plan,
+    fleet: Fleet,
+    *,
+    runs: int = RUNS,
+    seed: int = 0,
+    workers: int = 1,
+    check_steps: bool = False,
 ) -> Summary:
     """Run `plan` `runs` times against `fleet`; the same seed gives the same summary.
 
-    Run i draws from its own generator, seeded by (seed, i), so the summary is the same
+    Run i draws from its own generators, seeded by (seed, i), so the summary is the same
     whatever the number of `workers` (processes sharing the runs; 1: this process only).
+    `check_steps` asks decide() at every look too and fails if a look that skipped it took
+    another step (slower; the tests' check of the shortcut).
     """
     if fleet.devices < 1:
         raise ValueError(f"a simulated fleet needs at least 1 device, got {fleet.devices}")
@@ -181,13 +200,16 @@ def simulate(
         raise ValueError(f"a simulation needs at least 1 run, got {runs}")
     workers = max(1, min(workers, runs // MIN_RUNS_PER_WORKER))
     if workers == 1:
-        return summarize(_runs(plan, fleet, seed, 0, runs), fleet)
+        return summarize(_runs(plan, fleet, seed, 0, runs, check_steps), fleet)
     bounds = [runs * k // workers for k in range(workers + 1)]
     context = multiprocessing.get_context("fork" if "fork" in _METHODS else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         parts = pool.map(
             _runs,
-            *zip(*((plan, fleet, seed, a, b) for a, b in itertools.pairwise(bounds)), strict=True),
+            *zip(
+                *((plan, fleet, seed, a, b, check_steps) for a, b in itertools.pairwise(bounds)),
+                strict=True,
+            ),
         )
         return summarize([run for part in parts for run in part], fleet)
 
@@ -197,9 +219,11 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _runs(plan: Plan, fleet: Fleet, seed: int, first: int, stop: int) -> list[Run]:
+def _runs(
+    plan: Plan, fleet: Fleet, seed: int, first: int, stop: int, check_steps: bool = False
+) -> list[Run]:
     """Runs number `first` to `stop` - 1 of a simulation, each from its own seeded generator."""
-    sim = _Simulator(plan, fleet, seed)
+    sim = _Simulator(plan, fleet, seed, check_steps=check_steps)
     return [
         sim.run(random.Random(f"{seed}:{index}"))  # noqa: S311 (a seeded simulation)
         for index in range(first, stop)
@@ -209,8 +233,11 @@ def _runs(plan: Plan, fleet: Fleet, seed: int, first: int, stop: int) -> list[Ru
 class _Simulator:
     """What all runs of one plan against one fleet share: reach, gates, look rules."""
 
-    def __init__(self, plan: Plan, fleet: Fleet, seed: int = 0) -> None:
+    def __init__(
+        self, plan: Plan, fleet: Fleet, seed: int = 0, *, check_steps: bool = False
+    ) -> None:
         self.plan = plan
+        self.check_steps = check_steps  # compare each quiet look's step with decide's
         self.fleet = fleet
         self.reach = tuple(wave_reach(plan.waves, fleet.devices))
         policy = plan.policy
@@ -219,6 +246,10 @@ class _Simulator:
             fewest_failures_to_cross(policy, n, _SIMULATED_FAILURES)
             for n in range(fleet.devices + 1)
         ]
+        # the fewest of the gates from a finished count on (a gate can lie below its
+        # predecessors where min_devices starts)
+        floor = list(itertools.accumulate(reversed(self.gate), min))
+        self.gate_floor = [*reversed(floor), _NEVER]
         self.refill = (
             max(1, int(policy.max_in_flight * REFILL_SHARE)) if policy.max_in_flight else 0
         )
@@ -240,7 +271,7 @@ class _Simulator:
         self.group_of: list[int] = []  # by device in order; empty: groups drawn by chance
         self.labels_of: list[tuple[int, ...]] = []  # by group: its label numbers
         self.label_counters: list[tuple[str, str, str]] = []  # by label: its counters' names
-        self.rate_in_order: list[float] = []  # by device in order, its group's true rate
+        self.rate_in_order: np.ndarray | None = None  # by device in order, its group's rate
         if not by:
             return
         fleet = self.fleet
@@ -263,34 +294,45 @@ class _Simulator:
             )
             for label in names
         ]
-        rates = [rate for _, rate in fleet.groups()]
-        self.rate_in_order = [rates[group] for group in self.group_of]
+        rates = np.asarray([rate for _, rate in fleet.groups()])
+        self.rate_in_order = rates[np.asarray(self.group_of)]
 
-    def _rate_of(self, draw: float) -> float:
-        for edge, rate in self.groups:
-            if draw < edge:
-                return rate
-        return self.groups[-1][1]
+    def _draw(self, draws: np.random.Generator) -> tuple[list[int], list[int], list[int]]:
+        """Every device's first result, drawn at once: its entry as if sent at time 0 (latency
+        ms << _TIME_SHIFT | device << 2 | kind); the devices whose first result is a failure
+        or a time-out; the devices the firmware fails on (both in order)."""
+        devices = self.fleet.devices
+        rate: float | np.ndarray
+        if self.rate_in_order is not None:
+            rate = self.rate_in_order
+        elif len(self.groups) == 1:
+            rate = self.groups[0][1]
+        else:  # each device's group drawn by chance, by the groups' shares
+            edges = np.asarray([edge for edge, _ in self.groups])
+            rates = np.asarray([rate for _, rate in self.groups])
+            picked = np.searchsorted(edges, draws.random(devices), side="right")
+            rate = rates[np.minimum(picked, len(rates) - 1)]
+        latency = self.low_ms + self.span_ms * draws.random(devices)
+        is_bad = draws.random(devices) < rate
+        late = latency > self.timeout_ms
+        kind = np.where(late, _TIMEOUT, is_bad.astype(np.int64))
+        at = np.where(late, self.timeout_ms, latency).astype(np.int64)
+        code = (at << _TIME_SHIFT) | (np.arange(devices, dtype=np.int64) << 2) | kind
+        return code.tolist(), np.flatnonzero(kind).tolist(), np.flatnonzero(is_bad).tolist()
 
     def run(self, rng: random.Random) -> Run:
         """One simulated rollout."""
-        plan, reach, gate = self.plan, self.reach, self.gate
+        plan, reach, gate, gate_floor = self.plan, self.reach, self.gate, self.gate_floor
         random_ = rng.random
-        single = len(self.groups) == 1
-        rate0 = self.groups[0][1]
         retries, refill = plan.policy.retries, self.refill
         low_ms, span_ms, timeout_ms = self.low_ms, self.span_ms, self.timeout_ms
         never_late = low_ms + span_ms < timeout_ms
         group_of, labels_of = self.group_of, self.labels_of
-        in_order, pick = self.rate_in_order, self._rate_of
-
-        def rates(first: int, stop: int) -> Sequence[float] | itertools.repeat[float]:
-            """The true failure rate of devices first to stop - 1 in order."""
-            if in_order:
-                return in_order[first:stop]
-            if single:
-                return itertools.repeat(rate0, stop - first)
-            return [pick(random_()) for _ in range(first, stop)]
+        # every device's result drawn at once, as if it were sent at time 0:
+        # code[d] = (latency ms << _TIME_SHIFT) | (d << 2) | kind; a dispatch at `now` adds
+        # now << _TIME_SHIFT. `bad`: the devices the firmware fails on, every try, in order.
+        code, failing, bad = self._draw(np.random.default_rng(rng.getrandbits(64)))
+        bad_devices = set(bad)
 
         label_counters = self.label_counters
         # with `policy.by`, each label's successes, failures and time-outs
@@ -305,18 +347,25 @@ class _Simulator:
         bulk = not group_of and not soak_ms
         open_in_wave = [0] * len(reach)  # devices of each wave sent and not final
         retry_line: list[int] = []  # devices back in the queue for another try
-        devices = self.fleet.devices
-        bad = [False] * devices  # the firmware fails on the device, every try
-        home = [0] * devices  # each device's wave
         attempts: dict[int, int] = {}  # tries of the devices tried more than once
         # each result as one int, ordered by time: (at ms << _TIME_SHIFT) | (device << 2) | kind
         line: list[int] = []  # the results to come, in time order from `head` on
         head = 0
+        # results sent since `line` was last merged, unsorted: none comes before `fresh_at`
+        # (soonest: the least a latency can be), so they are merged only when needed
+        fresh: list[int] = []
+        fresh_at = _NEVER
+        soonest = min(int(low_ms), timeout_ms) << _TIME_SHIFT
+        # the failures and time-outs of `line`, in the same order from `fail_head` on
+        fail_line: list[int] = []
+        fail_head = 0
         bad_installs = 0
         outcome: Outcome | None = None
         pending_names, sent_names = self.pending, self.sent
+        quiet = not group_of  # looks that only dispatch skip decide's other checks
 
-        while outcome is None:
+        def look_now() -> Look:
+            """The look the engine would take now."""
             counts = {
                 _SUCCEEDED: succeeded,
                 _FAILED: failed,
@@ -325,11 +374,11 @@ class _Simulator:
                 # the wave's devices not final (sent, or verifying in a soak), under `sent`:
                 # the step function reads only their sum
                 sent_names[wave]: open_in_wave[wave],
-                pending_names[wave]: sum(1 for d in retry_line if home[d] == wave),
+                pending_names[wave]: sum(1 for d in retry_line if bisect_right(reach, d) == wave),
             }
             for names, numbers in zip(label_counters, by_label, strict=True):
                 counts.update(zip(names, numbers, strict=True))
-            look = Look(
+            return Look(
                 state=state,
                 wave=wave,
                 cursor=cursor,
@@ -339,115 +388,128 @@ class _Simulator:
                 now_ms=now,
                 bucket=bucket,
             )
-            step = decide(plan, look)
+
+        while outcome is None:
+            step: Step
+            if (
+                quiet
+                and state is RolloutState.RUNNING
+                and (cursor < reach[wave] or retry_line)
+                and failed + timed_out < gate[succeeded + failed + timed_out]
+            ):
+                # No limit can be crossed and the wave has devices to send (the retry line
+                # holds devices of this wave only): decide's answer is its dispatch step,
+                # asked for directly (the same step, checked in tests)
+                step = dispatch_step(plan, reach[wave], in_flight, bucket, now)
+                if self.check_steps and step != (expected := decide(plan, look_now())):
+                    raise AssertionError(f"quiet look gave {step!r}, decide {expected!r}")
+            else:
+                step = decide(plan, look_now())
             until_ms: int | None = None
-            match step:
-                case Start():
-                    state = RolloutState.RUNNING  # an approval asked for is given at once
-                    continue
-                case Dispatch(count=count, reach=upto, bucket=refilled):
-                    sent = 0
-                    while retry_line and sent < count:
-                        device = retry_line.pop(0)
-                        attempts[device] = attempts.get(device, 1) + 1
-                        latency = low_ms + span_ms * random_()
-                        if latency > timeout_ms:
-                            result, latency = _TIMEOUT, timeout_ms
-                        else:
-                            result = _FAIL if never_late or bad[device] else _SUCCESS
-                        at = (now + int(latency)) << _TIME_SHIFT
-                        insort(line, at | (device << 2) | result, head)
-                        open_in_wave[home[device]] += 1
-                        sent += 1
-                    first = cursor
-                    stop = min(upto, cursor + count - sent)
-                    if never_late:  # no result can time out: a failure is a bad device's
-                        # each entry's kind is 1 (_FAIL) when the device is bad, else 0
-                        entries = [
-                            ((now + int(low_ms + span_ms * random_())) << _TIME_SHIFT)
-                            | (device << 2)
-                            | (random_() < rate)
-                            for device, rate in zip(
-                                range(first, stop), rates(first, stop), strict=True
-                            )
-                        ]
-                        bad_installs += sum([entry & 1 for entry in entries])
-                        del line[:head]
-                        head = 0
-                        line += entries
-                        line.sort()  # two sorted runs: merged in linear time
+            if type(step) is Dispatch:  # the most frequent step, first
+                count, upto, refilled = step.count, step.reach, step.bucket
+                sent = 0
+                while retry_line and sent < count:
+                    device = retry_line.pop(0)
+                    attempts[device] = attempts.get(device, 1) + 1
+                    latency = low_ms + span_ms * random_()
+                    if latency > timeout_ms:
+                        result, latency = _TIMEOUT, timeout_ms
                     else:
-                        for device, rate in zip(
-                            range(first, stop), rates(first, stop), strict=True
-                        ):
-                            is_bad = random_() < rate
-                            latency = low_ms + span_ms * random_()
-                            if latency > timeout_ms:
-                                result, latency = _TIMEOUT, timeout_ms
-                            else:
-                                result = _FAIL if is_bad else _SUCCESS
-                            at = (now + int(latency)) << _TIME_SHIFT
-                            insort(line, at | (device << 2) | result, head)
-                            if is_bad:
-                                bad[device] = True
-                                bad_installs += 1
-                    home[first:stop] = [wave] * (stop - first)
-                    open_in_wave[wave] += stop - first
-                    sent += stop - first
-                    cursor = stop
-                    in_flight += sent
-                    bucket = refilled.spend(sent)
-                    if sent == DISPATCH_BATCH:
+                        result = _FAIL if never_late or device in bad_devices else _SUCCESS
+                    entry = ((now + int(latency)) << _TIME_SHIFT) | (device << 2) | result
+                    insort(line, entry, head)
+                    if result != _SUCCESS:
+                        insort(fail_line, entry, fail_head)
+                    open_in_wave[bisect_right(reach, device)] += 1  # its wave
+                    sent += 1
+                first = cursor
+                stop = min(upto, cursor + count - sent)
+                if stop > first:
+                    base = now << _TIME_SHIFT
+                    if not fresh:
+                        fresh_at = base + soonest
+                    fresh += map(base.__add__, code[first:stop])
+                    bad_installs += bisect_left(bad, stop) - bisect_left(bad, first)
+                    lo = bisect_left(failing, first)
+                    for device in failing[lo : bisect_left(failing, stop, lo)]:
+                        insort(fail_line, base + code[device], fail_head)
+                open_in_wave[wave] += stop - first
+                sent += stop - first
+                cursor = stop
+                in_flight += sent
+                bucket = refilled.spend(sent)
+                if sent == DISPATCH_BATCH:
+                    continue
+                if not (refill and in_flight >= plan.policy.max_in_flight):  # type: ignore[operator]
+                    until_ms = now  # the tokens are spent: look again a while later
+            else:
+                match step:
+                    case Start():
+                        state = RolloutState.RUNNING  # an approval asked for is given at once
                         continue
-                    if not (refill and in_flight >= plan.policy.max_in_flight):  # type: ignore[operator]
-                        until_ms = now  # the tokens are spent: look again a while later
-                case Wait(until_ms=until_ms, bucket=refilled):
-                    if refilled is not None:
-                        bucket = refilled
-                case WaveDone(at_ms=at_ms):
-                    wave_done = at_ms
-                    continue
-                case Advance(wave=following):
-                    wave, wave_done = following, 0  # an approval asked for is given at once
-                    continue
-                case Inconclusive():
-                    outcome = Outcome.INCONCLUSIVE_PAUSE
-                    break
-                case Breach():
-                    outcome = Outcome.HALT
-                    break
-                case Complete():
-                    outcome = Outcome.COMPLETE
-                    break
-                case _:
-                    raise AssertionError(f"the simulator cannot carry out {step!r}")
+                    case Wait(until_ms=until_ms, bucket=waited):
+                        if waited is not None:
+                            bucket = waited
+                    case WaveDone(at_ms=at_ms):
+                        wave_done = at_ms
+                        continue
+                    case Advance(wave=following):
+                        wave, wave_done = following, 0  # an approval asked for is given at once
+                        continue
+                    case Inconclusive():
+                        outcome = Outcome.INCONCLUSIVE_PAUSE
+                        break
+                    case Breach():
+                        outcome = Outcome.HALT
+                        break
+                    case Complete():
+                        outcome = Outcome.COMPLETE
+                        break
+                    case _:
+                        raise AssertionError(f"the simulator cannot carry out {step!r}")
             sending = bool(retry_line) or cursor < reach[wave]
-            until: float = math.inf
+            until = _NEVER
             if until_ms is not None:
                 until = max(until_ms, now + LOOK_MS) if sending else until_ms
-            batch = refill if sending and refill else math.inf
+            batch = refill if sending and refill else _NEVER
             # results come in until the next look
             seen = 0
             looked = False
-            last = (int(until) + 1) << _TIME_SHIFT if until != math.inf else math.inf
-            while head < len(line) and line[head] < last:
+            last = (until + 1) << _TIME_SHIFT if until != _NEVER else _NEVER
+            while True:
+                if head == len(line) or line[head] >= last or line[head] >= fresh_at:
+                    if fresh_at >= last or (head < len(line) and line[head] < fresh_at):
+                        break  # the next look is due
+                    # results sent since the last merge may come next: merge them in
+                    del line[:head], fail_line[:fail_head]
+                    head = fail_head = 0
+                    line += fresh
+                    line.sort()  # a sorted run and a short one: cheap
+                    fresh.clear()
+                    fresh_at = _NEVER
+                    continue
                 if bulk and open_in_wave[wave] == in_flight:
                     # every result in flight is of this wave: the successes up to the next
                     # failure, the batch's end or `last` change nothing a look would see
                     # unless one crosses a gate or ends the wave; those are counted one by one
-                    upto = len(line) if last == math.inf else bisect_left(line, last, head)
-                    room = min(upto - head, _SCAN)
-                    if batch != math.inf:
-                        room = min(room, int(batch) - seen)
-                    kinds = [entry & 3 for entry in line[head : head + room]]
-                    run = kinds.index(_FAIL) if _FAIL in kinds else room
-                    if _TIMEOUT in kinds:
-                        run = min(run, kinds.index(_TIMEOUT))
+                    cut = last if last < fresh_at else fresh_at
+                    upto = len(line) if cut == _NEVER else bisect_left(line, cut, head)
+                    room = upto - head
+                    if room > _SCAN:
+                        room = _SCAN
+                    if room > batch - seen:
+                        room = batch - seen
+                    run = room
+                    if fail_head < len(fail_line):  # up to the next failure or time-out
+                        run = bisect_left(line, fail_line[fail_head], head, head + room) - head
+                    if run >= open_in_wave[wave]:
+                        run = open_in_wave[wave] - 1  # not the wave's last result
                     finished = succeeded + failed + timed_out
-                    run = min(run, open_in_wave[wave] - 1)  # not the wave's last result
                     failures = failed + timed_out
-                    if run > 0 and not (
-                        failures and failures >= min(gate[finished + 1 : finished + run + 1])
+                    if run > 0 and (
+                        failures < gate_floor[finished + 1]
+                        or failures < min(gate[finished + 1 : finished + run + 1])
                     ):
                         head += run
                         at = line[head - 1] >> _TIME_SHIFT
@@ -466,7 +528,9 @@ class _Simulator:
                 at, device, result = entry >> _TIME_SHIFT, (entry & _DEVICE_MASK) >> 2, entry & 3
                 if at > now:
                     now = at
-                if result == _SUCCESS and soak_ms:  # verifying: no longer in flight, not final
+                if result in (_FAIL, _TIMEOUT):
+                    fail_head += 1  # fail_line[fail_head] was this entry
+                elif result == _SUCCESS and soak_ms:  # verifying: no longer in flight, not final
                     in_flight -= 1
                     seen += 1
                     insort(line, ((at + soak_ms) << _TIME_SHIFT) | (device << 2) | _SOAKED, head)
@@ -474,7 +538,7 @@ class _Simulator:
                         looked = True
                         break
                     continue
-                wave_of = home[device]
+                wave_of = bisect_right(reach, device)
                 open_in_wave[wave_of] -= 1
                 if result == _SOAKED:  # the soak is over: the success counts now
                     result = _SUCCESS
@@ -508,7 +572,7 @@ class _Simulator:
                     looked = True
                     break
             if not looked:
-                if until == math.inf:
+                if until == _NEVER:
                     raise AssertionError("the simulated rollout waits for nothing")
                 now = max(now, int(until))
         return Run(outcome, cursor, bad_installs, (now - START_MS) / 1000)

@@ -130,6 +130,43 @@ def test_a_health_soak_holds_each_wave_back() -> None:
     assert summary.p_complete == 1.0
 
 
+# Plans and fleets that take every path of a run: rate and max_in_flight, retries, time-outs
+# (latencies past device_timeout), per-type limits, min_devices, bakes, a soak, strata, and
+# fleets of several groups drawn by chance.
+SHORTCUT_CASES = [
+    ("max_failure_rate: 5%, rate: 20/s, max_in_flight: 30, retries: 1", Fleet(300, 0.04)),
+    (
+        "max_failure_rate: 10%, max_failure_rate_by_type: {timed_out: 5%}, min_devices: 20, "
+        "retries: 2, device_timeout: 40s, ack_timeout: 40s, rate: 5/s",
+        Fleet(200, 0.05, latency_s=(5.0, 60.0)),
+    ),
+    ("max_failure_rate: 5%, confidence: 95%, retries: 1", Fleet(400, 0.03)),
+    (
+        "max_failure_rate: 20%, max_in_flight: 10, health: {soak: 1m, heartbeat: 30s}",
+        Fleet(60, 0.1),
+    ),
+    (
+        "max_failure_rate: 20%, rate: 10/s",
+        Fleet(300, 0.02, strata=(Stratum("model", "TH-300", 0.5, share=0.1),)),
+    ),
+    (
+        "max_failure_rate: 30%, by: [model], max_in_flight: 20, retries: 1",
+        Fleet(200, 0.02, strata=(Stratum("model", "TH-300", 0.5, share=0.2),)),
+    ),
+]
+
+
+@pytest.mark.parametrize(("policy", "fleet"), SHORTCUT_CASES)
+def test_a_look_that_skips_decide_takes_decides_step(policy: str, fleet: Fleet) -> None:
+    """Where no limit can be crossed and devices are left to send, the simulator asks the
+    dispatch step directly instead of decide(); with check_steps it asks decide() too and
+    fails on any difference, so the shortcut never changes what a run does."""
+    waves = "[{devices: 10, bake: 1m}, {percent: 30}, {percent: 100}]"
+    summary = simulate(plan(policy, waves), fleet, runs=40, seed=5, check_steps=True)
+    assert summary == simulate(plan(policy, waves), fleet, runs=40, seed=5)
+    assert summary.reached_mean > 10  # the runs went past the canary: the shortcut was taken
+
+
 def _bound(p: float, runs: int) -> float:
     """Three standard errors of an estimated probability p from `runs` runs."""
     return 3 * math.sqrt(p * (1 - p) / runs)
