@@ -72,6 +72,8 @@ class RolloutSample:
     last_result_at_s: float  # the latest result, or the latest state change when later
     waves: Sequence[WaveSample]
     failures: Mapping[str, int] = field(default_factory=dict)  # judged failures by type
+    # with policy.confidence: the sequential test of max_failure_rate (llr, halt_at, pass_at)
+    evidence: tuple[float, float, float] | None = None
 
 
 def rollout_families(samples: Iterable[RolloutSample]) -> list[Metric]:
@@ -114,6 +116,19 @@ def rollout_families(samples: Iterable[RolloutSample]) -> list[Metric]:
         "change when that is later (a rollout that just started or resumed is not silent)",
         labels=["project", "rollout"],
     )
+    llr = GaugeMetricFamily(
+        "ota_rollout_evidence_llr",
+        "With policy.confidence: the log-likelihood ratio of the sequential test of "
+        "max_failure_rate (at or over the halt bound the rollout halts; at or under the pass "
+        "bound the limit is passed)",
+        labels=["project", "rollout"],
+    )
+    bound = GaugeMetricFamily(
+        "ota_rollout_evidence_bound",
+        "With policy.confidence: the bounds of the sequential test of max_failure_rate, "
+        "decision=halt (ln(1/(1-C))) and decision=pass (ln(1-C))",
+        labels=["project", "rollout", "decision"],
+    )
     info = GaugeMetricFamily(
         "ota_rollout_info",
         "Always 1: the names behind a rollout's project and rollout ids",
@@ -135,8 +150,13 @@ def rollout_families(samples: Iterable[RolloutSample]) -> list[Metric]:
                 [*ids, rollout_state.value], 1 if rollout_state.value == sample.state else 0
             )
         last_result.add_metric(ids, sample.last_result_at_s)
+        if sample.evidence is not None:
+            ratio, halt_at, pass_at = sample.evidence
+            llr.add_metric(ids, ratio)
+            bound.add_metric([*ids, "halt"], halt_at)
+            bound.add_metric([*ids, "pass"], pass_at)
         info.add_metric([*ids, sample.name, sample.project_name], 1)
-    return [devices, failures, failure_rate, threshold, state, last_result, info]
+    return [devices, failures, failure_rate, threshold, state, last_result, llr, bound, info]
 
 
 class _Scrape(Collector):

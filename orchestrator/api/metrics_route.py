@@ -18,7 +18,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import error_responses
-from orchestrator.api.rollout_views import rollout_out
+from orchestrator.api.rollout_views import rollout_out, stored_plan
+from orchestrator.domain.counters import tally_of
+from orchestrator.domain.policy import limit_evidence
 from orchestrator.domain.states import TERMINAL_ROLLOUT_STATES
 from orchestrator.errors import StoreUnavailable, Unauthorized
 from orchestrator.metrics import RolloutSample, WaveSample
@@ -62,7 +64,10 @@ async def shown_rollouts(stores: Stores, retention_s: int, now: datetime) -> lis
 
 
 def _sample(record: RolloutRecord, counts: dict[str, int], project_name: str) -> RolloutSample:
-    view = rollout_out(record, counts)  # the API's own per-wave counts and failure rate
+    plan = stored_plan(record)
+    view = rollout_out(record, counts, plan)  # the API's own per-wave counts and failure rate
+    tally = tally_of(counts)
+    evidence = limit_evidence(plan.policy, tally.finished, tally.failed)
     changed = _parse_time(record.updated_at)
     last_result_s = record.last_result_ms / 1000
     if changed is not None:
@@ -78,6 +83,7 @@ def _sample(record: RolloutRecord, counts: dict[str, int], project_name: str) ->
         last_result_at_s=last_result_s,
         waves=[WaveSample(name=wave.name, counts=wave.counts) for wave in view.waves],
         failures=view.failures,
+        evidence=None if evidence is None else (evidence.llr, evidence.halt_at, evidence.pass_at),
     )
 
 

@@ -38,16 +38,17 @@ def _firmware(file: str, version: str | None) -> FirmwareOut:
     return FirmwareOut(file=file, version=version)
 
 
-def rollout_out(record: RolloutRecord, counters: Mapping[str, int]) -> RolloutOut:
-    """The rollout view from its record and its raw counters."""
-    plan = stored_plan(record)
+def rollout_out(
+    record: RolloutRecord, counters: Mapping[str, int], plan: Plan | None = None
+) -> RolloutOut:
+    """The rollout view from its record and its raw counters (and its plan, when read)."""
+    plan = plan or stored_plan(record)
     index = min(max(record.wave, 0), len(plan.waves) - 1)
     tally = tally_of(counters)
     waves = [
         WaveOut(name=wave.name, target=reach, counts=by_state(counters, i))
         for i, (wave, reach) in enumerate(zip(plan.waves, record.reach, strict=False))
     ]
-    tally = tally_of(counters)
     return RolloutOut(
         id=record.id,
         name=record.name,

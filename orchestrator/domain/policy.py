@@ -217,18 +217,25 @@ def judge_tested(tally: Tally, policy: PolicySpec, *, end_of_wave: bool) -> Verd
     return Verdict(False, True, rate, tally, policy, evidence=passing)
 
 
-def evidence_in_words(policy: PolicySpec, finished: int, failed: int) -> str | None:
-    """Where the test of max_failure_rate stands, for a person: `undecided: the test cannot
-    yet tell 2.5% from 10% at 95% (log-likelihood ratio 1.33; …)`; None without a test."""
+def limit_evidence(policy: PolicySpec, finished: int, failed: int) -> Evidence | None:
+    """Where the sequential test of max_failure_rate stands; None without one."""
     limit, confidence = policy.max_failure_rate, policy.confidence
     if confidence is None or not applies(limit):
         return None
-    test = sprt_for(limit, confidence)
-    evidence = test.evidence(finished, failed)
-    tells = f"{pct(test.p0)} from {pct(test.p1)} at {pct(confidence)}"
+    return sprt_for(limit, confidence).evidence(finished, failed)
+
+
+def evidence_in_words(policy: PolicySpec, finished: int, failed: int) -> str | None:
+    """Where the test of max_failure_rate stands, for a person: `undecided: the test cannot
+    yet tell 2.5% from 10% at 95% (log-likelihood ratio 1.33; …)`; None without a test."""
+    evidence = limit_evidence(policy, finished, failed)
+    if evidence is None:
+        return None
+    confidence, p0, p1 = evidence.confidence, pct(evidence.p0), pct(evidence.p1)
+    tells = f"{p0} from {p1} at {pct(confidence)}"
     said = {
-        Decision.HALT: f"halt: the test tells {pct(test.p1)} from {pct(test.p0)}",
-        Decision.PASS: f"pass: the test tells {pct(test.p0)} from {pct(test.p1)}",
+        Decision.HALT: f"halt: the test tells {p1} from {p0}",
+        Decision.PASS: f"pass: the test tells {p0} from {p1}",
         Decision.UNDECIDED: f"undecided: the test cannot yet tell {tells}",
     }[evidence.decision]
     if evidence.decision is not Decision.UNDECIDED:

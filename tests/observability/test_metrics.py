@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from orchestrator.domain.sprt import sprt_for
 from orchestrator.domain.states import DeviceState, RolloutState
 from orchestrator.embedded import free_port
 from orchestrator.metrics import DOWNLOAD_REJECTIONS, Metrics
@@ -93,6 +95,47 @@ policy: {max_failure_rate: 50%, min_devices: 4, max_in_flight: 3}
     [(info, _)] = metrics.values("ota_rollout_info", **ids)
     assert info["name"] == "gauges-2.1.0"
     assert info["project_name"] == "test"
+    assert metrics.values("ota_rollout_evidence_llr", **ids) == []  # no confidence, no test
+    assert metrics.values("ota_rollout_evidence_bound", **ids) == []
+
+
+async def test_a_rollout_with_confidence_shows_its_test_against_its_bounds(
+    service: Service, fleet: Fleet
+) -> None:
+    """The gauges give the sequential test's log-likelihood ratio for the rollout's counts
+    and its two bounds, as the domain computes them."""
+    await upload_both(service)
+    await fleet.add(6)
+    await fleet.add(2, "fail")
+    rollout = await start(
+        service,
+        """
+name: evidence-2.1.0
+firmware: {file: fw_2.1.0.bin, version: 2.1.0}
+waves: [{name: all, percent: 100}]
+policy: {max_failure_rate: 20%, confidence: 90%, min_devices: 8}
+""",
+    )
+
+    async def ended() -> bool:
+        return (await view(service, rollout["id"]))["state"] not in ("pending", "running")
+
+    await wait_for(ended, timeout_s=30, interval_s=0.1)
+    done = await view(service, rollout["id"])
+    failed = sum(done["failures"].values())
+    assert failed == 2
+    finished = done["counts"]["succeeded"] + failed
+    test = sprt_for(0.2, 0.9)
+    metrics = await scrape(service)
+    ids = {"project": service.project_id, "rollout": rollout["id"]}
+    assert metrics.value("ota_rollout_evidence_llr", **ids) == pytest.approx(
+        test.llr(finished, failed)
+    )
+    bounds = {
+        labels["decision"]: value
+        for labels, value in metrics.values("ota_rollout_evidence_bound", **ids)
+    }
+    assert bounds == pytest.approx({"halt": math.log(10), "pass": math.log(0.1)})
 
 
 async def test_finished_rollouts_leave_after_the_retention_window_and_active_ones_stay(

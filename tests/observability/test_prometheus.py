@@ -251,7 +251,8 @@ name: bad-2.2.0
 firmware: {file: fw_2.2.0.bin, version: 2.2.0}
 target: {tags: [bad]}
 waves: [{name: canary, devices: 3}, {percent: 100}]
-policy: {max_failure_rate: 20%, min_devices: 3, max_in_flight: 3, on_failure: rollback}
+policy: {max_failure_rate: 20%, min_devices: 3, max_in_flight: 3, on_failure: rollback,
+  confidence: 95%}
 rollback: {file: fw_2.0.3.bin, version: 2.0.3}
 """,
     )
