@@ -157,6 +157,10 @@ def awaiting(awaitable: object) -> str:
             break
         lines.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
         awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "ag_await", None)
+        if type(awaitable).__name__ == "async_generator_asend":
+            # an asend hides its generator; an async context manager's __aenter__ holds it
+            owner = frame.f_locals.get("self")
+            awaitable = getattr(owner, "gen", awaitable)
     return "\n".join(lines)
 
 
