@@ -64,6 +64,7 @@ ROUTE_MODULES = (
 )
 # An engine-only replica answers its probes and scrapes; the API is served by `api` replicas.
 ENGINE_ROUTE_MODULES = (health, metrics_route)
+_COLLECTED_AT_START: list[bool] = []  # not empty once an app of this process collected at start
 
 DESCRIPTION = """
 Ship firmware to device fleets safely. Users authenticate with `Authorization: Bearer QB_…`
@@ -142,8 +143,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.engine = engine
         # What exists now (modules, the app, its clients) lives as long as the process: keep it
         # out of the collector's scans. Their full passes otherwise stall the event loop for a
-        # fifth of a second while a big plan is checked, or while results pour in.
-        gc.collect()
+        # fifth of a second while a big plan is checked, or while results pour in. The garbage
+        # of the start is collected first, once per process: a process that starts app after
+        # app (the tests) freezes the later ones as they are, and each unfreezes what it froze.
+        if not _COLLECTED_AT_START:
+            gc.collect()
+            _COLLECTED_AT_START.append(True)
         gc.freeze()
         try:
             yield
