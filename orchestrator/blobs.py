@@ -18,6 +18,12 @@ import anyio
 import anyio.to_thread
 
 CHUNK_SIZE = 64 * 1024  # bytes read or written per step; memory per transfer stays at this
+# Threads that read blobs for downloads at once. A read is short (a chunk, mostly from the
+# page cache), so a few threads serve hundreds of transfers; each more thread allocates its
+# chunks in a malloc arena of its own, which keeps its memory after the transfers end. 200 slow
+# downloads grew the service by about 100 MiB through anyio's 40 threads, by 65 through 8 (59
+# through 4); 8 threads serve clients that read flat out at about 85% of 40 threads' rate.
+READ_THREADS = 8
 
 
 class BlobWriter:
@@ -74,6 +80,7 @@ class BlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._readers: anyio.CapacityLimiter | None = None  # made by the first read
 
     def writer(self, project_id: str) -> BlobWriter:
         """A writer for a new upload to `project_id`."""
@@ -100,12 +107,20 @@ class BlobStore:
 
     async def read(self, relative: str, first: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [first, end) of a blob, CHUNK_SIZE at a time."""
-        async with await anyio.open_file(self.path(relative), "rb") as file:
-            await file.seek(first)
-            remaining = end - first
+        if self._readers is None:
+            self._readers = anyio.CapacityLimiter(READ_THREADS)
+        limiter = self._readers
+        file = await anyio.to_thread.run_sync(open, self.path(relative), "rb", limiter=limiter)
+        try:
+            position, remaining = first, end - first
             while remaining > 0:
-                chunk = await file.read(min(CHUNK_SIZE, remaining))
+                chunk = await anyio.to_thread.run_sync(
+                    os.pread, file.fileno(), min(CHUNK_SIZE, remaining), position, limiter=limiter
+                )
                 if not chunk:
                     return
+                position += len(chunk)
                 remaining -= len(chunk)
                 yield chunk
+        finally:
+            file.close()
