@@ -261,6 +261,10 @@ class _Simulator:
             total += share
             cumulative.append((total, rate))
         self.groups = cumulative
+        # what every run's draws share: the groups' edges and rates, each device's bits
+        self.edges = np.asarray([edge for edge, _ in cumulative])
+        self.group_rates = np.asarray([rate for _, rate in cumulative])
+        self.device_bits = np.arange(fleet.devices, dtype=np.int64) << 2
         self._stratify(plan.policy.by, seed)
         self.pending = [counters.in_wave(w, DeviceState.PENDING) for w in range(len(self.reach))]
         self.sent = [counters.in_wave(w, DeviceState.SENT) for w in range(len(self.reach))]
@@ -308,16 +312,14 @@ class _Simulator:
         elif len(self.groups) == 1:
             rate = self.groups[0][1]
         else:  # each device's group drawn by chance, by the groups' shares
-            edges = np.asarray([edge for edge, _ in self.groups])
-            rates = np.asarray([rate for _, rate in self.groups])
-            picked = np.searchsorted(edges, draws.random(devices), side="right")
-            rate = rates[np.minimum(picked, len(rates) - 1)]
+            picked = np.searchsorted(self.edges, draws.random(devices), side="right")
+            rate = self.group_rates[np.minimum(picked, len(self.group_rates) - 1)]
         latency = self.low_ms + self.span_ms * draws.random(devices)
         is_bad = draws.random(devices) < rate
         late = latency > self.timeout_ms
         kind = np.where(late, _TIMEOUT, is_bad.astype(np.int64))
         at = np.where(late, self.timeout_ms, latency).astype(np.int64)
-        code = (at << _TIME_SHIFT) | (np.arange(devices, dtype=np.int64) << 2) | kind
+        code = (at << _TIME_SHIFT) | self.device_bits | kind
         return code.tolist(), np.flatnonzero(kind).tolist(), np.flatnonzero(is_bad).tolist()
 
     def run(self, rng: random.Random) -> Run:
