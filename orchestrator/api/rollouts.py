@@ -46,7 +46,7 @@ from orchestrator.domain.states import (
     RolloutState,
     allowed_actions,
 )
-from orchestrator.domain.synthetic_fleet import Fleet, parse_fleet
+from orchestrator.domain.synthetic_fleet import MAX_DEVICES, Fleet, parse_fleet
 from orchestrator.engine import actions
 from orchestrator.engine.launch import check_files, cohort_of, launch
 from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
@@ -174,6 +174,12 @@ async def create_rollout(
     if dry_run:
         shown = preview(plan, cohort)
         if fleet is not None and shown.total:
+            if shown.total > MAX_DEVICES:
+                raise InvalidInput(
+                    f"simulate=true takes plans that reach at most {MAX_DEVICES:,} devices; this "
+                    f"one reaches {shown.total:,}: leave simulate out, or simulate offline with "
+                    f"ota plan PLAN --simulate --devices {MAX_DEVICES:,}"
+                )
             fleet = replace(fleet, devices=shown.total)
             summary = await asyncio.to_thread(simulate_runs, plan, fleet, runs=runs)
             shown = shown.model_copy(update={"simulation": SimulationOut(**summary.as_json())})

@@ -10,7 +10,13 @@ from orchestrator.cli.output import console, print_json, table
 from orchestrator.domain.plan_values import format_duration, parse_failure_rate
 from orchestrator.domain.plans import Plan
 from orchestrator.domain.simulation import Summary, default_workers, simulate
-from orchestrator.domain.synthetic_fleet import LATENCY_S, Fleet, parse_fleet, parse_latency
+from orchestrator.domain.synthetic_fleet import (
+    LATENCY_S,
+    MAX_DEVICES,
+    Fleet,
+    parse_fleet,
+    parse_latency,
+)
 
 Simulate = Annotated[
     bool,
@@ -20,7 +26,8 @@ Simulate = Annotated[
     ),
 ]
 Devices = Annotated[
-    int | None, typer.Option("--devices", help="With --simulate: the fleet's size", min=1)
+    int | None,
+    typer.Option("--devices", help="With --simulate: the fleet's size", min=1, max=MAX_DEVICES),
 ]
 FailureRate = Annotated[
     str | None,

@@ -66,7 +66,7 @@ from orchestrator.domain.progress import (
 )
 from orchestrator.domain.states import DeviceState, RolloutState
 from orchestrator.domain.strata import proportional_order
-from orchestrator.domain.synthetic_fleet import Fleet
+from orchestrator.domain.synthetic_fleet import MAX_DEVICES, Fleet
 
 RUNS = 2_000  # runs of a simulation unless told
 LOOK_MS = 1_000  # the longest the simulator lets pass between two looks while sending
@@ -194,8 +194,10 @@ def simulate(
     `check_steps` asks decide() at every look too and fails if a look that skipped it took
     another step (slower; the tests' check of the shortcut).
     """
-    if fleet.devices < 1:
-        raise ValueError(f"a simulated fleet needs at least 1 device, got {fleet.devices}")
+    if not 1 <= fleet.devices <= MAX_DEVICES:
+        raise ValueError(
+            f"a simulated fleet has 1 to {MAX_DEVICES:,} devices, got {fleet.devices:,}"
+        )
     if runs < 1:
         raise ValueError(f"a simulation needs at least 1 run, got {runs}")
     workers = max(1, min(workers, runs // MIN_RUNS_PER_WORKER))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from orchestrator.domain.plan_values import format_duration, parse_duration, parse_failure_rate
 
+MAX_DEVICES = 1_000_000  # the largest fleet a simulation takes (a run holds one entry a device)
 LATENCY_S = (5.0, 60.0)  # a device's time from its command to its result, unless told
 
 

@@ -194,3 +194,10 @@ def test_the_guarantees_hold_over_every_look(limit: float, devices: int, confide
 
 def test_an_outcome_is_one_of_three() -> None:
     assert {o.value for o in Outcome} == {"halt", "complete", "inconclusive_pause"}
+
+
+def test_a_fleet_over_the_maximum_is_refused_before_any_work() -> None:
+    """A fleet the simulator cannot hold (a run keeps one entry a device) is a clear error at
+    once, not a process that grows until it is killed."""
+    with pytest.raises(ValueError, match="1 to 1,000,000 devices, got 99,999,999,999"):
+        simulate(plan("max_failure_rate: 5%"), Fleet(99_999_999_999, 0.02), runs=1)
