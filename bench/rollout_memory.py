@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.domain.states import DeviceEvent, RolloutState
+from orchestrator.domain.states import ROLLOUT_TRANSITIONS, DeviceEvent, RolloutState
 from orchestrator.embedded import EmbeddedRedis
 from orchestrator.store import Stores
 from orchestrator.store.device_events import TransitionRequest
@@ -49,7 +49,7 @@ async def _move(stores: Stores, rollout_id: str, frm: RolloutState, to: RolloutS
         to=to,
         reason=f"to {to}",
         actor="engine",
-        action=str(to),
+        action=next(a for (s, a), t in ROLLOUT_TRANSITIONS.items() if (s, t) == (frm, to)),
         at=AT,
     )
 

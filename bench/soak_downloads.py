@@ -179,7 +179,7 @@ async def run_downloads(
             run = summarise("nginx alone", pace, outcomes, sha256)
             figures.runs.append(run)
             for label, port in (("service", service_port), ("service + x-accel", nginx.port)):
-                keys = await stores.download_keys.issue_many(
+                keys = await stores.download_keys.issue(
                     [(device_id, uuid.uuid4().hex) for device_id, _ in devices],
                     project_id=project_id,
                     file_name=FIRMWARE_NAME,

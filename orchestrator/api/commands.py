@@ -73,8 +73,7 @@ async def send_command(
     else:
         payload = {**body.data, "command_id": command_id}
     await context.stores.commands.record(
-        command_id,
-        device_id=device_id,
+        [(device_id, command_id)],
         project_id=project_id,
         command=command,
         sent_at=isoformat_z(utc_now()),

@@ -7,29 +7,18 @@ from enum import StrEnum
 from orchestrator.domain.states import RolloutAction, RolloutState
 
 
-class AuditAction(StrEnum):
-    """What an audit entry says happened: a state change (a RolloutAction) or a note."""
+class AuditNote(StrEnum):
+    """An audit entry that records no state change."""
 
-    CREATE = "create"
-    START = "start"
-    PAUSE = "pause"
-    RESUME = "resume"
-    PROMOTE = "promote"
-    ABORT = "abort"
-    ROLLBACK = "rollback"
-    WAIT_APPROVAL = "wait_approval"
-    HALT = "halt"
-    COMPLETE = "complete"
-    ROLLBACK_DONE = "rollback_done"
-    ROLLBACK_INCOMPLETE = "rollback_incomplete"
+    CREATE = "create"  # the rollout was created (pending)
     WAVE_DONE = "wave_done"  # every device of the wave is final; it bakes, then is judged
     WAVE_STARTED = "wave_start"  # the wave before passed its judgement: the next one is sent
     ENGINE_GAVE_UP = "engine_gave_up"  # the engine cannot drive the rollout (the reason says why)
 
-    @classmethod
-    def of(cls, action: RolloutAction) -> AuditAction:
-        """The entry a state change by `action` records."""
-        return cls(action.value)
+
+# What an audit entry says happened: a state change (the RolloutAction that made it) or a note.
+# The two enums share no value, so an entry's action names one of them alone.
+AuditAction = RolloutAction | AuditNote
 
 
 def rebases_policy(old: RolloutState, new: RolloutState) -> bool:

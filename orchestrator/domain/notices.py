@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from orchestrator.domain.audit import AuditAction
+from orchestrator.domain.audit import AuditNote
 from orchestrator.domain.states import RolloutState
 
 CLOUDEVENT_TYPE_PREFIX = "io.ota.rollout."
@@ -40,7 +40,7 @@ _ENTERED: dict[RolloutState, Notice] = {
 
 def notice_of(action: str, from_state: str, to_state: str) -> Notice | None:
     """The notice an audit entry gives, or None (a note that changes nothing to report)."""
-    if action == AuditAction.WAVE_STARTED:
+    if action == AuditNote.WAVE_STARTED:
         return Notice.WAVE_COMPLETED
     if not to_state or to_state == from_state:
         return None

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.domain.audit import AuditAction, rebases_policy
+from orchestrator.domain.audit import rebases_policy
 from orchestrator.domain.plans import shown_plan
 from orchestrator.domain.states import RolloutAction, RolloutState, next_rollout_state
 from orchestrator.errors import Conflict
@@ -59,7 +59,7 @@ async def apply(
         to=new,
         reason=reason,
         actor=actor,
-        action=AuditAction.of(action),
+        action=action,
         at=isoformat_z(utc_now()),
         details=details,
         extra=extra,

@@ -47,14 +47,13 @@ async def file_command_payload(
             f"no {file_type} file named {file_name!r} in project {project_id}; "
             "upload it first with POST /v2/projects/{project_id}/files"
         )
-    key = await stores.download_keys.issue(
-        device_id=device_id,
+    [key] = await stores.download_keys.issue(
+        [(device_id, command_id)],
         project_id=project_id,
         file_name=stored.name,
         size=stored.size,
         sha256=stored.sha256,
         ttl_s=key_ttl_s,
-        command_id=command_id,
         rollout_id=rollout_id,
     )
     if metrics is not None:

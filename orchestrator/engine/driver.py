@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.domain.audit import AuditAction
+from orchestrator.domain.audit import AuditNote
 from orchestrator.domain.plans import Plan, PlanError, stored_plan
 from orchestrator.domain.progress import (
     DISPATCH_BATCH,
@@ -78,7 +78,7 @@ _DEADLINE_NOTES = {
 }
 
 
-def _note(action: AuditAction) -> dict[str, Any]:
+def _note(action: AuditNote) -> dict[str, Any]:
     """An audit entry by the engine that records no state change."""
     return {"at": isoformat_z(utc_now()), "actor": ENGINE, "action": action}
 
@@ -224,7 +224,7 @@ class RolloutDriver:
             reason += (
                 f"; {fix or 'fix the cause and act on it (the engine tries again), or abort it'}"
             )
-            event = _note(AuditAction.ENGINE_GAVE_UP)
+            event = _note(AuditNote.ENGINE_GAVE_UP)
             details = {"state": record.state.value}
             await self._context.stores.audit.add(
                 self.rollout_id,
@@ -284,13 +284,13 @@ class RolloutDriver:
                 if bucket is not None:
                     self._bucket = bucket
             case WaveDone(at_ms=at_ms, reason=reason, bake_s=bake_s):
-                event = _note(AuditAction.WAVE_DONE)
+                event = _note(AuditNote.WAVE_DONE)
                 await self._context.stores.audit.add(
                     self.rollout_id, {**event, "reason": reason}, fields={"wave_done_at_ms": at_ms}
                 )
                 self._again = not bake_s  # nothing to bake: judge at once
             case Advance(wave=wave, reason=reason, figures=numbers, approval=approval):
-                event = _note(AuditAction.WAVE_STARTED)
+                event = _note(AuditNote.WAVE_STARTED)
                 await self._context.stores.audit.add(
                     self.rollout_id,
                     {**event, "reason": reason, "details": numbers},

@@ -132,7 +132,7 @@ class Engine:
         consumer = self.context.settings.instance_id
         return spawn(
             functools.partial(
-                self.context.stores.consume,
+                self.context.stores.streams.consume,
                 stream,
                 consumer,
                 handler,

@@ -126,7 +126,7 @@ class CommandSender:
                 await self._halt(record, changed)
             return
         ttl_s = context.settings.download_key_ttl_s
-        fresh = await stores.download_keys.issue_many(
+        fresh = await stores.download_keys.issue(
             sends,
             project_id=record.project_id,
             file_name=stored.name,
@@ -145,7 +145,7 @@ class CommandSender:
             await stores.download_keys.revoke(unused)
         keys = [*recorded, *(reuse or [])]
         sent_at = isoformat_z(utc_now())
-        await stores.commands.record_many(
+        await stores.commands.record(
             [(k.device_id, k.command_id) for k in keys],
             project_id=record.project_id,
             command=COMMAND,

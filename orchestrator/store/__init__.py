@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from orchestrator.store.api_keys import ApiKeyStore
@@ -21,7 +20,7 @@ from orchestrator.store.retention import RetentionStore
 from orchestrator.store.rollout_archive import RolloutArchive
 from orchestrator.store.rollout_devices import RolloutDeviceStore
 from orchestrator.store.rollouts import RolloutStore
-from orchestrator.store.streams import EngineStream, Handler, consume
+from orchestrator.store.streams import EngineStreams
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,7 @@ class Stores:
     hooks: HookStore
     notifications: NotificationStore
     retention: RetentionStore
+    streams: EngineStreams  # what the API and webhooks hand the engine
 
     @classmethod
     def build(cls, redis: Redis, prefix: str) -> Stores:
@@ -66,22 +66,7 @@ class Stores:
             hooks=HookStore(redis, keys),
             notifications=NotificationStore(redis, keys),
             retention=RetentionStore(redis, keys),
-        )
-
-    async def consume(
-        self,
-        stream: EngineStream,
-        consumer: str,
-        handler: Handler,
-        stopping: asyncio.Event,
-        *,
-        what: str,
-        from_start: bool = True,
-    ) -> None:
-        """Hand each entry of `stream` to `handler` once, until `stopping` (see streams.consume)."""
-        key = getattr(self.keys, stream.value)()
-        await consume(
-            self.redis, key, consumer, handler, stopping, what=what, from_start=from_start
+            streams=EngineStreams(redis, keys),
         )
 
     @translated

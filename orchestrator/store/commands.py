@@ -20,28 +20,6 @@ class CommandStore:
     @translated
     async def record(
         self,
-        command_id: str,
-        *,
-        device_id: str,
-        project_id: str,
-        command: str,
-        sent_at: str,
-        rollout_id: str = "",
-        kind: str = "",
-    ) -> None:
-        """Store the command's destination for COMMAND_RECORD_TTL_S seconds."""
-        await self.record_many(
-            [(device_id, command_id)],
-            project_id=project_id,
-            command=command,
-            sent_at=sent_at,
-            rollout_id=rollout_id,
-            kind=kind,
-        )
-
-    @translated
-    async def record_many(
-        self,
         sent: Sequence[tuple[str, str]],
         *,
         project_id: str,
@@ -50,7 +28,8 @@ class CommandStore:
         rollout_id: str = "",
         kind: str = "",
     ) -> None:
-        """Record several (device id, command id) sends of one command in one round trip."""
+        """Record (device id, command id) sends of one command, in one round trip, for
+        COMMAND_RECORD_TTL_S seconds."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for device_id, command_id in sent:
                 key = self._keys.command(command_id)

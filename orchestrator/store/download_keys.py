@@ -84,31 +84,6 @@ class DownloadKeyStore:
     @translated
     async def issue(
         self,
-        *,
-        device_id: str,
-        project_id: str,
-        file_name: str,
-        size: int,
-        ttl_s: int,
-        command_id: str,
-        rollout_id: str = "",
-        sha256: str = "",
-    ) -> DownloadKey:
-        """A new key for one device and one file, dying after `ttl_s` seconds."""
-        [record] = await self.issue_many(
-            [(device_id, command_id)],
-            project_id=project_id,
-            file_name=file_name,
-            size=size,
-            ttl_s=ttl_s,
-            rollout_id=rollout_id,
-            sha256=sha256,
-        )
-        return record
-
-    @translated
-    async def issue_many(
-        self,
         device_commands: Sequence[tuple[str, str]],
         *,
         project_id: str,
@@ -118,7 +93,8 @@ class DownloadKeyStore:
         rollout_id: str = "",
         sha256: str = "",
     ) -> list[DownloadKey]:
-        """One key per (device id, command id), written in one round trip."""
+        """One key per (device id, command id), each for one device and one file, dying after
+        `ttl_s` seconds; written in one round trip."""
         expires_at_ms = _now_ms() + ttl_s * 1000
         records = [
             DownloadKey(

@@ -17,6 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from orchestrator.domain.audit import AuditAction, AuditNote
 from orchestrator.domain.states import TERMINAL_ROLLOUT_STATES, RolloutState
 from orchestrator.store.audit import NOTICES_KEPT
 from orchestrator.store.keys import RedisKeys
@@ -184,7 +185,7 @@ class RolloutStore:
         event = {
             "at": created_at,
             "actor": created_by,
-            "action": "create",
+            "action": AuditNote.CREATE,
             "to": RolloutState.PENDING.value,
             "reason": f"{len(device_ids)} devices in {len(reach)} waves",
         }
@@ -291,7 +292,7 @@ class RolloutStore:
         to: RolloutState,
         reason: str,
         actor: str,
-        action: str,
+        action: AuditAction,
         at: str,
         details: Mapping[str, Any] | None = None,
         extra: Mapping[str, str | int] | None = None,

@@ -31,6 +31,21 @@ def zmqtt_client(
     )
 
 
+def lasting_client(
+    url: str, *, client_id: str, version: Literal["5.0", "3.1.1"], **options: Any
+) -> zmqtt.MQTTClient:
+    """A client for a part that runs as long as the service: it keeps reconnecting, 0.5 s to
+    10 s apart, for as long as it runs (readiness reports the outage meanwhile)."""
+    return zmqtt_client(
+        url,
+        client_id=client_id,
+        version=version,
+        reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
+        mqtt_connect_timeout=10.0,
+        **options,
+    )
+
+
 def without_credentials(url: str) -> str:
     """`url` without its user name and password: for logs, banners and what devices are told."""
     address = parse_mqtt_url(url)

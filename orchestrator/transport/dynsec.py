@@ -44,7 +44,7 @@ from faststream.mqtt.utils import parse_mqtt_url
 
 from orchestrator.errors import OrchestratorError, TransportUnavailable
 from orchestrator.supervisor import spawn
-from orchestrator.transport.clients import zmqtt_client
+from orchestrator.transport.clients import lasting_client
 from orchestrator.transport.topics import command_topic, data_topic, result_topic
 
 log = structlog.get_logger(__name__)
@@ -103,13 +103,7 @@ class DynsecClient:
         self.username = address.username or ""
         self._redacted_url = f"mqtt://{self.username}@{address.host}:{address.port}"
         self._timeout_s = timeout_s
-        self._client = zmqtt_client(
-            url,
-            client_id=client_id,
-            version=version,
-            reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
-            mqtt_connect_timeout=10.0,
-        )
+        self._client = lasting_client(url, client_id=client_id, version=version)
         self._pending: dict[str, asyncio.Future[DynsecReply]] = {}
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()  # set while subscribed to the replies

@@ -19,7 +19,7 @@ from orchestrator.errors import TransportUnavailable
 from orchestrator.jsonutil import dumps
 from orchestrator.supervisor import spawn
 from orchestrator.transport.batched import open_batched
-from orchestrator.transport.clients import zmqtt_client
+from orchestrator.transport.clients import lasting_client
 from orchestrator.transport.topics import command_topic
 
 log = structlog.get_logger(__name__)
@@ -36,14 +36,8 @@ class CommandTransport:
         self.url = url
         self._version = version
         # A dispatch step's publishes, and their PUBRELs, leave in a few sends: see batched.py.
-        self._client = zmqtt_client(
-            url,
-            client_id=client_id,
-            version=version,
-            # Keep trying for as long as the service runs; /readyz reports the outage.
-            reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
-            mqtt_connect_timeout=10.0,
-            transport_factory=open_batched,
+        self._client = lasting_client(
+            url, client_id=client_id, version=version, transport_factory=open_batched
         )
         self._connecting: asyncio.Task[None] | None = None
 

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from orchestrator.errors import TransportUnavailable
 from orchestrator.supervisor import spawn
 from orchestrator.transport.batched import open_batched
-from orchestrator.transport.clients import zmqtt_client
+from orchestrator.transport.clients import lasting_client
 from orchestrator.transport.topics import (
     RESULTS_FILTER,
     SHARED_RESULTS_FILTER,
@@ -172,15 +172,13 @@ class ResultSubscriber:
         self._stop_timeout_s = stop_timeout_s
         self._max_batch = max_batch
         self._linger_s = linger_s
-        self._client = zmqtt_client(
+        # zmqtt re-subscribes on reconnect.
+        self._client = lasting_client(
             url,
             client_id=client_id,
             version=version,
             clean_session=False,
             session_expiry_interval=session_expiry_s if version == "5.0" else 0,
-            # Keep trying for as long as the engine runs; zmqtt re-subscribes on reconnect.
-            reconnect=zmqtt.ReconnectConfig(max_attempts=None, initial_delay=0.5, max_delay=10.0),
-            mqtt_connect_timeout=10.0,
             session_replay_buffer_size=0,  # unbounded: see the module docstring
             transport_factory=open_batched,  # a batch's acknowledgements leave together
         )

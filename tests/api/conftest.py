@@ -85,14 +85,13 @@ Entry = tuple[str, dict[str, str]]  # a stream entry: id, fields
 async def issue_key(service: Service, device_id: str, name: str, size: int) -> str:
     stored = await service.stores.files.get(service.project_id, name)
     assert stored is not None
-    key = await service.stores.download_keys.issue(
+    [key] = await service.stores.download_keys.issue(
+        [(device_id, uuid.uuid4().hex)],
         sha256=stored.sha256,
-        device_id=device_id,
         project_id=service.project_id,
         file_name=name,
         size=size,
         ttl_s=service.settings.download_key_ttl_s,
-        command_id=uuid.uuid4().hex,
     )
     return key.key
 

@@ -17,7 +17,7 @@ import pytest
 from orchestrator.api.rollouts import PLAN_MEDIA_TYPES
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.cohorts import EXCLUSION_TEXT, ExclusionReason
-from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutState
+from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutAction, RolloutState
 from orchestrator.store.rollout_devices import Dispatched, Grant
 from tests.answers import data_of
 from tests.conftest import Service
@@ -116,7 +116,7 @@ async def set_running(service: Service, rollout_id: str) -> None:
         to=RolloutState.RUNNING,
         reason="started by the test",
         actor="engine",
-        action="start",
+        action=RolloutAction.START,
         at="2026-01-01T00:00:00Z",
     )
     assert changed

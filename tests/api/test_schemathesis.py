@@ -228,14 +228,9 @@ def _seed(service: ServiceThread, client: httpx.Client, admin_key: str) -> Live:
     _data(client.post(f"{in_doomed}/files", files={"file": (FIRMWARE, b"x" * 64)}, data=form), 201)
     _data(client.post(f"{in_doomed}/notifications", json=url), 201)
     downloader = devices[-1]  # no operation's path names it: its token stays
-    key = service.run(
+    [key] = service.run(
         service.stores.download_keys.issue(
-            device_id=downloader["id"],
-            project_id=project,
-            file_name=FIRMWARE,
-            size=64,
-            ttl_s=600,
-            command_id="fuzz",
+            [(downloader["id"], "fuzz")], project_id=project, file_name=FIRMWARE, size=64, ttl_s=600
         )
     )
     real = {

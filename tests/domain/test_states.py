@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.domain.audit import AuditNote
 from orchestrator.domain.plans import FailureType
 from orchestrator.domain.states import (
     ACTIVE_ROLLOUT_STATES,
@@ -213,3 +214,13 @@ def test_a_verifying_device_is_rolled_back_or_cancelled_and_ignores_install_resu
     assert next_device_state(V, DeviceEvent.TIMED_OUT) is None
     assert next_device_state(DeviceState.SUCCEEDED, DeviceEvent.UNHEALTHY) is None  # too late
     assert next_device_state(DeviceState.SUCCEEDED, DeviceEvent.HEALTHY) is None
+
+
+def test_an_audit_entrys_action_names_a_state_change_or_a_note_never_both() -> None:
+    changes = {action.value for action in RolloutAction}
+    notes = {note.value for note in AuditNote}
+    assert changes.isdisjoint(notes), changes & notes
+    # an entry read back from Redis names exactly one of them
+    assert {RolloutAction(v) for v in changes} | {AuditNote(v) for v in notes} == set(
+        RolloutAction
+    ) | set(AuditNote)

@@ -15,7 +15,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from orchestrator.domain.states import RolloutState
+from orchestrator.domain.states import RolloutAction, RolloutState
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.commands import file_command_payload
 from orchestrator.settings import Settings
@@ -277,7 +277,7 @@ async def _running_with_unpublished(
         to=RolloutState.RUNNING,
         reason="started by the test",
         actor="test",
-        action="start",
+        action=RolloutAction.START,
         at=isoformat_z(utc_now()),
     )
     assert changed
@@ -374,8 +374,7 @@ policy: {max_failure_rate: 100%}
         rollout_id, device_id, key=payload["url"].rsplit("key=", 1)[1]
     )
     await stores.commands.record(
-        command_id,
-        device_id=device_id,
+        [(device_id, command_id)],
         project_id=service.project_id,
         command="download_firmware",
         sent_at=isoformat_z(utc_now()),

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from orchestrator.domain.audit import AuditAction
+from orchestrator.domain.audit import AuditNote
 from orchestrator.domain.states import RolloutState
 from orchestrator.embedded import EmbeddedBroker
 from orchestrator.engine.context import EngineContext
@@ -67,7 +67,7 @@ async def record_of(stores: Stores, rollout_id: str) -> RolloutRecord:
 
 async def gave_up(stores: Stores, rollout_id: str) -> list[dict[str, Any]]:
     events = await stores.audit.events(rollout_id)
-    return [e for e in events if e.get("action") == AuditAction.ENGINE_GAVE_UP]
+    return [e for e in events if e.get("action") == AuditNote.ENGINE_GAVE_UP]
 
 
 async def lease_renewed_twice(stores: Stores, rollout_id: str) -> None:

@@ -8,14 +8,14 @@ from collections.abc import Mapping
 from structlog.testing import capture_logs
 
 from orchestrator.store import Stores
-from orchestrator.store.streams import GROUP, consume
+from orchestrator.store.streams import GROUP, EngineStream
 from tests.conftest import wait_for
 
 
 async def test_an_entry_whose_handler_raises_stays_pending_and_the_next_is_handled(
     stores: Stores,
 ) -> None:
-    stream = stores.keys.prefix + "test-stream"
+    stream = stores.keys.deploy_requests()
     await stores.redis.xadd(stream, {"n": "1"})
     await stores.redis.xadd(stream, {"n": "2"})
     handled: list[str] = []
@@ -28,7 +28,9 @@ async def test_an_entry_whose_handler_raises_stays_pending_and_the_next_is_handl
     stopping = asyncio.Event()
     with capture_logs() as logs:
         task = asyncio.create_task(
-            consume(stores.redis, stream, "c1", handler, stopping, what="test entry")
+            stores.streams.consume(
+                EngineStream.DEPLOY_REQUESTS, "c1", handler, stopping, what="test entry"
+            )
         )
 
         async def second_handled() -> bool:

@@ -364,13 +364,12 @@ async def test_wrong_sha256_or_size_answers_failed_naming_the_check(
     name = await upload(service, content)
 
     async def command(**overrides: Any) -> list[dict[str, Any]]:
-        key = await service.stores.download_keys.issue(
-            device_id=device.id,
+        [key] = await service.stores.download_keys.issue(
+            [(device.id, uuid.uuid4().hex)],
             project_id=service.project_id,
             file_name=name,
             size=len(content),
             ttl_s=60,
-            command_id=uuid.uuid4().hex,
         )
         payload = {
             "url": f"{service.base_url}/v2/device/download?key={key.key}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from orchestrator.domain import counters
 from orchestrator.domain.plans import FailureType
 from orchestrator.domain.policy import Tally
-from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutState
+from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutAction, RolloutState
 from orchestrator.store import Stores
 from orchestrator.store.device_events import TransitionRequest
 from tests.store.test_rollouts import GRANT, CreateRollout, move
@@ -37,7 +37,7 @@ async def halt_and_resume(stores: Stores, rollout_id: str) -> None:
         to=RolloutState.RUNNING,
         reason="resumed",
         actor="alice",
-        action="resume",
+        action=RolloutAction.RESUME,
         at="2030-01-02T03:04:05Z",
         rebase_policy=True,
     )

@@ -394,7 +394,7 @@ async def test_a_result_answering_a_command_marks_its_device_seen(clean: Stores)
     device, _ = await create(clean, name="answers")
     other, _ = await create(clean, name="forges")
     await clean.commands.record(
-        "cmd-1", device_id=device.id, project_id=PROJECT, command="reboot", sent_at=T_ISO
+        [(device.id, "cmd-1")], project_id=PROJECT, command="reboot", sent_at=T_ISO
     )
 
     async def report(device_id: str, at_s: int, command_id: str = "cmd-1") -> None:
@@ -430,7 +430,7 @@ async def test_a_success_carrying_a_version_records_it_as_the_devices_firmware(
     other, _ = await create(clean, name="forges")
     assert (device.firmware_version, device.firmware_version_at) == ("", None)
     await clean.commands.record(
-        "cmd-v", device_id=device.id, project_id=PROJECT, command="reboot", sent_at=T_ISO
+        [(device.id, "cmd-v")], project_id=PROJECT, command="reboot", sent_at=T_ISO
     )
 
     async def report(device_id: str, status: str, version: str | None, at_s: int) -> None:

@@ -18,15 +18,15 @@ Entry = tuple[str, dict[str, str]]  # a stream entry: id, fields
 
 
 async def issue(stores: Stores, device_id: str = "dev-1", ttl_s: int = 60) -> DownloadKey:
-    return await stores.download_keys.issue(
-        device_id=device_id,
+    [key] = await stores.download_keys.issue(
+        [(device_id, uuid.uuid4().hex)],
         project_id="proj-1",
         file_name="fw.bin",
         size=SIZE,
         ttl_s=ttl_s,
-        command_id=uuid.uuid4().hex,
         rollout_id="ro-1",
     )
+    return key
 
 
 async def claim_ok(stores: Stores, key: str, device_id: str = "dev-1") -> Claim:

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from orchestrator.domain.states import DeviceEvent, RolloutState
+from orchestrator.domain.states import DeviceEvent, RolloutAction, RolloutState
 from orchestrator.store import Stores
 from orchestrator.store.rollout_devices import Grant
 from orchestrator.timeutil import epoch_ms
@@ -88,7 +88,7 @@ async def finished_rollout(
         to=to,
         reason="done",
         actor="engine",
-        action="finish",
+        action=RolloutAction.COMPLETE if to is RolloutState.COMPLETED else RolloutAction.ABORT,
         at=at,
     ) == ("running", True)
     if left_active:

@@ -20,8 +20,10 @@ from orchestrator.domain import counters
 from orchestrator.domain.states import (
     DEVICE_TRANSITIONS,
     FAILED_DEVICE_STATES,
+    ROLLOUT_TRANSITIONS,
     DeviceEvent,
     DeviceState,
+    RolloutAction,
     RolloutState,
 )
 from orchestrator.store import Stores
@@ -73,7 +75,7 @@ async def start(stores: Stores, rollout_id: str) -> None:
         to=RolloutState.RUNNING,
         reason="started",
         actor="engine",
-        action="start",
+        action=RolloutAction.START,
         at=AT,
     )
     assert (old, changed) == ("pending", True)
@@ -88,7 +90,7 @@ async def move(
         to=to,
         reason=f"to {to}",
         actor="alice",
-        action=str(to),
+        action=next(a for (s, a), t in ROLLOUT_TRANSITIONS.items() if (s, t) == (frm, to)),
         at=AT,
     )
 
@@ -364,7 +366,7 @@ async def test_change_state_applies_from_an_allowed_state_and_records_who_and_wh
         to=RolloutState.RUNNING,
         reason="operator said so",
         actor="alice",
-        action="start",
+        action=RolloutAction.START,
         at="2030-02-02T00:00:00Z",
         details=details,
         extra={"wave": 1},
@@ -997,7 +999,7 @@ async def test_results_outside_rollouts_or_about_a_gone_rollout_move_nothing(
     made = await create_rollout(1, [1], running=True)
     [(device_id, command_id)] = await dispatch(stores, made, 1, 1)
     await stores.commands.record(
-        "cmd-reboot", device_id=device_id, project_id=PROJECT, command="reboot", sent_at=AT
+        [(device_id, "cmd-reboot")], project_id=PROJECT, command="reboot", sent_at=AT
     )
     applied = await stores.rollout_devices.apply_results(
         [Reported("cmd-reboot", device_id), Reported(command_id, device_id)], {made.id: None}
@@ -1022,8 +1024,7 @@ async def test_a_rollback_result_follows_the_rules_of_its_command_kind(
         made.id, device_id, rollback_command_id="cmd-back"
     )
     await stores.commands.record(
-        "cmd-back",
-        device_id=device_id,
+        [(device_id, "cmd-back")],
         project_id=PROJECT,
         command="download_firmware",
         sent_at=AT,
