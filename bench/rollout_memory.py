@@ -49,7 +49,7 @@ async def _move(stores: Stores, rollout_id: str, frm: RolloutState, to: RolloutS
         to=to,
         reason=f"to {to}",
         actor="engine",
-        action=next(a for (s, a), t in ROLLOUT_TRANSITIONS.items() if (s, t) == (frm, to)),
+        action=next(a for a, moves in ROLLOUT_TRANSITIONS.items() if moves.get(frm) == to),
         at=AT,
     )
 

@@ -17,7 +17,7 @@ from rich.text import Text
 from orchestrator.api.schemas import HookDeliveryOut, HookOut
 from orchestrator.cli.output import console, print_json
 from orchestrator.cli.plans import Unreadable, read_plan_text
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, Server, run, server
+from orchestrator.cli.server import Json, Server, connected, run
 from orchestrator.cli.webhooks import Secret, WebhookVerbs, add_verbs
 from orchestrator.client import ApiError
 from orchestrator.domain.hooks import parse_template
@@ -86,7 +86,9 @@ def _curl(url: str, secret: str) -> str:
 
 
 @hooks_app.command("create")
+@connected()
 def create_hook(
+    target: Server,
     name: Annotated[str, typer.Option(help="The hook's name (for people)")],
     plan: Annotated[
         Path,
@@ -97,14 +99,10 @@ def create_hook(
         ),
     ],
     secret: Secret = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """Register a plan template; prints the hook's URL and secret (the secret only this once)."""
     text = _template(plan)
-    target = server(api_url, api_key, project)
     try:
         hook = run(lambda api: api.create_hook(name, text, secret), target)
     except ApiError as exc:

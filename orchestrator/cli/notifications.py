@@ -14,7 +14,7 @@ from rich.text import Text
 
 from orchestrator.api.schemas import NoticeAttemptOut, NoticeOut, NotificationOut
 from orchestrator.cli.output import console, print_json
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, run, server
+from orchestrator.cli.server import Json, Server, connected, run
 from orchestrator.cli.webhooks import Secret, WebhookVerbs, add_verbs
 from orchestrator.domain.notices import Notice
 
@@ -57,7 +57,9 @@ def _last_status(attempts: list[NoticeAttemptOut]) -> str:
 
 
 @notifications_app.command("create")
+@connected()
 def create_notification(
+    target: Server,
     url: Annotated[str, typer.Option(help="Where the events are posted (http or https)")],
     event: Annotated[
         list[str] | None,
@@ -67,16 +69,11 @@ def create_notification(
         ),
     ] = None,
     secret: Secret = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """Subscribe a URL to the project's rollout events; prints the secret only this once."""
     events = checked_events(event)
-    created = run(
-        lambda api: api.create_notification(url, events, secret), server(api_url, api_key, project)
-    )
+    created = run(lambda api: api.create_notification(url, events, secret), target)
     if as_json:
         print_json(created)
         return

@@ -32,6 +32,14 @@ def print_json(value: Any) -> None:
     typer.echo(json.dumps(jsonable, indent=2, ensure_ascii=False))
 
 
+def print_answer(value: Any, *, as_json: bool, line: str) -> None:
+    """With --json the API's answer as JSON (see print_json), else the one `line` for people."""
+    if as_json:
+        print_json(value)
+    else:
+        typer.echo(line)
+
+
 def table(
     columns: Iterable[str], *, right: Collection[str] = (), fold: bool = False, **options: Any
 ) -> Table:

@@ -8,16 +8,17 @@ import typer
 
 from orchestrator.api.schemas import ProjectOut
 from orchestrator.cli.admin import projects_app
-from orchestrator.cli.output import console, given, print_json, table
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, run, server
+from orchestrator.cli.output import console, given, print_answer, print_json, table
+from orchestrator.cli.server import Json, Server, connected, run
 from orchestrator.errors import InvalidInput
 
 ProjectId = Annotated[str, typer.Argument(help="The project's id")]
 
 
-def list_projects(api_url: ApiUrl = None, api_key: ApiKey = None, as_json: Json = False) -> None:
+@connected(project=False)
+def list_projects(target: Server, as_json: Json = False) -> None:
     """The projects the API key may use, newest first (through the API)."""
-    projects = run(lambda api: api.projects(), server(api_url, api_key, ""))
+    projects = run(lambda api: api.projects(), target)
     if as_json:
         print_json(projects)
         return
@@ -33,7 +34,9 @@ def _row(project: ProjectOut) -> tuple[str, ...]:
     return project.id, name, ",".join(project.tags), project.created_at, project.description
 
 
+@connected(project=False)
 def update_project(
+    target: Server,
     project_id: ProjectId,
     name: Annotated[str | None, typer.Option(help="A new name")] = None,
     description: Annotated[str | None, typer.Option(help="A new description")] = None,
@@ -41,8 +44,6 @@ def update_project(
         list[str] | None, typer.Option(help="The project's tags from now on (repeatable)")
     ] = None,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="Remove every tag")] = False,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
     as_json: Json = False,
 ) -> None:
     """Change a project's name, description or tags (through the API); the rest is kept."""
@@ -53,22 +54,17 @@ def update_project(
         changes["tags"] = []
     if not changes:
         raise InvalidInput("nothing to change: give --name, --description, --tag or --no-tags")
-    project = run(
-        lambda api: api.update_project(project_id, **changes), server(api_url, api_key, "")
-    )
-    if as_json:
-        print_json(project)
-        return
-    typer.echo(f"updated {project.id}: {project.name}")
+    project = run(lambda api: api.update_project(project_id, **changes), target)
+    print_answer(project, as_json=as_json, line=f"updated {project.id}: {project.name}")
 
 
+@connected(project=False)
 def delete_project(
+    target: Server,
     project_id: ProjectId,
     yes: Annotated[
         bool, typer.Option("--yes", help="Delete without asking (its devices, files, rollouts)")
     ] = False,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
 ) -> None:
     """Delete a project with everything in it: devices, files, rollouts, hooks (through the API).
 
@@ -81,7 +77,7 @@ def delete_project(
         typer.confirm(
             f"Delete project {project_id} with its devices, files and rollouts?", abort=True
         )
-    run(lambda api: api.delete_project(project_id), server(api_url, api_key, ""))
+    run(lambda api: api.delete_project(project_id), target)
     typer.echo(f"deleted {project_id}")
 
 

@@ -26,7 +26,7 @@ from orchestrator.cli.plan_simulation import (
 )
 from orchestrator.cli.plans import Unreadable, read_plan_text
 from orchestrator.cli.progress import STATE_STYLE, exit_code, percent, render, watch
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, run, server
+from orchestrator.cli.server import Json, Server, connected, run
 from orchestrator.client import ApiClient
 from orchestrator.domain.plans import PlanError, parse_plan
 from orchestrator.domain.simulation import RUNS
@@ -56,11 +56,10 @@ def _checked_plan(path: Path) -> str:
     return text
 
 
+@connected()
 def plan(
+    target: Server,
     path: PlanPath,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
     simulated: Simulate = False,
     devices: Devices = None,
@@ -81,7 +80,7 @@ def plan(
         fleet = fleet_of(devices, failure_rate, by_stratum, result_latency)
         simulate_plan(parse_plan(text), fleet, runs=runs, seed=seed, as_json=as_json)
         return
-    preview = run(lambda api: api.preview_rollout(text), server(api_url, api_key, project))
+    preview = run(lambda api: api.preview_rollout(text), target)
     if as_json:
         print_json(preview)
         return
@@ -118,14 +117,8 @@ def _wave_row(wave: WavePreview) -> tuple[str, ...]:
     return wave.name, str(wave.devices), str(wave.reach), wave.approval, wave.bake
 
 
-def apply(
-    path: PlanPath,
-    watch_it: Watch = False,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
-) -> None:
+@connected()
+def apply(target: Server, path: PlanPath, watch_it: Watch = False, as_json: Json = False) -> None:
     """Start a rollout from a plan; with --watch, follow it to its end."""
     text = _checked_plan(path)
     out = console()
@@ -144,20 +137,16 @@ def apply(
             return rollout
         return await watch(api, rollout.id, out)
 
-    rollout = run(go, server(api_url, api_key, project))
+    rollout = run(go, target)
     if as_json:
         print_json(rollout)
     if watch_it:
         raise typer.Exit(exit_code(rollout))
 
 
+@connected()
 def status(
-    rollout_id: RolloutId,
-    watch_it: Watch = False,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
+    target: Server, rollout_id: RolloutId, watch_it: Watch = False, as_json: Json = False
 ) -> None:
     """A rollout's waves, counts by state and failure rate; with --watch, live to its end."""
     out = console()
@@ -167,7 +156,7 @@ def status(
             return await watch(api, rollout_id, out)
         return await api.rollout(rollout_id)
 
-    rollout = run(go, server(api_url, api_key, project))
+    rollout = run(go, target)
     if as_json:
         print_json(rollout)
     elif not watch_it:
@@ -176,15 +165,14 @@ def status(
         raise typer.Exit(exit_code(rollout))
 
 
+@connected()
 def list_rollouts(
+    target: Server,
     state: Annotated[str, typer.Option(help="Only rollouts in this state")] = "",
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """The project's rollouts, newest first."""
-    rollouts = run(lambda api: api.rollouts(state=state), server(api_url, api_key, project))
+    rollouts = run(lambda api: api.rollouts(state=state), target)
     show_records(
         rollouts,
         as_json=as_json,
@@ -206,15 +194,10 @@ def _rollout_row(rollout: RolloutOut) -> tuple[str | Text, ...]:
     )
 
 
-def events(
-    rollout_id: RolloutId,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
-    as_json: Json = False,
-) -> None:
+@connected()
+def events(target: Server, rollout_id: RolloutId, as_json: Json = False) -> None:
     """The audit trail: who or what changed the rollout, when, and why (with the figures)."""
-    trail = run(lambda api: api.rollout_events(rollout_id), server(api_url, api_key, project))
+    trail = run(lambda api: api.rollout_events(rollout_id), target)
     show_records(
         trail,
         as_json=as_json,
@@ -234,17 +217,16 @@ def _event_row(event: RolloutEvent) -> tuple[str, ...]:
 
 
 def _action(action: RolloutAction) -> Callable[..., None]:
+    @connected()
     def act(
+        target: Server,
         rollout_id: RolloutId,
         reason: Annotated[str, typer.Option(help="Recorded in the audit trail")] = "",
-        api_url: ApiUrl = None,
-        api_key: ApiKey = None,
-        project: Project = None,
         as_json: Json = False,
     ) -> None:
         rollout = run(
             lambda api: api.rollout_action(rollout_id, action, reason),
-            server(api_url, api_key, project),
+            target,
         )
         if as_json:
             print_json(rollout)

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from orchestrator.api.schemas import DeviceOut, FileListItem
-from orchestrator.cli.output import console, given, print_json, table
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, run, server
+from orchestrator.cli.output import console, given, print_answer, print_json, table
+from orchestrator.cli.server import Json, Server, connected, run
 from orchestrator.client import ApiClient
 from orchestrator.errors import InvalidInput
 from orchestrator.jsonutil import loads
@@ -19,7 +19,9 @@ files_app = typer.Typer(help="Firmware and logo files of the project.", no_args_
 
 
 @devices_app.command("create")
+@connected()
 def create_device(
+    target: Server,
     name: Annotated[str, typer.Option(help="The device's name")],
     source: Annotated[str, typer.Option(help="mqtt (takes commands) or http")] = "mqtt",
     tag: Annotated[list[str] | None, typer.Option(help="A tag (repeatable)")] = None,
@@ -29,9 +31,6 @@ def create_device(
     metadata: Annotated[
         list[str] | None, typer.Option(help="Custom metadata KEY=VALUE (repeatable)")
     ] = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """Create a device; prints its id and its token (shown only this once)."""
@@ -44,7 +43,7 @@ def create_device(
         "model": model,
         "metadata": _pairs(metadata or [], "--metadata"),
     }
-    device = run(lambda api: api.create_device(**fields), server(api_url, api_key, project))
+    device = run(lambda api: api.create_device(**fields), target)
     if as_json:
         print_json(device)
         return
@@ -64,7 +63,9 @@ def _pairs(given: list[str], option: str) -> dict[str, str]:
 
 
 @devices_app.command("update")
+@connected()
 def update_device(
+    target: Server,
     device_id: Annotated[str, typer.Argument(help="The device's id")],
     name: Annotated[str | None, typer.Option(help="A new name")] = None,
     description: Annotated[str | None, typer.Option(help="A new description")] = None,
@@ -78,9 +79,6 @@ def update_device(
     unset: Annotated[
         list[str] | None, typer.Option(help="Remove the custom metadata KEY (repeatable)")
     ] = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """Change a device's name, description, tags or custom metadata; the rest is kept."""
@@ -93,25 +91,19 @@ def update_device(
         raise InvalidInput(
             "nothing to change: give --name, --description, --tag, --metadata or --unset"
         )
-    device = run(
-        lambda api: api.update_device(device_id, **changes), server(api_url, api_key, project)
-    )
-    if as_json:
-        print_json(device)
-        return
-    typer.echo(f"updated {device.id}: {device.name}")
+    device = run(lambda api: api.update_device(device_id, **changes), target)
+    print_answer(device, as_json=as_json, line=f"updated {device.id}: {device.name}")
 
 
 @devices_app.command("list")
+@connected()
 def list_devices(
+    target: Server,
     tag: Annotated[str, typer.Option(help="Only devices with this tag")] = "",
     metadata: Annotated[
         list[str] | None,
         typer.Option(help="Only devices whose custom metadata holds KEY:VALUE (repeatable)"),
     ] = None,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """The project's devices."""
@@ -119,7 +111,7 @@ def list_devices(
     async def collect(api: ApiClient) -> list[DeviceOut]:
         return [device async for device in api.devices(tag=tag, metadata=metadata or [])]
 
-    devices = run(collect, server(api_url, api_key, project))
+    devices = run(collect, target)
     if as_json:
         print_json(devices)
         return
@@ -140,13 +132,12 @@ def list_devices(
 
 
 @files_app.command("upload")
+@connected()
 def upload_file(
+    target: Server,
     path: Annotated[Path, typer.Argument(help="The file; its name is its name in the project")],
     type_: Annotated[str, typer.Option("--type", help="firmware or logo")] = "firmware",
     description: Annotated[str, typer.Option(help="Free text")] = "",
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """Upload a firmware or logo file (names are immutable: a new version needs a new name)."""
@@ -154,26 +145,26 @@ def upload_file(
         raise typer.BadParameter(f"{path} is not a readable file", param_hint="PATH")
     stored = run(
         lambda api: api.upload_file(path, type_=type_, description=description),
-        server(api_url, api_key, project),
+        target,
     )
-    if as_json:
-        print_json(stored)
-        return
-    typer.echo(f"uploaded {stored.name}  {stored.size} bytes  sha256 {stored.sha256}")
+    print_answer(
+        stored,
+        as_json=as_json,
+        line=f"uploaded {stored.name}  {stored.size} bytes  sha256 {stored.sha256}",
+    )
 
 
 @files_app.command("list")
+@connected()
 def list_files(
+    target: Server,
     type_: Annotated[str, typer.Option("--type", help="firmware or logo (default both)")] = "",
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """The project's files."""
 
     kinds = [type_] if type_ else ["firmware", "logo"]  # the API lists one type at a time
-    files = run(lambda api: _files_of(api, kinds), server(api_url, api_key, project))
+    files = run(lambda api: _files_of(api, kinds), target)
     if as_json:
         print_json(files)
         return
@@ -187,7 +178,9 @@ async def _files_of(api: ApiClient, kinds: list[str]) -> list[FileListItem]:
     return [f for kind in kinds for f in await api.files(type_=kind)]
 
 
+@connected()
 def send(
+    target: Server,
     device_id: Annotated[str, typer.Argument(help="The device's id", metavar="DEVICE")],
     command: Annotated[
         str, typer.Argument(help="download_firmware, reboot, … or a custom command")
@@ -195,9 +188,6 @@ def send(
     data: Annotated[
         str, typer.Argument(help='The command\'s data as JSON, e.g. \'{"file_name": "fw.bin"}\'')
     ] = "{}",
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
     as_json: Json = False,
 ) -> None:
     """Send one command to one device over MQTT (QoS 2)."""
@@ -211,11 +201,10 @@ def send(
         ) from None
     if not isinstance(payload, dict):
         raise typer.BadParameter("must be a JSON object, e.g. '{}'", param_hint="DATA")
-    sent = run(lambda api: api.send(device_id, command, payload), server(api_url, api_key, project))
-    if as_json:
-        print_json(sent)
-        return
-    typer.echo(f"sent {command} to {device_id}: command_id {sent.command_id}")
+    sent = run(lambda api: api.send(device_id, command, payload), target)
+    print_answer(
+        sent, as_json=as_json, line=f"sent {command} to {device_id}: command_id {sent.command_id}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -8,11 +8,13 @@ on first start (`.ota/credentials.env`), so a local service needs no setup at al
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -83,6 +85,41 @@ def server(api_url: str | None, api_key: str | None, project: str | None) -> Ser
         api_key=pick(api_key, "OTA_API_KEY"),
         project_id=pick(project, "OTA_PROJECT"),
     )
+
+
+def connected(*, project: bool = True) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """A verb with --api-url, --api-key and (unless `project` is False) --project, which it
+    receives as one `target: Server` argument.
+
+    The options stand just before the verb's --json (else after its own), as in every verb.
+    """
+    shared = [("api_url", ApiUrl), ("api_key", ApiKey)] + ([("project", Project)] * project)
+
+    def decorate(verb: Callable[..., None]) -> Callable[..., None]:
+        own = [
+            parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+            for parameter in inspect.signature(verb, eval_str=True).parameters.values()
+            if parameter.name != "target"
+        ]
+        options = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
+            for name, kind in shared
+        ]
+        names = [parameter.name for parameter in own]
+        at = names.index("as_json") if "as_json" in names else len(own)
+        parameters = [*own[:at], *options, *own[at:]]
+
+        @functools.wraps(verb)
+        def with_target(**given: Any) -> None:
+            target = server(given.pop("api_url"), given.pop("api_key"), given.pop("project", ""))
+            verb(target=target, **given)
+
+        # What Typer reads the options from (it calls the verb with keywords only).
+        with_target.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        with_target.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_target
+
+    return decorate
 
 
 def run(work: Callable[[ApiClient], Awaitable[T]], target: Server) -> T:

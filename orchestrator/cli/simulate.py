@@ -19,7 +19,7 @@ from rich.filesize import decimal
 from rich.table import Table
 
 from orchestrator.cli.output import console
-from orchestrator.cli.server import ApiKey, ApiUrl, Project, server
+from orchestrator.cli.server import Server, connected
 from orchestrator.client import ApiClient
 from orchestrator.logs import configure_logging
 from orchestrator.simulator import (
@@ -119,7 +119,9 @@ def _usage_error(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+@connected()
 def simulate(
+    target: Server,
     devices: Annotated[int, typer.Option(help="How many devices to simulate")] = 10,
     fail_rate: Annotated[
         str, typer.Option(help="Fraction of firmware installs that fail (0.05 or 5%)")
@@ -197,9 +199,6 @@ def simulate(
     json_output: Annotated[
         bool, typer.Option("--json", help="Print the final stats as JSON on stdout")
     ] = False,
-    api_url: ApiUrl = None,
-    api_key: ApiKey = None,
-    project: Project = None,
 ) -> None:
     """Simulate devices that register (or reuse) themselves and obey commands, until Ctrl-C."""
     try:
@@ -237,7 +236,7 @@ def simulate(
     configure_logging("console" if sys.stderr.isatty() else "json", "warning")
     out = console(stderr=json_output)
     run = _Run(
-        api=server(api_url, api_key, project).client(),
+        api=target.client(),
         broker=broker,
         mqtt_version=version,
         state=state,

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 from rich.console import RenderableType
 
 from orchestrator.api.schemas import Done
-from orchestrator.cli.output import print_json, show_records
-from orchestrator.cli.server import ApiKey, ApiUrl, Json, Project, Server, run, server
+from orchestrator.cli.output import print_answer, show_records
+from orchestrator.cli.server import Json, Server, connected, run
 from orchestrator.client import ApiClient
 
 # `create`'s --secret, for hooks and notifications alike.
@@ -63,13 +63,8 @@ class WebhookVerbs(Generic[R, D]):
 def add_verbs(app: typer.Typer, kind: WebhookVerbs[R, D]) -> None:
     """`list`, `delete ID` and `deliveries ID` for the kind, on `app`."""
 
-    def list_verb(
-        api_url: ApiUrl = None,
-        api_key: ApiKey = None,
-        project: Project = None,
-        as_json: Json = False,
-    ) -> None:
-        target = server(api_url, api_key, project)
+    @connected()
+    def list_verb(target: Server, as_json: Json = False) -> None:
         records = [kind.shown(target, record) for record in run(kind.records, target)]
         show_records(
             records, as_json=as_json, none=kind.none, columns=kind.columns, row=kind.row, fold=True
@@ -77,10 +72,7 @@ def add_verbs(app: typer.Typer, kind: WebhookVerbs[R, D]) -> None:
 
     def delete(target: Server, record_id: str, as_json: bool) -> None:
         answer = run(lambda api: kind.delete(api, record_id), target)
-        if as_json:
-            print_json(answer)
-            return
-        typer.echo(f"deleted {kind.noun} {record_id}")
+        print_answer(answer, as_json=as_json, line=f"deleted {kind.noun} {record_id}")
 
     def deliveries(target: Server, record_id: str, as_json: bool) -> None:
         found = run(lambda api: kind.deliveries(api, record_id), target)
@@ -105,14 +97,13 @@ def _on_one(
 ) -> Callable[..., None]:
     """A verb taking one record's ID (and the server options) that does `act`."""
 
+    @connected()
     def verb(
+        target: Server,
         record_id: str = typer.Argument(help=id_help, metavar="ID", show_default=False),
-        api_url: ApiUrl = None,
-        api_key: ApiKey = None,
-        project: Project = None,
         as_json: Json = False,
     ) -> None:
-        act(server(api_url, api_key, project), record_id, as_json)
+        act(target, record_id, as_json)
 
     verb.__doc__ = doc
     return verb

@@ -26,31 +26,23 @@ class Notice(StrEnum):
     ABORTED = "aborted"
 
 
-_ENTERED: dict[RolloutState, Notice] = {
-    RolloutState.PAUSED: Notice.PAUSED,
-    RolloutState.WAITING_APPROVAL: Notice.WAITING_APPROVAL,
-    RolloutState.HALTED: Notice.HALTED,
-    RolloutState.ROLLING_BACK: Notice.ROLLING_BACK,
-    RolloutState.ROLLED_BACK: Notice.ROLLED_BACK,
-    RolloutState.ROLLBACK_FAILED: Notice.ROLLBACK_FAILED,
-    RolloutState.COMPLETED: Notice.COMPLETED,
-    RolloutState.ABORTED: Notice.ABORTED,
-}
+_STATES = frozenset(RolloutState)
+_BY_NAME = {notice.value: notice for notice in Notice}
 
 
 def notice_of(action: str, from_state: str, to_state: str) -> Notice | None:
-    """The notice an audit entry gives, or None (a note that changes nothing to report)."""
+    """The notice an audit entry gives, or None (a note that changes nothing to report).
+
+    Entering `running` is `started` or `resumed`; entering any other state but `pending` is
+    the notice of that state's name.
+    """
     if action == AuditNote.WAVE_STARTED:
         return Notice.WAVE_COMPLETED
-    if not to_state or to_state == from_state:
+    if not to_state or to_state == from_state or to_state not in _STATES:
         return None
-    try:
-        entered = RolloutState(to_state)
-    except ValueError:
-        return None
-    if entered is RolloutState.RUNNING:
+    if to_state == RolloutState.RUNNING:
         return Notice.STARTED if from_state == RolloutState.PENDING else Notice.RESUMED
-    return _ENTERED.get(entered)
+    return _BY_NAME.get(to_state)
 
 
 def cloudevent_type(notice: Notice) -> str:

@@ -129,40 +129,40 @@ class WaveDone:
 
 
 @dataclass(frozen=True, slots=True)
-class Advance:
+class Finding:
+    """A step that changes the rollout's course: why, in words for the audit trail and
+    people, and the numbers behind it."""
+
+    reason: str
+    figures: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Advance(Finding):
     """The wave passed: go on to wave `wave`; `approval` when that one waits for a person."""
 
     wave: int
-    reason: str
-    figures: Mapping[str, Any]
     approval: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Breach:
+class Breach(Finding):
     """A failure limit was crossed: halt, or roll back when the plan says so and can."""
 
     action: RolloutAction  # HALT or ROLLBACK
-    reason: str
-    figures: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class Inconclusive:
+class Inconclusive(Finding):
     """The wave `wave` ended with its sequential test undecided and its rate over a limit:
     wait for a person (promote to go on, or roll back / abort), the evidence in the reason."""
 
     wave: int
-    reason: str
-    figures: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class Complete:
+class Complete(Finding):
     """Every wave passed."""
-
-    reason: str
-    figures: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +174,10 @@ class SendRollback:
 
 
 @dataclass(frozen=True, slots=True)
-class EndRollback:
+class EndRollback(Finding):
     """Every rollback is final: ROLLBACK_DONE, or ROLLBACK_INCOMPLETE when some failed."""
 
     action: RolloutAction
-    reason: str
-    figures: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +268,8 @@ def _breach(plan: Plan, look: Look, verdict: Verdict, tally: Tally, stratum: str
             "rollout_failure_rate": round(whole.failure_rate, 6),
             "rollout_finished": whole.finished,
         }
-    return Breach(RolloutAction.ROLLBACK if rollback else RolloutAction.HALT, reason, numbers)
+    action = RolloutAction.ROLLBACK if rollback else RolloutAction.HALT
+    return Breach(reason, numbers, action)
 
 
 def _stratum_breach(plan: Plan, look: Look, *, end_of_wave: bool) -> Breach | None:
@@ -336,7 +335,7 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
             reason = inconclusive_reason(plan, spec.name, judged, rollout_id, stratum)
             if stratum:
                 numbers = {**figures(judged, judged.tally, spec.name), "stratum": stratum}
-            return Inconclusive(wave, reason, numbers)
+            return Inconclusive(reason, numbers, wave)
         passed = "was promoted past an inconclusive test"
     if wave == len(look.reach) - 1:
         return Complete(f"every wave done; {verdict.reason}", numbers)
@@ -347,7 +346,7 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     )
     manual = following.approval == "manual"
     approval = approval_reason(following.name, rollout_id) if manual else None
-    return Advance(wave + 1, reason, numbers, approval)
+    return Advance(reason, numbers, wave + 1, approval)
 
 
 def _dispatch(plan: Plan, look: Look) -> Dispatch | Wait:
@@ -396,12 +395,12 @@ def _rolling_back(look: Look) -> Step:
     cause = f"; rolled back because {look.reason}" if look.reason else ""
     if failed:
         return EndRollback(
-            RolloutAction.ROLLBACK_INCOMPLETE,
             f"{failed} of {failed + rolled} devices did not take the rollback firmware{cause}",
             {"rolled_back": rolled, "rollback_failed": failed},
+            RolloutAction.ROLLBACK_INCOMPLETE,
         )
     return EndRollback(
-        RolloutAction.ROLLBACK_DONE,
         f"{rolled} devices are back on the rollback firmware{cause}",
         {"rolled_back": rolled},
+        RolloutAction.ROLLBACK_DONE,
     )

@@ -93,22 +93,21 @@ OPERATOR_ACTIONS: dict[RolloutAction, str] = {
 
 _R = RolloutState
 _A = RolloutAction
-ROLLOUT_TRANSITIONS: dict[tuple[RolloutState, RolloutAction], RolloutState] = {
-    (_R.PENDING, _A.START): _R.RUNNING,
-    (_R.RUNNING, _A.PAUSE): _R.PAUSED,
-    (_R.PAUSED, _A.RESUME): _R.RUNNING,
-    (_R.RUNNING, _A.WAIT_APPROVAL): _R.WAITING_APPROVAL,
-    (_R.WAITING_APPROVAL, _A.PROMOTE): _R.RUNNING,
-    (_R.RUNNING, _A.HALT): _R.HALTED,
-    (_R.HALTED, _A.RESUME): _R.RUNNING,
-    (_R.RUNNING, _A.ROLLBACK): _R.ROLLING_BACK,
-    (_R.HALTED, _A.ROLLBACK): _R.ROLLING_BACK,
-    # an inconclusive wave end (policy.confidence) asks a person: go on, or roll back
-    (_R.WAITING_APPROVAL, _A.ROLLBACK): _R.ROLLING_BACK,
-    (_R.ROLLING_BACK, _A.ROLLBACK_DONE): _R.ROLLED_BACK,
-    (_R.ROLLING_BACK, _A.ROLLBACK_INCOMPLETE): _R.ROLLBACK_FAILED,
-    (_R.RUNNING, _A.COMPLETE): _R.COMPLETED,
-    **{(state, _A.ABORT): _R.ABORTED for state in ACTIVE_ROLLOUT_STATES},
+# Each action, with the state it moves a rollout to from each state it is allowed in.
+ROLLOUT_TRANSITIONS: dict[RolloutAction, dict[RolloutState, RolloutState]] = {
+    _A.START: {_R.PENDING: _R.RUNNING},
+    _A.PAUSE: {_R.RUNNING: _R.PAUSED},
+    _A.RESUME: {_R.PAUSED: _R.RUNNING, _R.HALTED: _R.RUNNING},
+    _A.PROMOTE: {_R.WAITING_APPROVAL: _R.RUNNING},
+    _A.ABORT: dict.fromkeys(sorted(ACTIVE_ROLLOUT_STATES), _R.ABORTED),
+    # from waiting_approval too: an inconclusive wave end (policy.confidence) asks a person to
+    # go on or roll back
+    _A.ROLLBACK: dict.fromkeys((_R.RUNNING, _R.HALTED, _R.WAITING_APPROVAL), _R.ROLLING_BACK),
+    _A.WAIT_APPROVAL: {_R.RUNNING: _R.WAITING_APPROVAL},
+    _A.HALT: {_R.RUNNING: _R.HALTED},
+    _A.COMPLETE: {_R.RUNNING: _R.COMPLETED},
+    _A.ROLLBACK_DONE: {_R.ROLLING_BACK: _R.ROLLED_BACK},
+    _A.ROLLBACK_INCOMPLETE: {_R.ROLLING_BACK: _R.ROLLBACK_FAILED},
 }
 
 
@@ -118,13 +117,13 @@ class InvalidTransition(Conflict):
 
 def allowed_actions(state: RolloutState) -> list[RolloutAction]:
     """The operator actions valid in `state`, in a stable order."""
-    return [a for a in RolloutAction if a in OPERATOR_ACTIONS and (state, a) in ROLLOUT_TRANSITIONS]
+    return [a for a in RolloutAction if a in OPERATOR_ACTIONS and state in ROLLOUT_TRANSITIONS[a]]
 
 
 def next_rollout_state(state: RolloutState, action: RolloutAction) -> RolloutState:
     """The state after `action`; InvalidTransition names the state and what it allows."""
     try:
-        return ROLLOUT_TRANSITIONS[(state, action)]
+        return ROLLOUT_TRANSITIONS[action][state]
     except KeyError:
         valid = ", ".join(allowed_actions(state)) or "none (it is finished)"
         raise InvalidTransition(

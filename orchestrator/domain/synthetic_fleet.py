@@ -7,7 +7,7 @@ that name the option's form; domain/simulation.py runs plans against it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from orchestrator.domain.plan_values import format_duration, parse_duration, parse_failure_rate
@@ -63,12 +63,9 @@ def parse_stratum(text: str) -> Stratum:
     key, equals, value = named.partition("=")
     if not (equals and key.strip() and value.strip() and numbers.strip()):
         raise ValueError(f"a stratum must read {form}, got {text!r}")
-    rate_text, at, share_text = numbers.partition("@")
-    try:
-        rate = parse_failure_rate(rate_text.strip())
-        share = parse_failure_rate(share_text.strip()) if at else None
-    except ValueError as exc:
-        raise ValueError(f"stratum {text!r}: its rate and share {exc}") from None
+    rate, share = _one_or_two(
+        numbers, "@", parse_failure_rate, f"stratum {text!r}: its rate and share"
+    )
     if share is not None and share <= 0:
         raise ValueError(f"stratum {text!r}: its share must be more than 0%")
     return Stratum(key.strip(), value.strip(), rate, share)
@@ -76,16 +73,25 @@ def parse_stratum(text: str) -> Stratum:
 
 def parse_latency(text: str) -> tuple[float, float]:
     """`5s..60s` (or one duration, `30s`) as (shortest, longest) seconds; ValueError else."""
-    low_text, dots, high_text = text.partition("..")
-    try:
-        low = parse_duration(low_text.strip())
-        high = parse_duration(high_text.strip()) if dots else low
-    except ValueError as exc:
-        raise ValueError(f"a result latency must be a range like 5s..60s; its ends {exc}") from None
+    low, given = _one_or_two(
+        text, "..", parse_duration, "a result latency must be a range like 5s..60s; its ends"
+    )
+    high = low if given is None else given
     if high < low:
         shown = f"{format_duration(low)}..{format_duration(high)}"
         raise ValueError(f"a result latency range must not end before it starts, got {shown}")
     return low, high
+
+
+def _one_or_two(
+    text: str, separator: str, parse: Callable[[str], float], what: str
+) -> tuple[float, float | None]:
+    """`A{separator}B`, or `A` alone (B None), each read by `parse`; ValueError starts `what`."""
+    first, given, second = text.partition(separator)
+    try:
+        return parse(first.strip()), parse(second.strip()) if given else None
+    except ValueError as exc:
+        raise ValueError(f"{what} {exc}") from None
 
 
 def check_strata(strata: Sequence[Stratum]) -> None:

@@ -29,6 +29,7 @@ from orchestrator.domain.hooks import (
     verify,
 )
 from orchestrator.domain.notices import Notice, notice_of
+from orchestrator.domain.states import RolloutState
 from orchestrator.errors import InvalidInput
 
 NOW = 1_700_000_000
@@ -353,6 +354,16 @@ def test_audit_entries_map_to_notices(
     action: str, from_state: str, to_state: str, notice: Notice | None
 ) -> None:
     assert notice_of(action, from_state, to_state) is notice
+
+
+def test_entering_every_state_but_pending_gives_a_notice_and_a_name_that_is_no_state_none() -> None:
+    entered = {state: notice_of("x", "pending", state) for state in RolloutState}
+    assert entered.pop(RolloutState.PENDING) is None  # nothing changed
+    assert entered.pop(RolloutState.RUNNING) is Notice.STARTED
+    assert {state.value: notice for state, notice in entered.items()} == {
+        state.value: Notice(state.value) for state in entered
+    }
+    assert notice_of("x", "running", "started") is None  # a notice's name, not a state
 
 
 @pytest.mark.parametrize(

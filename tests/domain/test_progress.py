@@ -365,9 +365,9 @@ def test_a_rollback_walks_the_order_in_batches_then_waits_then_ends() -> None:
     assert isinstance(decide(plan(), waiting), Wait)
     ended = replace(walked, counts={counters.total("rolled_back"): 7}, reason="too many failed")
     assert decide(plan(), ended) == EndRollback(
-        RolloutAction.ROLLBACK_DONE,
         "7 devices are back on the rollback firmware; rolled back because too many failed",
         {"rolled_back": 7},
+        RolloutAction.ROLLBACK_DONE,
     )
 
 
@@ -375,9 +375,9 @@ def test_a_rollback_some_devices_refused_ends_incomplete() -> None:
     counts = {counters.total("rolled_back"): 7, counters.total("rollback_failed"): 3}
     step = decide(plan(), look(state=R.ROLLING_BACK, counts=counts))
     assert step == EndRollback(
-        RolloutAction.ROLLBACK_INCOMPLETE,
         "3 of 10 devices did not take the rollback firmware",
         {"rolled_back": 7, "rollback_failed": 3},
+        RolloutAction.ROLLBACK_INCOMPLETE,
     )
 
 

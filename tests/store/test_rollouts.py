@@ -90,7 +90,7 @@ async def move(
         to=to,
         reason=f"to {to}",
         actor="alice",
-        action=next(a for (s, a), t in ROLLOUT_TRANSITIONS.items() if (s, t) == (frm, to)),
+        action=next(a for a, moves in ROLLOUT_TRANSITIONS.items() if moves.get(frm) == to),
         at=AT,
     )
 
