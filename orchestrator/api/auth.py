@@ -10,7 +10,7 @@ from fastapi import Depends, Request, Security
 from fastapi.openapi.models import HTTPBase, HTTPBearer
 from fastapi.security.base import SecurityBase
 
-from orchestrator.api.context import AppContext, get_context
+from orchestrator.api.context import AppContext, Found, get_context
 from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.devices import last_seen_due
 from orchestrator.errors import Forbidden, NotFound, ProjectDeleting, Unauthorized
@@ -113,6 +113,47 @@ async def check_project(
     if project.deleting and not deleting:
         raise ProjectDeleting(project_id)
     return project
+
+
+InProject = Found[Project]
+InDevice = Found[Device]
+
+
+def in_project(*scopes: Scope, deleting: bool = False) -> Callable[..., Awaitable[InProject]]:
+    """A dependency: the project the path names, once the caller's key has every one of
+    `scopes` and may use that project (see check_project); with the context and the caller."""
+    allowed = require(*scopes)
+
+    async def dependency(
+        project_id: str,
+        context: AppContext = Depends(get_context),
+        principal: Principal = Depends(allowed),
+    ) -> InProject:
+        project = await check_project(context, principal, project_id, deleting=deleting)
+        return Found(context, principal, project)
+
+    return dependency
+
+
+def device_not_found(project_id: str, device_id: str) -> NotFound:
+    """The 404 of a device the project does not hold."""
+    return NotFound(f"device {device_id} not found in project {project_id}")
+
+
+def device_in(*scopes: Scope) -> Callable[..., Awaitable[InDevice]]:
+    """A dependency: the device the path names, in a project the caller may use (in_project)."""
+
+    async def dependency(
+        project_id: str,  # also in_project's: named here, it stays first in the API's parameters
+        device_id: str,
+        at: InProject = Depends(in_project(*scopes)),
+    ) -> InDevice:
+        device = await at.context.stores.devices.get(project_id, device_id)
+        if device is None:
+            raise device_not_found(project_id, device_id)
+        return Found(at.context, at.principal, device)
+
+    return dependency
 
 
 async def current_device(request: Request, context: AppContext) -> Device:

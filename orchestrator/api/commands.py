@@ -7,12 +7,11 @@ import uuid
 import structlog
 from fastapi import APIRouter, Depends
 
-from orchestrator.api.auth import check_project, require
+from orchestrator.api.auth import InDevice, device_in
 from orchestrator.api.bodies import JSONRoute
-from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.schemas import CommandRequest, CommandResponse, CommandSent
-from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.auth import Scope
 from orchestrator.domain.commands import FILE_COMMANDS, is_allowed, validate_command_name
 from orchestrator.domain.devices import DeviceSource
 from orchestrator.engine.commands import file_command_payload
@@ -26,15 +25,10 @@ router = APIRouter(tags=["commands"], route_class=JSONRoute)
 
 @router.post(
     "/v2/projects/{project_id}/devices/{device_id}/communication/command",
-    name="send_command",
     responses=error_responses(400, *IN_PROJECT),
 )
 async def send_command(
-    project_id: str,
-    device_id: str,
-    body: CommandRequest,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.SEND_COMMANDS)),
+    body: CommandRequest, found: InDevice = Depends(device_in(Scope.SEND_COMMANDS))
 ) -> CommandResponse:
     """Publish the command to `{device_id}/control/{command}` with QoS 2, retain off.
 
@@ -42,10 +36,8 @@ async def send_command(
     for a download_firmware / download_logo whose data.file_name is no file of that type.
     """
     command = validate_command_name(body.command)
-    await check_project(context, principal, project_id)
-    device = await context.stores.devices.get(project_id, device_id)
-    if device is None:
-        raise NotFound(f"device {device_id} not found in project {project_id}")
+    context, device = found.context, found.record
+    project_id, device_id = device.project_id, device.id
     if device.source is not DeviceSource.MQTT:
         raise NotFound(
             f"device {device_id} is an http device and cannot receive commands; "

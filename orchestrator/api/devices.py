@@ -14,12 +14,11 @@ from collections.abc import Mapping
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from orchestrator.api.auth import check_project, require
+from orchestrator.api.auth import InDevice, InProject, device_in, device_not_found, in_project
 from orchestrator.api.bodies import JSONRoute
-from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.cursors import DEVICE_CURSOR, device_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
-from orchestrator.api.listing import paged, streamed
+from orchestrator.api.listing import DEVICES_PER_PAGE, paged, streamed
 from orchestrator.api.schemas import (
     MAX_ALLOWED_COMMANDS_CHARS,
     DeviceCreate,
@@ -33,7 +32,7 @@ from orchestrator.api.schemas import (
     DevicePatch,
     Done,
 )
-from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.auth import Scope
 from orchestrator.domain.commands import parse_allowed_commands
 from orchestrator.domain.devices import (
     ALLOWED_COMMANDS_KEY,
@@ -45,7 +44,7 @@ from orchestrator.domain.devices import (
     validate_metadata,
     validate_tags,
 )
-from orchestrator.errors import InvalidInput, NotFound, OrchestratorError
+from orchestrator.errors import InvalidInput, OrchestratorError
 from orchestrator.store.devices import Device, new_token
 
 router = APIRouter(tags=["devices"], route_class=JSONRoute)
@@ -108,27 +107,19 @@ def _metadata(
     return parse_allowed_commands(text), validate_metadata(custom, removals=removals)
 
 
-def _not_found(project_id: str, device_id: str) -> NotFound:
-    return NotFound(f"device {device_id} not found in project {project_id}")
-
-
 @router.post(
     "/v2/projects/{project_id}/devices",
-    name="create_device",
     status_code=201,
     responses=error_responses(400, *IN_PROJECT),
 )
 async def create_device(
-    project_id: str,
-    body: DeviceCreate,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
+    body: DeviceCreate, at: InProject = Depends(in_project(Scope.DEVICES_WRITE))
 ) -> DeviceCreatedEnvelope:
     """Create a device; the response carries its device_token (in data.metadata and in
     data.device_credentials), shown this once."""
     tags = validate_tags(body.tags)
     allowed_commands, custom = _metadata(body.metadata, removals=False)
-    await check_project(context, principal, project_id)
+    context, project_id = at.context, at.record.id
     device, token = await context.stores.devices.create(
         project_id,
         name=body.name,
@@ -159,12 +150,10 @@ async def create_device(
 
 @router.get(
     "/v2/projects/{project_id}/devices",
-    name="list_devices",
     response_model=DeviceListEnvelope,
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_devices(
-    project_id: str,
     tag: str | None = Query(default=None, description="Only devices carrying this tag"),
     metadata: list[str] | None = Query(
         default=None,
@@ -178,19 +167,13 @@ async def list_devices(
         description="next_cursor of the previous page; leave it out for the first page",
         json_schema_extra={"pattern": DEVICE_CURSOR},
     ),
-    limit: int | None = Query(
-        default=None,
-        ge=1,
-        le=1000,
-        description="Devices per page; without it, every device (from the cursor on)",
-    ),
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.DEVICES_READ)),
+    limit: int | None = DEVICES_PER_PAGE,
+    at: InProject = Depends(in_project(Scope.DEVICES_READ)),
 ) -> Response:
     """Devices of the project in id order: all of them, or a page of `limit` at a time."""
     after = device_cursor(cursor)
     wanted = parse_metadata_filters(metadata or [])
-    await check_project(context, principal, project_id)
+    context, project_id = at.context, at.record.id
 
     async def fetch(start: str | None, size: int) -> tuple[list[DeviceOut], str | None]:
         page = await context.stores.devices.page(
@@ -209,45 +192,31 @@ async def list_devices(
     return await streamed(envelope, "data", devices)
 
 
-@router.get(
-    "/v2/projects/{project_id}/devices/{device_id}",
-    name="get_device",
-    responses=error_responses(*IN_PROJECT),
-)
+@router.get("/v2/projects/{project_id}/devices/{device_id}", responses=error_responses(*IN_PROJECT))
 async def get_device(
-    project_id: str,
-    device_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.DEVICES_READ)),
+    found: InDevice = Depends(device_in(Scope.DEVICES_READ)),
 ) -> DeviceEnvelope:
     """One device (without its token, which is stored only as a hash)."""
-    await check_project(context, principal, project_id)
-    device = await context.stores.devices.get(project_id, device_id)
-    if device is None:
-        raise _not_found(project_id, device_id)
     return DeviceEnvelope(
-        status=200, action="get device", message="Device found.", data=device_out(device)
+        status=200, action="get device", message="Device found.", data=device_out(found.record)
     )
 
 
 @router.patch(
     "/v2/projects/{project_id}/devices/{device_id}",
-    name="update_device",
     responses=error_responses(400, *IN_PROJECT),
 )
 async def update_device(
     project_id: str,
     device_id: str,
     body: DevicePatch,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
+    at: InProject = Depends(in_project(Scope.DEVICES_WRITE)),
 ) -> DeviceEnvelope:
     """Change name, description, tags or metadata: allowed_commands ("a;b;c") and custom keys,
     merged into the device's (a key set to null is removed)."""
     tags = validate_tags(body.tags) if body.tags is not None else None
     allowed_commands, custom = _metadata(body.metadata, removals=True)
-    await check_project(context, principal, project_id)
-    device = await context.stores.devices.update(
+    device = await at.context.stores.devices.update(
         project_id,
         device_id,
         name=body.name,
@@ -257,7 +226,7 @@ async def update_device(
         metadata=(lambda current: merge_metadata(current, custom)) if custom else None,
     )
     if device is None:
-        raise _not_found(project_id, device_id)
+        raise device_not_found(project_id, device_id)
     return DeviceEnvelope(
         status=200, action="update device", message="Device updated.", data=device_out(device)
     )
@@ -265,39 +234,27 @@ async def update_device(
 
 @router.delete(
     "/v2/projects/{project_id}/devices/{device_id}",
-    name="delete_device",
     responses=error_responses(*IN_PROJECT),
 )
-async def delete_device(
-    project_id: str,
-    device_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
-) -> Done:
+async def delete_device(found: InDevice = Depends(device_in(Scope.DEVICES_WRITE))) -> Done:
     """Delete the device; its token, its broker login and its download keys stop working."""
-    await check_project(context, principal, project_id)
-    device = await context.stores.devices.get(project_id, device_id)
-    if device is None:
-        raise _not_found(project_id, device_id)
+    context, device = found.context, found.record
+    project_id, device_id = device.project_id, device.id
     if context.provisioner is not None and device.source is DeviceSource.MQTT:
         # First, so that a broker that cannot take it leaves the device whole (503, retry).
         await context.provisioner.deprovision(device_id)
     if not await context.stores.devices.delete(project_id, device_id):
-        raise _not_found(project_id, device_id)
+        raise device_not_found(project_id, device_id)
     return Done(action="delete device")
 
 
 @router.post(
     "/v2/projects/{project_id}/devices/{device_id}/token",
-    name="rotate_device_token",
     status_code=200,
     responses=error_responses(*IN_PROJECT),
 )
 async def rotate_device_token(
-    project_id: str,
-    device_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.DEVICES_WRITE)),
+    found: InDevice = Depends(device_in(Scope.DEVICES_WRITE)),
 ) -> DeviceCreatedEnvelope:
     """Give the device a new token (in data.metadata.device_token and in
     data.device_credentials, shown this once).
@@ -305,17 +262,15 @@ async def rotate_device_token(
     The old token stops working at once, for downloads and (with dynamic security) on the
     broker, which disconnects the device so that it logs in again with the new one.
     """
-    await check_project(context, principal, project_id)
-    device = await context.stores.devices.get(project_id, device_id)
-    if device is None:
-        raise _not_found(project_id, device_id)
+    context, device = found.context, found.record
+    project_id, device_id = device.project_id, device.id
     token = new_token(device_id)
     if context.provisioner is not None and device.source is DeviceSource.MQTT:
         # Broker first: if it cannot take the password the old token keeps working everywhere.
         await context.provisioner.set_password(device_id, token)
     rotated = await context.stores.devices.rotate_token(project_id, device_id, token)
     if rotated is None:
-        raise _not_found(project_id, device_id)
+        raise device_not_found(project_id, device_id)
     return DeviceCreatedEnvelope(
         status=200,
         action="rotate device token",

@@ -412,7 +412,6 @@ _DOWNLOAD_ERRORS = (400, 401, 403, 404, 409, 416, 503)
 
 @router.get(
     "/v2/device/download",
-    name="download_file",
     status_code=200,
     response_class=KeyedFileResponse,
     dependencies=[Security(DEVICE_TOKEN)],

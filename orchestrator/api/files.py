@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from orchestrator.api.auth import check_project, require
+from orchestrator.api.auth import InProject, in_project, require
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, SCOPED, error_responses
 from orchestrator.api.listing import one_page, streamed
@@ -83,19 +83,15 @@ def _conflict(name: str) -> Conflict:
 
 @router.post(
     "/v2/projects/{project_id}/files",
-    name="upload_file",
     status_code=201,
     openapi_extra=UPLOAD_BODY,
     responses=error_responses(400, 409, 413, *IN_PROJECT),
 )
 async def upload_file(
-    project_id: str,
-    request: Request,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.FILES_WRITE)),
+    request: Request, at: InProject = Depends(in_project(Scope.FILES_WRITE))
 ) -> Envelope[FileOut]:
     """Upload a firmware or logo file (multipart: file, type, description)."""
-    await check_project(context, principal, project_id)
+    context, project_id = at.context, at.record.id
     limit = context.settings.max_file_size_bytes
     declared = whole_number(request.headers.get("content-length", ""))
     if declared is not None and declared > limit + MULTIPART_OVERHEAD:
@@ -176,15 +172,11 @@ LISTING: dict[str, Any] = {"name": "list_files", "response_model": FileList}
     "/v2/projects/{project_id}/files", **LISTING, responses=error_responses(400, *IN_PROJECT)
 )
 async def list_files(
-    project_id: str,
-    type: str = TYPE_QUERY,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.FILES_READ)),
+    type: str = TYPE_QUERY, at: InProject = Depends(in_project(Scope.FILES_READ))
 ) -> Response:
     """Files of one type in this project, by name."""
     file_type = parse_file_type(type)
-    await check_project(context, principal, project_id)
-    return await _listed(await context.stores.files.of_type([project_id], file_type))
+    return await _listed(await at.context.stores.files.of_type([at.record.id], file_type))
 
 
 @router.get("/v2/files", **LISTING, responses=error_responses(400, *SCOPED))
@@ -226,7 +218,6 @@ async def _refuse_if_in_use(context: AppContext, project_id: str, name: str) -> 
 
 @router.delete(
     "/v2/projects/{project_id}/files/{name}",
-    name="delete_file",
     responses=error_responses(409, *IN_PROJECT),
 )
 async def delete_file(
@@ -235,11 +226,10 @@ async def delete_file(
         description="The file's name (no other name can exist)",
         json_schema_extra={"pattern": FILE_NAME.pattern},
     ),
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.FILES_WRITE)),
+    at: InProject = Depends(in_project(Scope.FILES_WRITE)),
 ) -> Done:
     """Delete a file; download keys for it then answer 404."""
-    await check_project(context, principal, project_id)
+    context = at.context
     await _refuse_if_in_use(context, project_id, name)
     relative = await context.stores.files.delete(project_id, name)
     if relative is None:

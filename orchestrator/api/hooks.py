@@ -18,7 +18,7 @@ import structlog
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from orchestrator.api.auth import check_project, require
+from orchestrator.api.auth import InProject, in_project
 from orchestrator.api.bodies import JSONRoute, read_bounded
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, error_responses
@@ -30,7 +30,7 @@ from orchestrator.api.schemas import (
     HookOut,
 )
 from orchestrator.api.webhooks import WebhookKind, add_routes
-from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.auth import Scope
 from orchestrator.domain.hooks import (
     Deploy,
     Scheme,
@@ -138,11 +138,10 @@ HOOKS = WebhookKind(
     read=Scope.HOOKS_READ,
     write=Scope.HOOKS_WRITE,
     store=lambda stores: stores.hooks,
+    model=HookOut,
     out=_out,
+    delivery_model=HookDeliveryOut,
     delivery_out=lambda delivery: HookDeliveryOut(**vars(delivery)),
-    answer=Envelope[HookOut],
-    answer_list=Envelope[list[HookOut]],
-    answer_deliveries=Envelope[list[HookDeliveryOut]],
     delete_doc="Delete a hook: its URL answers 404 from now on.",
     deliveries_doc=(
         "The hook's accepted deliveries of the last 24 hours (the newest 1000 at most), "
@@ -153,21 +152,17 @@ HOOKS = WebhookKind(
 
 @router.post(
     "/v2/projects/{project_id}/hooks",
-    name="create_hook",
     status_code=201,
     responses=error_responses(400, *IN_PROJECT),
 )
 async def create_hook(
-    project_id: str,
-    body: HookCreate,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.HOOKS_WRITE, Scope.ROLLOUTS_WRITE)),
+    body: HookCreate, at: InProject = Depends(in_project(Scope.HOOKS_WRITE, Scope.ROLLOUTS_WRITE))
 ) -> Envelope[HookOut]:
     """Register a plan template started by signed deliveries; the secret is shown only here.
 
     Needs rollouts:write besides hooks:write: whoever holds the secret starts rollouts.
     """
-    await check_project(context, principal, project_id)
+    context, principal, project_id = at.context, at.principal, at.record.id
     secret = secret_or_new(body.secret)
     await context.plans.parse_template(body.plan, source="plan")
     hook = await context.stores.hooks.create(
@@ -209,7 +204,6 @@ def _answer(status: int, message: str, data: DeployAccepted) -> JSONResponse:
 
 @router.post(
     "/v2/hooks/{hook_id}",
-    name="deliver_hook",
     status_code=202,
     response_model=Envelope[DeployAccepted],
     openapi_extra=DELIVERY,

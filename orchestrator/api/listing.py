@@ -20,6 +20,7 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 import structlog
+from fastapi import Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -33,6 +34,13 @@ C = TypeVar("C")
 Page = Sequence[BaseModel]
 
 PAGE_SIZE = 100  # items read from a store per step of a listing that returns everything
+# ?limit= of the device listings (a project's, a rollout's)
+DEVICES_PER_PAGE: Any = Query(
+    None,
+    ge=1,
+    le=1000,
+    description="Devices per page; without it, every device (from the cursor on)",
+)
 
 
 async def pages(

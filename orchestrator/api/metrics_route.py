@@ -122,7 +122,6 @@ def _mqtt_connected(request: Request, context: AppContext) -> bool:
 
 @router.get(
     "/metrics",
-    name="read_metrics",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )

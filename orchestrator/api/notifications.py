@@ -9,9 +9,8 @@ import httpx
 import structlog
 from fastapi import APIRouter, Depends
 
-from orchestrator.api.auth import check_project, require
+from orchestrator.api.auth import InProject, in_project
 from orchestrator.api.bodies import JSONRoute
-from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.schemas import (
     Envelope,
@@ -21,7 +20,7 @@ from orchestrator.api.schemas import (
     NotificationOut,
 )
 from orchestrator.api.webhooks import WebhookKind, add_routes
-from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.auth import Scope
 from orchestrator.domain.destinations import (
     ALLOW_SETTING,
     AllowList,
@@ -131,11 +130,10 @@ NOTIFICATIONS = WebhookKind(
     read=Scope.NOTIFICATIONS_READ,
     write=Scope.NOTIFICATIONS_WRITE,
     store=lambda stores: stores.notifications,
+    model=NotificationOut,
     out=lambda context, subscription: _out(subscription),
+    delivery_model=NoticeOut,
     delivery_out=_notice_out,
-    answer=Envelope[NotificationOut],
-    answer_list=Envelope[list[NotificationOut]],
-    answer_deliveries=Envelope[list[NoticeOut]],
     delete_doc="Stop sending events to this URL; notices still queued are given up.",
     deliveries_doc=(
         "The notices of the last 7 days (the newest 1000 at most), newest first, with every "
@@ -146,18 +144,14 @@ NOTIFICATIONS = WebhookKind(
 
 @router.post(
     "/v2/projects/{project_id}/notifications",
-    name="create_notification",
     status_code=201,
     responses=error_responses(400, *IN_PROJECT),
 )
 async def create_notification(
-    project_id: str,
-    body: NotificationCreate,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.NOTIFICATIONS_WRITE)),
+    body: NotificationCreate, at: InProject = Depends(in_project(Scope.NOTIFICATIONS_WRITE))
 ) -> Envelope[NotificationOut]:
     """Send the project's rollout events to a URL, signed (Standard Webhooks), with retries."""
-    await check_project(context, principal, project_id)
+    context, principal, project_id = at.context, at.principal, at.record.id
     url = await check_url(body.url, context.settings.notify_allow)
     events = check_events(body.events)
     secret = secret_or_new(body.secret)

@@ -69,7 +69,6 @@ def accel_response(settings: Settings, stored: StoredFile, key: str, claim: Clai
 
 @router.post(
     REPORT_PATH,
-    name="report_download",
     responses=error_responses(400, 401, 404, 503),
     summary="nginx reports an offloaded download (internal)",
 )

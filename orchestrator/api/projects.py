@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, Depends, Response
 
-from orchestrator.api.auth import check_project, current_principal, require
+from orchestrator.api.auth import InProject, current_principal, in_project, require
 from orchestrator.api.bodies import JSONRoute
 from orchestrator.api.context import AppContext, get_context
 from orchestrator.api.errors import IN_PROJECT, KEYED, SCOPED, error_responses
@@ -42,12 +42,7 @@ def project_out(project: Project) -> ProjectOut:
     )
 
 
-@router.post(
-    "/v2/projects",
-    name="create_project",
-    status_code=201,
-    responses=error_responses(400, *SCOPED),
-)
+@router.post("/v2/projects", status_code=201, responses=error_responses(400, *SCOPED))
 async def create_project(
     body: ProjectCreate,
     context: AppContext = Depends(get_context),
@@ -69,12 +64,7 @@ async def create_project(
     )
 
 
-@router.get(
-    "/v2/projects",
-    name="list_projects",
-    response_model=ProjectListEnvelope,
-    responses=error_responses(*KEYED),
-)
+@router.get("/v2/projects", response_model=ProjectListEnvelope, responses=error_responses(*KEYED))
 async def list_projects(
     context: AppContext = Depends(get_context),
     principal: Principal = Depends(current_principal),
@@ -94,32 +84,20 @@ async def list_projects(
 
 
 @router.get("/v2/projects/{project_id}", name="get_project", responses=error_responses(*IN_PROJECT))
-async def get_project(
-    project_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(current_principal),
-) -> ProjectEnvelope:
+async def get_project(at: InProject = Depends(in_project(deleting=True))) -> ProjectEnvelope:
     """One project (also while it is being deleted: `deleting` is then true)."""
-    project = await check_project(context, principal, project_id, deleting=True)
     return ProjectEnvelope(
-        status=200, action="get project", message="Project found.", data=project_out(project)
+        status=200, action="get project", message="Project found.", data=project_out(at.record)
     )
 
 
-@router.patch(
-    "/v2/projects/{project_id}",
-    name="update_project",
-    responses=error_responses(400, *IN_PROJECT),
-)
+@router.patch("/v2/projects/{project_id}", responses=error_responses(400, *IN_PROJECT))
 async def update_project(
-    project_id: str,
-    body: ProjectPatch,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.ADMIN)),
+    body: ProjectPatch, at: InProject = Depends(in_project(Scope.ADMIN))
 ) -> ProjectEnvelope:
     """Change name, description or tags; what the body leaves out (or sends null) stays."""
-    await check_project(context, principal, project_id)
-    project = await context.stores.projects.update(
+    project_id = at.record.id
+    project = await at.context.stores.projects.update(
         project_id,
         name=body.name,
         description=body.description,
@@ -132,16 +110,8 @@ async def update_project(
     )
 
 
-@router.delete(
-    "/v2/projects/{project_id}",
-    name="delete_project",
-    responses=error_responses(*IN_PROJECT),
-)
-async def delete_project(
-    project_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.ADMIN)),
-) -> Done:
+@router.delete("/v2/projects/{project_id}", responses=error_responses(*IN_PROJECT))
+async def delete_project(at: InProject = Depends(in_project(Scope.ADMIN, deleting=True))) -> Done:
     """Delete the project with its devices (and their broker accounts and download keys),
     files, hooks, notification subscriptions and finished rollouts; 409 naming the rollouts
     still active. Keys limited to this project alone are deleted, others lose it.
@@ -149,6 +119,5 @@ async def delete_project(
     A deletion cut short (503: the broker or Redis away) is finished by repeating the DELETE;
     meanwhile nothing new can be made in the project (409).
     """
-    await check_project(context, principal, project_id, deleting=True)
-    await delete_everything(context, project_id, by=principal.name)
+    await delete_everything(at.context, at.record.id, by=at.principal.name)
     return Done(action="delete project")

@@ -9,7 +9,7 @@ freeing devices).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -18,12 +18,19 @@ import structlog
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from orchestrator.api.auth import check_project, require
+from orchestrator.api.auth import InProject, in_project
 from orchestrator.api.bodies import JSONRoute, read_bounded
-from orchestrator.api.context import AppContext, Found, get_context
+from orchestrator.api.context import AppContext, Found
 from orchestrator.api.cursors import POSITION_CURSOR, position_cursor
 from orchestrator.api.errors import IN_PROJECT, error_responses
-from orchestrator.api.listing import listed, listed_page, loaded, one_page, paged
+from orchestrator.api.listing import (
+    DEVICES_PER_PAGE,
+    listed,
+    listed_page,
+    loaded,
+    one_page,
+    paged,
+)
 from orchestrator.api.openapi import PLAN_SCHEMA_NAME
 from orchestrator.api.rollout_schemas import (
     RolloutActionRequest,
@@ -35,7 +42,7 @@ from orchestrator.api.rollout_schemas import (
 )
 from orchestrator.api.rollout_views import device_page, load_rollout_out, preview
 from orchestrator.api.schemas import Envelope, Paged
-from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.auth import Scope
 from orchestrator.domain.plans import Plan
 from orchestrator.domain.simulation import RUNS
 from orchestrator.domain.simulation import simulate as simulate_runs
@@ -130,7 +137,6 @@ async def _read_plan(request: Request, context: AppContext) -> Plan:
 
 @router.post(
     "/v2/projects/{project_id}/rollouts",
-    name="create_rollout",
     status_code=201,
     openapi_extra=CREATE_BODY,
     response_model=Envelope[RolloutOut],
@@ -140,7 +146,6 @@ async def _read_plan(request: Request, context: AppContext) -> Plan:
     },
 )
 async def create_rollout(
-    project_id: str,
     request: Request,
     dry_run: bool = Query(False, description="Resolve waves and exclusions; start nothing"),
     simulate: bool = Query(
@@ -160,11 +165,10 @@ async def create_rollout(
     result_latency: str = Query(
         "5s..1m", description="With simulate: a device's time to its result, a range"
     ),
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.ROLLOUTS_WRITE)),
+    at: InProject = Depends(in_project(Scope.ROLLOUTS_WRITE)),
 ) -> Envelope[RolloutOut] | JSONResponse:
     """Start a rollout from a plan (YAML or JSON); it waits `pending` for the engine."""
-    await check_project(context, principal, project_id)
+    context, principal, project_id = at.context, at.principal, at.record.id
     plan = await _read_plan(request, context)
     await check_files(context.stores, project_id, plan)
     fleet = None
@@ -241,35 +245,37 @@ async def _rollout(context: AppContext, project_id: str, rollout_id: str) -> Rol
     return record
 
 
-async def readable(
-    project_id: str,
-    rollout_id: str,
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
-) -> Found[RolloutRecord]:
-    """The path's rollout (a dependency of the routes that only read it)."""
-    await check_project(context, principal, project_id)
-    return Found(context, principal, await _rollout(context, project_id, rollout_id))
+def rollout_in(scope: Scope) -> Callable[..., Awaitable[Found[RolloutRecord]]]:
+    """A dependency: the rollout the path names, in a project the caller may use."""
+
+    async def dependency(
+        project_id: str,  # also in_project's: named here, it stays first in the API's parameters
+        rollout_id: str,
+        at: InProject = Depends(in_project(scope)),
+    ) -> Found[RolloutRecord]:
+        record = await _rollout(at.context, project_id, rollout_id)
+        return Found(at.context, at.principal, record)
+
+    return dependency
+
+
+readable = rollout_in(Scope.ROLLOUTS_READ)
 
 
 @router.get(
     "/v2/projects/{project_id}/rollouts",
-    name="list_rollouts",
     response_model=Envelope[list[RolloutOut]],
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_rollouts(
-    project_id: str,
     state: str | None = Query(
         None, description="Only rollouts in this state", json_schema_extra=_enum_of(RolloutState)
     ),
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
+    at: InProject = Depends(in_project(Scope.ROLLOUTS_READ)),
 ) -> Response:
     """The project's rollouts, newest first."""
     wanted = _state(RolloutState, state, "rollout")
-    await check_project(context, principal, project_id)
-    stores = context.stores
+    stores, project_id = at.context.stores, at.record.id
 
     async def load(ids: Sequence[str]) -> list[RolloutOut]:
         records = await asyncio.gather(*(stores.rollouts.get(rid) for rid in ids))
@@ -282,7 +288,6 @@ async def list_rollouts(
 
 @router.get(
     "/v2/projects/{project_id}/rollouts/{rollout_id}",
-    name="get_rollout",
     responses=error_responses(*IN_PROJECT),
 )
 async def get_rollout(found: Found[RolloutRecord] = Depends(readable)) -> Envelope[RolloutOut]:
@@ -293,13 +298,10 @@ async def get_rollout(found: Found[RolloutRecord] = Depends(readable)) -> Envelo
 
 @router.get(
     "/v2/projects/{project_id}/rollouts/{rollout_id}/devices",
-    name="list_rollout_devices",
     response_model=Paged[RolloutDeviceOut],
     responses=error_responses(400, *IN_PROJECT),
 )
 async def list_rollout_devices(
-    project_id: str,
-    rollout_id: str,
     state: str | None = Query(
         None, description="Only devices in this state", json_schema_extra=_enum_of(DeviceState)
     ),
@@ -308,14 +310,8 @@ async def list_rollout_devices(
         description="next_cursor of the previous page; leave it out for the first page",
         json_schema_extra={"pattern": POSITION_CURSOR},
     ),
-    limit: int | None = Query(
-        None,
-        ge=1,
-        le=1000,
-        description="Devices per page; without it, every device (from the cursor on)",
-    ),
-    context: AppContext = Depends(get_context),
-    principal: Principal = Depends(require(Scope.ROLLOUTS_READ)),
+    limit: int | None = DEVICES_PER_PAGE,
+    found: Found[RolloutRecord] = Depends(readable),
 ) -> Response:
     """The rollout's devices in cohort (wave) order: all of them, or a page at a time.
 
@@ -324,11 +320,10 @@ async def list_rollout_devices(
     """
     wanted = _state(DeviceState, state, "device")
     position = position_cursor(cursor)
-    await check_project(context, principal, project_id)
-    record = await _rollout(context, project_id, rollout_id)
+    stores, record = found.context.stores, found.record
 
     async def fetch(start: int | None, size: int) -> tuple[list[RolloutDeviceOut], int | None]:
-        return await device_page(context.stores, record, wanted, start or 0, size)
+        return await device_page(stores, record, wanted, start or 0, size)
 
     devices, more = await paged(fetch, position, limit)
     next_cursor = str(more) if more is not None else None
@@ -339,7 +334,6 @@ async def list_rollout_devices(
 
 @router.get(
     "/v2/projects/{project_id}/rollouts/{rollout_id}/events",
-    name="list_rollout_events",
     response_model=Envelope[list[RolloutEvent]],
     responses=error_responses(*IN_PROJECT),
 )
@@ -351,16 +345,11 @@ async def list_rollout_events(found: Found[RolloutRecord] = Depends(readable)) -
 
 
 async def act(
-    context: AppContext,
-    principal: Principal,
-    project_id: str,
-    rollout_id: str,
-    action: RolloutAction,
-    body: RolloutActionRequest | None,
+    found: Found[RolloutRecord], action: RolloutAction, body: RolloutActionRequest | None
 ) -> Envelope[RolloutOut]:
     """Apply an operator action: the transition table decides, the store applies atomically."""
-    await check_project(context, principal, project_id)
-    record = await _rollout(context, project_id, rollout_id)
+    context, principal, record = found.context, found.principal, found.record
+    project_id, rollout_id = record.project_id, record.id
     applied = await actions.apply(
         context.stores,
         record,
@@ -401,13 +390,10 @@ async def act(
 
 def _add_action_route(action: RolloutAction) -> None:
     async def endpoint(
-        project_id: str,
-        rollout_id: str,
         body: RolloutActionRequest | None = None,
-        context: AppContext = Depends(get_context),
-        principal: Principal = Depends(require(Scope.ROLLOUTS_WRITE)),
+        found: Found[RolloutRecord] = Depends(rollout_in(Scope.ROLLOUTS_WRITE)),
     ) -> Envelope[RolloutOut]:
-        return await act(context, principal, project_id, rollout_id, action, body)
+        return await act(found, action, body)
 
     endpoint.__doc__ = OPERATOR_ACTIONS[action] + " 409 names the state when it does not allow it."
     router.add_api_route(

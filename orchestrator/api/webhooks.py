@@ -17,12 +17,12 @@ import structlog
 from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel
 
-from orchestrator.api.auth import check_project, require
-from orchestrator.api.context import AppContext, Found, get_context
+from orchestrator.api.auth import InProject, in_project
+from orchestrator.api.context import AppContext, Found
 from orchestrator.api.errors import IN_PROJECT, error_responses
 from orchestrator.api.listing import listed, one_page
 from orchestrator.api.schemas import Done, Envelope
-from orchestrator.domain.auth import Principal, Scope
+from orchestrator.domain.auth import Scope
 from orchestrator.errors import NotFound
 from orchestrator.store import Stores
 from orchestrator.store.webhooks import Webhook, WebhookStore
@@ -44,11 +44,10 @@ class WebhookKind(Generic[W, D]):
     read: Scope
     write: Scope
     store: Callable[[Stores], WebhookStore[W, D]]
-    out: Callable[[AppContext, W], BaseModel]  # a record as listed and read (no secret)
+    model: type[BaseModel]  # a record as listed and read (no secret), in the OpenAPI document
+    out: Callable[[AppContext, W], BaseModel]  # makes one
+    delivery_model: type[BaseModel]
     delivery_out: Callable[[D], BaseModel]
-    answer: type[Envelope[Any]]  # the models of the answers, for the OpenAPI document
-    answer_list: type[Envelope[Any]]
-    answer_deliveries: type[Envelope[Any]]
     delete_doc: str
     deliveries_doc: str
 
@@ -76,25 +75,19 @@ def add_routes(router: APIRouter, kind: WebhookKind[W, D]) -> None:
         """A dependency: the record the path names, once the key may use its project."""
 
         async def dependency(
-            project_id: str,
+            project_id: str,  # also in_project's: named here, it stays first in the parameters
             # The path names the id the kind's way (hook_id, subscription_id).
             record_id: str = Path(alias=kind.id_name, description=f"The {kind.called}'s id"),
-            context: AppContext = Depends(get_context),
-            principal: Principal = Depends(require(scope)),
+            at: InProject = Depends(in_project(scope)),
         ) -> Found[W]:
-            await check_project(context, principal, project_id)
-            return Found(context, principal, await kind.find(context, project_id, record_id))
+            record = await kind.find(at.context, project_id, record_id)
+            return Found(at.context, at.principal, record)
 
         return dependency
 
-    async def list_records(
-        project_id: str,
-        context: AppContext = Depends(get_context),
-        principal: Principal = Depends(require(kind.read)),
-    ) -> Response:
-        await check_project(context, principal, project_id)
-        records = await kind.store(context.stores).of_project(project_id)
-        items = [kind.out(context, record) for record in records]
+    async def list_records(at: InProject = Depends(in_project(kind.read))) -> Response:
+        records = await kind.store(at.context.stores).of_project(at.record.id)
+        items = [kind.out(at.context, record) for record in records]
         return await listed(f"list {kind.noun}s", f"{kind.title}s listed.", one_page(items))
 
     async def get_record(at: Found[W] = Depends(found(kind.read))) -> Envelope[Any]:
@@ -120,16 +113,20 @@ def add_routes(router: APIRouter, kind: WebhookKind[W, D]) -> None:
     delete_record.__doc__ = kind.delete_doc
     list_deliveries.__doc__ = kind.deliveries_doc
     responses = error_responses(*IN_PROJECT)
+    # The answers' models, for the OpenAPI document (made at run time from the kind's models).
+    many: Any = Envelope[list[kind.model]]  # type: ignore[name-defined]
+    shown: Any = Envelope[kind.model]  # type: ignore[name-defined]
+    deliveries: Any = Envelope[list[kind.delivery_model]]  # type: ignore[name-defined]
     for path, endpoint, method, name, model in (
-        (kind.path, list_records, "GET", f"list_{kind.noun}s", kind.answer_list),
-        (one, get_record, "GET", f"get_{kind.noun}", kind.answer),
+        (kind.path, list_records, "GET", f"list_{kind.noun}s", many),
+        (one, get_record, "GET", f"get_{kind.noun}", shown),
         (one, delete_record, "DELETE", f"delete_{kind.noun}", Done),
         (
             f"{one}/deliveries",
             list_deliveries,
             "GET",
             f"list_{kind.noun}_deliveries",
-            kind.answer_deliveries,
+            deliveries,
         ),
     ):
         router.add_api_route(

@@ -296,16 +296,25 @@ def _stratum_inconclusive(plan: Plan, look: Look) -> tuple[str, Verdict] | None:
     return None
 
 
+def _crossed(
+    plan: Plan, look: Look, verdict: Verdict | None, tally: Tally, *, end_of_wave: bool
+) -> Breach | None:
+    """The step when the whole rollout's `verdict` (None: not judged) or a stratum's crossed
+    a limit; None when neither did."""
+    if verdict is not None and verdict.breached:
+        return _breach(plan, look, verdict, tally)
+    return _stratum_breach(plan, look, end_of_wave=end_of_wave)
+
+
 def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     counts = look.counts
     tally = counters.tally_of(counts)
+    mid_wave = None
     if may_cross_mid_wave(tally, plan.policy):
-        verdict = judge(tally, plan.policy, end_of_wave=False)
-        if verdict.breached:
-            return _breach(plan, look, verdict, tally)
-    stratum_breach = _stratum_breach(plan, look, end_of_wave=False)
-    if stratum_breach is not None:
-        return stratum_breach
+        mid_wave = judge(tally, plan.policy, end_of_wave=False)
+    crossed = _crossed(plan, look, mid_wave, tally, end_of_wave=False)
+    if crossed is not None:
+        return crossed
     wave = look.wave
     pending, not_final = _wave_names(wave)
     if look.cursor < look.reach[wave] or counts.get(pending):
@@ -321,11 +330,9 @@ def _running(plan: Plan, look: Look, rollout_id: str) -> Step:
     if look.now_ms < baked_at_ms:
         return Wait(baked_at_ms, why=f"wave {spec.name} bakes")
     verdict = judge(tally, plan.policy, end_of_wave=True)
-    if verdict.breached:
-        return _breach(plan, look, verdict, tally)
-    stratum_breach = _stratum_breach(plan, look, end_of_wave=True)
-    if stratum_breach is not None:
-        return stratum_breach
+    crossed = _crossed(plan, look, verdict, tally, end_of_wave=True)
+    if crossed is not None:
+        return crossed
     numbers = figures(verdict, tally, spec.name)
     passed = "passed"
     undecided = ("", verdict) if verdict.inconclusive else _stratum_inconclusive(plan, look)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -75,6 +76,16 @@ async def test_every_route_is_documented(openapi: dict[str, Any]) -> None:
     documented = set(operations(openapi))
     assert app_routes() == documented
     assert documented >= CONTRACT_ROUTES
+
+
+async def test_path_parameters_are_listed_once_each_in_the_order_of_the_path(
+    openapi: dict[str, Any],
+) -> None:
+    # Generated clients take path parameters in this order (get_device(project_id, device_id)).
+    for path, operations in openapi["paths"].items():
+        for method, operation in operations.items():
+            listed = [p["name"] for p in operation.get("parameters", []) if p["in"] == "path"]
+            assert listed == re.findall(r"{(\w+)}", path), (method, path)
 
 
 async def test_no_operation_documents_422(openapi: dict[str, Any]) -> None:
