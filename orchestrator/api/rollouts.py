@@ -44,7 +44,6 @@ from orchestrator.api.rollout_views import device_page, load_rollout_out, previe
 from orchestrator.api.schemas import Envelope, Paged
 from orchestrator.domain.auth import Scope
 from orchestrator.domain.plans import Plan
-from orchestrator.domain.simulation import RUNS
 from orchestrator.domain.simulation import simulate as simulate_runs
 from orchestrator.domain.states import (
     OPERATOR_ACTIONS,
@@ -53,7 +52,7 @@ from orchestrator.domain.states import (
     RolloutState,
     allowed_actions,
 )
-from orchestrator.domain.synthetic_fleet import MAX_DEVICES, Fleet, parse_fleet
+from orchestrator.domain.synthetic_fleet import MAX_DEVICES, RUNS, Fleet, parse_fleet
 from orchestrator.engine import actions
 from orchestrator.engine.launch import check_files, cohort_of, launch
 from orchestrator.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge

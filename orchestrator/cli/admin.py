@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
 from orchestrator.domain.auth import Scope, parse_scopes
 from orchestrator.domain.projects import validate_description, validate_project_tags
 from orchestrator.errors import InvalidInput, NotFound
-from orchestrator.logs import configure_logging
-from orchestrator.settings import Settings
-from orchestrator.store import Stores
+
+if TYPE_CHECKING:  # the settings and Redis's client load only in the verbs that use them
+    from orchestrator.store import Stores
 
 T = TypeVar("T")
 
@@ -30,6 +30,8 @@ engines_app = typer.Typer(
 def offline(action: Callable[[Stores], Awaitable[T]]) -> T:
     """Run `action` on the stores of OTA_REDIS_URL, or of the embedded Redis when it is empty."""
     from orchestrator.service import embedded_redis
+    from orchestrator.settings import Settings
+    from orchestrator.store import Stores
     from orchestrator.store.redis import connect
 
     settings = Settings()
@@ -54,7 +56,9 @@ def serve(
     ] = None,
 ) -> None:
     """Run the API and the rollout engine (embedded Redis and MQTT when their URLs are empty)."""
+    from orchestrator.logs import configure_logging
     from orchestrator.service import run
+    from orchestrator.settings import Settings
 
     settings = Settings() if role is None else Settings(role=role)
     configure_logging(settings.log_format, settings.log_level)
@@ -123,6 +127,7 @@ def retire_engine(
     the broker keeps giving it a share of the results. The replica must be stopped.
     """
     from orchestrator.engine.retire import retire
+    from orchestrator.settings import Settings
 
     settings = Settings()
     if not settings.redis_url or not settings.mqtt_url:

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from orchestrator.cli.output import console
-from orchestrator.logs import configure_logging
 from orchestrator.simulator import parse_rate
 
 DEFAULT_DEVICES = 200
@@ -62,6 +61,8 @@ def demo(
         raise typer.BadParameter(
             f"{plan_path} does not exist; pass --plan with a plan file", param_hint="--plan"
         )
+    from orchestrator.logs import configure_logging
+
     configure_logging("console", "warning")  # the progress view is the output; problems only
     out = console()
     result = run_demo(

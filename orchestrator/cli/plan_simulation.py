@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orchestrator.cli.output import console, print_json, table
 from orchestrator.domain.plan_values import format_duration, parse_failure_rate
 from orchestrator.domain.plans import Plan
-from orchestrator.domain.simulation import Summary, default_workers, simulate
 from orchestrator.domain.synthetic_fleet import (
     LATENCY_S,
     MAX_DEVICES,
@@ -17,6 +16,9 @@ from orchestrator.domain.synthetic_fleet import (
     parse_fleet,
     parse_latency,
 )
+
+if TYPE_CHECKING:
+    from orchestrator.domain.simulation import Summary
 
 Simulate = Annotated[
     bool,
@@ -84,6 +86,9 @@ def fleet_of(
 
 def simulate_plan(plan: Plan, fleet: Fleet, *, runs: int, seed: int, as_json: bool) -> None:
     """Run the simulation and print its summary: a table, or one JSON object."""
+    # Here, not above: numpy and the simulator are loaded only by the verbs that simulate.
+    from orchestrator.domain.simulation import default_workers, simulate
+
     summary = simulate(plan, fleet, runs=runs, seed=seed, workers=default_workers())
     if as_json:
         print_json(summary.as_json())

@@ -29,8 +29,8 @@ from orchestrator.cli.progress import STATE_STYLE, exit_code, percent, render, w
 from orchestrator.cli.server import Json, Server, connected, run
 from orchestrator.client import ApiClient
 from orchestrator.domain.plans import PlanError, parse_plan
-from orchestrator.domain.simulation import RUNS
 from orchestrator.domain.states import OPERATOR_ACTIONS, RolloutAction
+from orchestrator.domain.synthetic_fleet import RUNS
 
 SHOWN_EXCLUDED = 5
 

@@ -10,10 +10,9 @@ import sys
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn
 
 import typer
-from faststream.mqtt.utils import MQTTUrl, parse_mqtt_url
 from rich.console import Console
 from rich.filesize import decimal
 from rich.table import Table
@@ -21,17 +20,18 @@ from rich.table import Table
 from orchestrator.cli.output import console
 from orchestrator.cli.server import Server, connected
 from orchestrator.client import ApiClient
-from orchestrator.logs import configure_logging
 from orchestrator.simulator import (
     DEFAULT_BOOK_PATH,
     Behaviour,
-    Fleet,
     FleetStats,
     parse_fail_version,
     parse_latency,
     parse_rate,
     parse_stall,
 )
+
+if TYPE_CHECKING:
+    from faststream.mqtt.utils import MQTTUrl
 
 DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
 STATUSES = ("received", "downloading", "installing", "success", "failed", "rejected")
@@ -220,6 +220,11 @@ def simulate(
         )
     except ValueError as exc:
         _usage_error(str(exc))
+    # Here, not above: the MQTT and logging libraries load only when devices are to run.
+    from faststream.mqtt.utils import parse_mqtt_url
+
+    from orchestrator.logs import configure_logging
+
     try:
         broker = parse_mqtt_url(mqtt_url or DEFAULT_MQTT_URL)
     except ValueError as exc:
@@ -270,6 +275,8 @@ class _Run:
     console: Console
 
     async def main(self) -> FleetStats:
+        from orchestrator.simulator import Fleet
+
         broker, state = self.broker, self.state
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()

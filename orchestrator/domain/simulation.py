@@ -66,9 +66,8 @@ from orchestrator.domain.progress import (
 )
 from orchestrator.domain.states import DeviceState, RolloutState
 from orchestrator.domain.strata import proportional_order
-from orchestrator.domain.synthetic_fleet import MAX_DEVICES, Fleet
+from orchestrator.domain.synthetic_fleet import MAX_DEVICES, RUNS, Fleet
 
-RUNS = 2_000  # runs of a simulation unless told
 LOOK_MS = 1_000  # the longest the simulator lets pass between two looks while sending
 REFILL_SHARE = 0.1  # of max_in_flight freed before the simulator looks again to fill it
 MIN_RUNS_PER_WORKER = 50  # fewer runs than this per process are not worth a process

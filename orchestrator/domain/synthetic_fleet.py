@@ -14,6 +14,7 @@ from orchestrator.domain.plan_values import format_duration, parse_duration, par
 
 MAX_DEVICES = 1_000_000  # the largest fleet a simulation takes (a run holds one entry a device)
 LATENCY_S = (5.0, 60.0)  # a device's time from its command to its result, unless told
+RUNS = 2_000  # runs of a simulation unless told
 
 
 @dataclass(frozen=True)

@@ -30,18 +30,56 @@ In-process use::
   Without a book every run creates new devices.
 """
 
-from orchestrator.simulator.behaviour import (
-    Behaviour,
-    Stall,
-    parse_fail_version,
-    parse_latency,
-    parse_rate,
-    parse_stall,
-)
-from orchestrator.simulator.book import DEFAULT_BOOK_PATH, BookError, DeviceBook, DeviceIdentity
-from orchestrator.simulator.device import BrokerAddress, SimulatedDevice
-from orchestrator.simulator.fleet import Fleet
-from orchestrator.simulator.stats import FleetStats
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.simulator.behaviour import (
+        Behaviour,
+        Stall,
+        parse_fail_version,
+        parse_latency,
+        parse_rate,
+        parse_stall,
+    )
+    from orchestrator.simulator.book import (
+        DEFAULT_BOOK_PATH,
+        BookError,
+        DeviceBook,
+        DeviceIdentity,
+    )
+    from orchestrator.simulator.device import BrokerAddress, SimulatedDevice
+    from orchestrator.simulator.fleet import Fleet
+    from orchestrator.simulator.stats import FleetStats
+
+# Each name, loaded from its module on first use: `ota` verbs that only read the options'
+# spellings (behaviour, book, stats) do not load the MQTT client the devices use.
+_MODULES = {
+    "Behaviour": "behaviour",
+    "Stall": "behaviour",
+    "parse_fail_version": "behaviour",
+    "parse_latency": "behaviour",
+    "parse_rate": "behaviour",
+    "parse_stall": "behaviour",
+    "DEFAULT_BOOK_PATH": "book",
+    "BookError": "book",
+    "DeviceBook": "book",
+    "DeviceIdentity": "book",
+    "BrokerAddress": "device",
+    "SimulatedDevice": "device",
+    "Fleet": "fleet",
+    "FleetStats": "stats",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "DEFAULT_BOOK_PATH",
