@@ -8,6 +8,7 @@ reports the same numbers: aggregate them with `max by (...)`, never `sum`, acros
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -187,56 +188,47 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.commands_sent = Counter(
-            "ota_commands_sent_total",
-            "Commands published to devices",
-            ["command"],
-            registry=registry,
+        counter = functools.partial(Counter, registry=registry)
+        gauge = functools.partial(Gauge, registry=registry)
+        histogram = functools.partial(Histogram, registry=registry)
+        self.commands_sent = counter(
+            "ota_commands_sent_total", "Commands published to devices", ["command"]
         )
-        self.command_results = Counter(
+        self.command_results = counter(
             "ota_command_results_total",
             "Results devices reported, by command and status",
             ["command", "status"],
-            registry=registry,
         )
-        self.commands_resent = Counter(
+        self.commands_resent = counter(
             "ota_commands_resent_total",
             "Commands sent again, same command id, to devices silent too long",
             ["command"],
-            registry=registry,
         )
         # The rollout command's series exist from the start, so rate() sees its first batch.
         self.commands_sent.labels(ROLLOUT_COMMAND)
         self.commands_resent.labels(ROLLOUT_COMMAND)
         for status in (*RESULT_EVENTS, *HEALTH_EVENTS):  # health reports under a soak
             self.command_results.labels(ROLLOUT_COMMAND, status)
-        self.result_latency = Histogram(
+        self.result_latency = histogram(
             "ota_result_latency_seconds",
             "Time from a command's send to each result about it (send times have 1 s resolution)",
             buckets=RESULT_LATENCY_BUCKETS,
-            registry=registry,
         )
-        self.results_ignored = Counter(
+        self.results_ignored = counter(
             "ota_results_ignored_total",
             "Results that changed nothing: malformed, unknown, forged, late or duplicate",
             ["reason"],
-            registry=registry,
         )
-        self.rollout_halts = Counter(
-            "ota_rollout_halts_total", "Rollouts stopped by their failure policy", registry=registry
+        self.rollout_halts = counter(
+            "ota_rollout_halts_total", "Rollouts stopped by their failure policy"
         )
-        self.rollbacks = Counter(
-            "ota_rollbacks_total", "Rollouts that started rolling back", registry=registry
+        self.rollbacks = counter("ota_rollbacks_total", "Rollouts that started rolling back")
+        self.download_keys_issued = counter(
+            "ota_download_keys_issued_total", "Download keys created for commands and rollouts"
         )
-        self.download_keys_issued = Counter(
-            "ota_download_keys_issued_total",
-            "Download keys created for commands and rollouts",
-            registry=registry,
-        )
-        self.download_keys_used = Counter(
+        self.download_keys_used = counter(
             "ota_download_keys_used_total",
             "Download keys spent: every byte delivered (a resumed transfer counts once)",
-            registry=registry,
         )
         self.download_keys_rejected = _counter_by(
             "ota_download_keys_rejected_total",
@@ -245,10 +237,8 @@ class Metrics:
             DOWNLOAD_REJECTIONS,
             registry,
         )
-        self.download_bytes = Counter(
-            "ota_download_bytes_total",
-            "File bytes sent to devices by the download route",
-            registry=registry,
+        self.download_bytes = counter(
+            "ota_download_bytes_total", "File bytes sent to devices by the download route"
         )
         self.webhook_deliveries = _counter_by(
             "ota_webhook_deliveries_total",
@@ -264,28 +254,21 @@ class Metrics:
             NOTICE_RESULTS,
             registry,
         )
-        self.http_requests = Counter(
+        self.http_requests = counter(
             "ota_http_requests_total",
             "HTTP requests by method, route template and status",
             ["method", "route", "status"],
-            registry=registry,
         )
-        self.http_request_duration = Histogram(
+        self.http_request_duration = histogram(
             "ota_http_request_duration_seconds",
             "HTTP request time by method and route template, until the last body byte",
             ["method", "route"],
-            registry=registry,
         )
-        self.mqtt_connected = Gauge(
+        self.mqtt_connected = gauge(
             "ota_mqtt_connected",
             "1 while every MQTT connection of this process is up (set at scrape time)",
-            registry=registry,
         )
-        self.redis_up = Gauge(
-            "ota_redis_up",
-            "1 when Redis answered a PING at scrape time",
-            registry=registry,
-        )
+        self.redis_up = gauge("ota_redis_up", "1 when Redis answered a PING at scrape time")
 
     def observe_result_latency(self, sent_at: str, now: datetime) -> None:
         """Time from `sent_at` (ISO 8601, as command records hold it) to `now`."""
