@@ -7,7 +7,7 @@ rebases the failure policy); the store applies it in one atomic step with its au
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +39,13 @@ async def apply(
     reason: str,
     details: Mapping[str, Any] | None = None,
     extra: Mapping[str, str | int] | None = None,
+    notes: Sequence[Mapping[str, Any]] = (),
 ) -> Applied:
     """Move `record`'s rollout by `action` if it is still in the state `record` shows.
 
     InvalidTransition (409) when its state does not allow the action; Conflict when it asks
-    for a rollback the plan gives no firmware for. `extra` fields of the rollout are set in
-    the same step.
+    for a rollback the plan gives no firmware for. `extra` fields of the rollout are set, and
+    the audit entries `notes` written before the change's own, in the same step.
     """
     new = next_rollout_state(record.state, action)
     if action is RolloutAction.ROLLBACK and shown_plan(record.plan).rollback is None:
@@ -63,6 +64,7 @@ async def apply(
         at=isoformat_z(utc_now()),
         details=details,
         extra=extra,
+        notes=notes,
         rebase_policy=rebases_policy(record.state, new),
     )
     return Applied(old, new, changed)

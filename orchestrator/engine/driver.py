@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -243,6 +243,7 @@ class RolloutDriver:
         reason: str,
         details: Mapping[str, Any] | None = None,
         extra: Mapping[str, str | int] | None = None,
+        notes: Sequence[Mapping[str, Any]] = (),
     ) -> bool:
         applied = await actions.apply(
             self._context.stores,
@@ -252,6 +253,7 @@ class RolloutDriver:
             reason=reason,
             details=details,
             extra=extra,
+            notes=notes,
         )
         changed, to = applied.changed, applied.new
         if changed:
@@ -290,14 +292,21 @@ class RolloutDriver:
                 )
                 self._again = not bake_s  # nothing to bake: judge at once
             case Advance(wave=wave, reason=reason, figures=numbers, approval=approval):
-                event = _note(AuditNote.WAVE_STARTED)
-                await self._context.stores.audit.add(
-                    self.rollout_id,
-                    {**event, "reason": reason, "details": numbers},
-                    fields={"wave": wave, "wave_done_at_ms": 0},
-                )
+                passed = {**_note(AuditNote.WAVE_STARTED), "reason": reason, "details": numbers}
+                moved: dict[str, str | int] = {"wave": wave, "wave_done_at_ms": 0}
                 if approval:
-                    await self._change(record, RolloutAction.WAIT_APPROVAL, approval, numbers)
+                    # One step: a crash between the wave and the wait would send the next wave
+                    # without its approval.
+                    await self._change(
+                        record,
+                        RolloutAction.WAIT_APPROVAL,
+                        approval,
+                        numbers,
+                        extra=moved,
+                        notes=[passed],
+                    )
+                else:
+                    await self._context.stores.audit.add(self.rollout_id, passed, fields=moved)
             case Breach(action=action, reason=reason, figures=numbers):
                 if not await self._change(record, action, reason, numbers):
                     return

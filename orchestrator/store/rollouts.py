@@ -297,8 +297,12 @@ class RolloutStore:
         details: Mapping[str, Any] | None = None,
         extra: Mapping[str, str | int] | None = None,
         rebase_policy: bool = False,
+        notes: Sequence[Mapping[str, Any]] = (),
     ) -> tuple[str, bool]:
         """Move the rollout to `to` if it is in `allowed_from`; (the old state, changed?).
+
+        `extra` fields of the rollout are set, and the audit entries `notes` written before
+        the change's own, in the same step (or none of it, when the state does not allow it).
 
         With `rebase_policy`, devices finished so far stop counting in the failure rate. A
         terminal `to` ends the rollout in the same step: every device not final is cancelled
@@ -350,6 +354,7 @@ class RolloutStore:
                 COUNTER_NAMES,
                 REBASED,
                 REBASED_PREFIXES,
+                json.dumps([json.dumps(dict(note)) for note in notes]),
             ],
         )
         return str(reply[0]), bool(reply[1])

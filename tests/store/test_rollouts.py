@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -404,6 +405,56 @@ async def test_change_state_from_a_state_not_allowed_changes_nothing(
     assert record is not None
     assert (record.state, record.updated_at) == ("pending", AT)
     assert await stores.audit.events(made.id) == before
+
+
+async def test_change_state_writes_its_notes_and_fields_with_the_change_or_none_of_them(
+    stores: Stores, create_rollout: CreateRollout
+) -> None:
+    # A wave passed into a wave that waits for approval: the wave, the note and the wait are one
+    # step, so no crash between them can send the next wave without its approval.
+    made = await create_rollout(4, [2, 4])
+    await start(stores, made.id)
+    note = {"at": AT, "actor": "engine", "action": "wave_start", "reason": "canary passed"}
+
+    async def wait(allowed: RolloutState) -> tuple[str, bool]:
+        return await stores.rollouts.change_state(
+            made.id,
+            allowed_from=[allowed],
+            to=RolloutState.WAITING_APPROVAL,
+            reason="wave rest waits for approval",
+            actor="engine",
+            action=RolloutAction.WAIT_APPROVAL,
+            at=AT,
+            extra={"wave": 1, "wave_done_at_ms": 0},
+            notes=[note],
+        )
+
+    before = await stores.audit.events(made.id)
+    assert await wait(RolloutState.PAUSED) == ("running", False)
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert (record.state, record.wave) == ("running", 0)
+    assert await stores.audit.events(made.id) == before
+
+    assert await wait(RolloutState.RUNNING) == ("running", True)
+    record = await stores.rollouts.get(made.id)
+    assert record is not None
+    assert (record.state, record.wave, record.wave_done_at_ms) == ("waiting_approval", 1, 0)
+    events = await stores.audit.events(made.id)
+    assert events[len(before) :] == [
+        note,
+        {
+            "from": "running",
+            "to": "waiting_approval",
+            "actor": "engine",
+            "action": "wait_approval",
+            "reason": "wave rest waits for approval",
+            "at": AT,
+        },
+    ]
+    notices: Any = await stores.redis.xrange(stores.keys.rollout_notices())
+    told = [json.loads(fields["event"])["action"] for _, fields in notices]
+    assert told[-2:] == ["wave_start", "wait_approval"]  # the subscribers hear both, in order
 
 
 async def test_change_state_of_an_unknown_rollout_changes_nothing(stores: Stores) -> None:

@@ -14,7 +14,9 @@
 -- ARGV[17] counter names (JSON: {"total": prefix, "wave": between wave number and state}),
 -- ARGV[18] what a rebase keeps (JSON: {counter: where its value goes}); both from
 -- domain/counters.py; ARGV[19] what else a rebase keeps (JSON: {"prefixes": [the prefix of the
--- counters' names], "base": prefix of where each goes}), the strata's counters
+-- counters' names], "base": prefix of where each goes}), the strata's counters,
+-- ARGV[20] audit entries that come just before the change's own (a JSON list of JSON objects,
+-- each written as it is: a wave passed into a wave that waits for approval)
 -- Returns {old state, new state, devices ended} or {old state, ''} when the state did not
 -- allow it.
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -33,6 +35,10 @@ end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'reason', ARGV[3], 'updated_at', ARGV[5])
 for name, value in pairs(cjson.decode(ARGV[8])) do
   redis.call('HSET', KEYS[1], name, tostring(value))
+end
+for _, note in ipairs(cjson.decode(ARGV[20] or '[]')) do
+  redis.call('RPUSH', KEYS[2], note)
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'rollout_id', ARGV[7], 'event', note)
 end
 -- Splice "from" into the caller's JSON rather than decode and re-encode it: cjson would turn
 -- an empty list in the details into {} and cut numbers to 14 significant digits.
