@@ -40,14 +40,24 @@ async def apply(
     details: Mapping[str, Any] | None = None,
     extra: Mapping[str, str | int] | None = None,
     notes: Sequence[Mapping[str, Any]] = (),
+    then: tuple[RolloutAction, str] | None = None,
 ) -> Applied:
     """Move `record`'s rollout by `action` if it is still in the state `record` shows.
 
     InvalidTransition (409) when its state does not allow the action; Conflict when it asks
     for a rollback the plan gives no firmware for. `extra` fields of the rollout are set, and
-    the audit entries `notes` written before the change's own, in the same step.
+    the audit entries `notes` written before the change's own, in the same step. `then` is a
+    second action, with its reason, taken in that same step from the state the first leads to
+    (a start whose first wave waits for approval): the trail records both.
     """
+    at = isoformat_z(utc_now())
     new = next_rollout_state(record.state, action)
+    passed_through = None
+    if then is not None:
+        passed_through, first = new, {"at": at, "actor": actor, "action": action}
+        notes = [*notes, {**first, "from": record.state, "to": new, "reason": reason}]
+        action, reason = then
+        new = next_rollout_state(passed_through, action)
     if action is RolloutAction.ROLLBACK and shown_plan(record.plan).rollback is None:
         raise Conflict(
             f"rollout {record.id} has no rollback section, so there is no firmware to send "
@@ -61,10 +71,11 @@ async def apply(
         reason=reason,
         actor=actor,
         action=action,
-        at=isoformat_z(utc_now()),
+        at=at,
         details=details,
         extra=extra,
         notes=notes,
+        recorded_from=passed_through,
         rebase_policy=rebases_policy(record.state, new),
     )
     return Applied(old, new, changed)

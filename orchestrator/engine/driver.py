@@ -244,6 +244,7 @@ class RolloutDriver:
         details: Mapping[str, Any] | None = None,
         extra: Mapping[str, str | int] | None = None,
         notes: Sequence[Mapping[str, Any]] = (),
+        then: tuple[RolloutAction, str] | None = None,
     ) -> bool:
         applied = await actions.apply(
             self._context.stores,
@@ -254,6 +255,7 @@ class RolloutDriver:
             details=details,
             extra=extra,
             notes=notes,
+            then=then,
         )
         changed, to = applied.changed, applied.new
         if changed:
@@ -274,12 +276,12 @@ class RolloutDriver:
     async def _carry_out(self, record: RolloutRecord, plan: Plan, step: Step) -> None:
         match step:
             case Start(approval=approval):
+                # A first wave that waits for approval is waited for in the start's own step:
+                # a crash between the two would send it unapproved.
+                then = (RolloutAction.WAIT_APPROVAL, approval) if approval else None
                 self._again = await self._change(
-                    record, RolloutAction.START, "started by the engine"
+                    record, RolloutAction.START, "started by the engine", then=then
                 )
-                running = await self._store.get(self.rollout_id) if self._again else None
-                if approval and running is not None:
-                    await self._change(running, RolloutAction.WAIT_APPROVAL, approval)
             case Dispatch():
                 await self._dispatch(record, plan, step)
             case Wait(bucket=bucket):

@@ -298,11 +298,13 @@ class RolloutStore:
         extra: Mapping[str, str | int] | None = None,
         rebase_policy: bool = False,
         notes: Sequence[Mapping[str, Any]] = (),
+        recorded_from: RolloutState | None = None,
     ) -> tuple[str, bool]:
         """Move the rollout to `to` if it is in `allowed_from`; (the old state, changed?).
 
         `extra` fields of the rollout are set, and the audit entries `notes` written before
-        the change's own, in the same step (or none of it, when the state does not allow it).
+        the change's own, in the same step (or none of it, when the state does not allow it);
+        the change's entry says it left `recorded_from` (default: the state it found).
 
         With `rebase_policy`, devices finished so far stop counting in the failure rate. A
         terminal `to` ends the rollout in the same step: every device not final is cancelled
@@ -355,6 +357,7 @@ class RolloutStore:
                 REBASED,
                 REBASED_PREFIXES,
                 json.dumps([json.dumps(dict(note)) for note in notes]),
+                recorded_from.value if recorded_from else "",
             ],
         )
         return str(reply[0]), bool(reply[1])

@@ -16,7 +16,9 @@
 -- domain/counters.py; ARGV[19] what else a rebase keeps (JSON: {"prefixes": [the prefix of the
 -- counters' names], "base": prefix of where each goes}), the strata's counters,
 -- ARGV[20] audit entries that come just before the change's own (a JSON list of JSON objects,
--- each written as it is: a wave passed into a wave that waits for approval)
+-- each written as it is: a wave passed into a wave that waits for approval), ARGV[21] the
+-- state the change's own entry says it left ('': the state it found; a note before it
+-- records the step that led there, as when a start goes straight on to wait for approval)
 -- Returns {old state, new state, devices ended} or {old state, ''} when the state did not
 -- allow it.
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -42,7 +44,11 @@ for _, note in ipairs(cjson.decode(ARGV[20] or '[]')) do
 end
 -- Splice "from" into the caller's JSON rather than decode and re-encode it: cjson would turn
 -- an empty list in the details into {} and cut numbers to 14 significant digits.
-local event = '{"from":' .. cjson.encode(state) .. ',' .. string.sub(ARGV[4], 2)
+local from = state
+if ARGV[21] and ARGV[21] ~= '' then
+  from = ARGV[21]
+end
+local event = '{"from":' .. cjson.encode(from) .. ',' .. string.sub(ARGV[4], 2)
 redis.call('RPUSH', KEYS[2], event)
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[10], '*', 'rollout_id', ARGV[7], 'event', event)
 if ARGV[9] == '1' then
