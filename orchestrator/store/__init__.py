@@ -43,7 +43,7 @@ class Stores:
     hooks: HookStore
     notifications: NotificationStore
     retention: RetentionStore
-    streams: EngineStreams  # what the API and webhooks hand the engine
+    streams: EngineStreams  # what the engine reads: key use, deploys, notices to send
 
     @classmethod
     def build(cls, redis: Redis, prefix: str) -> Stores:
