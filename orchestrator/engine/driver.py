@@ -64,6 +64,8 @@ SWEEP_BATCHES = 20  # batches of devices past their deadline dealt with per step
 # A halt cancels the devices sent a command they have not started on; a rollout's end cancels
 # those never sent one.
 UNSTARTED = frozenset({DeviceState.SENT})
+# The states a policy breach leaves a rollout in; its unstarted devices are cancelled there.
+_STOPPED_BY_POLICY = frozenset({RolloutState.HALTED, RolloutState.ROLLING_BACK})
 NEVER_SENT = frozenset({DeviceState.PENDING})
 ENGINE = "engine"
 GIVE_UP_AFTER = 3  # unexpected step failures in a row before the engine gives up on a rollout
@@ -170,6 +172,8 @@ class RolloutDriver:
         if record.state in TERMINAL_ROLLOUT_STATES:  # finishing needs no plan
             await self._finish(record)
             return False
+        if record.cancel_unstarted and record.state in _STOPPED_BY_POLICY:
+            await self._cancel_unstarted()  # the halt's own step was cut short
         if self._plan is None:  # a rollout's plan never changes
             self._plan = stored_plan(record.plan)
         plan = self._plan
@@ -310,7 +314,10 @@ class RolloutDriver:
                 else:
                     await self._context.stores.audit.add(self.rollout_id, passed, fields=moved)
             case Breach(action=action, reason=reason, figures=numbers):
-                if not await self._change(record, action, reason, numbers):
+                # The change notes that the unstarted devices are to be cancelled: if the engine
+                # dies before it has cancelled them, the next step of any replica does (step()).
+                pending = {"cancel_unstarted": 1}
+                if not await self._change(record, action, reason, numbers, extra=pending):
                     return
                 self._context.metrics.rollout_halts.inc()
                 if action is RolloutAction.ROLLBACK:
@@ -435,6 +442,7 @@ class RolloutDriver:
         await self._cancel(
             await self._devices.with_deadlines(self.rollout_id), UNSTARTED, sent=True
         )
+        await self._store.set_fields(self.rollout_id, cancel_unstarted=0)
 
     async def _send_rollback(
         self, record: RolloutRecord, plan: Plan, start: int, stop: int

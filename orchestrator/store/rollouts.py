@@ -59,6 +59,9 @@ class RolloutRecord:
     last_result_ms: int = 0  # when a device last reported a result about it (0: never)
     # the wave whose end a sequential test found inconclusive and put to a person (-1: none)
     inconclusive_wave: int = -1
+    # A halt or rollback by the failure policy is still to cancel the devices sent but not yet
+    # downloading (set with the state change, cleared once they are cancelled).
+    cancel_unstarted: bool = False
     # The bytes the rollout announces, pinned at creation: file name -> (sha256, size).
     pins: dict[str, tuple[str, int]] = field(default_factory=dict)
 
@@ -97,6 +100,7 @@ def _record(rollout_id: str, raw: dict[str, str]) -> RolloutRecord:
         wave_done_at_ms=int(raw.get("wave_done_at_ms", "0")),
         last_result_ms=int(raw.get("last_result_ms", "0")),
         inconclusive_wave=int(raw.get("inconclusive_wave", "-1")),
+        cancel_unstarted=raw.get("cancel_unstarted") == "1",
         pins={
             name: (str(pin["sha256"]), int(pin["size"]))
             for name, pin in json.loads(raw.get("pins") or "{}").items()

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.domain import counters
 from orchestrator.domain.plans import Plan
-from orchestrator.domain.states import DeviceEvent, DeviceState
+from orchestrator.domain.states import DeviceEvent, DeviceState, RolloutAction, RolloutState
 from orchestrator.engine.context import EngineContext
 from orchestrator.engine.driver import RolloutDriver
 from orchestrator.metrics import Metrics
@@ -164,7 +164,7 @@ async def test_a_halt_cancels_a_thousand_unstarted_devices_in_three_round_trips(
     )
     trips = RoundTrips(monkeypatch, clean)
     await driven(record.id)._cancel_unstarted()
-    assert trips.sent == {"ZRANGE": 1, "EVALSHA": 2}
+    assert trips.sent == {"ZRANGE": 1, "EVALSHA": 2, "HSET": 1}  # HSET: the halt's note, done
     assert await states(clean, record.id, sent) == {"cancelled": 900, "downloading": 100}
     assert await live_keys(clean, sent) == 100  # the downloading devices keep theirs
     assert sorted(await clean.rollout_devices.with_deadlines(record.id)) == sorted(
@@ -190,6 +190,53 @@ async def test_a_rollback_batch_of_a_thousand_devices_moves_them_in_one_script_c
     assert await states(clean, record.id, sent) == {"rollback_sent": 600, "cancelled": 400}
     assert await clean.rollout_devices.unpublished(record.id) == []
     assert await clean.rollouts.rollback_cursor(record.id) == DEVICES
+
+
+async def test_a_halt_killed_before_its_cancels_has_them_done_by_the_next_step(
+    clean: Stores, driven: Callable[[str], RolloutDriver]
+) -> None:
+    """The policy's halt notes the cancels with the state change; an engine killed right after
+    it leaves the note, and the next step (this replica or another) cancels and clears it."""
+    record, _, sent = await dispatched(clean, 20, ack_deadline_ms=LATER_MS)
+    started = [item.device_id for item in sent[:5]]
+    await move_all(clean, record.id, started, event=DeviceEvent.KEY_CLAIMED)
+    old, changed = await clean.rollouts.change_state(  # what the halt's own step writes
+        record.id,
+        allowed_from=[RolloutState.RUNNING],
+        to=RolloutState.HALTED,
+        reason="failure rate over the limit",
+        actor="engine",
+        action=RolloutAction.HALT,
+        at="2030-01-02T03:04:05Z",
+        extra={"cancel_unstarted": 1},
+    )
+    assert (old, changed) == ("running", True)
+    assert await states(clean, record.id, sent) == {"sent": 15, "downloading": 5}
+
+    again = driven(record.id)  # the engine died there: the next one steps the rollout
+    assert await again.step()
+    assert await states(clean, record.id, sent) == {"cancelled": 15, "downloading": 5}
+    assert await live_keys(clean, sent) == 5
+    halted = await clean.rollouts.get(record.id)
+    assert halted is not None
+    assert (halted.state, halted.cancel_unstarted) == (RolloutState.HALTED, False)
+
+
+async def test_a_halt_without_the_note_leaves_its_sent_devices_to_their_deadlines(
+    clean: Stores, driven: Callable[[str], RolloutDriver]
+) -> None:
+    record, _, sent = await dispatched(clean, 4, ack_deadline_ms=LATER_MS)
+    await clean.rollouts.change_state(  # a halt by no failure policy (a firmware file gone)
+        record.id,
+        allowed_from=[RolloutState.RUNNING],
+        to=RolloutState.HALTED,
+        reason="the firmware file is gone",
+        actor="engine",
+        action=RolloutAction.HALT,
+        at="2030-01-02T03:04:05Z",
+    )
+    assert await driven(record.id).step()
+    assert await states(clean, record.id, sent) == {"sent": 4}
 
 
 async def test_a_rollback_step_killed_before_publishing_is_finished_by_the_next_one(
