@@ -123,6 +123,21 @@ async def move_all(stores: Stores, rollout_id: str, devices: list[str], **reques
     )
 
 
+async def halt(stores: Stores, rollout_id: str, reason: str, **fields: int) -> None:
+    """What a halt's own step writes: the state change, with `fields` of the rollout."""
+    old, changed = await stores.rollouts.change_state(
+        rollout_id,
+        allowed_from=[RolloutState.RUNNING],
+        to=RolloutState.HALTED,
+        reason=reason,
+        actor="engine",
+        action=RolloutAction.HALT,
+        at="2030-01-02T03:04:05Z",
+        extra=fields,
+    )
+    assert (old, changed) == ("running", True)
+
+
 async def states(stores: Stores, rollout_id: str, devices: list[Dispatched]) -> Counter[str]:
     rows = await stores.rollout_devices.device_states(rollout_id, [d.device_id for d in devices])
     return Counter(row["state"] for row in rows)
@@ -200,17 +215,7 @@ async def test_a_halt_killed_before_its_cancels_has_them_done_by_the_next_step(
     record, _, sent = await dispatched(clean, 20, ack_deadline_ms=LATER_MS)
     started = [item.device_id for item in sent[:5]]
     await move_all(clean, record.id, started, event=DeviceEvent.KEY_CLAIMED)
-    old, changed = await clean.rollouts.change_state(  # what the halt's own step writes
-        record.id,
-        allowed_from=[RolloutState.RUNNING],
-        to=RolloutState.HALTED,
-        reason="failure rate over the limit",
-        actor="engine",
-        action=RolloutAction.HALT,
-        at="2030-01-02T03:04:05Z",
-        extra={"cancel_unstarted": 1},
-    )
-    assert (old, changed) == ("running", True)
+    await halt(clean, record.id, "failure rate over the limit", cancel_unstarted=1)
     assert await states(clean, record.id, sent) == {"sent": 15, "downloading": 5}
 
     again = driven(record.id)  # the engine died there: the next one steps the rollout
@@ -226,15 +231,7 @@ async def test_a_halt_without_the_note_leaves_its_sent_devices_to_their_deadline
     clean: Stores, driven: Callable[[str], RolloutDriver]
 ) -> None:
     record, _, sent = await dispatched(clean, 4, ack_deadline_ms=LATER_MS)
-    await clean.rollouts.change_state(  # a halt by no failure policy (a firmware file gone)
-        record.id,
-        allowed_from=[RolloutState.RUNNING],
-        to=RolloutState.HALTED,
-        reason="the firmware file is gone",
-        actor="engine",
-        action=RolloutAction.HALT,
-        at="2030-01-02T03:04:05Z",
-    )
+    await halt(clean, record.id, "the firmware file is gone")  # by no failure policy
     assert await driven(record.id).step()
     assert await states(clean, record.id, sent) == {"sent": 4}
 
