@@ -54,8 +54,9 @@ async def apply(
     new = next_rollout_state(record.state, action)
     passed_through = None
     if then is not None:
-        passed_through, first = new, {"at": at, "actor": actor, "action": action}
-        notes = [*notes, {**first, "from": record.state, "to": new, "reason": reason}]
+        passed_through = new
+        first = {"at": at, "actor": actor, "action": action, "reason": reason}
+        notes = [*notes, {**first, "from": record.state, "to": new}]
         action, reason = then
         new = next_rollout_state(passed_through, action)
     if action is RolloutAction.ROLLBACK and shown_plan(record.plan).rollback is None:
